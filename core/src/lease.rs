@@ -1,0 +1,168 @@
+//! Lease rules: when a lease has expired, what the reaper does with an expired run, and whether
+//! a queued run is due. All take `now` (Postgres' clock, read by the caller) as an argument.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::ids::{LeaseEpoch, RunId};
+use crate::run::RunStatus;
+
+/// A lease's length unless the worker is told otherwise.
+pub const LEASE_DEFAULT: Duration = Duration::from_secs(30);
+/// Shorter leases would expire on an ordinary network hiccup or GC pause.
+pub const LEASE_MIN: Duration = Duration::from_secs(5);
+/// Longer leases would leave a dead worker's runs stuck for too long.
+pub const LEASE_MAX: Duration = Duration::from_secs(6 * 60 * 60);
+/// Claims in a row that may expire before any progress before the run is blocked as poison.
+pub const POISON_LIMIT_DEFAULT: u32 = 5;
+
+/// A lease length within [`LEASE_MIN`]..=[`LEASE_MAX`].
+pub fn clamp(lease: Duration) -> Duration {
+    lease.clamp(LEASE_MIN, LEASE_MAX)
+}
+
+/// A lease is valid up to and including its expiry instant, and expired strictly after it.
+pub fn is_expired(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    expires_at < now
+}
+
+/// A queued run is due once its backoff, if any, has passed.
+pub fn is_due(status: RunStatus, retry_after: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    status == RunStatus::Queued && retry_after.is_none_or(|at| at <= now)
+}
+
+/// What the reaper sees of a held run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The run.
+    pub run_id: RunId,
+    /// The epoch of the current claim.
+    pub epoch: LeaseEpoch,
+    /// Its state; the reaper only acts on `running` runs.
+    pub status: RunStatus,
+    /// When the lease runs out.
+    pub lease_expires_at: DateTime<Utc>,
+    /// A node started under the current claim.
+    pub progressed: bool,
+    /// Claims in a row, before this one, that expired without progress.
+    pub expired_claims: u32,
+}
+
+/// The reaper's decision for one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reap {
+    /// The lease is alive, or the run is not the reaper's to touch.
+    Leave,
+    /// Expired before any progress: back to `queued`, attempts untouched.
+    Requeue,
+    /// Expired before any progress once too often: `blocked`, something kills every holder.
+    BlockPoisoned,
+    /// Expired after a node started: `paused` as stale-reaped, the interrupted attempt counted.
+    StaleReap,
+}
+
+/// The reaper's decision for `view` at `now`, blocking after `poison_limit` unprogressed expiries.
+pub fn reap(view: &LeaseView, now: DateTime<Utc>, poison_limit: u32) -> Reap {
+    if view.status != RunStatus::Running || !is_expired(view.lease_expires_at, now) {
+        Reap::Leave
+    } else if view.progressed {
+        Reap::StaleReap
+    } else if view.expired_claims + 1 >= poison_limit {
+        Reap::BlockPoisoned
+    } else {
+        Reap::Requeue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("valid timestamp")
+    }
+
+    fn ms(n: i64) -> TimeDelta {
+        TimeDelta::milliseconds(n)
+    }
+
+    #[test]
+    fn expiry_on_both_sides_of_the_instant() {
+        assert!(!is_expired(t0(), t0() - ms(1)));
+        assert!(!is_expired(t0(), t0()));
+        assert!(is_expired(t0(), t0() + ms(1)));
+    }
+
+    #[test]
+    fn due_only_when_queued_and_backoff_passed() {
+        use RunStatus::{Paused, Queued, Running};
+        let check = |status, retry_after, want| {
+            assert_eq!(
+                is_due(status, retry_after, t0()),
+                want,
+                "{status} {retry_after:?}"
+            );
+        };
+        check(Queued, None, true);
+        check(Queued, Some(t0() - ms(1)), true);
+        check(Queued, Some(t0()), true);
+        check(Queued, Some(t0() + ms(1)), false);
+        check(Running, None, false);
+        check(Paused, None, false);
+    }
+
+    fn view(expires_in_ms: i64, progressed: bool, expired_claims: u32) -> LeaseView {
+        LeaseView {
+            run_id: RunId::new(),
+            epoch: LeaseEpoch(1),
+            status: RunStatus::Running,
+            lease_expires_at: t0() + ms(expires_in_ms),
+            progressed,
+            expired_claims,
+        }
+    }
+
+    fn check(view: LeaseView, want: Reap) {
+        assert_eq!(reap(&view, t0(), POISON_LIMIT_DEFAULT), want, "{view:?}");
+    }
+
+    #[test]
+    fn reap_on_both_sides_of_the_horizon() {
+        check(view(-1, false, 0), Reap::Requeue);
+        check(view(1, false, 0), Reap::Leave);
+        check(view(-1, true, 0), Reap::StaleReap);
+        check(view(1, true, 0), Reap::Leave);
+    }
+
+    #[test]
+    fn poison_guard_blocks_at_the_limit() {
+        check(view(-1, false, POISON_LIMIT_DEFAULT - 2), Reap::Requeue);
+        check(
+            view(-1, false, POISON_LIMIT_DEFAULT - 1),
+            Reap::BlockPoisoned,
+        );
+        // Progress clears suspicion: the run is stale-reaped, not blocked.
+        check(view(-1, true, POISON_LIMIT_DEFAULT + 3), Reap::StaleReap);
+    }
+
+    #[test]
+    fn reaper_leaves_runs_it_does_not_own() {
+        for status in [RunStatus::Pausing, RunStatus::Cancelled, RunStatus::Queued] {
+            let v = LeaseView {
+                status,
+                ..view(-1_000, false, 0)
+            };
+            check(v, Reap::Leave);
+        }
+    }
+
+    #[test]
+    fn lease_is_clamped() {
+        assert_eq!(clamp(Duration::from_secs(1)), LEASE_MIN);
+        assert_eq!(clamp(Duration::from_secs(60)), Duration::from_secs(60));
+        assert_eq!(clamp(Duration::from_secs(7 * 3600)), LEASE_MAX);
+    }
+}

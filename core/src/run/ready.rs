@@ -1,0 +1,165 @@
+//! Which nodes of a run can start now, from its checkpoint.
+
+use std::collections::HashMap;
+
+use crate::ids::NodeId;
+use crate::spec::Spec;
+
+/// Where a node stands in the checkpoint. A node without a row is pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// An attempt started and has not reported back.
+    Running,
+    /// Its output is recorded; it never runs again (but for a rework decision).
+    Completed,
+    /// Its last attempt failed; it may be retried if attempts remain.
+    Failed,
+    /// It will not run: a node it depends on failed for good.
+    Skipped,
+}
+
+impl NodeStatus {
+    /// The name stored in `run_nodes.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// The status stored as `s`, if this build knows it.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Running, Self::Completed, Self::Failed, Self::Skipped]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+}
+
+/// A node's recorded state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeState {
+    /// Where it stands.
+    pub status: NodeStatus,
+    /// Attempts started so far, interrupted ones included.
+    pub attempts: u32,
+}
+
+/// The recorded state of a run's nodes, by node id.
+pub type Checkpoint = HashMap<NodeId, NodeState>;
+
+/// The nodes that may start now, in spec order: every dependency completed, the node itself not
+/// completed, running or skipped, and, if its last attempt failed, attempts left.
+///
+/// A `running` node in the checkpoint of a freshly claimed run is an interrupted attempt: the
+/// caller decides whether to start it again (it counts as an attempt already made).
+pub fn ready_nodes<'a>(spec: &'a Spec, checkpoint: &Checkpoint) -> Vec<&'a NodeId> {
+    let completed = |id: &NodeId| {
+        checkpoint
+            .get(id)
+            .is_some_and(|state| state.status == NodeStatus::Completed)
+    };
+    spec.nodes
+        .iter()
+        .filter(|node| match checkpoint.get(&node.id) {
+            None => true,
+            Some(state) => state.status == NodeStatus::Failed && state.attempts < node.max_attempts,
+        })
+        .filter(|node| node.depends_on.iter().all(completed))
+        .map(|node| &node.id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::NodeSpec;
+
+    fn node(id: &str, deps: &[&str]) -> NodeSpec {
+        NodeSpec {
+            id: id.into(),
+            kind: "noop".into(),
+            input: serde_json::Value::Null,
+            depends_on: deps.iter().map(|d| NodeId::from(*d)).collect(),
+            max_attempts: 2,
+            backoff: Default::default(),
+            timeout_ms: 1_000,
+            approval: None,
+        }
+    }
+
+    /// a → {b, c} → d
+    fn diamond() -> Spec {
+        Spec {
+            id: "diamond".into(),
+            description: None,
+            nodes: vec![
+                node("a", &[]),
+                node("b", &["a"]),
+                node("c", &["a"]),
+                node("d", &["b", "c"]),
+            ],
+        }
+    }
+
+    fn check(states: &[(&str, NodeStatus, u32)], want: &[&str]) {
+        let spec = diamond();
+        let checkpoint: Checkpoint = states
+            .iter()
+            .map(|(id, status, attempts)| {
+                (
+                    NodeId::from(*id),
+                    NodeState {
+                        status: *status,
+                        attempts: *attempts,
+                    },
+                )
+            })
+            .collect();
+        let got: Vec<&str> = ready_nodes(&spec, &checkpoint)
+            .into_iter()
+            .map(NodeId::as_str)
+            .collect();
+        assert_eq!(got, want, "checkpoint {states:?}");
+    }
+
+    use NodeStatus::{Completed, Failed, Running, Skipped};
+
+    #[test]
+    fn diamond_in_dependency_order() {
+        check(&[], &["a"]);
+        check(&[("a", Running, 1)], &[]);
+        check(&[("a", Completed, 1)], &["b", "c"]);
+        check(&[("a", Completed, 1), ("b", Completed, 1)], &["c"]);
+        check(
+            &[("a", Completed, 1), ("b", Completed, 1), ("c", Running, 1)],
+            &[],
+        );
+        check(
+            &[
+                ("a", Completed, 1),
+                ("b", Completed, 1),
+                ("c", Completed, 1),
+            ],
+            &["d"],
+        );
+        let all_done: Vec<_> = ["a", "b", "c", "d"].map(|id| (id, Completed, 1)).into();
+        check(&all_done, &[]);
+    }
+
+    #[test]
+    fn failed_nodes_are_ready_while_attempts_remain() {
+        check(&[("a", Failed, 1)], &["a"]);
+        check(&[("a", Failed, 2)], &[]);
+    }
+
+    #[test]
+    fn skipped_nodes_never_run_and_block_their_dependants() {
+        check(&[("a", Completed, 1), ("b", Skipped, 0)], &["c"]);
+        check(
+            &[("a", Completed, 1), ("b", Skipped, 0), ("c", Completed, 1)],
+            &[],
+        );
+    }
+}

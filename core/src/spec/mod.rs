@@ -1,0 +1,85 @@
+//! Automation specs: a DAG of nodes, parsed from YAML or JSON and validated before it is stored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AutomationId, NodeId};
+use crate::retry;
+
+mod parse;
+mod validate;
+
+pub use parse::{MAX_TEXT_BYTES, from_stored, parse, parse_json, parse_yaml};
+pub use validate::{
+    MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_CAP_MS, MAX_BACKOFF_FACTOR, MAX_DESCRIPTION_CHARS,
+    MAX_ID_CHARS, MAX_INPUT_BYTES, MAX_KIND_CHARS, MAX_NODES, MAX_PROMPT_CHARS, MAX_TIMEOUT_MS,
+    MIN_BACKOFF_FACTOR, SpecError, Violation, validate,
+};
+
+/// Attempts of a node unless its spec says otherwise.
+pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
+/// Time a node may run unless its spec says otherwise: five minutes.
+pub const TIMEOUT_MS_DEFAULT: u64 = 300_000;
+
+/// An automation: what a run executes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// The automation's id, also its name for people.
+    pub id: AutomationId,
+    /// Free text shown in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The nodes, in the order their author wrote them.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// One step of an automation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Unique within the automation.
+    pub id: NodeId,
+    /// The handler that executes it (`echo`, `http`, `exec`, or a kind a custom worker adds).
+    pub kind: String,
+    /// Handed to the handler as is.
+    #[serde(default)]
+    pub input: serde_json::Value,
+    /// Nodes that must complete before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<NodeId>,
+    /// Attempts in all, interrupted attempts included.
+    #[serde(default = "max_attempts_default")]
+    pub max_attempts: u32,
+    /// Delay between attempts.
+    #[serde(default)]
+    pub backoff: retry::Policy,
+    /// How long one attempt may run.
+    #[serde(default = "timeout_ms_default")]
+    pub timeout_ms: u64,
+    /// A person must approve before this node runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// An approval gate in front of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// What the approver is asked.
+    pub prompt: String,
+}
+
+fn max_attempts_default() -> u32 {
+    MAX_ATTEMPTS_DEFAULT
+}
+
+fn timeout_ms_default() -> u64 {
+    TIMEOUT_MS_DEFAULT
+}
+
+impl Spec {
+    /// The node with this id.
+    pub fn node(&self, id: &NodeId) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| &n.id == id)
+    }
+}

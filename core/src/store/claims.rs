@@ -1,0 +1,297 @@
+//! Claiming due runs, renewing their leases, and handing them back.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{Error, Store, millis};
+use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
+use crate::run::RunStatus;
+
+/// Proof of a claim: a run and the epoch it was claimed at. Only [`Store::claim_runs`] makes
+/// one, and every write the holder makes to the run carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Claim {
+    pub(super) run_id: RunId,
+    pub(super) epoch: LeaseEpoch,
+}
+
+impl Claim {
+    /// The run held.
+    pub fn run_id(&self) -> RunId {
+        self.run_id
+    }
+
+    /// The fencing token.
+    pub fn epoch(&self) -> LeaseEpoch {
+        self.epoch
+    }
+}
+
+/// A run a worker has just claimed, with what it needs to start executing it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedRun {
+    /// The claim to present with every write.
+    pub claim: Claim,
+    /// The run's tenant.
+    pub tenant: TenantId,
+    /// The automation.
+    pub automation_id: AutomationId,
+    /// The version the run pinned.
+    pub automation_version: i32,
+    /// The run's inputs.
+    pub inputs: serde_json::Value,
+    /// When the new lease runs out, by the database's clock.
+    pub lease_expires_at: DateTime<Utc>,
+    /// A node started under an earlier claim: load the checkpoint before executing.
+    pub resumed: bool,
+    /// The node whose retry this claim is for, if it waited in backoff.
+    pub retry_node_id: Option<NodeId>,
+}
+
+/// A lease renewed by a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewed {
+    /// The claim.
+    pub claim: Claim,
+    /// `running`, or `pausing` when a user asked the run to pause.
+    pub status: RunStatus,
+    /// The new expiry, by the database's clock.
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// What one heartbeat round found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Leases extended.
+    pub renewed: Vec<Renewed>,
+    /// Claims whose lease is gone: stop those runs and write nothing more for them.
+    pub lost: Vec<Claim>,
+}
+
+/// What a hand-back did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Runs back in `queued` with their checkpoint.
+    pub released: Vec<RunId>,
+    /// Claims that were no longer held; nothing was written for them.
+    pub lost: Vec<Claim>,
+}
+
+// name: claim_runs
+// One statement claims up to $2 due runs. The `due` scan walks runs_claimable_idx in claim order
+// (priority, then oldest) and skips rows another claimer has locked, so claimers never wait on
+// each other. The epoch rises by one per claim; times are the database's. Each claim records
+// its event in the same statement, with the per-run sequence raised under the row lock.
+const CLAIM_RUNS: &str = "\
+WITH due AS (
+    SELECT run_id, retry_node_id FROM runs
+    WHERE status = 'queued' AND (retry_after IS NULL OR retry_after <= now())
+    ORDER BY priority DESC, queued_at, run_id
+    LIMIT $2::int
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE runs r
+    SET status = 'running', claim_id = gen_random_uuid(), claimant_id = $1::text,
+        claimed_at = now(), lease_expires_at = now() + $3::bigint * interval '1 millisecond',
+        lease_epoch = r.lease_epoch + 1, event_seq = r.event_seq + 1,
+        queue_reason = NULL, retry_after = NULL, retry_node_id = NULL, retry_attempt = NULL,
+        retry_backoff_ms = NULL, started_at = coalesce(r.started_at, now()), updated_at = now()
+    FROM due
+    WHERE r.run_id = due.run_id
+    RETURNING r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs,
+              r.lease_epoch, r.lease_expires_at, r.claim_id, r.event_seq,
+              r.progress_epoch > 0 AS resumed, due.retry_node_id
+),
+event AS (
+    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, metadata)
+    SELECT run_id, event_seq, tenant_id, 'run_claimed', lease_epoch,
+           jsonb_build_object('claimant_id', $1::text, 'claim_id', claim_id)
+    FROM claimed
+)
+SELECT run_id, tenant_id, automation_id, automation_version, inputs, lease_epoch,
+       lease_expires_at, resumed, retry_node_id
+FROM claimed";
+
+// name: heartbeat
+// Every lease the process holds, extended in one statement per tick: per-run updates would cost
+// one round trip each. Matches run id and epoch, so a lease that moved on is not renewed; the
+// claims missing from the result are lost. Only lease_expires_at changes, an unindexed column,
+// so the update can stay HOT.
+const HEARTBEAT: &str = "\
+UPDATE runs r
+SET lease_expires_at = now() + $3::bigint * interval '1 millisecond'
+FROM unnest($1::uuid[], $2::bigint[]) AS held(run_id, epoch)
+WHERE r.run_id = held.run_id AND r.lease_epoch = held.epoch
+  AND r.status IN ('running', 'pausing')
+RETURNING r.run_id, r.lease_epoch, r.status, r.lease_expires_at";
+
+// name: release_on_shutdown
+// A worker shutting down hands its runs back in one statement, fenced per run, so another worker
+// takes them at once instead of waiting for the leases to expire. The checkpoint stays and the
+// run keeps its place in the queue; a node still running past the grace period is recorded as
+// an interrupted attempt, which counts.
+const RELEASE_ON_SHUTDOWN: &str = "\
+WITH released AS (
+    UPDATE runs r
+    SET status = 'queued', queue_reason = 'released_shutdown', claim_id = NULL,
+        claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        event_seq = r.event_seq + 1, updated_at = now()
+    FROM unnest($1::uuid[], $2::bigint[]) AS held(run_id, epoch)
+    WHERE r.run_id = held.run_id AND r.lease_epoch = held.epoch AND r.status = 'running'
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+),
+interrupted AS (
+    UPDATE run_nodes n
+    SET status = 'failed', last_error = 'attempt interrupted: the worker shut down',
+        last_error_retryable = true, finished_at = now()
+    FROM released
+    WHERE n.run_id = released.run_id AND n.status = 'running'
+),
+event AS (
+    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
+    SELECT run_id, event_seq, tenant_id, 'run_released_shutdown', lease_epoch FROM released
+)
+SELECT run_id FROM released";
+
+// name: released_already
+// After a hand-back whose acknowledgement was lost: which of these claims did land.
+const RELEASED_ALREADY: &str = "\
+SELECT r.run_id FROM runs r
+JOIN unnest($1::uuid[], $2::bigint[]) AS held(run_id, epoch)
+  ON r.run_id = held.run_id AND r.lease_epoch = held.epoch
+WHERE r.status = 'queued' AND r.queue_reason = 'released_shutdown'";
+
+pub(super) const QUERIES: &[(&str, &str)] = &[
+    ("claim_runs", CLAIM_RUNS),
+    ("heartbeat", HEARTBEAT),
+    ("release_on_shutdown", RELEASE_ON_SHUTDOWN),
+    ("released_already", RELEASED_ALREADY),
+];
+
+fn split(claims: &[Claim]) -> (Vec<Uuid>, Vec<i64>) {
+    claims.iter().map(|c| (c.run_id.0, c.epoch.0)).unzip()
+}
+
+impl Store {
+    /// Claims up to `n` due runs for `claimant`, each under a lease of `lease`.
+    ///
+    /// # Locks
+    /// Locks the claimed `runs` rows for the statement only; rows locked by another claimer are
+    /// skipped, not waited for. No lock or transaction outlives the call.
+    pub async fn claim_runs(
+        &self,
+        claimant: &ClaimantId,
+        n: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedRun>, Error> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i32::try_from(n).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(CLAIM_RUNS).await?;
+        let rows = client
+            .query(&stmt, &[&claimant.as_str(), &limit, &millis(lease)])
+            .await?;
+        Ok(rows.iter().map(read_claimed).collect())
+    }
+
+    /// Extends the lease of every claim by `lease` from the database's now.
+    pub async fn heartbeat(&self, claims: &[Claim], lease: Duration) -> Result<Heartbeat, Error> {
+        if claims.is_empty() {
+            return Ok(Heartbeat::default());
+        }
+        let (run_ids, epochs) = split(claims);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(HEARTBEAT).await?;
+        let rows = client
+            .query(&stmt, &[&run_ids, &epochs, &millis(lease)])
+            .await?;
+        let mut heartbeat = Heartbeat::default();
+        for row in &rows {
+            let claim = Claim {
+                run_id: RunId(row.get("run_id")),
+                epoch: LeaseEpoch(row.get("lease_epoch")),
+            };
+            let status =
+                row.get::<_, &str>("status")
+                    .parse()
+                    .map_err(|e: crate::run::UnknownStatus| Error::UnreadableRun {
+                        run_id: claim.run_id,
+                        reason: e.to_string(),
+                    })?;
+            heartbeat.renewed.push(Renewed {
+                claim,
+                status,
+                lease_expires_at: row.get("lease_expires_at"),
+            });
+        }
+        heartbeat.lost = claims
+            .iter()
+            .filter(|c| !heartbeat.renewed.iter().any(|r| r.claim == **c))
+            .copied()
+            .collect();
+        Ok(heartbeat)
+    }
+
+    /// Hands runs back to `queued` with their checkpoint, for a worker shutting down.
+    pub async fn release_on_shutdown(&self, claims: &[Claim]) -> Result<Released, Error> {
+        if claims.is_empty() {
+            return Ok(Released::default());
+        }
+        let (run_ids, epochs) = split(claims);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(RELEASE_ON_SHUTDOWN).await?;
+        let mut released: Vec<RunId> = client
+            .query(&stmt, &[&run_ids, &epochs])
+            .await?
+            .iter()
+            .map(|row| RunId(row.get("run_id")))
+            .collect();
+        let missing: Vec<Claim> = claims
+            .iter()
+            .filter(|c| !released.contains(&c.run_id))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(Released {
+                released,
+                lost: Vec::new(),
+            });
+        }
+        let (run_ids, epochs) = split(&missing);
+        let stmt = client.prepare_cached(RELEASED_ALREADY).await?;
+        let landed: Vec<RunId> = client
+            .query(&stmt, &[&run_ids, &epochs])
+            .await?
+            .iter()
+            .map(|row| RunId(row.get("run_id")))
+            .collect();
+        let lost = missing
+            .into_iter()
+            .filter(|c| !landed.contains(&c.run_id))
+            .collect();
+        released.extend(landed);
+        Ok(Released { released, lost })
+    }
+}
+
+fn read_claimed(row: &Row) -> ClaimedRun {
+    ClaimedRun {
+        claim: Claim {
+            run_id: RunId(row.get("run_id")),
+            epoch: LeaseEpoch(row.get("lease_epoch")),
+        },
+        tenant: TenantId(row.get("tenant_id")),
+        automation_id: AutomationId(row.get("automation_id")),
+        automation_version: row.get("automation_version"),
+        inputs: row.get("inputs"),
+        lease_expires_at: row.get("lease_expires_at"),
+        resumed: row.get("resumed"),
+        retry_node_id: row.get::<_, Option<String>>("retry_node_id").map(NodeId),
+    }
+}

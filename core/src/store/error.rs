@@ -1,0 +1,138 @@
+//! What can go wrong in the store, typed so that callers can tell a lost lease from bad input.
+
+use tokio_postgres::error::SqlState;
+
+use crate::ids::{AutomationId, LeaseEpoch, NodeId, RunId};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The claim's epoch is no longer the run's, or the run is no longer held: stop, write nothing more.
+    #[error("lease lost on run {run_id} (epoch {epoch})")]
+    LeaseLost {
+        /// The run.
+        run_id: RunId,
+        /// The epoch the writer held.
+        epoch: LeaseEpoch,
+    },
+    /// The holder's write contradicts the checkpoint (say, starting a node that completed).
+    #[error("run {run_id} node {node_id}: {reason}")]
+    NodeConflict {
+        /// The run.
+        run_id: RunId,
+        /// The node.
+        node_id: NodeId,
+        /// What the checkpoint says.
+        reason: String,
+    },
+    /// The holder's write does not fit the run's state (say, completing it while a node runs).
+    #[error("run {run_id}: {reason}")]
+    RunConflict {
+        /// The run.
+        run_id: RunId,
+        /// What stands in the way.
+        reason: String,
+    },
+    /// The run's state forbids the transition.
+    #[error(transparent)]
+    Transition(#[from] crate::run::IllegalTransition),
+    /// No such run (in this tenant).
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+    /// No such automation (or version) in this tenant.
+    #[error("automation {0} not found")]
+    AutomationNotFound(AutomationId),
+    /// An automation with this id exists already.
+    #[error("automation {0} already exists")]
+    AutomationExists(AutomationId),
+    /// The automation is paused and starts no runs.
+    #[error("automation {0} is paused and starts no runs")]
+    AutomationPaused(AutomationId),
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key {key:?} was used with a different request")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// A value broke a constraint of the schema (a length, a range).
+    #[error("value out of range: {constraint}")]
+    OutOfRange {
+        /// The constraint the database names.
+        constraint: String,
+    },
+    /// A stored automation spec this build cannot read.
+    #[error("stored spec of {automation_id} v{version} is unreadable: {reason}")]
+    UnreadableSpec {
+        /// The automation.
+        automation_id: AutomationId,
+        /// The version.
+        version: i32,
+        /// Why.
+        reason: String,
+    },
+    /// A stored run this build cannot read.
+    #[error("stored run {run_id} is unreadable: {reason}")]
+    UnreadableRun {
+        /// The run.
+        run_id: RunId,
+        /// Why.
+        reason: String,
+    },
+    /// The database was migrated by a newer build.
+    #[error(
+        "the database schema is at version {database}, newer than this build knows ({known}); \
+         upgrade leasehold before connecting it to this database"
+    )]
+    SchemaTooNew {
+        /// Applied version.
+        database: i32,
+        /// Highest version this build carries.
+        known: i32,
+    },
+    /// The database lacks migrations this build needs.
+    #[error(
+        "the database schema is at version {database} but this build needs {known}; \
+         run `leasehold migrate` first"
+    )]
+    SchemaBehind {
+        /// Applied version.
+        database: i32,
+        /// Highest version this build carries.
+        known: i32,
+    },
+    /// The database URL could not be used.
+    #[error("bad database URL: {0}")]
+    BadDatabaseUrl(String),
+    /// A named query failed to prepare.
+    #[error("query {name} does not prepare: {source}")]
+    BadQuery {
+        /// The query's name.
+        name: &'static str,
+        /// What Postgres said.
+        source: tokio_postgres::Error,
+    },
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// No connection could be had from the pool.
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// Postgres answered with an error.
+    #[error("database error: {0}")]
+    Db(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // A CHECK violation is bad input that slipped past validation; name the constraint.
+        if e.code() == Some(&SqlState::CHECK_VIOLATION) {
+            let constraint = e
+                .as_db_error()
+                .and_then(|db| db.constraint())
+                .unwrap_or("unnamed")
+                .to_owned();
+            return Self::OutOfRange { constraint };
+        }
+        Self::Db(e)
+    }
+}

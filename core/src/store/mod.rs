@@ -1,0 +1,115 @@
+//! The PostgreSQL store: the one place where SQL lives.
+//!
+//! Every query is a named constant beside the method that runs it, with a comment saying why it
+//! is shaped so. Every write a worker makes to a run it holds is *fenced*: it matches the run id
+//! **and** the lease epoch of the claim, under the row lock of the `runs` row, so that a holder
+//! whose lease moved on changes nothing. Zero rows is [`Error::LeaseLost`], unless the same
+//! write already landed under the same epoch (a lost commit acknowledgement), which succeeds
+//! quietly. Times come from Postgres' `now()`, never from a process's clock.
+
+mod automations;
+mod claims;
+mod error;
+mod events;
+mod migrate;
+mod nodes;
+mod outcomes;
+mod reaper;
+mod runs;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub use automations::{AutomationVersion, Stored};
+pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed};
+pub use error::Error;
+pub use events::{Event, NewEvent};
+pub use migrate::{SchemaStatus, known_version};
+pub use nodes::NodeRecord;
+pub use outcomes::Failure;
+pub use reaper::ReapParams;
+pub use runs::{RunRecord, StartRun, Started, Trigger};
+
+/// Connections in a pool unless the caller says otherwise.
+pub const POOL_SIZE_DEFAULT: usize = 16;
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Connects to `url` without checking the schema: for `migrate` and for tests that migrate.
+    pub fn connect_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A pooled connection is checked with a round trip only when it is taken back
+                // after an error; a dead one surfaces on first use and the pool replaces it.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| Error::BadDatabaseUrl(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// Connects to `url` and refuses a database whose schema this build cannot serve.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, Error> {
+        let store = Self::connect_unchecked(url, pool_size)?;
+        store.check_schema().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Prepares every named query against the database, so that a typo or a schema mismatch
+    /// fails here (in a test, at startup) rather than on the first run that needs the query.
+    /// Returns how many were prepared.
+    pub async fn check_queries(&self) -> Result<usize, Error> {
+        let client = self.client().await?;
+        let mut prepared = 0;
+        for (name, sql) in all_queries() {
+            client
+                .prepare(sql)
+                .await
+                .map_err(|source| Error::BadQuery { name, source })?;
+            prepared += 1;
+        }
+        Ok(prepared)
+    }
+}
+
+fn all_queries() -> impl Iterator<Item = (&'static str, &'static str)> {
+    [
+        automations::QUERIES,
+        claims::QUERIES,
+        events::QUERIES,
+        migrate::QUERIES,
+        nodes::QUERIES,
+        outcomes::QUERIES,
+        reaper::QUERIES,
+        runs::QUERIES,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

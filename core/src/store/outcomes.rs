@@ -1,0 +1,236 @@
+//! How a held run leaves its worker: completed, failed, or queued again for a retry.
+
+use std::time::Duration;
+
+use super::{Claim, Error, Store, millis};
+use crate::ids::NodeId;
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The node that failed for good.
+    pub node_id: NodeId,
+    /// Its last attempt.
+    pub attempt: u32,
+    /// The handler's message.
+    pub reason: String,
+}
+
+// name: schedule_retry
+// A retryable failure with attempts left: back to `queued`, not due before retry_after, holding
+// no worker while it waits. Fenced on the claim and on `running`, so a run cancelled meanwhile
+// is never revived. queued_at moves to the retry time so the run queues behind runs that were
+// due before it.
+const SCHEDULE_RETRY: &str = "\
+WITH fenced AS (
+    UPDATE runs r
+    SET status = 'queued', queue_reason = 'retry_backoff',
+        retry_after = now() + $5::bigint * interval '1 millisecond',
+        queued_at = now() + $5::bigint * interval '1 millisecond',
+        retry_node_id = $3::text, retry_attempt = $4::int, retry_backoff_ms = $5::bigint,
+        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        event_seq = r.event_seq + 1, updated_at = now()
+    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'running'
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.retry_after
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, metadata)
+SELECT run_id, event_seq, tenant_id, 'node_retry_backoff_scheduled', lease_epoch, $3::text,
+       $4::int, jsonb_build_object('retry_after', retry_after, 'backoff_ms', $5::bigint)
+FROM fenced
+RETURNING run_id";
+
+// name: complete_run
+// The last node completed. Refused while a node is still running under any claim, so a worker
+// cannot complete a run whose nodes it has not finished.
+const COMPLETE_RUN: &str = "\
+WITH fenced AS (
+    UPDATE runs r
+    SET status = 'completed', finished_at = now(),
+        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        event_seq = r.event_seq + 1, updated_at = now()
+    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
+      AND NOT EXISTS (SELECT 1 FROM run_nodes n WHERE n.run_id = $1::uuid AND n.status = 'running')
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
+SELECT run_id, event_seq, tenant_id, 'run_completed', lease_epoch FROM fenced
+RETURNING run_id";
+
+// name: fail_run
+// A node failed for good: the run fails with the node, attempt and reason, and the nodes
+// downstream of it are recorded as skipped, all in one statement.
+const FAIL_RUN: &str = "\
+WITH fenced AS (
+    UPDATE runs r
+    SET status = 'failed', stop_kind = 'node_failed', stop_reason = left($5::text, 4096),
+        failed_node_id = $3::text, failed_attempt = $4::int, finished_at = now(),
+        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        event_seq = r.event_seq + 1, updated_at = now()
+    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+),
+skipped AS (
+    INSERT INTO run_nodes (run_id, node_id, status, attempts, epoch, finished_at)
+    SELECT fenced.run_id, skip.node_id, 'skipped', 0, fenced.lease_epoch, now()
+    FROM fenced, unnest($6::text[]) AS skip(node_id)
+    ON CONFLICT (run_id, node_id) DO NOTHING
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, reason, stop_kind, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_failed', lease_epoch, $3::text, $4::int,
+       left($5::text, 4096), 'node_failed', jsonb_build_object('skipped', $6::text[])
+FROM fenced
+RETURNING run_id";
+
+// name: run_fence_state
+// Read only when a fenced run write changed nothing: did the same write land before (a lost
+// acknowledgement) or is the lease gone?
+const RUN_FENCE_STATE: &str = "\
+SELECT status, lease_epoch, queue_reason, retry_node_id, retry_attempt, failed_node_id
+FROM runs WHERE run_id = $1::uuid";
+
+pub(super) const QUERIES: &[(&str, &str)] = &[
+    ("schedule_retry", SCHEDULE_RETRY),
+    ("complete_run", COMPLETE_RUN),
+    ("fail_run", FAIL_RUN),
+    ("run_fence_state", RUN_FENCE_STATE),
+];
+
+/// What the row says after a fenced run write changed nothing.
+struct RunFence {
+    status: String,
+    epoch: i64,
+    queue_reason: Option<String>,
+    retry_node_id: Option<String>,
+    retry_attempt: Option<i32>,
+    failed_node_id: Option<String>,
+}
+
+impl RunFence {
+    fn at(&self, claim: &Claim, status: &str) -> bool {
+        self.epoch == claim.epoch.0 && self.status == status
+    }
+
+    /// Success for a write that landed before; otherwise why this one cannot land.
+    fn landed_or_refused(&self, claim: &Claim, landed: bool, conflict: &str) -> Result<(), Error> {
+        let held =
+            self.epoch == claim.epoch.0 && matches!(self.status.as_str(), "running" | "pausing");
+        if landed {
+            Ok(())
+        } else if held {
+            Err(Error::RunConflict {
+                run_id: claim.run_id,
+                reason: format!("{conflict} (the run is {})", self.status),
+            })
+        } else {
+            Err(Error::LeaseLost {
+                run_id: claim.run_id,
+                epoch: claim.epoch,
+            })
+        }
+    }
+}
+
+impl Store {
+    /// Queues the run again for attempt `attempt` of `node_id`, due after `delay`, and releases
+    /// the lease. Record the failed attempt with [`Store::node_failed`] first.
+    pub async fn schedule_retry(
+        &self,
+        claim: &Claim,
+        node_id: &NodeId,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<(), Error> {
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SCHEDULE_RETRY).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &claim.run_id.0,
+                    &claim.epoch.0,
+                    &node_id.as_str(),
+                    &attempt,
+                    &millis(delay),
+                ],
+            )
+            .await?;
+        if !rows.is_empty() {
+            return Ok(());
+        }
+        let fence = self.run_fence(claim).await?;
+        let landed = fence.at(claim, "queued")
+            && fence.queue_reason.as_deref() == Some("retry_backoff")
+            && fence.retry_node_id.as_deref() == Some(node_id.as_str())
+            && fence.retry_attempt == Some(attempt);
+        fence.landed_or_refused(claim, landed, "a pausing run is paused, not retried")
+    }
+
+    /// Completes the run and releases the lease.
+    pub async fn complete_run(&self, claim: &Claim) -> Result<(), Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(COMPLETE_RUN).await?;
+        let rows = client
+            .query(&stmt, &[&claim.run_id.0, &claim.epoch.0])
+            .await?;
+        if !rows.is_empty() {
+            return Ok(());
+        }
+        let fence = self.run_fence(claim).await?;
+        fence.landed_or_refused(
+            claim,
+            fence.at(claim, "completed"),
+            "a node is still running",
+        )
+    }
+
+    /// Fails the run for `failure`, marks `skipped` nodes as not run, and releases the lease.
+    pub async fn fail_run(
+        &self,
+        claim: &Claim,
+        failure: &Failure,
+        skipped: &[NodeId],
+    ) -> Result<(), Error> {
+        let attempt = i32::try_from(failure.attempt).unwrap_or(i32::MAX);
+        let skipped: Vec<&str> = skipped.iter().map(NodeId::as_str).collect();
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(FAIL_RUN).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &claim.run_id.0,
+                    &claim.epoch.0,
+                    &failure.node_id.as_str(),
+                    &attempt,
+                    &failure.reason,
+                    &skipped,
+                ],
+            )
+            .await?;
+        if !rows.is_empty() {
+            return Ok(());
+        }
+        let fence = self.run_fence(claim).await?;
+        let landed = fence.at(claim, "failed")
+            && fence.failed_node_id.as_deref() == Some(failure.node_id.as_str());
+        fence.landed_or_refused(claim, landed, "the run failed differently before")
+    }
+
+    async fn run_fence(&self, claim: &Claim) -> Result<RunFence, Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(RUN_FENCE_STATE).await?;
+        let row = client
+            .query_opt(&stmt, &[&claim.run_id.0])
+            .await?
+            .ok_or(Error::RunNotFound(claim.run_id))?;
+        Ok(RunFence {
+            status: row.get("status"),
+            epoch: row.get("lease_epoch"),
+            queue_reason: row.get("queue_reason"),
+            retry_node_id: row.get("retry_node_id"),
+            retry_attempt: row.get("retry_attempt"),
+            failed_node_id: row.get("failed_node_id"),
+        })
+    }
+}

@@ -1,0 +1,318 @@
+//! Starting runs and reading them back.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+
+use super::{Error, Store};
+use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
+use crate::run::{IllegalTransition, RunStatus, Transition};
+
+/// What set a run going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A person, through the CLI.
+    Manual,
+    /// A schedule fired.
+    Schedule,
+    /// A program, through the API.
+    Api,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Schedule => "schedule",
+            Self::Api => "api",
+        }
+    }
+}
+
+/// A request to start a run of an automation's current version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRun {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The automation.
+    pub automation_id: AutomationId,
+    /// Inputs handed to the run's nodes.
+    pub inputs: serde_json::Value,
+    /// Higher is claimed first; -1000..=1000.
+    pub priority: i16,
+    /// Runs sharing a key never overlap.
+    pub concurrency_key: Option<String>,
+    /// The same key with the same request returns the same run; with another request it is refused.
+    pub idempotency_key: Option<String>,
+    /// What set it going.
+    pub trigger: Trigger,
+}
+
+/// The run a start request produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// The run.
+    pub run_id: RunId,
+    /// False when the idempotency key returned an earlier run.
+    pub created: bool,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// The run.
+    pub run_id: RunId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its automation.
+    pub automation_id: AutomationId,
+    /// The automation version it pinned at start.
+    pub automation_version: i32,
+    /// Its inputs.
+    pub inputs: serde_json::Value,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// Claim order: higher first.
+    pub priority: i16,
+    /// Why it is queued, when it is.
+    pub queue_reason: Option<String>,
+    /// Not due before this instant.
+    pub retry_after: Option<DateTime<Utc>>,
+    /// The node whose retry the run waits for.
+    pub retry_node_id: Option<NodeId>,
+    /// The attempt that will run at `retry_after`.
+    pub retry_attempt: Option<i32>,
+    /// The holder, while held.
+    pub claimant_id: Option<ClaimantId>,
+    /// The current (or last) claim's epoch.
+    pub lease_epoch: LeaseEpoch,
+    /// When the lease runs out, while held.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Claims in a row that expired before any progress.
+    pub expired_claims: i32,
+    /// Why the run stopped (`stale_reaped`, `node_failed`, …), when it did.
+    pub stop_kind: Option<String>,
+    /// The reason given with the stop.
+    pub stop_reason: Option<String>,
+    /// The node that failed the run.
+    pub failed_node_id: Option<NodeId>,
+    /// The attempt that failed it.
+    pub failed_attempt: Option<i32>,
+    /// The last event's sequence number.
+    pub event_seq: i64,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Finished, when terminal.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+// name: start_run
+// One statement: pin the current version of an active automation, insert the run queued, and
+// record its first event. ON CONFLICT on the idempotency key yields zero rows instead of an
+// error, and the caller then compares the earlier request with this one.
+const START_RUN: &str = "\
+WITH automation AS (
+    SELECT current_version, status FROM automations
+    WHERE tenant_id = $1::text AND automation_id = $2::text
+),
+inserted AS (
+    INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
+                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq)
+    SELECT $3::uuid, $1::text, $2::text, current_version, $4::text, $5::jsonb,
+           $6::text, 'queued', $7::smallint, 'started', $8::text, 1
+    FROM automation WHERE status = 'active'
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    RETURNING run_id, automation_version
+),
+event AS (
+    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, metadata)
+    SELECT run_id, 1, $1::text, 'run_started', 0,
+           jsonb_build_object('trigger', $4::text, 'automation_version', automation_version)
+    FROM inserted
+)
+SELECT (SELECT status FROM automation) AS automation_status,
+       (SELECT run_id FROM inserted) AS run_id";
+
+// name: run_by_idempotency_key
+// The earlier run of a repeated key, with the fields a start request sets, to compare them.
+const RUN_BY_IDEMPOTENCY_KEY: &str = "\
+SELECT run_id, automation_id, inputs, priority, concurrency_key, trigger
+FROM runs WHERE tenant_id = $1::text AND idempotency_key = $2::text";
+
+// name: run
+// One run by id, scoped to its tenant.
+const RUN: &str = "\
+SELECT run_id, tenant_id, automation_id, automation_version, inputs, status, priority,
+       queue_reason, retry_after, retry_node_id, retry_attempt, claimant_id, lease_epoch,
+       lease_expires_at, expired_claims, stop_kind, stop_reason, failed_node_id, failed_attempt,
+       event_seq, created_at, finished_at
+FROM runs WHERE run_id = $1::uuid AND tenant_id = $2::text";
+
+// name: cancel_run
+// Cancels a run that has not ended, wherever it is. A held run loses its lease here: the
+// holder's next fenced write or heartbeat finds the run no longer running and stops it. A run
+// waiting in backoff loses its retry_after, so nothing revives it.
+const CANCEL_RUN: &str = "\
+WITH target AS (
+    SELECT run_id FROM runs
+    WHERE run_id = $1::uuid AND tenant_id = $2::text
+      AND status NOT IN ('completed', 'failed', 'blocked', 'cancelled')
+    FOR UPDATE
+),
+cancelled AS (
+    UPDATE runs r
+    SET status = 'cancelled', stop_kind = 'cancelled', stop_reason = left($3::text, 4096),
+        finished_at = now(), retry_after = NULL,
+        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        event_seq = r.event_seq + 1, updated_at = now()
+    FROM target
+    WHERE r.run_id = target.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+),
+interrupted AS (
+    UPDATE run_nodes n
+    SET status = 'failed', last_error = 'attempt cancelled', last_error_retryable = false,
+        finished_at = now()
+    FROM cancelled
+    WHERE n.run_id = cancelled.run_id AND n.status = 'running'
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
+SELECT run_id, event_seq, tenant_id, 'run_cancelled', lease_epoch, left($3::text, 4096), 'cancelled'
+FROM cancelled
+RETURNING run_id";
+
+pub(super) const QUERIES: &[(&str, &str)] = &[
+    ("start_run", START_RUN),
+    ("run_by_idempotency_key", RUN_BY_IDEMPOTENCY_KEY),
+    ("run", RUN),
+    ("cancel_run", CANCEL_RUN),
+];
+
+impl Store {
+    /// Starts a run of the automation's current version, queued and due at once.
+    pub async fn start_run(&self, request: &StartRun) -> Result<Started, Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(START_RUN).await?;
+        let run_id = RunId::new();
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &request.tenant.as_str(),
+                    &request.automation_id.as_str(),
+                    &run_id.0,
+                    &request.trigger.as_str(),
+                    &request.inputs,
+                    &request.idempotency_key,
+                    &request.priority,
+                    &request.concurrency_key,
+                ],
+            )
+            .await?;
+        if let Some(id) = row.get::<_, Option<uuid::Uuid>>("run_id") {
+            return Ok(Started {
+                run_id: RunId(id),
+                created: true,
+            });
+        }
+        // A repeated key returns its run even if the automation was paused since.
+        if let Some(key) = &request.idempotency_key {
+            let stmt = client.prepare_cached(RUN_BY_IDEMPOTENCY_KEY).await?;
+            if let Some(earlier) = client
+                .query_opt(&stmt, &[&request.tenant.as_str(), key])
+                .await?
+            {
+                return same_request(request, key, &earlier);
+            }
+        }
+        match row.get::<_, Option<&str>>("automation_status") {
+            None => Err(Error::AutomationNotFound(request.automation_id.clone())),
+            Some(_) => Err(Error::AutomationPaused(request.automation_id.clone())),
+        }
+    }
+
+    /// Cancels a run that has not ended. A run that has ended is [`Error::Transition`].
+    pub async fn cancel_run(
+        &self,
+        tenant: &TenantId,
+        run_id: RunId,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(CANCEL_RUN).await?;
+        let rows = client
+            .query(&stmt, &[&run_id.0, &tenant.as_str(), &reason])
+            .await?;
+        if !rows.is_empty() {
+            return Ok(());
+        }
+        let run = self.run(tenant, run_id).await?;
+        Err(Error::Transition(IllegalTransition {
+            from: run.status,
+            transition: Transition::Cancel,
+        }))
+    }
+
+    /// A run, read back; a stored value this build cannot read is [`Error::UnreadableRun`].
+    pub async fn run(&self, tenant: &TenantId, run_id: RunId) -> Result<RunRecord, Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(RUN).await?;
+        let row = client
+            .query_opt(&stmt, &[&run_id.0, &tenant.as_str()])
+            .await?
+            .ok_or(Error::RunNotFound(run_id))?;
+        read_run(&row)
+    }
+}
+
+fn same_request(request: &StartRun, key: &str, earlier: &Row) -> Result<Started, Error> {
+    let same = earlier.get::<_, &str>("automation_id") == request.automation_id.as_str()
+        && earlier.get::<_, serde_json::Value>("inputs") == request.inputs
+        && earlier.get::<_, i16>("priority") == request.priority
+        && earlier.get::<_, Option<String>>("concurrency_key") == request.concurrency_key
+        && earlier.get::<_, &str>("trigger") == request.trigger.as_str();
+    if same {
+        Ok(Started {
+            run_id: RunId(earlier.get("run_id")),
+            created: false,
+        })
+    } else {
+        Err(Error::IdempotencyConflict {
+            key: key.to_owned(),
+        })
+    }
+}
+
+fn read_run(row: &Row) -> Result<RunRecord, Error> {
+    let run_id = RunId(row.get("run_id"));
+    let status = row
+        .get::<_, &str>("status")
+        .parse()
+        .map_err(|e: crate::run::UnknownStatus| Error::UnreadableRun {
+            run_id,
+            reason: e.to_string(),
+        })?;
+    Ok(RunRecord {
+        run_id,
+        tenant: TenantId(row.get("tenant_id")),
+        automation_id: AutomationId(row.get("automation_id")),
+        automation_version: row.get("automation_version"),
+        inputs: row.get("inputs"),
+        status,
+        priority: row.get("priority"),
+        queue_reason: row.get("queue_reason"),
+        retry_after: row.get("retry_after"),
+        retry_node_id: row.get::<_, Option<String>>("retry_node_id").map(NodeId),
+        retry_attempt: row.get("retry_attempt"),
+        claimant_id: row.get::<_, Option<String>>("claimant_id").map(ClaimantId),
+        lease_epoch: LeaseEpoch(row.get("lease_epoch")),
+        lease_expires_at: row.get("lease_expires_at"),
+        expired_claims: row.get("expired_claims"),
+        stop_kind: row.get("stop_kind"),
+        stop_reason: row.get("stop_reason"),
+        failed_node_id: row.get::<_, Option<String>>("failed_node_id").map(NodeId),
+        failed_attempt: row.get("failed_attempt"),
+        event_seq: row.get("event_seq"),
+        created_at: row.get("created_at"),
+        finished_at: row.get("finished_at"),
+    })
+}

@@ -1,0 +1,766 @@
+//! The lease protocol against a real Postgres: claims, fencing, retries, hand-back, reaping.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{LEASE, setup};
+use leasehold_core::ids::{ClaimantId, LeaseEpoch, NodeId, RunId};
+use leasehold_core::lease::{self, LeaseView, Reap};
+use leasehold_core::run::{self, NodeStatus, RunStatus, Transition};
+use leasehold_core::store::{Error, Failure, ReapParams};
+use serde_json::json;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn node(id: &str) -> NodeId {
+    NodeId::from(id)
+}
+
+fn assert_lease_lost<T: std::fmt::Debug>(result: &Result<T, Error>, what: &str) {
+    assert!(
+        matches!(result, Err(Error::LeaseLost { .. })),
+        "{what}: expected LeaseLost, got {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn eight_claimers_claim_each_of_ten_thousand_runs_exactly_once() {
+    let b = setup().await;
+    let automation = b.automation("bulk").await;
+    b.queue_many(&automation, 10_000).await;
+
+    let mut claimers = Vec::new();
+    for i in 0..8 {
+        let store = b.store.clone();
+        claimers.push(tokio::spawn(async move {
+            let claimant = ClaimantId(format!("claimer-{i}"));
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim_runs(&claimant, 64, LEASE).await.expect("claim");
+                if batch.is_empty() {
+                    return (claimant, mine);
+                }
+                mine.extend(batch.into_iter().map(|c| c.claim));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut held_by = Vec::new();
+    for claimer in claimers {
+        let (claimant, claims) = claimer.await.expect("claimer task");
+        for claim in claims {
+            assert_eq!(
+                claim.epoch(),
+                LeaseEpoch(1),
+                "first claim of {}",
+                claim.run_id()
+            );
+            assert!(
+                seen.insert(claim.run_id()),
+                "{} claimed twice",
+                claim.run_id()
+            );
+            held_by.push((claim.run_id().0, claimant.0.clone()));
+        }
+    }
+    assert_eq!(seen.len(), 10_000);
+
+    // The rows agree with what each claimer was told.
+    let (ids, claimants): (Vec<_>, Vec<_>) = held_by.into_iter().unzip();
+    let agree: i64 = b
+        .sql
+        .query_one(
+            "SELECT count(*) FROM runs r JOIN unnest($1::uuid[], $2::text[]) AS h(run_id, claimant)
+             ON r.run_id = h.run_id
+             WHERE r.claimant_id = h.claimant AND r.status = 'running' AND r.lease_epoch = 1",
+            &[&ids, &claimants],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(agree, 10_000);
+}
+
+#[tokio::test]
+async fn claims_take_highest_priority_then_oldest() {
+    let b = setup().await;
+    let automation = b.automation("order").await;
+    let low_old = b.start(&automation).await;
+    let high = b
+        .store
+        .start_run(&leasehold_core::store::StartRun {
+            priority: 5,
+            ..b.start_request(&automation)
+        })
+        .await
+        .expect("start")
+        .run_id;
+    let low_new = b.start(&automation).await;
+
+    let order: Vec<RunId> = b
+        .store
+        .claim_runs(&ClaimantId::from("w"), 10, LEASE)
+        .await
+        .expect("claim")
+        .iter()
+        .map(|c| c.claim.run_id())
+        .collect();
+    assert_eq!(order, vec![high, low_old, low_new]);
+}
+
+#[tokio::test]
+async fn stale_holder_cannot_write_after_reclaim() {
+    let b = setup().await;
+    let automation = b.automation("fenced").await;
+    let run_id = b.start(&automation).await;
+
+    let first = b.claim_one("worker-1").await.claim;
+
+    // The first holder stalls; its lease runs out, the reaper requeues the run and another
+    // worker claims it, all without the first holder knowing.
+    b.expire_lease(run_id, ms(10)).await;
+    let (requeued, _, _) = reap(&b, chrono::Utc::now() + chrono::TimeDelta::seconds(1)).await;
+    assert_eq!(requeued, vec![run_id]);
+    let second = b.claim_one("worker-2").await;
+    assert_eq!(second.claim.epoch(), LeaseEpoch(2));
+    assert_eq!(
+        b.store
+            .node_started(&second.claim, &node("a"))
+            .await
+            .expect("start a"),
+        1
+    );
+    b.store
+        .node_completed(&second.claim, &node("a"), &json!({"a": 1}))
+        .await
+        .expect("complete a");
+    let before = b.store.run(&b.tenant, run_id).await.expect("run");
+
+    let beat = b.store.heartbeat(&[first], LEASE).await.expect("heartbeat");
+    assert_eq!(beat.lost, vec![first]);
+    assert!(beat.renewed.is_empty());
+    assert_lease_lost(
+        &b.store.node_started(&first, &node("b")).await,
+        "node_started",
+    );
+    assert_lease_lost(
+        &b.store
+            .node_completed(&first, &node("a"), &json!({"a": 2}))
+            .await,
+        "node_completed",
+    );
+    assert_lease_lost(
+        &b.store.node_failed(&first, &node("a"), "boom", true).await,
+        "node_failed",
+    );
+    assert_lease_lost(
+        &b.store.schedule_retry(&first, &node("b"), 2, ms(10)).await,
+        "schedule_retry",
+    );
+    assert_lease_lost(&b.store.complete_run(&first).await, "complete_run");
+    let failure = Failure {
+        node_id: node("b"),
+        attempt: 1,
+        reason: "late".into(),
+    };
+    assert_lease_lost(&b.store.fail_run(&first, &failure, &[]).await, "fail_run");
+    let released = b
+        .store
+        .release_on_shutdown(&[first])
+        .await
+        .expect("release");
+    assert_eq!(released.lost, vec![first]);
+    assert!(released.released.is_empty());
+
+    let after = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(after, before, "no write of the stale holder landed");
+    let a = b.store.checkpoint(run_id).await.expect("checkpoint");
+    assert_eq!(a.len(), 1);
+    assert_eq!((a[0].attempts, a[0].epoch), (1, LeaseEpoch(2)));
+    assert_eq!(a[0].output, Some(json!({"a": 1})));
+
+    // The current holder is unaffected.
+    assert_eq!(
+        b.store
+            .heartbeat(&[second.claim], LEASE)
+            .await
+            .expect("hb")
+            .renewed
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
+    let b = setup().await;
+    let automation = b.automation("diamond").await;
+    let run_id = b.start(&automation).await;
+    let claimed = b.claim_one("w").await;
+    let claim = claimed.claim;
+    assert!(!claimed.resumed);
+    let spec = b
+        .store
+        .automation_version(&b.tenant, &automation, Some(claimed.automation_version))
+        .await
+        .expect("spec")
+        .spec;
+
+    loop {
+        let checkpoint = b
+            .store
+            .checkpoint(run_id)
+            .await
+            .expect("checkpoint")
+            .iter()
+            .map(|n| (n.node_id.clone(), n.state()))
+            .collect();
+        let ready: Vec<NodeId> = run::ready_nodes(&spec, &checkpoint)
+            .into_iter()
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for id in ready {
+            assert_eq!(b.store.node_started(&claim, &id).await.expect("start"), 1);
+            b.store
+                .node_completed(&claim, &id, &json!({"node": id.as_str()}))
+                .await
+                .expect("complete");
+        }
+    }
+    b.store.complete_run(&claim).await.expect("complete run");
+
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.claimant_id, None);
+    let events = b.store.events_after(run_id, 0, 100).await.expect("events");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=11).collect::<Vec<_>>(),
+        "start, claim, 4×2 node events, completion"
+    );
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("run_completed")
+    );
+    assert_eq!(run.event_seq, 11);
+    // A completed run never changes again.
+    assert!(b.store.cancel_run(&b.tenant, run_id, "late").await.is_err());
+    assert_eq!(b.store.run(&b.tenant, run_id).await.expect("run"), run);
+}
+
+#[tokio::test]
+async fn repeating_a_write_that_landed_succeeds_quietly() {
+    let b = setup().await;
+    let automation = b.automation("repeat").await;
+    let run_id = b.start(&automation).await;
+    let claim = b.claim_one("w").await.claim;
+
+    assert_eq!(
+        b.store
+            .node_started(&claim, &node("a"))
+            .await
+            .expect("start"),
+        1
+    );
+    assert_eq!(
+        b.store
+            .node_started(&claim, &node("a"))
+            .await
+            .expect("again"),
+        1
+    );
+    let output = json!({"ok": true});
+    b.store
+        .node_completed(&claim, &node("a"), &output)
+        .await
+        .expect("complete");
+    b.store
+        .node_completed(&claim, &node("a"), &output)
+        .await
+        .expect("again");
+    // The same node with a different outcome is not a repeat.
+    assert!(matches!(
+        b.store
+            .node_completed(&claim, &node("a"), &json!({"ok": false}))
+            .await,
+        Err(Error::NodeConflict { .. })
+    ));
+    // A completed node does not start again.
+    assert!(matches!(
+        b.store.node_started(&claim, &node("a")).await,
+        Err(Error::NodeConflict { .. })
+    ));
+    b.store.complete_run(&claim).await.expect("complete run");
+    b.store
+        .complete_run(&claim)
+        .await
+        .expect("complete run again");
+
+    let names = b.event_names(run_id).await;
+    let count = |name: &str| names.iter().filter(|n| *n == name).count();
+    assert_eq!(count("node_started"), 1);
+    assert_eq!(count("node_completed"), 1);
+    assert_eq!(count("run_completed"), 1);
+}
+
+#[tokio::test]
+async fn a_run_is_not_completed_while_a_node_runs() {
+    let b = setup().await;
+    let automation = b.automation("busy").await;
+    b.start(&automation).await;
+    let claim = b.claim_one("w").await.claim;
+    b.store
+        .node_started(&claim, &node("a"))
+        .await
+        .expect("start");
+    assert!(matches!(
+        b.store.complete_run(&claim).await,
+        Err(Error::RunConflict { .. })
+    ));
+}
+
+#[tokio::test]
+async fn retries_wait_in_the_queue_until_retry_after() {
+    let b = setup().await;
+    let automation = b.automation("retry").await;
+    let run_id = b.start(&automation).await;
+    let claimant = ClaimantId::from("w");
+    let claim = b.claim_one("w").await.claim;
+    let attempt = b
+        .store
+        .node_started(&claim, &node("a"))
+        .await
+        .expect("start");
+    b.store
+        .node_failed(&claim, &node("a"), "503 from upstream", true)
+        .await
+        .expect("fail");
+    b.store
+        .schedule_retry(&claim, &node("a"), attempt + 1, Duration::from_secs(3_600))
+        .await
+        .expect("schedule");
+    // Repeating the same scheduling is a lost acknowledgement, not a failure.
+    b.store
+        .schedule_retry(&claim, &node("a"), attempt + 1, Duration::from_secs(3_600))
+        .await
+        .expect("schedule again");
+
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.queue_reason.as_deref(), Some("retry_backoff"));
+    assert_eq!(run.retry_node_id, Some(node("a")));
+    assert_eq!(run.retry_attempt, Some(2));
+    assert_eq!(run.claimant_id, None, "no worker waits for a backoff");
+    let due_in_an_hour = b
+        .store
+        .claim_runs(&claimant, 10, LEASE)
+        .await
+        .expect("claim");
+    assert!(
+        due_in_an_hour.is_empty(),
+        "not claimable before retry_after"
+    );
+
+    b.backdate_retry(run_id, ms(1)).await;
+    let again = b.claim_one("w").await;
+    assert_eq!(again.claim.epoch(), LeaseEpoch(2));
+    assert_eq!(again.retry_node_id, Some(node("a")));
+    let checkpoint = b.store.checkpoint(run_id).await.expect("checkpoint");
+    assert_eq!(checkpoint[0].status, NodeStatus::Failed);
+    assert_eq!(
+        checkpoint[0].last_error.as_deref(),
+        Some("503 from upstream")
+    );
+    assert_eq!(
+        b.store
+            .node_started(&again.claim, &node("a"))
+            .await
+            .expect("start"),
+        2,
+        "the retry is the second attempt"
+    );
+    let names = b.event_names(run_id).await;
+    assert!(
+        names.contains(&"node_retry_backoff_scheduled".to_owned()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_scheduled_retry_never_revives_a_cancelled_run() {
+    let b = setup().await;
+    let automation = b.automation("cancelled").await;
+    let run_id = b.start(&automation).await;
+    let claim = b.claim_one("w").await.claim;
+    b.store
+        .node_started(&claim, &node("a"))
+        .await
+        .expect("start");
+
+    b.store
+        .cancel_run(&b.tenant, run_id, "user asked")
+        .await
+        .expect("cancel");
+    assert_lease_lost(
+        &b.store
+            .node_failed(&claim, &node("a"), "timeout", true)
+            .await,
+        "node_failed",
+    );
+    assert_lease_lost(
+        &b.store.schedule_retry(&claim, &node("a"), 2, ms(1)).await,
+        "schedule_retry",
+    );
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.retry_after, None);
+    let claimed = b
+        .store
+        .claim_runs(&ClaimantId::from("w2"), 10, LEASE)
+        .await
+        .expect("claim");
+    assert!(claimed.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
+    let b = setup().await;
+    let automation = b.automation("failing").await;
+    let run_id = b.start(&automation).await;
+    let claim = b.claim_one("w").await.claim;
+    b.store
+        .node_started(&claim, &node("a"))
+        .await
+        .expect("start");
+    b.store
+        .node_failed(&claim, &node("a"), "exit status 2", false)
+        .await
+        .expect("fail node");
+    let failure = Failure {
+        node_id: node("a"),
+        attempt: 1,
+        reason: "exit status 2".into(),
+    };
+    let skipped = [node("b"), node("c"), node("d")];
+    b.store
+        .fail_run(&claim, &failure, &skipped)
+        .await
+        .expect("fail run");
+    b.store
+        .fail_run(&claim, &failure, &skipped)
+        .await
+        .expect("repeat");
+
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.failed_node_id, Some(node("a")));
+    assert_eq!(run.failed_attempt, Some(1));
+    assert_eq!(run.stop_reason.as_deref(), Some("exit status 2"));
+    let statuses: Vec<(String, NodeStatus)> = b
+        .store
+        .checkpoint(run_id)
+        .await
+        .expect("checkpoint")
+        .into_iter()
+        .map(|n| (n.node_id.0, n.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("a".into(), NodeStatus::Failed),
+            ("b".into(), NodeStatus::Skipped),
+            ("c".into(), NodeStatus::Skipped),
+            ("d".into(), NodeStatus::Skipped),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
+    let b = setup().await;
+    let automation = b.automation("beats").await;
+    for _ in 0..3 {
+        b.start(&automation).await;
+    }
+    let claims: Vec<_> = b
+        .store
+        .claim_runs(&ClaimantId::from("w"), 3, Duration::from_secs(5))
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|c| c.claim)
+        .collect();
+    let cancelled = claims[1].run_id();
+    b.store
+        .cancel_run(&b.tenant, cancelled, "stop")
+        .await
+        .expect("cancel");
+
+    let beat = b.store.heartbeat(&claims, LEASE).await.expect("heartbeat");
+    assert_eq!(beat.lost, vec![claims[1]]);
+    assert_eq!(beat.renewed.len(), 2);
+    for renewed in &beat.renewed {
+        assert_eq!(renewed.status, RunStatus::Running);
+        let run = b
+            .store
+            .run(&b.tenant, renewed.claim.run_id())
+            .await
+            .expect("run");
+        assert_eq!(run.lease_expires_at, Some(renewed.lease_expires_at));
+        assert!(renewed.lease_expires_at > run.created_at + chrono::TimeDelta::seconds(50));
+    }
+}
+
+#[tokio::test]
+async fn shutdown_hands_runs_back_for_another_worker_at_once() {
+    let b = setup().await;
+    let automation = b.automation("handback").await;
+    let run_id = b.start(&automation).await;
+    let claim = b.claim_one("leaving").await.claim;
+    b.store
+        .node_started(&claim, &node("a"))
+        .await
+        .expect("start a");
+    b.store
+        .node_completed(&claim, &node("a"), &json!(1))
+        .await
+        .expect("a");
+    b.store
+        .node_started(&claim, &node("b"))
+        .await
+        .expect("start b");
+
+    let released = b
+        .store
+        .release_on_shutdown(&[claim])
+        .await
+        .expect("release");
+    assert_eq!(released.released, vec![run_id]);
+    // A lost acknowledgement: the repeat reports it released, not lost.
+    let again = b.store.release_on_shutdown(&[claim]).await.expect("again");
+    assert_eq!(again.released, vec![run_id]);
+    assert!(again.lost.is_empty());
+
+    let next = b.claim_one("arriving").await;
+    assert_eq!(next.claim.run_id(), run_id, "no lease expiry to wait for");
+    assert!(next.resumed);
+    let checkpoint = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let state = |id: &str| {
+        checkpoint
+            .iter()
+            .find(|n| n.node_id.as_str() == id)
+            .map(|n| (n.status, n.attempts))
+    };
+    assert_eq!(state("a"), Some((NodeStatus::Completed, 1)));
+    assert_eq!(
+        state("b"),
+        Some((NodeStatus::Failed, 1)),
+        "interrupted attempt counted"
+    );
+    assert!(
+        b.event_names(run_id)
+            .await
+            .contains(&"run_released_shutdown".to_owned())
+    );
+}
+
+/// Reads the expired leases at `now`, decides with the pure rule, applies each kind.
+async fn reap(
+    b: &common::Bundle,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Vec<RunId>, Vec<RunId>, Vec<RunId>) {
+    let params = ReapParams {
+        now: Some(now),
+        limit: 1_000,
+        poison_limit: lease::POISON_LIMIT_DEFAULT,
+    };
+    let expired = b.store.expired_leases(&params).await.expect("expired");
+    let pick = |kind: Reap| -> Vec<LeaseView> {
+        expired
+            .iter()
+            .filter(|v| lease::reap(v, now, params.poison_limit) == kind)
+            .copied()
+            .collect()
+    };
+    let requeued = b
+        .store
+        .requeue_expired(&pick(Reap::Requeue), &params)
+        .await
+        .expect("requeue");
+    let stale = b
+        .store
+        .stale_reap(&pick(Reap::StaleReap), &params)
+        .await
+        .expect("stale");
+    let blocked = b
+        .store
+        .block_poisoned(&pick(Reap::BlockPoisoned), &params)
+        .await
+        .expect("block");
+    (requeued, stale, blocked)
+}
+
+async fn lease_expiry(b: &common::Bundle, run_id: RunId) -> chrono::DateTime<chrono::Utc> {
+    b.store
+        .run(&b.tenant, run_id)
+        .await
+        .expect("run")
+        .lease_expires_at
+        .expect("held")
+}
+
+#[tokio::test]
+async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired() {
+    let b = setup().await;
+    let automation = b.automation("reap").await;
+    let run_id = b.start(&automation).await;
+    b.claim_one("dead").await;
+    let expires = lease_expiry(&b, run_id).await;
+    let one_ms = chrono::TimeDelta::milliseconds(1);
+
+    assert_eq!(
+        reap(&b, expires - one_ms).await,
+        (vec![], vec![], vec![]),
+        "due in 1 ms"
+    );
+    assert_eq!(
+        reap(&b, expires).await,
+        (vec![], vec![], vec![]),
+        "at the instant"
+    );
+    assert_eq!(
+        reap(&b, expires + one_ms).await,
+        (vec![run_id], vec![], vec![]),
+        "expired by 1 ms"
+    );
+    // A second reaper, or a paused one waking up, changes nothing twice.
+    assert_eq!(reap(&b, expires + one_ms).await, (vec![], vec![], vec![]));
+
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(
+        run.status,
+        run::apply(RunStatus::Running, Transition::RequeueExpiredClaim)
+            .expect("legal")
+            .to
+    );
+    assert_eq!(run.queue_reason.as_deref(), Some("claim_expired"));
+    assert_eq!(run.expired_claims, 1);
+    let names = b.event_names(run_id).await;
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some(Transition::RequeueExpiredClaim.event())
+    );
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| *n == "run_execution_claim_expired_requeued")
+            .count(),
+        1
+    );
+    assert_eq!(b.claim_one("alive").await.claim.epoch(), LeaseEpoch(2));
+}
+
+#[tokio::test]
+async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attempt() {
+    let b = setup().await;
+    let automation = b.automation("stale").await;
+    let run_id = b.start(&automation).await;
+    let claim = b.claim_one("frozen").await.claim;
+    b.store
+        .node_started(&claim, &node("a"))
+        .await
+        .expect("start");
+    let expires = lease_expiry(&b, run_id).await;
+    let one_ms = chrono::TimeDelta::milliseconds(1);
+
+    assert_eq!(
+        reap(&b, expires - one_ms).await,
+        (vec![], vec![], vec![]),
+        "due in 1 ms"
+    );
+    assert_eq!(
+        reap(&b, expires + one_ms).await,
+        (vec![], vec![run_id], vec![]),
+        "expired by 1 ms"
+    );
+    assert_eq!(reap(&b, expires + one_ms).await, (vec![], vec![], vec![]));
+
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(
+        run.status,
+        run::apply(RunStatus::Running, Transition::StaleReap)
+            .expect("legal")
+            .to
+    );
+    assert_eq!(run.stop_kind.as_deref(), Some("stale_reaped"));
+    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    assert_eq!((a.status, a.attempts), (NodeStatus::Failed, 1));
+    assert_lease_lost(
+        &b.store.node_completed(&claim, &node("a"), &json!(1)).await,
+        "late output",
+    );
+    assert_eq!(
+        b.event_names(run_id).await.last().map(String::as_str),
+        Some("run_stale_reaped")
+    );
+}
+
+#[tokio::test]
+async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
+    let b = setup().await;
+    let automation = b.automation("alive").await;
+    let live = b.start(&automation).await;
+    let cancelled = b.start(&automation).await;
+    b.store
+        .claim_runs(&ClaimantId::from("w"), 2, LEASE)
+        .await
+        .expect("claim");
+    b.expire_lease(cancelled, Duration::from_secs(60)).await;
+    b.store
+        .cancel_run(&b.tenant, cancelled, "stop")
+        .await
+        .expect("cancel");
+
+    let now = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
+    assert_eq!(reap(&b, now).await, (vec![], vec![], vec![]));
+    let run = b.store.run(&b.tenant, live).await.expect("run");
+    assert_eq!(run.status, RunStatus::Running);
+    let run = b.store.run(&b.tenant, cancelled).await.expect("run");
+    assert_eq!(run.status, RunStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
+    let b = setup().await;
+    let automation = b.automation("poison").await;
+    let run_id = b.start(&automation).await;
+    for round in 1..=lease::POISON_LIMIT_DEFAULT {
+        b.claim_one("doomed").await;
+        b.expire_lease(run_id, Duration::from_secs(1)).await;
+        let (requeued, _, blocked) =
+            reap(&b, chrono::Utc::now() + chrono::TimeDelta::seconds(5)).await;
+        if round < lease::POISON_LIMIT_DEFAULT {
+            assert_eq!(requeued, vec![run_id], "round {round}");
+        } else {
+            assert_eq!(blocked, vec![run_id], "round {round}");
+        }
+    }
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Blocked);
+    assert_eq!(run.stop_kind.as_deref(), Some("poisoned"));
+    assert!(
+        b.store
+            .claim_runs(&ClaimantId::from("w"), 1, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}

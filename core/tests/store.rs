@@ -1,0 +1,284 @@
+//! Schema, automations, starting runs, events, and the named queries, against a real Postgres.
+
+mod common;
+
+use common::{diamond, setup, spec};
+use leasehold_core::ids::{AutomationId, LeaseEpoch, NodeId, RunId};
+use leasehold_core::run::RunStatus;
+use leasehold_core::store::{self, Error, NewEvent, StartRun, Store, Stored};
+use leasehold_testkit::TestDb;
+use serde_json::json;
+
+#[tokio::test]
+async fn migrating_an_empty_database() {
+    let db = TestDb::new().await;
+    let store = Store::connect_unchecked(db.url(), 2).expect("pool");
+    let before = store.schema_status().await.expect("status");
+    assert_eq!(before.database_version, 0);
+    assert_eq!(before.known_version, store::known_version());
+    assert_eq!(
+        before.pending.len(),
+        usize::try_from(store::known_version()).expect("small")
+    );
+    assert!(matches!(
+        Store::connect(db.url(), 2).await,
+        Err(Error::SchemaBehind { database: 0, .. })
+    ));
+
+    let applied = store.migrate().await.expect("migrate");
+    assert_eq!(applied, before.pending);
+    assert!(
+        store.migrate().await.expect("again").is_empty(),
+        "nothing left to apply"
+    );
+    let after = store.schema_status().await.expect("status");
+    assert_eq!(after.database_version, after.known_version);
+    assert!(after.pending.is_empty());
+    Store::connect(db.url(), 2)
+        .await
+        .expect("a migrated database is served");
+}
+
+#[tokio::test]
+async fn a_database_newer_than_this_build_is_refused() {
+    let b = setup().await;
+    let newer = store::known_version() + 1;
+    b.sql
+        .execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+             VALUES ($1, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
+            &[&newer],
+        )
+        .await
+        .expect("fake a newer migration");
+
+    let refused = Store::connect(b.db.url(), 2).await.err().expect("refused");
+    assert!(matches!(refused, Error::SchemaTooNew { .. }), "{refused:?}");
+    let message = refused.to_string();
+    assert!(message.contains("newer than this build knows"), "{message}");
+    assert!(matches!(
+        b.store.migrate().await,
+        Err(Error::SchemaTooNew { .. })
+    ));
+}
+
+#[tokio::test]
+async fn every_named_query_prepares() {
+    let b = setup().await;
+    let prepared = b.store.check_queries().await.expect("all queries prepare");
+    assert!(prepared >= 25, "only {prepared} queries");
+}
+
+#[tokio::test]
+async fn automation_versions_are_immutable_and_runs_pin_theirs() {
+    let b = setup().await;
+    let v1 = diamond("report");
+    assert_eq!(
+        b.store
+            .create_automation(&b.tenant, &v1)
+            .await
+            .expect("create"),
+        1
+    );
+    assert!(matches!(
+        b.store.create_automation(&b.tenant, &v1).await,
+        Err(Error::AutomationExists(_))
+    ));
+    let automation = AutomationId::from("report");
+    let pinned_v1 = b.start(&automation).await;
+
+    // Re-applying the same spec, keys in any order, adds no version.
+    let same = b
+        .store
+        .apply_automation(&b.tenant, &v1)
+        .await
+        .expect("apply");
+    assert_eq!(
+        same,
+        Stored {
+            version: 1,
+            created: false
+        }
+    );
+    let v2 = spec("id: report\nnodes:\n  - {id: only, kind: echo, input: {x: 1}}\n");
+    let stored = b
+        .store
+        .apply_automation(&b.tenant, &v2)
+        .await
+        .expect("apply v2");
+    assert_eq!(
+        stored,
+        Stored {
+            version: 2,
+            created: true
+        }
+    );
+    let pinned_v2 = b.start(&automation).await;
+
+    let run1 = b.store.run(&b.tenant, pinned_v1).await.expect("run");
+    let run2 = b.store.run(&b.tenant, pinned_v2).await.expect("run");
+    assert_eq!((run1.automation_version, run2.automation_version), (1, 2));
+    let read_v1 = b
+        .store
+        .automation_version(&b.tenant, &automation, Some(1))
+        .await
+        .expect("v1");
+    assert_eq!(read_v1.spec, v1);
+    let current = b
+        .store
+        .automation_version(&b.tenant, &automation, None)
+        .await
+        .expect("current");
+    assert_eq!((current.version, current.spec), (2, v2));
+}
+
+#[tokio::test]
+async fn an_unreadable_stored_spec_is_an_error_not_a_panic() {
+    let b = setup().await;
+    let automation = b.automation("corrupt").await;
+    b.sql
+        .execute(
+            "UPDATE automation_versions SET spec = '{\"id\": \"corrupt\", \"nodes\": 7}'",
+            &[],
+        )
+        .await
+        .expect("corrupt the spec");
+    let result = b
+        .store
+        .automation_version(&b.tenant, &automation, None)
+        .await;
+    assert!(
+        matches!(result, Err(Error::UnreadableSpec { version: 1, .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn starting_a_run_is_idempotent_on_its_key() {
+    let b = setup().await;
+    let automation = b.automation("idem").await;
+    let request = StartRun {
+        idempotency_key: Some("req-1".into()),
+        inputs: json!({"b": 2, "a": 1}),
+        ..b.start_request(&automation)
+    };
+    let first = b.store.start_run(&request).await.expect("start");
+    assert!(first.created);
+    let repeat = b.store.start_run(&request).await.expect("repeat");
+    assert_eq!(repeat.run_id, first.run_id);
+    assert!(!repeat.created);
+
+    let other_body = StartRun {
+        inputs: json!({"a": 2}),
+        ..request.clone()
+    };
+    let refused = b.store.start_run(&other_body).await;
+    assert!(
+        matches!(refused, Err(Error::IdempotencyConflict { .. })),
+        "{refused:?}"
+    );
+
+    let runs: i64 = b
+        .sql
+        .query_one("SELECT count(*) FROM runs", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(runs, 1, "the refused request changed nothing");
+    let run = b.store.run(&b.tenant, first.run_id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(b.event_names(first.run_id).await, vec!["run_started"]);
+}
+
+#[tokio::test]
+async fn starting_a_run_of_a_missing_automation_is_refused() {
+    let b = setup().await;
+    let result = b
+        .store
+        .start_run(&b.start_request(&AutomationId::from("nope")))
+        .await;
+    assert!(
+        matches!(result, Err(Error::AutomationNotFound(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn out_of_range_values_name_the_constraint_and_store_nothing() {
+    let b = setup().await;
+    let automation = b.automation("range").await;
+    let result = b
+        .store
+        .start_run(&StartRun {
+            priority: 5_000,
+            ..b.start_request(&automation)
+        })
+        .await;
+    match result {
+        Err(Error::OutOfRange { constraint }) => {
+            assert!(constraint.contains("priority"), "{constraint}");
+        }
+        other => panic!("expected OutOfRange, got {other:?}"),
+    }
+    let runs: i64 = b
+        .sql
+        .query_one("SELECT count(*) FROM runs", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(runs, 0);
+}
+
+#[tokio::test]
+async fn events_append_in_batches_with_gap_free_sequences() {
+    let b = setup().await;
+    let automation = b.automation("events").await;
+    let one = b.start(&automation).await;
+    let two = b.start(&automation).await;
+    let event = |run_id: RunId, name: &str| NewEvent {
+        run_id,
+        event: name.into(),
+        epoch: LeaseEpoch(0),
+        node_id: Some(NodeId::from("a")),
+        attempt: None,
+        reason: Some("why".into()),
+        metadata: json!({"k": name}),
+    };
+    let stored = b
+        .store
+        .append_events(&[
+            event(one, "note_1"),
+            event(two, "note_a"),
+            event(one, "note_2"),
+            event(one, "note_3"),
+            event(RunId::new(), "orphan"),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(stored, 4, "the event of an unknown run is dropped");
+
+    let ones = b.store.events_after(one, 0, 100).await.expect("events");
+    let seqs: Vec<(i64, &str)> = ones.iter().map(|e| (e.seq, e.event.as_str())).collect();
+    assert_eq!(
+        seqs,
+        vec![
+            (1, "run_started"),
+            (2, "note_1"),
+            (3, "note_2"),
+            (4, "note_3")
+        ]
+    );
+    assert_eq!(b.event_names(two).await, vec!["run_started", "note_a"]);
+
+    // A watcher that saw up to 2 gets exactly the rest.
+    let rest: Vec<i64> = b
+        .store
+        .events_after(one, 2, 100)
+        .await
+        .expect("rest")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(rest, vec![3, 4]);
+    assert_eq!(b.store.run(&b.tenant, one).await.expect("run").event_seq, 4);
+}
