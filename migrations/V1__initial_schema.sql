@@ -166,6 +166,30 @@ $$;
 
 SELECT leasehold_ensure_event_partitions(current_date, 3);
 
+-- Approval gates. A gate is requested by the worker that reaches a gated node, under its claim;
+-- at most one is pending per node of a run.
+CREATE TABLE gates (
+    gate_id          uuid        PRIMARY KEY,
+    tenant_id        text        NOT NULL,
+    run_id           uuid        NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    node_id          text        NOT NULL CHECK (length(node_id) BETWEEN 1 AND 128),
+    prompt           text        NOT NULL CHECK (length(prompt) BETWEEN 1 AND 4096),
+    status           text        NOT NULL DEFAULT 'pending'
+                                 CHECK (status IN ('pending', 'approved', 'rejected', 'cancelled')),
+    requested_epoch  bigint      NOT NULL,
+    requested_at     timestamptz NOT NULL DEFAULT now(),
+    decided_at       timestamptz,
+    decided_by       text        CHECK (length(decided_by) <= 256),
+    decision_reason  text        CHECK (length(decision_reason) <= 4096),
+    request_id       text        CHECK (length(request_id) <= 256),
+    stale_marked_at  timestamptz,
+    CHECK ((status = 'pending') = (decided_at IS NULL))
+);
+
+CREATE UNIQUE INDEX gates_one_pending_per_node ON gates (run_id, node_id) WHERE status = 'pending';
+CREATE INDEX gates_pending_idx ON gates (tenant_id, requested_at) WHERE status = 'pending';
+CREATE INDEX gates_run_idx ON gates (run_id);
+
 CREATE TABLE workers (
     claimant_id     text        PRIMARY KEY CHECK (length(claimant_id) BETWEEN 1 AND 256),
     host            text        NOT NULL CHECK (length(host) <= 256),

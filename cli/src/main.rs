@@ -1,6 +1,8 @@
 //! The `leasehold` command.
 
 mod migrate;
+mod signals;
+mod worker;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Apply the database migrations this build carries.
     Migrate(migrate::Args),
+    /// Claim and execute runs until SIGTERM, then hand back what is still held.
+    Worker(worker::Args),
 }
 
 #[tokio::main]
@@ -31,6 +35,7 @@ async fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

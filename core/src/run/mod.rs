@@ -3,5 +3,8 @@
 mod ready;
 mod state;
 
-pub use ready::{Checkpoint, NodeState, NodeStatus, ready_nodes};
+pub use ready::{Checkpoint, NodeState, NodeStatus, downstream, ready_nodes};
+
+/// Largest node output stored, as JSON: larger outputs fail the node rather than the database.
+pub const MAX_NODE_OUTPUT_BYTES: usize = 1024 * 1024;
 pub use state::{IllegalTransition, RunStatus, Step, Transition, UnknownStatus, apply};

@@ -1,6 +1,6 @@
 //! Which nodes of a run can start now, from its checkpoint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::ids::NodeId;
 use crate::spec::Spec;
@@ -68,6 +68,30 @@ pub fn ready_nodes<'a>(spec: &'a Spec, checkpoint: &Checkpoint) -> Vec<&'a NodeI
         })
         .filter(|node| node.depends_on.iter().all(completed))
         .map(|node| &node.id)
+        .collect()
+}
+
+/// The nodes that depend on `failed`, directly or through others, in spec order: the nodes a
+/// failure of `failed` leaves unrun.
+pub fn downstream<'a>(spec: &'a Spec, failed: &NodeId) -> Vec<&'a NodeId> {
+    let mut reached: HashSet<&NodeId> = HashSet::from([failed]);
+    // Specs are validated acyclic, so passes over the nodes until nothing changes terminate,
+    // each adding at least one node; a spec in dependency order needs one pass.
+    loop {
+        let before = reached.len();
+        for node in &spec.nodes {
+            if !reached.contains(&node.id) && node.depends_on.iter().any(|d| reached.contains(d)) {
+                reached.insert(&node.id);
+            }
+        }
+        if reached.len() == before {
+            break;
+        }
+    }
+    spec.nodes
+        .iter()
+        .map(|node| &node.id)
+        .filter(|id| *id != failed && reached.contains(id))
         .collect()
 }
 
@@ -152,6 +176,20 @@ mod tests {
     fn failed_nodes_are_ready_while_attempts_remain() {
         check(&[("a", Failed, 1)], &["a"]);
         check(&[("a", Failed, 2)], &[]);
+    }
+
+    #[test]
+    fn downstream_follows_dependencies_transitively() {
+        let spec = diamond();
+        let ids = |failed: &str| -> Vec<&str> {
+            downstream(&spec, &NodeId::from(failed))
+                .into_iter()
+                .map(NodeId::as_str)
+                .collect()
+        };
+        assert_eq!(ids("a"), vec!["b", "c", "d"]);
+        assert_eq!(ids("b"), vec!["d"]);
+        assert_eq!(ids("d"), Vec::<&str>::new());
     }
 
     #[test]

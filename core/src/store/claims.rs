@@ -155,7 +155,7 @@ event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
     SELECT run_id, event_seq, tenant_id, 'run_released_shutdown', lease_epoch FROM released
 )
-SELECT run_id FROM released";
+SELECT run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified FROM released";
 
 // name: released_already
 // After a hand-back whose acknowledgement was lost: which of these claims did land.

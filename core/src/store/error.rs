@@ -122,6 +122,28 @@ pub enum Error {
     Db(tokio_postgres::Error),
 }
 
+impl Error {
+    /// The database could not be reached or the connection broke: the same call may succeed
+    /// later. Errors Postgres answered with (a constraint, a lost lease) are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Db(e) => match e.code() {
+                None => true,
+                Some(code) => [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                ]
+                .contains(code),
+            },
+            _ => false,
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
         // A CHECK violation is bad input that slipped past validation; name the constraint.

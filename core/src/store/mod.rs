@@ -9,6 +9,7 @@
 
 mod automations;
 mod claims;
+mod control;
 mod error;
 mod events;
 mod migrate;
@@ -16,6 +17,7 @@ mod nodes;
 mod outcomes;
 mod reaper;
 mod runs;
+mod workers;
 
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ pub use nodes::NodeRecord;
 pub use outcomes::Failure;
 pub use reaper::ReapParams;
 pub use runs::{RunRecord, StartRun, Started, Trigger};
+pub use workers::{QUEUED_CHANNEL, Wakeups, WorkerInfo};
 
 /// Connections in a pool unless the caller says otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
@@ -39,6 +42,8 @@ pub const POOL_SIZE_DEFAULT: usize = 16;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Kept for connections outside the pool, such as the one that listens for wake-ups.
+    config: tokio_postgres::Config,
 }
 
 impl Store {
@@ -48,7 +53,7 @@ impl Store {
             .parse()
             .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 // A pooled connection is checked with a round trip only when it is taken back
@@ -63,7 +68,7 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| Error::BadDatabaseUrl(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, config })
     }
 
     /// Connects to `url` and refuses a database whose schema this build cannot serve.
@@ -98,12 +103,14 @@ fn all_queries() -> impl Iterator<Item = (&'static str, &'static str)> {
     [
         automations::QUERIES,
         claims::QUERIES,
+        control::QUERIES,
         events::QUERIES,
         migrate::QUERIES,
         nodes::QUERIES,
         outcomes::QUERIES,
         reaper::QUERIES,
         runs::QUERIES,
+        workers::QUERIES,
     ]
     .into_iter()
     .flatten()

@@ -96,9 +96,9 @@ pub(super) const QUERIES: &[(&str, &str)] = &[
 ];
 
 /// What the row says after a fenced run write changed nothing.
-struct RunFence {
-    status: String,
-    epoch: i64,
+pub(super) struct RunFence {
+    pub(super) status: String,
+    pub(super) epoch: i64,
     queue_reason: Option<String>,
     retry_node_id: Option<String>,
     retry_attempt: Option<i32>,
@@ -217,7 +217,7 @@ impl Store {
         fence.landed_or_refused(claim, landed, "the run failed differently before")
     }
 
-    async fn run_fence(&self, claim: &Claim) -> Result<RunFence, Error> {
+    pub(super) async fn run_fence(&self, claim: &Claim) -> Result<RunFence, Error> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(RUN_FENCE_STATE).await?;
         let row = client

@@ -62,7 +62,7 @@ SELECT run_id, event_seq, tenant_id, 'run_execution_claim_expired_requeued', lea
        jsonb_build_object('claimant_id', claimant_id, 'lease_expired_at', lease_expires_at,
                           'expired_claims', expired_claims)
 FROM requeued
-RETURNING run_id";
+RETURNING run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified";
 
 // name: block_poisoned
 // Expired before any progress once too often in a row: something kills every worker that takes

@@ -107,7 +107,7 @@ pub struct RunRecord {
 
 // name: start_run
 // One statement: pin the current version of an active automation, insert the run queued, and
-// record its first event. ON CONFLICT on the idempotency key yields zero rows instead of an
+// record its first event, and wake idle workers. ON CONFLICT on the idempotency key yields zero rows instead of an
 // error, and the caller then compares the earlier request with this one.
 const START_RUN: &str = "\
 WITH automation AS (
@@ -130,7 +130,8 @@ event AS (
     FROM inserted
 )
 SELECT (SELECT status FROM automation) AS automation_status,
-       (SELECT run_id FROM inserted) AS run_id";
+       (SELECT run_id FROM inserted) AS run_id,
+       (SELECT pg_notify('leasehold_runs_queued', '') FROM inserted) AS notified";
 
 // name: run_by_idempotency_key
 // The earlier run of a repeated key, with the fields a start request sets, to compare them.

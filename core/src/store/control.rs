@@ -1,0 +1,224 @@
+//! Stops that are not endings: approval gates, pauses, and runs blocked on unreadable data.
+
+use uuid::Uuid;
+
+use super::{Claim, Error, Store};
+use crate::ids::{NodeId, RunId, TenantId};
+use crate::run::{IllegalTransition, Transition};
+
+// name: await_approval
+// The holder reached a gated node: the run stops in awaiting_approval and gives up its lease, so
+// no worker waits on a person. The gate row is written in the same statement; the partial unique
+// index keeps one pending gate per node.
+const AWAIT_APPROVAL: &str = "\
+WITH fenced AS (
+    UPDATE runs r
+    SET status = 'awaiting_approval', detail = left($4::text, 4096),
+        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        event_seq = r.event_seq + 1, updated_at = now()
+    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'running'
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+),
+gate AS (
+    INSERT INTO gates (gate_id, tenant_id, run_id, node_id, prompt, requested_epoch)
+    SELECT $5::uuid, tenant_id, run_id, $3::text, left($4::text, 4096), lease_epoch FROM fenced
+    RETURNING gate_id
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, reason, metadata)
+SELECT fenced.run_id, event_seq, tenant_id, 'run_awaiting_approval', lease_epoch, $3::text,
+       left($4::text, 4096), jsonb_build_object('gate_id', gate.gate_id)
+FROM fenced, gate
+RETURNING run_id";
+
+// name: pending_gate
+// After an await_approval whose acknowledgement was lost: the gate it wrote, if it landed.
+const PENDING_GATE: &str = "\
+SELECT g.gate_id FROM gates g JOIN runs r ON r.run_id = g.run_id
+WHERE g.run_id = $1::uuid AND g.node_id = $3::text AND g.status = 'pending'
+  AND g.requested_epoch = $2::bigint AND r.status = 'awaiting_approval'";
+
+// name: approved_gates
+// The nodes of a run whose gate a person approved: a worker runs them without asking again.
+const APPROVED_GATES: &str = "\
+SELECT DISTINCT node_id FROM gates WHERE run_id = $1::uuid AND status = 'approved'";
+
+// name: settle_pause
+// A pausing run whose running nodes finished: paused, lease given up, checkpoint kept.
+const SETTLE_PAUSE: &str = "\
+WITH fenced AS (
+    UPDATE runs r
+    SET status = 'paused', stop_kind = 'operator_paused',
+        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        event_seq = r.event_seq + 1, updated_at = now()
+    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'pausing'
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.pause_reason
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
+SELECT run_id, event_seq, tenant_id, 'run_paused', lease_epoch, pause_reason, 'operator_paused'
+FROM fenced
+RETURNING run_id";
+
+// name: pause_run
+// A user pauses a run. One no worker holds stops at once; a held one becomes pausing, which its
+// holder learns from its next heartbeat and settles once its running nodes finish.
+const PAUSE_RUN: &str = "\
+WITH target AS (
+    SELECT run_id, status AS was FROM runs
+    WHERE run_id = $1::uuid AND tenant_id = $2::text
+      AND status IN ('queued', 'awaiting_approval', 'running')
+    FOR UPDATE
+),
+paused AS (
+    UPDATE runs r
+    SET status = CASE WHEN target.was = 'running' THEN 'pausing' ELSE 'paused' END,
+        stop_kind = CASE WHEN target.was = 'running' THEN r.stop_kind ELSE 'operator_paused' END,
+        pause_reason = left($3::text, 4096), event_seq = r.event_seq + 1, updated_at = now()
+    FROM target
+    WHERE r.run_id = target.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.status
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
+SELECT run_id, event_seq, tenant_id,
+       CASE WHEN status = 'pausing' THEN 'run_pause_requested' ELSE 'run_paused' END,
+       lease_epoch, left($3::text, 4096),
+       CASE WHEN status = 'paused' THEN 'operator_paused' END
+FROM paused
+RETURNING run_id";
+
+// name: block_unreadable
+// The holder cannot read the run's stored data (its spec, its checkpoint): the run is blocked
+// with the reason for an operator, and the worker goes on with its other runs.
+const BLOCK_UNREADABLE: &str = "\
+WITH fenced AS (
+    UPDATE runs r
+    SET status = 'blocked', stop_kind = 'unreadable', stop_reason = left($3::text, 4096),
+        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        event_seq = r.event_seq + 1, updated_at = now()
+    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
+SELECT run_id, event_seq, tenant_id, 'run_blocked_unreadable', lease_epoch, left($3::text, 4096),
+       'unreadable'
+FROM fenced
+RETURNING run_id";
+
+pub(super) const QUERIES: &[(&str, &str)] = &[
+    ("await_approval", AWAIT_APPROVAL),
+    ("pending_gate", PENDING_GATE),
+    ("approved_gates", APPROVED_GATES),
+    ("settle_pause", SETTLE_PAUSE),
+    ("pause_run", PAUSE_RUN),
+    ("block_unreadable", BLOCK_UNREADABLE),
+];
+
+impl Store {
+    /// Stops the run at the gate of `node_id`, releasing the lease; returns the gate's id.
+    pub async fn await_approval(
+        &self,
+        claim: &Claim,
+        node_id: &NodeId,
+        prompt: &str,
+    ) -> Result<Uuid, Error> {
+        let gate_id = Uuid::now_v7();
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(AWAIT_APPROVAL).await?;
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &claim.run_id.0,
+            &claim.epoch.0,
+            &node_id.as_str(),
+            &prompt,
+            &gate_id,
+        ];
+        if !client.query(&stmt, &args).await?.is_empty() {
+            return Ok(gate_id);
+        }
+        let stmt = client.prepare_cached(PENDING_GATE).await?;
+        match client
+            .query_opt(&stmt, &[&claim.run_id.0, &claim.epoch.0, &node_id.as_str()])
+            .await?
+        {
+            Some(row) => Ok(row.get(0)),
+            None => Err(Error::LeaseLost {
+                run_id: claim.run_id,
+                epoch: claim.epoch,
+            }),
+        }
+    }
+
+    /// The nodes of `run_id` whose gate was approved.
+    pub async fn approved_gates(&self, run_id: RunId) -> Result<Vec<NodeId>, Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(APPROVED_GATES).await?;
+        let rows = client.query(&stmt, &[&run_id.0]).await?;
+        Ok(rows.iter().map(|row| NodeId(row.get(0))).collect())
+    }
+
+    /// Settles a pausing run into `paused`, releasing the lease.
+    pub async fn settle_pause(&self, claim: &Claim) -> Result<(), Error> {
+        self.fenced_stop(SETTLE_PAUSE, claim, None, "paused").await
+    }
+
+    /// Blocks a held run whose stored data cannot be read, releasing the lease.
+    pub async fn block_unreadable(&self, claim: &Claim, reason: &str) -> Result<(), Error> {
+        self.fenced_stop(BLOCK_UNREADABLE, claim, Some(reason), "blocked")
+            .await
+    }
+
+    /// Pauses a run: at once if no worker holds it, after its running nodes if one does.
+    pub async fn pause_run(
+        &self,
+        tenant: &TenantId,
+        run_id: RunId,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(PAUSE_RUN).await?;
+        let rows = client
+            .query(&stmt, &[&run_id.0, &tenant.as_str(), &reason])
+            .await?;
+        if !rows.is_empty() {
+            return Ok(());
+        }
+        let run = self.run(tenant, run_id).await?;
+        Err(Error::Transition(IllegalTransition {
+            from: run.status,
+            transition: Transition::RequestPause,
+        }))
+    }
+
+    async fn fenced_stop(
+        &self,
+        sql: &'static str,
+        claim: &Claim,
+        reason: Option<&str>,
+        landed_status: &str,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        let rows = match reason {
+            Some(reason) => {
+                client
+                    .query(&stmt, &[&claim.run_id.0, &claim.epoch.0, &reason])
+                    .await?
+            }
+            None => {
+                client
+                    .query(&stmt, &[&claim.run_id.0, &claim.epoch.0])
+                    .await?
+            }
+        };
+        if !rows.is_empty() {
+            return Ok(());
+        }
+        let run = self.run_fence(claim).await?;
+        if run.epoch == claim.epoch.0 && run.status == landed_status {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost {
+                run_id: claim.run_id,
+                epoch: claim.epoch,
+            })
+        }
+    }
+}

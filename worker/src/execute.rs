@@ -1,0 +1,526 @@
+//! Executing one claimed run: ready nodes concurrently, each attempt counted before its handler
+//! runs and its outcome checkpointed after, every write fenced on the claim.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use leasehold_core::ids::{AutomationId, NodeId, TenantId};
+use leasehold_core::retry;
+use leasehold_core::run::{self, Checkpoint, MAX_NODE_OUTPUT_BYTES, NodeState, NodeStatus};
+use leasehold_core::spec::{NodeSpec, Spec};
+use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store};
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{Context, HandlerError, Registry};
+use crate::keeper::RunLease;
+
+/// Pause between attempts of a write that failed for a transient reason (database unreachable).
+const WRITE_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// How a run left this worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every node completed.
+    Completed,
+    /// A node failed for good.
+    Failed,
+    /// Queued again, due after a node's backoff.
+    RetryScheduled,
+    /// Stopped at an approval gate.
+    AwaitingApproval,
+    /// Paused at a user's request.
+    Paused,
+    /// Handed back on shutdown.
+    Released,
+    /// Blocked: its stored data could not be read.
+    Blocked,
+    /// The lease was lost or could not be renewed: stopped without writing.
+    LeaseLost,
+}
+
+/// What every run of a worker shares.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub registry: Registry,
+    pub node_concurrency: usize,
+    specs: Mutex<HashMap<(TenantId, AutomationId, i32), Arc<Spec>>>,
+}
+
+impl Shared {
+    pub fn new(store: Store, registry: Registry, node_concurrency: usize) -> Self {
+        Self {
+            store,
+            registry,
+            node_concurrency,
+            specs: Mutex::default(),
+        }
+    }
+
+    /// A pinned automation version. Versions never change, so they are cached for good.
+    async fn spec(&self, run: &ClaimedRun) -> Result<Arc<Spec>, store::Error> {
+        let key = (
+            run.tenant.clone(),
+            run.automation_id.clone(),
+            run.automation_version,
+        );
+        if let Some(spec) = self
+            .specs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(Arc::clone(spec));
+        }
+        let version = self
+            .store
+            .automation_version(&key.0, &key.1, Some(key.2))
+            .await?;
+        let spec = Arc::new(version.spec);
+        self.specs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Arc::clone(&spec));
+        Ok(spec)
+    }
+}
+
+/// Signals from the worker to its runs about shutting down.
+#[derive(Clone)]
+pub(crate) struct Shutdown {
+    /// Start no new node; hand the run back once its running nodes finish.
+    pub drain: CancellationToken,
+    /// The grace period is over: stop running nodes and hand the run back now.
+    pub now: CancellationToken,
+}
+
+/// Why the loop stopped early.
+enum Stop {
+    LeaseLost,
+    Db(store::Error),
+}
+
+impl From<store::Error> for Stop {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::LeaseLost { .. } => Self::LeaseLost,
+            other => Self::Db(other),
+        }
+    }
+}
+
+struct NodeDone {
+    node_id: NodeId,
+    attempt: u32,
+    result: Result<Value, HandlerError>,
+}
+
+/// The state of one run on this worker.
+struct Execution<'a> {
+    shared: &'a Shared,
+    run: &'a ClaimedRun,
+    spec: Arc<Spec>,
+    lease: RunLease,
+    checkpoint: Checkpoint,
+    outputs: HashMap<NodeId, Value>,
+    approved: HashSet<NodeId>,
+    running: JoinSet<NodeDone>,
+    running_ids: HashSet<NodeId>,
+    /// A retryable failure with attempts left: once nothing runs, queue the run for it.
+    retry: Option<(NodeId, u32, Duration)>,
+    /// A failure for good: once nothing runs, fail the run with it.
+    failure: Option<Failure>,
+}
+
+/// Executes a claimed run until it leaves this worker, and says how it left.
+pub(crate) async fn execute(
+    shared: &Shared,
+    run: ClaimedRun,
+    lease: RunLease,
+    shutdown: Shutdown,
+) -> Outcome {
+    let claim = run.claim;
+    let stop = lease.stop.clone();
+    let spec = match fenced(&stop, || shared.spec(&run)).await {
+        Ok(spec) => spec,
+        Err(Stop::LeaseLost) => return Outcome::LeaseLost,
+        Err(Stop::Db(e)) => return block(shared, &claim, &stop, &e.to_string()).await,
+    };
+    let mut execution = Execution {
+        shared,
+        run: &run,
+        spec,
+        lease,
+        checkpoint: Checkpoint::new(),
+        outputs: HashMap::new(),
+        approved: HashSet::new(),
+        running: JoinSet::new(),
+        running_ids: HashSet::new(),
+        retry: None,
+        failure: None,
+    };
+    match execution.drive(&shutdown).await {
+        Ok(outcome) => outcome,
+        Err(Stop::LeaseLost) => Outcome::LeaseLost,
+        Err(Stop::Db(e)) => block(shared, &claim, &stop, &e.to_string()).await,
+    }
+}
+
+/// Blocks a run whose data this worker cannot read, so that it waits for an operator.
+async fn block(shared: &Shared, claim: &Claim, stop: &CancellationToken, reason: &str) -> Outcome {
+    tracing::error!(run_id = %claim.run_id(), reason, "blocking the run");
+    match fenced(stop, || shared.store.block_unreadable(claim, reason)).await {
+        Ok(()) => Outcome::Blocked,
+        Err(_) => Outcome::LeaseLost,
+    }
+}
+
+/// Runs a store call, retrying transient failures until it lands or the lease is gone.
+/// Every write is fenced and idempotent under its claim, so a retry after a lost acknowledgement
+/// is safe.
+async fn fenced<T, F, Fut>(stop: &CancellationToken, mut call: F) -> Result<T, Stop>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, store::Error>>,
+{
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return Err(Stop::LeaseLost),
+            result = call() => result,
+        };
+        match result {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "store write failed; retrying while the lease lasts");
+                tokio::select! {
+                    () = stop.cancelled() => return Err(Stop::LeaseLost),
+                    () = tokio::time::sleep(WRITE_RETRY_DELAY) => {}
+                }
+            }
+            other => return other.map_err(Stop::from),
+        }
+    }
+}
+
+impl Execution<'_> {
+    fn claim(&self) -> Claim {
+        self.run.claim
+    }
+
+    async fn drive(&mut self, shutdown: &Shutdown) -> Result<Outcome, Stop> {
+        let stop = self.lease.stop.clone();
+        if self.run.resumed {
+            self.load_checkpoint(&stop).await?;
+        }
+        if self.spec.nodes.iter().any(needs_gate) {
+            let run_id = self.claim().run_id();
+            let store = &self.shared.store;
+            self.approved = fenced(&stop, || store.approved_gates(run_id))
+                .await?
+                .into_iter()
+                .collect();
+        }
+        loop {
+            let winding_down = self.retry.is_some()
+                || self.failure.is_some()
+                || *self.lease.pausing.borrow()
+                || shutdown.drain.is_cancelled();
+            // A gate is asked for once nothing else runs, so no node is cut short by the stop.
+            if !winding_down
+                && let Some(gate) = self.start_ready(&stop).await?
+                && self.running.is_empty()
+            {
+                return self.await_approval(&stop, &gate).await;
+            }
+            if self.running.is_empty() {
+                return self.settle(&stop, shutdown).await;
+            }
+            tokio::select! {
+                () = stop.cancelled() => {
+                    self.running.abort_all();
+                    return Err(Stop::LeaseLost);
+                }
+                () = shutdown.now.cancelled() => {
+                    // The grace period is over: stop the nodes; the hand-back records their
+                    // attempts as interrupted.
+                    self.running.shutdown().await;
+                    self.running_ids.clear();
+                    return self.release(&stop).await;
+                }
+                _ = self.lease.pausing.changed() => {}
+                () = shutdown.drain.cancelled(), if !winding_down => {}
+                Some(done) = self.running.join_next() => match done {
+                    Ok(done) => self.record(&stop, done).await?,
+                    Err(e) => tracing::error!(error = %e, "node task panicked or was aborted"),
+                },
+            }
+        }
+    }
+
+    async fn load_checkpoint(&mut self, stop: &CancellationToken) -> Result<(), Stop> {
+        let run_id = self.claim().run_id();
+        let store = &self.shared.store;
+        for node in fenced(stop, || store.checkpoint(run_id)).await? {
+            if let Some(output) = &node.output {
+                self.outputs.insert(node.node_id.clone(), output.clone());
+            }
+            self.checkpoint.insert(node.node_id.clone(), node.state());
+        }
+        Ok(())
+    }
+
+    /// Starts every ready node the concurrency bound allows; returns a gated node that needs a
+    /// decision first, if one is ready.
+    async fn start_ready(&mut self, stop: &CancellationToken) -> Result<Option<NodeId>, Stop> {
+        let ready: Vec<NodeId> = run::ready_nodes(&self.spec, &self.checkpoint)
+            .into_iter()
+            .filter(|id| !self.running_ids.contains(*id))
+            .cloned()
+            .collect();
+        let mut gate = None;
+        for node_id in ready {
+            if self.running.len() >= self.shared.node_concurrency {
+                break;
+            }
+            let node = self
+                .spec
+                .node(&node_id)
+                .expect("ready nodes come from the spec")
+                .clone();
+            if needs_gate(&node) && !self.approved.contains(&node_id) {
+                gate.get_or_insert(node_id);
+                continue;
+            }
+            self.start(stop, &node).await?;
+        }
+        Ok(gate)
+    }
+
+    async fn start(&mut self, stop: &CancellationToken, node: &NodeSpec) -> Result<(), Stop> {
+        let claim = self.claim();
+        let store = &self.shared.store;
+        let attempt = fenced(stop, || store.node_started(&claim, &node.id)).await?;
+        self.checkpoint.insert(
+            node.id.clone(),
+            NodeState {
+                status: NodeStatus::Running,
+                attempts: attempt,
+            },
+        );
+        self.running_ids.insert(node.id.clone());
+        let upstream = node
+            .depends_on
+            .iter()
+            .filter_map(|d| self.outputs.get(d).map(|o| (d.clone(), o.clone())))
+            .collect::<BTreeMap<_, _>>();
+        let cancel = stop.child_token();
+        let ctx = Context {
+            run_id: claim.run_id(),
+            node_id: node.id.clone(),
+            attempt,
+            epoch: claim.epoch(),
+            idempotency_key: Context::idempotency_key_for(claim.run_id(), &node.id),
+            input: node.input.clone(),
+            run_inputs: self.run.inputs.clone(),
+            upstream,
+            cancel: cancel.clone(),
+        };
+        let registry = self.shared.registry.clone();
+        let kind = node.kind.clone();
+        let timeout = Duration::from_millis(node.timeout_ms);
+        let node_id = node.id.clone();
+        self.running.spawn(async move {
+            let result = match tokio::time::timeout(timeout, registry.run(&kind, ctx)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // Dropping the handler's future already stopped it; the token tells any
+                    // task it spawned.
+                    cancel.cancel();
+                    Err(HandlerError::Retryable(format!(
+                        "timed out after {} ms",
+                        timeout.as_millis()
+                    )))
+                }
+            };
+            NodeDone {
+                node_id,
+                attempt,
+                result,
+            }
+        });
+        Ok(())
+    }
+
+    /// Checkpoints a finished attempt and decides what follows it.
+    async fn record(&mut self, stop: &CancellationToken, done: NodeDone) -> Result<(), Stop> {
+        let claim = self.claim();
+        let store = &self.shared.store;
+        self.running_ids.remove(&done.node_id);
+        let spec = Arc::clone(&self.spec);
+        let node = spec.node(&done.node_id).expect("started from the spec");
+        let result = done.result.and_then(|output| {
+            let size = serde_json::to_vec(&output).map_or(usize::MAX, |v| v.len());
+            if size > MAX_NODE_OUTPUT_BYTES {
+                Err(HandlerError::Terminal(format!(
+                    "output of {size} bytes is larger than {MAX_NODE_OUTPUT_BYTES}"
+                )))
+            } else {
+                Ok(output)
+            }
+        });
+        match result {
+            Ok(output) => {
+                fenced(stop, || {
+                    store.node_completed(&claim, &done.node_id, &output)
+                })
+                .await?;
+                self.set_status(&done.node_id, NodeStatus::Completed, done.attempt);
+                self.outputs.insert(done.node_id, output);
+            }
+            Err(error) => {
+                let message = error.to_string();
+                let retryable = error.is_retryable();
+                fenced(stop, || {
+                    store.node_failed(&claim, &done.node_id, &message, retryable)
+                })
+                .await?;
+                self.set_status(&done.node_id, NodeStatus::Failed, done.attempt);
+                tracing::info!(run_id = %claim.run_id(), node = %done.node_id, attempt = done.attempt, retryable, error = %message, "node attempt failed");
+                if retryable && done.attempt < node.max_attempts {
+                    let delay = retry::next_delay(&node.backoff, done.attempt, fastrand::f64());
+                    self.retry
+                        .get_or_insert((done.node_id, done.attempt + 1, delay));
+                } else if self.failure.is_none() {
+                    let reason = if retryable {
+                        format!(
+                            "{message} (attempt {} of {})",
+                            done.attempt, node.max_attempts
+                        )
+                    } else {
+                        message
+                    };
+                    self.failure = Some(Failure {
+                        node_id: done.node_id,
+                        attempt: done.attempt,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_status(&mut self, node_id: &NodeId, status: NodeStatus, attempts: u32) {
+        self.checkpoint
+            .insert(node_id.clone(), NodeState { status, attempts });
+    }
+
+    /// Nothing runs any more: end, queue, pause or hand back the run, whichever applies.
+    async fn settle(
+        &mut self,
+        stop: &CancellationToken,
+        shutdown: &Shutdown,
+    ) -> Result<Outcome, Stop> {
+        let claim = self.claim();
+        let store = &self.shared.store;
+        if let Some(failure) = self.failure.take().or_else(|| self.exhausted()) {
+            let skipped: Vec<NodeId> = run::downstream(&self.spec, &failure.node_id)
+                .into_iter()
+                .filter(|id| !self.checkpoint.contains_key(*id))
+                .cloned()
+                .collect();
+            fenced(stop, || store.fail_run(&claim, &failure, &skipped)).await?;
+            return Ok(Outcome::Failed);
+        }
+        let all_completed = self.spec.nodes.iter().all(|n| {
+            self.checkpoint
+                .get(&n.id)
+                .is_some_and(|s| s.status == NodeStatus::Completed)
+        });
+        if all_completed {
+            fenced(stop, || store.complete_run(&claim)).await?;
+            return Ok(Outcome::Completed);
+        }
+        if *self.lease.pausing.borrow() {
+            fenced(stop, || store.settle_pause(&claim)).await?;
+            return Ok(Outcome::Paused);
+        }
+        if let Some((node_id, attempt, delay)) = self.retry.take() {
+            fenced(stop, || {
+                store.schedule_retry(&claim, &node_id, attempt, delay)
+            })
+            .await?;
+            return Ok(Outcome::RetryScheduled);
+        }
+        if shutdown.drain.is_cancelled() {
+            return self.release(stop).await;
+        }
+        // Nothing is ready, nothing runs, nothing failed, yet not every node completed: the
+        // checkpoint contradicts the spec. Block the run for an operator rather than spin.
+        Err(Stop::Db(store::Error::UnreadableRun {
+            run_id: claim.run_id(),
+            reason: "no node can run, yet not every node completed".into(),
+        }))
+    }
+
+    /// A node whose attempts were all used up by interrupted attempts fails the run too.
+    fn exhausted(&self) -> Option<Failure> {
+        self.spec.nodes.iter().find_map(|node| {
+            let state = self.checkpoint.get(&node.id)?;
+            (state.status == NodeStatus::Failed && state.attempts >= node.max_attempts).then(|| {
+                Failure {
+                    node_id: node.id.clone(),
+                    attempt: state.attempts,
+                    reason: format!(
+                        "no attempts left: {} of {} used, the last one interrupted",
+                        state.attempts, node.max_attempts
+                    ),
+                }
+            })
+        })
+    }
+
+    async fn await_approval(
+        &mut self,
+        stop: &CancellationToken,
+        node_id: &NodeId,
+    ) -> Result<Outcome, Stop> {
+        let claim = self.claim();
+        let store = &self.shared.store;
+        let node = self.spec.node(node_id).expect("gated node from the spec");
+        let prompt = gate_prompt(node);
+        fenced(stop, || store.await_approval(&claim, node_id, &prompt)).await?;
+        Ok(Outcome::AwaitingApproval)
+    }
+
+    async fn release(&mut self, stop: &CancellationToken) -> Result<Outcome, Stop> {
+        let claim = self.claim();
+        let store = &self.shared.store;
+        let claims = [claim];
+        let released = fenced(stop, || store.release_on_shutdown(&claims)).await?;
+        if released.released.contains(&claim.run_id()) {
+            Ok(Outcome::Released)
+        } else {
+            Err(Stop::LeaseLost)
+        }
+    }
+}
+
+/// A node that needs a person's approval before it runs.
+fn needs_gate(node: &NodeSpec) -> bool {
+    node.approval.is_some() || node.kind == crate::handler::APPROVAL_KIND
+}
+
+fn gate_prompt(node: &NodeSpec) -> String {
+    node.approval
+        .as_ref()
+        .map(|a| a.prompt.clone())
+        .or_else(|| {
+            node.input
+                .get("prompt")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("Approve node {}?", node.id))
+}

@@ -1,0 +1,168 @@
+//! The lease keeper: one batched heartbeat per tick for every run the process holds, and the
+//! self-fence that stops a run whose lease could not be renewed in time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use leasehold_core::ids::{ClaimantId, RunId};
+use leasehold_core::run::RunStatus;
+use leasehold_core::store::{Claim, Store};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// How often held leases are compared with their self-fence deadlines. Short against the
+/// margin (a fifth of a lease of at least five seconds), so a fence is late by at most this.
+const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What an executing run learns from the keeper.
+pub(crate) struct RunLease {
+    /// Cancelled when the lease is gone (lost, or not renewable in time): stop at once and
+    /// write nothing more for the run.
+    pub stop: CancellationToken,
+    /// True once a user asked the run to pause: start no new node, settle when idle.
+    pub pausing: watch::Receiver<bool>,
+}
+
+struct Held {
+    claim: Claim,
+    stop: CancellationToken,
+    pausing: watch::Sender<bool>,
+    /// The instant, by this process's monotonic clock, from which the lease may have expired
+    /// less the safety margin. Measured from when the renewing request was sent, which is no
+    /// later than the database's `now()` that set the expiry.
+    fence_at: Instant,
+}
+
+/// A cheap handle to register and unregister held runs.
+#[derive(Clone)]
+pub(crate) struct KeeperHandle {
+    held: Arc<Mutex<HashMap<RunId, Held>>>,
+    lease: Duration,
+    margin: Duration,
+}
+
+impl KeeperHandle {
+    /// Starts keeping a claim whose request was sent at `requested_at`.
+    pub fn hold(&self, claim: Claim, requested_at: Instant) -> RunLease {
+        let stop = CancellationToken::new();
+        let (pausing_tx, pausing) = watch::channel(false);
+        let held = Held {
+            claim,
+            stop: stop.clone(),
+            pausing: pausing_tx,
+            fence_at: requested_at + self.lease - self.margin,
+        };
+        self.lock().insert(claim.run_id(), held);
+        RunLease { stop, pausing }
+    }
+
+    /// Stops keeping a run: it completed, stopped, or was handed back.
+    pub fn forget(&self, run_id: RunId) {
+        self.lock().remove(&run_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Held>> {
+        // The map stays consistent under a panic elsewhere: every update is one insert or remove.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn claims(&self) -> Vec<Claim> {
+        self.lock().values().map(|h| h.claim).collect()
+    }
+
+    /// Stops every run whose lease may expire within the margin.
+    fn fence_overdue(&self, now: Instant) {
+        self.lock().retain(|run_id, held| {
+            if now < held.fence_at {
+                return true;
+            }
+            tracing::warn!(%run_id, "lease not renewed in time; stopping the run (self-fence)");
+            held.stop.cancel();
+            false
+        });
+    }
+}
+
+/// Keeps the leases of a worker's runs.
+pub(crate) struct LeaseKeeper {
+    store: Store,
+    claimant: ClaimantId,
+    heartbeat_interval: Duration,
+    handle: KeeperHandle,
+    drain_requested: CancellationToken,
+}
+
+impl LeaseKeeper {
+    pub fn new(store: Store, config: &Config, drain_requested: CancellationToken) -> Self {
+        Self {
+            store,
+            claimant: config.claimant_id.clone(),
+            heartbeat_interval: config.heartbeat_interval,
+            handle: KeeperHandle {
+                held: Arc::default(),
+                lease: config.lease,
+                margin: config.self_fence_margin(),
+            },
+            drain_requested,
+        }
+    }
+
+    pub fn handle(&self) -> KeeperHandle {
+        self.handle.clone()
+    }
+
+    /// Beats and fences until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let fence = {
+            let handle = self.handle.clone();
+            let stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(FENCE_CHECK_INTERVAL);
+                while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                    handle.fence_overdue(Instant::now());
+                }
+            }
+        };
+        let beat = async {
+            let mut tick = tokio::time::interval(self.heartbeat_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                // Bounded so that a hung database delays the next round, not every round after.
+                let _ = tokio::time::timeout(self.heartbeat_interval, self.beat()).await;
+            }
+        };
+        tokio::join!(fence, beat);
+    }
+
+    async fn beat(&self) {
+        let claims = self.handle.claims();
+        let sent_at = Instant::now();
+        match self.store.heartbeat(&claims, self.handle.lease).await {
+            Ok(round) => {
+                let mut held = self.handle.lock();
+                for renewed in round.renewed {
+                    if let Some(h) = held.get_mut(&renewed.claim.run_id()) {
+                        h.fence_at = sent_at + self.handle.lease - self.handle.margin;
+                        h.pausing.send_replace(renewed.status == RunStatus::Pausing);
+                    }
+                }
+                for lost in round.lost {
+                    if let Some(h) = held.remove(&lost.run_id()) {
+                        tracing::info!(run_id = %lost.run_id(), "lease lost; stopping the run");
+                        h.stop.cancel();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; leases run on until renewed"),
+        }
+        match self.store.worker_heartbeat(&self.claimant).await {
+            Ok(Some(true)) => self.drain_requested.cancel(),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "worker heartbeat failed"),
+        }
+    }
+}

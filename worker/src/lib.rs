@@ -1,0 +1,23 @@
+//! Leasehold's worker: claims runs straight from PostgreSQL, keeps their leases, executes their
+//! nodes, checkpoints each step, and hands runs back on shutdown. Embed it to add node kinds.
+//!
+//! # Layout
+//! - [`handler`]: the [`Handler`] trait, its [`Context`], and the [`Registry`] of node kinds.
+//! - [`handlers`]: the built-in kinds.
+//! - [`config`]: the worker's settings and their defaults.
+//! - `worker`: the claim loop and the shutdown hand-back ([`Worker`]).
+//! - `keeper`: batched heartbeats and the self-fence.
+//! - `execute`: one run: ready nodes, fenced checkpoints, retries, gates, pauses.
+#![warn(missing_docs)]
+
+pub mod config;
+mod execute;
+pub mod handler;
+pub mod handlers;
+mod keeper;
+mod worker;
+
+pub use config::{Config, ConfigError, default_claimant_id};
+pub use execute::Outcome;
+pub use handler::{Context, Handler, HandlerError, Registry, ResultExt};
+pub use worker::{Report, Worker};

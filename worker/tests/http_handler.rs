@@ -1,0 +1,318 @@
+//! The `http` handler against tiny HTTP/1.1 servers on loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
+use leasehold_worker::handlers::Http;
+use leasehold_worker::{Context, Handler, HandlerError};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn ctx(input: Value) -> Context {
+    let run_id = RunId::new();
+    let node_id = NodeId::from("call");
+    Context {
+        idempotency_key: Context::idempotency_key_for(run_id, &node_id),
+        run_id,
+        node_id,
+        attempt: 1,
+        epoch: LeaseEpoch(1),
+        input,
+        run_inputs: Value::Null,
+        upstream: BTreeMap::new(),
+        cancel: CancellationToken::new(),
+    }
+}
+
+/// A request as the server saw it.
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A server answering every request with `response`; its requests come out of the receiver.
+async fn serve(response: Vec<u8>) -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let received = read_request(&mut conn).await;
+            let _ = tx.send(received);
+            let _ = conn.write_all(&response).await;
+            let _ = conn.shutdown().await;
+        }
+    });
+    (addr, rx)
+}
+
+async fn read_request(conn: &mut TcpStream) -> Received {
+    let mut buf = Vec::new();
+    let mut chunk = [0; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed mid-request");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let mut received = Received {
+        head,
+        body: buf[head_end..].to_vec(),
+    };
+    let length: usize = received
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap());
+    while received.body.len() < length {
+        let n = conn.read(&mut chunk).await.unwrap();
+        received.body.extend_from_slice(&chunk[..n]);
+    }
+    received
+}
+
+fn response(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A server that accepts connections and never answers.
+async fn serve_silence() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (conn, _) = listener.accept().await.unwrap();
+            held.push(conn);
+        }
+    });
+    addr
+}
+
+fn assert_retryable(result: &Result<Value, HandlerError>, needle: &str) {
+    assert!(
+        matches!(result, Err(HandlerError::Retryable(m)) if m.contains(needle)),
+        "want retryable with {needle:?}, got {result:?}"
+    );
+}
+
+fn assert_terminal(result: &Result<Value, HandlerError>, needle: &str) {
+    assert!(
+        matches!(result, Err(HandlerError::Terminal(m)) if m.contains(needle)),
+        "want terminal with {needle:?}, got {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn get_parses_json_and_sends_the_idempotency_key() {
+    let (addr, mut requests) = serve(response(
+        "200 OK",
+        "application/json",
+        br#"{"ok":true,"n":[1,2]}"#,
+    ))
+    .await;
+    let ctx = ctx(json!({ "url": format!("http://{addr}/thing?x=1") }));
+    let key = ctx.idempotency_key.clone();
+
+    let output = Http::new().run(ctx).await.unwrap();
+
+    assert_eq!(
+        output,
+        json!({ "status": 200, "body": { "ok": true, "n": [1, 2] } })
+    );
+    let received = requests.recv().await.unwrap();
+    assert!(
+        received.head.starts_with("GET /thing?x=1 HTTP/1.1"),
+        "{}",
+        received.head
+    );
+    assert_eq!(received.header("idempotency-key"), Some(key.as_str()));
+}
+
+#[tokio::test]
+async fn text_body_comes_back_as_a_string() {
+    let (addr, _requests) = serve(response("201 Created", "text/plain", b"made it")).await;
+
+    let output = Http::new()
+        .run(ctx(json!({ "url": format!("http://{addr}/") })))
+        .await
+        .unwrap();
+
+    assert_eq!(output, json!({ "status": 201, "body": "made it" }));
+}
+
+#[tokio::test]
+async fn post_sends_the_body_as_json_with_headers() {
+    let (addr, mut requests) = serve(response("204 No Content", "text/plain", b"")).await;
+    let input = json!({
+        "method": "POST",
+        "url": format!("http://{addr}/charges"),
+        "headers": { "x-tenant": "acme", "idempotency-key": "overridden" },
+        "body": { "amount": 100, "currency": "EUR" },
+    });
+    let ctx = ctx(input);
+    let key = ctx.idempotency_key.clone();
+
+    let output = Http::new().run(ctx).await.unwrap();
+
+    assert_eq!(output, json!({ "status": 204, "body": null }));
+    let received = requests.recv().await.unwrap();
+    assert!(
+        received.head.starts_with("POST /charges "),
+        "{}",
+        received.head
+    );
+    assert_eq!(received.header("content-type"), Some("application/json"));
+    assert_eq!(received.header("x-tenant"), Some("acme"));
+    assert_eq!(received.header("idempotency-key"), Some(key.as_str()));
+    let body: Value = serde_json::from_slice(&received.body).unwrap();
+    assert_eq!(body, json!({ "amount": 100, "currency": "EUR" }));
+}
+
+#[tokio::test]
+async fn server_error_is_retryable_with_an_excerpt() {
+    let (addr, _requests) = serve(response(
+        "503 Service Unavailable",
+        "text/plain",
+        b"try later",
+    ))
+    .await;
+
+    let result = Http::new()
+        .run(ctx(json!({ "url": format!("http://{addr}/") })))
+        .await;
+
+    assert_retryable(&result, "503");
+    assert_retryable(&result, "try later");
+}
+
+#[tokio::test]
+async fn too_many_requests_is_retryable() {
+    let (addr, _requests) = serve(response("429 Too Many Requests", "text/plain", b"")).await;
+
+    let result = Http::new()
+        .run(ctx(json!({ "url": format!("http://{addr}/") })))
+        .await;
+
+    assert_retryable(&result, "429");
+}
+
+#[tokio::test]
+async fn not_found_is_terminal() {
+    let (addr, _requests) = serve(response("404 Not Found", "text/plain", b"no such")).await;
+
+    let result = Http::new()
+        .run(ctx(json!({ "url": format!("http://{addr}/missing") })))
+        .await;
+
+    assert_terminal(&result, "404");
+}
+
+#[tokio::test]
+async fn response_over_the_cap_is_terminal() {
+    let body = vec![b'a'; 5000];
+    let (addr, _requests) = serve(response("200 OK", "text/plain", &body)).await;
+
+    let result = Http::new()
+        .run(ctx(
+            json!({ "url": format!("http://{addr}/"), "max_response_bytes": 4999 }),
+        ))
+        .await;
+
+    assert_terminal(&result, "response larger than 4999 bytes");
+}
+
+#[tokio::test]
+async fn endless_response_is_cut_off_at_the_cap() {
+    // No content-length: the body runs until the server closes, which this one never does.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        read_request(&mut conn).await;
+        conn.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = vec![b'a'; 64 * 1024];
+        while conn.write_all(&chunk).await.is_ok() {}
+    });
+
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        Http::new().run(ctx(json!({ "url": format!("http://{addr}/") }))),
+    )
+    .await
+    .expect("the handler stops reading at the cap");
+
+    assert_terminal(&result, "response larger than 1048576 bytes");
+}
+
+#[tokio::test]
+async fn connection_refused_is_retryable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+
+    let result = Http::new()
+        .run(ctx(json!({ "url": format!("http://{addr}/") })))
+        .await;
+
+    assert_retryable(&result, "Connection refused");
+}
+
+#[tokio::test]
+async fn silent_server_times_out_retryably() {
+    let addr = serve_silence().await;
+
+    let result = Http::new()
+        .run(ctx(
+            json!({ "url": format!("http://{addr}/"), "timeout_ms": 200 }),
+        ))
+        .await;
+
+    assert_retryable(&result, "timed out after 200 ms");
+}
+
+#[tokio::test]
+async fn cancel_stops_the_request_retryably() {
+    let addr = serve_silence().await;
+    let ctx = ctx(json!({ "url": format!("http://{addr}/") }));
+    let cancel = ctx.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+    });
+
+    let result = Http::new().run(ctx).await;
+
+    assert_retryable(&result, "cancelled");
+}
+
+#[tokio::test]
+async fn missing_url_is_terminal_naming_the_field() {
+    let result = Http::new().run(ctx(json!({ "method": "GET" }))).await;
+
+    assert_terminal(&result, "input.url");
+}

@@ -1,0 +1,583 @@
+//! The worker against a real Postgres, in-process: DAG order, retries, fencing, self-fencing,
+//! shutdown hand-back, cancel, pause, gates, and resume.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::proxy::{self, Proxy};
+use common::{DEADLINE, config, setup};
+use leasehold_core::ids::NodeId;
+use leasehold_core::run::{NodeStatus, RunStatus};
+use leasehold_core::store::Store;
+use leasehold_testkit::wait_for;
+use leasehold_worker::Outcome;
+use serde_json::json;
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+}
+
+async fn read_pids(path: &Path) -> Vec<i32> {
+    wait_for(DEADLINE, "the exec child to write its pids", || async {
+        let text = std::fs::read_to_string(path).ok()?;
+        let pids: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    })
+    .await
+}
+
+/// An exec node whose shell writes its own pid and a grandchild's, then waits.
+fn exec_spec(id: &str, pid_file: &Path) -> String {
+    format!(
+        "id: {id}
+nodes:
+  - id: hang
+    kind: exec
+    timeout_ms: 600000
+    input:
+      argv: [/bin/sh, -c, 'sleep 300 & echo $$ $! > {}.tmp; mv {}.tmp {}; wait']
+",
+        pid_file.display(),
+        pid_file.display(),
+        pid_file.display()
+    )
+}
+
+#[tokio::test]
+async fn a_diamond_runs_in_dependency_order_with_outputs_passed_downstream() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: diamond
+nodes:
+  - {id: a, kind: record}
+  - {id: b, kind: record, depends_on: [a], input: {sleep_ms: 300}}
+  - {id: c, kind: record, depends_on: [a], input: {sleep_ms: 300}}
+  - {id: d, kind: record, depends_on: [b, c]}
+",
+        )
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+    b.wait_status(run_id, RunStatus::Completed).await;
+    worker.stop().await;
+
+    let one = |node: &str| {
+        let mut runs = b.ledger.of(node);
+        assert_eq!(runs.len(), 1, "{node} ran once");
+        runs.remove(0)
+    };
+    let (a, bb, c, d) = (one("a"), one("b"), one("c"), one("d"));
+    let done = |e: &common::Execution| e.finished.expect("finished");
+    assert!(
+        done(&a) <= bb.started && done(&a) <= c.started,
+        "b and c wait for a"
+    );
+    assert!(
+        bb.started < done(&c) && c.started < done(&bb),
+        "independent branches overlap"
+    );
+    assert!(
+        done(&bb) <= d.started && done(&c) <= d.started,
+        "d waits for b and c"
+    );
+    assert_eq!(bb.upstream, json!({"a": {"node": "a", "attempt": 1}}));
+    assert_eq!(
+        d.upstream,
+        json!({"b": {"node": "b", "attempt": 1}, "c": {"node": "c", "attempt": 1}})
+    );
+    let checkpoint = b.store.checkpoint(run_id).await.expect("checkpoint");
+    assert!(checkpoint.iter().all(|n| n.status == NodeStatus::Completed));
+    assert_eq!(
+        b.event_names(run_id).await.last().map(String::as_str),
+        Some("run_completed")
+    );
+}
+
+#[tokio::test]
+async fn a_node_failing_twice_is_retried_with_durable_backoff_and_then_succeeds() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: flaky
+nodes:
+  - id: flaky
+    kind: record
+    input: {fail_first: 2}
+    max_attempts: 3
+    backoff: {base_ms: 3600000, cap_ms: 3600000, factor: 1.0, jitter: 0.0}
+",
+        )
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+
+    for attempt in 1..=2 {
+        // The run waits in the queue, held by nobody, until its retry time.
+        wait_for(DEADLINE, "the retry to be scheduled", || async {
+            let run = b.store.run(&b.tenant, run_id).await.expect("run");
+            (run.status == RunStatus::Queued && run.retry_attempt == Some(attempt + 1))
+                .then_some(run)
+        })
+        .await;
+        let run = b.store.run(&b.tenant, run_id).await.expect("run");
+        assert_eq!(run.claimant_id, None, "no worker waits for a backoff");
+        assert!(
+            run.retry_after.expect("retry_after")
+                > chrono::Utc::now() + chrono::TimeDelta::minutes(50)
+        );
+        assert_eq!(
+            b.ledger.of("flaky").len(),
+            usize::try_from(attempt).expect("small")
+        );
+        // Time passes, by data.
+        b.sql
+            .execute(
+                "UPDATE runs SET retry_after = now() WHERE run_id = $1",
+                &[&run_id.0],
+            )
+            .await
+            .expect("backdate retry");
+    }
+    b.wait_status(run_id, RunStatus::Completed).await;
+    worker.stop().await;
+
+    let attempts: Vec<u32> = b.ledger.of("flaky").iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    let node = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    assert_eq!((node.status, node.attempts), (NodeStatus::Completed, 3));
+    let names = b.event_names(run_id).await;
+    assert_eq!(names.iter().filter(|n| *n == "node_failed").count(), 2);
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| *n == "node_retry_backoff_scheduled")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_node_failing_past_max_attempts_fails_the_run_and_skips_what_follows() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: doomed
+nodes:
+  - id: flaky
+    kind: record
+    input: {fail_first: 10}
+    max_attempts: 2
+    backoff: {base_ms: 1, cap_ms: 1, factor: 1.0, jitter: 0.0}
+  - {id: after, kind: record, depends_on: [flaky]}
+",
+        )
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+    b.wait_status(run_id, RunStatus::Failed).await;
+    worker.stop().await;
+
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.failed_node_id, Some(NodeId::from("flaky")));
+    assert_eq!(run.failed_attempt, Some(2));
+    let reason = run.stop_reason.expect("reason");
+    assert!(
+        reason.contains("planned failure 2") && reason.contains("attempt 2 of 2"),
+        "{reason}"
+    );
+    assert_eq!(b.ledger.of("flaky").len(), 2);
+    assert!(b.ledger.of("after").is_empty());
+    let after = b
+        .store
+        .checkpoint(run_id)
+        .await
+        .expect("checkpoint")
+        .into_iter()
+        .find(|n| n.node_id.as_str() == "after")
+        .expect("after recorded");
+    assert_eq!(after.status, NodeStatus::Skipped);
+}
+
+#[tokio::test]
+async fn a_terminal_failure_fails_the_run_at_once() {
+    let b = setup().await;
+    let automation = b
+        .automation("id: bad\nnodes:\n  - {id: bad, kind: record, input: {terminal: true}, max_attempts: 5}\n")
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+    b.wait_status(run_id, RunStatus::Failed).await;
+    worker.stop().await;
+    assert_eq!(
+        b.ledger.of("bad").len(),
+        1,
+        "a terminal failure is not retried"
+    );
+}
+
+#[tokio::test]
+async fn an_epoch_raised_under_the_worker_stops_the_node_and_kills_its_child() {
+    let b = setup().await;
+    let dir = tempdir();
+    let pid_file = dir.join("pids");
+    let automation = b.automation(&exec_spec("stolen", &pid_file)).await;
+    let worker = b.spawn_worker(config("victim"));
+    let run_id = b.start(&automation).await;
+    let pids = read_pids(&pid_file).await;
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+
+    // Another claimant takes the run: the epoch rises under the worker's feet.
+    b.sql
+        .execute(
+            "UPDATE runs SET lease_epoch = lease_epoch + 1, claimant_id = 'thief',
+             claim_id = gen_random_uuid() WHERE run_id = $1",
+            &[&run_id.0],
+        )
+        .await
+        .expect("steal the run");
+    let before = b.store.run(&b.tenant, run_id).await.expect("run");
+    let nodes_before = b.store.checkpoint(run_id).await.expect("checkpoint");
+
+    wait_for(
+        DEADLINE,
+        "the exec child and grandchild to be killed",
+        || async { pids.iter().all(|p| !pid_alive(*p)).then_some(()) },
+    )
+    .await;
+    let report = worker.stop().await;
+    assert_eq!(report.outcomes, vec![Outcome::LeaseLost]);
+    assert_eq!(
+        b.store.run(&b.tenant, run_id).await.expect("run"),
+        before,
+        "no late write landed"
+    );
+    assert_eq!(
+        b.store.checkpoint(run_id).await.expect("checkpoint"),
+        nodes_before
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_running_exec_node_kills_its_process_group() {
+    let b = setup().await;
+    let dir = tempdir();
+    let pid_file = dir.join("pids");
+    let automation = b.automation(&exec_spec("cancel", &pid_file)).await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+    let pids = read_pids(&pid_file).await;
+
+    b.store
+        .cancel_run(&b.tenant, run_id, "user asked")
+        .await
+        .expect("cancel");
+    wait_for(DEADLINE, "the process group to be killed", || async {
+        pids.iter().all(|p| !pid_alive(*p)).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(b.status(run_id).await, RunStatus::Cancelled);
+    let names = b.event_names(run_id).await;
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("run_cancelled"),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_postgres_stops_the_node_before_its_lease_expires() {
+    let b = setup().await;
+    let proxy = Proxy::start(proxy::server_addr(b.db.url())).await;
+    let cut_off = Store::connect(&proxy::through(b.db.url(), &proxy), 4)
+        .await
+        .expect("store through the proxy");
+    let automation = b
+        .automation("id: long\nnodes:\n  - {id: long, kind: record, input: {sleep_ms: 600000}}\n")
+        .await;
+    let run_id = b.start(&automation).await;
+    let mut settings = config("isolated");
+    settings.listen = false;
+    let worker = b.spawn_worker_on(cut_off, settings);
+    wait_for(DEADLINE, "the node to start", || async {
+        (!b.ledger.of("long").is_empty()).then_some(())
+    })
+    .await;
+
+    proxy.black_hole();
+    let stopped = wait_for(DEADLINE, "the node to be stopped", || async {
+        b.ledger.of("long")[0].finished
+    })
+    .await;
+    // Read the database's view the moment the node stopped: the lease must still be valid.
+    let still_valid: bool = b
+        .sql
+        .query_one(
+            "SELECT lease_expires_at > now() FROM runs WHERE run_id = $1",
+            &[&run_id.0],
+        )
+        .await
+        .expect("lease")
+        .get(0);
+    assert!(still_valid, "the node stopped before its lease expired");
+    assert!(b.ledger.of("long")[0].cancelled);
+    let _ = stopped;
+
+    proxy.restore();
+    let report = worker.stop().await;
+    assert_eq!(report.outcomes, vec![Outcome::LeaseLost]);
+    let node = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    assert_eq!(
+        node.status,
+        NodeStatus::Running,
+        "the fenced-off worker wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_hands_runs_back_and_another_worker_finishes_them_without_waiting() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: handback
+nodes:
+  - {id: first, kind: record}
+  - {id: slow, kind: record, depends_on: [first], input: {sleep_ms: 600000}}
+  - {id: last, kind: record, depends_on: [slow]}
+",
+        )
+        .await;
+    let mut leaving = config("leaving");
+    leaving.shutdown_grace = Duration::from_millis(200);
+    let first = b.spawn_worker(leaving);
+    let runs = [b.start(&automation).await, b.start(&automation).await];
+    wait_for(DEADLINE, "both slow nodes to start", || async {
+        (b.ledger.of("slow").len() == 2).then_some(())
+    })
+    .await;
+
+    let report = first.stop().await;
+    assert_eq!(report.outcomes, vec![Outcome::Released, Outcome::Released]);
+    for run_id in runs {
+        let run = b.store.run(&b.tenant, run_id).await.expect("run");
+        assert_eq!(run.status, RunStatus::Queued);
+        assert_eq!(run.queue_reason.as_deref(), Some("released_shutdown"));
+    }
+
+    // The second worker's slow node is quick: same automation, so make it quick by data.
+    b.sql
+        .execute(
+            "UPDATE automation_versions SET spec = jsonb_set(spec, '{nodes,1,input,sleep_ms}', '0')",
+            &[],
+        )
+        .await
+        .expect("make slow quick");
+    let handed_back_at = tokio::time::Instant::now();
+    let second = b.spawn_worker(config("arriving"));
+    for run_id in runs {
+        b.wait_status(run_id, RunStatus::Completed).await;
+        let names = b.event_names(run_id).await;
+        assert!(names.contains(&"run_released_shutdown".to_owned()));
+        assert!(!names.iter().any(|n| n.contains("expired")), "{names:?}");
+    }
+    assert!(
+        handed_back_at.elapsed() < Duration::from_secs(5),
+        "no lease expiry was waited for"
+    );
+    second.stop().await;
+    // `first` ran once per run: the second worker resumed after it.
+    assert_eq!(b.ledger.of("first").len(), 2);
+    assert_eq!(b.ledger.of("last").len(), 2);
+}
+
+#[tokio::test]
+async fn a_resumed_run_does_not_run_completed_nodes_again() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: resume
+nodes:
+  - {id: a, kind: record}
+  - {id: b, kind: record, depends_on: [a], input: {sleep_ms: 600000}}
+",
+        )
+        .await;
+    let run_id = b.start(&automation).await;
+    let mut dying = config("dying");
+    dying.shutdown_grace = Duration::ZERO;
+    let first = b.spawn_worker(dying);
+    wait_for(DEADLINE, "b to start", || async {
+        (!b.ledger.of("b").is_empty()).then_some(())
+    })
+    .await;
+    first.stop().await;
+    b.sql
+        .execute(
+            "UPDATE automation_versions SET spec = jsonb_set(spec, '{nodes,1,input,sleep_ms}', '0')",
+            &[],
+        )
+        .await
+        .expect("make b quick");
+
+    let second = b.spawn_worker(config("resumer"));
+    b.wait_status(run_id, RunStatus::Completed).await;
+    second.stop().await;
+    assert_eq!(
+        b.ledger.of("a").len(),
+        1,
+        "a completed once and never ran again"
+    );
+    let attempts: Vec<u32> = b.ledger.of("b").iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, vec![1, 2], "the interrupted attempt counted");
+}
+
+#[tokio::test]
+async fn a_pause_request_lets_the_running_node_finish_then_pauses() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: pause
+nodes:
+  - {id: a, kind: record, input: {sleep_ms: 500}}
+  - {id: b, kind: record, depends_on: [a]}
+",
+        )
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+    wait_for(DEADLINE, "a to start", || async {
+        (!b.ledger.of("a").is_empty()).then_some(())
+    })
+    .await;
+    b.store
+        .pause_run(&b.tenant, run_id, "hold on")
+        .await
+        .expect("pause");
+    b.wait_status(run_id, RunStatus::Paused).await;
+    worker.stop().await;
+
+    let a = &b.ledger.of("a")[0];
+    assert!(!a.cancelled, "the running node finished");
+    assert!(b.ledger.of("b").is_empty(), "no new node started");
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.claimant_id, None, "the lease was released");
+    let names = b.event_names(run_id).await;
+    assert!(
+        names.ends_with(&["node_completed".into(), "run_paused".into()]),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_approval_gate_stops_the_run_and_releases_the_lease() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: gated
+nodes:
+  - {id: build, kind: record}
+  - {id: ship, kind: record, depends_on: [build], approval: {prompt: Ship it?}}
+",
+        )
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+    b.wait_status(run_id, RunStatus::AwaitingApproval).await;
+    worker.stop().await;
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.claimant_id, None);
+    assert!(
+        b.ledger.of("ship").is_empty(),
+        "the gated node waits for a decision"
+    );
+    let gate: (String, String) = {
+        let row = b
+            .sql
+            .query_one(
+                "SELECT node_id, prompt FROM gates WHERE run_id = $1 AND status = 'pending'",
+                &[&run_id.0],
+            )
+            .await
+            .expect("gate");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(gate, ("ship".into(), "Ship it?".into()));
+}
+
+#[tokio::test]
+async fn an_unreadable_spec_blocks_its_run_and_others_go_on() {
+    let b = setup().await;
+    let good = b
+        .automation("id: good\nnodes:\n  - {id: a, kind: record}\n")
+        .await;
+    let bad = b
+        .automation("id: bad\nnodes:\n  - {id: a, kind: record}\n")
+        .await;
+    b.sql
+        .execute(
+            "UPDATE automation_versions SET spec = '{\"nodes\": \"garbage\"}' WHERE automation_id = 'bad'",
+            &[],
+        )
+        .await
+        .expect("corrupt");
+    let worker = b.spawn_worker(config("w1"));
+    let bad_run = b.start(&bad).await;
+    let good_run = b.start(&good).await;
+    b.wait_status(bad_run, RunStatus::Blocked).await;
+    b.wait_status(good_run, RunStatus::Completed).await;
+    worker.stop().await;
+    let run = b.store.run(&b.tenant, bad_run).await.expect("run");
+    assert_eq!(run.stop_kind.as_deref(), Some("unreadable"));
+    assert!(run.stop_reason.expect("reason").contains("unreadable"));
+}
+
+#[tokio::test]
+async fn a_drained_worker_hands_back_and_stops() {
+    let b = setup().await;
+    let automation = b
+        .automation("id: drain\nnodes:\n  - {id: a, kind: record, input: {sleep_ms: 600000}}\n")
+        .await;
+    let mut settings = config("drained");
+    settings.shutdown_grace = Duration::from_millis(100);
+    let worker = b.spawn_worker(settings.clone());
+    let run_id = b.start(&automation).await;
+    wait_for(DEADLINE, "a to start", || async {
+        (!b.ledger.of("a").is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        b.store
+            .set_worker_draining(&settings.claimant_id)
+            .await
+            .expect("drain")
+    );
+    let report = tokio::time::timeout(DEADLINE, worker.task)
+        .await
+        .expect("worker stops by itself")
+        .expect("task")
+        .expect("report");
+    assert_eq!(report.outcomes, vec![Outcome::Released]);
+    assert_eq!(b.status(run_id).await, RunStatus::Queued);
+    assert_eq!(
+        b.store
+            .worker_heartbeat(&settings.claimant_id)
+            .await
+            .expect("hb"),
+        None,
+        "row removed"
+    );
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("leasehold-worker-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
