@@ -1,0 +1,111 @@
+//! A worker with its own node kind, `shout`, next to the built-in ones.
+//!
+//! ```sh
+//! LEASEHOLD_DATABASE_URL=postgres://… cargo run -p leasehold-example-custom-worker
+//! ```
+//!
+//! An automation then uses it like any other kind:
+//!
+//! ```yaml
+//! id: shouting
+//! nodes:
+//!   - {id: greet, kind: echo, input: {text: hello}}
+//!   - {id: loud, kind: shout, depends_on: [greet], input: {from: greet}}
+//! ```
+
+use leasehold_core::store::Store;
+use leasehold_worker::handlers::{self, ExecPolicy};
+use leasehold_worker::{Config, Context, Handler, HandlerError, ResultExt, Worker};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Upper-cases the `text` of the upstream node named by `input.from`.
+struct Shout;
+
+impl Handler for Shout {
+    async fn run(&self, ctx: Context) -> Result<Value, HandlerError> {
+        let from = ctx
+            .input
+            .get("from")
+            .and_then(Value::as_str)
+            .ok_or("input.from must name an upstream node")
+            .terminal()?;
+        let text = ctx
+            .upstream
+            .iter()
+            .find(|(id, _)| id.as_str() == from)
+            .and_then(|(_, output)| output.get("text"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("upstream node {from:?} has no text output"))
+            .terminal()?;
+        Ok(json!({ "text": text.to_uppercase() }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().init();
+    let url = std::env::var("LEASEHOLD_DATABASE_URL")
+        .map_err(|_| anyhow::anyhow!("set LEASEHOLD_DATABASE_URL to the database to work on"))?;
+    let store = Store::connect(&url, 8).await?;
+    let mut registry = handlers::builtin(ExecPolicy::default());
+    registry.register("shout", Shout);
+    let config = Config::new(leasehold_worker::default_claimant_id()).validated()?;
+
+    let shutdown = CancellationToken::new();
+    let on_ctrl_c = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_ctrl_c.cancel();
+    });
+    Worker::new(store, registry, config).run(shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
+
+    use super::*;
+
+    fn ctx(input: Value, upstream: &[(&str, Value)]) -> Context {
+        Context {
+            run_id: RunId::new(),
+            node_id: NodeId::from("loud"),
+            attempt: 1,
+            epoch: LeaseEpoch(1),
+            idempotency_key: "key".into(),
+            input,
+            run_inputs: json!({}),
+            upstream: upstream
+                .iter()
+                .map(|(id, v)| (NodeId::from(*id), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn shouts_the_upstream_text() {
+        let mut registry = handlers::builtin(ExecPolicy::default());
+        registry.register("shout", Shout);
+        let out = registry
+            .run(
+                "shout",
+                ctx(
+                    json!({"from": "greet"}),
+                    &[("greet", json!({"text": "hello"}))],
+                ),
+            )
+            .await;
+        assert_eq!(out, Ok(json!({"text": "HELLO"})));
+    }
+
+    #[tokio::test]
+    async fn a_missing_upstream_is_a_terminal_failure() {
+        let out = Shout.run(ctx(json!({"from": "nobody"}), &[])).await;
+        assert!(matches!(out, Err(HandlerError::Terminal(m)) if m.contains("nobody")));
+    }
+}
