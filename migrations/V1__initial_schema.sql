@@ -99,6 +99,10 @@ CREATE INDEX runs_claimable_idx ON runs (priority DESC, queued_at, run_id) WHERE
 -- heartbeat then changes no indexed column and its update can stay HOT.
 CREATE INDEX runs_held_idx ON runs (run_id) WHERE status IN ('running', 'pausing');
 
+-- The auto-resume sweep's candidates: stale-reaped runs, by when they were reaped.
+CREATE INDEX runs_stale_reaped_idx ON runs (stale_reaped_at)
+    WHERE status = 'paused' AND stop_kind = 'stale_reaped';
+
 -- Listings by automation and by status, newest first.
 CREATE INDEX runs_automation_idx ON runs (tenant_id, automation_id, created_at DESC);
 CREATE INDEX runs_status_idx ON runs (tenant_id, status, created_at DESC);
@@ -188,6 +192,8 @@ CREATE TABLE gates (
 
 CREATE UNIQUE INDEX gates_one_pending_per_node ON gates (run_id, node_id) WHERE status = 'pending';
 CREATE INDEX gates_pending_idx ON gates (tenant_id, requested_at) WHERE status = 'pending';
+-- The stale-gate sweep's candidates, across tenants: pending gates not yet marked, oldest first.
+CREATE INDEX gates_unmarked_idx ON gates (requested_at) WHERE status = 'pending' AND stale_marked_at IS NULL;
 CREATE INDEX gates_run_idx ON gates (run_id);
 
 CREATE TABLE workers (
@@ -200,4 +206,15 @@ CREATE TABLE workers (
     started_at      timestamptz NOT NULL DEFAULT now(),
     last_heartbeat  timestamptz NOT NULL DEFAULT now(),
     draining        boolean     NOT NULL DEFAULT false
+);
+
+-- Leadership of the coordinators' sweeps: one row per role, with its own fencing epoch. A row
+-- rather than a session advisory lock, which breaks behind poolers and is lost silently with its
+-- connection.
+CREATE TABLE leader_leases (
+    name         text        PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64),
+    holder       text        NOT NULL CHECK (length(holder) BETWEEN 1 AND 256),
+    epoch        bigint      NOT NULL CHECK (epoch >= 1),
+    acquired_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL
 );

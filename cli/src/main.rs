@@ -1,5 +1,6 @@
 //! The `leasehold` command.
 
+mod coordinator;
 mod migrate;
 mod signals;
 mod worker;
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the gRPC API and, while leader, run the sweeps.
+    Coordinator(coordinator::Args),
     /// Apply the database migrations this build carries.
     Migrate(migrate::Args),
     /// Claim and execute runs until SIGTERM, then hand back what is still held.
@@ -34,6 +37,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
+        Command::Coordinator(args) => coordinator::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Worker(args) => worker::run(args).await,
     };

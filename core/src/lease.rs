@@ -75,6 +75,79 @@ pub fn reap(view: &LeaseView, now: DateTime<Utc>, poison_limit: u32) -> Reap {
     }
 }
 
+/// One node of a stale-reaped run's pinned spec, as the auto-resume rule sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeBudget {
+    /// Attempts started so far, interrupted ones included; 0 for a node without a row.
+    pub attempts: u32,
+    /// Attempts its spec allows.
+    pub max_attempts: u32,
+    /// Completed or skipped: it never runs again.
+    pub finished: bool,
+}
+
+impl NodeBudget {
+    /// The node has yet to finish and may be attempted again.
+    pub fn has_budget(&self) -> bool {
+        !self.finished && self.attempts < self.max_attempts
+    }
+}
+
+/// What the auto-resume sweep sees of a run paused as stale-reaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleReapedView {
+    /// The run.
+    pub run_id: RunId,
+    /// The run's event sequence when it was read. Every change to a run raises it, so applying
+    /// a decision matches it and leaves alone a run that moved since.
+    pub event_seq: i64,
+    /// When the reaper paused it.
+    pub stale_reaped_at: DateTime<Utc>,
+    /// Auto-resumes it has had so far.
+    pub auto_resumes: u32,
+    /// Every node of its pinned spec with its attempts, or why the spec cannot be read.
+    pub nodes: Result<Vec<NodeBudget>, String>,
+}
+
+/// The auto-resume sweep's decision for one stale-reaped run. Every variant but
+/// [`AutoResume::Resume`] leaves the run paused for an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoResume {
+    /// Back to `queued`: reaped recently, under the cap, and a node may still run.
+    Resume,
+    /// Reaped longer ago than the window: something is wrong enough for a person to look.
+    WindowPassed,
+    /// Auto-resumed as often as allowed already.
+    CapReached,
+    /// No unfinished node has an attempt left: resuming could only fail the run.
+    NoBudget,
+    /// Its spec cannot be read, so its budget is unknown.
+    UnreadableSpec,
+}
+
+/// The auto-resume decision for `view` at `now`: resume while `now` is at most `window` after
+/// the stale reap, the run has had fewer than `cap` auto-resumes, and an unfinished node has an
+/// attempt left.
+pub fn auto_resume(
+    view: &StaleReapedView,
+    now: DateTime<Utc>,
+    window: Duration,
+    cap: u32,
+) -> AutoResume {
+    let window = chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
+    if now.signed_duration_since(view.stale_reaped_at) > window {
+        AutoResume::WindowPassed
+    } else if view.auto_resumes >= cap {
+        AutoResume::CapReached
+    } else {
+        match &view.nodes {
+            Err(_) => AutoResume::UnreadableSpec,
+            Ok(nodes) if nodes.iter().any(NodeBudget::has_budget) => AutoResume::Resume,
+            Ok(_) => AutoResume::NoBudget,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeDelta;
@@ -164,5 +237,72 @@ mod tests {
         assert_eq!(clamp(Duration::from_secs(1)), LEASE_MIN);
         assert_eq!(clamp(Duration::from_secs(60)), Duration::from_secs(60));
         assert_eq!(clamp(Duration::from_secs(7 * 3600)), LEASE_MAX);
+    }
+
+    const WINDOW: Duration = Duration::from_secs(20 * 60);
+    const CAP: u32 = 2;
+
+    fn budget(attempts: u32, max_attempts: u32, finished: bool) -> NodeBudget {
+        NodeBudget {
+            attempts,
+            max_attempts,
+            finished,
+        }
+    }
+
+    fn stale(reaped_ms_ago: i64, auto_resumes: u32, nodes: &[NodeBudget]) -> StaleReapedView {
+        StaleReapedView {
+            run_id: RunId::new(),
+            event_seq: 7,
+            stale_reaped_at: t0() - ms(reaped_ms_ago),
+            auto_resumes,
+            nodes: Ok(nodes.to_vec()),
+        }
+    }
+
+    fn check_resume(view: &StaleReapedView, want: AutoResume) {
+        assert_eq!(auto_resume(view, t0(), WINDOW, CAP), want, "{view:?}");
+    }
+
+    #[test]
+    fn auto_resume_on_both_sides_of_the_window() {
+        let window_ms = i64::try_from(WINDOW.as_millis()).expect("small");
+        let open = [budget(1, 3, false)];
+        check_resume(&stale(0, 0, &open), AutoResume::Resume);
+        check_resume(&stale(window_ms - 1, 0, &open), AutoResume::Resume);
+        check_resume(&stale(window_ms, 0, &open), AutoResume::Resume);
+        check_resume(&stale(window_ms + 1, 0, &open), AutoResume::WindowPassed);
+    }
+
+    #[test]
+    fn auto_resume_stops_at_the_cap() {
+        let open = [budget(1, 3, false)];
+        check_resume(&stale(1, CAP - 1, &open), AutoResume::Resume);
+        check_resume(&stale(1, CAP, &open), AutoResume::CapReached);
+        check_resume(&stale(1, CAP + 1, &open), AutoResume::CapReached);
+    }
+
+    #[test]
+    fn auto_resume_needs_an_unfinished_node_with_attempts_left() {
+        // The interrupted node used its last attempt; the others are done.
+        let spent = [budget(3, 3, false), budget(1, 3, true)];
+        check_resume(&stale(1, 0, &spent), AutoResume::NoBudget);
+        // One attempt left.
+        check_resume(&stale(1, 0, &[budget(2, 3, false)]), AutoResume::Resume);
+        // A node that never started has its whole budget.
+        let pending = [budget(3, 3, false), budget(0, 1, false)];
+        check_resume(&stale(1, 0, &pending), AutoResume::Resume);
+        // A finished node has no use for its budget.
+        check_resume(&stale(1, 0, &[budget(0, 3, true)]), AutoResume::NoBudget);
+        check_resume(&stale(1, 0, &[]), AutoResume::NoBudget);
+    }
+
+    #[test]
+    fn auto_resume_leaves_a_run_whose_spec_cannot_be_read() {
+        let view = StaleReapedView {
+            nodes: Err("nodes[0].kind: missing field".into()),
+            ..stale(1, 0, &[])
+        };
+        check_resume(&view, AutoResume::UnreadableSpec);
     }
 }

@@ -572,7 +572,8 @@ async fn shutdown_hands_runs_back_for_another_worker_at_once() {
     );
 }
 
-/// Reads the expired leases at `now`, decides with the pure rule, applies each kind.
+/// Reads the expired leases at `now`, decides with the pure rule, and applies each kind under a
+/// leadership, as the coordinator's reaper does.
 async fn reap(
     b: &common::Bundle,
     now: chrono::DateTime<chrono::Utc>,
@@ -582,6 +583,12 @@ async fn reap(
         limit: 1_000,
         poison_limit: lease::POISON_LIMIT_DEFAULT,
     };
+    let leader = b
+        .store
+        .try_acquire_leadership("test-reaper", "test", Duration::from_secs(60))
+        .await
+        .expect("acquire")
+        .expect("no other leader");
     let expired = b.store.expired_leases(&params).await.expect("expired");
     let pick = |kind: Reap| -> Vec<LeaseView> {
         expired
@@ -590,19 +597,17 @@ async fn reap(
             .copied()
             .collect()
     };
-    let requeued = b
-        .store
-        .requeue_expired(&pick(Reap::Requeue), &params)
+    let store = &b.store;
+    let requeued = store
+        .requeue_expired_as_leader(&leader, &pick(Reap::Requeue), &params)
         .await
         .expect("requeue");
-    let stale = b
-        .store
-        .stale_reap(&pick(Reap::StaleReap), &params)
+    let stale = store
+        .stale_reap_as_leader(&leader, &pick(Reap::StaleReap), &params)
         .await
         .expect("stale");
-    let blocked = b
-        .store
-        .block_poisoned(&pick(Reap::BlockPoisoned), &params)
+    let blocked = store
+        .block_poisoned_as_leader(&leader, &pick(Reap::BlockPoisoned), &params)
         .await
         .expect("block");
     (requeued, stale, blocked)

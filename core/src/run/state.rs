@@ -128,6 +128,8 @@ pub enum Transition {
     AwaitApproval,
     /// A gate was approved.
     Approve,
+    /// A gate's decider asked for nodes to run again before asking again.
+    Rework,
     /// A user resumes a paused run.
     Resume,
     /// The auto-resume sweep requeues a stale-reaped run.
@@ -138,7 +140,7 @@ pub enum Transition {
 
 impl Transition {
     /// Every transition.
-    pub const ALL: [Transition; 18] = [
+    pub const ALL: [Transition; 19] = [
         Self::Claim,
         Self::ScheduleRetry,
         Self::RequeueExpiredClaim,
@@ -154,6 +156,7 @@ impl Transition {
         Self::SettlePause,
         Self::AwaitApproval,
         Self::Approve,
+        Self::Rework,
         Self::Resume,
         Self::AutoResume,
         Self::Recover,
@@ -176,6 +179,7 @@ impl Transition {
             Self::Pause | Self::SettlePause => "run_paused",
             Self::AwaitApproval => "run_awaiting_approval",
             Self::Approve => "run_gate_approved",
+            Self::Rework => "run_rework_requested",
             Self::Resume => "run_resumed",
             Self::AutoResume => "run_auto_resumed",
             Self::Recover => "run_recovered",
@@ -199,7 +203,7 @@ impl Transition {
             Self::Cancel => !from.is_terminal(),
             Self::Pause => matches!(from, S::Queued | S::AwaitingApproval),
             Self::SettlePause => from == S::Pausing,
-            Self::Approve => from == S::AwaitingApproval,
+            Self::Approve | Self::Rework => from == S::AwaitingApproval,
             Self::Resume | Self::AutoResume => from == S::Paused,
             Self::Recover => matches!(from, S::Failed | S::Blocked),
         }
@@ -214,6 +218,7 @@ impl Transition {
             | Self::RequeueExpiredClaim
             | Self::ReleaseOnShutdown
             | Self::Approve
+            | Self::Rework
             | Self::Resume
             | Self::AutoResume
             | Self::Recover => S::Queued,

@@ -1,8 +1,11 @@
 //! Automations and their immutable versions.
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 
-use super::{Error, Store};
+use super::listing::Listing;
+use super::{Cursor, Error, Page, PageRequest, Store};
 use crate::ids::{AutomationId, TenantId};
 use crate::spec::{self, Spec};
 
@@ -78,11 +81,147 @@ JOIN automation_versions v
  AND v.version = coalesce($3::int, a.current_version)
 WHERE a.tenant_id = $1::text AND a.automation_id = $2::text";
 
+// name: automation
+// An automation with its current version's spec: what `automation get` shows.
+const AUTOMATION: &str = "\
+SELECT a.automation_id, a.current_version, a.status, a.created_at, a.updated_at, v.spec
+FROM automations a
+JOIN automation_versions v
+  ON v.tenant_id = a.tenant_id AND v.automation_id = a.automation_id
+ AND v.version = a.current_version
+WHERE a.tenant_id = $1::text AND a.automation_id = $2::text";
+
+// name: list_automations
+// A page of a tenant's automations in creation order, after the keyset ($2, $3). A tenant has
+// few automations, so sorting them is cheap and no index on created_at is kept for it; the
+// automation id breaks ties between automations created in the same transaction.
+const LIST_AUTOMATIONS: &str = "\
+SELECT a.automation_id, a.current_version, a.status, a.created_at, a.updated_at, v.spec
+FROM automations a
+JOIN automation_versions v
+  ON v.tenant_id = a.tenant_id AND v.automation_id = a.automation_id
+ AND v.version = a.current_version
+WHERE a.tenant_id = $1::text
+  AND ($2::timestamptz IS NULL OR (a.created_at, a.automation_id) > ($2::timestamptz, $3::text))
+ORDER BY a.created_at, a.automation_id
+LIMIT $4::int";
+
+// name: set_automation_status
+// Pauses or activates an automation and returns it as it now stands, in one statement. A
+// paused automation starts no runs (start_run checks the status it reads); runs already started
+// go on. updated_at moves only when the status changes, so repeating the request is a no-op.
+const SET_AUTOMATION_STATUS: &str = "\
+WITH updated AS (
+    UPDATE automations a
+    SET status = $3::text,
+        updated_at = CASE WHEN a.status = $3::text THEN a.updated_at ELSE now() END
+    WHERE a.tenant_id = $1::text AND a.automation_id = $2::text
+    RETURNING a.tenant_id, a.automation_id, a.current_version, a.status, a.created_at,
+              a.updated_at
+)
+SELECT u.automation_id, u.current_version, u.status, u.created_at, u.updated_at, v.spec
+FROM updated u
+JOIN automation_versions v
+  ON v.tenant_id = u.tenant_id AND v.automation_id = u.automation_id
+ AND v.version = u.current_version";
+
+// name: delete_automation
+// Deletes an automation, its versions and its finished runs in one statement, or nothing while
+// any of its runs has not finished. Runs reference their pinned version without a cascade, so
+// the finished runs go in the same statement (their run_nodes and gates cascade from runs;
+// run_events has no foreign key, being partitioned, and is deleted by run id). The automation
+// row and then every run of it are locked, so a run's status is read after any concurrent
+// transition commits: a failed run being recovered counts as unfinished once it is queued. A run
+// started concurrently is not locked here; its insert holds a key-share lock on its version,
+// so the version's cascade waits for it and then fails the foreign-key check, and the caller
+// asks again, when the new run counts.
+const DELETE_AUTOMATION: &str = "\
+WITH target AS (
+    SELECT tenant_id, automation_id FROM automations
+    WHERE tenant_id = $1::text AND automation_id = $2::text
+    FOR UPDATE
+),
+its_runs AS (
+    SELECT r.run_id, r.status FROM runs r
+    JOIN target t ON r.tenant_id = t.tenant_id AND r.automation_id = t.automation_id
+    FOR UPDATE OF r
+),
+unfinished AS (
+    SELECT count(*) AS n FROM its_runs
+    WHERE status NOT IN ('completed', 'failed', 'cancelled')
+),
+doomed AS (
+    SELECT run_id FROM its_runs WHERE (SELECT n FROM unfinished) = 0
+),
+events AS (
+    DELETE FROM run_events e USING doomed WHERE e.run_id = doomed.run_id
+),
+deleted_runs AS (
+    DELETE FROM runs r USING doomed WHERE r.run_id = doomed.run_id
+    RETURNING r.run_id
+),
+deleted AS (
+    DELETE FROM automations a USING target
+    WHERE a.tenant_id = target.tenant_id AND a.automation_id = target.automation_id
+      AND (SELECT n FROM unfinished) = 0
+    RETURNING a.automation_id
+)
+SELECT (SELECT count(*) FROM target) AS found,
+       (SELECT n FROM unfinished) AS unfinished,
+       (SELECT count(*) FROM deleted) AS deleted,
+       (SELECT count(*) FROM deleted_runs) AS deleted_runs";
+
 pub(super) const QUERIES: &[(&str, &str)] = &[
     ("create_automation", CREATE_AUTOMATION),
     ("create_automation_version", CREATE_AUTOMATION_VERSION),
     ("automation_version", AUTOMATION_VERSION),
+    ("automation", AUTOMATION),
+    ("list_automations", LIST_AUTOMATIONS),
+    ("set_automation_status", SET_AUTOMATION_STATUS),
+    ("delete_automation", DELETE_AUTOMATION),
 ];
+
+/// Whether an automation starts runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AutomationStatus {
+    /// Starts runs.
+    Active,
+    /// Starts no runs; runs already started go on.
+    Paused,
+}
+
+impl AutomationStatus {
+    /// The name stored in `automations.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Active, Self::Paused]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+}
+
+/// An automation as stored, with its current version's spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutomationRecord {
+    /// The automation.
+    pub id: AutomationId,
+    /// The version new runs pin.
+    pub current_version: i32,
+    /// Whether it starts runs.
+    pub status: AutomationStatus,
+    /// The current version's spec.
+    pub spec: Spec,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed: a new version or a status change.
+    pub updated_at: DateTime<Utc>,
+}
 
 fn spec_json(spec: &Spec) -> serde_json::Value {
     serde_json::to_value(spec).expect("a Spec always serializes: its fields are plain data")
@@ -166,6 +305,130 @@ impl Store {
             .ok_or_else(|| Error::AutomationNotFound(automation_id.clone()))?;
         read_version(automation_id, &row)
     }
+}
+
+impl Store {
+    /// An automation with its current spec. A spec this build cannot read is
+    /// [`Error::UnreadableSpec`].
+    pub async fn automation(
+        &self,
+        tenant: &TenantId,
+        automation_id: &AutomationId,
+    ) -> Result<AutomationRecord, Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(AUTOMATION).await?;
+        let row = client
+            .query_opt(&stmt, &[&tenant.as_str(), &automation_id.as_str()])
+            .await?
+            .ok_or_else(|| Error::AutomationNotFound(automation_id.clone()))?;
+        read_automation(&row)
+    }
+
+    /// A page of the tenant's automations, in creation order. One unreadable spec fails the page
+    /// with [`Error::UnreadableSpec`] naming it.
+    pub async fn list_automations(
+        &self,
+        tenant: &TenantId,
+        page: &PageRequest,
+    ) -> Result<Page<AutomationRecord>, Error> {
+        let (at, id) = page.position(Listing::Automations)?;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(LIST_AUTOMATIONS).await?;
+        let rows = client
+            .query(&stmt, &[&tenant.as_str(), &at, &id, &page.fetch()])
+            .await?;
+        let automations = rows
+            .iter()
+            .map(read_automation)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::cut(automations, page, |a| {
+            Cursor::new(Listing::Automations, a.created_at, a.id.as_str())
+        }))
+    }
+
+    /// Pauses (`paused = true`) or activates an automation; returns it as it now stands.
+    /// Repeating a request changes nothing.
+    pub async fn set_automation_status(
+        &self,
+        tenant: &TenantId,
+        automation_id: &AutomationId,
+        paused: bool,
+    ) -> Result<AutomationRecord, Error> {
+        let status = if paused {
+            AutomationStatus::Paused
+        } else {
+            AutomationStatus::Active
+        };
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SET_AUTOMATION_STATUS).await?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[&tenant.as_str(), &automation_id.as_str(), &status.as_str()],
+            )
+            .await?
+            .ok_or_else(|| Error::AutomationNotFound(automation_id.clone()))?;
+        read_automation(&row)
+    }
+
+    /// Deletes an automation with its versions and its finished runs (their nodes, gates and
+    /// events too); returns how many runs went with it. While any of its runs has not finished
+    /// (completed, failed or cancelled), nothing is deleted and the answer is
+    /// [`Error::AutomationHasUnfinishedRuns`].
+    ///
+    /// # Locks
+    /// Locks the automation row and every run of it until the statement commits.
+    pub async fn delete_automation(
+        &self,
+        tenant: &TenantId,
+        automation_id: &AutomationId,
+    ) -> Result<u64, Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(DELETE_AUTOMATION).await?;
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&tenant.as_str(), &automation_id.as_str()];
+        let row = match client.query_one(&stmt, &args).await {
+            // A run was started while the statement ran (see the query's comment): once more,
+            // and the new run counts as unfinished.
+            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                client.query_one(&stmt, &args).await?
+            }
+            other => other?,
+        };
+        if row.get::<_, i64>("found") == 0 {
+            return Err(Error::AutomationNotFound(automation_id.clone()));
+        }
+        let unfinished: i64 = row.get("unfinished");
+        if unfinished > 0 {
+            return Err(Error::AutomationHasUnfinishedRuns {
+                automation_id: automation_id.clone(),
+                unfinished,
+            });
+        }
+        Ok(row.get::<_, i64>("deleted_runs").unsigned_abs())
+    }
+}
+
+fn read_automation(row: &Row) -> Result<AutomationRecord, Error> {
+    let id = AutomationId(row.get("automation_id"));
+    let current_version: i32 = row.get("current_version");
+    let unreadable = |reason: String| Error::UnreadableSpec {
+        automation_id: id.clone(),
+        version: current_version,
+        reason,
+    };
+    let status_text: &str = row.get("status");
+    let status = AutomationStatus::parse(status_text)
+        .ok_or_else(|| unreadable(format!("unknown automation status {status_text:?}")))?;
+    let spec = spec::from_stored(row.get("spec")).map_err(|e| unreadable(e.to_string()))?;
+    Ok(AutomationRecord {
+        id,
+        current_version,
+        status,
+        spec,
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
 }
 
 fn read_version(automation_id: &AutomationId, row: &Row) -> Result<AutomationVersion, Error> {

@@ -103,6 +103,89 @@ SELECT run_id, event_seq, tenant_id, 'run_blocked_unreadable', lease_epoch, left
 FROM fenced
 RETURNING run_id";
 
+// name: resume_run
+// An operator resumes a paused run, whatever stopped it (a pause, a stale reap, a guardrail):
+// back to `queued` with its checkpoint, in one statement under the row lock, waking idle
+// workers. stop_kind and stop_reason are cleared because the run no longer stands stopped; the
+// event keeps the stop it resumed from. queued_at moves to now (or to a pending retry's due
+// time), so the time it spent paused does not count as time waiting in the queue. A gate left
+// pending by a pause from awaiting_approval is cancelled: the worker that reaches the gated node
+// asks again, and one pending gate per node is all the schema allows. The runs row is locked
+// before the gates rows, the order decide_gate takes them in too.
+const RESUME_RUN: &str = "\
+WITH target AS (
+    SELECT run_id, stop_kind FROM runs
+    WHERE run_id = $1::uuid AND tenant_id = $2::text AND status = 'paused'
+    FOR UPDATE
+),
+resumed AS (
+    UPDATE runs r
+    SET status = 'queued', queue_reason = 'resumed', resume_reason = left($3::text, 4096),
+        queued_at = greatest(now(), coalesce(r.retry_after, now())),
+        stop_kind = NULL, stop_reason = NULL, event_seq = r.event_seq + 1, updated_at = now()
+    FROM target
+    WHERE r.run_id = target.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, target.stop_kind AS was_stop_kind
+),
+asked_again AS (
+    UPDATE gates g
+    SET status = 'cancelled', decided_at = now(),
+        decision_reason = 'the run was resumed; its worker asks for approval again'
+    FROM resumed
+    WHERE g.run_id = resumed.run_id AND g.status = 'pending'
+    RETURNING g.gate_id
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_resumed', lease_epoch, left($3::text, 4096),
+       jsonb_build_object(
+           'stop_kind', was_stop_kind,
+           'gates_cancelled', (SELECT coalesce(jsonb_agg(gate_id), '[]'::jsonb) FROM asked_again))
+FROM resumed
+RETURNING run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified";
+
+// name: recover_run
+// An operator requeues a failed or blocked run from its checkpoint, in one statement under the
+// row lock, waking idle workers. Completed nodes keep their rows and outputs and do not run
+// again. Every other row is deleted: failed nodes (even those out of attempts), the skipped
+// nodes downstream of them, and running rows (attempts a block or failure interrupted). A node
+// without a row is pending, so the ready rule runs each of them again with a full attempt
+// budget: the recover is the operator's explicit grant of new attempts, and the attempts made
+// stay in the history (the node events, and the `reset` list of this event). The stop, the
+// failure and the poison guard's count are cleared.
+const RECOVER_RUN: &str = "\
+WITH target AS (
+    SELECT run_id, status AS was, stop_kind, stop_reason FROM runs
+    WHERE run_id = $1::uuid AND tenant_id = $2::text AND status IN ('failed', 'blocked')
+    FOR UPDATE
+),
+reset AS (
+    DELETE FROM run_nodes n USING target
+    WHERE n.run_id = target.run_id AND n.status <> 'completed'
+    RETURNING n.node_id, n.status, n.attempts
+),
+recovered AS (
+    UPDATE runs r
+    SET status = 'queued', queue_reason = 'recovered', resume_reason = left($3::text, 4096),
+        queued_at = now(), retry_after = NULL, retry_node_id = NULL, retry_attempt = NULL,
+        retry_backoff_ms = NULL, stop_kind = NULL, stop_reason = NULL, failed_node_id = NULL,
+        failed_attempt = NULL, finished_at = NULL, expired_claims = 0,
+        event_seq = r.event_seq + 1, updated_at = now()
+    FROM target
+    WHERE r.run_id = target.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, target.was,
+              target.stop_kind AS was_stop_kind, target.stop_reason AS was_stop_reason
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_recovered', lease_epoch, left($3::text, 4096),
+       jsonb_build_object(
+           'from', was, 'stop_kind', was_stop_kind, 'stop_reason', was_stop_reason,
+           'reset', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                'node_id', node_id, 'status', status, 'attempts', attempts)
+                            ORDER BY node_id), '[]'::jsonb)
+                     FROM reset))
+FROM recovered
+RETURNING run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified";
+
 pub(super) const QUERIES: &[(&str, &str)] = &[
     ("await_approval", AWAIT_APPROVAL),
     ("pending_gate", PENDING_GATE),
@@ -110,6 +193,8 @@ pub(super) const QUERIES: &[(&str, &str)] = &[
     ("settle_pause", SETTLE_PAUSE),
     ("pause_run", PAUSE_RUN),
     ("block_unreadable", BLOCK_UNREADABLE),
+    ("resume_run", RESUME_RUN),
+    ("recover_run", RECOVER_RUN),
 ];
 
 impl Store {
@@ -184,6 +269,56 @@ impl Store {
         Err(Error::Transition(IllegalTransition {
             from: run.status,
             transition: Transition::RequestPause,
+        }))
+    }
+
+    /// Resumes a paused run (whatever stopped it): `queued` with its checkpoint, due at once
+    /// (or when a retry it waited for is due). A run in another state is [`Error::Transition`].
+    pub async fn resume_run(
+        &self,
+        tenant: &TenantId,
+        run_id: RunId,
+        reason: &str,
+    ) -> Result<(), Error> {
+        self.operator_move(RESUME_RUN, tenant, run_id, reason, Transition::Resume)
+            .await
+    }
+
+    /// Requeues a failed or blocked run from its checkpoint: completed nodes stay done, and every
+    /// other node runs again with a full attempt budget. A run in another state is
+    /// [`Error::Transition`].
+    pub async fn recover_run(
+        &self,
+        tenant: &TenantId,
+        run_id: RunId,
+        reason: &str,
+    ) -> Result<(), Error> {
+        self.operator_move(RECOVER_RUN, tenant, run_id, reason, Transition::Recover)
+            .await
+    }
+
+    /// Runs an operator's conditional statement; zero rows is the transition the run's state
+    /// forbids, read back, or [`Error::RunNotFound`].
+    async fn operator_move(
+        &self,
+        sql: &'static str,
+        tenant: &TenantId,
+        run_id: RunId,
+        reason: &str,
+        transition: Transition,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        let rows = client
+            .query(&stmt, &[&run_id.0, &tenant.as_str(), &reason])
+            .await?;
+        if !rows.is_empty() {
+            return Ok(());
+        }
+        let run = self.run(tenant, run_id).await?;
+        Err(Error::Transition(IllegalTransition {
+            from: run.status,
+            transition,
         }))
     }
 

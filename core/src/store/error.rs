@@ -33,6 +33,9 @@ pub enum Error {
         /// What stands in the way.
         reason: String,
     },
+    /// No worker with this claimant id is registered.
+    #[error("worker {0} not found")]
+    WorkerNotFound(crate::ids::ClaimantId),
     /// The run's state forbids the transition.
     #[error(transparent)]
     Transition(#[from] crate::run::IllegalTransition),
@@ -120,6 +123,37 @@ pub enum Error {
     /// Postgres answered with an error.
     #[error("database error: {0}")]
     Db(tokio_postgres::Error),
+    /// The automation still has runs that have not finished (queued, running, paused, awaiting
+    /// approval, blocked, …): cancel or finish them before deleting it.
+    #[error("automation {automation_id} has {unfinished} unfinished runs")]
+    AutomationHasUnfinishedRuns {
+        /// The automation.
+        automation_id: AutomationId,
+        /// How many of its runs have not finished.
+        unfinished: i64,
+    },
+    /// No such gate (in this tenant).
+    #[error("gate {0} not found")]
+    GateNotFound(uuid::Uuid),
+    /// The gate was decided before, by another request.
+    #[error("gate {gate_id} was already decided: {status}")]
+    GateAlreadyDecided {
+        /// The gate.
+        gate_id: uuid::Uuid,
+        /// What it was decided as (`approved`, `rejected`, `cancelled`).
+        status: String,
+    },
+    /// A rework decision named a node that the run's spec does not have.
+    #[error("gate {gate_id}: node {node_id} is not in the run's spec")]
+    ReworkNodeNotInSpec {
+        /// The gate.
+        gate_id: uuid::Uuid,
+        /// The unknown node.
+        node_id: NodeId,
+    },
+    /// A page token that no listing of this build produced, or one of another listing.
+    #[error("bad page token: {0}")]
+    BadPageToken(String),
 }
 
 impl Error {

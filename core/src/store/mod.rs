@@ -12,11 +12,15 @@ mod claims;
 mod control;
 mod error;
 mod events;
+mod gates;
+mod leader;
+mod listing;
 mod migrate;
 mod nodes;
 mod outcomes;
 mod reaper;
 mod runs;
+mod sweeps;
 mod workers;
 
 use std::time::Duration;
@@ -24,15 +28,22 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-pub use automations::{AutomationVersion, Stored};
+pub use automations::{AutomationRecord, AutomationStatus, AutomationVersion, Stored};
 pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed};
 pub use error::Error;
 pub use events::{Event, NewEvent};
+pub use gates::{Decision, DecisionKind, GateRecord, GateStatus};
+pub use leader::{LeaderEpoch, Leadership};
+pub use listing::{
+    Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest, RunFilter, Stats, WorkerRecord,
+    page_size,
+};
 pub use migrate::{SchemaStatus, known_version};
 pub use nodes::NodeRecord;
 pub use outcomes::Failure;
 pub use reaper::ReapParams;
 pub use runs::{RunRecord, StartRun, Started, Trigger};
+pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, StaleGateParams};
 pub use workers::{QUEUED_CHANNEL, Wakeups, WorkerInfo};
 
 /// Connections in a pool unless the caller says otherwise.
@@ -82,6 +93,13 @@ impl Store {
         Ok(self.pool.get().await?)
     }
 
+    /// Answers when the database does: for health checks.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let client = self.client().await?;
+        client.query_one(PING, &[]).await?;
+        Ok(())
+    }
+
     /// Prepares every named query against the database, so that a typo or a schema mismatch
     /// fails here (in a test, at startup) rather than on the first run that needs the query.
     /// Returns how many were prepared.
@@ -99,17 +117,26 @@ impl Store {
     }
 }
 
+// name: ping
+// The cheapest round trip that proves a pooled connection works.
+const PING: &str = "SELECT 1";
+
 fn all_queries() -> impl Iterator<Item = (&'static str, &'static str)> {
     [
+        &[("ping", PING)][..],
         automations::QUERIES,
         claims::QUERIES,
         control::QUERIES,
         events::QUERIES,
+        gates::QUERIES,
+        leader::QUERIES,
+        listing::QUERIES,
         migrate::QUERIES,
         nodes::QUERIES,
         outcomes::QUERIES,
         reaper::QUERIES,
         runs::QUERIES,
+        sweeps::QUERIES,
         workers::QUERIES,
     ]
     .into_iter()

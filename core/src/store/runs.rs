@@ -151,7 +151,8 @@ FROM runs WHERE run_id = $1::uuid AND tenant_id = $2::text";
 // name: cancel_run
 // Cancels a run that has not ended, wherever it is. A held run loses its lease here: the
 // holder's next fenced write or heartbeat finds the run no longer running and stops it. A run
-// waiting in backoff loses its retry_after, so nothing revives it.
+// waiting in backoff loses its retry_after, so nothing revives it; a pending gate is closed, so
+// nobody is asked to approve a run that will never continue.
 const CANCEL_RUN: &str = "\
 WITH target AS (
     SELECT run_id FROM runs
@@ -175,6 +176,12 @@ interrupted AS (
         finished_at = now()
     FROM cancelled
     WHERE n.run_id = cancelled.run_id AND n.status = 'running'
+),
+gates_closed AS (
+    UPDATE gates g
+    SET status = 'cancelled', decided_at = now(), decision_reason = 'the run was cancelled'
+    FROM cancelled
+    WHERE g.run_id = cancelled.run_id AND g.status = 'pending'
 )
 INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
 SELECT run_id, event_seq, tenant_id, 'run_cancelled', lease_epoch, left($3::text, 4096), 'cancelled'
@@ -283,7 +290,7 @@ fn same_request(request: &StartRun, key: &str, earlier: &Row) -> Result<Started,
     }
 }
 
-fn read_run(row: &Row) -> Result<RunRecord, Error> {
+pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
     let run_id = RunId(row.get("run_id"));
     let status = row
         .get::<_, &str>("status")

@@ -1,0 +1,110 @@
+//! `leasehold coordinator`: the gRPC API and, while it holds the leader lease, the sweeps.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use leasehold_coordinator::{api, sweeps};
+use leasehold_core::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::signals;
+
+/// Where the API listens unless told otherwise: loopback, since the API has no authentication
+/// yet; expose it deliberately with `--listen 0.0.0.0:7233`.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7233";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "LEASEHOLD_DATABASE_URL")]
+    database_url: String,
+    /// Address the gRPC API listens on.
+    #[arg(long, env = "LEASEHOLD_LISTEN", default_value = LISTEN_DEFAULT)]
+    listen: SocketAddr,
+    /// Database connections in the pool.
+    #[arg(long, env = "LEASEHOLD_POOL_SIZE", default_value_t = 16)]
+    pool_size: usize,
+    #[command(flatten)]
+    sweeps: SweepArgs,
+}
+
+/// The sweeps' settings; bounds are checked when the coordinator starts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepArgs {
+    /// Leader lease: after a leader dies, sweeps pause at most this long.
+    #[arg(long, env = "LEASEHOLD_LEADER_LEASE", default_value = "15s", value_parser = humantime::parse_duration)]
+    leader_lease: Duration,
+    /// Time between reaper passes.
+    #[arg(long, env = "LEASEHOLD_REAPER_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    reaper_interval: Duration,
+    /// Unprogressed lease expiries in a row after which a run is blocked.
+    #[arg(long, env = "LEASEHOLD_POISON_LIMIT", default_value_t = leasehold_core::lease::POISON_LIMIT_DEFAULT)]
+    poison_limit: u32,
+    /// Time between passes settling pausing runs whose holder died.
+    #[arg(long, env = "LEASEHOLD_PAUSING_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pausing_interval: Duration,
+    /// Do not requeue stale-reaped runs automatically.
+    #[arg(long, env = "LEASEHOLD_NO_AUTO_RESUME")]
+    no_auto_resume: bool,
+    /// Time between auto-resume passes.
+    #[arg(long, env = "LEASEHOLD_AUTO_RESUME_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    auto_resume_interval: Duration,
+    /// How long after a stale reap a run may still be auto-resumed.
+    #[arg(long, env = "LEASEHOLD_AUTO_RESUME_WINDOW", default_value = "20m", value_parser = humantime::parse_duration)]
+    auto_resume_window: Duration,
+    /// Auto-resumes a run may have in its life.
+    #[arg(long, env = "LEASEHOLD_AUTO_RESUME_CAP", default_value_t = sweeps::AUTO_RESUME_CAP_DEFAULT)]
+    auto_resume_cap: u32,
+    /// How long a gate may be pending before it is marked stale.
+    #[arg(long, env = "LEASEHOLD_STALE_GATE_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
+    stale_gate_after: Duration,
+}
+
+impl SweepArgs {
+    pub fn config(&self) -> sweeps::Config {
+        sweeps::Config {
+            leader_lease: self.leader_lease,
+            reaper_interval: self.reaper_interval,
+            poison_limit: self.poison_limit,
+            pausing_interval: self.pausing_interval,
+            auto_resume_enabled: !self.no_auto_resume,
+            auto_resume_interval: self.auto_resume_interval,
+            auto_resume_window: self.auto_resume_window,
+            auto_resume_cap: self.auto_resume_cap,
+            stale_gate_after: self.stale_gate_after,
+            ..sweeps::Config::default()
+        }
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.sweeps.config().validated()?;
+    let store = Store::connect(&args.database_url, args.pool_size)
+        .await
+        .context("connecting to the database")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let cancel = CancellationToken::new();
+    signals::cancel_on_signal(cancel.clone());
+    serve(listener, store, config, cancel).await
+}
+
+/// The API and the sweeps until `cancel`; shared with `leasehold dev`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    config: sweeps::Config,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let holder = format!("{}-coordinator", leasehold_worker::default_claimant_id());
+    tracing::info!(%addr, %holder, "coordinator serving gRPC");
+    let sweeping = tokio::spawn(sweeps::run(store.clone(), config, holder, cancel.clone()));
+    let served = api::serve(listener, store, cancel.clone()).await;
+    cancel.cancel();
+    sweeping.await.context("sweeps task")??;
+    served.context("serving gRPC")?;
+    Ok(())
+}

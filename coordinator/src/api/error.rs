@@ -1,0 +1,96 @@
+//! Every error a client can see, mapped to a gRPC status in one place.
+
+use leasehold_core::spec::SpecError;
+use leasehold_core::store;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// What an RPC failed with, before it becomes a [`Status`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is missing or malformed.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The field, as a path (`spec.nodes[2].id`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The spec broke one or more rules; each violation names its field.
+    #[error("invalid spec: {0}")]
+    Spec(#[from] SpecError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl ApiError {
+    /// A bad field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn invalid(field: &str, message: &str) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {message}"),
+        ErrorDetails::with_bad_request_violation(field, message),
+    )
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        use store::Error as S;
+        match e {
+            ApiError::InvalidField { field, message } => invalid(&field, &message),
+            ApiError::Spec(spec) => {
+                let violations: Vec<FieldViolation> = spec
+                    .violations
+                    .iter()
+                    .map(|v| FieldViolation::new(format!("spec.{}", v.field), v.to_string()))
+                    .collect();
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("invalid spec: {spec}"),
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            ApiError::Store(store) => {
+                let message = store.to_string();
+                match store {
+                    S::RunNotFound(_)
+                    | S::AutomationNotFound(_)
+                    | S::GateNotFound(_)
+                    | S::WorkerNotFound(_) => Status::not_found(message),
+                    S::AutomationExists(_) => Status::already_exists(message),
+                    S::AutomationPaused(_)
+                    | S::AutomationHasUnfinishedRuns { .. }
+                    | S::Transition(_)
+                    | S::GateAlreadyDecided { .. }
+                    | S::IdempotencyConflict { .. } => Status::failed_precondition(message),
+                    S::LeaseLost { .. } | S::NodeConflict { .. } | S::RunConflict { .. } => {
+                        Status::aborted(message)
+                    }
+                    S::OutOfRange { constraint } => invalid(&constraint, &message),
+                    S::BadPageToken(_) => invalid("page_token", &message),
+                    S::ReworkNodeNotInSpec { .. } => invalid("rework_nodes", &message),
+                    S::UnreadableSpec { .. } | S::UnreadableRun { .. } => {
+                        Status::data_loss(message)
+                    }
+                    other if other.is_transient() => Status::unavailable(other.to_string()),
+                    other => {
+                        tracing::error!(error = %other, "internal error");
+                        Status::internal("internal error; see the coordinator's log")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The result of an RPC body.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,168 @@
+//! The gRPC API: one service per resource, every error mapped to a status in `error.rs`.
+
+mod automations;
+mod convert;
+mod error;
+mod gates;
+mod limits;
+mod runs;
+mod workers;
+
+use std::time::Duration;
+
+use leasehold_core::ids::TenantId;
+use leasehold_core::store::{self, Cursor, PageRequest, Store};
+use leasehold_proto::v1;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Response, Status};
+use tonic_health::server::HealthReporter;
+
+pub use error::{ApiError, ApiResult};
+pub use workers::WORKER_ALIVE_WITHIN;
+
+/// Largest request a client may send. Specs of 1,000 nodes with 256 KiB inputs each are refused
+/// by validation long before this; anything larger is RESOURCE_EXHAUSTED.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Largest response: a run's nodes with their outputs (each at most 1 MiB) fit for all but
+/// pathological runs.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// How often the health service checks the database.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The state every service shares.
+#[derive(Clone)]
+pub struct Api {
+    store: Store,
+    tenant: TenantId,
+}
+
+impl Api {
+    /// Serves the default tenant from `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            tenant: TenantId::default(),
+        }
+    }
+}
+
+fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+/// AIP-158: a size of 0 means the default, larger than the maximum is coerced to it, negative
+/// is refused; the token is opaque and must come from the previous page.
+fn page_request(size: i32, token: &str) -> ApiResult<PageRequest> {
+    let size =
+        usize::try_from(size).map_err(|_| ApiError::field("page_size", "must not be negative"))?;
+    let after = if token.is_empty() {
+        None
+    } else {
+        Some(
+            Cursor::decode(token)
+                .map_err(|_| ApiError::field("page_token", "not a token from this API"))?,
+        )
+    };
+    Ok(PageRequest {
+        size: store::page_size(size),
+        after,
+    })
+}
+
+fn page_token(next: Option<&Cursor>) -> String {
+    next.map(Cursor::encode).unwrap_or_default()
+}
+
+/// Serves the API, health and reflection on `listener` until `cancel` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    use v1::automations_server::AutomationsServer;
+    use v1::gates_server::GatesServer;
+    use v1::runs_server::RunsServer;
+    use v1::stats_server::StatsServer;
+    use v1::workers_server::WorkersServer;
+
+    let api = Api::new(store.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(store, health, cancel.clone()));
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(leasehold_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(leasehold_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
+
+    macro_rules! limited {
+        ($server:ident) => {
+            $server::new(api.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES)
+        };
+    }
+    tonic::transport::Server::builder()
+        .layer(limits::oversize_is_resource_exhausted())
+        // Half-dead watch streams are noticed instead of held open forever.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(limited!(AutomationsServer))
+        .add_service(limited!(RunsServer))
+        .add_service(limited!(GatesServer))
+        .add_service(limited!(WorkersServer))
+        .add_service(limited!(StatsServer))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned())
+        .await
+}
+
+/// SERVING while the database answers, NOT_SERVING while it does not.
+async fn report_health(store: Store, health: HealthReporter, cancel: CancellationToken) {
+    use v1::automations_server::AutomationsServer;
+    use v1::gates_server::GatesServer;
+    use v1::runs_server::RunsServer;
+    use v1::stats_server::StatsServer;
+    use v1::workers_server::WorkersServer;
+
+    let mut serving = None;
+    let mut tick = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+        let ok = tokio::time::timeout(HEALTH_CHECK_INTERVAL, store.ping())
+            .await
+            .is_ok_and(|r: Result<(), store::Error>| r.is_ok());
+        if serving == Some(ok) {
+            continue;
+        }
+        serving = Some(ok);
+        if ok {
+            tracing::info!("database reachable: serving");
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            health.set_serving::<AutomationsServer<Api>>().await;
+            health.set_serving::<RunsServer<Api>>().await;
+            health.set_serving::<GatesServer<Api>>().await;
+            health.set_serving::<WorkersServer<Api>>().await;
+            health.set_serving::<StatsServer<Api>>().await;
+        } else {
+            tracing::warn!("database unreachable: not serving");
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health.set_not_serving::<AutomationsServer<Api>>().await;
+            health.set_not_serving::<RunsServer<Api>>().await;
+            health.set_not_serving::<GatesServer<Api>>().await;
+            health.set_not_serving::<WorkersServer<Api>>().await;
+            health.set_not_serving::<StatsServer<Api>>().await;
+        }
+    }
+}

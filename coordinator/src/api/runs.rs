@@ -1,0 +1,385 @@
+//! The `Runs` service, and the watch stream.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use leasehold_core::ids::{AutomationId, RunId};
+use leasehold_core::run::{MAX_NODE_OUTPUT_BYTES, RunStatus};
+use leasehold_core::store::{
+    Event, GateRecord, NodeRecord, RunFilter, RunRecord, StartRun, Trigger,
+};
+use leasehold_proto::v1;
+use leasehold_proto::v1::runs_server::Runs;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, opt_timestamp, timestamp, to_struct, to_value};
+use super::error::{ApiError, ApiResult};
+use super::gates::gate_message;
+use super::{Api, page_request, page_token, respond};
+
+/// How often a watch that has caught up looks for new events.
+const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Events read per query while a watch catches up.
+const WATCH_BATCH: usize = 500;
+/// Largest inputs a run may be started with, as JSON; the same bound as a node's output.
+const MAX_INPUTS_BYTES: usize = MAX_NODE_OUTPUT_BYTES;
+
+/// The events after which a run does not change again (but for an operator's recover).
+const TERMINAL_EVENTS: [&str; 5] = [
+    "run_completed",
+    "run_failed",
+    "run_cancelled",
+    "run_blocked_unreadable",
+    "run_blocked_claims_keep_expiring",
+];
+
+fn node_message(node: &NodeRecord) -> v1::NodeState {
+    v1::NodeState {
+        node_id: node.node_id.0.clone(),
+        status: node.status.as_str().to_owned(),
+        attempts: node.attempts,
+        output: node.output.as_ref().map(to_value),
+        last_error: node.last_error.clone().unwrap_or_default(),
+        started_at: opt_timestamp(node.started_at),
+        finished_at: opt_timestamp(node.finished_at),
+    }
+}
+
+fn pending_node(node_id: &str) -> v1::NodeState {
+    v1::NodeState {
+        node_id: node_id.to_owned(),
+        status: "pending".to_owned(),
+        ..v1::NodeState::default()
+    }
+}
+
+/// A run as the API shows it; `nodes` and `gates` are left empty by listings.
+pub(super) fn run_message(
+    run: &RunRecord,
+    nodes: Vec<v1::NodeState>,
+    gates: Vec<v1::Gate>,
+) -> v1::Run {
+    v1::Run {
+        run_id: run.run_id.to_string(),
+        automation_id: run.automation_id.0.clone(),
+        automation_version: run.automation_version,
+        status: run.status.as_str().to_owned(),
+        priority: i32::from(run.priority),
+        inputs: Some(to_struct(&run.inputs)),
+        queue_reason: run.queue_reason.clone().unwrap_or_default(),
+        retry_after: opt_timestamp(run.retry_after),
+        retry_node_id: run
+            .retry_node_id
+            .as_ref()
+            .map(|n| n.0.clone())
+            .unwrap_or_default(),
+        retry_attempt: run.retry_attempt.unwrap_or_default(),
+        lease: run.claimant_id.as_ref().map(|claimant| v1::Lease {
+            claimant_id: claimant.0.clone(),
+            epoch: run.lease_epoch.0,
+            expires_at: opt_timestamp(run.lease_expires_at),
+        }),
+        lease_epoch: run.lease_epoch.0,
+        stop_kind: run.stop_kind.clone().unwrap_or_default(),
+        stop_reason: run.stop_reason.clone().unwrap_or_default(),
+        last_failure: run.failed_node_id.as_ref().map(|node| v1::Failure {
+            node_id: node.0.clone(),
+            attempt: run.failed_attempt.unwrap_or_default(),
+            reason: run.stop_reason.clone().unwrap_or_default(),
+        }),
+        nodes,
+        gates,
+        event_seq: run.event_seq,
+        created_at: Some(timestamp(run.created_at)),
+        finished_at: opt_timestamp(run.finished_at),
+    }
+}
+
+fn event_message(event: &Event) -> v1::RunEvent {
+    v1::RunEvent {
+        run_id: event.run_id.to_string(),
+        seq: event.seq,
+        event: event.event.clone(),
+        occurred_at: Some(timestamp(event.occurred_at)),
+        epoch: event.epoch.0,
+        node_id: event
+            .node_id
+            .as_ref()
+            .map(|n| n.0.clone())
+            .unwrap_or_default(),
+        attempt: event.attempt.unwrap_or_default(),
+        reason: event.reason.clone().unwrap_or_default(),
+        stop_kind: event.stop_kind.clone().unwrap_or_default(),
+        metadata: Some(to_struct(&event.metadata)),
+        terminal: TERMINAL_EVENTS.contains(&event.event.as_str()),
+    }
+}
+
+fn reason(field: &str, text: &str) -> ApiResult<String> {
+    Ok(convert::text(field, text)?.to_owned())
+}
+
+fn optional_key(field: &str, text: &str) -> ApiResult<Option<String>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > 256 {
+        return Err(ApiError::field(field, "longer than 256 characters"));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+impl Api {
+    /// A run with its node states (pending ones included) and gates.
+    pub(super) async fn run_view(&self, run_id: RunId) -> ApiResult<v1::Run> {
+        let run = self.store.run(&self.tenant, run_id).await?;
+        let recorded = self.store.checkpoint(run_id).await?;
+        // The spec lists the nodes that have not started; a run whose spec is unreadable still
+        // shows what was recorded.
+        let spec = self
+            .store
+            .automation_version(
+                &self.tenant,
+                &run.automation_id,
+                Some(run.automation_version),
+            )
+            .await
+            .ok();
+        let nodes = match spec {
+            Some(version) => version
+                .spec
+                .nodes
+                .iter()
+                .map(|n| {
+                    recorded
+                        .iter()
+                        .find(|r| r.node_id == n.id)
+                        .map_or_else(|| pending_node(n.id.as_str()), node_message)
+                })
+                .collect(),
+            None => recorded.iter().map(node_message).collect(),
+        };
+        let gates: Vec<GateRecord> = self.store.gates_of_run(&self.tenant, run_id).await?;
+        Ok(run_message(
+            &run,
+            nodes,
+            gates.iter().map(gate_message).collect(),
+        ))
+    }
+
+    async fn run_start(&self, request: v1::StartRunRequest) -> ApiResult<v1::StartRunResponse> {
+        let automation_id = AutomationId(convert::name("automation_id", &request.automation_id)?);
+        let inputs = request
+            .inputs
+            .as_ref()
+            .map_or_else(|| serde_json::json!({}), convert::from_struct);
+        let size = serde_json::to_vec(&inputs).map_or(usize::MAX, |v| v.len());
+        if size > MAX_INPUTS_BYTES {
+            return Err(ApiError::field(
+                "inputs",
+                format!("{size} bytes as JSON; at most {MAX_INPUTS_BYTES}"),
+            ));
+        }
+        let priority = i16::try_from(request.priority)
+            .ok()
+            .filter(|p| (-1000..=1000).contains(p))
+            .ok_or_else(|| ApiError::field("priority", "must be between -1000 and 1000"))?;
+        let started = self
+            .store
+            .start_run(&StartRun {
+                tenant: self.tenant.clone(),
+                automation_id,
+                inputs,
+                priority,
+                concurrency_key: optional_key("concurrency_key", &request.concurrency_key)?,
+                idempotency_key: optional_key("request_id", &request.request_id)?,
+                trigger: Trigger::Api,
+            })
+            .await?;
+        Ok(v1::StartRunResponse {
+            run: Some(self.run_view(started.run_id).await?),
+            created: started.created,
+        })
+    }
+
+    async fn run_list(&self, request: v1::ListRunsRequest) -> ApiResult<v1::ListRunsResponse> {
+        let filter = RunFilter {
+            automation_id: if request.automation_id.is_empty() {
+                None
+            } else {
+                Some(AutomationId(convert::name(
+                    "automation_id",
+                    &request.automation_id,
+                )?))
+            },
+            status: if request.status.is_empty() {
+                None
+            } else {
+                Some(
+                    request
+                        .status
+                        .parse::<RunStatus>()
+                        .map_err(|e| ApiError::field("status", e.to_string()))?,
+                )
+            },
+            created_after: request
+                .created_after
+                .as_ref()
+                .map(|t| convert::from_timestamp("created_after", t))
+                .transpose()?,
+            created_before: request
+                .created_before
+                .as_ref()
+                .map(|t| convert::from_timestamp("created_before", t))
+                .transpose()?,
+        };
+        let page = page_request(request.page_size, &request.page_token)?;
+        let page = self.store.list_runs(&self.tenant, &filter, &page).await?;
+        Ok(v1::ListRunsResponse {
+            runs: page
+                .items
+                .iter()
+                .map(|r| run_message(r, Vec::new(), Vec::new()))
+                .collect(),
+            next_page_token: page_token(page.next.as_ref()),
+        })
+    }
+
+    async fn run_act(&self, run_id: &str, reason_text: &str, action: Action) -> ApiResult<v1::Run> {
+        let run_id = convert::run_id("run_id", run_id)?;
+        let reason = reason("reason", reason_text)?;
+        let store = &self.store;
+        match action {
+            Action::Cancel => store.cancel_run(&self.tenant, run_id, &reason).await?,
+            Action::Pause => store.pause_run(&self.tenant, run_id, &reason).await?,
+            Action::Resume => store.resume_run(&self.tenant, run_id, &reason).await?,
+            Action::Recover => store.recover_run(&self.tenant, run_id, &reason).await?,
+        }
+        self.run_view(run_id).await
+    }
+
+    async fn run_watch(&self, request: v1::WatchRunRequest) -> ApiResult<WatchStream> {
+        let run_id = convert::run_id("run_id", &request.run_id)?;
+        if request.after_seq < 0 {
+            return Err(ApiError::field("after_seq", "must not be negative"));
+        }
+        // Unknown runs fail the call itself, before any stream is opened.
+        self.store.run(&self.tenant, run_id).await?;
+        let (tx, rx) = mpsc::channel(WATCH_BATCH);
+        let api = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api.pump_events(run_id, request.after_seq, &tx).await {
+                let _ = tx.send(Err(Status::from(e))).await;
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    /// Sends the run's events after `after`, then new ones as they are recorded, until the run
+    /// has ended and everything up to its last event was sent, or the client went away.
+    async fn pump_events(
+        &self,
+        run_id: RunId,
+        mut after: i64,
+        tx: &mpsc::Sender<Result<v1::RunEvent, Status>>,
+    ) -> ApiResult<()> {
+        loop {
+            let events = self.store.events_after(run_id, after, WATCH_BATCH).await?;
+            for event in &events {
+                if tx.send(Ok(event_message(event))).await.is_err() {
+                    return Ok(());
+                }
+                after = event.seq;
+            }
+            if events.len() == WATCH_BATCH {
+                continue;
+            }
+            let run = self.store.run(&self.tenant, run_id).await?;
+            if run.status.is_terminal() && run.event_seq <= after {
+                return Ok(());
+            }
+            tokio::select! {
+                () = tx.closed() => return Ok(()),
+                () = tokio::time::sleep(WATCH_POLL_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+enum Action {
+    Cancel,
+    Pause,
+    Resume,
+    Recover,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::RunEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Runs for Api {
+    async fn start_run(
+        &self,
+        request: Request<v1::StartRunRequest>,
+    ) -> Result<Response<v1::StartRunResponse>, Status> {
+        respond(self.run_start(request.into_inner()).await)
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<v1::GetRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let run_id = convert::run_id("run_id", &request.get_ref().run_id).map_err(Status::from)?;
+        respond(self.run_view(run_id).await)
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<v1::ListRunsRequest>,
+    ) -> Result<Response<v1::ListRunsResponse>, Status> {
+        respond(self.run_list(request.into_inner()).await)
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<v1::CancelRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let r = request.get_ref();
+        respond(self.run_act(&r.run_id, &r.reason, Action::Cancel).await)
+    }
+
+    async fn pause_run(
+        &self,
+        request: Request<v1::PauseRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let r = request.get_ref();
+        respond(self.run_act(&r.run_id, &r.reason, Action::Pause).await)
+    }
+
+    async fn resume_run(
+        &self,
+        request: Request<v1::ResumeRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let r = request.get_ref();
+        respond(self.run_act(&r.run_id, &r.reason, Action::Resume).await)
+    }
+
+    async fn recover_run(
+        &self,
+        request: Request<v1::RecoverRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let r = request.get_ref();
+        respond(self.run_act(&r.run_id, &r.reason, Action::Recover).await)
+    }
+
+    type WatchRunStream = WatchStream;
+
+    async fn watch_run(
+        &self,
+        request: Request<v1::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        respond(self.run_watch(request.into_inner()).await)
+    }
+}

@@ -1,0 +1,103 @@
+//! The `Workers` and `Stats` services.
+
+use std::time::Duration;
+
+use leasehold_core::ids::ClaimantId;
+use leasehold_core::store::WorkerRecord;
+use leasehold_proto::v1;
+use leasehold_proto::v1::stats_server::Stats;
+use leasehold_proto::v1::workers_server::Workers;
+use tonic::{Request, Response, Status};
+
+use super::convert::timestamp;
+use super::error::{ApiError, ApiResult};
+use super::{Api, respond};
+
+/// A worker whose last heartbeat is older than this is shown as not alive: several heartbeat
+/// intervals of the default 30 s lease.
+pub const WORKER_ALIVE_WITHIN: Duration = Duration::from_secs(60);
+
+fn worker_message(worker: &WorkerRecord) -> v1::Worker {
+    v1::Worker {
+        claimant_id: worker.claimant_id.0.clone(),
+        host: worker.host.clone(),
+        pid: i32::try_from(worker.pid).unwrap_or(i32::MAX),
+        version: worker.version.clone(),
+        capacity: i32::try_from(worker.capacity).unwrap_or(i32::MAX),
+        handlers: worker.handlers.clone(),
+        started_at: Some(timestamp(worker.started_at)),
+        last_heartbeat: Some(timestamp(worker.last_heartbeat)),
+        draining: worker.draining,
+        alive: worker.alive,
+        held_runs: worker.held_runs,
+    }
+}
+
+impl Api {
+    async fn workers(&self) -> ApiResult<v1::ListWorkersResponse> {
+        let workers = self.store.list_workers(WORKER_ALIVE_WITHIN).await?;
+        Ok(v1::ListWorkersResponse {
+            workers: workers.iter().map(worker_message).collect(),
+        })
+    }
+
+    async fn drain(&self, claimant: &str) -> ApiResult<v1::Worker> {
+        if claimant.is_empty() || claimant.chars().count() > 256 {
+            return Err(ApiError::field(
+                "claimant_id",
+                "required, at most 256 characters",
+            ));
+        }
+        let claimant = ClaimantId(claimant.to_owned());
+        if !self.store.set_worker_draining(&claimant).await? {
+            return Err(ApiError::Store(
+                leasehold_core::store::Error::WorkerNotFound(claimant),
+            ));
+        }
+        let workers = self.store.list_workers(WORKER_ALIVE_WITHIN).await?;
+        workers
+            .iter()
+            .find(|w| w.claimant_id == claimant)
+            .map(worker_message)
+            .ok_or(ApiError::Store(
+                leasehold_core::store::Error::WorkerNotFound(claimant),
+            ))
+    }
+
+    async fn stats(&self) -> ApiResult<v1::StatsResponse> {
+        let stats = self.store.stats(&self.tenant).await?;
+        Ok(v1::StatsResponse {
+            runs_by_status: stats.runs_by_status.into_iter().collect(),
+            oldest_queued_age_seconds: stats.oldest_queued_age.map_or(0.0, |d| d.as_secs_f64()),
+            claimable_now: stats.claimable_now,
+            held_leases: stats.held_leases,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for Api {
+    async fn list_workers(
+        &self,
+        _request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        respond(self.workers().await)
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::Worker>, Status> {
+        respond(self.drain(&request.get_ref().claimant_id).await)
+    }
+}
+
+#[tonic::async_trait]
+impl Stats for Api {
+    async fn get_stats(
+        &self,
+        _request: Request<v1::GetStatsRequest>,
+    ) -> Result<Response<v1::StatsResponse>, Status> {
+        respond(self.stats().await)
+    }
+}

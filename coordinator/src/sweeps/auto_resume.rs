@@ -1,0 +1,70 @@
+//! Auto-resume: a run stale-reaped recently, and not too often, goes back to the queue when one
+//! of its unfinished nodes has an attempt left (the lease protocol, rule 5); otherwise it waits
+//! for an operator. The decision is [`lease::auto_resume`].
+
+use chrono::{DateTime, Utc};
+use leasehold_core::lease::{self, AutoResume};
+use leasehold_core::store::{self, AutoResumeParams, Leadership, Store};
+
+use super::{Config, Outcome, count};
+
+/// What one auto-resume pass did, and why it left the runs it left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AutoResumeOutcome {
+    /// Runs back in `queued`.
+    pub resumed: u64,
+    /// Left: stale-reaped longer ago than the window.
+    pub window_passed: u64,
+    /// Left: auto-resumed as often as the cap allows.
+    pub cap_reached: u64,
+    /// Left: no unfinished node has an attempt left.
+    pub no_budget: u64,
+    /// Left: the pinned spec cannot be read.
+    pub unreadable_spec: u64,
+}
+
+impl Outcome for AutoResumeOutcome {
+    /// Runs left alone are looked at again every pass while they are in the window; only a
+    /// resume is news.
+    fn is_empty(&self) -> bool {
+        self.resumed == 0
+    }
+}
+
+/// One auto-resume pass at `now` (the database's clock when `None`), under `leader`. Does
+/// nothing when auto-resume is switched off.
+pub async fn run_once(
+    store: &Store,
+    leader: &Leadership,
+    config: &Config,
+    now: Option<DateTime<Utc>>,
+) -> Result<AutoResumeOutcome, store::Error> {
+    let mut outcome = AutoResumeOutcome::default();
+    if !config.auto_resume_enabled {
+        return Ok(outcome);
+    }
+    let now = super::now_or_database(store, now).await?;
+    let params = AutoResumeParams {
+        now: Some(now),
+        window: config.auto_resume_window,
+        cap: config.auto_resume_cap,
+        limit: config.batch_limit,
+    };
+    let mut resume = Vec::new();
+    for view in store.stale_reaped_runs(&params).await? {
+        match lease::auto_resume(&view, now, params.window, params.cap) {
+            AutoResume::Resume => resume.push(view),
+            AutoResume::WindowPassed => outcome.window_passed += 1,
+            AutoResume::CapReached => outcome.cap_reached += 1,
+            AutoResume::NoBudget => outcome.no_budget += 1,
+            AutoResume::UnreadableSpec => {
+                if let Err(reason) = &view.nodes {
+                    tracing::debug!(run_id = %view.run_id, reason, "spec unreadable; not resuming");
+                }
+                outcome.unreadable_spec += 1;
+            }
+        }
+    }
+    outcome.resumed = count(&store.auto_resume(leader, &resume, &params).await?);
+    Ok(outcome)
+}

@@ -1,0 +1,243 @@
+//! The leader loop: every coordinator runs one; the one that holds the leader lease runs the
+//! sweeps.
+//!
+//! A follower tries to take the lease every renewal interval. A leader renews it every third of
+//! the lease and runs each sweep as a task of its *term*. The term ends, and every sweep with
+//! it, at once when a renewal finds the lease gone, or when the lease would run out before a
+//! renewal could land (measured on the monotonic clock from when the last successful renewal
+//! was sent), or when the coordinator stops. On a stop it resigns, so another coordinator takes
+//! over on its next try. None of this is what keeps a former leader harmless: every sweep write
+//! is fenced on the leadership in SQL; ending the term early only saves it the writes that would
+//! change nothing.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_core::store::{self, Leadership, Store};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Config, Outcome, auto_resume, partitions, pausing, reaper, stale_gates};
+
+/// Why a term ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TermEnd {
+    /// The coordinator is stopping: resign.
+    Stopped,
+    /// A renewal found the lease gone: another coordinator leads, or will.
+    Lost,
+    /// Renewals kept failing and the lease is about to run out: step down and resign, in case
+    /// the database can still hear it.
+    Expiring,
+}
+
+/// What the sweeps of one term share.
+struct Term {
+    store: Store,
+    config: Config,
+    leadership: Leadership,
+}
+
+/// Leads whenever it can until `cancel` fires; see the module docs. `config` must be validated.
+pub(super) async fn run(store: Store, config: Config, holder: String, cancel: CancellationToken) {
+    let renew_every = config.leader_renew_interval();
+    loop {
+        let sent = Instant::now();
+        let acquired = tokio::select! {
+            () = cancel.cancelled() => return,
+            acquired = store.try_acquire_leadership(&config.leader_name, &holder, config.leader_lease) => acquired,
+        };
+        match acquired {
+            Ok(Some(leadership)) => {
+                tracing::info!(
+                    role = leadership.name(),
+                    epoch = %leadership.epoch(),
+                    "took the leader lease; sweeping"
+                );
+                let valid_until = sent + config.leader_lease;
+                let end = lead(&store, &config, leadership, valid_until, &cancel).await;
+                if end == TermEnd::Stopped {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not try for the leader lease"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(renew_every) => {}
+        }
+    }
+}
+
+/// One term: runs the sweeps and renews the lease until the term ends; then stops the sweeps,
+/// waits for them, and resigns unless the lease was lost.
+async fn lead(
+    store: &Store,
+    config: &Config,
+    leadership: Leadership,
+    mut valid_until: Instant,
+    cancel: &CancellationToken,
+) -> TermEnd {
+    let term_token = cancel.child_token();
+    let term = Arc::new(Term {
+        store: store.clone(),
+        config: config.clone(),
+        leadership,
+    });
+    let sweeps = spawn_sweeps(&term, &term_token);
+    let end = keep(&term, &mut valid_until, cancel).await;
+    term_token.cancel();
+    sweeps.join_all().await;
+    let leadership = &term.leadership;
+    match end {
+        TermEnd::Lost => {
+            tracing::warn!(
+                role = leadership.name(),
+                epoch = %leadership.epoch(),
+                "lost the leader lease; sweeps stopped"
+            );
+        }
+        TermEnd::Stopped | TermEnd::Expiring => match store.resign_leadership(leadership).await {
+            Ok(true) => tracing::info!(
+                role = leadership.name(),
+                epoch = %leadership.epoch(),
+                ?end,
+                "resigned the leader lease; sweeps stopped"
+            ),
+            Ok(false) => tracing::info!(
+                role = leadership.name(),
+                epoch = %leadership.epoch(),
+                ?end,
+                "sweeps stopped; the leader lease had already passed on"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not resign the leader lease"),
+        },
+    }
+    end
+}
+
+/// Renews the lease every renewal interval until the term must end.
+async fn keep(term: &Term, valid_until: &mut Instant, cancel: &CancellationToken) -> TermEnd {
+    let Term {
+        store,
+        config,
+        leadership,
+    } = term;
+    loop {
+        let next = Instant::now() + config.leader_renew_interval();
+        tokio::select! {
+            () = cancel.cancelled() => return TermEnd::Stopped,
+            () = tokio::time::sleep_until(next.min(*valid_until)) => {}
+        }
+        if Instant::now() >= *valid_until {
+            return TermEnd::Expiring;
+        }
+        let sent = Instant::now();
+        // A renewal that has not landed by the time the lease would run out is as good as
+        // failed: the term ends then rather than whenever the database answers.
+        let renewed = tokio::select! {
+            () = cancel.cancelled() => return TermEnd::Stopped,
+            renewed = tokio::time::timeout_at(
+                *valid_until,
+                store.renew_leadership(leadership, config.leader_lease),
+            ) => renewed,
+        };
+        match renewed {
+            Ok(Ok(true)) => *valid_until = sent + config.leader_lease,
+            Ok(Ok(false)) => return TermEnd::Lost,
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the leader lease"),
+            Err(_elapsed) => return TermEnd::Expiring,
+        }
+    }
+}
+
+/// Starts one task per sweep, each stopping when `term_token` fires.
+fn spawn_sweeps(term: &Arc<Term>, term_token: &CancellationToken) -> JoinSet<()> {
+    let config = &term.config;
+    let mut sweeps = JoinSet::new();
+    let token = term_token;
+    sweeps.spawn(every(
+        "reaper",
+        config.reaper_interval,
+        token.clone(),
+        pass(term, |t| async move {
+            reaper::run_once(&t.store, &t.leadership, &t.config, None).await
+        }),
+    ));
+    sweeps.spawn(every(
+        "pausing",
+        config.pausing_interval,
+        token.clone(),
+        pass(term, |t| async move {
+            pausing::run_once(&t.store, &t.leadership, &t.config, None).await
+        }),
+    ));
+    sweeps.spawn(every(
+        "auto_resume",
+        config.auto_resume_interval,
+        token.clone(),
+        pass(term, |t| async move {
+            auto_resume::run_once(&t.store, &t.leadership, &t.config, None).await
+        }),
+    ));
+    sweeps.spawn(every(
+        "stale_gates",
+        config.stale_gate_interval,
+        token.clone(),
+        pass(term, |t| async move {
+            stale_gates::run_once(&t.store, &t.leadership, &t.config, None).await
+        }),
+    ));
+    sweeps.spawn(every(
+        "partitions",
+        config.partition_interval,
+        token.clone(),
+        pass(term, |t| async move {
+            partitions::run_once(&t.store, &t.leadership, &t.config, None).await
+        }),
+    ));
+    sweeps
+}
+
+/// A sweep pass as a closure that owns its share of the term.
+fn pass<F, Fut>(term: &Arc<Term>, f: F) -> impl FnMut() -> Fut + Send + 'static
+where
+    F: Fn(Arc<Term>) -> Fut + Send + 'static,
+{
+    let term = Arc::clone(term);
+    move || f(Arc::clone(&term))
+}
+
+/// Runs `pass` at once and then every `interval` until `stop` fires, dropping a pass in flight
+/// when it does. Logs what a pass changed; a failed pass is logged and tried again next time.
+async fn every<P, Fut, O>(
+    sweep: &'static str,
+    interval: Duration,
+    stop: CancellationToken,
+    mut pass: P,
+) where
+    P: FnMut() -> Fut,
+    Fut: Future<Output = Result<O, store::Error>>,
+    O: Outcome,
+{
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = pass() => result,
+        };
+        match result {
+            Ok(outcome) if !outcome.is_empty() => {
+                tracing::info!(sweep, ?outcome, "sweep pass");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(sweep, error = %e, "sweep pass failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The sweeps that keep runs moving, run only by the coordinator that holds the leader lease.
+//!
+//! # Layout
+//! - [`leader`]: the loop that acquires and renews the leader lease and runs the sweeps while,
+//!   and only while, it leads.
+//! - [`reaper`]: runs whose lease expired go back to the queue, are stale-reaped, or are blocked
+//!   as poison.
+//! - [`pausing`]: pausing runs whose holder died are settled into `paused`.
+//! - [`auto_resume`]: stale-reaped runs are requeued within a window, up to a cap.
+//! - [`stale_gates`]: approval gates pending too long are marked stale, once.
+//! - [`partitions`]: monthly event partitions are created ahead of time.
+//!
+//! Each sweep reads candidates, decides for each with a pure rule that takes `now`, and applies
+//! each kind of decision with one conditional statement of the store, fenced on the leadership.
+//! A pass returns an outcome, which the loop logs and tests assert on.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use leasehold_core::lease;
+use leasehold_core::store::{self, Store};
+use tokio_util::sync::CancellationToken;
+
+pub mod auto_resume;
+pub mod leader;
+pub mod partitions;
+pub mod pausing;
+pub mod reaper;
+pub mod stale_gates;
+
+pub use auto_resume::AutoResumeOutcome;
+pub use partitions::PartitionsOutcome;
+pub use pausing::PausingOutcome;
+pub use reaper::ReapOutcome;
+pub use stale_gates::StaleGatesOutcome;
+
+/// The leader lease's role name unless configured otherwise.
+pub const LEADER_NAME_DEFAULT: &str = "sweeps";
+/// Longest role name the `leader_leases` table takes.
+pub const LEADER_NAME_MAX_CHARS: usize = 64;
+/// Longest holder id the `leader_leases` table takes.
+pub const HOLDER_MAX_CHARS: usize = 256;
+
+/// The leader lease unless configured otherwise; it is renewed every third of it.
+pub const LEADER_LEASE_DEFAULT: Duration = Duration::from_secs(15);
+/// Shorter leader leases would change hands on an ordinary network hiccup.
+pub const LEADER_LEASE_MIN: Duration = Duration::from_secs(1);
+/// Longer leader leases would leave the sweeps stopped for too long after a leader dies.
+pub const LEADER_LEASE_MAX: Duration = Duration::from_secs(5 * 60);
+
+/// Time between reaper passes unless configured otherwise.
+pub const REAPER_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Time between pausing-settlement passes unless configured otherwise.
+pub const PAUSING_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Time between auto-resume passes unless configured otherwise.
+pub const AUTO_RESUME_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
+/// Time between stale-gate passes unless configured otherwise.
+pub const STALE_GATE_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// Time between partition-upkeep passes unless configured otherwise.
+pub const PARTITION_INTERVAL_DEFAULT: Duration = Duration::from_secs(60 * 60);
+/// Sweeps more often than this would only load the database.
+pub const SWEEP_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Sweeps less often than this would leave work undone for too long.
+pub const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long after a stale reap a run may be auto-resumed, unless configured otherwise.
+pub const AUTO_RESUME_WINDOW_DEFAULT: Duration = Duration::from_secs(20 * 60);
+/// Bounds of the auto-resume window.
+pub const AUTO_RESUME_WINDOW_MIN: Duration = Duration::from_secs(1);
+/// Past a week, a stale-reaped run is a matter for a person.
+pub const AUTO_RESUME_WINDOW_MAX: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Auto-resumes a run may have in its life unless configured otherwise.
+pub const AUTO_RESUME_CAP_DEFAULT: u32 = 2;
+/// A run that dies more often than this needs a person, whatever the configuration says.
+pub const AUTO_RESUME_CAP_MAX: u32 = 100;
+
+/// How long a gate may be pending before it is marked stale, unless configured otherwise.
+pub const STALE_GATE_AFTER_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Bounds of the stale-gate threshold.
+pub const STALE_GATE_AFTER_MIN: Duration = Duration::from_secs(60);
+/// A year.
+pub const STALE_GATE_AFTER_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Months of event partitions kept created, the current one included, unless configured
+/// otherwise.
+pub const PARTITION_MONTHS_AHEAD_DEFAULT: u32 = 3;
+/// Bounds of the months kept ahead.
+pub const PARTITION_MONTHS_AHEAD_MAX: u32 = 36;
+
+/// Runs or gates one pass looks at unless configured otherwise.
+pub const BATCH_LIMIT_DEFAULT: usize = 1_000;
+/// Larger batches would hold row locks for too long in one statement.
+pub const BATCH_LIMIT_MAX: usize = 100_000;
+/// Poison limits above this would let a poison run burn workers for hours.
+pub const POISON_LIMIT_MAX: u32 = 1_000;
+
+/// The sweeps' settings. Build one with [`Config::default`] and struct update syntax, then
+/// check it with [`Config::validated`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The leader lease's role; coordinators sharing it elect one leader among them.
+    pub leader_name: String,
+    /// How long leadership lasts without renewal: after a leader dies, the sweeps stop for at
+    /// most this long. Renewed every third of it.
+    pub leader_lease: Duration,
+    /// Time between reaper passes: how late an expired lease is noticed, at most.
+    pub reaper_interval: Duration,
+    /// Unprogressed expiries in a row after which the reaper blocks a run as poison.
+    pub poison_limit: u32,
+    /// Time between passes that settle pausing runs whose holder died.
+    pub pausing_interval: Duration,
+    /// Whether stale-reaped runs are requeued without an operator.
+    pub auto_resume_enabled: bool,
+    /// Time between auto-resume passes.
+    pub auto_resume_interval: Duration,
+    /// How long after its stale reap a run may still be auto-resumed.
+    pub auto_resume_window: Duration,
+    /// Auto-resumes a run may have in its life.
+    pub auto_resume_cap: u32,
+    /// Time between stale-gate passes.
+    pub stale_gate_interval: Duration,
+    /// How long a gate may be pending before it is marked stale.
+    pub stale_gate_after: Duration,
+    /// Time between partition-upkeep passes; the first pass runs when leadership is taken.
+    pub partition_interval: Duration,
+    /// Months of event partitions kept created, the current one included.
+    pub partition_months_ahead: u32,
+    /// Most runs or gates one pass looks at; the rest wait for the next pass.
+    pub batch_limit: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            leader_name: LEADER_NAME_DEFAULT.to_owned(),
+            leader_lease: LEADER_LEASE_DEFAULT,
+            reaper_interval: REAPER_INTERVAL_DEFAULT,
+            poison_limit: lease::POISON_LIMIT_DEFAULT,
+            pausing_interval: PAUSING_INTERVAL_DEFAULT,
+            auto_resume_enabled: true,
+            auto_resume_interval: AUTO_RESUME_INTERVAL_DEFAULT,
+            auto_resume_window: AUTO_RESUME_WINDOW_DEFAULT,
+            auto_resume_cap: AUTO_RESUME_CAP_DEFAULT,
+            stale_gate_interval: STALE_GATE_INTERVAL_DEFAULT,
+            stale_gate_after: STALE_GATE_AFTER_DEFAULT,
+            partition_interval: PARTITION_INTERVAL_DEFAULT,
+            partition_months_ahead: PARTITION_MONTHS_AHEAD_DEFAULT,
+            batch_limit: BATCH_LIMIT_DEFAULT,
+        }
+    }
+}
+
+/// A setting out of its bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A number or a duration outside its bounds.
+    #[error("{field} is {value}; it must be between {min} and {max}")]
+    OutOfBounds {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// The least allowed.
+        min: String,
+        /// The most allowed.
+        max: String,
+    },
+    /// A name that is empty or too long.
+    #[error("{field} has {chars} characters; it must have 1 to {max}")]
+    BadName {
+        /// The setting.
+        field: &'static str,
+        /// Its length.
+        chars: usize,
+        /// The most allowed.
+        max: usize,
+    },
+}
+
+fn within<T: PartialOrd + Copy + std::fmt::Debug>(
+    field: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if min <= value && value <= max {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfBounds {
+            field,
+            value: format!("{value:?}"),
+            min: format!("{min:?}"),
+            max: format!("{max:?}"),
+        })
+    }
+}
+
+fn name(field: &'static str, value: &str, max: usize) -> Result<(), ConfigError> {
+    let chars = value.chars().count();
+    if (1..=max).contains(&chars) {
+        Ok(())
+    } else {
+        Err(ConfigError::BadName { field, chars, max })
+    }
+}
+
+impl Config {
+    /// The configuration, if every setting is within its bounds.
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        name("leader_name", &self.leader_name, LEADER_NAME_MAX_CHARS)?;
+        within(
+            "leader_lease",
+            self.leader_lease,
+            LEADER_LEASE_MIN,
+            LEADER_LEASE_MAX,
+        )?;
+        for (field, interval) in [
+            ("reaper_interval", self.reaper_interval),
+            ("pausing_interval", self.pausing_interval),
+            ("auto_resume_interval", self.auto_resume_interval),
+            ("stale_gate_interval", self.stale_gate_interval),
+            ("partition_interval", self.partition_interval),
+        ] {
+            within(field, interval, SWEEP_INTERVAL_MIN, SWEEP_INTERVAL_MAX)?;
+        }
+        within("poison_limit", self.poison_limit, 1, POISON_LIMIT_MAX)?;
+        within(
+            "auto_resume_window",
+            self.auto_resume_window,
+            AUTO_RESUME_WINDOW_MIN,
+            AUTO_RESUME_WINDOW_MAX,
+        )?;
+        within(
+            "auto_resume_cap",
+            self.auto_resume_cap,
+            0,
+            AUTO_RESUME_CAP_MAX,
+        )?;
+        within(
+            "stale_gate_after",
+            self.stale_gate_after,
+            STALE_GATE_AFTER_MIN,
+            STALE_GATE_AFTER_MAX,
+        )?;
+        within(
+            "partition_months_ahead",
+            self.partition_months_ahead,
+            1,
+            PARTITION_MONTHS_AHEAD_MAX,
+        )?;
+        within("batch_limit", self.batch_limit, 1, BATCH_LIMIT_MAX)?;
+        Ok(self)
+    }
+
+    /// How often the leader renews its lease: a third of it, so that two renewals in a row may
+    /// fail before it runs out.
+    pub fn leader_renew_interval(&self) -> Duration {
+        self.leader_lease / 3
+    }
+}
+
+/// What a sweep pass did, for the loop to log and for tests to assert on.
+pub trait Outcome: std::fmt::Debug + Send {
+    /// The pass changed nothing: nothing worth logging.
+    fn is_empty(&self) -> bool;
+}
+
+/// The instant a pass decides at: `now` when a test pins it, else the database's clock, read
+/// once so that the pass's rules and statements agree.
+async fn now_or_database(
+    store: &Store,
+    now: Option<DateTime<Utc>>,
+) -> Result<DateTime<Utc>, store::Error> {
+    match now {
+        Some(now) => Ok(now),
+        None => store.database_now().await,
+    }
+}
+
+/// How many rows a statement moved, as an outcome counts them.
+fn count<T>(moved: &[T]) -> u64 {
+    u64::try_from(moved.len()).unwrap_or(u64::MAX)
+}
+
+/// Runs the leader loop for `holder_id` until `cancel` fires: while this coordinator holds the
+/// leader lease, the sweeps run; when it loses it, they stop at once; on the way out it resigns,
+/// so that another coordinator takes over without waiting for the lease to run out.
+///
+/// `holder_id` must be unique per process start (a restarted coordinator never inherits a
+/// leadership). Fails at once if `config` or `holder_id` is out of bounds.
+pub async fn run(
+    store: Store,
+    config: Config,
+    holder_id: String,
+    cancel: CancellationToken,
+) -> Result<(), ConfigError> {
+    let config = config.validated()?;
+    name("holder_id", &holder_id, HOLDER_MAX_CHARS)?;
+    leader::run(store, config, holder_id, cancel).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validated(), Ok(Config::default()));
+        assert_eq!(
+            Config::default().leader_renew_interval(),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn settings_out_of_bounds_are_refused() {
+        let check = |config: Config, field: &str| {
+            let refused = config.validated().expect_err(field);
+            let named = match &refused {
+                ConfigError::OutOfBounds { field, .. } | ConfigError::BadName { field, .. } => {
+                    *field
+                }
+            };
+            assert_eq!(named, field, "{refused}");
+        };
+        let base = Config::default;
+        check(
+            Config {
+                leader_name: String::new(),
+                ..base()
+            },
+            "leader_name",
+        );
+        check(
+            Config {
+                leader_name: "x".repeat(LEADER_NAME_MAX_CHARS + 1),
+                ..base()
+            },
+            "leader_name",
+        );
+        check(
+            Config {
+                leader_lease: LEADER_LEASE_MIN - Duration::from_millis(1),
+                ..base()
+            },
+            "leader_lease",
+        );
+        check(
+            Config {
+                leader_lease: LEADER_LEASE_MAX + Duration::from_millis(1),
+                ..base()
+            },
+            "leader_lease",
+        );
+        check(
+            Config {
+                reaper_interval: Duration::ZERO,
+                ..base()
+            },
+            "reaper_interval",
+        );
+        check(
+            Config {
+                partition_interval: SWEEP_INTERVAL_MAX * 2,
+                ..base()
+            },
+            "partition_interval",
+        );
+        check(
+            Config {
+                poison_limit: 0,
+                ..base()
+            },
+            "poison_limit",
+        );
+        check(
+            Config {
+                auto_resume_window: AUTO_RESUME_WINDOW_MAX * 2,
+                ..base()
+            },
+            "auto_resume_window",
+        );
+        check(
+            Config {
+                auto_resume_cap: AUTO_RESUME_CAP_MAX + 1,
+                ..base()
+            },
+            "auto_resume_cap",
+        );
+        check(
+            Config {
+                stale_gate_after: Duration::from_secs(1),
+                ..base()
+            },
+            "stale_gate_after",
+        );
+        check(
+            Config {
+                partition_months_ahead: 0,
+                ..base()
+            },
+            "partition_months_ahead",
+        );
+        check(
+            Config {
+                batch_limit: 0,
+                ..base()
+            },
+            "batch_limit",
+        );
+    }
+
+    #[test]
+    fn bounds_are_inclusive() {
+        let edge = Config {
+            leader_lease: LEADER_LEASE_MIN,
+            reaper_interval: SWEEP_INTERVAL_MIN,
+            partition_interval: SWEEP_INTERVAL_MAX,
+            auto_resume_cap: 0,
+            auto_resume_window: AUTO_RESUME_WINDOW_MAX,
+            stale_gate_after: STALE_GATE_AFTER_MIN,
+            partition_months_ahead: PARTITION_MONTHS_AHEAD_MAX,
+            batch_limit: BATCH_LIMIT_MAX,
+            ..Config::default()
+        };
+        assert_eq!(edge.clone().validated(), Ok(edge));
+    }
+}

@@ -1,0 +1,66 @@
+//! The reaper: runs whose lease expired go back to the queue when no node started under the
+//! claim, are stale-reaped when one did, and are blocked when their claims keep expiring before
+//! any progress (the lease protocol, rules 4, 5 and 9). The decision is [`lease::reap`].
+
+use chrono::{DateTime, Utc};
+use leasehold_core::lease::{self, LeaseView, Reap};
+use leasehold_core::store::{self, Leadership, ReapParams, Store};
+
+use super::{Config, Outcome, count};
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapOutcome {
+    /// Runs back in `queued`, their attempts untouched.
+    pub requeued: u64,
+    /// Runs paused as stale-reaped, their interrupted attempts counted.
+    pub stale_reaped: u64,
+    /// Runs blocked as poison.
+    pub blocked: u64,
+}
+
+impl Outcome for ReapOutcome {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One reaper pass at `now` (the database's clock when `None`), under `leader`.
+pub async fn run_once(
+    store: &Store,
+    leader: &Leadership,
+    config: &Config,
+    now: Option<DateTime<Utc>>,
+) -> Result<ReapOutcome, store::Error> {
+    let now = super::now_or_database(store, now).await?;
+    let params = ReapParams {
+        now: Some(now),
+        limit: config.batch_limit,
+        poison_limit: config.poison_limit,
+    };
+    let expired = store.expired_leases(&params).await?;
+    let (mut requeue, mut stale_reap, mut block): (Vec<LeaseView>, Vec<_>, Vec<_>) =
+        Default::default();
+    for view in expired {
+        match lease::reap(&view, now, params.poison_limit) {
+            Reap::Leave => {}
+            Reap::Requeue => requeue.push(view),
+            Reap::StaleReap => stale_reap.push(view),
+            Reap::BlockPoisoned => block.push(view),
+        }
+    }
+    let requeued = store
+        .requeue_expired_as_leader(leader, &requeue, &params)
+        .await?;
+    let stale_reaped = store
+        .stale_reap_as_leader(leader, &stale_reap, &params)
+        .await?;
+    let blocked = store
+        .block_poisoned_as_leader(leader, &block, &params)
+        .await?;
+    Ok(ReapOutcome {
+        requeued: count(&requeued),
+        stale_reaped: count(&stale_reaped),
+        blocked: count(&blocked),
+    })
+}

@@ -1,0 +1,114 @@
+//! Stale gates: an approval gate pending longer than a threshold is marked stale, once. No
+//! decision is taken for the approver; the run's detail says in a sentence that it has waited
+//! too long, and its history records `gate_marked_stale`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use leasehold_core::store::{self, Leadership, PendingGateView, StaleGateParams, Store};
+
+use super::{Config, Outcome, count};
+
+/// What one stale-gate pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StaleGatesOutcome {
+    /// Gates marked stale.
+    pub marked: u64,
+}
+
+impl Outcome for StaleGatesOutcome {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The sweep's decision for one pending gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staleness {
+    /// Pending for no longer than the threshold.
+    Fresh,
+    /// Pending for longer than the threshold: mark it.
+    MarkStale,
+    /// Marked before: a gate is marked once.
+    AlreadyMarked,
+}
+
+/// The decision for `gate` at `now`: stale once pending for strictly longer than `after`.
+pub fn staleness(gate: &PendingGateView, now: DateTime<Utc>, after: Duration) -> Staleness {
+    let after = TimeDelta::from_std(after).unwrap_or(TimeDelta::MAX);
+    if gate.stale_marked_at.is_some() {
+        Staleness::AlreadyMarked
+    } else if now.signed_duration_since(gate.requested_at) > after {
+        Staleness::MarkStale
+    } else {
+        Staleness::Fresh
+    }
+}
+
+/// One stale-gate pass at `now` (the database's clock when `None`), under `leader`.
+pub async fn run_once(
+    store: &Store,
+    leader: &Leadership,
+    config: &Config,
+    now: Option<DateTime<Utc>>,
+) -> Result<StaleGatesOutcome, store::Error> {
+    let now = super::now_or_database(store, now).await?;
+    let params = StaleGateParams {
+        now: Some(now),
+        after: config.stale_gate_after,
+        limit: config.batch_limit,
+    };
+    let mut mark = Vec::new();
+    for gate in store.stale_gate_candidates(&params).await? {
+        match staleness(&gate, now, params.after) {
+            Staleness::Fresh | Staleness::AlreadyMarked => {}
+            Staleness::MarkStale => mark.push(gate),
+        }
+    }
+    let marked = store.mark_gates_stale(leader, &mark, &params).await?;
+    Ok(StaleGatesOutcome {
+        marked: count(&marked),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use leasehold_core::ids::{NodeId, RunId};
+    use uuid::Uuid;
+
+    use super::*;
+
+    const AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("valid timestamp")
+    }
+
+    fn gate(pending_ms: i64, marked: bool) -> PendingGateView {
+        PendingGateView {
+            gate_id: Uuid::now_v7(),
+            run_id: RunId::new(),
+            node_id: NodeId::from("approve"),
+            requested_at: t0() - TimeDelta::milliseconds(pending_ms),
+            stale_marked_at: marked.then(t0),
+        }
+    }
+
+    fn check(gate: &PendingGateView, want: Staleness) {
+        assert_eq!(staleness(gate, t0(), AFTER), want, "{gate:?}");
+    }
+
+    #[test]
+    fn stale_on_both_sides_of_the_threshold() {
+        let after_ms = i64::try_from(AFTER.as_millis()).expect("small");
+        check(&gate(after_ms - 1, false), Staleness::Fresh);
+        check(&gate(after_ms, false), Staleness::Fresh);
+        check(&gate(after_ms + 1, false), Staleness::MarkStale);
+    }
+
+    #[test]
+    fn a_gate_is_marked_once() {
+        check(&gate(10 * 24 * 3_600_000, true), Staleness::AlreadyMarked);
+        check(&gate(0, true), Staleness::AlreadyMarked);
+    }
+}

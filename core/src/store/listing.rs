@@ -1,0 +1,602 @@
+//! Listings for operators: runs, workers and per-tenant counts, and the keyset pagination every
+//! list of the store shares.
+//!
+//! Pages are keyset pages, never `OFFSET`: a page token names the last item's sort key and id,
+//! and the next page starts strictly after it, so a page costs the same however deep it is and
+//! an item inserted meanwhile never shifts the items after it into a duplicate or a gap.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::runs::read_run;
+use super::{Error, RunRecord, Store, millis};
+
+// `mod.rs` re-exports this module's public items, so the automation records the listing serves
+// are re-exported from here as well.
+use crate::ids::{AutomationId, ClaimantId, TenantId};
+use crate::run::RunStatus;
+
+/// Items in a page when the caller asks for none in particular (size 0).
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Most items in one page; larger requests get this many.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The page size served for a requested one: 0 means [`DEFAULT_PAGE_SIZE`], and anything above
+/// [`MAX_PAGE_SIZE`] is capped to it.
+pub fn page_size(requested: usize) -> usize {
+    match requested {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+/// Which listing a page token belongs to: a token of one listing is refused by another, whose
+/// order it does not describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Listing {
+    /// Runs, newest first: `created_at` then `run_id`, descending.
+    Runs,
+    /// Automations, in creation order: `created_at` then `automation_id`, ascending.
+    Automations,
+    /// Pending gates, oldest first: `requested_at` then `gate_id`, ascending.
+    PendingGates,
+    /// Every gate, newest first: `requested_at` then `gate_id`, descending.
+    Gates,
+}
+
+impl Listing {
+    const ALL: [Listing; 4] = [
+        Self::Runs,
+        Self::Automations,
+        Self::PendingGates,
+        Self::Gates,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Runs => "runs",
+            Self::Automations => "automations",
+            Self::PendingGates => "pending_gates",
+            Self::Gates => "gates",
+        }
+    }
+}
+
+/// Where a page ends: an opaque token that the next request hands back to continue after it.
+///
+/// It carries the listing it belongs to, the last item's sort time (to the microsecond, the
+/// database's precision) and its id; [`Cursor::encode`] writes it as text and
+/// [`Cursor::decode`] reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub(super) listing: Listing,
+    pub(super) at: DateTime<Utc>,
+    pub(super) id: String,
+}
+
+/// The version prefix of page tokens; a later format gets another, and old tokens stay readable
+/// or are refused by name.
+const TOKEN_VERSION: &str = "v1";
+
+impl Cursor {
+    pub(super) fn new(listing: Listing, at: DateTime<Utc>, id: impl Into<String>) -> Self {
+        Self {
+            listing,
+            at,
+            id: id.into(),
+        }
+    }
+
+    /// The token to hand to a client: `v1:<listing>:<microseconds>:<id>`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{TOKEN_VERSION}:{}:{}:{}",
+            self.listing.as_str(),
+            self.at.timestamp_micros(),
+            self.id
+        )
+    }
+
+    /// Reads a token made by [`Cursor::encode`]; anything else is [`Error::BadPageToken`].
+    pub fn decode(token: &str) -> Result<Cursor, Error> {
+        let bad = |why: &str| Error::BadPageToken(why.to_owned());
+        // The id comes last and may itself contain colons (automation ids are free text).
+        let mut parts = token.splitn(4, ':');
+        let (Some(version), Some(listing), Some(micros), Some(id)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("not a page token"));
+        };
+        if version != TOKEN_VERSION {
+            return Err(bad("not a page token of this version"));
+        }
+        let listing = Listing::ALL
+            .into_iter()
+            .find(|l| l.as_str() == listing)
+            .ok_or_else(|| bad("unknown listing"))?;
+        let at = micros
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(|| bad("bad position"))?;
+        if id.is_empty() {
+            return Err(bad("no id"));
+        }
+        Ok(Cursor::new(listing, at, id))
+    }
+}
+
+/// Which page of a listing to serve.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Items wanted; normalized by [`page_size`] (0 is the default, the cap is [`MAX_PAGE_SIZE`]).
+    pub size: usize,
+    /// Continue after this position, from the previous page's [`Page::next`]; `None` starts at
+    /// the beginning.
+    pub after: Option<Cursor>,
+}
+
+impl PageRequest {
+    /// The first page, of `size` items.
+    pub fn first(size: usize) -> Self {
+        Self { size, after: None }
+    }
+
+    /// Items this request is served: [`page_size`] of [`PageRequest::size`].
+    pub fn limit(&self) -> usize {
+        page_size(self.size)
+    }
+
+    /// The position to continue after, as (sort time, id), checked to belong to `listing`.
+    pub(super) fn position(
+        &self,
+        listing: Listing,
+    ) -> Result<(Option<DateTime<Utc>>, Option<&str>), Error> {
+        match &self.after {
+            None => Ok((None, None)),
+            Some(cursor) if cursor.listing == listing => Ok((Some(cursor.at), Some(&cursor.id))),
+            Some(_) => Err(Error::BadPageToken(format!(
+                "the token belongs to another listing than {}",
+                listing.as_str()
+            ))),
+        }
+    }
+
+    /// The row count to fetch: one more than the page, to learn whether another page follows
+    /// without a count.
+    pub(super) fn fetch(&self) -> i32 {
+        i32::try_from(self.limit() + 1).unwrap_or(i32::MAX)
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items, in the listing's order.
+    pub items: Vec<T>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+impl<T> Page<T> {
+    /// Cuts `fetched` (up to [`PageRequest::fetch`] rows) to the page, with a cursor after its last
+    /// item when more rows were fetched than the page holds.
+    pub(super) fn cut(
+        mut fetched: Vec<T>,
+        request: &PageRequest,
+        cursor: impl Fn(&T) -> Cursor,
+    ) -> Self {
+        let limit = request.limit();
+        let next = if fetched.len() > limit {
+            fetched.truncate(limit);
+            fetched.last().map(cursor)
+        } else {
+            None
+        };
+        Self {
+            items: fetched,
+            next,
+        }
+    }
+}
+
+/// Which runs [`Store::list_runs`] returns; every field set narrows the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only runs of this automation.
+    pub automation_id: Option<AutomationId>,
+    /// Only runs in this state.
+    pub status: Option<RunStatus>,
+    /// Only runs created strictly after this instant.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only runs created strictly before this instant.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// A registered worker process, with what the database knows of it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// Unique per process start.
+    pub claimant_id: ClaimantId,
+    /// The machine.
+    pub host: String,
+    /// The process.
+    pub pid: u32,
+    /// The build.
+    pub version: String,
+    /// Runs it holds at most at once.
+    pub capacity: u32,
+    /// The node kinds it executes.
+    pub handlers: Vec<String>,
+    /// When it registered.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat, by the database's clock.
+    pub last_heartbeat: DateTime<Utc>,
+    /// Asked to stop claiming and hand its runs back.
+    pub draining: bool,
+    /// It heartbeat within the window asked for, by the database's now.
+    pub alive: bool,
+    /// Runs it holds a lease on now (running or pausing), in every tenant.
+    pub held_runs: i64,
+}
+
+/// A tenant's runs at a glance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Runs in each state, by [`RunStatus::as_str`]; every state is present, zero included.
+    pub runs_by_status: BTreeMap<String, i64>,
+    /// How long the oldest due queued run has waited since it became due, by the database's
+    /// now; `None` when no queued run is due.
+    pub oldest_queued_age: Option<Duration>,
+    /// Queued runs that are due now: what a worker with capacity would claim.
+    pub claimable_now: i64,
+    /// Runs held under a lease (running or pausing).
+    pub held_leases: i64,
+}
+
+// name: list_runs_by_status
+// A page of a tenant's runs, newest first, in any of the statuses in $2 (one for a status
+// filter, all of them otherwise). The lateral subquery walks runs_status_idx once per status, in
+// created_at order, and stops after a page; the outer sort merges the few pages. Written so
+// because the schema has no (tenant_id, created_at) index, and a plain scan of the tenant's runs
+// would read all of them to sort. The keyset condition is split so its created_at half is an
+// index bound; run_id breaks ties between runs created in the same transaction. Bounds that are
+// not set become infinities, so a generic plan keeps the same index bounds.
+const LIST_RUNS_BY_STATUS: &str = "\
+SELECT page.* FROM unnest($2::text[]) AS wanted(status)
+CROSS JOIN LATERAL (
+    SELECT r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
+           r.priority, r.queue_reason, r.retry_after, r.retry_node_id, r.retry_attempt,
+           r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.stop_kind,
+           r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq, r.created_at,
+           r.finished_at
+    FROM runs r
+    WHERE r.tenant_id = $1::text AND r.status = wanted.status
+      AND r.created_at > coalesce($3::timestamptz, '-infinity')
+      AND r.created_at < coalesce($4::timestamptz, 'infinity')
+      AND r.created_at <= coalesce($5::timestamptz, 'infinity')
+      AND (r.created_at < coalesce($5::timestamptz, 'infinity') OR r.run_id < $6::uuid)
+    ORDER BY r.created_at DESC, r.run_id DESC
+    LIMIT $7::int
+) AS page
+ORDER BY page.created_at DESC, page.run_id DESC
+LIMIT $7::int";
+
+// name: list_runs_of_automation
+// A page of one automation's runs, newest first, walking runs_automation_idx in created_at
+// order; the optional status is a filter on that walk. Keyset and bounds as in
+// list_runs_by_status.
+const LIST_RUNS_OF_AUTOMATION: &str = "\
+SELECT r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
+       r.priority, r.queue_reason, r.retry_after, r.retry_node_id, r.retry_attempt,
+       r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.stop_kind,
+       r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq, r.created_at,
+       r.finished_at
+FROM runs r
+WHERE r.tenant_id = $1::text AND r.automation_id = $2::text
+  AND ($3::text IS NULL OR r.status = $3::text)
+  AND r.created_at > coalesce($4::timestamptz, '-infinity')
+  AND r.created_at < coalesce($5::timestamptz, 'infinity')
+  AND r.created_at <= coalesce($6::timestamptz, 'infinity')
+  AND (r.created_at < coalesce($6::timestamptz, 'infinity') OR r.run_id < $7::uuid)
+ORDER BY r.created_at DESC, r.run_id DESC
+LIMIT $8::int";
+
+// name: list_workers
+// Every registered worker, with liveness judged by the database's clock and the runs each holds
+// now. Workers are few (one row per process); the held counts are one aggregate over the held
+// runs, which runs_held_idx keeps to the runs being executed, not all runs. Not tenant-scoped:
+// workers claim across tenants.
+const LIST_WORKERS: &str = "\
+SELECT w.claimant_id, w.host, w.pid, w.version, w.capacity, w.handlers, w.started_at,
+       w.last_heartbeat, w.draining,
+       w.last_heartbeat > now() - $1::bigint * interval '1 millisecond' AS alive,
+       coalesce(held.n, 0) AS held_runs
+FROM workers w
+LEFT JOIN (
+    SELECT claimant_id, count(*) AS n FROM runs
+    WHERE status IN ('running', 'pausing')
+    GROUP BY claimant_id
+) AS held ON held.claimant_id = w.claimant_id
+ORDER BY w.started_at, w.claimant_id";
+
+// name: tenant_stats
+// One tenant's counts in one statement. The per-status count reads the tenant's entries of
+// runs_status_idx (an index-only scan once vacuumed); the due count and the oldest due queued
+// time read only its queued entries. Age is measured from queued_at, which a retry moves to its
+// due time, so a run waiting in backoff does not look old. The age is null when nothing is due.
+const TENANT_STATS: &str = "\
+WITH by_status AS (
+    SELECT status, count(*) AS n FROM runs WHERE tenant_id = $1::text GROUP BY status
+),
+due AS (
+    SELECT count(*) AS n, min(queued_at) AS oldest FROM runs
+    WHERE tenant_id = $1::text AND status = 'queued'
+      AND (retry_after IS NULL OR retry_after <= now())
+)
+SELECT coalesce((SELECT jsonb_object_agg(status, n) FROM by_status), '{}'::jsonb) AS by_status,
+       due.n AS claimable,
+       (extract(epoch FROM now() - due.oldest) * 1000000)::bigint AS oldest_due_micros
+FROM due";
+
+pub(super) const QUERIES: &[(&str, &str)] = &[
+    ("list_runs_by_status", LIST_RUNS_BY_STATUS),
+    ("list_runs_of_automation", LIST_RUNS_OF_AUTOMATION),
+    ("list_workers", LIST_WORKERS),
+    ("tenant_stats", TENANT_STATS),
+];
+
+impl Store {
+    /// A page of the tenant's runs that match `filter`, newest first.
+    pub async fn list_runs(
+        &self,
+        tenant: &TenantId,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> Result<Page<RunRecord>, Error> {
+        let (at, id) = page.position(Listing::Runs)?;
+        let id: Option<Uuid> = id
+            .map(|id| {
+                id.parse()
+                    .map_err(|_| Error::BadPageToken("bad run id".to_owned()))
+            })
+            .transpose()?;
+        let fetch = page.fetch();
+        let client = self.client().await?;
+        let rows = match &filter.automation_id {
+            Some(automation_id) => {
+                let stmt = client.prepare_cached(LIST_RUNS_OF_AUTOMATION).await?;
+                let status = filter.status.map(RunStatus::as_str);
+                client
+                    .query(
+                        &stmt,
+                        &[
+                            &tenant.as_str(),
+                            &automation_id.as_str(),
+                            &status,
+                            &filter.created_after,
+                            &filter.created_before,
+                            &at,
+                            &id,
+                            &fetch,
+                        ],
+                    )
+                    .await?
+            }
+            None => {
+                let stmt = client.prepare_cached(LIST_RUNS_BY_STATUS).await?;
+                let statuses: Vec<&str> = match filter.status {
+                    Some(status) => vec![status.as_str()],
+                    None => RunStatus::ALL.iter().map(|s| s.as_str()).collect(),
+                };
+                client
+                    .query(
+                        &stmt,
+                        &[
+                            &tenant.as_str(),
+                            &statuses,
+                            &filter.created_after,
+                            &filter.created_before,
+                            &at,
+                            &id,
+                            &fetch,
+                        ],
+                    )
+                    .await?
+            }
+        };
+        let runs = rows.iter().map(read_run).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::cut(runs, page, |run| {
+            Cursor::new(Listing::Runs, run.created_at, run.run_id.to_string())
+        }))
+    }
+
+    /// Every registered worker; `alive` says whether it heartbeat within `alive_within` of the
+    /// database's now.
+    pub async fn list_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRecord>, Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(LIST_WORKERS).await?;
+        let rows = client.query(&stmt, &[&millis(alive_within)]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| WorkerRecord {
+                claimant_id: ClaimantId(row.get("claimant_id")),
+                host: row.get("host"),
+                pid: row.get::<_, i32>("pid").unsigned_abs(),
+                version: row.get("version"),
+                capacity: row.get::<_, i32>("capacity").unsigned_abs(),
+                handlers: row.get("handlers"),
+                started_at: row.get("started_at"),
+                last_heartbeat: row.get("last_heartbeat"),
+                draining: row.get("draining"),
+                alive: row.get("alive"),
+                held_runs: row.get("held_runs"),
+            })
+            .collect())
+    }
+
+    /// The tenant's runs by state, its queue's backlog, and its held leases.
+    pub async fn stats(&self, tenant: &TenantId) -> Result<Stats, Error> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(TENANT_STATS).await?;
+        let row = client.query_one(&stmt, &[&tenant.as_str()]).await?;
+        let counted: BTreeMap<String, i64> =
+            serde_json::from_value(row.get("by_status")).unwrap_or_default();
+        let runs_by_status: BTreeMap<String, i64> = RunStatus::ALL
+            .iter()
+            .map(|s| (s.as_str().to_owned(), 0))
+            .chain(counted)
+            .collect();
+        let held_leases = RunStatus::ALL
+            .iter()
+            .filter(|s| s.is_held())
+            .map(|s| runs_by_status.get(s.as_str()).copied().unwrap_or(0))
+            .sum();
+        let oldest_queued_age = row
+            .get::<_, Option<i64>>("oldest_due_micros")
+            // A queued_at ahead of now (a clock step back) is no wait at all.
+            .map(|micros| Duration::from_micros(u64::try_from(micros).unwrap_or(0)));
+        Ok(Stats {
+            runs_by_status,
+            oldest_queued_age,
+            claimable_now: row.get("claimable"),
+            held_leases,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+    use super::*;
+
+    /// The plan Postgres picks for `sql` with `args` (SQL literals), under `plan_cache_mode`.
+    async fn plan(client: &tokio_postgres::Client, mode: &str, sql: &str, args: &str) -> String {
+        client
+            .batch_execute(&format!(
+                "SET plan_cache_mode = {mode}; PREPARE listing AS {sql}"
+            ))
+            .await
+            .expect("prepare");
+        let messages = client
+            .simple_query(&format!("EXPLAIN EXECUTE listing({args})"))
+            .await
+            .expect("explain");
+        client
+            .batch_execute("DEALLOCATE listing; RESET plan_cache_mode")
+            .await
+            .expect("deallocate");
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every filtered page of runs walks an index, on 50k runs of ten automations, mostly
+    /// finished, under both the plan Postgres builds for the values and the generic plan a
+    /// prepared statement may switch to.
+    #[tokio::test]
+    async fn run_pages_walk_indexes_not_the_table() {
+        let db = leasehold_testkit::TestDb::new().await;
+        let store = Store::connect_unchecked(db.url(), 2).expect("pool");
+        store.migrate().await.expect("migrate");
+        let (client, connection) = tokio_postgres::connect(db.url(), NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "INSERT INTO automations (tenant_id, automation_id, current_version)
+                 SELECT t, 'auto-' || i, 1 FROM generate_series(0, 9) i,
+                        unnest(ARRAY['default', 'other']) t;
+                 INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash)
+                 SELECT tenant_id, automation_id, 1, '{}', '\\x00' FROM automations;
+                 INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger,
+                                   status, created_at)
+                 SELECT gen_random_uuid(), CASE WHEN i % 5 = 0 THEN 'other' ELSE 'default' END,
+                        'auto-' || (i % 10), 1, 'api',
+                        CASE WHEN i % 50 = 0 THEN 'queued' WHEN i % 50 = 1 THEN 'failed'
+                             WHEN i % 50 = 2 THEN 'paused' ELSE 'completed' END,
+                        now() - i * interval '1 second'
+                 FROM generate_series(1, 50000) i;
+                 ANALYZE runs;",
+            )
+            .await
+            .expect("50k runs");
+        let cursor = "now() - interval '1 hour', '018f0000-0000-7000-8000-000000000000'";
+        let cases = [
+            (
+                LIST_RUNS_BY_STATUS,
+                "'default', ARRAY['failed'], NULL, NULL, NULL, NULL, 51".to_owned(),
+            ),
+            (
+                LIST_RUNS_BY_STATUS,
+                format!("'default', ARRAY['queued'], NULL, NULL, {cursor}, 51"),
+            ),
+            (
+                LIST_RUNS_BY_STATUS,
+                format!(
+                    "'default', ARRAY['queued','running','pausing','paused','awaiting_approval',\
+                     'completed','failed','blocked','cancelled'], NULL, NULL, {cursor}, 51"
+                ),
+            ),
+            (
+                LIST_RUNS_OF_AUTOMATION,
+                "'default', 'auto-3', NULL, NULL, NULL, NULL, NULL, 51".to_owned(),
+            ),
+            (
+                LIST_RUNS_OF_AUTOMATION,
+                format!(
+                    "'default', 'auto-3', 'failed', now() - interval '1 day', NULL, {cursor}, 51"
+                ),
+            ),
+        ];
+        for (sql, args) in &cases {
+            for mode in ["force_custom_plan", "force_generic_plan"] {
+                let plan = plan(&client, mode, sql, args).await;
+                assert!(
+                    !plan.contains("Seq Scan") && plan.contains("Index"),
+                    "{mode} ({args}):\n{plan}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn page_sizes_are_defaulted_and_capped() {
+        assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(1), 1);
+        assert_eq!(page_size(MAX_PAGE_SIZE), MAX_PAGE_SIZE);
+        assert_eq!(page_size(MAX_PAGE_SIZE + 1), MAX_PAGE_SIZE);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("in range");
+        let cursor = Cursor::new(Listing::Automations, at, "team:nightly-report");
+        let token = cursor.encode();
+        assert_eq!(Cursor::decode(&token).expect("round trip"), cursor);
+        for garbage in [
+            "",
+            "garbage",
+            "v2:runs:1:x",
+            "v1:nope:1:x",
+            "v1:runs:soon:x",
+            "v1:runs:1:",
+            "v1:runs:99999999999999999999:x",
+        ] {
+            assert!(
+                matches!(Cursor::decode(garbage), Err(Error::BadPageToken(_))),
+                "{garbage:?}"
+            );
+        }
+    }
+}
