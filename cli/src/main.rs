@@ -1,6 +1,9 @@
-//! The `leasehold` command.
+//! The `leasehold` command: the server entry points, dev mode, and the client commands.
 
+mod client;
 mod coordinator;
+mod dev;
+mod examples;
 mod migrate;
 mod signals;
 mod worker;
@@ -11,38 +14,102 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// The dev coordinator's address, and where client commands look unless told otherwise.
+pub const ENDPOINT_DEFAULT: &str = "http://127.0.0.1:7233";
+
 /// Leasehold: durable workflow runs on PostgreSQL.
 #[derive(Debug, Parser)]
 #[command(name = "leasehold", version, about)]
 struct Cli {
+    /// The coordinator client commands talk to.
+    #[arg(long, global = true, env = "LEASEHOLD_ENDPOINT", default_value = ENDPOINT_DEFAULT)]
+    endpoint: String,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start everything on this machine: a private Postgres, a coordinator and workers.
+    Dev(dev::Args),
+    /// Register and manage automations.
+    #[command(subcommand)]
+    Automation(client::automation::Command),
+    /// Start, inspect, watch and steer runs.
+    #[command(subcommand)]
+    Run(client::run::Command),
+    /// List and decide approval gates.
+    #[command(subcommand)]
+    Gate(client::gate::Command),
+    /// Run a worker (no subcommand), or list and drain workers.
+    Worker(WorkerCommand),
+    /// Runs by status, queue age, claimable runs and held leases.
+    Stats,
     /// Serve the gRPC API and, while leader, run the sweeps.
     Coordinator(coordinator::Args),
     /// Apply the database migrations this build carries.
     Migrate(migrate::Args),
-    /// Claim and execute runs until SIGTERM, then hand back what is still held.
-    Worker(worker::Args),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct WorkerCommand {
+    #[command(subcommand)]
+    action: Option<client::workers::Command>,
+    // Optional so that `worker list` needs no database URL: clap builds the flattened
+    // arguments only when no subcommand was given.
+    #[command(flatten)]
+    run: Option<worker::Args>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = if matches!(cli.command, Command::Dev(_)) {
+        // Dev mode shows the run; the machinery's routine lines would drown it.
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("LEASEHOLD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            EnvFilter::try_from_env("LEASEHOLD_LOG").unwrap_or_else(|_| default_filter.into()),
+        )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
-        Command::Coordinator(args) => coordinator::run(args).await,
-        Command::Migrate(args) => migrate::run(args).await,
-        Command::Worker(args) => worker::run(args).await,
+    let global = client::Global {
+        endpoint: cli.endpoint,
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Dev(args) => dev::run(args, &global).await,
+        Command::Automation(command) => client::automation::run(command, &global).await,
+        Command::Run(command) => client::run::run(command, &global).await,
+        Command::Gate(command) => client::gate::run(command, &global).await,
+        Command::Worker(WorkerCommand {
+            action: Some(action),
+            ..
+        }) => client::workers::run(action, &global).await,
+        Command::Worker(WorkerCommand {
+            action: None,
+            run: Some(run),
+        }) => worker::run(run).await.map(|()| ExitCode::SUCCESS),
+        Command::Worker(WorkerCommand {
+            action: None,
+            run: None,
+        }) => Err(anyhow::anyhow!(
+            "--database-url (or LEASEHOLD_DATABASE_URL) is required to run a worker"
+        )),
+        Command::Stats => client::stats::run(&global).await,
+        Command::Coordinator(args) => coordinator::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One line, outermost context first: what was being done, then why it failed.
             eprintln!("error: {e:#}");

@@ -132,6 +132,9 @@ struct Execution<'a> {
     retry: Option<(NodeId, u32, Duration)>,
     /// A failure for good: once nothing runs, fail the run with it.
     failure: Option<Failure>,
+    /// The store refused to start a node because a pause was requested, possibly before the
+    /// next heartbeat tells the keeper.
+    pause_requested: bool,
 }
 
 /// Executes a claimed run until it leaves this worker, and says how it left.
@@ -160,6 +163,7 @@ pub(crate) async fn execute(
         running_ids: HashSet::new(),
         retry: None,
         failure: None,
+        pause_requested: false,
     };
     match execution.drive(&shutdown).await {
         Ok(outcome) => outcome,
@@ -224,7 +228,7 @@ impl Execution<'_> {
         loop {
             let winding_down = self.retry.is_some()
                 || self.failure.is_some()
-                || *self.lease.pausing.borrow()
+                || self.pausing()
                 || shutdown.drain.is_cancelled();
             // A gate is asked for once nothing else runs, so no node is cut short by the stop.
             if !winding_down
@@ -292,15 +296,29 @@ impl Execution<'_> {
                 gate.get_or_insert(node_id);
                 continue;
             }
-            self.start(stop, &node).await?;
+            if !self.start(stop, &node).await? {
+                break;
+            }
         }
         Ok(gate)
     }
 
-    async fn start(&mut self, stop: &CancellationToken, node: &NodeSpec) -> Result<(), Stop> {
+    fn pausing(&self) -> bool {
+        self.pause_requested || *self.lease.pausing.borrow()
+    }
+
+    /// Counts an attempt of `node` and spawns its handler; false when a pause was requested
+    /// instead, and nothing started.
+    async fn start(&mut self, stop: &CancellationToken, node: &NodeSpec) -> Result<bool, Stop> {
         let claim = self.claim();
         let store = &self.shared.store;
-        let attempt = fenced(stop, || store.node_started(&claim, &node.id)).await?;
+        let attempt = match fenced(stop, || store.node_started(&claim, &node.id)).await {
+            Err(Stop::Db(store::Error::PauseRequested { .. })) => {
+                self.pause_requested = true;
+                return Ok(false);
+            }
+            other => other?,
+        };
         self.checkpoint.insert(
             node.id.clone(),
             NodeState {
@@ -349,7 +367,7 @@ impl Execution<'_> {
                 result,
             }
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Checkpoints a finished attempt and decides what follows it.
@@ -442,7 +460,7 @@ impl Execution<'_> {
             fenced(stop, || store.complete_run(&claim)).await?;
             return Ok(Outcome::Completed);
         }
-        if *self.lease.pausing.borrow() {
+        if self.pausing() {
             fenced(stop, || store.settle_pause(&claim)).await?;
             return Ok(Outcome::Paused);
         }
@@ -490,8 +508,13 @@ impl Execution<'_> {
         let store = &self.shared.store;
         let node = self.spec.node(node_id).expect("gated node from the spec");
         let prompt = gate_prompt(node);
-        fenced(stop, || store.await_approval(&claim, node_id, &prompt)).await?;
-        Ok(Outcome::AwaitingApproval)
+        match fenced(stop, || store.await_approval(&claim, node_id, &prompt)).await {
+            Err(Stop::Db(store::Error::PauseRequested { .. })) => {
+                fenced(stop, || store.settle_pause(&claim)).await?;
+                Ok(Outcome::Paused)
+            }
+            other => other.map(|_| Outcome::AwaitingApproval),
+        }
     }
 
     async fn release(&mut self, stop: &CancellationToken) -> Result<Outcome, Stop> {

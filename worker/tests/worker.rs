@@ -477,6 +477,47 @@ nodes:
 }
 
 #[tokio::test]
+async fn a_pause_requested_between_heartbeats_starts_no_new_node() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: pause
+nodes:
+  - {id: a, kind: record, input: {sleep_ms: 500}}
+  - {id: b, kind: record, depends_on: [a]}
+",
+        )
+        .await;
+    // Heartbeats too rare to carry the pause before the running node finishes: the store's
+    // refusal to start the next node must stop the worker by itself.
+    let mut rare = config("w1");
+    rare.heartbeat_interval = Duration::from_millis(2_400);
+    let worker = b.spawn_worker(rare.validated().expect("config"));
+    let run_id = b.start(&automation).await;
+    wait_for(DEADLINE, "a to start", || async {
+        (!b.ledger.of("a").is_empty()).then_some(())
+    })
+    .await;
+    b.store
+        .pause_run(&b.tenant, run_id, "hold on")
+        .await
+        .expect("pause");
+    b.wait_status(run_id, RunStatus::Paused).await;
+    worker.stop().await;
+
+    let a = &b.ledger.of("a")[0];
+    assert!(!a.cancelled, "the running node finished");
+    assert!(b.ledger.of("b").is_empty(), "no new node started");
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.claimant_id, None, "the lease was released");
+    let names = b.event_names(run_id).await;
+    assert!(
+        names.ends_with(&["node_completed".into(), "run_paused".into()]),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_approval_gate_stops_the_run_and_releases_the_lease() {
     let b = setup().await;
     let automation = b
@@ -510,6 +551,69 @@ nodes:
         (row.get(0), row.get(1))
     };
     assert_eq!(gate, ("ship".into(), "Ship it?".into()));
+}
+
+#[tokio::test]
+async fn an_approved_gate_lets_the_run_continue_and_rework_runs_nodes_again() {
+    use leasehold_core::store::{Decision, DecisionKind};
+
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: reviewed
+nodes:
+  - {id: build, kind: record}
+  - {id: ship, kind: record, depends_on: [build], approval: {prompt: Ship it?}}
+",
+        )
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+    let decide = |kind: DecisionKind| async {
+        b.wait_status(run_id, RunStatus::AwaitingApproval).await;
+        let gate = b
+            .store
+            .gates_of_run(&b.tenant, run_id)
+            .await
+            .expect("gates")
+            .into_iter()
+            .find(|g| g.status == leasehold_core::store::GateStatus::Pending)
+            .expect("a pending gate");
+        b.store
+            .decide_gate(
+                &b.tenant,
+                &Decision {
+                    gate_id: gate.gate_id,
+                    kind,
+                    reason: None,
+                    decided_by: "reviewer".into(),
+                    request_id: None,
+                },
+            )
+            .await
+            .expect("decide");
+    };
+
+    // Rework: build runs again, then the gate asks again; then approval lets ship run.
+    decide(DecisionKind::Rework {
+        nodes: vec![NodeId::from("build")],
+    })
+    .await;
+    decide(DecisionKind::Approve).await;
+    b.wait_status(run_id, RunStatus::Completed).await;
+    worker.stop().await;
+    assert_eq!(b.ledger.of("build").len(), 2, "rework ran build again");
+    assert_eq!(
+        b.ledger.of("ship").len(),
+        1,
+        "ship ran once, after approval"
+    );
+    let names = b.event_names(run_id).await;
+    assert!(
+        names.contains(&"run_rework_requested".to_owned()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"run_gate_approved".to_owned()), "{names:?}");
 }
 
 #[tokio::test]

@@ -72,9 +72,10 @@ impl From<ApiError> for Status {
                     | S::Transition(_)
                     | S::GateAlreadyDecided { .. }
                     | S::IdempotencyConflict { .. } => Status::failed_precondition(message),
-                    S::LeaseLost { .. } | S::NodeConflict { .. } | S::RunConflict { .. } => {
-                        Status::aborted(message)
-                    }
+                    S::LeaseLost { .. }
+                    | S::NodeConflict { .. }
+                    | S::RunConflict { .. }
+                    | S::PauseRequested { .. } => Status::aborted(message),
                     S::OutOfRange { constraint } => invalid(&constraint, &message),
                     S::BadPageToken(_) => invalid("page_token", &message),
                     S::ReworkNodeNotInSpec { .. } => invalid("rework_nodes", &message),

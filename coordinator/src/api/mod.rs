@@ -36,14 +36,18 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Api {
     store: Store,
     tenant: TenantId,
+    /// Cancelled when the server stops: open watch streams end with UNAVAILABLE so that their
+    /// clients reconnect to another coordinator instead of holding this one open.
+    shutdown: CancellationToken,
 }
 
 impl Api {
-    /// Serves the default tenant from `store`.
-    pub fn new(store: Store) -> Self {
+    /// Serves the default tenant from `store` until `shutdown`.
+    pub fn new(store: Store, shutdown: CancellationToken) -> Self {
         Self {
             store,
             tenant: TenantId::default(),
+            shutdown,
         }
     }
 }
@@ -87,7 +91,7 @@ pub async fn serve(
     use v1::stats_server::StatsServer;
     use v1::workers_server::WorkersServer;
 
-    let api = Api::new(store.clone());
+    let api = Api::new(store.clone(), cancel.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(store, health, cancel.clone()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()

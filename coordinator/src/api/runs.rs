@@ -303,6 +303,14 @@ impl Api {
             }
             tokio::select! {
                 () = tx.closed() => return Ok(()),
+                () = self.shutdown.cancelled() => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the coordinator is shutting down; watch again with after_seq",
+                        )))
+                        .await;
+                    return Ok(());
+                }
                 () = tokio::time::sleep(WATCH_POLL_INTERVAL) => {}
             }
         }

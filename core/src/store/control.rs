@@ -219,15 +219,22 @@ impl Store {
             return Ok(gate_id);
         }
         let stmt = client.prepare_cached(PENDING_GATE).await?;
-        match client
+        if let Some(row) = client
             .query_opt(&stmt, &[&claim.run_id.0, &claim.epoch.0, &node_id.as_str()])
             .await?
         {
-            Some(row) => Ok(row.get(0)),
-            None => Err(Error::LeaseLost {
+            return Ok(row.get(0));
+        }
+        let run = self.run_fence(claim).await?;
+        if run.epoch == claim.epoch.0 && run.status == "pausing" {
+            Err(Error::PauseRequested {
+                run_id: claim.run_id,
+            })
+        } else {
+            Err(Error::LeaseLost {
                 run_id: claim.run_id,
                 epoch: claim.epoch,
-            }),
+            })
         }
     }
 
@@ -257,19 +264,8 @@ impl Store {
         run_id: RunId,
         reason: &str,
     ) -> Result<(), Error> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(PAUSE_RUN).await?;
-        let rows = client
-            .query(&stmt, &[&run_id.0, &tenant.as_str(), &reason])
-            .await?;
-        if !rows.is_empty() {
-            return Ok(());
-        }
-        let run = self.run(tenant, run_id).await?;
-        Err(Error::Transition(IllegalTransition {
-            from: run.status,
-            transition: Transition::RequestPause,
-        }))
+        self.operator_move(PAUSE_RUN, tenant, run_id, reason, Transition::RequestPause)
+            .await
     }
 
     /// Resumes a paused run (whatever stopped it): `queued` with its checkpoint, due at once
@@ -299,7 +295,7 @@ impl Store {
 
     /// Runs an operator's conditional statement; zero rows is the transition the run's state
     /// forbids, read back, or [`Error::RunNotFound`].
-    async fn operator_move(
+    pub(super) async fn operator_move(
         &self,
         sql: &'static str,
         tenant: &TenantId,

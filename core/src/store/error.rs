@@ -33,6 +33,12 @@ pub enum Error {
         /// What stands in the way.
         reason: String,
     },
+    /// A user asked the held run to pause: start nothing new, settle once running nodes finish.
+    #[error("run {run_id} is pausing: no new node starts")]
+    PauseRequested {
+        /// The run.
+        run_id: RunId,
+    },
     /// No worker with this claimant id is registered.
     #[error("worker {0} not found")]
     WorkerNotFound(crate::ids::ClaimantId),

@@ -38,9 +38,14 @@ const HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history') IS N
 // Reads refinery's history table directly: refinery's own reader fails on an empty database.
 const APPLIED_VERSION: &str = "SELECT coalesce(max(version), 0) FROM refinery_schema_history";
 
+// name: database_exists
+// Whether a database of this name exists in the server this store is connected to.
+const DATABASE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text)";
+
 pub(super) const QUERIES: &[(&str, &str)] = &[
     ("history_exists", HISTORY_EXISTS),
     ("applied_version", APPLIED_VERSION),
+    ("database_exists", DATABASE_EXISTS),
 ];
 
 async fn applied_version(client: &Client) -> Result<i32, Error> {
@@ -55,6 +60,30 @@ async fn applied_version(client: &Client) -> Result<i32, Error> {
 }
 
 impl Store {
+    /// Creates the database `name` in this store's server unless it exists; returns whether it
+    /// created it. For a private cluster's first start; `name` is a plain lowercase identifier.
+    pub async fn create_database_if_missing(&self, name: &str) -> Result<bool, Error> {
+        let plain = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(Error::OutOfRange {
+                constraint: format!("database name {name:?}: lowercase letters, digits and _"),
+            });
+        }
+        let client = self.client().await?;
+        if client.query_one(DATABASE_EXISTS, &[&name]).await?.get(0) {
+            return Ok(false);
+        }
+        // CREATE DATABASE takes no parameters; the name was checked to be a plain identifier.
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        Ok(true)
+    }
+
     /// Where the database's schema stands; changes nothing.
     pub async fn schema_status(&self) -> Result<SchemaStatus, Error> {
         let client = self.client().await?;

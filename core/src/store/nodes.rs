@@ -43,13 +43,14 @@ impl NodeRecord {
 // takes the run's row lock and checks the epoch on the row's newest version, so a claim that
 // moved on makes the whole statement write nothing; it also marks progress under this claim,
 // which decides between requeue and stale-reap if the lease later expires. A node that
-// completed, was skipped, or already started under this claim is left alone.
+// completed, was skipped, or already started under this claim is left alone, and so is a run
+// asked to pause: its running nodes finish, but no new one starts.
 const NODE_STARTED: &str = "\
 WITH fenced AS (
     UPDATE runs r
     SET progress_epoch = r.lease_epoch, expired_claims = 0, event_seq = r.event_seq + 1,
         updated_at = now()
-    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
+    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'running'
       AND NOT EXISTS (
           SELECT 1 FROM run_nodes n
           WHERE n.run_id = $1::uuid AND n.node_id = $3::text
@@ -158,6 +159,7 @@ pub(super) const QUERIES: &[(&str, &str)] = &[
 /// A node write that changed nothing: what the row says about why.
 struct NodeFence {
     held_by_claim: bool,
+    pausing: bool,
     node_status: Option<String>,
     node_epoch: Option<i64>,
     attempts: Option<i32>,
@@ -210,6 +212,10 @@ impl Store {
         let fence = self.node_fence(claim, node_id).await?;
         if fence.landed(claim, "running") {
             Ok(fence.attempts())
+        } else if fence.pausing {
+            Err(Error::PauseRequested {
+                run_id: claim.run_id,
+            })
         } else {
             Err(fence.refusal(claim, node_id))
         }
@@ -291,9 +297,10 @@ impl Store {
             .await?
             .ok_or(Error::RunNotFound(claim.run_id))?;
         let status: &str = row.get("status");
+        let ours = row.get::<_, i64>("lease_epoch") == claim.epoch.0;
         Ok(NodeFence {
-            held_by_claim: row.get::<_, i64>("lease_epoch") == claim.epoch.0
-                && matches!(status, "running" | "pausing"),
+            held_by_claim: ours && matches!(status, "running" | "pausing"),
+            pausing: ours && status == "pausing",
             node_status: row.get("node_status"),
             node_epoch: row.get("node_epoch"),
             attempts: row.get("attempts"),

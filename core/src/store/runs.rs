@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 
 use super::{Error, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
-use crate::run::{IllegalTransition, RunStatus, Transition};
+use crate::run::{RunStatus, Transition};
 
 /// What set a run going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,19 +245,8 @@ impl Store {
         run_id: RunId,
         reason: &str,
     ) -> Result<(), Error> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(CANCEL_RUN).await?;
-        let rows = client
-            .query(&stmt, &[&run_id.0, &tenant.as_str(), &reason])
-            .await?;
-        if !rows.is_empty() {
-            return Ok(());
-        }
-        let run = self.run(tenant, run_id).await?;
-        Err(Error::Transition(IllegalTransition {
-            from: run.status,
-            transition: Transition::Cancel,
-        }))
+        self.operator_move(CANCEL_RUN, tenant, run_id, reason, Transition::Cancel)
+            .await
     }
 
     /// A run, read back; a stored value this build cannot read is [`Error::UnreadableRun`].

@@ -387,17 +387,7 @@ impl Input {
     fn parse(input: &Value) -> Result<Self, HandlerError> {
         let bad =
             |field: &str, why: String| HandlerError::Terminal(format!("input.{field}: {why}"));
-        let input = input.as_object().ok_or_else(|| {
-            HandlerError::Terminal(format!("input: must be an object with argv, not {input}"))
-        })?;
-        // A misspelt field would otherwise be dropped without a word.
-        if let Some(field) = input.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(bad(
-                field,
-                format!("unknown field; expected one of {}", FIELDS.join(", ")),
-            ));
-        }
-
+        let input = super::input_object(input, &FIELDS, "argv")?;
         let argv = input
             .get("argv")
             .ok_or_else(|| bad("argv", "required".into()))?;

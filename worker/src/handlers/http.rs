@@ -285,16 +285,7 @@ impl Request {
     fn parse(input: &Value) -> Result<Self, HandlerError> {
         let bad =
             |field: &str, why: String| HandlerError::Terminal(format!("input.{field}: {why}"));
-        let input = input.as_object().ok_or_else(|| {
-            HandlerError::Terminal(format!("input: must be an object with a url, not {input}"))
-        })?;
-        // A misspelt field would otherwise be dropped without a word.
-        if let Some(field) = input.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(bad(
-                field,
-                format!("unknown field; expected one of {}", FIELDS.join(", ")),
-            ));
-        }
+        let input = super::input_object(input, &FIELDS, "a url")?;
 
         let method = match input.get("method") {
             None => Method::GET,

@@ -8,7 +8,9 @@ pub use basic::{Approved, Echo, Noop, Sleep};
 pub use exec::{Exec, ExecPolicy};
 pub use http::Http;
 
-use crate::handler::Registry;
+use serde_json::{Map, Value};
+
+use crate::handler::{HandlerError, Registry};
 
 /// A registry with the built-in kinds: `noop`, `echo`, `sleep`, `approval`, `http`, and `exec`.
 ///
@@ -27,4 +29,25 @@ pub fn builtin(exec: ExecPolicy) -> Registry {
         registry.register("exec", Exec::new(exec));
     }
     registry
+}
+
+/// A node's input as an object holding only `fields`: a misspelt field would otherwise be dropped
+/// without a word. `needs` says what the object must carry, for the message.
+pub(crate) fn input_object<'a>(
+    input: &'a Value,
+    fields: &[&str],
+    needs: &str,
+) -> Result<&'a Map<String, Value>, HandlerError> {
+    let object = input.as_object().ok_or_else(|| {
+        HandlerError::Terminal(format!(
+            "input: must be an object with {needs}, not {input}"
+        ))
+    })?;
+    if let Some(field) = object.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(HandlerError::Terminal(format!(
+            "input.{field}: unknown field; expected one of {}",
+            fields.join(", ")
+        )));
+    }
+    Ok(object)
 }

@@ -1,0 +1,248 @@
+//! The channel to the coordinator, and a failed call turned into one line a person can act on.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use anyhow::Context;
+use leasehold_coordinator::api::MAX_RESPONSE_BYTES;
+use leasehold_proto::v1::automations_client::AutomationsClient;
+use leasehold_proto::v1::gates_client::GatesClient;
+use leasehold_proto::v1::runs_client::RunsClient;
+use leasehold_proto::v1::stats_client::StatsClient;
+use leasehold_proto::v1::workers_client::WorkersClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+use tonic_types::StatusExt;
+
+use super::Global;
+
+/// How long connecting may take before the coordinator counts as unreachable; without it a
+/// dropped SYN waits for the operating system's timeout (minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on an open connection, so that a watch whose coordinator vanished without
+/// closing the connection notices and reconnects.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected coordinator: cheap clients for each service, and the endpoint for messages.
+#[derive(Clone)]
+pub struct Coordinator {
+    channel: Channel,
+    endpoint: String,
+}
+
+impl Coordinator {
+    /// Connects to `--endpoint`; an endpoint without a scheme gets `http://`.
+    pub async fn connect(global: &Global) -> anyhow::Result<Self> {
+        let endpoint = if global.endpoint.contains("://") {
+            global.endpoint.clone()
+        } else {
+            format!("http://{}", global.endpoint)
+        };
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .with_context(|| format!("--endpoint {endpoint:?} is not a URL like http://host:port"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| unreachable_error(&endpoint, &e))?;
+        Ok(Self { channel, endpoint })
+    }
+
+    pub fn automations(&self) -> AutomationsClient<Channel> {
+        AutomationsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    pub fn runs(&self) -> RunsClient<Channel> {
+        RunsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    pub fn gates(&self) -> GatesClient<Channel> {
+        GatesClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    pub fn workers(&self) -> WorkersClient<Channel> {
+        WorkersClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    pub fn stats(&self) -> StatsClient<Channel> {
+        StatsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// The answer of a call, or its failure as one line.
+    pub fn check<T>(&self, result: Result<Response<T>, Status>) -> anyhow::Result<T> {
+        result
+            .map(Response::into_inner)
+            .map_err(|status| self.error(&status))
+    }
+
+    /// A failed call as one line: the coordinator's own answer as `CODE: message` (with the
+    /// fields at fault for INVALID_ARGUMENT), or, when the call never got an answer, that the
+    /// coordinator could not be reached.
+    pub fn error(&self, status: &Status) -> anyhow::Error {
+        if is_local_transport_failure(status) {
+            return unreachable_error(&self.endpoint, status);
+        }
+        anyhow::anyhow!(status_line(status))
+    }
+}
+
+/// A status made by the client for a call that never reached the coordinator (refused, reset,
+/// timed out) rather than sent by it: tonic keeps the transport error as its source.
+pub fn is_local_transport_failure(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.source().is_some()
+}
+
+fn unreachable_error(endpoint: &str, error: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot reach the coordinator at {endpoint} (is it running? start one with `leasehold dev`): {}",
+        cause_chain(error)
+    )
+}
+
+/// An error and its sources, joined by `: `, without the repeats transport errors are prone to.
+/// A status contributes its message, not its debug-like `Display`.
+fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = match e.downcast_ref::<Status>() {
+            Some(status) => status.message().to_owned(),
+            None => e.to_string(),
+        };
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// `CODE: message`, where for INVALID_ARGUMENT the message is the BadRequest violations, each
+/// naming its field.
+pub fn status_line(status: &Status) -> String {
+    let code = code_name(status.code());
+    let violations: Vec<String> = status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| violation_text(&v.field, &v.description))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !violations.is_empty() {
+        return format!("{code}: {}", violations.join("; "));
+    }
+    let message = status.message().trim();
+    if message.is_empty() {
+        code.to_owned()
+    } else {
+        format!("{code}: {}", one_line(message))
+    }
+}
+
+/// A field violation as `field: description`. Descriptions often start with the field already,
+/// or with its tail (`nodes[1].depends_on[0] …` for the field `spec.nodes[1].depends_on[0]`);
+/// then the full field replaces that start instead of being repeated.
+fn violation_text(field: &str, description: &str) -> String {
+    let description = one_line(description);
+    if field.is_empty() {
+        return description;
+    }
+    let tails = std::iter::once(field).chain(
+        field
+            .char_indices()
+            .filter(|&(_, c)| c == '.')
+            .map(|(i, _)| &field[i + 1..]),
+    );
+    for tail in tails {
+        if let Some(rest) = description.strip_prefix(tail)
+            && (rest.is_empty() || rest.starts_with([' ', ':']))
+        {
+            return format!("{field}{rest}");
+        }
+    }
+    if description.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{field}: {description}")
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The canonical name of a status code, as grpc and the API's documentation write it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    #[test]
+    fn a_violation_names_its_full_field_once() {
+        let check = |field: &str, description: &str, expected: &str| {
+            assert_eq!(violation_text(field, description), expected);
+        };
+        check(
+            "spec.nodes[1].depends_on[0]",
+            "nodes[1].depends_on[0] (node \"b\"): unknown node \"zz\"",
+            "spec.nodes[1].depends_on[0] (node \"b\"): unknown node \"zz\"",
+        );
+        check(
+            "page_size",
+            "must not be negative",
+            "page_size: must not be negative",
+        );
+        check("spec.id", "id: too long", "spec.id: too long");
+        check("run_id", "run_id: not a uuid", "run_id: not a uuid");
+        check("spec", "", "spec");
+        // A description that merely starts with the same letters is not the field.
+        check("id", "identical", "id: identical");
+    }
+
+    #[test]
+    fn invalid_argument_lists_the_violations_and_other_codes_their_message() {
+        let status = Status::with_error_details(
+            Code::InvalidArgument,
+            "invalid spec: …",
+            ErrorDetails::with_bad_request_violation("spec.nodes[0].kind", "nodes[0].kind: empty"),
+        );
+        assert_eq!(
+            status_line(&status),
+            "INVALID_ARGUMENT: spec.nodes[0].kind: empty"
+        );
+        assert_eq!(
+            status_line(&Status::not_found("run 1 not found\n")),
+            "NOT_FOUND: run 1 not found"
+        );
+        assert_eq!(status_line(&Status::aborted("")), "ABORTED");
+    }
+}

@@ -1,0 +1,29 @@
+//! The client commands: each talks gRPC to a coordinator and prints a readable view, or with
+//! `--json` one JSON document a script can parse.
+//!
+//! # Layout
+//!
+//! - `automation`, `run`, `gate`, `workers`, `stats`: one file per command group.
+//! - `watch`: following a run's event stream, resumed from the last sequence seen.
+//! - `connect`: the channel to the coordinator, and a failed call as one error line.
+//! - `json`: the API's messages as JSON values.
+//! - `render`: tables, `key: value` views, times, ages and durations, and writing to stdout.
+
+pub mod automation;
+mod connect;
+pub mod gate;
+mod json;
+mod render;
+pub mod run;
+pub mod stats;
+mod watch;
+pub mod workers;
+
+/// Options every client command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// The coordinator, as `http://host:port`.
+    pub endpoint: String,
+    /// Print JSON for scripts instead of tables.
+    pub json: bool,
+}

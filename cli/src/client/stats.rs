@@ -1,0 +1,55 @@
+//! `leasehold stats`: runs by status, queue age, claimable runs and held leases.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use leasehold_core::run::RunStatus;
+use leasehold_proto::v1;
+
+use super::Global;
+use super::connect::Coordinator;
+use super::json;
+use super::render::{self, Table, emit, emit_json, fields};
+
+pub async fn run(global: &Global) -> anyhow::Result<ExitCode> {
+    let coordinator = Coordinator::connect(global).await?;
+    let c = &coordinator;
+    let stats = c.check(c.stats().get_stats(v1::GetStatsRequest {}).await)?;
+    if global.json {
+        emit_json(&json::stats(&stats))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let oldest = if stats.oldest_queued_age_seconds > 0.0 {
+        render::duration(Duration::from_secs_f64(
+            stats.oldest_queued_age_seconds.min(1e12),
+        ))
+    } else {
+        "none due".to_owned()
+    };
+    let mut out = fields(&[
+        ("claimable now", stats.claimable_now.to_string()),
+        ("held leases", stats.held_leases.to_string()),
+        ("oldest queued", oldest),
+    ]);
+    out.push('\n');
+    let mut table = Table::new(&["STATUS", "RUNS"]);
+    let count = |status: &str| stats.runs_by_status.get(status).copied().unwrap_or(0);
+    for status in RunStatus::ALL {
+        table.row(vec![
+            status.as_str().to_owned(),
+            count(status.as_str()).to_string(),
+        ]);
+    }
+    let mut others: Vec<_> = stats
+        .runs_by_status
+        .iter()
+        .filter(|(s, _)| s.parse::<RunStatus>().is_err())
+        .collect();
+    others.sort();
+    for (status, n) in others {
+        table.row(vec![status.clone(), n.to_string()]);
+    }
+    out.push_str(&table.render());
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}

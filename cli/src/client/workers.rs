@@ -1,0 +1,87 @@
+//! `leasehold worker list|drain`: the worker processes the coordinator knows of.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use leasehold_proto::v1;
+use serde_json::Value;
+
+use super::Global;
+use super::connect::Coordinator;
+use super::json;
+use super::render::{self, Table, emit, emit_json};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List workers: capacity, liveness, draining, held runs and the last heartbeat.
+    List,
+    /// Ask a worker to stop claiming and hand its runs back to the queue.
+    Drain {
+        /// The worker's claimant id (see `leasehold worker list`).
+        id: String,
+    },
+}
+
+pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
+    let coordinator = Coordinator::connect(global).await?;
+    let c = &coordinator;
+    match command {
+        Command::List => {
+            let workers = c
+                .check(c.workers().list_workers(v1::ListWorkersRequest {}).await)?
+                .workers;
+            if global.json {
+                emit_json(&Value::Array(workers.iter().map(json::worker).collect()))?;
+            } else if workers.is_empty() {
+                emit("No workers have registered.\n")?;
+            } else {
+                emit(&table(&workers, SystemTime::now()).render())?;
+            }
+        }
+        Command::Drain { id } => {
+            let worker = c.check(
+                c.workers()
+                    .drain_worker(v1::DrainWorkerRequest { claimant_id: id })
+                    .await,
+            )?;
+            if global.json {
+                emit_json(&json::worker(&worker))?;
+            } else {
+                emit(&format!(
+                    "worker {}: draining; it stops claiming and hands back the {} run(s) it holds\n",
+                    worker.claimant_id, worker.held_runs
+                ))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(workers: &[v1::Worker], now: SystemTime) -> Table {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let mut table = Table::new(&[
+        "CLAIMANT",
+        "HOST",
+        "PID",
+        "CAPACITY",
+        "HELD RUNS",
+        "ALIVE",
+        "DRAINING",
+        "LAST HEARTBEAT",
+    ]);
+    for w in workers {
+        table.row(vec![
+            w.claimant_id.clone(),
+            w.host.clone(),
+            w.pid.to_string(),
+            w.capacity.to_string(),
+            w.held_runs.to_string(),
+            yes_no(w.alive),
+            yes_no(w.draining),
+            render::time(w.last_heartbeat.as_ref())
+                .map(|t| format!("{} ago", render::age(t, now)))
+                .unwrap_or_default(),
+        ]);
+    }
+    table
+}

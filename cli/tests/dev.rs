@@ -1,0 +1,380 @@
+//! `leasehold dev` as the real binary: its own cluster in a temp data folder, a free `--listen`
+//! port, and nothing left running afterwards.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use std::{env, fs, thread};
+
+use leasehold_core::ids::{AutomationId, TenantId};
+use leasehold_core::spec;
+use leasehold_core::store::Store;
+use leasehold_testkit::wait_for;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Generous: `initdb` and a cold start share two cores with the other tests.
+const DEADLINE: Duration = Duration::from_secs(90);
+/// The banner's first line.
+const READY_LINE: &str = "Leasehold dev is running.";
+
+#[tokio::test]
+async fn the_hello_example_completes_and_leaves_nothing_running() {
+    let dir = TestDir::new("hello");
+    let mut dev = Dev::spawn(&dir, &["--example", "hello", "--exit-when-done"]);
+
+    let status = dev.wait_exit().await;
+    let (stdout, stderr) = (dev.stdout(), dev.stderr());
+    assert!(status.success(), "{status:?}\n{stdout}\n{stderr}");
+    assert!(stdout.contains(READY_LINE), "{stdout}");
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert_nothing_left(&dir, None).await;
+}
+
+#[tokio::test]
+async fn a_second_start_reuses_the_cluster_and_its_data() {
+    let dir = TestDir::new("reuse");
+    let mut first = Dev::spawn(&dir, &[]);
+    first.wait_ready().await;
+    assert!(first.stderr().contains("initdb"), "{}", first.stderr());
+    let store = Store::connect(&first.database_url(), 1)
+        .await
+        .expect("store");
+    let spec = spec::parse_yaml("id: kept\nnodes:\n  - {id: a, kind: noop}\n").expect("spec");
+    store
+        .create_automation(&TenantId::default(), &spec)
+        .await
+        .expect("automation");
+    drop(store);
+    first.signal(Signal::SIGINT);
+    assert!(first.wait_exit().await.success(), "{}", first.stderr());
+
+    let mut second = Dev::spawn(&dir, &[]);
+    second.wait_ready().await;
+    let stderr = second.stderr();
+    assert!(
+        stderr.contains("reusing the PostgreSQL cluster"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("initdb"), "no second initdb: {stderr}");
+    let store = Store::connect(&second.database_url(), 1)
+        .await
+        .expect("store");
+    store
+        .automation(&TenantId::default(), &AutomationId::from("kept"))
+        .await
+        .expect("the automation of the first start");
+    drop(store);
+    second.signal(Signal::SIGINT);
+    assert!(second.wait_exit().await.success(), "{}", second.stderr());
+    assert_nothing_left(&dir, None).await;
+}
+
+#[tokio::test]
+async fn without_postgresql_binaries_it_says_what_to_install() {
+    let dir = TestDir::new("nobin");
+    let data = dir.path.join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["dev", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(&data)
+        // No PostgreSQL on PATH, and the search confined to a folder that does not exist.
+        .env("PATH", dir.path.join("empty-path"))
+        .env("LEASEHOLD_PG_BINDIR", dir.path.join("no-postgresql-here"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run leasehold dev");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sudo apt-get install postgresql"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("brew install postgresql@16"), "{stderr}");
+    assert!(!data.exists(), "nothing was created");
+}
+
+#[tokio::test]
+async fn sigint_stops_postgres_and_exits_zero() {
+    let dir = TestDir::new("sigint");
+    let mut dev = Dev::spawn(&dir, &[]);
+    dev.wait_ready().await;
+    let postmaster = dir.postmaster_pid().expect("a running server");
+
+    dev.signal(Signal::SIGINT);
+    let status = dev.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", dev.stderr());
+    assert_nothing_left(&dir, Some(postmaster)).await;
+}
+
+#[tokio::test]
+async fn a_server_left_by_a_killed_dev_is_stopped_by_the_next_start() {
+    let dir = TestDir::new("killed");
+    let mut first = Dev::spawn(&dir, &[]);
+    first.wait_ready().await;
+    let leftover = dir.postmaster_pid().expect("a running server");
+    first.signal(Signal::SIGKILL);
+    first.wait_exit().await;
+    assert!(
+        alive(leftover),
+        "pg_ctl detaches the server, so SIGKILL leaves it"
+    );
+
+    let mut second = Dev::spawn(&dir, &[]);
+    second.wait_ready().await;
+    assert!(
+        second.stderr().contains("left running"),
+        "{}",
+        second.stderr()
+    );
+    wait_dead(leftover, "the leftover server to be stopped").await;
+    let current = dir.postmaster_pid().expect("a running server");
+    second.signal(Signal::SIGINT);
+    assert!(second.wait_exit().await.success(), "{}", second.stderr());
+    assert_nothing_left(&dir, Some(current)).await;
+}
+
+#[tokio::test]
+async fn a_taken_listen_port_is_named_with_its_flag() {
+    let dir = TestDir::new("taken");
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let data = dir.path.join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["dev", "--listen", &address])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run leasehold dev");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&address), "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
+    assert!(!data.exists(), "no cluster was started");
+}
+
+/// A running `leasehold dev` whose output is collected as it comes.
+struct Dev {
+    child: Mutex<Child>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Dev {
+    fn spawn(dir: &TestDir, extra: &[&str]) -> Dev {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .args(["dev", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(dir.data())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn leasehold dev");
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Dev {
+            child: Mutex::new(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().expect("stdout").clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// Waits for the banner; fails early, with the output, if dev exits first.
+    async fn wait_ready(&self) {
+        wait_for(DEADLINE, "the dev banner", || async {
+            if self.stdout().contains("not for production") {
+                return Some(());
+            }
+            let exited = self.child.lock().expect("child").try_wait().expect("wait");
+            if let Some(status) = exited {
+                panic!(
+                    "dev exited with {status:?} before its banner:\n{}",
+                    self.stderr()
+                );
+            }
+            None
+        })
+        .await;
+    }
+
+    /// The database URL from the banner.
+    fn database_url(&self) -> String {
+        self.stdout()
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("database"))
+            .map(|rest| rest.trim().to_owned())
+            .expect("a database line in the banner")
+    }
+
+    fn signal(&self, signal: Signal) {
+        let id = self.child.lock().expect("child").id();
+        kill(Pid::from_raw(i32::try_from(id).expect("pid")), signal).expect("signal");
+    }
+
+    async fn wait_exit(&mut self) -> ExitStatus {
+        let status = wait_for(DEADLINE, "dev to exit", || async {
+            self.child.lock().expect("child").try_wait().expect("wait")
+        })
+        .await;
+        // The output threads end with the pipes; the last lines may still be on their way.
+        wait_for(DEADLINE, "dev's output to end", || async {
+            (Arc::strong_count(&self.stdout) == 1 && Arc::strong_count(&self.stderr) == 1)
+                .then_some(())
+        })
+        .await;
+        status
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().expect("child");
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Appends everything `pipe` yields to a shared string, from a thread that ends with the pipe.
+fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let shared = Arc::clone(&text);
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut text = shared.lock().expect("output");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+/// A temp folder holding a data folder. Dropping it stops any server still running there (a
+/// failed test must not leave one) and removes the folder, unless the test failed.
+struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    fn new(name: &str) -> TestDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = env::temp_dir().join(format!(
+            "leasehold-dev-test-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).expect("create the test folder");
+        TestDir { path }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.path.join("data")
+    }
+
+    /// The server's pid from `postmaster.pid`, while it has one.
+    fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data().join("pgdata/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if let Some(pid) = self.postmaster_pid() {
+            // SIGQUIT is PostgreSQL's immediate shutdown.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
+        }
+        if thread::panicking() {
+            eprintln!("kept {} for inspection", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// No server's pid file in the data folder, `postmaster` (if given) dead, and no process whose
+/// command line names the folder.
+async fn assert_nothing_left(dir: &TestDir, postmaster: Option<i32>) {
+    assert!(
+        !dir.data().join("pgdata/postmaster.pid").exists(),
+        "postmaster.pid is gone"
+    );
+    if let Some(pid) = postmaster {
+        wait_dead(pid, "the server to exit").await;
+    }
+    wait_for(DEADLINE, "no process naming the data folder", || async {
+        processes_naming(&dir.path).is_empty().then_some(())
+    })
+    .await;
+}
+
+/// Whether `pid` runs. A zombie does not: an orphaned server is reaped by init, on its own time.
+fn alive(pid: i32) -> bool {
+    // Signal 0 checks that the process exists; EPERM means it does, but is someone else's.
+    if matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    // `/proc/<pid>/stat` is `pid (comm) state ...`; the command may hold spaces and parentheses.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    state != Some('Z')
+}
+
+/// Waits until `pid` has exited: `pg_ctl stop -w` returns once the pid file is gone, a moment
+/// before the server process ends.
+async fn wait_dead(pid: i32, what: &str) {
+    wait_for(DEADLINE, what, || async { (!alive(pid)).then_some(()) }).await;
+}
+
+/// Command lines that mention `path`, from `/proc`, or from `pgrep` where there is no `/proc`.
+fn processes_naming(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        let output = Command::new("pgrep")
+            .args(["-fl", &needle])
+            .output()
+            .expect("run pgrep");
+        return String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|entry| fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&needle))
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
