@@ -113,6 +113,78 @@ async fn sigint_stops_postgres_and_exits_zero() {
     assert_nothing_left(&dir, Some(postmaster)).await;
 }
 
+/// Runs a client command against `dev`; returns its exit status and stdout.
+async fn client(dev: &Dev, args: &[&str]) -> (ExitStatus, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    command.args(["--endpoint", &dev.endpoint]).args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run leasehold");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+fn example_file(name: &str) -> String {
+    format!("{}/../examples/{name}.yaml", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retry_and_approval_examples_complete_through_the_cli() {
+    let dir = TestDir::new("examples");
+    let mut dev = Dev::spawn(&dir, &[]);
+    dev.wait_ready().await;
+
+    let (status, _) = client(&dev, &["automation", "apply", "-f", &example_file("retry")]).await;
+    assert!(status.success());
+    let (status, watched) = client(&dev, &["run", "start", "retry", "--watch"]).await;
+    assert!(status.success(), "{watched}");
+    assert_eq!(watched.matches("node_failed").count(), 2, "{watched}");
+    assert_eq!(
+        watched.matches("node_retry_backoff_scheduled").count(),
+        2,
+        "{watched}"
+    );
+    assert!(watched.contains("completed"), "{watched}");
+
+    let (status, _) = client(
+        &dev,
+        &["automation", "apply", "-f", &example_file("approval")],
+    )
+    .await;
+    assert!(status.success());
+    let (status, started) = client(&dev, &["run", "start", "approval", "--json"]).await;
+    assert!(status.success(), "{started}");
+    let run: serde_json::Value = serde_json::from_str(&started).expect("json");
+    let run_id = run["run_id"].as_str().expect("run_id").to_owned();
+    let (_, shown) = client(&dev, &["run", "show", &run_id, "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(
+        shown["run_id"], run["run_id"],
+        "--json of start and show agree"
+    );
+    let gate_id = wait_for(DEADLINE, "the run to stop at its gate", || async {
+        let (_, gates) = client(&dev, &["gate", "list", "--json"]).await;
+        let gates: serde_json::Value = serde_json::from_str(&gates).ok()?;
+        gates
+            .as_array()?
+            .iter()
+            .find(|g| g["run_id"] == run_id.as_str())
+            .and_then(|g| g["gate_id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let (status, _) = client(&dev, &["gate", "approve", &gate_id]).await;
+    assert!(status.success());
+    let (status, watched) = client(&dev, &["run", "watch", &run_id]).await;
+    assert!(status.success(), "{watched}");
+    assert!(watched.contains("run_gate_approved"), "{watched}");
+
+    dev.signal(Signal::SIGINT);
+    assert_eq!(dev.wait_exit().await.code(), Some(0), "{}", dev.stderr());
+}
+
 #[tokio::test]
 async fn a_server_left_by_a_killed_dev_is_stopped_by_the_next_start() {
     let dir = TestDir::new("killed");
@@ -163,6 +235,7 @@ async fn a_taken_listen_port_is_named_with_its_flag() {
 
 /// A running `leasehold dev` whose output is collected as it comes.
 struct Dev {
+    endpoint: String,
     child: Mutex<Child>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
@@ -170,8 +243,9 @@ struct Dev {
 
 impl Dev {
     fn spawn(dir: &TestDir, extra: &[&str]) -> Dev {
+        let listen = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
-            .args(["dev", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["dev", "--listen", &listen])
             .arg("--data-dir")
             .arg(dir.data())
             .args(extra)
@@ -183,6 +257,7 @@ impl Dev {
         let stdout = collect(child.stdout.take().expect("stdout"));
         let stderr = collect(child.stderr.take().expect("stderr"));
         Dev {
+            endpoint: format!("http://{listen}"),
             child: Mutex::new(child),
             stdout,
             stderr,
