@@ -769,3 +769,60 @@ async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
             .is_empty()
     );
 }
+
+/// A repeat of `node_started` that waited behind the first (still in flight when its
+/// acknowledgement was lost) must see the first's row, not count a second attempt.
+#[tokio::test]
+async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
+    let b = setup().await;
+    let automation = b.automation("inflight").await;
+    let run_id = b.start(&automation).await;
+    let claim = b.claim_one("w").await.claim;
+
+    // The first write, in flight: it holds the run's row lock and has written its node row.
+    let (mut first, connection) = tokio_postgres::connect(b.db.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let tx = first.transaction().await.expect("begin");
+    tx.execute(
+        "UPDATE runs SET progress_epoch = lease_epoch, event_seq = event_seq + 1 WHERE run_id = $1",
+        &[&run_id.0],
+    )
+    .await
+    .expect("lock the run");
+    tx.execute(
+        "INSERT INTO run_nodes (run_id, node_id, status, attempts, epoch, started_at)
+         VALUES ($1, 'a', 'running', 1, $2, now())",
+        &[&run_id.0, &claim.epoch().0],
+    )
+    .await
+    .expect("node row");
+
+    // The repeat waits for the lock.
+    let store = b.store.clone();
+    let repeat = tokio::spawn(async move { store.node_started(&claim, &node("a")).await });
+    leasehold_testkit::wait_for(
+        Duration::from_secs(10),
+        "the repeat to wait for the lock",
+        || async {
+            let waiting: i64 = b
+                .sql
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    tx.commit().await.expect("the first write lands");
+
+    assert_eq!(repeat.await.expect("task").expect("repeat"), 1);
+    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    assert_eq!(a.attempts, 1, "one attempt, counted once");
+}

@@ -38,32 +38,41 @@ impl NodeRecord {
     }
 }
 
+// Every node write has the same shape. `held` takes the run's row lock and checks the claim on
+// the row's newest version, so a claim that moved on makes the whole statement write nothing.
+// `node` then writes the node row with its own conditions in its WHERE (or ON CONFLICT WHERE):
+// those are re-checked on the newest row version too, where a subquery would read the
+// statement's older snapshot and let a repeat that waited behind the first write count twice.
+// `fenced` raises the run's event sequence only when the node row changed, and `event`
+// records it.
+
 // name: node_started
-// Counts the attempt before the handler is called (lease protocol, rule 8). The `fenced` update
-// takes the run's row lock and checks the epoch on the row's newest version, so a claim that
-// moved on makes the whole statement write nothing; it also marks progress under this claim,
-// which decides between requeue and stale-reap if the lease later expires. A node that
-// completed, was skipped, or already started under this claim is left alone, and so is a run
-// asked to pause: its running nodes finish, but no new one starts.
+// Counts the attempt before the handler is called (lease protocol, rule 8), and marks progress
+// under this claim, which decides between requeue and stale-reap if the lease later expires. A
+// node that completed, was skipped, or already started under this claim is left alone, and so
+// is a run asked to pause: its running nodes finish, but no new one starts.
 const NODE_STARTED: &str = "\
-WITH fenced AS (
-    UPDATE runs r
-    SET progress_epoch = r.lease_epoch, expired_claims = 0, event_seq = r.event_seq + 1,
-        updated_at = now()
+WITH held AS (
+    SELECT r.run_id FROM runs r
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'running'
-      AND NOT EXISTS (
-          SELECT 1 FROM run_nodes n
-          WHERE n.run_id = $1::uuid AND n.node_id = $3::text
-            AND (n.status IN ('completed', 'skipped') OR n.epoch = $2::bigint))
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+    FOR UPDATE
 ),
 node AS (
     INSERT INTO run_nodes AS n (run_id, node_id, status, attempts, epoch, started_at)
-    SELECT run_id, $3::text, 'running', 1, lease_epoch, now() FROM fenced
+    SELECT run_id, $3::text, 'running', 1, $2::bigint, now() FROM held
     ON CONFLICT (run_id, node_id) DO UPDATE
     SET status = 'running', attempts = n.attempts + 1, epoch = excluded.epoch,
         started_at = excluded.started_at, finished_at = NULL
-    RETURNING n.attempts
+    WHERE n.status IN ('running', 'failed') AND n.epoch < excluded.epoch
+    RETURNING n.run_id, n.attempts
+),
+fenced AS (
+    UPDATE runs r
+    SET progress_epoch = r.lease_epoch, expired_claims = 0, event_seq = r.event_seq + 1,
+        updated_at = now()
+    FROM node
+    WHERE r.run_id = node.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt)
@@ -74,25 +83,28 @@ event AS (
 SELECT attempts FROM node";
 
 // name: node_completed
-// Records a running node's output under the claim that started it. Fenced like node_started;
-// the node must be running under this very epoch.
+// Records a running node's output under the claim that started it: the node must be running
+// under this very epoch.
 const NODE_COMPLETED: &str = "\
-WITH fenced AS (
-    UPDATE runs r
-    SET event_seq = r.event_seq + 1, updated_at = now()
+WITH held AS (
+    SELECT r.run_id FROM runs r
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
-      AND EXISTS (
-          SELECT 1 FROM run_nodes n
-          WHERE n.run_id = $1::uuid AND n.node_id = $3::text
-            AND n.status = 'running' AND n.epoch = $2::bigint)
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+    FOR UPDATE
 ),
 node AS (
     UPDATE run_nodes n
     SET status = 'completed', output = $4::jsonb, last_error = NULL, finished_at = now()
-    FROM fenced
-    WHERE n.run_id = fenced.run_id AND n.node_id = $3::text
-    RETURNING n.attempts
+    FROM held
+    WHERE n.run_id = held.run_id AND n.node_id = $3::text
+      AND n.status = 'running' AND n.epoch = $2::bigint
+    RETURNING n.run_id, n.attempts
+),
+fenced AS (
+    UPDATE runs r
+    SET event_seq = r.event_seq + 1, updated_at = now()
+    FROM node
+    WHERE r.run_id = node.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt)
@@ -106,23 +118,26 @@ SELECT attempts FROM node";
 // Records a running node's failed attempt under the claim that started it. Whether it is retried
 // is the caller's next write (schedule_retry or fail_run).
 const NODE_FAILED: &str = "\
-WITH fenced AS (
-    UPDATE runs r
-    SET event_seq = r.event_seq + 1, updated_at = now()
+WITH held AS (
+    SELECT r.run_id FROM runs r
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
-      AND EXISTS (
-          SELECT 1 FROM run_nodes n
-          WHERE n.run_id = $1::uuid AND n.node_id = $3::text
-            AND n.status = 'running' AND n.epoch = $2::bigint)
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+    FOR UPDATE
 ),
 node AS (
     UPDATE run_nodes n
     SET status = 'failed', last_error = left($4::text, 8192), last_error_retryable = $5::boolean,
         finished_at = now()
-    FROM fenced
-    WHERE n.run_id = fenced.run_id AND n.node_id = $3::text
-    RETURNING n.attempts
+    FROM held
+    WHERE n.run_id = held.run_id AND n.node_id = $3::text
+      AND n.status = 'running' AND n.epoch = $2::bigint
+    RETURNING n.run_id, n.attempts
+),
+fenced AS (
+    UPDATE runs r
+    SET event_seq = r.event_seq + 1, updated_at = now()
+    FROM node
+    WHERE r.run_id = node.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, reason, metadata)
