@@ -269,7 +269,8 @@ impl Execution<'_> {
             if let Some(output) = &node.output {
                 self.outputs.insert(node.node_id.clone(), output.clone());
             }
-            self.checkpoint.insert(node.node_id.clone(), node.state());
+            let state = node.state().under_claim(node.epoch, self.run.claim.epoch());
+            self.checkpoint.insert(node.node_id.clone(), state);
         }
         Ok(())
     }
@@ -324,6 +325,7 @@ impl Execution<'_> {
             NodeState {
                 status: NodeStatus::Running,
                 attempts: attempt,
+                retryable: true,
             },
         );
         self.running_ids.insert(node.id.clone());
@@ -393,7 +395,7 @@ impl Execution<'_> {
                     store.node_completed(&claim, &done.node_id, &output)
                 })
                 .await?;
-                self.set_status(&done.node_id, NodeStatus::Completed, done.attempt);
+                self.set_status(&done.node_id, NodeStatus::Completed, done.attempt, true);
                 self.outputs.insert(done.node_id, output);
             }
             Err(error) => {
@@ -403,7 +405,7 @@ impl Execution<'_> {
                     store.node_failed(&claim, &done.node_id, &message, retryable)
                 })
                 .await?;
-                self.set_status(&done.node_id, NodeStatus::Failed, done.attempt);
+                self.set_status(&done.node_id, NodeStatus::Failed, done.attempt, retryable);
                 tracing::info!(run_id = %claim.run_id(), node = %done.node_id, attempt = done.attempt, retryable, error = %message, "node attempt failed");
                 if retryable && done.attempt < node.max_attempts {
                     let delay = retry::next_delay(&node.backoff, done.attempt, fastrand::f64());
@@ -429,9 +431,15 @@ impl Execution<'_> {
         Ok(())
     }
 
-    fn set_status(&mut self, node_id: &NodeId, status: NodeStatus, attempts: u32) {
-        self.checkpoint
-            .insert(node_id.clone(), NodeState { status, attempts });
+    fn set_status(&mut self, node_id: &NodeId, status: NodeStatus, attempts: u32, retryable: bool) {
+        self.checkpoint.insert(
+            node_id.clone(),
+            NodeState {
+                status,
+                attempts,
+                retryable,
+            },
+        );
     }
 
     /// Nothing runs any more: end, queue, pause or hand back the run, whichever applies.
@@ -465,11 +473,17 @@ impl Execution<'_> {
             return Ok(Outcome::Paused);
         }
         if let Some((node_id, attempt, delay)) = self.retry.take() {
-            fenced(stop, || {
+            let scheduled = fenced(stop, || {
                 store.schedule_retry(&claim, &node_id, attempt, delay)
             })
-            .await?;
-            return Ok(Outcome::RetryScheduled);
+            .await;
+            return match scheduled {
+                Err(Stop::Db(store::Error::PauseRequested { .. })) => {
+                    fenced(stop, || store.settle_pause(&claim)).await?;
+                    Ok(Outcome::Paused)
+                }
+                other => other.map(|()| Outcome::RetryScheduled),
+            };
         }
         if shutdown.drain.is_cancelled() {
             return self.release(stop).await;
@@ -482,19 +496,22 @@ impl Execution<'_> {
         }))
     }
 
-    /// A node whose attempts were all used up by interrupted attempts fails the run too.
+    /// A node that failed for good under an earlier claim (its attempts used up by interrupted
+    /// attempts, or a terminal failure whose run failing was interrupted) fails the run too.
     fn exhausted(&self) -> Option<Failure> {
         self.spec.nodes.iter().find_map(|node| {
             let state = self.checkpoint.get(&node.id)?;
-            (state.status == NodeStatus::Failed && state.attempts >= node.max_attempts).then(|| {
-                Failure {
-                    node_id: node.id.clone(),
-                    attempt: state.attempts,
-                    reason: format!(
+            state.failed_for_good(node.max_attempts).then(|| Failure {
+                node_id: node.id.clone(),
+                attempt: state.attempts,
+                reason: if state.retryable {
+                    format!(
                         "no attempts left: {} of {} used, the last one interrupted",
                         state.attempts, node.max_attempts
-                    ),
-                }
+                    )
+                } else {
+                    format!("attempt {} failed for good", state.attempts)
+                },
             })
         })
     }

@@ -60,9 +60,13 @@ impl KeeperHandle {
         RunLease { stop, pausing }
     }
 
-    /// Stops keeping a run: it completed, stopped, or was handed back.
-    pub fn forget(&self, run_id: RunId) {
-        self.lock().remove(&run_id);
+    /// Stops keeping a claim: its run completed, stopped, or was handed back. A later claim of
+    /// the same run (a retry this worker took again) is left alone.
+    pub fn forget(&self, claim: Claim) {
+        let mut held = self.lock();
+        if held.get(&claim.run_id()).is_some_and(|h| h.claim == claim) {
+            held.remove(&claim.run_id());
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Held>> {
@@ -145,13 +149,17 @@ impl LeaseKeeper {
             Ok(round) => {
                 let mut held = self.handle.lock();
                 for renewed in round.renewed {
-                    if let Some(h) = held.get_mut(&renewed.claim.run_id()) {
+                    let current = held
+                        .get_mut(&renewed.claim.run_id())
+                        .filter(|h| h.claim == renewed.claim);
+                    if let Some(h) = current {
                         h.fence_at = sent_at + self.handle.lease - self.handle.margin;
                         h.pausing.send_replace(renewed.status == RunStatus::Pausing);
                     }
                 }
                 for lost in round.lost {
-                    if let Some(h) = held.remove(&lost.run_id()) {
+                    let current = held.get(&lost.run_id()).is_some_and(|h| h.claim == lost);
+                    if let Some(h) = current.then(|| held.remove(&lost.run_id())).flatten() {
                         tracing::info!(run_id = %lost.run_id(), "lease lost; stopping the run");
                         h.stop.cancel();
                     }

@@ -109,11 +109,11 @@ impl Worker {
                             let leases = leases.clone();
                             let run_shutdown = run_shutdown.clone();
                             runs.spawn(async move {
-                                let run_id = run.claim.run_id();
+                                let claim = run.claim;
                                 let outcome =
                                     execute::execute(&shared, run, lease, run_shutdown).await;
-                                leases.forget(run_id);
-                                tracing::debug!(%run_id, ?outcome, "run left the worker");
+                                leases.forget(claim);
+                                tracing::debug!(run_id = %claim.run_id(), ?outcome, "run left the worker");
                                 outcome
                             });
                         }

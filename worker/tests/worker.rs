@@ -685,3 +685,82 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+#[tokio::test]
+async fn a_running_row_left_by_an_earlier_claim_is_an_interrupted_attempt() {
+    let b = setup().await;
+    let automation = b
+        .automation("id: leftover\nnodes:\n  - {id: a, kind: record}\n")
+        .await;
+    let run_id = b.start(&automation).await;
+    // An earlier claim started `a` and vanished; its run went back to the queue with the row
+    // still `running` (a reap that raced the start).
+    let claim = b
+        .store
+        .claim_runs(
+            &leasehold_core::ids::ClaimantId::from("gone"),
+            1,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("claim")
+        .remove(0)
+        .claim;
+    b.store
+        .node_started(&claim, &NodeId::from("a"))
+        .await
+        .expect("start");
+    b.sql
+        .execute(
+            "UPDATE runs SET status = 'queued', claim_id = NULL, claimant_id = NULL,
+             claimed_at = NULL, lease_expires_at = NULL WHERE run_id = $1",
+            &[&run_id.0],
+        )
+        .await
+        .expect("requeue");
+
+    let worker = b.spawn_worker(config("w1"));
+    b.wait_status(run_id, RunStatus::Completed).await;
+    worker.stop().await;
+    let attempts: Vec<u32> = b.ledger.of("a").iter().map(|e| e.attempt).collect();
+    assert_eq!(
+        attempts,
+        vec![2],
+        "the interrupted attempt counted; the node ran again"
+    );
+}
+
+#[tokio::test]
+async fn a_retryable_failure_while_pausing_pauses_the_run() {
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: pause-retry
+nodes:
+  - {id: a, kind: record, input: {sleep_ms: 400, fail_first: 1}, max_attempts: 3}
+",
+        )
+        .await;
+    // Heartbeats too rare to carry the pause: scheduling the retry must find it.
+    let mut rare = config("w1");
+    rare.heartbeat_interval = Duration::from_millis(2_400);
+    let worker = b.spawn_worker(rare.validated().expect("config"));
+    let run_id = b.start(&automation).await;
+    wait_for(DEADLINE, "a to start", || async {
+        (!b.ledger.of("a").is_empty()).then_some(())
+    })
+    .await;
+    b.store
+        .pause_run(&b.tenant, run_id, "hold on")
+        .await
+        .expect("pause");
+    b.wait_status(run_id, RunStatus::Paused).await;
+    worker.stop().await;
+    let node = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    assert_eq!((node.status, node.attempts), (NodeStatus::Failed, 1));
+    assert!(
+        b.event_names(run_id)
+            .await
+            .contains(&"node_failed".to_owned())
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ids::NodeId;
+use crate::ids::{LeaseEpoch, NodeId};
 use crate::spec::Spec;
 
 /// Where a node stands in the checkpoint. A node without a row is pending.
@@ -44,16 +44,40 @@ pub struct NodeState {
     pub status: NodeStatus,
     /// Attempts started so far, interrupted ones included.
     pub attempts: u32,
+    /// For a failed node: whether another attempt may succeed. A terminal failure is final even
+    /// when attempts remain, also after the run moved to another worker.
+    pub retryable: bool,
+}
+
+impl NodeState {
+    /// The state as a claim at `claim_epoch` sees it: a node recorded `running` under an earlier
+    /// claim is an interrupted attempt, which counts, and which may run again.
+    pub fn under_claim(self, recorded_epoch: LeaseEpoch, claim_epoch: LeaseEpoch) -> Self {
+        if self.status == NodeStatus::Running && recorded_epoch < claim_epoch {
+            Self {
+                status: NodeStatus::Failed,
+                retryable: true,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
+    /// Failed for good: terminally, or with every attempt used.
+    pub fn failed_for_good(self, max_attempts: u32) -> bool {
+        self.status == NodeStatus::Failed && (!self.retryable || self.attempts >= max_attempts)
+    }
 }
 
 /// The recorded state of a run's nodes, by node id.
 pub type Checkpoint = HashMap<NodeId, NodeState>;
 
 /// The nodes that may start now, in spec order: every dependency completed, the node itself not
-/// completed, running or skipped, and, if its last attempt failed, attempts left.
+/// completed, running or skipped, and, if its last attempt failed, retryably with attempts left.
 ///
-/// A `running` node in the checkpoint of a freshly claimed run is an interrupted attempt: the
-/// caller decides whether to start it again (it counts as an attempt already made).
+/// `running` means running under the current claim: see [`NodeState::under_claim`] for rows an
+/// earlier claim left behind.
 pub fn ready_nodes<'a>(spec: &'a Spec, checkpoint: &Checkpoint) -> Vec<&'a NodeId> {
     let completed = |id: &NodeId| {
         checkpoint
@@ -64,7 +88,9 @@ pub fn ready_nodes<'a>(spec: &'a Spec, checkpoint: &Checkpoint) -> Vec<&'a NodeI
         .iter()
         .filter(|node| match checkpoint.get(&node.id) {
             None => true,
-            Some(state) => state.status == NodeStatus::Failed && state.attempts < node.max_attempts,
+            Some(state) => {
+                state.status == NodeStatus::Failed && !state.failed_for_good(node.max_attempts)
+            }
         })
         .filter(|node| node.depends_on.iter().all(completed))
         .map(|node| &node.id)
@@ -137,6 +163,7 @@ mod tests {
                     NodeState {
                         status: *status,
                         attempts: *attempts,
+                        retryable: true,
                     },
                 )
             })
@@ -190,6 +217,31 @@ mod tests {
         assert_eq!(ids("a"), vec!["b", "c", "d"]);
         assert_eq!(ids("b"), vec!["d"]);
         assert_eq!(ids("d"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_terminal_failure_is_final_even_with_attempts_left() {
+        let spec = diamond();
+        let failed = NodeState {
+            status: Failed,
+            attempts: 1,
+            retryable: false,
+        };
+        let checkpoint: Checkpoint = [(NodeId::from("a"), failed)].into();
+        assert!(ready_nodes(&spec, &checkpoint).is_empty());
+        assert!(failed.failed_for_good(5));
+    }
+
+    #[test]
+    fn a_running_row_of_an_earlier_claim_is_an_interrupted_attempt() {
+        let running = NodeState {
+            status: Running,
+            attempts: 1,
+            retryable: true,
+        };
+        let seen = running.under_claim(LeaseEpoch(1), LeaseEpoch(2));
+        assert_eq!((seen.status, seen.attempts), (Failed, 1));
+        assert_eq!(running.under_claim(LeaseEpoch(2), LeaseEpoch(2)), running);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct NodeRecord {
     pub output: Option<serde_json::Value>,
     /// The last failure's message.
     pub last_error: Option<String>,
+    /// Whether the last failure may succeed on another attempt.
+    pub last_error_retryable: Option<bool>,
     /// The epoch of the claim that last wrote it.
     pub epoch: LeaseEpoch,
     /// When the current attempt started.
@@ -34,6 +36,7 @@ impl NodeRecord {
         NodeState {
             status: self.status,
             attempts: self.attempts,
+            retryable: self.last_error_retryable.unwrap_or(true),
         }
     }
 }
@@ -160,7 +163,8 @@ WHERE r.run_id = $1::uuid";
 // name: checkpoint
 // Every node row of a run: what a worker resuming it must not run again.
 const CHECKPOINT: &str = "\
-SELECT node_id, status, attempts, output, last_error, epoch, started_at, finished_at
+SELECT node_id, status, attempts, output, last_error, last_error_retryable, epoch, started_at,
+       finished_at
 FROM run_nodes WHERE run_id = $1::uuid ORDER BY node_id";
 
 pub(super) const QUERIES: &[(&str, &str)] = &[
@@ -337,6 +341,7 @@ fn read_node(run_id: RunId, row: &Row) -> Result<NodeRecord, Error> {
         attempts: row.get::<_, i32>("attempts").unsigned_abs(),
         output: row.get("output"),
         last_error: row.get("last_error"),
+        last_error_retryable: row.get("last_error_retryable"),
         epoch: LeaseEpoch(row.get("epoch")),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),

@@ -163,6 +163,13 @@ impl Store {
             && fence.queue_reason.as_deref() == Some("retry_backoff")
             && fence.retry_node_id.as_deref() == Some(node_id.as_str())
             && fence.retry_attempt == Some(attempt);
+        if !landed && fence.at(claim, "pausing") {
+            // A pause asked for meanwhile wins: the caller settles it; the failed attempt is
+            // recorded, so the node is retried when the run is resumed.
+            return Err(Error::PauseRequested {
+                run_id: claim.run_id,
+            });
+        }
         fence.landed_or_refused(claim, landed, "a pausing run is paused, not retried")
     }
 
