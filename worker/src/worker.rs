@@ -15,6 +15,9 @@ use crate::keeper::LeaseKeeper;
 
 /// Delay before claiming again after a claim failed (database unreachable).
 const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// How long a claim in flight when shutdown starts may still answer. Runs it claimed after that
+/// are requeued by the reaper once their leases expire.
+const CLAIM_ABANDON_AFTER_STOP: Duration = Duration::from_secs(2);
 /// After the grace period, time left for stopped runs to be handed back before exiting.
 const HAND_BACK_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -84,23 +87,32 @@ impl Worker {
         let mut runs: JoinSet<Outcome> = JoinSet::new();
         let mut report = Report::default();
 
-        let stopping = async {
+        // A fresh future each time it is awaited: a signal or an operator's drain.
+        let stopping = || async {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = drain_requested.cancelled() => tracing::info!("drain requested by an operator"),
+                () = drain_requested.cancelled() => {}
             }
         };
-        tokio::pin!(stopping);
         loop {
             let free = self.config.capacity.saturating_sub(runs.len());
             let mut claim_failed = false;
             if free > 0 {
                 let requested_at = Instant::now();
-                match self
-                    .store
-                    .claim_runs(&self.config.claimant_id, free, self.config.lease)
-                    .await
-                {
+                let claim =
+                    self.store
+                        .claim_runs(&self.config.claimant_id, free, self.config.lease);
+                // A claim stuck on a dead connection must not keep a shutdown from starting; one
+                // that answers soon after the signal keeps its runs, which are then handed back.
+                let abandon = async {
+                    stopping().await;
+                    tokio::time::sleep(CLAIM_ABANDON_AFTER_STOP).await;
+                };
+                let claimed = tokio::select! {
+                    claimed = claim => claimed,
+                    () = abandon => break,
+                };
+                match claimed {
                     Ok(claimed) => {
                         report.claimed += claimed.len();
                         for run in claimed {
@@ -131,13 +143,16 @@ impl Worker {
             };
             let full = runs.len() >= self.config.capacity;
             tokio::select! {
-                () = &mut stopping => break,
+                () = stopping() => break,
                 Some(done) = runs.join_next() => collect(&mut report, done),
                 () = wait_for_wakeup(wakeups.as_ref()), if !full && !claim_failed => {}
                 () = tokio::time::sleep(poll), if !full => {}
             }
         }
 
+        if drain_requested.is_cancelled() {
+            tracing::info!("drain requested by an operator");
+        }
         tracing::info!(held = runs.len(), grace = ?self.config.shutdown_grace, "stopping: no more claims; letting running nodes finish");
         run_shutdown.drain.cancel();
         let grace = tokio::time::sleep(self.config.shutdown_grace);

@@ -46,6 +46,13 @@ pub use runs::{RunRecord, StartRun, Started, Trigger};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, StaleGateParams};
 pub use workers::{QUEUED_CHANNEL, Wakeups, WorkerInfo};
 
+/// Time to establish a connection before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time sent data may stay unacknowledged before the connection is dropped (Linux).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time before keepalive probes check a quiet connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
 /// Connections in a pool unless the caller says otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 
@@ -60,9 +67,19 @@ pub struct Store {
 impl Store {
     /// Connects to `url` without checking the schema: for `migrate` and for tests that migrate.
     pub fn connect_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
+        // A black-holed database must fail calls in seconds, not after the kernel's 15-minute
+        // retransmission timeout: the worker retries writes only while its lease lasts, and a
+        // shutdown must not hang on a dead socket. The URL's own settings win.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        config.keepalives_idle(KEEPALIVE_IDLE);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
