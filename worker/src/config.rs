@@ -48,7 +48,9 @@ pub enum ConfigError {
         field: &'static str,
     },
     /// A heartbeat no more often than the lease lets every lease expire.
-    #[error("heartbeat interval {heartbeat:?} must be shorter than half the lease {lease:?}")]
+    #[error(
+        "heartbeat interval {heartbeat:?} must be shorter than two fifths of the lease {lease:?}"
+    )]
     HeartbeatTooSlow {
         /// The interval asked for.
         heartbeat: Duration,
@@ -107,7 +109,9 @@ impl Config {
                 field: "poll interval",
             });
         }
-        if self.heartbeat_interval >= self.lease / 2 {
+        // The self-fence stops runs a fifth of a lease before expiry; a heartbeat slower than
+        // two fifths of the lease would self-fence every run after one missed beat.
+        if self.heartbeat_interval * 5 >= self.lease * 2 {
             return Err(ConfigError::HeartbeatTooSlow {
                 heartbeat: self.heartbeat_interval,
                 lease: self.lease,

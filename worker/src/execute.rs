@@ -2,9 +2,11 @@
 //! runs and its outcome checkpointed after, every write fenced on the claim.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use leasehold_core::ids::{AutomationId, NodeId, TenantId};
 use leasehold_core::retry;
 use leasehold_core::run::{self, Checkpoint, MAX_NODE_OUTPUT_BYTES, NodeState, NodeStatus};
@@ -351,8 +353,13 @@ impl Execution<'_> {
         let timeout = Duration::from_millis(node.timeout_ms);
         let node_id = node.id.clone();
         self.running.spawn(async move {
-            let result = match tokio::time::timeout(timeout, registry.run(&kind, ctx)).await {
-                Ok(result) => result,
+            // A panicking handler fails its node instead of leaving it `running` forever.
+            let attempt_run = AssertUnwindSafe(registry.run(&kind, ctx)).catch_unwind();
+            let result = match tokio::time::timeout(timeout, attempt_run).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(HandlerError::Terminal(format!(
+                    "the {kind} handler panicked"
+                ))),
                 Err(_) => {
                     // Dropping the handler's future already stopped it; the token tells any
                     // task it spawned.

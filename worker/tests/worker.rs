@@ -491,7 +491,7 @@ nodes:
     // Heartbeats too rare to carry the pause before the running node finishes: the store's
     // refusal to start the next node must stop the worker by itself.
     let mut rare = config("w1");
-    rare.heartbeat_interval = Duration::from_millis(2_400);
+    rare.heartbeat_interval = Duration::from_millis(1_900);
     let worker = b.spawn_worker(rare.validated().expect("config"));
     let run_id = b.start(&automation).await;
     wait_for(DEADLINE, "a to start", || async {
@@ -743,7 +743,7 @@ nodes:
         .await;
     // Heartbeats too rare to carry the pause: scheduling the retry must find it.
     let mut rare = config("w1");
-    rare.heartbeat_interval = Duration::from_millis(2_400);
+    rare.heartbeat_interval = Duration::from_millis(1_900);
     let worker = b.spawn_worker(rare.validated().expect("config"));
     let run_id = b.start(&automation).await;
     wait_for(DEADLINE, "a to start", || async {
@@ -763,4 +763,24 @@ nodes:
             .await
             .contains(&"node_failed".to_owned())
     );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_node_and_the_worker_goes_on() {
+    let b = setup().await;
+    let automation = b
+        .automation("id: panics\nnodes:\n  - {id: a, kind: record, input: {panic: true}}\n")
+        .await;
+    let calm = b
+        .automation("id: calm\nnodes:\n  - {id: a, kind: record}\n")
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let panicking = b.start(&automation).await;
+    let fine = b.start(&calm).await;
+    b.wait_status(panicking, RunStatus::Failed).await;
+    b.wait_status(fine, RunStatus::Completed).await;
+    worker.stop().await;
+    let run = b.store.run(&b.tenant, panicking).await.expect("run");
+    let reason = run.stop_reason.expect("reason");
+    assert!(reason.contains("panicked"), "{reason}");
 }

@@ -172,8 +172,13 @@ pub(super) const QUERIES: &[(&str, &str)] = &[
     ("released_already", RELEASED_ALREADY),
 ];
 
+/// The claims as parallel arrays, in run-id order: the order the reaper locks rows in, so that
+/// a heartbeat or hand-back and a reaper pass over the same runs wait for each other instead of
+/// deadlocking.
 fn split(claims: &[Claim]) -> (Vec<Uuid>, Vec<i64>) {
-    claims.iter().map(|c| (c.run_id.0, c.epoch.0)).unzip()
+    let mut sorted = claims.to_vec();
+    sorted.sort_by_key(|c| c.run_id);
+    sorted.iter().map(|c| (c.run_id.0, c.epoch.0)).unzip()
 }
 
 impl Store {

@@ -85,7 +85,8 @@ impl Ledger {
 }
 
 /// The `record` kind: notes each attempt; `input.sleep_ms` sleeps (until cancelled);
-/// `input.fail_first` fails that many attempts (retryably); `input.terminal` fails for good.
+/// `input.fail_first` fails that many attempts (retryably); `input.terminal` fails for good;
+/// `input.panic` panics.
 #[derive(Clone)]
 pub struct Record(pub Ledger);
 
@@ -122,6 +123,7 @@ impl Handler for Record {
         if cancelled {
             return Err(HandlerError::Retryable("cancelled".into()));
         }
+        assert!(ctx.input.get("panic").is_none(), "told to panic");
         if ctx.input.get("terminal").is_some() {
             return Err(HandlerError::Terminal("told to fail for good".into()));
         }
