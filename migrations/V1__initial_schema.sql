@@ -95,6 +95,11 @@ CREATE TABLE runs (
 -- only, so finished runs, however many, never slow a claim.
 CREATE INDEX runs_claimable_idx ON runs (priority DESC, queued_at, run_id) WHERE status = 'queued';
 
+-- Two runs sharing a concurrency key are never held at once. The claim query skips runs whose
+-- key is held; this index settles the race between two claimers that both saw the key free.
+CREATE UNIQUE INDEX runs_one_holder_per_key ON runs (tenant_id, concurrency_key)
+    WHERE concurrency_key IS NOT NULL AND status IN ('running', 'pausing');
+
 -- The reaper looks at held runs only. lease_expires_at is deliberately not in the key: a
 -- heartbeat then changes no indexed column and its update can stay HOT.
 CREATE INDEX runs_held_idx ON runs (run_id) WHERE status IN ('running', 'pausing');

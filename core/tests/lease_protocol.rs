@@ -826,3 +826,114 @@ async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
     let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
     assert_eq!(a.attempts, 1, "one attempt, counted once");
 }
+
+#[tokio::test]
+async fn runs_sharing_a_concurrency_key_are_never_held_at_once() {
+    let b = setup().await;
+    let automation = b.automation("keyed").await;
+    let keyed = |key: &str| leasehold_core::store::StartRun {
+        concurrency_key: Some(key.into()),
+        ..b.start_request(&automation)
+    };
+    let mut started = Vec::new();
+    for key in ["acct-1", "acct-1", "acct-2", "acct-1"] {
+        started.push(b.store.start_run(&keyed(key)).await.expect("start").run_id);
+    }
+    let claimant = ClaimantId::from("w");
+    let first: Vec<RunId> = b
+        .store
+        .claim_runs(&claimant, 10, LEASE)
+        .await
+        .expect("claim")
+        .iter()
+        .map(|c| c.claim.run_id())
+        .collect();
+    assert_eq!(first, vec![started[0], started[2]], "one run per key");
+    assert!(
+        b.store
+            .claim_runs(&claimant, 10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the held key keeps its other runs waiting"
+    );
+
+    // Once the holder finishes, the next run of the key is claimable.
+    b.store
+        .cancel_run(&b.tenant, started[0], "done")
+        .await
+        .expect("end");
+    let next = b.claim_one("w").await;
+    assert_eq!(next.claim.run_id(), started[1]);
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_hold_one_key_twice() {
+    let b = setup().await;
+    let automation = b.automation("keyed-race").await;
+    for i in 0..60 {
+        let request = leasehold_core::store::StartRun {
+            concurrency_key: Some(format!("key-{}", i % 3)),
+            ..b.start_request(&automation)
+        };
+        b.store.start_run(&request).await.expect("start");
+    }
+    let mut claimers = Vec::new();
+    for i in 0..8 {
+        let store = b.store.clone();
+        claimers.push(tokio::spawn(async move {
+            let claimant = ClaimantId(format!("claimer-{i}"));
+            let mut done = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while done < 60 && tokio::time::Instant::now() < deadline {
+                for run in store.claim_runs(&claimant, 4, LEASE).await.expect("claim") {
+                    let claim = run.claim;
+                    for id in ["a", "b", "c", "d"] {
+                        store.node_started(&claim, &node(id)).await.expect("start");
+                        store
+                            .node_completed(&claim, &node(id), &json!(null))
+                            .await
+                            .expect("complete");
+                    }
+                    store.complete_run(&claim).await.expect("complete run");
+                    done += 1;
+                }
+                if store
+                    .stats(&leasehold_core::ids::TenantId::default())
+                    .await
+                    .expect("stats")
+                    .runs_by_status["completed"]
+                    == 60
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    // Meanwhile, look again and again for a key held twice.
+    let mut overlaps = 0i64;
+    while !claimers.iter().all(tokio::task::JoinHandle::is_finished) {
+        overlaps += b
+            .sql
+            .query_one(
+                "SELECT count(*) FROM (SELECT concurrency_key FROM runs
+                  WHERE status IN ('running', 'pausing') AND concurrency_key IS NOT NULL
+                  GROUP BY concurrency_key HAVING count(*) > 1) doubled",
+                &[],
+            )
+            .await
+            .expect("look")
+            .get::<_, i64>(0);
+        tokio::task::yield_now().await;
+    }
+    for claimer in claimers {
+        claimer.await.expect("claimer");
+    }
+    assert_eq!(overlaps, 0, "a key was held by two runs at once");
+    let stats = b
+        .store
+        .stats(&leasehold_core::ids::TenantId::default())
+        .await
+        .expect("stats");
+    assert_eq!(stats.runs_by_status["completed"], 60, "every run completed");
+}

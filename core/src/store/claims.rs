@@ -83,15 +83,32 @@ pub struct Released {
 // name: claim_runs
 // One statement claims up to $2 due runs. The `due` scan walks runs_claimable_idx in claim order
 // (priority, then oldest) and skips rows another claimer has locked, so claimers never wait on
-// each other. The epoch rises by one per claim; times are the database's. Each claim records
-// its event in the same statement, with the per-run sequence raised under the row lock.
+// each other. A run whose concurrency key another run holds is skipped, and one batch takes at
+// most one run per key; two claimers racing for one key are settled by runs_one_holder_per_key
+// (the loser's statement fails and its next claim skips the key). The epoch rises by one per
+// claim; times are the database's. Each claim records its event in the same statement, with the
+// per-run sequence raised under the row lock.
 const CLAIM_RUNS: &str = "\
 WITH due AS (
-    SELECT run_id, retry_node_id FROM runs
+    SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at FROM runs q
     WHERE status = 'queued' AND (retry_after IS NULL OR retry_after <= now())
+      AND (concurrency_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM runs h
+          WHERE h.tenant_id = q.tenant_id AND h.concurrency_key = q.concurrency_key
+            AND h.status IN ('running', 'pausing')))
     ORDER BY priority DESC, queued_at, run_id
     LIMIT $2::int
     FOR UPDATE SKIP LOCKED
+),
+-- At most one run per concurrency key from one batch: the first in claim order.
+picked AS (
+    SELECT run_id, retry_node_id FROM (
+        SELECT run_id, retry_node_id, concurrency_key,
+               row_number() OVER (PARTITION BY tenant_id, concurrency_key
+                                  ORDER BY priority DESC, queued_at, run_id) AS nth
+        FROM due
+    ) ranked
+    WHERE concurrency_key IS NULL OR nth = 1
 ),
 claimed AS (
     UPDATE runs r
@@ -100,11 +117,11 @@ claimed AS (
         lease_epoch = r.lease_epoch + 1, event_seq = r.event_seq + 1,
         queue_reason = NULL, retry_after = NULL, retry_node_id = NULL, retry_attempt = NULL,
         retry_backoff_ms = NULL, started_at = coalesce(r.started_at, now()), updated_at = now()
-    FROM due
-    WHERE r.run_id = due.run_id
+    FROM picked
+    WHERE r.run_id = picked.run_id
     RETURNING r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs,
               r.lease_epoch, r.lease_expires_at, r.claim_id, r.event_seq,
-              r.progress_epoch > 0 AS resumed, due.retry_node_id
+              r.progress_epoch > 0 AS resumed, picked.retry_node_id
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, metadata)
@@ -172,6 +189,17 @@ pub(super) const QUERIES: &[(&str, &str)] = &[
     ("released_already", RELEASED_ALREADY),
 ];
 
+/// Claims retried at once after losing a race for a concurrency key, before giving up for this
+/// round (the caller polls again).
+const KEY_RACE_RETRIES: usize = 3;
+
+fn lost_key_race(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("runs_one_holder_per_key")
+    })
+}
+
 /// The claims as parallel arrays, in run-id order: the order the reaper locks rows in, so that
 /// a heartbeat or hand-back and a reaper pass over the same runs wait for each other instead of
 /// deadlocking.
@@ -199,10 +227,19 @@ impl Store {
         let limit = i32::try_from(n).unwrap_or(i32::MAX);
         let client = self.client().await?;
         let stmt = client.prepare_cached(CLAIM_RUNS).await?;
-        let rows = client
-            .query(&stmt, &[&claimant.as_str(), &limit, &millis(lease)])
-            .await?;
-        Ok(rows.iter().map(read_claimed).collect())
+        for _ in 0..KEY_RACE_RETRIES {
+            match client
+                .query(&stmt, &[&claimant.as_str(), &limit, &millis(lease)])
+                .await
+            {
+                Ok(rows) => return Ok(rows.iter().map(read_claimed).collect()),
+                // Another claimer took a run of the same concurrency key in the same instant;
+                // the statement claimed nothing, and claiming again skips that key.
+                Err(e) if lost_key_race(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Extends the lease of every claim by `lease` from the database's now.
