@@ -229,7 +229,7 @@ impl Store {
             return Ok(row.get::<_, i32>(0).unsigned_abs());
         }
         let fence = self.node_fence(claim, node_id).await?;
-        if fence.landed(claim, "running") {
+        if fence.landed(claim, "running") && fence.held_by_claim {
             Ok(fence.attempts())
         } else if fence.pausing {
             Err(Error::PauseRequested {
