@@ -127,7 +127,7 @@ pub enum AutoResume {
 
 /// The auto-resume decision for `view` at `now`: resume while `now` is at most `window` after
 /// the stale reap, the run has had fewer than `cap` auto-resumes, and an unfinished node has an
-/// attempt left.
+/// attempt left (or every node finished, and only settling the run is left).
 pub fn auto_resume(
     view: &StaleReapedView,
     now: DateTime<Utc>,
@@ -142,6 +142,9 @@ pub fn auto_resume(
     } else {
         match &view.nodes {
             Err(_) => AutoResume::UnreadableSpec,
+            // Every node finished: only settling the run is left (its holder died between the
+            // last node and the completion), which the next claim does at once.
+            Ok(nodes) if nodes.iter().all(|n| n.finished) => AutoResume::Resume,
             Ok(nodes) if nodes.iter().any(NodeBudget::has_budget) => AutoResume::Resume,
             Ok(_) => AutoResume::NoBudget,
         }
@@ -292,9 +295,16 @@ mod tests {
         // A node that never started has its whole budget.
         let pending = [budget(3, 3, false), budget(0, 1, false)];
         check_resume(&stale(1, 0, &pending), AutoResume::Resume);
-        // A finished node has no use for its budget.
-        check_resume(&stale(1, 0, &[budget(0, 3, true)]), AutoResume::NoBudget);
-        check_resume(&stale(1, 0, &[]), AutoResume::NoBudget);
+        // A finished node has no use for its budget; a failed one beside it keeps the run waiting.
+        let stuck = [budget(1, 3, true), budget(3, 3, false)];
+        check_resume(&stale(1, 0, &stuck), AutoResume::NoBudget);
+    }
+
+    #[test]
+    fn auto_resume_settles_a_run_whose_nodes_all_finished() {
+        // The holder died between its last node and the run's completion.
+        let done = [budget(1, 3, true), budget(2, 3, true)];
+        check_resume(&stale(1, 0, &done), AutoResume::Resume);
     }
 
     #[test]
