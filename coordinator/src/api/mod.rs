@@ -93,6 +93,11 @@ pub async fn serve(
 
     let api = Api::new(store.clone(), cancel.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
+    // The reporter starts the server as a whole SERVING; nothing is known until the database
+    // has answered once.
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     tokio::spawn(report_health(store, health, cancel.clone()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(leasehold_proto::FILE_DESCRIPTOR_SET)
@@ -149,14 +154,16 @@ async fn report_health(store: Store, health: HealthReporter, cancel: Cancellatio
         serving = Some(ok);
         if ok {
             tracing::info!("database reachable: serving");
-            health
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
+            // The services first and the server as a whole last, so that a client that saw the
+            // server SERVING finds every service SERVING too.
             health.set_serving::<AutomationsServer<Api>>().await;
             health.set_serving::<RunsServer<Api>>().await;
             health.set_serving::<GatesServer<Api>>().await;
             health.set_serving::<WorkersServer<Api>>().await;
             health.set_serving::<StatsServer<Api>>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
         } else {
             tracing::warn!("database unreachable: not serving");
             health

@@ -1,0 +1,133 @@
+//! Scenario bookkeeping: one at a time, each within a hard time bound, each ending with one
+//! result line, and a summary table of every line so far.
+//!
+//! Lines and tables are written straight to the process's stderr, past the test harness's
+//! output capture, so that `cargo test` shows them for passing tests too.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One scenario's result.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// The scenario's short name, such as `kill-9`.
+    pub scenario: &'static str,
+    /// Runs it started.
+    pub runs: usize,
+    /// Runs that did not end as the scenario expects, or are neither terminal nor visibly
+    /// waiting.
+    pub lost: usize,
+    /// Nodes with more than one recorded completion.
+    pub double_completed: usize,
+    /// The fault's recovery time, as the scenario defines it.
+    pub recovery: Duration,
+    /// The most the recovery may take, from the configured timings.
+    pub bound: Duration,
+    /// The whole scenario's wall time.
+    pub took: Duration,
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "scenario {}: runs={} lost={} double-completed={} recovery={:.1}s (bound {:.1}s) took={:.1}s",
+            self.scenario,
+            self.runs,
+            self.lost,
+            self.double_completed,
+            self.recovery.as_secs_f64(),
+            self.bound.as_secs_f64(),
+            self.took.as_secs_f64()
+        )
+    }
+}
+
+static LINES: Mutex<Vec<Line>> = Mutex::new(Vec::new());
+
+/// Prints `line`, then the table of every line this process has printed.
+pub fn report(line: &Line) {
+    let table = {
+        let mut lines = LINES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lines.push(line.clone());
+        summary(&lines)
+    };
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "\n{line}\n{table}");
+}
+
+/// The table of `lines`, one row per scenario.
+pub fn summary(lines: &[Line]) -> String {
+    let mut out = format!(
+        "fault suite summary ({} scenario{} so far)\n{:<16} {:>5} {:>5} {:>17} {:>9} {:>8} {:>7}\n",
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" },
+        "scenario",
+        "runs",
+        "lost",
+        "double-completed",
+        "recovery",
+        "bound",
+        "took"
+    );
+    for l in lines {
+        out.push_str(&format!(
+            "{:<16} {:>5} {:>5} {:>17} {:>8.1}s {:>7.1}s {:>6.1}s\n",
+            l.scenario,
+            l.runs,
+            l.lost,
+            l.double_completed,
+            l.recovery.as_secs_f64(),
+            l.bound.as_secs_f64(),
+            l.took.as_secs_f64()
+        ));
+    }
+    out
+}
+
+/// Runs scenarios one at a time: they measure recovery times against timing bounds, and two
+/// clusters sharing two cores would measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other scenario of this process runs; hold the guard for the whole test.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// Runs `body`, failing the test if it takes longer than `limit`.
+///
+/// # Panics
+/// If `limit` passes first.
+pub async fn bounded<F: Future>(scenario: &str, limit: Duration, body: F) -> F::Output {
+    match tokio::time::timeout(limit, body).await {
+        Ok(out) => out,
+        Err(_) => panic!("scenario {scenario} did not finish within {limit:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_reads_like_the_issue_asks() {
+        let line = Line {
+            scenario: "kill-9",
+            runs: 300,
+            lost: 0,
+            double_completed: 0,
+            recovery: Duration::from_millis(6_240),
+            bound: Duration::from_millis(8_200),
+            took: Duration::from_secs(21),
+        };
+        assert_eq!(
+            line.to_string(),
+            "scenario kill-9: runs=300 lost=0 double-completed=0 recovery=6.2s (bound 8.2s) took=21.0s"
+        );
+        assert!(summary(&[line]).contains("kill-9"));
+    }
+}

@@ -1,0 +1,810 @@
+//! The fault suite: the real `leasehold` coordinator and `leasehold-test-worker` processes
+//! against a throwaway PostgreSQL, faults injected from outside (signals, a TCP proxy), and the
+//! design's invariants checked after every scenario (`leasehold_fault_tests::invariants`).
+//!
+//! Each scenario runs alone (they measure recovery times), within a hard time bound, and prints
+//! a line (`scenario kill-9: runs=500 lost=0 double-completed=0 recovery=5.9s …`) and the
+//! summary table of the lines so far. Recovery bounds are computed from the timings the
+//! processes run with (`cluster::TIMINGS`): a 5 s lease (the shortest a worker takes), 1 s
+//! heartbeats, sweeps every 0.5 s, a 3 s leader lease.
+//!
+//! `cargo test -p leasehold-fault-tests`; one scenario: `… --test faults zombie`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use leasehold_core::ids::RunId;
+use leasehold_fault_tests::binaries;
+use leasehold_fault_tests::cluster::{
+    Binaries, Cluster, SHELL, TIMINGS, WorkerId, WorkerOpts, group_alive,
+};
+use leasehold_fault_tests::ledger;
+use leasehold_fault_tests::proxy::Mode;
+use leasehold_fault_tests::scenario::{self, Line, bounded};
+use leasehold_fault_tests::wait;
+use leasehold_proto::v1::CancelRunRequest;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// No scenario may take longer than this, setup and teardown included.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+/// How long a scenario's runs get to finish once the fault is over.
+const FINISH_DEADLINE: Duration = Duration::from_secs(60);
+/// How often the suite looks at the database while it waits.
+const POLL: Duration = Duration::from_millis(50);
+
+fn bins() -> Binaries {
+    Binaries {
+        leasehold: binaries::leasehold().to_owned(),
+        worker: env!("CARGO_BIN_EXE_leasehold-test-worker").into(),
+    }
+}
+
+fn workers(n: usize) -> Vec<WorkerOpts> {
+    vec![WorkerOpts::default(); n]
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. kill -9 mid-node
+// ---------------------------------------------------------------------------------------------
+
+const KILL9_RUNS: usize = 500;
+
+/// Two short nodes; the second fails its first attempt, so retries wait in durable backoff
+/// while the fault happens. Four attempts: one planned failure and one interrupted by the kill
+/// leave room to succeed.
+const KILL9_SPEC: &str = "\
+id: kill9
+nodes:
+  - {id: a, kind: ledger, input: {sleep_ms: 200}}
+  - id: b
+    kind: ledger
+    input: {sleep_ms: 200, fail_first: 1}
+    depends_on: [a]
+    max_attempts: 4
+    backoff: {base_ms: 100, factor: 1.0, cap_ms: 100, jitter: 0.0}
+";
+
+/// Many runs in flight on three workers (one of them on a slow link through a proxy); one
+/// worker is SIGKILLed mid-node, and at the same moment every database connection of the slow
+/// one is cut. Every run completes; the killed worker's runs are claimed again within the lease
+/// plus two sweep intervals (reap, auto-resume) plus a margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_node_loses_no_run() {
+    let _alone = scenario::one_at_a_time().await;
+    bounded("kill-9", SCENARIO_LIMIT, async {
+        let mut opts = workers(3);
+        opts[2].proxied = true;
+        let mut c = Cluster::start("kill-9", bins(), 2, &opts).await;
+        let line = kill_9(&mut c).await;
+        c.conclude(line).await;
+    })
+    .await;
+}
+
+async fn kill_9(c: &mut Cluster) -> Line {
+    let t = c.timings;
+    let [victim, _, slow] = c.workers()[..] else {
+        unreachable!("three workers")
+    };
+    c.proxy(slow).set(Mode::Delay(Duration::from_millis(5)));
+    let automation = c.automation(KILL9_SPEC).await;
+    let runs = c.start_runs(&automation, KILL9_RUNS).await;
+
+    wait::until(
+        "a fifth of the runs to complete while the victim has nodes running",
+        FINISH_DEADLINE,
+        POLL,
+        || async {
+            let completed = c.count_status(&runs, "completed").await;
+            (completed >= runs.len() / 5 && c.busy_runs(victim).await >= 4).then_some(())
+        },
+    )
+    .await;
+    let fault = Instant::now();
+    c.kill_worker(victim).await;
+    c.proxy(slow).cut();
+    let held = c.held_by(victim).await;
+    assert!(!held.is_empty(), "the victim held runs when it died");
+
+    let recovery = wait::until(
+        "the killed worker's runs to be claimed again",
+        t.recovery_bound() * 2,
+        POLL,
+        || async { (c.not_reclaimed(&held).await == 0).then(|| fault.elapsed()) },
+    )
+    .await;
+    let lost = c.settle(&runs, "completed", FINISH_DEADLINE).await;
+    eprintln!(
+        "kill-9: the victim held {} runs; claimed again after {:.1}s",
+        held.len(),
+        secs(recovery)
+    );
+    Line {
+        scenario: "kill-9",
+        runs: runs.len(),
+        lost,
+        double_completed: 0,
+        recovery,
+        bound: t.recovery_bound(),
+        took: Duration::ZERO,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. zombie fenced
+// ---------------------------------------------------------------------------------------------
+
+const ZOMBIE_RUNS: usize = 8;
+
+/// The `exec` program: writes its pid (its process group's id) where the suite finds it, then
+/// on the first attempt sleeps, with a grandchild in its group, for far longer than the scenario;
+/// later attempts finish at once.
+const EXEC_SCRIPT: &str = r#"echo $$ > "$1/$LEASEHOLD_RUN_ID.$LEASEHOLD_ATTEMPT.pid"
+if [ "$LEASEHOLD_ATTEMPT" = 1 ]; then /bin/sleep 300 & exec /bin/sleep 300; fi
+echo '{}'"#;
+
+fn zombie_spec(dir: &Path) -> String {
+    format!(
+        "\
+id: zombie
+nodes:
+  - {{id: first, kind: ledger}}
+  - {{id: work, kind: ledger, input: {{sleep_ms: 2500}}, depends_on: [first]}}
+  - id: child
+    kind: exec
+    depends_on: [first]
+    input: {{argv: [{SHELL}, -c, {script}, sh, {dir}]}}
+",
+        script = serde_json::to_string(EXEC_SCRIPT).expect("script"),
+        dir = serde_json::to_string(&dir.display().to_string()).expect("dir"),
+    )
+}
+
+/// The process group of an `exec` attempt, once its program has written its pid.
+fn exec_group(dir: &Path, run: RunId, attempt: u32) -> Option<Pid> {
+    let text = std::fs::read_to_string(dir.join(format!("{run}.{attempt}.pid"))).ok()?;
+    text.trim().parse().ok().map(Pid::from_raw)
+}
+
+/// Two zombies: one worker is SIGSTOPped and another is cut off from the database (a black
+/// hole in its proxy), each holding runs with a ledger node and an `exec` child running. A third
+/// worker, started after the fault, finishes their runs. The cut-off worker stops its child
+/// before its lease can expire (the self-fence); once the rescuer has finished, the stopped
+/// worker is continued and the black hole lifted, so every write they had in flight arrives
+/// late: none lands, the continued worker kills its child, and nothing is recorded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_writes_are_fenced() {
+    let _alone = scenario::one_at_a_time().await;
+    bounded("zombie", SCENARIO_LIMIT, async {
+        let half = WorkerOpts {
+            capacity: ZOMBIE_RUNS / 2,
+            proxied: false,
+        };
+        let opts = [
+            half,
+            WorkerOpts {
+                proxied: true,
+                ..half
+            },
+        ];
+        let mut c = Cluster::start("zombie", bins(), 2, &opts).await;
+        let line = zombie(&mut c).await;
+        c.conclude(line).await;
+    })
+    .await;
+}
+
+async fn zombie(c: &mut Cluster) -> Line {
+    let t = c.timings;
+    let [stopped, cut_off] = c.workers()[..] else {
+        unreachable!("two workers")
+    };
+    let dir = c.sup.dir().to_path_buf();
+    let automation = c.automation(&zombie_spec(&dir)).await;
+    let runs = c.start_runs(&automation, ZOMBIE_RUNS).await;
+
+    let groups: HashMap<RunId, Pid> = wait::until(
+        "every run to have completed its first node and started its exec child",
+        FINISH_DEADLINE,
+        POLL,
+        || async {
+            let groups: HashMap<RunId, Pid> = runs
+                .iter()
+                .filter_map(|&r| Some((r, exec_group(&dir, r, 1)?)))
+                .collect();
+            let firsts = c.count_nodes(&runs, "first", "completed").await;
+            (groups.len() == runs.len() && firsts == runs.len()).then_some(groups)
+        },
+    )
+    .await;
+    for &pgid in groups.values() {
+        c.sup.adopt_group(pgid);
+    }
+    let held_stopped = c.held_by(stopped).await;
+    let held_cut = c.held_by(cut_off).await;
+    assert_eq!(
+        held_stopped.len() + held_cut.len(),
+        runs.len(),
+        "the two zombies-to-be hold every run"
+    );
+
+    let fault = Instant::now();
+    c.signal_worker(stopped, Signal::SIGSTOP);
+    c.proxy(cut_off).set(Mode::BlackHole);
+    // A ledger node still sleeping now completes while its worker is a zombie: its completion
+    // is a late write.
+    let in_flight = c.count_nodes(&runs, "work", "running").await;
+    c.add_worker(WorkerOpts::default()).await;
+
+    // The self-fence: the cut-off worker kills its children before its leases can expire, so
+    // before anyone can claim its runs again.
+    let cut_groups: Vec<Pid> = held_cut.iter().map(|(r, _)| groups[r]).collect();
+    wait::until(
+        "the cut-off worker to kill its exec children (self-fence)",
+        t.lease,
+        Duration::from_millis(20),
+        || async { cut_groups.iter().all(|&g| !group_alive(g)).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        c.not_reclaimed(&held_cut).await,
+        i64::try_from(held_cut.len()).expect("count"),
+        "a run of the cut-off worker was claimed again before its child was dead"
+    );
+
+    let all_held: Vec<(RunId, i64)> = held_stopped.iter().chain(&held_cut).copied().collect();
+    let recovery = wait::until(
+        "the rescuer to claim every zombie's run",
+        t.recovery_bound() * 2,
+        POLL,
+        || async { (c.not_reclaimed(&all_held).await == 0).then(|| fault.elapsed()) },
+    )
+    .await;
+    let lost = c.settle(&runs, "completed", FINISH_DEADLINE).await;
+    assert_eq!(lost, 0, "the rescuer finished every run");
+
+    // The zombies wake up; everything they had in flight arrives now.
+    let held_chunks = c.proxy(cut_off).held_chunks();
+    c.signal_worker(stopped, Signal::SIGCONT);
+    c.proxy(cut_off).set(Mode::Pass);
+    eprintln!(
+        "zombie: {in_flight} ledger nodes were in flight at the fault; the black hole held \
+         {held_chunks} chunks of the cut-off worker's traffic"
+    );
+    let stopped_groups: Vec<Pid> = held_stopped.iter().map(|(r, _)| groups[r]).collect();
+    wait::until(
+        "the continued worker to kill its exec children",
+        t.heartbeat + t.margin,
+        Duration::from_millis(20),
+        || async {
+            stopped_groups
+                .iter()
+                .all(|&g| !group_alive(g))
+                .then_some(())
+        },
+    )
+    .await;
+    wait::until(
+        "the black hole's held bytes to reach the database",
+        t.margin,
+        Duration::from_millis(20),
+        || async { (c.proxy(cut_off).held_chunks() == 0).then_some(()) },
+    )
+    .await;
+    for (worker, held) in [(stopped, &held_stopped), (cut_off, &held_cut)] {
+        wait_runs_left(c, worker, held, "LeaseLost").await;
+    }
+
+    // Nothing the zombies did after the takeover counts: each node completed once, and the
+    // node that completed before the fault never ran again.
+    let executions = ledger::all(&c.sql).await;
+    for run in &runs {
+        let firsts = executions
+            .iter()
+            .filter(|x| x.run_id == *run && x.node_id == "first")
+            .count();
+        assert_eq!(firsts, 1, "run {run}: node first ran {firsts} times");
+    }
+    assert_eq!(
+        c.event_count("node_completed", &runs).await,
+        i64::try_from(3 * runs.len()).expect("count"),
+        "three nodes completed once per run"
+    );
+    Line {
+        scenario: "zombie",
+        runs: runs.len(),
+        lost,
+        double_completed: 0,
+        recovery,
+        bound: t.recovery_bound(),
+        took: Duration::ZERO,
+    }
+}
+
+/// Waits until `worker`'s log says each of `held` left it with `outcome`.
+async fn wait_runs_left(c: &Cluster, worker: WorkerId, held: &[(RunId, i64)], outcome: &str) {
+    let proc = c.worker_proc(worker);
+    wait::until(
+        &format!("{} to let its runs go ({outcome})", c.sup.name(proc)),
+        c.timings.heartbeat + c.timings.margin,
+        POLL,
+        || async {
+            let log = c.sup.log(proc);
+            held.iter()
+                .all(|(run, _)| {
+                    log.lines().any(|l| {
+                        l.contains("run left the worker")
+                            && l.contains(&run.to_string())
+                            && l.contains(outcome)
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. leader failover
+// ---------------------------------------------------------------------------------------------
+
+const FAILOVER_BATCH: usize = 90;
+
+const FAILOVER_SPEC: &str = "\
+id: failover
+nodes:
+  - {id: a, kind: ledger, input: {sleep_ms: 300}}
+  - {id: b, kind: ledger, input: {sleep_ms: 300}, depends_on: [a]}
+";
+
+/// The coordinator holding the sweeps' leadership is SIGKILLed, together with a worker in the
+/// middle of its runs: the other coordinator takes the leadership and its reaper and auto-resume
+/// sweeps recover the runs. Then, with a replacement coordinator and worker started, the new
+/// leader is SIGSTOPped together with another worker: the replacement takes over and recovers
+/// those runs; the stopped leader, continued, steps down without changing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_keeps_sweeping() {
+    let _alone = scenario::one_at_a_time().await;
+    bounded("leader-failover", SCENARIO_LIMIT, async {
+        let mut c = Cluster::start("leader-failover", bins(), 2, &workers(3)).await;
+        let line = leader_failover(&mut c).await;
+        c.conclude(line).await;
+    })
+    .await;
+}
+
+/// From the fault to the victim's runs claimed again, with the leader dead too: the lease and
+/// the leadership both have to run out, then the sweeps run on the new leader.
+fn failover_bound() -> Duration {
+    let t = TIMINGS;
+    t.lease.max(t.leader_lease + t.leader_lease / 3) + t.sweep + t.sweep + t.poll + t.margin
+}
+
+async fn leader_failover(c: &mut Cluster) -> Line {
+    let t = c.timings;
+    let automation = c.automation(FAILOVER_SPEC).await;
+    let workers = c.workers();
+    let mut all_runs = Vec::new();
+    let mut recovery = Duration::ZERO;
+
+    for (phase, signal) in [("kill", Signal::SIGKILL), ("stop", Signal::SIGSTOP)] {
+        if phase == "stop" {
+            c.add_coordinator().await;
+            c.add_worker(WorkerOpts::default()).await;
+        }
+        let victim = if phase == "kill" {
+            workers[0]
+        } else {
+            workers[1]
+        };
+        let runs = c.start_runs(&automation, FAILOVER_BATCH).await;
+        all_runs.extend_from_slice(&runs);
+        let (leader, holder, epoch) = c.wait_leader(t.takeover_bound()).await;
+        wait::until(
+            "the victim worker to have nodes running",
+            FINISH_DEADLINE,
+            POLL,
+            || async { (c.busy_runs(victim).await >= 4).then_some(()) },
+        )
+        .await;
+        let leader_proc = c.coordinator_proc(leader);
+        let stops_before = c.sup.log(leader_proc).matches("sweeps stopped").count();
+
+        let fault = Instant::now();
+        if signal == Signal::SIGKILL {
+            c.kill_coordinator(leader).await;
+        } else {
+            c.signal_coordinator(leader, Signal::SIGSTOP);
+        }
+        c.kill_worker(victim).await;
+        let held = c.held_by(victim).await;
+        assert!(!held.is_empty(), "the victim held runs when it died");
+
+        let (successor, successor_holder, successor_epoch) = wait::until(
+            "another coordinator to take the leadership",
+            t.takeover_bound(),
+            POLL,
+            || async {
+                let (h, e) = c.leader().await?;
+                (h != holder).then(|| (c.coordinator_of(&h), h, e))
+            },
+        )
+        .await;
+        let takeover = fault.elapsed();
+        assert!(
+            successor.is_some_and(|s| s != leader),
+            "the new leader {successor_holder} is another of the cluster's coordinators"
+        );
+        assert_eq!(
+            successor_epoch,
+            epoch + 1,
+            "a takeover raises the epoch by one"
+        );
+        let recovered = wait::until(
+            "the victim's runs to be claimed again under the new leader",
+            failover_bound() * 2,
+            POLL,
+            || async { (c.not_reclaimed(&held).await == 0).then(|| fault.elapsed()) },
+        )
+        .await;
+        recovery = recovery.max(recovered);
+        let lost = c.settle(&runs, "completed", FINISH_DEADLINE).await;
+        assert_eq!(lost, 0, "phase {phase}: every run completed");
+        eprintln!(
+            "leader-failover ({phase}): takeover after {:.1}s, runs claimed again after {:.1}s",
+            secs(takeover),
+            secs(recovered)
+        );
+
+        if signal == Signal::SIGSTOP {
+            // The former leader wakes up to a leadership that has moved on: it stops sweeping
+            // and changes nothing, the leadership included.
+            c.signal_coordinator(leader, Signal::SIGCONT);
+            wait::until(
+                "the continued former leader to stop its sweeps",
+                t.leader_lease + t.margin,
+                POLL,
+                || async {
+                    (c.sup.log(leader_proc).matches("sweeps stopped").count() > stops_before)
+                        .then_some(())
+                },
+            )
+            .await;
+            assert_eq!(
+                c.leader().await,
+                Some((successor_holder, successor_epoch)),
+                "the continued former leader left the leadership alone"
+            );
+        }
+    }
+    for event in [
+        "run_stale_reaped",
+        "run_execution_claim_expired_requeued",
+        "run_auto_resumed",
+    ] {
+        eprintln!(
+            "leader-failover: {event} × {}",
+            c.event_count(event, &all_runs).await
+        );
+    }
+    Line {
+        scenario: "leader-failover",
+        runs: all_runs.len(),
+        lost: 0,
+        double_completed: 0,
+        recovery,
+        bound: failover_bound(),
+        took: Duration::ZERO,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. rolling restart
+// ---------------------------------------------------------------------------------------------
+
+const ROLLING_RUNS: usize = 300;
+
+const ROLLING_SPEC: &str = "\
+id: rolling
+nodes:
+  - {id: a, kind: ledger, input: {sleep_ms: 300}}
+  - {id: b, kind: ledger, input: {sleep_ms: 300}, depends_on: [a]}
+";
+
+// name: release_to_claim
+// For each hand-back, how long until the run was claimed again; the longest such wait, and how
+// many hand-backs there were and how many were never claimed again.
+const RELEASE_TO_CLAIM: &str = "\
+SELECT count(*) AS released,
+       count(c.occurred_at) AS reclaimed,
+       coalesce(max(extract(epoch FROM c.occurred_at - r.occurred_at)), 0)::float8 AS longest_s
+FROM run_events r
+LEFT JOIN LATERAL (
+    SELECT occurred_at FROM run_events c
+    WHERE c.run_id = r.run_id AND c.seq > r.seq AND c.event = 'run_claimed'
+    ORDER BY c.seq LIMIT 1
+) c ON true
+WHERE r.event = 'run_released_shutdown'";
+
+/// Half the lease: a run that waited for its lease to expire would take at least the lease.
+fn release_bound() -> Duration {
+    TIMINGS.lease / 2
+}
+
+/// Under load, every worker in turn gets SIGTERM after its replacement has started: each exits
+/// 0 within its grace period, hands its runs back, and they are claimed again at once, not after
+/// their leases expire. No run fails; nothing is reaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_fails_no_run() {
+    let _alone = scenario::one_at_a_time().await;
+    bounded("rolling-restart", SCENARIO_LIMIT, async {
+        let mut c = Cluster::start("rolling-restart", bins(), 2, &workers(3)).await;
+        let line = rolling_restart(&mut c).await;
+        c.conclude(line).await;
+    })
+    .await;
+}
+
+async fn rolling_restart(c: &mut Cluster) -> Line {
+    let t = c.timings;
+    let automation = c.automation(ROLLING_SPEC).await;
+    let runs = c.start_runs(&automation, ROLLING_RUNS).await;
+    for old in c.workers() {
+        wait::until(
+            "the worker to be replaced to have nodes running",
+            FINISH_DEADLINE,
+            POLL,
+            || async { (c.busy_runs(old).await >= 1).then_some(()) },
+        )
+        .await;
+        c.add_worker(WorkerOpts::default()).await;
+        let (status, killed) = c.stop_worker(old, t.worker_stop_bound()).await;
+        assert!(
+            status.success() && !killed,
+            "{} exited {status} (SIGKILL needed: {killed})\n{}",
+            c.sup.name(c.worker_proc(old)),
+            c.sup.log_tail(c.worker_proc(old))
+        );
+    }
+    let lost = c.settle(&runs, "completed", FINISH_DEADLINE).await;
+    let row = c
+        .sql
+        .query_one(RELEASE_TO_CLAIM, &[])
+        .await
+        .expect("hand-back latencies");
+    let (released, reclaimed): (i64, i64) = (row.get("released"), row.get("reclaimed"));
+    let longest = Duration::from_secs_f64(row.get::<_, f64>("longest_s"));
+    eprintln!(
+        "rolling-restart: {released} runs handed back, all claimed again within {:.2}s",
+        secs(longest)
+    );
+    assert!(released > 0, "the restarts handed runs back");
+    assert_eq!(
+        released, reclaimed,
+        "every run handed back was claimed again"
+    );
+    for event in [
+        "run_execution_claim_expired_requeued",
+        "run_stale_reaped",
+        "run_failed",
+    ] {
+        assert_eq!(
+            c.event_count(event, &runs).await,
+            0,
+            "a rolling restart records no {event}"
+        );
+    }
+    // Every node is shorter than the grace period, so none was cut short: one attempt each.
+    let executions = ledger::all(&c.sql).await;
+    let again: Vec<String> = executions
+        .iter()
+        .filter(|x| x.attempt > 1)
+        .map(|x| format!("run {} node {} attempt {}", x.run_id, x.node_id, x.attempt))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "nodes shorter than the grace period ran again after a hand-back: {again:?}"
+    );
+    Line {
+        scenario: "rolling-restart",
+        runs: runs.len(),
+        lost,
+        double_completed: 0,
+        recovery: longest,
+        bound: release_bound(),
+        took: Duration::ZERO,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. cancel a running exec node
+// ---------------------------------------------------------------------------------------------
+
+fn cancel_spec(dir: &Path) -> String {
+    format!(
+        "\
+id: cancel
+nodes:
+  - id: child
+    kind: exec
+    input: {{argv: [{SHELL}, -c, {script}, sh, {dir}]}}
+    max_attempts: 3
+    backoff: {{base_ms: 100, factor: 1.0, cap_ms: 100, jitter: 0.0}}
+",
+        script = serde_json::to_string(EXEC_SCRIPT).expect("script"),
+        dir = serde_json::to_string(&dir.display().to_string()).expect("dir"),
+    )
+}
+
+const SENTINEL_SPEC: &str = "\
+id: sentinel
+nodes:
+  - {id: hold, kind: ledger, input: {sleep_ms: 600000}}
+";
+
+/// The worker learns of a cancel at its next heartbeat, then kills the node's process group.
+fn cancel_bound() -> Duration {
+    TIMINGS.heartbeat + TIMINGS.margin
+}
+
+/// Two runs with an `exec` node running are cancelled through the coordinator's API. The
+/// first's program is left to the worker, which kills its whole process group; the second's
+/// program dies at the moment of the cancel, so the worker tries to record a retryable failure
+/// and queue a retry, which the fence refuses. A third run's worker is then SIGKILLed, and once
+/// the reaper has reaped that one, the cancelled runs are checked: still cancelled, nothing
+/// recorded after the cancel, no second attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_exec_node_stays_dead() {
+    let _alone = scenario::one_at_a_time().await;
+    bounded("cancel-exec", SCENARIO_LIMIT, async {
+        let mut c = Cluster::start("cancel-exec", bins(), 2, &workers(3)).await;
+        let line = cancel_exec(&mut c).await;
+        c.conclude(line).await;
+    })
+    .await;
+}
+
+async fn cancel_exec(c: &mut Cluster) -> Line {
+    let t = c.timings;
+    let dir = c.sup.dir().to_path_buf();
+    let cancel = c.automation(&cancel_spec(&dir)).await;
+    let sentinel = c.automation(SENTINEL_SPEC).await;
+    let cancelled = c.start_runs(&cancel, 2).await;
+    let [left_to_worker, dies_too] = cancelled[..] else {
+        unreachable!("two runs")
+    };
+    let sentinel_run = c.start_runs(&sentinel, 1).await[0];
+
+    let (group, group_dies) = wait::until(
+        "both exec programs to start",
+        FINISH_DEADLINE,
+        POLL,
+        || async {
+            Some((
+                exec_group(&dir, left_to_worker, 1)?,
+                exec_group(&dir, dies_too, 1)?,
+            ))
+        },
+    )
+    .await;
+    c.sup.adopt_group(group);
+    c.sup.adopt_group(group_dies);
+    c.wait_all(&[sentinel_run], "running", FINISH_DEADLINE)
+        .await;
+    wait::until(
+        "the sentinel's node to run",
+        FINISH_DEADLINE,
+        POLL,
+        || async { (c.count_nodes(&[sentinel_run], "hold", "running").await == 1).then_some(()) },
+    )
+    .await;
+
+    let coordinator = c.coordinators()[0];
+    let mut api = c.runs_client(coordinator).await;
+    let fault = Instant::now();
+    for run in [left_to_worker, dies_too] {
+        let reply = api
+            .cancel_run(CancelRunRequest {
+                run_id: run.to_string(),
+                reason: "fault suite: cancel a running exec node".into(),
+            })
+            .await
+            .expect("cancel")
+            .into_inner();
+        assert_eq!(reply.status, "cancelled");
+    }
+    killpg(group_dies, Signal::SIGKILL).expect("kill the second program");
+
+    let recovery = wait::until(
+        "the worker to kill the cancelled node's process group",
+        cancel_bound() * 2,
+        Duration::from_millis(20),
+        || async { (!group_alive(group)).then(|| fault.elapsed()) },
+    )
+    .await;
+    wait::until(
+        "the second program's group to be gone",
+        t.margin,
+        Duration::from_millis(20),
+        || async { (!group_alive(group_dies)).then_some(()) },
+    )
+    .await;
+    for run in [left_to_worker, dies_too] {
+        wait::until(
+            "the cancelled run to leave its worker",
+            t.heartbeat + t.margin,
+            POLL,
+            || async {
+                let run = run.to_string();
+                c.workers()
+                    .into_iter()
+                    .any(|w| {
+                        c.sup.log(c.worker_proc(w)).lines().any(|l| {
+                            l.contains("run left the worker")
+                                && l.contains(&run)
+                                && l.contains("LeaseLost")
+                        })
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Give the reaper its chance: a worker holding a run dies after the cancels, and the reaper
+    // reaps that run; any lease the cancelled runs could have had expired before that one did.
+    let holder = c.holder(sentinel_run).await.expect("the sentinel is held");
+    c.kill_worker(holder).await;
+    wait::until(
+        "the reaper to reap the sentinel run",
+        t.recovery_bound() * 2,
+        POLL,
+        || async { (c.event_count("run_stale_reaped", &[sentinel_run]).await == 1).then_some(()) },
+    )
+    .await;
+    wait::until(
+        "the sentinel run to be auto-resumed and claimed again",
+        t.recovery_bound() * 2,
+        POLL,
+        || async { (c.event_count("run_claimed", &[sentinel_run]).await == 2).then_some(()) },
+    )
+    .await;
+
+    let mut lost = 2 - c.count_status(&cancelled, "cancelled").await;
+    for run in [left_to_worker, dies_too] {
+        assert!(
+            exec_group(&dir, run, 2).is_none(),
+            "run {run} was attempted again after its cancel"
+        );
+        assert_eq!(
+            c.event_count("run_claimed", &[run]).await,
+            1,
+            "run {run} was claimed again after its cancel"
+        );
+    }
+    // The sentinel has served; cancel it too, and its worker stops its node.
+    api.cancel_run(CancelRunRequest {
+        run_id: sentinel_run.to_string(),
+        reason: "fault suite: done".into(),
+    })
+    .await
+    .expect("cancel the sentinel");
+    lost += c
+        .settle(&[sentinel_run], "cancelled", FINISH_DEADLINE)
+        .await;
+    Line {
+        scenario: "cancel-exec",
+        runs: 3,
+        lost,
+        double_completed: 0,
+        recovery,
+        bound: cancel_bound(),
+        took: Duration::ZERO,
+    }
+}
