@@ -65,8 +65,9 @@ pub struct Args {
     /// Address the gRPC API listens on.
     #[arg(long, default_value = LISTEN_DEFAULT)]
     listen: SocketAddr,
-    /// Workers run in this process (at most 16: each holds a few database connections).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    /// Workers run in this process (at most 16: each holds a few database connections); 0 leaves
+    /// the runs to workers you start yourself, such as a custom worker binary.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=16))]
     workers: u16,
     /// A program `exec` nodes may run (repeat the flag or separate with commas); the default lets
     /// the bundled `retry` example run, and `--exec-allow ''` turns `exec` off.

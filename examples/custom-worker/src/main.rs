@@ -1,17 +1,14 @@
 //! A worker with its own node kind, `shout`, next to the built-in ones.
 //!
 //! ```sh
-//! LEASEHOLD_DATABASE_URL=postgres://… cargo run -p leasehold-example-custom-worker
+//! leasehold dev --workers 0     # a database and a coordinator; the runs are left to us
+//! LEASEHOLD_DATABASE_URL=<the banner's database URL> cargo run -p leasehold-example-custom-worker
+//! leasehold automation apply -f examples/custom-worker/shouting.yaml
+//! leasehold run start shouting --watch
 //! ```
 //!
-//! An automation then uses it like any other kind:
-//!
-//! ```yaml
-//! id: shouting
-//! nodes:
-//!   - {id: greet, kind: echo, input: {text: hello}}
-//!   - {id: loud, kind: shout, depends_on: [greet], input: {from: greet}}
-//! ```
+//! Every worker of a database must handle every kind its automations use: a worker without
+//! `shout` that claims a `shouting` run fails its `loud` node.
 
 use leasehold_core::store::Store;
 use leasehold_worker::handlers::{self, ExecPolicy};
@@ -101,6 +98,13 @@ mod tests {
             )
             .await;
         assert_eq!(out, Ok(json!({"text": "HELLO"})));
+    }
+
+    #[test]
+    fn the_example_automation_is_valid() {
+        let spec =
+            leasehold_core::spec::parse_yaml(include_str!("../shouting.yaml")).expect("valid");
+        assert_eq!(spec.nodes[1].kind, "shout");
     }
 
     #[tokio::test]
