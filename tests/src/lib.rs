@@ -18,10 +18,12 @@
 //!   table.
 //! - [`wait`]: waiting for an observable condition with a deadline.
 
+pub mod api;
 pub mod binaries;
 pub mod cluster;
 pub mod invariants;
 pub mod ledger;
+pub mod pg_server;
 pub mod proxy;
 pub mod scenario;
 pub mod supervisor;

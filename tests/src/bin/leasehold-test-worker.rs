@@ -228,8 +228,9 @@ impl Ledger {
             };
             match result {
                 Ok(_) => return Ok(()),
-                // The database refused the row: the suite is broken, not the network.
-                Err(e) if e.as_db_error().is_some() => {
+                // The database refused the row: the suite is broken, not the network. A backend
+                // ended by the server (shutdown, crash, pg_terminate_backend) is not a refusal.
+                Err(e) if e.as_db_error().is_some() && !connection_ended(&e) => {
                     return Err(HandlerError::Terminal(format!(
                         "ledger insert refused: {}",
                         e.as_db_error()
@@ -278,4 +279,18 @@ impl Handler for Ledger {
         }
         Ok(json!({ "node": ctx.node_id.as_str(), "attempt": ctx.attempt, "pid": self.pid }))
     }
+}
+
+/// Errors the server sends when it ends the session rather than refusing the statement.
+fn connection_ended(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|code| {
+        [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code)
+            || code.code().starts_with("08")
+    })
 }
