@@ -784,3 +784,67 @@ async fn a_panicking_handler_fails_its_node_and_the_worker_goes_on() {
     let reason = run.stop_reason.expect("reason");
     assert!(reason.contains("panicked"), "{reason}");
 }
+
+#[tokio::test]
+async fn a_node_reset_by_a_rework_asks_for_approval_again() {
+    use leasehold_core::store::{Decision, DecisionKind, GateStatus};
+
+    let b = setup().await;
+    let automation = b
+        .automation(
+            "id: twice-gated
+nodes:
+  - {id: x, kind: record, approval: {prompt: Run x?}}
+  - {id: y, kind: record, depends_on: [x], approval: {prompt: Run y?}}
+",
+        )
+        .await;
+    let worker = b.spawn_worker(config("w1"));
+    let run_id = b.start(&automation).await;
+    let pending = || async {
+        b.wait_status(run_id, RunStatus::AwaitingApproval).await;
+        b.store
+            .gates_of_run(&b.tenant, run_id)
+            .await
+            .expect("gates")
+            .into_iter()
+            .find(|g| g.status == GateStatus::Pending)
+            .expect("a pending gate")
+    };
+    let b = &b;
+    let decide = |gate_id, kind| async move {
+        let decision = Decision {
+            gate_id,
+            kind,
+            reason: None,
+            decided_by: "reviewer".into(),
+            request_id: None,
+        };
+        b.store
+            .decide_gate(&b.tenant, &decision)
+            .await
+            .expect("decide");
+    };
+
+    let x = pending().await;
+    assert_eq!(x.node_id.as_str(), "x");
+    decide(x.gate_id, DecisionKind::Approve).await;
+    let y = pending().await;
+    assert_eq!(y.node_id.as_str(), "y");
+    decide(
+        y.gate_id,
+        DecisionKind::Rework {
+            nodes: vec![NodeId::from("x")],
+        },
+    )
+    .await;
+    // x was reset by the rework: its earlier approval no longer counts.
+    let again = pending().await;
+    worker.stop().await;
+    assert_eq!(again.node_id.as_str(), "x", "x asks again");
+    assert_eq!(
+        b.ledger.of("x").len(),
+        1,
+        "x did not run on its old approval"
+    );
+}

@@ -38,9 +38,16 @@ WHERE g.run_id = $1::uuid AND g.node_id = $3::text AND g.status = 'pending'
   AND g.requested_epoch = $2::bigint AND r.status = 'awaiting_approval'";
 
 // name: approved_gates
-// The nodes of a run whose gate a person approved: a worker runs them without asking again.
+// The nodes of a run whose gate a person approved: a worker runs them without asking again. An
+// approval given before a rework decision reset its node no longer counts: the reworked node
+// asks again. The reset nodes are in the rework event's metadata.
 const APPROVED_GATES: &str = "\
-SELECT DISTINCT node_id FROM gates WHERE run_id = $1::uuid AND status = 'approved'";
+SELECT DISTINCT g.node_id FROM gates g
+WHERE g.run_id = $1::uuid AND g.status = 'approved'
+  AND NOT EXISTS (
+      SELECT 1 FROM run_events e
+      WHERE e.run_id = g.run_id AND e.event = 'run_rework_requested'
+        AND e.occurred_at >= g.decided_at AND e.metadata->'reset' ? g.node_id)";
 
 // name: settle_pause
 // A pausing run whose running nodes finished: paused, lease given up, checkpoint kept.
