@@ -6,44 +6,22 @@
 //!
 //! `cargo test -p leasehold-fault-tests --test api_faults`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, STOP_DEADLINE, bins, secs, workers};
 use leasehold_core::ids::RunId;
 use leasehold_fault_tests::api::{self, Clients};
-use leasehold_fault_tests::binaries;
-use leasehold_fault_tests::cluster::{Binaries, Cluster, WorkerOpts};
+use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
 use leasehold_fault_tests::ledger;
 use leasehold_fault_tests::scenario::{self, Line, bounded};
 use leasehold_fault_tests::wait;
 use leasehold_proto::v1;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-/// No scenario may take longer than this, setup and teardown included.
-const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
-/// How long a scenario's runs get to finish once the fault is over.
-const FINISH_DEADLINE: Duration = Duration::from_secs(60);
-/// How long every process gets to stop on SIGTERM.
-const STOP_DEADLINE: Duration = Duration::from_secs(15);
-/// How often the suite looks at the database while it waits.
-const POLL: Duration = Duration::from_millis(50);
-
-fn bins() -> Binaries {
-    Binaries {
-        leasehold: binaries::leasehold().to_owned(),
-        worker: env!("CARGO_BIN_EXE_leasehold-test-worker").into(),
-    }
-}
-
-fn workers(n: usize) -> Vec<WorkerOpts> {
-    vec![WorkerOpts::default(); n]
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
 
 fn count(n: usize) -> i64 {
     i64::try_from(n).expect("count")

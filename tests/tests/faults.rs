@@ -10,15 +10,15 @@
 //!
 //! `cargo test -p leasehold-fault-tests`; one scenario: `… --test faults zombie`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins, secs, workers};
 use leasehold_core::ids::RunId;
-use leasehold_fault_tests::binaries;
-use leasehold_fault_tests::cluster::{
-    Binaries, Cluster, SHELL, TIMINGS, WorkerId, WorkerOpts, group_alive,
-};
+use leasehold_fault_tests::cluster::{Cluster, SHELL, TIMINGS, WorkerId, WorkerOpts, group_alive};
 use leasehold_fault_tests::ledger;
 use leasehold_fault_tests::proxy::Mode;
 use leasehold_fault_tests::scenario::{self, Line, bounded};
@@ -26,28 +26,6 @@ use leasehold_fault_tests::wait;
 use leasehold_proto::v1::CancelRunRequest;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-
-/// No scenario may take longer than this, setup and teardown included.
-const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
-/// How long a scenario's runs get to finish once the fault is over.
-const FINISH_DEADLINE: Duration = Duration::from_secs(60);
-/// How often the suite looks at the database while it waits.
-const POLL: Duration = Duration::from_millis(50);
-
-fn bins() -> Binaries {
-    Binaries {
-        leasehold: binaries::leasehold().to_owned(),
-        worker: env!("CARGO_BIN_EXE_leasehold-test-worker").into(),
-    }
-}
-
-fn workers(n: usize) -> Vec<WorkerOpts> {
-    vec![WorkerOpts::default(); n]
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. kill -9 mid-node

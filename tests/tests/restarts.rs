@@ -4,29 +4,17 @@
 //! Each scenario runs alone, within a hard time bound, prints its line and the summary table,
 //! and ends with the invariant checker. `cargo test -p leasehold-fault-tests --test restarts`.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins};
 use leasehold_core::ids::RunId;
-use leasehold_fault_tests::binaries;
-use leasehold_fault_tests::cluster::{Binaries, Cluster, WorkerOpts};
+use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
 use leasehold_fault_tests::pg_server::{self, Server};
 use leasehold_fault_tests::scenario::{self, Line, bounded};
 use leasehold_fault_tests::{ledger, wait};
 use tonic_health::pb::health_check_response::ServingStatus;
-
-/// No scenario may take longer than this, setup and teardown included.
-const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
-/// How long a scenario's runs get to finish once the fault is over.
-const FINISH_DEADLINE: Duration = Duration::from_secs(60);
-/// How often the suite looks at the database while it waits.
-const POLL: Duration = Duration::from_millis(50);
-
-fn bins() -> Binaries {
-    Binaries {
-        leasehold: binaries::leasehold().to_owned(),
-        worker: env!("CARGO_BIN_EXE_leasehold-test-worker").into(),
-    }
-}
 
 fn uuids(runs: &[RunId]) -> Vec<uuid::Uuid> {
     runs.iter().map(|r| r.0).collect()
@@ -39,8 +27,8 @@ fn uuids(runs: &[RunId]) -> Vec<uuid::Uuid> {
 const CRASH_RUNS: usize = 40;
 
 /// Long enough nodes that every run is mid-chain across the outage. The built-in `sleep` kind,
-/// not `ledger`: the ledger's own connection takes the server's FATAL errors of a crash (and
-/// its "starting up" refusals) for refused rows, and would fail attempts for good.
+/// not `ledger`: the scenario watches the product's own reconnection, without the ledger's
+/// extra connection in the way.
 const CRASH_SPEC: &str = "\
 id: crash
 nodes:
