@@ -441,43 +441,21 @@ nodes:
 
 #[tokio::test]
 async fn a_pause_request_lets_the_running_node_finish_then_pauses() {
-    let b = setup().await;
-    let automation = b
-        .automation(
-            "id: pause
-nodes:
-  - {id: a, kind: record, input: {sleep_ms: 500}}
-  - {id: b, kind: record, depends_on: [a]}
-",
-        )
-        .await;
-    let worker = b.spawn_worker(config("w1"));
-    let run_id = b.start(&automation).await;
-    wait_for(DEADLINE, "a to start", || async {
-        (!b.ledger.of("a").is_empty()).then_some(())
-    })
-    .await;
-    b.store
-        .pause_run(&b.tenant, run_id, "hold on")
-        .await
-        .expect("pause");
-    b.wait_status(run_id, RunStatus::Paused).await;
-    worker.stop().await;
-
-    let a = &b.ledger.of("a")[0];
-    assert!(!a.cancelled, "the running node finished");
-    assert!(b.ledger.of("b").is_empty(), "no new node started");
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
-    assert_eq!(run.claimant_id, None, "the lease was released");
-    let names = b.event_names(run_id).await;
-    assert!(
-        names.ends_with(&["node_completed".into(), "run_paused".into()]),
-        "{names:?}"
-    );
+    pause_lets_the_running_node_finish(config("w1")).await;
 }
 
 #[tokio::test]
 async fn a_pause_requested_between_heartbeats_starts_no_new_node() {
+    // Heartbeats too rare to carry the pause before the running node finishes: the store's
+    // refusal to start the next node must stop the worker by itself.
+    let mut rare = config("w1");
+    rare.heartbeat_interval = Duration::from_millis(1_900);
+    pause_lets_the_running_node_finish(rare.validated().expect("config")).await;
+}
+
+/// Pauses a run while its first node runs: the node finishes, no other starts, the run ends
+/// paused with its lease released.
+async fn pause_lets_the_running_node_finish(settings: leasehold_worker::Config) {
     let b = setup().await;
     let automation = b
         .automation(
@@ -488,11 +466,7 @@ nodes:
 ",
         )
         .await;
-    // Heartbeats too rare to carry the pause before the running node finishes: the store's
-    // refusal to start the next node must stop the worker by itself.
-    let mut rare = config("w1");
-    rare.heartbeat_interval = Duration::from_millis(1_900);
-    let worker = b.spawn_worker(rare.validated().expect("config"));
+    let worker = b.spawn_worker(settings);
     let run_id = b.start(&automation).await;
     wait_for(DEADLINE, "a to start", || async {
         (!b.ledger.of("a").is_empty()).then_some(())
