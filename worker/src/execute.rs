@@ -11,11 +11,12 @@ use leasehold_core::ids::{AutomationId, NodeId, TenantId};
 use leasehold_core::retry;
 use leasehold_core::run::{self, Checkpoint, MAX_NODE_OUTPUT_BYTES, NodeState, NodeStatus};
 use leasehold_core::spec::{NodeSpec, Spec};
-use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store};
+use leasehold_core::store::{self, Claim, ClaimedRun, Failure, NodeCompletion, Store};
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::flusher::Writes;
 use crate::handler::{Context, HandlerError, Registry};
 use crate::keeper::RunLease;
 
@@ -46,6 +47,8 @@ pub enum Outcome {
 /// What every run of a worker shares.
 pub(crate) struct Shared {
     pub store: Store,
+    /// Node starts and completions, batched across runs.
+    writes: Writes,
     pub registry: Registry,
     pub node_concurrency: usize,
     specs: Mutex<HashMap<(TenantId, AutomationId, i32), Arc<Spec>>>,
@@ -54,6 +57,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(store: Store, registry: Registry, node_concurrency: usize) -> Self {
         Self {
+            writes: Writes::new(&store),
             store,
             registry,
             node_concurrency,
@@ -137,6 +141,8 @@ struct Execution<'a> {
     /// The store refused to start a node because a pause was requested, possibly before the
     /// next heartbeat tells the keeper.
     pause_requested: bool,
+    /// The last node's completion completed the run in the same write.
+    run_completed: bool,
 }
 
 /// Executes a claimed run until it leaves this worker, and says how it left.
@@ -166,6 +172,7 @@ pub(crate) async fn execute(
         retry: None,
         failure: None,
         pause_requested: false,
+        run_completed: false,
     };
     match execution.drive(&shutdown).await {
         Ok(outcome) => outcome,
@@ -286,8 +293,9 @@ impl Execution<'_> {
             .cloned()
             .collect();
         let mut gate = None;
+        let mut to_start = Vec::new();
         for node_id in ready {
-            if self.running.len() >= self.shared.node_concurrency {
+            if self.running.len() + to_start.len() >= self.shared.node_concurrency {
                 break;
             }
             let node = self
@@ -299,8 +307,28 @@ impl Execution<'_> {
                 gate.get_or_insert(node_id);
                 continue;
             }
-            if !self.start(stop, &node).await? {
-                break;
+            to_start.push(node);
+        }
+        // Asked for together, so they share a flush: a fan-out costs one round trip, not one
+        // per branch.
+        let claim = self.claim();
+        let writes = &self.shared.writes;
+        let attempts = futures_util::future::join_all(
+            to_start
+                .iter()
+                .map(|node| fenced(stop, move || writes.node_started(claim, &node.id))),
+        )
+        .await;
+        for (node, attempt) in to_start.iter().zip(attempts) {
+            match attempt {
+                Ok(attempt) => self.spawn(stop, node, attempt),
+                Err(Stop::Db(store::Error::PauseRequested { .. })) => self.pause_requested = true,
+                Err(other) => {
+                    // Nodes already started stop with the run: the lease is gone or the run is
+                    // blocked.
+                    self.running.abort_all();
+                    return Err(other);
+                }
             }
         }
         Ok(gate)
@@ -310,18 +338,9 @@ impl Execution<'_> {
         self.pause_requested || *self.lease.pausing.borrow()
     }
 
-    /// Counts an attempt of `node` and spawns its handler; false when a pause was requested
-    /// instead, and nothing started.
-    async fn start(&mut self, stop: &CancellationToken, node: &NodeSpec) -> Result<bool, Stop> {
+    /// Spawns the handler of `node`, whose attempt `attempt` the store has counted.
+    fn spawn(&mut self, stop: &CancellationToken, node: &NodeSpec, attempt: u32) {
         let claim = self.claim();
-        let store = &self.shared.store;
-        let attempt = match fenced(stop, || store.node_started(&claim, &node.id)).await {
-            Err(Stop::Db(store::Error::PauseRequested { .. })) => {
-                self.pause_requested = true;
-                return Ok(false);
-            }
-            other => other?,
-        };
         self.checkpoint.insert(
             node.id.clone(),
             NodeState {
@@ -376,7 +395,6 @@ impl Execution<'_> {
                 result,
             }
         });
-        Ok(true)
     }
 
     /// Checkpoints a finished attempt and decides what follows it.
@@ -398,8 +416,16 @@ impl Execution<'_> {
         });
         match result {
             Ok(output) => {
-                fenced(stop, || {
-                    store.node_completed(&claim, &done.node_id, &output)
+                let completes_run = self.is_last(&done.node_id);
+                let writes = &self.shared.writes;
+                let node_id = &done.node_id;
+                self.run_completed = fenced(stop, || {
+                    writes.node_completed(NodeCompletion {
+                        claim,
+                        node_id: node_id.clone(),
+                        output: output.clone(),
+                        completes_run,
+                    })
                 })
                 .await?;
                 self.set_status(&done.node_id, NodeStatus::Completed, done.attempt, true);
@@ -438,6 +464,22 @@ impl Execution<'_> {
         Ok(())
     }
 
+    /// Whether `node_id`, just finished, is the last node: every other one completed, nothing
+    /// else runs, and no failure waits to be settled. Its completion then completes the run in
+    /// the same write.
+    fn is_last(&self, node_id: &NodeId) -> bool {
+        self.running_ids.is_empty()
+            && self.retry.is_none()
+            && self.failure.is_none()
+            && self.spec.nodes.iter().all(|n| {
+                n.id == *node_id
+                    || self
+                        .checkpoint
+                        .get(&n.id)
+                        .is_some_and(|s| s.status == NodeStatus::Completed)
+            })
+    }
+
     fn set_status(&mut self, node_id: &NodeId, status: NodeStatus, attempts: u32, retryable: bool) {
         self.checkpoint.insert(
             node_id.clone(),
@@ -472,7 +514,9 @@ impl Execution<'_> {
                 .is_some_and(|s| s.status == NodeStatus::Completed)
         });
         if all_completed {
-            fenced(stop, || store.complete_run(&claim)).await?;
+            if !self.run_completed {
+                fenced(stop, || store.complete_run(&claim)).await?;
+            }
             return Ok(Outcome::Completed);
         }
         if self.pausing() {

@@ -8,10 +8,12 @@
 //! - `worker`: the claim loop and the shutdown hand-back ([`Worker`]).
 //! - `keeper`: batched heartbeats and the self-fence.
 //! - `execute`: one run: ready nodes, fenced checkpoints, retries, gates, pauses.
+//! - `flusher`: node starts and completions of many runs batched into one statement per kind.
 #![warn(missing_docs)]
 
 pub mod config;
 mod execute;
+mod flusher;
 pub mod handler;
 pub mod handlers;
 mod keeper;

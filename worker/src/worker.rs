@@ -94,10 +94,19 @@ impl Worker {
                 () = drain_requested.cancelled() => {}
             }
         };
+        // A claim per finished run would cost a round trip per run under load: once a claim
+        // came back full, the next waits until a quarter of the capacity is free. A wake-up or
+        // the poll claims whatever is free.
+        let claim_batch = (self.config.capacity / 4).max(1);
+        let mut woken = true;
+        let mut queue_had_more = false;
+        // A deadline, not a fresh sleep per pass: runs finishing often must not put the poll off.
+        let mut next_poll = Instant::now();
         loop {
             let free = self.config.capacity.saturating_sub(runs.len());
             let mut claim_failed = false;
-            if free > 0 {
+            if free > 0 && (woken || (queue_had_more && free >= claim_batch)) {
+                woken = false;
                 let requested_at = Instant::now();
                 let claim =
                     self.store
@@ -114,6 +123,7 @@ impl Worker {
                 };
                 match claimed {
                     Ok(claimed) => {
+                        queue_had_more = claimed.len() == free;
                         report.claimed += claimed.len();
                         for run in claimed {
                             let lease = leases.hold(run.claim, requested_at);
@@ -135,18 +145,24 @@ impl Worker {
                         claim_failed = true;
                     }
                 }
+                next_poll = Instant::now()
+                    + if claim_failed {
+                        CLAIM_RETRY_DELAY
+                    } else {
+                        self.config.poll_interval
+                    };
             }
-            let poll = if claim_failed {
-                CLAIM_RETRY_DELAY
-            } else {
-                self.config.poll_interval
-            };
             let full = runs.len() >= self.config.capacity;
             tokio::select! {
                 () = stopping() => break,
-                Some(done) = runs.join_next() => collect(&mut report, done),
-                () = wait_for_wakeup(wakeups.as_ref()), if !full && !claim_failed => {}
-                () = tokio::time::sleep(poll), if !full => {}
+                Some(done) = runs.join_next() => {
+                    collect(&mut report, done);
+                    while let Some(done) = runs.try_join_next() {
+                        collect(&mut report, done);
+                    }
+                }
+                () = wait_for_wakeup(wakeups.as_ref()), if !full && !claim_failed => woken = true,
+                () = tokio::time::sleep_until(next_poll), if !full => woken = true,
             }
         }
 

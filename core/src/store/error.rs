@@ -157,6 +157,13 @@ pub enum Error {
         /// The unknown node.
         node_id: NodeId,
     },
+    /// A batched statement failed, and every write it carried fails with it.
+    #[error("{0}")]
+    Batch(std::sync::Arc<Error>),
+    /// A write was dropped before it reached the database (its writer stopped); it may be
+    /// sent again.
+    #[error("write interrupted: {0}")]
+    Interrupted(&'static str),
     /// A page token that no listing of this build produced, or one of another listing.
     #[error("bad page token: {0}")]
     BadPageToken(String),
@@ -168,6 +175,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Pool(_) => true,
+            Self::Batch(e) => e.is_transient(),
+            Self::Interrupted(_) => true,
             Self::Db(e) => match e.code() {
                 None => true,
                 Some(code) => [

@@ -39,7 +39,7 @@ pub use listing::{
     page_size,
 };
 pub use migrate::{SchemaStatus, known_version};
-pub use nodes::NodeRecord;
+pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use reaper::ReapParams;
 pub use runs::{RunRecord, StartRun, Started, Trigger};

@@ -1,11 +1,36 @@
 //! Node checkpoints: each start, output and failure, fenced on the claim.
 
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::{Claim, Error, Store};
 use crate::ids::{LeaseEpoch, NodeId, RunId};
 use crate::run::{NodeState, NodeStatus};
+
+/// A node to start, in a batch of starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStart {
+    /// The claim the start is made under.
+    pub claim: Claim,
+    /// The node.
+    pub node_id: NodeId,
+}
+
+/// A node's output to record, in a batch of completions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeCompletion {
+    /// The claim the node was started under.
+    pub claim: Claim,
+    /// The node.
+    pub node_id: NodeId,
+    /// What the handler returned.
+    pub output: serde_json::Value,
+    /// This is the run's last node: complete the run too, if no other node of it runs.
+    pub completes_run: bool,
+}
 
 /// A node's row in the checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,81 +66,129 @@ impl NodeRecord {
     }
 }
 
-// Every node write has the same shape. `held` takes the run's row lock and checks the claim on
-// the row's newest version, so a claim that moved on makes the whole statement write nothing.
-// `node` then writes the node row with its own conditions in its WHERE (or ON CONFLICT WHERE):
-// those are re-checked on the newest row version too, where a subquery would read the
-// statement's older snapshot and let a repeat that waited behind the first write count twice.
-// `fenced` raises the run's event sequence only when the node row changed, and `event`
-// records it.
+// Every node write has the same shape. `held` takes the row locks of the claimed runs, in run-id
+// order (the order every batched write and the reaper lock in, so they wait for each other
+// instead of deadlocking), and checks each claim on the row's newest version, so a claim that
+// moved on makes the statement write nothing for that run. `node` then writes the node rows with
+// their own conditions in the WHERE (or ON CONFLICT WHERE): those are re-checked on the newest row
+// version too, where a subquery would read the statement's older snapshot and let a repeat that
+// waited behind the first write count twice. `fenced` raises each run's event sequence by the
+// node rows that changed, and `event` records them.
+//
+// Starts and completions are batched: one statement carries the writes of many runs (a worker
+// flushes what its runs have queued), and each write is still fenced on its own claim.
 
-// name: node_started
-// Counts the attempt before the handler is called (lease protocol, rule 8), and marks progress
-// under this claim, which decides between requeue and stale-reap if the lease later expires. A
+// name: nodes_started
+// Counts the attempts before the handlers are called (lease protocol, rule 8), and marks progress
+// under each claim, which decides between requeue and stale-reap if the lease later expires. A
 // node that completed, was skipped, or already started under this claim is left alone, and so
 // is a run asked to pause: its running nodes finish, but no new one starts.
-const NODE_STARTED: &str = "\
+// $1/$2: the distinct claims; $3/$4/$5: the nodes to start, each with its claim.
+const NODES_STARTED: &str = "\
 WITH held AS (
-    SELECT r.run_id FROM runs r
-    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'running'
-    FOR UPDATE
+    SELECT r.run_id, r.lease_epoch FROM runs r
+    JOIN unnest($1::uuid[], $2::bigint[]) AS claim(run_id, epoch)
+      ON r.run_id = claim.run_id AND r.lease_epoch = claim.epoch
+    WHERE r.status = 'running'
+    ORDER BY r.run_id
+    FOR UPDATE OF r
 ),
 node AS (
     INSERT INTO run_nodes AS n (run_id, node_id, status, attempts, epoch, started_at)
-    SELECT run_id, $3::text, 'running', 1, $2::bigint, now() FROM held
+    SELECT held.run_id, start.node_id, 'running', 1, held.lease_epoch, now()
+    FROM unnest($3::uuid[], $4::bigint[], $5::text[]) AS start(run_id, epoch, node_id)
+    JOIN held ON held.run_id = start.run_id AND held.lease_epoch = start.epoch
     ON CONFLICT (run_id, node_id) DO UPDATE
     SET status = 'running', attempts = n.attempts + 1, epoch = excluded.epoch,
         started_at = excluded.started_at, finished_at = NULL
     WHERE n.status IN ('running', 'failed') AND n.epoch < excluded.epoch
-    RETURNING n.run_id, n.attempts
+    RETURNING n.run_id, n.node_id, n.attempts
+),
+counted AS (
+    SELECT run_id, count(*) AS started FROM node GROUP BY run_id
 ),
 fenced AS (
     UPDATE runs r
-    SET progress_epoch = r.lease_epoch, expired_claims = 0, event_seq = r.event_seq + 1,
-        updated_at = now()
-    FROM node
-    WHERE r.run_id = node.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+    SET progress_epoch = r.lease_epoch, expired_claims = 0,
+        event_seq = r.event_seq + counted.started, updated_at = now()
+    FROM counted
+    WHERE r.run_id = counted.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq - counted.started AS seq_before
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt)
-    SELECT fenced.run_id, fenced.event_seq, fenced.tenant_id, 'node_started', fenced.lease_epoch,
-           $3::text, node.attempts
-    FROM fenced, node
+    SELECT fenced.run_id,
+           fenced.seq_before + row_number() OVER (PARTITION BY node.run_id ORDER BY node.node_id),
+           fenced.tenant_id, 'node_started', fenced.lease_epoch, node.node_id, node.attempts
+    FROM fenced JOIN node ON node.run_id = fenced.run_id
 )
-SELECT attempts FROM node";
+SELECT run_id, node_id, attempts FROM node";
 
-// name: node_completed
-// Records a running node's output under the claim that started it: the node must be running
-// under this very epoch.
-const NODE_COMPLETED: &str = "\
+// name: nodes_completed
+// Records running nodes' outputs under the claims that started them: each node must be running
+// under its claim's very epoch. A run whose last node this is (`finish`) completes in the same
+// statement, saving the round trip of a separate completion, unless another of its nodes is
+// still running. The snapshot read of the other nodes is safe: only the holder of the run's
+// lock writes them.
+// $1/$2/$3: the distinct claims and whether to complete the run; $4..$7: the completed nodes.
+const NODES_COMPLETED: &str = "\
 WITH held AS (
-    SELECT r.run_id FROM runs r
-    WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
-    FOR UPDATE
+    SELECT r.run_id, r.lease_epoch, claim.finish FROM runs r
+    JOIN unnest($1::uuid[], $2::bigint[], $3::boolean[]) AS claim(run_id, epoch, finish)
+      ON r.run_id = claim.run_id AND r.lease_epoch = claim.epoch
+    WHERE r.status IN ('running', 'pausing')
+    ORDER BY r.run_id
+    FOR UPDATE OF r
 ),
 node AS (
     UPDATE run_nodes n
-    SET status = 'completed', output = $4::jsonb, last_error = NULL, finished_at = now()
-    FROM held
-    WHERE n.run_id = held.run_id AND n.node_id = $3::text
-      AND n.status = 'running' AND n.epoch = $2::bigint
-    RETURNING n.run_id, n.attempts
+    SET status = 'completed', output = done.output, last_error = NULL, finished_at = now()
+    FROM unnest($4::uuid[], $5::bigint[], $6::text[], $7::jsonb[])
+             AS done(run_id, epoch, node_id, output)
+    JOIN held ON held.run_id = done.run_id AND held.lease_epoch = done.epoch
+    WHERE n.run_id = done.run_id AND n.node_id = done.node_id
+      AND n.status = 'running' AND n.epoch = done.epoch
+    RETURNING n.run_id, n.node_id, n.attempts, held.finish
+),
+counted AS (
+    SELECT run_id, count(*) AS done, array_agg(node_id) AS nodes, bool_and(finish) AS finish
+    FROM node GROUP BY run_id
+),
+finishing AS (
+    SELECT c.run_id, c.done, c.finish AND NOT EXISTS (
+        SELECT 1 FROM run_nodes other
+        WHERE other.run_id = c.run_id AND other.status = 'running'
+          AND other.node_id <> ALL (c.nodes)) AS finish
+    FROM counted c
 ),
 fenced AS (
     UPDATE runs r
-    SET event_seq = r.event_seq + 1, updated_at = now()
-    FROM node
-    WHERE r.run_id = node.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+    SET event_seq = r.event_seq + f.done + f.finish::int,
+        status = CASE WHEN f.finish THEN 'completed' ELSE r.status END,
+        finished_at = CASE WHEN f.finish THEN now() ELSE r.finished_at END,
+        claim_id = CASE WHEN f.finish THEN NULL ELSE r.claim_id END,
+        claimant_id = CASE WHEN f.finish THEN NULL ELSE r.claimant_id END,
+        claimed_at = CASE WHEN f.finish THEN NULL ELSE r.claimed_at END,
+        lease_expires_at = CASE WHEN f.finish THEN NULL ELSE r.lease_expires_at END,
+        updated_at = now()
+    FROM finishing f
+    WHERE r.run_id = f.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, f.done, f.finish
 ),
-event AS (
+node_event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt)
-    SELECT fenced.run_id, fenced.event_seq, fenced.tenant_id, 'node_completed', fenced.lease_epoch,
-           $3::text, node.attempts
-    FROM fenced, node
+    SELECT fenced.run_id,
+           fenced.event_seq - fenced.done - fenced.finish::int
+               + row_number() OVER (PARTITION BY node.run_id ORDER BY node.node_id),
+           fenced.tenant_id, 'node_completed', fenced.lease_epoch, node.node_id, node.attempts
+    FROM fenced JOIN node ON node.run_id = fenced.run_id
+),
+run_event AS (
+    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
+    SELECT run_id, event_seq, tenant_id, 'run_completed', lease_epoch FROM fenced WHERE finish
 )
-SELECT attempts FROM node";
+SELECT node.run_id, node.node_id, fenced.finish
+FROM node JOIN fenced ON fenced.run_id = node.run_id";
 
 // name: node_failed
 // Records a running node's failed attempt under the claim that started it. Whether it is retried
@@ -168,8 +241,8 @@ SELECT node_id, status, attempts, output, last_error, last_error_retryable, epoc
 FROM run_nodes WHERE run_id = $1::uuid ORDER BY node_id";
 
 pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("node_started", NODE_STARTED),
-    ("node_completed", NODE_COMPLETED),
+    ("nodes_started", NODES_STARTED),
+    ("nodes_completed", NODES_COMPLETED),
     ("node_failed", NODE_FAILED),
     ("node_fence_state", NODE_FENCE_STATE),
     ("checkpoint", CHECKPOINT),
@@ -220,14 +293,60 @@ impl Store {
     /// Counts a new attempt of `node_id` and returns its number (1 for the first). Call it before
     /// the handler runs. Repeating it under the same claim returns the same attempt.
     pub async fn node_started(&self, claim: &Claim, node_id: &NodeId) -> Result<u32, Error> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(NODE_STARTED).await?;
-        let rows = client
-            .query(&stmt, &[&claim.run_id.0, &claim.epoch.0, &node_id.as_str()])
-            .await?;
-        if let Some(row) = rows.first() {
-            return Ok(row.get::<_, i32>(0).unsigned_abs());
+        let start = NodeStart {
+            claim: *claim,
+            node_id: node_id.clone(),
+        };
+        one(self.nodes_started(std::slice::from_ref(&start)).await?)
+    }
+
+    /// [`Store::node_started`] for many nodes, of one run or many, in one statement; answers in
+    /// the order asked. The outer error is the statement's (the database unreachable, say); the
+    /// inner ones are each start's own (its lease lost, its run pausing).
+    pub async fn nodes_started(
+        &self,
+        starts: &[NodeStart],
+    ) -> Result<Vec<Result<u32, Error>>, Error> {
+        if starts.is_empty() {
+            return Ok(Vec::new());
         }
+        let (claim_ids, claim_epochs) = distinct_claims(starts.iter().map(|s| s.claim));
+        let unique = distinct_by_key(starts, |s| (s.claim, s.node_id.as_str()));
+        let run_ids: Vec<_> = unique.iter().map(|s| s.claim.run_id.0).collect();
+        let epochs: Vec<_> = unique.iter().map(|s| s.claim.epoch.0).collect();
+        let node_ids: Vec<_> = unique.iter().map(|s| s.node_id.as_str()).collect();
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(NODES_STARTED).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[&claim_ids, &claim_epochs, &run_ids, &epochs, &node_ids],
+            )
+            .await?;
+        drop(client);
+        let landed: HashMap<(RunId, &str), u32> = rows
+            .iter()
+            .map(|row| {
+                (
+                    (RunId(row.get("run_id")), row.get::<_, &str>("node_id")),
+                    row.get::<_, i32>("attempts").unsigned_abs(),
+                )
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(starts.len());
+        for start in starts {
+            let key = (start.claim.run_id, start.node_id.as_str());
+            answers.push(match landed.get(&key) {
+                Some(attempts) => Ok(*attempts),
+                None => self.start_not_written(&start.claim, &start.node_id).await,
+            });
+        }
+        Ok(answers)
+    }
+
+    /// A start that changed nothing: the same start landed before (a lost acknowledgement), or
+    /// why it cannot land.
+    async fn start_not_written(&self, claim: &Claim, node_id: &NodeId) -> Result<u32, Error> {
         let fence = self.node_fence(claim, node_id).await?;
         if fence.landed(claim, "running") && fence.held_by_claim {
             Ok(fence.attempts())
@@ -247,17 +366,94 @@ impl Store {
         node_id: &NodeId,
         output: &serde_json::Value,
     ) -> Result<(), Error> {
+        let completion = NodeCompletion {
+            claim: *claim,
+            node_id: node_id.clone(),
+            output: output.clone(),
+            completes_run: false,
+        };
+        one(self
+            .nodes_completed(std::slice::from_ref(&completion))
+            .await?)
+        .map(|_| ())
+    }
+
+    /// [`Store::node_completed`] for many nodes in one statement, completing the runs whose last
+    /// node a completion is; answers in the order asked, each saying whether the run completed.
+    /// A run that could not complete (another of its nodes runs) or whose completion was not
+    /// seen (a repeat after a lost acknowledgement) answers `false`: complete it with
+    /// [`Store::complete_run`], which succeeds quietly if it already did.
+    pub async fn nodes_completed(
+        &self,
+        completions: &[NodeCompletion],
+    ) -> Result<Vec<Result<bool, Error>>, Error> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let unique = distinct_by_key(completions, |c| (c.claim, c.node_id.as_str()));
+        let mut claims: Vec<(Claim, bool)> = Vec::new();
+        for c in &unique {
+            match claims.iter_mut().find(|(claim, _)| *claim == c.claim) {
+                Some((_, finish)) => *finish |= c.completes_run,
+                None => claims.push((c.claim, c.completes_run)),
+            }
+        }
+        claims.sort_by_key(|(claim, _)| (claim.run_id, claim.epoch.0));
+        let claim_ids: Vec<_> = claims.iter().map(|(c, _)| c.run_id.0).collect();
+        let claim_epochs: Vec<_> = claims.iter().map(|(c, _)| c.epoch.0).collect();
+        let finish: Vec<_> = claims.iter().map(|(_, f)| *f).collect();
+        let run_ids: Vec<_> = unique.iter().map(|c| c.claim.run_id.0).collect();
+        let epochs: Vec<_> = unique.iter().map(|c| c.claim.epoch.0).collect();
+        let node_ids: Vec<_> = unique.iter().map(|c| c.node_id.as_str()).collect();
+        let outputs: Vec<_> = unique.iter().map(|c| &c.output).collect();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(NODE_COMPLETED).await?;
+        let stmt = client.prepare_cached(NODES_COMPLETED).await?;
         let rows = client
             .query(
                 &stmt,
-                &[&claim.run_id.0, &claim.epoch.0, &node_id.as_str(), output],
+                &[
+                    &claim_ids,
+                    &claim_epochs,
+                    &finish,
+                    &run_ids,
+                    &epochs,
+                    &node_ids,
+                    &outputs,
+                ],
             )
             .await?;
-        if !rows.is_empty() {
-            return Ok(());
+        drop(client);
+        let landed: HashMap<(RunId, &str), bool> = rows
+            .iter()
+            .map(|row| {
+                (
+                    (RunId(row.get("run_id")), row.get::<_, &str>("node_id")),
+                    row.get::<_, bool>("finish"),
+                )
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(completions.len());
+        for c in completions {
+            let key = (c.claim.run_id, c.node_id.as_str());
+            answers.push(match landed.get(&key) {
+                Some(run_completed) => Ok(*run_completed),
+                None => self
+                    .completion_not_written(&c.claim, &c.node_id, &c.output)
+                    .await
+                    .map(|()| false),
+            });
         }
+        Ok(answers)
+    }
+
+    /// A completion that changed nothing: the same completion landed before (a lost
+    /// acknowledgement), or why it cannot land.
+    async fn completion_not_written(
+        &self,
+        claim: &Claim,
+        node_id: &NodeId,
+        output: &serde_json::Value,
+    ) -> Result<(), Error> {
         let fence = self.node_fence(claim, node_id).await?;
         if fence.landed(claim, "completed") && fence.output.as_ref() == Some(output) {
             Ok(())
@@ -346,4 +542,25 @@ fn read_node(run_id: RunId, row: &Row) -> Result<NodeRecord, Error> {
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
     })
+}
+
+/// The one answer of a batch of one.
+fn one<T>(answers: Vec<Result<T, Error>>) -> Result<T, Error> {
+    answers
+        .into_iter()
+        .next()
+        .expect("a batch answers every item it was given")
+}
+
+/// The distinct claims as parallel arrays in run-id order: the order `held` locks them in.
+fn distinct_claims(claims: impl Iterator<Item = Claim>) -> (Vec<uuid::Uuid>, Vec<i64>) {
+    let mut claims: Vec<Claim> = claims.collect::<HashSet<_>>().into_iter().collect();
+    claims.sort_by_key(|c| (c.run_id, c.epoch.0));
+    claims.iter().map(|c| (c.run_id.0, c.epoch.0)).unzip()
+}
+
+/// Each item once: a node written twice in one statement is an error in Postgres.
+fn distinct_by_key<'a, T, K: Eq + Hash>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<&'a T> {
+    let mut seen = HashSet::new();
+    items.iter().filter(|item| seen.insert(key(item))).collect()
 }

@@ -1,0 +1,229 @@
+//! Node starts and completions of many runs in one statement, each still fenced on its own
+//! claim, against a real Postgres.
+
+mod common;
+
+use common::setup;
+use leasehold_core::ids::{NodeId, RunId};
+use leasehold_core::run::RunStatus;
+use leasehold_core::store::{Claim, Error, NodeCompletion, NodeStart};
+use serde_json::json;
+
+fn start(claim: Claim, node: &str) -> NodeStart {
+    NodeStart {
+        claim,
+        node_id: NodeId::from(node),
+    }
+}
+
+fn completion(claim: Claim, node: &str, completes_run: bool) -> NodeCompletion {
+    NodeCompletion {
+        claim,
+        node_id: NodeId::from(node),
+        output: json!({ "node": node }),
+        completes_run,
+    }
+}
+
+async fn seqs(b: &common::Bundle, run_id: RunId) -> Vec<i64> {
+    b.store
+        .events_after(run_id, 0, 100)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+#[tokio::test]
+async fn one_batch_answers_each_start_by_its_own_claim() {
+    let b = setup().await;
+    let automation = b.automation("diamond").await;
+    for _ in 0..4 {
+        b.start(&automation).await;
+    }
+    let fresh = b.claim_one("w").await.claim;
+    let other = b.claim_one("w").await.claim;
+    let cancelled = b.claim_one("w").await.claim;
+    let pausing = b.claim_one("w").await.claim;
+    b.store
+        .cancel_run(&b.tenant, cancelled.run_id(), "test")
+        .await
+        .expect("cancel");
+    b.store
+        .pause_run(&b.tenant, pausing.run_id(), "test")
+        .await
+        .expect("pause");
+
+    let answers = b
+        .store
+        .nodes_started(&[
+            start(fresh, "a"),
+            start(cancelled, "a"),
+            start(other, "a"),
+            start(pausing, "a"),
+            // A repeat within the batch is one start, answered twice.
+            start(fresh, "a"),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(answers.len(), 5);
+    assert_eq!(answers[0].as_ref().ok(), Some(&1));
+    assert!(
+        matches!(answers[1], Err(Error::LeaseLost { .. })),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(answers[2].as_ref().ok(), Some(&1));
+    assert!(
+        matches!(answers[3], Err(Error::PauseRequested { .. })),
+        "{:?}",
+        answers[3]
+    );
+    assert_eq!(answers[4].as_ref().ok(), Some(&1));
+
+    // Nothing was written for the refused starts.
+    for run in [cancelled, pausing] {
+        let nodes = b.store.checkpoint(run.run_id()).await.expect("checkpoint");
+        assert!(nodes.is_empty(), "{nodes:?}");
+    }
+    let names = b.event_names(fresh.run_id()).await;
+    assert_eq!(names, ["run_started", "run_claimed", "node_started"]);
+}
+
+#[tokio::test]
+async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run() {
+    let b = setup().await;
+    let automation = b.automation("diamond").await;
+    let run_id = b.start(&automation).await;
+    let claim = b.claim_one("w").await.claim;
+
+    b.store
+        .nodes_started(&[start(claim, "a")])
+        .await
+        .expect("batch")
+        .remove(0)
+        .expect("start a");
+    let done = b
+        .store
+        .nodes_completed(&[completion(claim, "a", false)])
+        .await
+        .expect("batch");
+    assert_eq!(done[0].as_ref().ok(), Some(&false));
+
+    // b and c in one statement: two attempts, two events with consecutive sequence numbers.
+    let started = b
+        .store
+        .nodes_started(&[start(claim, "b"), start(claim, "c")])
+        .await
+        .expect("batch");
+    assert!(started.iter().all(|a| a.as_ref().ok() == Some(&1)));
+    assert_eq!(seqs(&b, run_id).await, (1..=6).collect::<Vec<_>>());
+
+    // b asks to complete the run while c still runs: the node lands, the run goes on.
+    let done = b
+        .store
+        .nodes_completed(&[completion(claim, "b", true)])
+        .await
+        .expect("batch");
+    assert_eq!(done[0].as_ref().ok(), Some(&false));
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Running);
+
+    let done = b
+        .store
+        .nodes_completed(&[completion(claim, "c", false)])
+        .await
+        .expect("batch");
+    assert_eq!(done[0].as_ref().ok(), Some(&false));
+    b.store
+        .node_started(&claim, &NodeId::from("d"))
+        .await
+        .expect("start d");
+    let done = b
+        .store
+        .nodes_completed(&[completion(claim, "d", true)])
+        .await
+        .expect("batch");
+    assert_eq!(done[0].as_ref().ok(), Some(&true), "d completes the run");
+
+    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.claimant_id, None);
+    assert!(run.finished_at.is_some());
+    assert_eq!(
+        seqs(&b, run_id).await,
+        (1..=11).collect::<Vec<_>>(),
+        "start, claim, 4×2 node events, completion"
+    );
+
+    // The same completion again (its acknowledgement lost): quiet, and completing the run again
+    // is quiet too; nothing is recorded twice.
+    let again = b
+        .store
+        .nodes_completed(&[completion(claim, "d", true)])
+        .await
+        .expect("batch");
+    assert_eq!(again[0].as_ref().ok(), Some(&false));
+    b.store.complete_run(&claim).await.expect("complete again");
+    let names = b.event_names(run_id).await;
+    assert_eq!(names.iter().filter(|n| *n == "run_completed").count(), 1);
+    assert_eq!(names.iter().filter(|n| *n == "node_completed").count(), 4);
+}
+
+#[tokio::test]
+async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_nothing() {
+    let b = setup().await;
+    let automation = b.automation("diamond").await;
+    let runs: Vec<RunId> = {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.push(b.start(&automation).await);
+        }
+        runs
+    };
+    let claims: Vec<Claim> = {
+        let mut claims = Vec::new();
+        for _ in &runs {
+            claims.push(b.claim_one("w").await.claim);
+        }
+        claims
+    };
+    let starts: Vec<NodeStart> = claims.iter().map(|c| start(*c, "a")).collect();
+    for answer in b.store.nodes_started(&starts).await.expect("batch") {
+        assert_eq!(answer.expect("start"), 1);
+    }
+    let stale = claims[2];
+    b.store
+        .cancel_run(&b.tenant, stale.run_id(), "test")
+        .await
+        .expect("cancel");
+
+    let completions: Vec<NodeCompletion> =
+        claims.iter().map(|c| completion(*c, "a", false)).collect();
+    let answers = b.store.nodes_completed(&completions).await.expect("batch");
+    assert_eq!(answers[0].as_ref().ok(), Some(&false));
+    assert_eq!(answers[1].as_ref().ok(), Some(&false));
+    assert!(
+        matches!(answers[2], Err(Error::LeaseLost { .. })),
+        "{:?}",
+        answers[2]
+    );
+    for claim in &claims[..2] {
+        let nodes = b
+            .store
+            .checkpoint(claim.run_id())
+            .await
+            .expect("checkpoint");
+        assert_eq!(nodes[0].output, Some(json!({"node": "a"})));
+    }
+    let nodes = b
+        .store
+        .checkpoint(stale.run_id())
+        .await
+        .expect("checkpoint");
+    assert_eq!(
+        nodes[0].output, None,
+        "the cancelled run's node was not written"
+    );
+}

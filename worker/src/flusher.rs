@@ -1,0 +1,188 @@
+//! Batched node writes. The node starts and completions a worker's runs ask for are flushed
+//! together, one statement per kind carrying many runs, so the database sees a few large
+//! statements instead of one small transaction per write. Each write in a batch is still fenced
+//! on its own claim, and a run waits for its write's answer before it goes on, so batching
+//! changes no step of the lease protocol.
+//!
+//! There is no timer: a flush starts as soon as a flush slot is free and takes everything queued
+//! meanwhile. An idle worker writes at once; under load, batches grow while earlier flushes are
+//! in flight. A crash loses only writes whose runs were still waiting for an answer, and the lease
+//! protocol recovers those like any write that never landed.
+
+use std::sync::Arc;
+
+use leasehold_core::store::{self, Claim, NodeCompletion, NodeStart, Store};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Flushes in flight at once per kind of write: one being written while the next one fills.
+/// Small against the pool, so heartbeats and claims always find a connection.
+const FLUSHES_IN_FLIGHT: usize = 2;
+/// Writes in one statement at most; larger batches hold row locks longer for little gain.
+const MAX_BATCH: usize = 1024;
+
+/// The worker's batched writers, one per kind; cheap to share.
+pub(crate) struct Writes {
+    starts: mpsc::UnboundedSender<Request<Starts>>,
+    completions: mpsc::UnboundedSender<Request<Completions>>,
+}
+
+impl Writes {
+    /// Starts the flushers; they end when `Writes` is dropped.
+    pub fn new(store: &Store) -> Self {
+        Self {
+            starts: spawn_flusher::<Starts>(store.clone()),
+            completions: spawn_flusher::<Completions>(store.clone()),
+        }
+    }
+
+    /// [`Store::node_started`], batched with other runs' starts.
+    pub async fn node_started(
+        &self,
+        claim: Claim,
+        node_id: &leasehold_core::ids::NodeId,
+    ) -> Result<u32, store::Error> {
+        let start = NodeStart {
+            claim,
+            node_id: node_id.clone(),
+        };
+        ask(&self.starts, start).await
+    }
+
+    /// [`Store::nodes_completed`] for one node, batched with other runs' completions; says
+    /// whether the run completed too.
+    pub async fn node_completed(&self, completion: NodeCompletion) -> Result<bool, store::Error> {
+        ask(&self.completions, completion).await
+    }
+}
+
+/// A kind of batched write: how a batch of it is written.
+trait BatchWrite: Send + 'static {
+    type Item: Clone + Send + Sync + 'static;
+    type Answer: Send + 'static;
+
+    fn write(
+        store: &Store,
+        items: &[Self::Item],
+    ) -> impl Future<Output = Result<Vec<Result<Self::Answer, store::Error>>, store::Error>> + Send;
+}
+
+struct Starts;
+
+impl BatchWrite for Starts {
+    type Item = NodeStart;
+    type Answer = u32;
+
+    async fn write(
+        store: &Store,
+        items: &[NodeStart],
+    ) -> Result<Vec<Result<u32, store::Error>>, store::Error> {
+        store.nodes_started(items).await
+    }
+}
+
+struct Completions;
+
+impl BatchWrite for Completions {
+    type Item = NodeCompletion;
+    type Answer = bool;
+
+    async fn write(
+        store: &Store,
+        items: &[NodeCompletion],
+    ) -> Result<Vec<Result<bool, store::Error>>, store::Error> {
+        store.nodes_completed(items).await
+    }
+}
+
+struct Request<W: BatchWrite> {
+    item: W::Item,
+    answer: oneshot::Sender<Result<W::Answer, store::Error>>,
+}
+
+async fn ask<W: BatchWrite>(
+    queue: &mpsc::UnboundedSender<Request<W>>,
+    item: W::Item,
+) -> Result<W::Answer, store::Error> {
+    let (answer, answered) = oneshot::channel();
+    queue
+        .send(Request { item, answer })
+        .map_err(|_| flusher_gone())?;
+    answered.await.map_err(|_| flusher_gone())?
+}
+
+/// Only when the runtime drops the flusher's tasks (the worker is stopping) or a flush panicked:
+/// transient, so the run retries while its lease lasts instead of being blocked.
+fn flusher_gone() -> store::Error {
+    store::Error::Interrupted("the worker's write flusher has stopped")
+}
+
+fn spawn_flusher<W: BatchWrite>(store: Store) -> mpsc::UnboundedSender<Request<W>> {
+    let (queue, requests) = mpsc::unbounded_channel();
+    tokio::spawn(flush_queued::<W>(store, requests));
+    queue
+}
+
+async fn flush_queued<W: BatchWrite>(
+    store: Store,
+    mut requests: mpsc::UnboundedReceiver<Request<W>>,
+) {
+    let slots = Arc::new(Semaphore::new(FLUSHES_IN_FLIGHT));
+    while let Some(first) = requests.recv().await {
+        // Waiting for a slot is what lets the batch grow under load.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        // A run that stopped waiting (its lease was lost) needs no write.
+        batch.retain(|request| !request.answer.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            flush::<W>(&store, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
+    let (items, answers): (Vec<W::Item>, Vec<_>) =
+        batch.into_iter().map(|r| (r.item, r.answer)).unzip();
+    match W::write(store, &items).await {
+        Ok(results) => {
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result);
+            }
+        }
+        // One write's bad data (an output Postgres refuses, say) must fail that write alone, not
+        // every run that shared its statement: write them one by one.
+        Err(e) if !e.is_transient() && items.len() > 1 => {
+            tracing::warn!(error = %e, writes = items.len(), "a batched write failed; writing its items one by one");
+            for (item, answer) in items.into_iter().zip(answers) {
+                let result =
+                    W::write(store, std::slice::from_ref(&item))
+                        .await
+                        .and_then(|results| {
+                            results
+                                .into_iter()
+                                .next()
+                                .expect("a batch answers every item it was given")
+                        });
+                let _ = answer.send(result);
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for answer in answers {
+                let _ = answer.send(Err(store::Error::Batch(Arc::clone(&e))));
+            }
+        }
+    }
+}
