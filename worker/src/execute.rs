@@ -404,16 +404,7 @@ impl Execution<'_> {
         self.running_ids.remove(&done.node_id);
         let spec = Arc::clone(&self.spec);
         let node = spec.node(&done.node_id).expect("started from the spec");
-        let result = done.result.and_then(|output| {
-            let size = serde_json::to_vec(&output).map_or(usize::MAX, |v| v.len());
-            if size > MAX_NODE_OUTPUT_BYTES {
-                Err(HandlerError::Terminal(format!(
-                    "output of {size} bytes is larger than {MAX_NODE_OUTPUT_BYTES}"
-                )))
-            } else {
-                Ok(output)
-            }
-        });
+        let result = done.result.and_then(storable);
         match result {
             Ok(output) => {
                 let completes_run = self.is_last(&done.node_id);
@@ -432,7 +423,8 @@ impl Execution<'_> {
                 self.outputs.insert(done.node_id, output);
             }
             Err(error) => {
-                let message = error.to_string();
+                // Postgres text cannot hold NUL; a message with one would fail the write.
+                let message = error.to_string().replace('\0', "\u{fffd}");
                 let retryable = error.is_retryable();
                 fenced(stop, || {
                     store.node_failed(&claim, &done.node_id, &message, retryable)
@@ -598,6 +590,36 @@ impl Execution<'_> {
     }
 }
 
+/// A handler's output as the checkpoint can hold it: within the size limit, and without the NUL
+/// character, which Postgres' jsonb refuses (a write carrying one would fail, and the run with
+/// it). Either is the handler's failure, for good.
+fn storable(output: Value) -> Result<Value, HandlerError> {
+    let Ok(bytes) = serde_json::to_vec(&output) else {
+        return Err(HandlerError::Terminal("output is not serialisable".into()));
+    };
+    if bytes.len() > MAX_NODE_OUTPUT_BYTES {
+        return Err(HandlerError::Terminal(format!(
+            "output of {} bytes is larger than {MAX_NODE_OUTPUT_BYTES}",
+            bytes.len()
+        )));
+    }
+    if contains_nul(&output) {
+        return Err(HandlerError::Terminal(
+            "output contains a NUL character (\\u0000), which the checkpoint cannot store".into(),
+        ));
+    }
+    Ok(output)
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 /// A node that needs a person's approval before it runs.
 fn needs_gate(node: &NodeSpec) -> bool {
     node.approval.is_some() || node.kind == crate::handler::APPROVAL_KIND
@@ -614,4 +636,29 @@ fn gate_prompt(node: &NodeSpec) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| format!("Approve node {}?", node.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn outputs_postgres_cannot_store_fail_their_node_for_good() {
+        assert!(storable(json!({"ok": [1, "two", null]})).is_ok());
+        // A backslash followed by "u0000" is text, not NUL.
+        assert!(storable(json!({"path": "C:\\u0000"})).is_ok());
+        for bad in [
+            json!({"text": "a\u{0}b"}),
+            json!([{"deep": ["\u{0}"]}]),
+            json!({"key\u{0}": 1}),
+            json!("x".repeat(MAX_NODE_OUTPUT_BYTES + 1)),
+        ] {
+            assert!(
+                matches!(storable(bad.clone()), Err(HandlerError::Terminal(_))),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -618,6 +618,33 @@ async fn an_unreadable_spec_blocks_its_run_and_others_go_on() {
 }
 
 #[tokio::test]
+async fn an_output_postgres_cannot_store_fails_its_run_and_runs_flushed_with_it_complete() {
+    let b = setup().await;
+    let nul = b
+        .automation("id: nul\nnodes:\n  - {id: a, kind: record, input: {nul_output: true}}\n")
+        .await;
+    let calm = b
+        .automation("id: calm\nnodes:\n  - {id: a, kind: record}\n")
+        .await;
+    // Queued before the worker starts, so one claim takes them all and their completions share
+    // flushes.
+    let bad_run = b.start(&nul).await;
+    let mut good_runs = Vec::new();
+    for _ in 0..10 {
+        good_runs.push(b.start(&calm).await);
+    }
+    let worker = b.spawn_worker(config("w1"));
+    b.wait_status(bad_run, RunStatus::Failed).await;
+    for run in good_runs {
+        b.wait_status(run, RunStatus::Completed).await;
+    }
+    worker.stop().await;
+    let run = b.store.run(&b.tenant, bad_run).await.expect("run");
+    let reason = run.stop_reason.expect("reason");
+    assert!(reason.contains("NUL"), "{reason}");
+}
+
+#[tokio::test]
 async fn a_drained_worker_hands_back_and_stops() {
     let b = setup().await;
     let automation = b

@@ -86,7 +86,7 @@ impl Ledger {
 
 /// The `record` kind: notes each attempt; `input.sleep_ms` sleeps (until cancelled);
 /// `input.fail_first` fails that many attempts (retryably); `input.terminal` fails for good;
-/// `input.panic` panics.
+/// `input.panic` panics; `input.nul_output` returns text with a NUL character.
 #[derive(Clone)]
 pub struct Record(pub Ledger);
 
@@ -124,6 +124,9 @@ impl Handler for Record {
             return Err(HandlerError::Retryable("cancelled".into()));
         }
         assert!(ctx.input.get("panic").is_none(), "told to panic");
+        if ctx.input.get("nul_output").is_some() {
+            return Ok(json!({ "text": "before\u{0}after" }));
+        }
         if ctx.input.get("terminal").is_some() {
             return Err(HandlerError::Terminal("told to fail for good".into()));
         }
