@@ -162,7 +162,7 @@ async fn zombie_writes_are_fenced() {
     bounded("zombie", SCENARIO_LIMIT, async {
         let half = WorkerOpts {
             capacity: ZOMBIE_RUNS / 2,
-            proxied: false,
+            ..WorkerOpts::default()
         };
         let opts = [
             half,
