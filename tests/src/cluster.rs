@@ -86,7 +86,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a teardown waits after SIGTERM before SIGKILL.
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
 /// Connections per process: enough for these loads, and few enough for many processes.
-const POOL_SIZE: &str = "4";
+pub const POOL_SIZE: usize = 4;
 /// The program `exec` nodes may run.
 pub const SHELL: &str = "/bin/sh";
 
@@ -106,6 +106,8 @@ pub struct WorkerOpts {
     pub capacity: usize,
     /// Reach the database through a [`Proxy`] of its own, which the scenario can fault.
     pub proxied: bool,
+    /// Database connections in its pool.
+    pub pool_size: usize,
 }
 
 impl Default for WorkerOpts {
@@ -113,6 +115,7 @@ impl Default for WorkerOpts {
         Self {
             capacity: 16,
             proxied: false,
+            pool_size: POOL_SIZE,
         }
     }
 }
@@ -299,7 +302,7 @@ impl Cluster {
         let mut cmd = command(&self.bins.leasehold);
         cmd.args(["coordinator", "--database-url", &self.url])
             .args(["--listen", &listen.to_string()])
-            .args(["--pool-size", POOL_SIZE])
+            .args(["--pool-size", &POOL_SIZE.to_string()])
             .args(["--leader-lease", &duration_arg(t.leader_lease)])
             .args(["--reaper-interval", &duration_arg(t.sweep)])
             .args(["--pausing-interval", &duration_arg(t.sweep)])
@@ -334,7 +337,7 @@ impl Cluster {
             .args(["--heartbeat-interval", &duration_arg(t.heartbeat)])
             .args(["--poll-interval", &duration_arg(t.poll)])
             .args(["--shutdown-grace", &duration_arg(t.grace)])
-            .args(["--pool-size", POOL_SIZE])
+            .args(["--pool-size", &opts.pool_size.to_string()])
             .args(["--exec-allow", SHELL])
             .env("LEASEHOLD_LOG", "info,leasehold_worker=debug");
         let proc = self.sup.spawn(&name, cmd);

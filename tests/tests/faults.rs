@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins, secs, workers};
-use leasehold_core::ids::RunId;
+use leasehold_core::ids::{ClaimantId, RunId};
 use leasehold_fault_tests::cluster::{Cluster, SHELL, TIMINGS, WorkerId, WorkerOpts, group_alive};
 use leasehold_fault_tests::ledger;
 use leasehold_fault_tests::proxy::Mode;
@@ -162,7 +162,7 @@ async fn zombie_writes_are_fenced() {
     bounded("zombie", SCENARIO_LIMIT, async {
         let half = WorkerOpts {
             capacity: ZOMBIE_RUNS / 2,
-            proxied: false,
+            ..WorkerOpts::default()
         };
         let opts = [
             half,
@@ -326,6 +326,209 @@ async fn wait_runs_left(c: &Cluster, worker: WorkerId, held: &[(RunId, i64)], ou
         },
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. lost commit acknowledgement
+// ---------------------------------------------------------------------------------------------
+
+const LOST_ACK_RUNS: usize = 8;
+
+/// A first node long enough that every run's handler is running when results start to be held,
+/// and short enough that the hold ends well within the worker's self-fence horizon.
+const LOST_ACK_SPEC: &str = "\
+id: lost-ack
+nodes:
+  - {id: a, kind: ledger, input: {sleep_ms: 1000}}
+  - {id: b, kind: ledger, input: {sleep_ms: 100}, depends_on: [a]}
+";
+
+// name: started_under_claim
+// Of runs held at the given epochs, how many have started node `$3` under that same epoch.
+const STARTED_UNDER_CLAIM: &str = "\
+SELECT count(*) FROM run_nodes n
+JOIN unnest($1::uuid[], $2::bigint[]) AS v(run_id, epoch) ON n.run_id = v.run_id
+WHERE n.node_id = $3::text AND n.epoch = v.epoch";
+
+// name: claimed_again
+// Of runs held at the given epochs, how many were claimed again since.
+const CLAIMED_AGAIN: &str = "\
+SELECT count(*) FROM runs r
+JOIN unnest($1::uuid[], $2::bigint[]) AS v(run_id, epoch) ON r.run_id = v.run_id
+WHERE r.lease_epoch <> v.epoch";
+
+/// How long a worker goes on without an acknowledged heartbeat before it stops its runs: the
+/// lease less the self-fence margin.
+fn self_fence_after() -> Duration {
+    let config =
+        leasehold_worker::Config::new(ClaimantId("bound".into())).with_lease(TIMINGS.lease);
+    config.lease - config.self_fence_margin()
+}
+
+/// From the cut to every run's next node started under the same claim. The worker's last
+/// acknowledged heartbeat was sent at most a heartbeat before the replies were held, so it
+/// stops its runs no sooner than `self_fence_after() - heartbeat` after that: a retried
+/// completion that lands later lands for a run its worker has already given up. The machine's
+/// load cannot stretch this bound, so it has no margin.
+fn lost_ack_bound(held_for: Duration) -> Duration {
+    (self_fence_after() - TIMINGS.heartbeat).saturating_sub(held_for)
+}
+
+/// One worker reaches the database through a proxy that, while every run's first node is
+/// running, lets the worker's statements through and holds their results. Once every first
+/// node's completion has committed, every connection is cut: each completion's acknowledgement
+/// is lost. The worker retries each completion, the store finds it landed under the same epoch
+/// and succeeds quietly, and every run starts its next node under the same claim before the
+/// worker's self-fence could stop it. Nothing ran or completed twice, nothing was reaped, no run
+/// was claimed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_commit_acknowledgement_is_retried_quietly() {
+    let _alone = scenario::one_at_a_time().await;
+    bounded("lost-ack", SCENARIO_LIMIT, async {
+        let opts = [WorkerOpts {
+            capacity: LOST_ACK_RUNS,
+            proxied: true,
+            // Each completion keeps its connection while its result is held, and the keeper's
+            // heartbeat keeps one more: with fewer, some completion would wait for a connection
+            // and not commit before the cut. The spare connection also lets the retries through:
+            // a fenced write that changed nothing keeps its connection while it takes a second
+            // one to read the row (`node_fence`, `run_fence` in `core::store`), so as many
+            // retried writes at once as the pool has connections would wait for each other until
+            // the worker self-fences. tests/README.md says why that case is not run here.
+            pool_size: LOST_ACK_RUNS + 1,
+        }];
+        let mut c = Cluster::start("lost-ack", bins(), 2, &opts).await;
+        let line = lost_ack(&mut c).await;
+        c.conclude(line).await;
+    })
+    .await;
+}
+
+async fn lost_ack(c: &mut Cluster) -> Line {
+    let t = c.timings;
+    let [worker] = c.workers()[..] else {
+        unreachable!("one worker")
+    };
+    let automation = c.automation(LOST_ACK_SPEC).await;
+    let runs = c.start_runs(&automation, LOST_ACK_RUNS).await;
+    // A ledger row is written by a running handler, so the worker has the acknowledgement of
+    // every first node's start.
+    wait::until(
+        "every run's first node to be running",
+        FINISH_DEADLINE,
+        Duration::from_millis(10),
+        || async {
+            let started = ledger::all(&c.sql)
+                .await
+                .iter()
+                .filter(|x| x.node_id == "a")
+                .count();
+            (started == runs.len()).then_some(())
+        },
+    )
+    .await;
+
+    let held_at = Instant::now();
+    c.proxy(worker).set(Mode::HoldResults);
+    // Read after results are held: a completion that committed before would be seen here.
+    assert_eq!(
+        c.count_nodes(&runs, "a", "completed").await,
+        0,
+        "a first node completed before results were held; its acknowledgement went through"
+    );
+    // Past this the worker would self-fence under the hold itself, a fault of another kind.
+    wait::until(
+        "every first node's completion to commit",
+        self_fence_after() - t.heartbeat,
+        Duration::from_millis(10),
+        || async { (c.count_nodes(&runs, "a", "completed").await == runs.len()).then_some(()) },
+    )
+    .await;
+    let held = c.held_by(worker).await;
+    assert_eq!(held.len(), runs.len(), "the worker holds every run");
+    let held_chunks = c.proxy(worker).held_chunks();
+    assert!(held_chunks > 0, "the proxy holds the completions' results");
+    let cut = Instant::now();
+    c.proxy(worker).cut();
+    c.proxy(worker).set(Mode::Pass);
+    let held_for = cut - held_at;
+    let bound = lost_ack_bound(held_for);
+
+    let ids: Vec<uuid::Uuid> = held.iter().map(|(r, _)| r.0).collect();
+    let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
+    let recovery = wait::until(
+        "every run to start its next node under the same claim",
+        bound * 2,
+        Duration::from_millis(10),
+        || async {
+            let started: i64 = c
+                .sql
+                .query_one(STARTED_UNDER_CLAIM, &[&ids, &epochs, &"b"])
+                .await
+                .expect("count nodes started under the claim")
+                .get(0);
+            (started == i64::try_from(runs.len()).expect("count")).then(|| cut.elapsed())
+        },
+    )
+    .await;
+    let lost = c.settle(&runs, "completed", FINISH_DEADLINE).await;
+
+    let log = c.sup.log(c.worker_proc(worker));
+    let retries = log.matches("store write failed; retrying").count();
+    eprintln!(
+        "lost-ack: held results for {:.2}s ({held_chunks} chunks), dropped {} by the cut; the \
+         worker retried {retries} writes; every run moved on under its claim after {:.2}s",
+        secs(held_for),
+        c.proxy(worker).dropped_chunks(),
+        secs(recovery)
+    );
+    // Every completion was waiting for its reply when the connections went: each was retried.
+    assert!(
+        retries >= runs.len(),
+        "the worker retried {retries} writes, fewer than the {} lost acknowledgements",
+        runs.len()
+    );
+    assert!(
+        !log.contains("self-fence"),
+        "the worker stopped runs it could not renew in time:\n{}",
+        c.sup.log_tail(c.worker_proc(worker))
+    );
+    let claimed_again: i64 = c
+        .sql
+        .query_one(CLAIMED_AGAIN, &[&ids, &epochs])
+        .await
+        .expect("count runs claimed again")
+        .get(0);
+    assert_eq!(claimed_again, 0, "a run was claimed again after the cut");
+    let reaped = c.event_count("run_stale_reaped", &runs).await
+        + c.event_count("run_execution_claim_expired_requeued", &runs)
+            .await;
+    assert_eq!(reaped, 0, "runs were reaped or requeued after the cut");
+    // The retried completions landed quietly: one completion per node, one execution per node.
+    assert_eq!(
+        c.event_count("node_completed", &runs).await,
+        i64::try_from(2 * runs.len()).expect("count"),
+        "each node's completion was recorded once"
+    );
+    let executions = ledger::all(&c.sql).await;
+    for run in &runs {
+        for node in ["a", "b"] {
+            let n = executions
+                .iter()
+                .filter(|x| x.run_id == *run && x.node_id == node)
+                .count();
+            assert_eq!(n, 1, "run {run}: node {node} ran {n} times");
+        }
+    }
+    Line {
+        scenario: "lost-ack",
+        runs: runs.len(),
+        lost,
+        double_completed: 0,
+        recovery,
+        bound,
+        took: Duration::ZERO,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
