@@ -9,7 +9,7 @@ use common::{LEASE, setup};
 use leasehold_core::ids::{ClaimantId, LeaseEpoch, NodeId, RunId};
 use leasehold_core::lease::{self, LeaseView, Reap};
 use leasehold_core::run::{self, NodeStatus, RunStatus, Transition};
-use leasehold_core::store::{Error, Failure, ReapParams};
+use leasehold_core::store::{Error, Failure, ReapParams, Store};
 use serde_json::json;
 
 fn ms(n: u64) -> Duration {
@@ -309,6 +309,51 @@ async fn repeating_a_write_that_landed_succeeds_quietly() {
     assert_eq!(count("node_started"), 1);
     assert_eq!(count("node_completed"), 1);
     assert_eq!(count("run_completed"), 1);
+}
+
+/// A repeat whose first attempt landed reads the row on the connection it wrote with: a pool
+/// whose every connection is taken by such repeats (a cut that lost as many acknowledgements)
+/// would otherwise wait for one more connection until the worker self-fences.
+#[tokio::test]
+async fn a_repeat_that_landed_needs_no_second_connection() {
+    let b = setup().await;
+    let automation = b.automation("repeat-one").await;
+    b.start(&automation).await;
+    let store = Store::connect(b.db.url(), 1).await.expect("a pool of one");
+    let claim = store
+        .claim_runs(&ClaimantId::from("w"), 1, LEASE)
+        .await
+        .expect("claim")
+        .remove(0)
+        .claim;
+    let output = json!({"ok": true});
+    let failure = Failure {
+        node_id: node("b"),
+        attempt: 1,
+        reason: "for good".into(),
+    };
+    let repeats = async {
+        for _ in 0..2 {
+            store.node_started(&claim, &node("a")).await?;
+        }
+        for _ in 0..2 {
+            store.node_completed(&claim, &node("a"), &output).await?;
+        }
+        store.node_started(&claim, &node("b")).await?;
+        for _ in 0..2 {
+            store
+                .node_failed(&claim, &node("b"), "for good", false)
+                .await?;
+        }
+        for _ in 0..2 {
+            store.fail_run(&claim, &failure, &[node("d")]).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), repeats)
+        .await
+        .expect("every repeat answers on a pool of one connection")
+        .expect("every repeat succeeds quietly");
 }
 
 #[tokio::test]

@@ -136,7 +136,12 @@ impl LeaseKeeper {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while stop.run_until_cancelled(tick.tick()).await.is_some() {
                 // Bounded so that a hung database delays the next round, not every round after.
-                let _ = tokio::time::timeout(self.heartbeat_interval, self.beat()).await;
+                if tokio::time::timeout(self.heartbeat_interval, self.beat())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(interval = ?self.heartbeat_interval, "heartbeat round did not answer within its interval");
+                }
             }
         };
         tokio::join!(fence, beat);

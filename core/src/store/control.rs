@@ -232,7 +232,7 @@ impl Store {
         {
             return Ok(row.get(0));
         }
-        let run = self.run_fence(claim).await?;
+        let run = super::outcomes::run_fence(&client, claim).await?;
         if run.epoch == claim.epoch.0 && run.status == "pausing" {
             Err(Error::PauseRequested {
                 run_id: claim.run_id,
@@ -349,7 +349,7 @@ impl Store {
         if !rows.is_empty() {
             return Ok(());
         }
-        let run = self.run_fence(claim).await?;
+        let run = super::outcomes::run_fence(&client, claim).await?;
         if run.epoch == claim.epoch.0 && run.status == landed_status {
             Ok(())
         } else {

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
 use tokio_postgres::Row;
 
 use super::{Claim, Error, Store};
@@ -323,7 +324,6 @@ impl Store {
                 &[&claim_ids, &claim_epochs, &run_ids, &epochs, &node_ids],
             )
             .await?;
-        drop(client);
         let landed: HashMap<(RunId, &str), u32> = rows
             .iter()
             .map(|row| {
@@ -338,25 +338,10 @@ impl Store {
             let key = (start.claim.run_id, start.node_id.as_str());
             answers.push(match landed.get(&key) {
                 Some(attempts) => Ok(*attempts),
-                None => self.start_not_written(&start.claim, &start.node_id).await,
+                None => start_not_written(&client, &start.claim, &start.node_id).await,
             });
         }
         Ok(answers)
-    }
-
-    /// A start that changed nothing: the same start landed before (a lost acknowledgement), or
-    /// why it cannot land.
-    async fn start_not_written(&self, claim: &Claim, node_id: &NodeId) -> Result<u32, Error> {
-        let fence = self.node_fence(claim, node_id).await?;
-        if fence.landed(claim, "running") && fence.held_by_claim {
-            Ok(fence.attempts())
-        } else if fence.pausing {
-            Err(Error::PauseRequested {
-                run_id: claim.run_id,
-            })
-        } else {
-            Err(fence.refusal(claim, node_id))
-        }
     }
 
     /// Records the output of the running attempt of `node_id`.
@@ -422,7 +407,6 @@ impl Store {
                 ],
             )
             .await?;
-        drop(client);
         let landed: HashMap<(RunId, &str), bool> = rows
             .iter()
             .map(|row| {
@@ -437,29 +421,12 @@ impl Store {
             let key = (c.claim.run_id, c.node_id.as_str());
             answers.push(match landed.get(&key) {
                 Some(run_completed) => Ok(*run_completed),
-                None => self
-                    .completion_not_written(&c.claim, &c.node_id, &c.output)
+                None => completion_not_written(&client, &c.claim, &c.node_id, &c.output)
                     .await
                     .map(|()| false),
             });
         }
         Ok(answers)
-    }
-
-    /// A completion that changed nothing: the same completion landed before (a lost
-    /// acknowledgement), or why it cannot land.
-    async fn completion_not_written(
-        &self,
-        claim: &Claim,
-        node_id: &NodeId,
-        output: &serde_json::Value,
-    ) -> Result<(), Error> {
-        let fence = self.node_fence(claim, node_id).await?;
-        if fence.landed(claim, "completed") && fence.output.as_ref() == Some(output) {
-            Ok(())
-        } else {
-            Err(fence.refusal(claim, node_id))
-        }
     }
 
     /// Records that the running attempt of `node_id` failed with `error`.
@@ -487,7 +454,7 @@ impl Store {
         if !rows.is_empty() {
             return Ok(());
         }
-        let fence = self.node_fence(claim, node_id).await?;
+        let fence = node_fence(&client, claim, node_id).await?;
         let stored_error = fence.last_error.as_deref();
         if fence.landed(claim, "failed") && stored_error.is_some_and(|e| error.starts_with(e)) {
             Ok(())
@@ -503,26 +470,60 @@ impl Store {
         let rows = client.query(&stmt, &[&run_id.0]).await?;
         rows.iter().map(|row| read_node(run_id, row)).collect()
     }
+}
 
-    async fn node_fence(&self, claim: &Claim, node_id: &NodeId) -> Result<NodeFence, Error> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(NODE_FENCE_STATE).await?;
-        let row = client
-            .query_opt(&stmt, &[&claim.run_id.0, &node_id.as_str()])
-            .await?
-            .ok_or(Error::RunNotFound(claim.run_id))?;
-        let status: &str = row.get("status");
-        let ours = row.get::<_, i64>("lease_epoch") == claim.epoch.0;
-        Ok(NodeFence {
-            held_by_claim: ours && matches!(status, "running" | "pausing"),
-            pausing: ours && status == "pausing",
-            node_status: row.get("node_status"),
-            node_epoch: row.get("node_epoch"),
-            attempts: row.get("attempts"),
-            output: row.get("output"),
-            last_error: row.get("last_error"),
+// A write that changed nothing reads why on the connection it wrote with: taking a second one
+// while holding the first would let as many repeats as the pool has connections (a cut that lost
+// as many acknowledgements) wait for each other until the worker self-fences.
+
+/// A start that changed nothing: the same start landed before (a lost acknowledgement), or why
+/// it cannot land.
+async fn start_not_written(client: &Client, claim: &Claim, node_id: &NodeId) -> Result<u32, Error> {
+    let fence = node_fence(client, claim, node_id).await?;
+    if fence.landed(claim, "running") && fence.held_by_claim {
+        Ok(fence.attempts())
+    } else if fence.pausing {
+        Err(Error::PauseRequested {
+            run_id: claim.run_id,
         })
+    } else {
+        Err(fence.refusal(claim, node_id))
     }
+}
+
+/// A completion that changed nothing: the same completion landed before (a lost
+/// acknowledgement), or why it cannot land.
+async fn completion_not_written(
+    client: &Client,
+    claim: &Claim,
+    node_id: &NodeId,
+    output: &serde_json::Value,
+) -> Result<(), Error> {
+    let fence = node_fence(client, claim, node_id).await?;
+    if fence.landed(claim, "completed") && fence.output.as_ref() == Some(output) {
+        Ok(())
+    } else {
+        Err(fence.refusal(claim, node_id))
+    }
+}
+
+async fn node_fence(client: &Client, claim: &Claim, node_id: &NodeId) -> Result<NodeFence, Error> {
+    let stmt = client.prepare_cached(NODE_FENCE_STATE).await?;
+    let row = client
+        .query_opt(&stmt, &[&claim.run_id.0, &node_id.as_str()])
+        .await?
+        .ok_or(Error::RunNotFound(claim.run_id))?;
+    let status: &str = row.get("status");
+    let ours = row.get::<_, i64>("lease_epoch") == claim.epoch.0;
+    Ok(NodeFence {
+        held_by_claim: ours && matches!(status, "running" | "pausing"),
+        pausing: ours && status == "pausing",
+        node_status: row.get("node_status"),
+        node_epoch: row.get("node_epoch"),
+        attempts: row.get("attempts"),
+        output: row.get("output"),
+        last_error: row.get("last_error"),
+    })
 }
 
 fn read_node(run_id: RunId, row: &Row) -> Result<NodeRecord, Error> {

@@ -158,7 +158,7 @@ impl Store {
         if !rows.is_empty() {
             return Ok(());
         }
-        let fence = self.run_fence(claim).await?;
+        let fence = run_fence(&client, claim).await?;
         let landed = fence.at(claim, "queued")
             && fence.queue_reason.as_deref() == Some("retry_backoff")
             && fence.retry_node_id.as_deref() == Some(node_id.as_str())
@@ -183,7 +183,7 @@ impl Store {
         if !rows.is_empty() {
             return Ok(());
         }
-        let fence = self.run_fence(claim).await?;
+        let fence = run_fence(&client, claim).await?;
         fence.landed_or_refused(
             claim,
             fence.at(claim, "completed"),
@@ -218,26 +218,31 @@ impl Store {
         if !rows.is_empty() {
             return Ok(());
         }
-        let fence = self.run_fence(claim).await?;
+        let fence = run_fence(&client, claim).await?;
         let landed = fence.at(claim, "failed")
             && fence.failed_node_id.as_deref() == Some(failure.node_id.as_str());
         fence.landed_or_refused(claim, landed, "the run failed differently before")
     }
+}
 
-    pub(super) async fn run_fence(&self, claim: &Claim) -> Result<RunFence, Error> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(RUN_FENCE_STATE).await?;
-        let row = client
-            .query_opt(&stmt, &[&claim.run_id.0])
-            .await?
-            .ok_or(Error::RunNotFound(claim.run_id))?;
-        Ok(RunFence {
-            status: row.get("status"),
-            epoch: row.get("lease_epoch"),
-            queue_reason: row.get("queue_reason"),
-            retry_node_id: row.get("retry_node_id"),
-            retry_attempt: row.get("retry_attempt"),
-            failed_node_id: row.get("failed_node_id"),
-        })
-    }
+/// Reads why a run write changed nothing, on the connection that wrote: taking a second one
+/// while holding the first would let as many repeats as the pool has connections wait for each
+/// other.
+pub(super) async fn run_fence(
+    client: &deadpool_postgres::Client,
+    claim: &Claim,
+) -> Result<RunFence, Error> {
+    let stmt = client.prepare_cached(RUN_FENCE_STATE).await?;
+    let row = client
+        .query_opt(&stmt, &[&claim.run_id.0])
+        .await?
+        .ok_or(Error::RunNotFound(claim.run_id))?;
+    Ok(RunFence {
+        status: row.get("status"),
+        epoch: row.get("lease_epoch"),
+        queue_reason: row.get("queue_reason"),
+        retry_node_id: row.get("retry_node_id"),
+        retry_attempt: row.get("retry_attempt"),
+        failed_node_id: row.get("failed_node_id"),
+    })
 }
