@@ -132,6 +132,9 @@ async fn flush_queued<W: BatchWrite>(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
+        // Runs woken together (a claim's batch, a flush's answers) are runnable right now: let
+        // them queue their writes before the batch is taken. Microseconds, when idle.
+        tokio::task::yield_now().await;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
@@ -155,6 +158,11 @@ async fn flush_queued<W: BatchWrite>(
 async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
     let (items, answers): (Vec<W::Item>, Vec<_>) =
         batch.into_iter().map(|r| (r.item, r.answer)).unzip();
+    tracing::trace!(
+        kind = std::any::type_name::<W>(),
+        writes = items.len(),
+        "flushing"
+    );
     match W::write(store, &items).await {
         Ok(results) => {
             for (answer, result) in answers.into_iter().zip(results) {

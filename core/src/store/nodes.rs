@@ -105,8 +105,12 @@ node AS (
     WHERE n.status IN ('running', 'failed') AND n.epoch < excluded.epoch
     RETURNING n.run_id, n.node_id, n.attempts
 ),
+-- Per run, its started nodes in one row: the events are unnested from it, where a join of the
+-- nodes with the runs would be planned as a nested loop over both CTEs, quadratic in the batch.
 counted AS (
-    SELECT run_id, count(*) AS started FROM node GROUP BY run_id
+    SELECT run_id, count(*) AS started, array_agg(node_id ORDER BY node_id) AS nodes,
+           array_agg(attempts ORDER BY node_id) AS attempts
+    FROM node GROUP BY run_id
 ),
 fenced AS (
     UPDATE runs r
@@ -114,14 +118,14 @@ fenced AS (
         event_seq = r.event_seq + counted.started, updated_at = now()
     FROM counted
     WHERE r.run_id = counted.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq - counted.started AS seq_before
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq - counted.started AS seq_before,
+              counted.nodes, counted.attempts
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt)
-    SELECT fenced.run_id,
-           fenced.seq_before + row_number() OVER (PARTITION BY node.run_id ORDER BY node.node_id),
-           fenced.tenant_id, 'node_started', fenced.lease_epoch, node.node_id, node.attempts
-    FROM fenced JOIN node ON node.run_id = fenced.run_id
+    SELECT fenced.run_id, fenced.seq_before + started.nth, fenced.tenant_id, 'node_started',
+           fenced.lease_epoch, started.node_id, started.attempt
+    FROM fenced, unnest(fenced.nodes, fenced.attempts) WITH ORDINALITY AS started(node_id, attempt, nth)
 )
 SELECT run_id, node_id, attempts FROM node";
 
@@ -151,16 +155,18 @@ node AS (
       AND n.status = 'running' AND n.epoch = done.epoch
     RETURNING n.run_id, n.node_id, n.attempts, held.finish
 ),
-counted AS (
-    SELECT run_id, count(*) AS done, array_agg(node_id) AS nodes, bool_and(finish) AS finish
-    FROM node GROUP BY run_id
-),
-finishing AS (
-    SELECT c.run_id, c.done, c.finish AND NOT EXISTS (
+-- Per run, its completed nodes in one row, and whether it completes: MATERIALIZED so the
+-- NOT EXISTS is evaluated once per run, not once per column that reads it.
+finishing AS MATERIALIZED (
+    SELECT c.run_id, c.done, c.nodes, c.attempts, c.finish AND NOT EXISTS (
         SELECT 1 FROM run_nodes other
         WHERE other.run_id = c.run_id AND other.status = 'running'
           AND other.node_id <> ALL (c.nodes)) AS finish
-    FROM counted c
+    FROM (
+        SELECT run_id, count(*) AS done, array_agg(node_id ORDER BY node_id) AS nodes,
+               array_agg(attempts ORDER BY node_id) AS attempts, bool_and(finish) AS finish
+        FROM node GROUP BY run_id
+    ) c
 ),
 fenced AS (
     UPDATE runs r
@@ -174,22 +180,22 @@ fenced AS (
         updated_at = now()
     FROM finishing f
     WHERE r.run_id = f.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, f.done, f.finish
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq - f.done - f.finish::int AS seq_before,
+              f.nodes, f.attempts, f.finish
 ),
 node_event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt)
-    SELECT fenced.run_id,
-           fenced.event_seq - fenced.done - fenced.finish::int
-               + row_number() OVER (PARTITION BY node.run_id ORDER BY node.node_id),
-           fenced.tenant_id, 'node_completed', fenced.lease_epoch, node.node_id, node.attempts
-    FROM fenced JOIN node ON node.run_id = fenced.run_id
+    SELECT fenced.run_id, fenced.seq_before + done.nth, fenced.tenant_id, 'node_completed',
+           fenced.lease_epoch, done.node_id, done.attempt
+    FROM fenced, unnest(fenced.nodes, fenced.attempts) WITH ORDINALITY AS done(node_id, attempt, nth)
 ),
 run_event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
-    SELECT run_id, event_seq, tenant_id, 'run_completed', lease_epoch FROM fenced WHERE finish
+    SELECT run_id, seq_before + cardinality(nodes) + 1, tenant_id, 'run_completed', lease_epoch
+    FROM fenced WHERE finish
 )
-SELECT node.run_id, node.node_id, fenced.finish
-FROM node JOIN fenced ON fenced.run_id = node.run_id";
+SELECT fenced.run_id, done.node_id, fenced.finish
+FROM fenced, unnest(fenced.nodes) AS done(node_id)";
 
 // name: node_failed
 // Records a running node's failed attempt under the claim that started it. Whether it is retried
