@@ -94,10 +94,6 @@ impl Worker {
                 () = drain_requested.cancelled() => {}
             }
         };
-        // A claim per finished run would cost a round trip per run under load: once a claim
-        // came back full, the next waits until a quarter of the capacity is free. A wake-up or
-        // the poll claims whatever is free.
-        let claim_batch = (self.config.capacity / 4).max(1);
         let mut woken = true;
         let mut queue_had_more = false;
         // A deadline, not a fresh sleep per pass: runs finishing often must not put the poll off.
@@ -105,7 +101,7 @@ impl Worker {
         loop {
             let free = self.config.capacity.saturating_sub(runs.len());
             let mut claim_failed = false;
-            if free > 0 && (woken || (queue_had_more && free >= claim_batch)) {
+            if time_to_claim(free, self.config.capacity, woken, queue_had_more) {
                 woken = false;
                 let requested_at = Instant::now();
                 let claim =
@@ -213,6 +209,14 @@ impl Worker {
     }
 }
 
+/// Whether to claim now, with `free` of `capacity` slots free. A claim per finished run would
+/// cost a round trip per run under load: after a claim came back full (`queue_had_more`), the
+/// next waits until a quarter of the capacity is free. A wake-up or the poll (`woken`) claims
+/// whatever is free.
+fn time_to_claim(free: usize, capacity: usize, woken: bool, queue_had_more: bool) -> bool {
+    free > 0 && (woken || (queue_had_more && free >= (capacity / 4).max(1)))
+}
+
 async fn wait_for_wakeup(wakeups: Option<&store::Wakeups>) {
     match wakeups {
         Some(w) => w.notified().await,
@@ -224,5 +228,25 @@ fn collect(report: &mut Report, done: Result<Outcome, tokio::task::JoinError>) {
     match done {
         Ok(outcome) => report.outcomes.push(outcome),
         Err(e) => tracing::error!(error = %e, "a run task panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_to_claim;
+
+    #[test]
+    fn a_busy_worker_claims_in_quarters_and_a_woken_one_claims_what_is_free() {
+        // Nothing free: never.
+        assert!(!time_to_claim(0, 16, true, true));
+        // Woken (a NOTIFY, the poll, the first pass): whatever is free.
+        assert!(time_to_claim(1, 16, true, false));
+        // The last claim came back full: more is queued, but wait for a quarter.
+        assert!(!time_to_claim(3, 16, false, true));
+        assert!(time_to_claim(4, 16, false, true));
+        // The queue was drained: wait for a wake-up, however much is free.
+        assert!(!time_to_claim(16, 16, false, false));
+        // A capacity under four claims one at a time.
+        assert!(time_to_claim(1, 3, false, true));
     }
 }
