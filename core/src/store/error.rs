@@ -157,6 +157,14 @@ pub enum Error {
         /// The unknown node.
         node_id: NodeId,
     },
+    /// One request of a batch was refused, and with it the whole batch: nothing was stored.
+    #[error("request {index} of the batch: {source}")]
+    InBatch {
+        /// The refused request's position in the batch, from 0.
+        index: usize,
+        /// Why it was refused.
+        source: Box<Error>,
+    },
     /// A page token that no listing of this build produced, or one of another listing.
     #[error("bad page token: {0}")]
     BadPageToken(String),
