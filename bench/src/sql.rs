@@ -297,14 +297,15 @@ impl LimitSession {
 // --- The backlog ---------------------------------------------------------------------------------
 
 // Finished and queued runs of one automation, as the product leaves them: a completed run has
-// been started and finished and holds no lease; a queued one is due. Random ids, as far apart
-// as real ones in the primary key's pages.
+// been started and finished and holds no lease; a queued one is due. They arrive one
+// microsecond apart, so that the queue's order follows the table's, as with real arrivals.
 const BACKLOG_FILL: &str = "\
 INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, status,
-                  queue_reason, started_at, finished_at, event_seq)
+                  queue_reason, created_at, queued_at, started_at, finished_at, event_seq)
 SELECT gen_random_uuid(), $1::text, $2::text, 1, 'api',
        CASE WHEN g % $4::int8 = 0 THEN 'queued' ELSE 'completed' END,
        CASE WHEN g % $4::int8 = 0 THEN 'started' END,
+       now() + g * interval '1 microsecond', now() + g * interval '1 microsecond',
        CASE WHEN g % $4::int8 = 0 THEN NULL ELSE now() END,
        CASE WHEN g % $4::int8 = 0 THEN NULL ELSE now() END,
        CASE WHEN g % $4::int8 = 0 THEN 1 ELSE 4 END

@@ -19,7 +19,7 @@ const QUEUED_EVERY: i64 = 5;
 /// Timed claims of one run per repetition.
 const CLAIMS_OF_ONE: usize = 200;
 /// Timed claims of a worker's capacity per repetition, at most.
-const CLAIMS_OF_BATCH: usize = 20;
+const CLAIMS_OF_BATCH: usize = 30;
 /// Untimed claims first: the pool's connection and prepared statement are warm.
 const WARM_UP_CLAIMS: usize = 5;
 /// How much slower the claim may be at the largest size than at the smallest.
