@@ -107,8 +107,7 @@ async fn run(args: Args, argv: &[String], db_name: &str) -> anyhow::Result<()> {
     }
     sql::create_database(&admin, db_name).await?;
     let db_url = with_database(&admin_url, db_name);
-    let workdir = std::env::temp_dir().join(format!("leasehold-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir)?;
+    let mut workdir = WorkDir::create()?;
     let postmaster = procfs::parent(server.backend_pid);
     if postmaster.is_none() {
         eprintln!("warning: the server is not on this machine: no database CPU figures");
@@ -136,7 +135,7 @@ async fn run(args: Args, argv: &[String], db_name: &str) -> anyhow::Result<()> {
         plan: args.plan(),
         args,
         bin,
-        workdir: workdir.clone(),
+        workdir: workdir.path.clone(),
         db_name: db_name.to_owned(),
         db_url,
         admin,
@@ -150,10 +149,33 @@ async fn run(args: Args, argv: &[String], db_name: &str) -> anyhow::Result<()> {
     }
     drop(cluster);
     if let Err(e) = measured {
-        return Err(e.context(format!("process logs kept in {}", workdir.display())));
+        workdir.keep = true;
+        return Err(e.context(format!("process logs kept in {}", workdir.path.display())));
     }
-    let _ = std::fs::remove_dir_all(&workdir);
     report(&bench, &meta)
+}
+
+/// The folder of the processes' logs: removed when dropped (an interrupted run too) unless
+/// kept for a failure's post-mortem.
+struct WorkDir {
+    path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn create() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("leasehold-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep: false })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 async fn measure(bench: &mut Bench) -> anyhow::Result<()> {
