@@ -526,6 +526,113 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
 }
 
 #[tokio::test]
+async fn runs_start_in_batches_all_or_nothing_naming_the_refused_request() {
+    let b = setup().await;
+    b.apply(HELLO).await;
+    let request = |request_id: &str, priority: i32| v1::StartRunRequest {
+        automation_id: "hello".into(),
+        request_id: request_id.into(),
+        priority,
+        ..Default::default()
+    };
+    let batch = v1::StartRunsRequest {
+        requests: vec![request("b-1", 0), request("", 3), request("b-1", 0)],
+    };
+    let started = b
+        .runs()
+        .start_runs(batch.clone())
+        .await
+        .expect("start batch")
+        .into_inner()
+        .runs;
+    let created: Vec<bool> = started.iter().map(|s| s.created).collect();
+    assert_eq!(created, vec![true, true, false]);
+    assert_eq!(started[2].run_id, started[0].run_id);
+    let second = b
+        .runs()
+        .get_run(v1::GetRunRequest {
+            run_id: started[1].run_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!((second.status.as_str(), second.priority), ("queued", 3));
+    let repeat = b
+        .runs()
+        .start_runs(v1::StartRunsRequest {
+            requests: vec![request("b-1", 0)],
+        })
+        .await
+        .expect("repeat")
+        .into_inner()
+        .runs;
+    assert_eq!(repeat[0].run_id, started[0].run_id);
+    assert!(!repeat[0].created);
+
+    let stored = || async {
+        b.runs()
+            .list_runs(v1::ListRunsRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .runs
+            .len()
+    };
+    let before = stored().await;
+    let bad_field = b
+        .runs()
+        .start_runs(v1::StartRunsRequest {
+            requests: vec![request("", 0), request("", 5_000)],
+        })
+        .await
+        .expect_err("priority out of range");
+    assert_eq!(bad_field.code(), Code::InvalidArgument);
+    assert_eq!(violations(&bad_field), vec!["requests[1].priority"]);
+
+    let missing = b
+        .runs()
+        .start_runs(v1::StartRunsRequest {
+            requests: vec![
+                request("", 0),
+                v1::StartRunRequest {
+                    automation_id: "nope".into(),
+                    ..Default::default()
+                },
+            ],
+        })
+        .await
+        .expect_err("unknown automation");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(
+        missing.message().starts_with("requests[1]: "),
+        "{missing:?}"
+    );
+
+    let conflict = b
+        .runs()
+        .start_runs(v1::StartRunsRequest {
+            requests: vec![request("", 0), request("b-1", 9)],
+        })
+        .await
+        .expect_err("same id, other body");
+    assert_eq!(conflict.code(), Code::FailedPrecondition);
+    assert!(
+        conflict.message().starts_with("requests[1]: "),
+        "{conflict:?}"
+    );
+
+    let too_many = b
+        .runs()
+        .start_runs(v1::StartRunsRequest {
+            requests: vec![request("", 0); leasehold_coordinator::api::MAX_START_RUNS + 1],
+        })
+        .await
+        .expect_err("too many");
+    assert_eq!(violations(&too_many), vec!["requests"]);
+    assert_eq!(stored().await, before, "refused batches stored nothing");
+}
+
+#[tokio::test]
 async fn watch_resumed_from_a_middle_sequence_yields_exactly_the_rest_and_ends() {
     let b = setup().await;
     b.apply(HELLO).await;

@@ -24,10 +24,11 @@ const START_TIMEOUT_SECS: &str = "60";
 const TCP_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many lines of the server log a start failure quotes.
 const LOG_TAIL_LINES: usize = 40;
-/// Server settings for tests: loopback TCP only, no Unix socket (a long temp path can exceed the
-/// socket path limit), no durability, and room for many pools at once.
-const SERVER_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
-    -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+/// Settings of every cluster: loopback TCP only, no Unix socket (a long temp path can exceed the
+/// socket path limit).
+const LOOPBACK_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c unix_socket_directories=''";
+/// Server settings for tests: no durability, and room for many pools at once.
+const TEST_SETTINGS: &str = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off \
     -c max_connections=400 -c shared_buffers=128MB";
 
 /// A running throwaway cluster. [`Cluster::destroy`] stops it and removes its directory.
@@ -36,12 +37,19 @@ pub(crate) struct Cluster {
     dir: PathBuf,
     tools: Tools,
     port: u16,
+    /// Server settings on top of [`LOOPBACK_SETTINGS`], as `-c name=value` options.
+    settings: String,
 }
 
 impl Cluster {
     /// Finds the PostgreSQL binaries, sweeps leftovers of dead test processes, and starts a fresh
-    /// cluster.
+    /// cluster with the tests' settings.
     pub(crate) fn start() -> Result<Cluster, String> {
+        Self::start_with(TEST_SETTINGS)
+    }
+
+    /// The same, with other server settings (`-c name=value` options).
+    pub(crate) fn start_with(settings: &str) -> Result<Cluster, String> {
         let bindir = find_bindir().ok_or_else(|| BINARIES_MISSING.to_owned())?;
         let dir = create_dir()
             .map_err(|e| format!("could not create a cluster directory in the temp dir: {e}"))?;
@@ -52,6 +60,7 @@ impl Cluster {
             },
             dir,
             port: 0,
+            settings: settings.to_owned(),
         };
         match cluster.init_and_run() {
             Ok(()) => Ok(cluster),
@@ -117,7 +126,7 @@ impl Cluster {
                 .arg("-l")
                 .arg(&log)
                 .arg("-o")
-                .arg(format!("-p {port} {SERVER_SETTINGS}"))
+                .arg(format!("-p {port} {LOOPBACK_SETTINGS} {}", self.settings))
                 .output();
             match check_output("pg_ctl start", output) {
                 Ok(()) => return wait_for_tcp(port).map(|()| port),

@@ -46,12 +46,15 @@
 //!   leftovers.
 //! - `db`: [`TestDb`], one database per test.
 //! - `wait`: [`wait_for`], polling with a deadline instead of sleeping.
+//! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings, for the benchmark.
 
 mod cluster;
 mod db;
+mod owned;
 mod server;
 mod wait;
 
 pub use db::TestDb;
-pub use server::{DATABASE_URL_ENV, admin_url};
+pub use owned::OwnedCluster;
+pub use server::{DATABASE_URL_ENV, admin_url, with_database};
 pub use wait::wait_for;

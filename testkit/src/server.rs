@@ -87,7 +87,7 @@ fn check_url(url: &str) -> Result<(), String> {
 
 /// Returns `url` with its database replaced by `database`, keeping user, host, port and query
 /// parameters.
-pub(crate) fn with_database(url: &str, database: &str) -> String {
+pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),

@@ -59,6 +59,14 @@ impl From<ApiError> for Status {
                     ErrorDetails::with_bad_request(violations),
                 )
             }
+            ApiError::Store(store::Error::InBatch { index, source }) => {
+                // The status the request would get alone, naming it within the batch.
+                let alone = Status::from(ApiError::Store(*source));
+                Status::new(
+                    alone.code(),
+                    format!("requests[{index}]: {}", alone.message()),
+                )
+            }
             ApiError::Store(store) => {
                 let message = store.to_string();
                 match store {

@@ -26,6 +26,9 @@ const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const WATCH_BATCH: usize = 500;
 /// Largest inputs a run may be started with, as JSON; the same bound as a node's output.
 const MAX_INPUTS_BYTES: usize = MAX_NODE_OUTPUT_BYTES;
+/// Most runs one StartRuns call may start: a batch is one statement, and a bounded one keeps
+/// the statement's time and memory, and the message, in check.
+pub const MAX_START_RUNS: usize = 1_000;
 
 /// The events after which a run does not change again (but for an operator's recover).
 const TERMINAL_EVENTS: [&str; 5] = [
@@ -170,8 +173,13 @@ impl Api {
         ))
     }
 
-    async fn run_start(&self, request: v1::StartRunRequest) -> ApiResult<v1::StartRunResponse> {
-        let automation_id = AutomationId(convert::name("automation_id", &request.automation_id)?);
+    /// A start request checked field by field; `prefix` places the fields in a batch.
+    fn start_request(&self, prefix: &str, request: &v1::StartRunRequest) -> ApiResult<StartRun> {
+        let field = |name: &str| format!("{prefix}{name}");
+        let automation_id = AutomationId(convert::name(
+            &field("automation_id"),
+            &request.automation_id,
+        )?);
         let inputs = request
             .inputs
             .as_ref()
@@ -179,29 +187,62 @@ impl Api {
         let size = serde_json::to_vec(&inputs).map_or(usize::MAX, |v| v.len());
         if size > MAX_INPUTS_BYTES {
             return Err(ApiError::field(
-                "inputs",
+                field("inputs"),
                 format!("{size} bytes as JSON; at most {MAX_INPUTS_BYTES}"),
             ));
         }
         let priority = i16::try_from(request.priority)
             .ok()
             .filter(|p| (-1000..=1000).contains(p))
-            .ok_or_else(|| ApiError::field("priority", "must be between -1000 and 1000"))?;
+            .ok_or_else(|| ApiError::field(field("priority"), "must be between -1000 and 1000"))?;
+        Ok(StartRun {
+            tenant: self.tenant.clone(),
+            automation_id,
+            inputs,
+            priority,
+            concurrency_key: optional_key(&field("concurrency_key"), &request.concurrency_key)?,
+            idempotency_key: optional_key(&field("request_id"), &request.request_id)?,
+            trigger: Trigger::Api,
+        })
+    }
+
+    async fn run_start(&self, request: v1::StartRunRequest) -> ApiResult<v1::StartRunResponse> {
         let started = self
             .store
-            .start_run(&StartRun {
-                tenant: self.tenant.clone(),
-                automation_id,
-                inputs,
-                priority,
-                concurrency_key: optional_key("concurrency_key", &request.concurrency_key)?,
-                idempotency_key: optional_key("request_id", &request.request_id)?,
-                trigger: Trigger::Api,
-            })
+            .start_run(&self.start_request("", &request)?)
             .await?;
         Ok(v1::StartRunResponse {
             run: Some(self.run_view(started.run_id).await?),
             created: started.created,
+        })
+    }
+
+    /// Every request is checked before any is stored; the store then starts all or none.
+    async fn runs_start(&self, request: v1::StartRunsRequest) -> ApiResult<v1::StartRunsResponse> {
+        if request.requests.len() > MAX_START_RUNS {
+            return Err(ApiError::field(
+                "requests",
+                format!(
+                    "{} requests; at most {MAX_START_RUNS} per call",
+                    request.requests.len()
+                ),
+            ));
+        }
+        let requests = request
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.start_request(&format!("requests[{i}]."), r))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let started = self.store.start_runs(&requests).await?;
+        Ok(v1::StartRunsResponse {
+            runs: started
+                .iter()
+                .map(|s| v1::StartedRun {
+                    run_id: s.run_id.to_string(),
+                    created: s.created,
+                })
+                .collect(),
         })
     }
 
@@ -333,6 +374,13 @@ impl Runs for Api {
         request: Request<v1::StartRunRequest>,
     ) -> Result<Response<v1::StartRunResponse>, Status> {
         respond(self.run_start(request.into_inner()).await)
+    }
+
+    async fn start_runs(
+        &self,
+        request: Request<v1::StartRunsRequest>,
+    ) -> Result<Response<v1::StartRunsResponse>, Status> {
+        respond(self.runs_start(request.into_inner()).await)
     }
 
     async fn get_run(

@@ -164,6 +164,14 @@ pub enum Error {
     /// sent again.
     #[error("write interrupted: {0}")]
     Interrupted(&'static str),
+    /// One request of a batch was refused, and with it the whole batch: nothing was stored.
+    #[error("request {index} of the batch: {source}")]
+    InBatch {
+        /// The refused request's position in the batch, from 0.
+        index: usize,
+        /// Why it was refused.
+        source: Box<Error>,
+    },
     /// A page token that no listing of this build produced, or one of another listing.
     #[error("bad page token: {0}")]
     BadPageToken(String),

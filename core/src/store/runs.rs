@@ -1,5 +1,7 @@
 //! Starting runs and reading them back.
 
+mod batch;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
@@ -190,6 +192,8 @@ RETURNING run_id";
 
 pub(super) const QUERIES: &[(&str, &str)] = &[
     ("start_run", START_RUN),
+    ("start_runs", batch::START_RUNS),
+    ("runs_by_idempotency_keys", batch::RUNS_BY_IDEMPOTENCY_KEYS),
     ("run_by_idempotency_key", RUN_BY_IDEMPOTENCY_KEY),
     ("run", RUN),
     ("cancel_run", CANCEL_RUN),

@@ -1,0 +1,238 @@
+//! Starting runs: through the coordinator's API (StartRuns in batches, StartRun one by one) and
+//! through the store directly, each into empty tables.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::bail;
+use futures_util::future::try_join_all;
+use leasehold_proto::v1;
+use leasehold_proto::v1::runs_client::RunsClient;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::{Bench, NOOP, Snapshot, batch_sizes, cpu_per, per};
+use crate::procfs;
+use crate::procs::Proc;
+use crate::report::Figure;
+
+/// Single StartRun calls per repetition, as a share of the batch figures' runs: each call is
+/// one run, and the figure is steady long before 20,000.
+const SINGLE_SHARE: usize = 10;
+/// Single calls in flight per batch lane: one run per call needs more calls at once to fill
+/// the coordinator.
+const SINGLE_FAN: usize = 4;
+
+/// One repetition of one way to enqueue.
+#[derive(Debug, Clone, Copy)]
+struct Enqueued {
+    runs_per_s: f64,
+    xacts_per_run: f64,
+    db_cpu_us: Option<f64>,
+    /// The coordinator's for the API, this process's for the store.
+    client_cpu_us: Option<f64>,
+}
+
+pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
+    let n = bench.plan.runs;
+    let single = (n / SINGLE_SHARE).max(1);
+    let lanes = bench.args.enqueue_concurrency.max(1);
+    let (mut store, mut batched, mut one_by_one) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 1..=bench.args.reps {
+        bench.reset().await?;
+        let before = bench.snapshot().await?;
+        let started = Instant::now();
+        bench.enqueue(NOOP, n, lanes).await?;
+        let elapsed = started.elapsed();
+        bench.quiesce().await?;
+        let after = bench.snapshot().await?;
+        store.push(measure(
+            n,
+            elapsed,
+            &before,
+            &after,
+            before.own_cpu,
+            after.own_cpu,
+        ));
+
+        bench.reset().await?;
+        let (mut coordinator, channel) = start_coordinator(bench).await?;
+        let runs = RunsClient::new(channel);
+        let client_before = procfs::process_cpu(coordinator.pid());
+        let before = bench.snapshot().await?;
+        let started = Instant::now();
+        start_batches(&runs, n, bench.args.batch, lanes).await?;
+        let elapsed = started.elapsed();
+        let client_after = procfs::process_cpu(coordinator.pid());
+        coordinator.check_alive()?;
+        bench.stop(vec![coordinator]).await?;
+        bench.quiesce().await?;
+        let after = bench.snapshot().await?;
+        batched.push(measure(
+            n,
+            elapsed,
+            &before,
+            &after,
+            client_before,
+            client_after,
+        ));
+
+        bench.reset().await?;
+        let (mut coordinator, channel) = start_coordinator(bench).await?;
+        let runs = RunsClient::new(channel);
+        let client_before = procfs::process_cpu(coordinator.pid());
+        let before = bench.snapshot().await?;
+        let started = Instant::now();
+        start_singles(&runs, single, lanes * SINGLE_FAN).await?;
+        let elapsed = started.elapsed();
+        let client_after = procfs::process_cpu(coordinator.pid());
+        coordinator.check_alive()?;
+        bench.stop(vec![coordinator]).await?;
+        bench.quiesce().await?;
+        let after = bench.snapshot().await?;
+        one_by_one.push(measure(
+            single,
+            elapsed,
+            &before,
+            &after,
+            client_before,
+            client_after,
+        ));
+        eprintln!(
+            "  enqueue rep {rep}: store {:.0}, StartRuns {:.0}, StartRun {:.0} runs/s",
+            store[rep - 1].runs_per_s,
+            batched[rep - 1].runs_per_s,
+            one_by_one[rep - 1].runs_per_s
+        );
+    }
+    for (name, client, reps) in [
+        ("enqueue.store_batch", "client_cpu", &store),
+        ("enqueue.grpc_batch", "coordinator_cpu", &batched),
+        ("enqueue.grpc_single", "coordinator_cpu", &one_by_one),
+    ] {
+        let f = &mut bench.figures;
+        f.push(Figure::throughput(
+            name,
+            "runs/s",
+            reps.iter().map(|r| r.runs_per_s).collect(),
+        ));
+        f.push(Figure::new(
+            format!("{name}.xacts"),
+            "xacts/run",
+            reps.iter().map(|r| r.xacts_per_run).collect(),
+        ));
+        f.push(Figure::new(
+            format!("{name}.db_cpu"),
+            "µs/run",
+            reps.iter().filter_map(|r| r.db_cpu_us).collect(),
+        ));
+        f.push(Figure::new(
+            format!("{name}.{client}"),
+            "µs/run",
+            reps.iter().filter_map(|r| r.client_cpu_us).collect(),
+        ));
+    }
+    Ok(())
+}
+
+fn measure(
+    n: usize,
+    elapsed: Duration,
+    before: &Snapshot,
+    after: &Snapshot,
+    client_before: Option<Duration>,
+    client_after: Option<Duration>,
+) -> Enqueued {
+    #[allow(clippy::cast_precision_loss)]
+    let runs_per_s = n as f64 / elapsed.as_secs_f64();
+    Enqueued {
+        runs_per_s,
+        xacts_per_run: per(after.xacts - before.xacts, n),
+        db_cpu_us: cpu_per(before.db_cpu, after.db_cpu, n),
+        client_cpu_us: cpu_per(client_before, client_after, n),
+    }
+}
+
+/// `n` runs through StartRuns, `batch` per call, `lanes` calls in flight.
+async fn start_batches(
+    runs: &RunsClient<Channel>,
+    n: usize,
+    batch: usize,
+    lanes: usize,
+) -> anyhow::Result<()> {
+    let batches = batch_sizes(n, batch);
+    let next = AtomicUsize::new(0);
+    let lane = async || -> anyhow::Result<()> {
+        let mut client = runs.clone();
+        while let Some(&size) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let request = v1::StartRunsRequest {
+                requests: vec![single_request(); size],
+            };
+            let started = client.start_runs(request).await?.into_inner();
+            anyhow::ensure!(started.runs.len() == size, "StartRuns answered short");
+        }
+        Ok(())
+    };
+    try_join_all((0..lanes).map(|_| lane())).await?;
+    Ok(())
+}
+
+/// `n` runs through StartRun, `lanes` calls in flight.
+async fn start_singles(runs: &RunsClient<Channel>, n: usize, lanes: usize) -> anyhow::Result<()> {
+    let next = AtomicUsize::new(0);
+    let lane = async || -> anyhow::Result<()> {
+        let mut client = runs.clone();
+        while next.fetch_add(1, Ordering::Relaxed) < n {
+            client.start_run(single_request()).await?;
+        }
+        Ok(())
+    };
+    try_join_all((0..lanes).map(|_| lane())).await?;
+    Ok(())
+}
+
+fn single_request() -> v1::StartRunRequest {
+    v1::StartRunRequest {
+        automation_id: NOOP.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A coordinator on a free loopback port, once its health service says the Runs API serves.
+async fn start_coordinator(bench: &Bench) -> anyhow::Result<(Proc, Channel)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let args = [
+        "coordinator",
+        "--database-url",
+        &bench.db_url,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]
+    .map(str::to_owned);
+    let log = bench.workdir.join("coordinator.log");
+    let mut coordinator = Proc::spawn("coordinator", &bench.bin, &args, log)?;
+    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
+    let deadline = bench.deadline();
+    loop {
+        coordinator.check_alive()?;
+        if let Ok(channel) = endpoint.connect().await {
+            let health = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: "leasehold.v1.Runs".into(),
+                })
+                .await;
+            if health.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+                return Ok((coordinator, channel));
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("the coordinator did not serve by the deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,267 @@
+//! Starting many runs in one statement: the same rules as [`Store::start_run`], one round trip
+//! for a batch instead of one per run.
+
+use std::collections::HashMap;
+
+use tokio_postgres::error::SqlState;
+
+use super::{StartRun, Started, same_request};
+use crate::ids::RunId;
+use crate::store::{Error, Store};
+
+// name: start_runs
+// Inserts a batch of runs queued, each pinned to its automation's current version, with its
+// first event, in one statement. If any request's automation is missing or paused the statement
+// inserts nothing, so that a refused batch stores nothing. Requests whose idempotency key has a
+// run already are resolved before and never reach it, so a unique violation here means a
+// concurrent start took a key meanwhile: the whole statement fails and the caller tries again.
+// Idle workers are woken once per statement, not once per run.
+pub(super) const START_RUNS: &str = "\
+WITH request AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
+                         $7::smallint[], $8::text[])
+        AS r(tenant_id, run_id, automation_id, trigger, inputs, idempotency_key, priority,
+             concurrency_key)
+),
+automation AS (
+    SELECT tenant_id, automation_id, current_version, status FROM automations
+    WHERE (tenant_id, automation_id) IN (SELECT tenant_id, automation_id FROM request)
+),
+refused AS (
+    SELECT 1 FROM request q LEFT JOIN automation a USING (tenant_id, automation_id)
+    WHERE a.status IS DISTINCT FROM 'active'
+    LIMIT 1
+),
+inserted AS (
+    INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
+                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq)
+    SELECT q.run_id, q.tenant_id, q.automation_id, a.current_version, q.trigger, q.inputs,
+           q.idempotency_key, 'queued', q.priority, 'started', q.concurrency_key, 1
+    FROM request q JOIN automation a USING (tenant_id, automation_id)
+    WHERE NOT EXISTS (SELECT 1 FROM refused)
+    RETURNING run_id, tenant_id, trigger, automation_version
+),
+event AS (
+    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, metadata)
+    SELECT run_id, 1, tenant_id, 'run_started', 0,
+           jsonb_build_object('trigger', trigger, 'automation_version', automation_version)
+    FROM inserted
+)
+SELECT q.tenant_id, q.automation_id, a.status AS automation_status,
+       (SELECT count(*) FROM inserted) AS inserted,
+       (SELECT pg_notify('leasehold_runs_queued', '') WHERE EXISTS (SELECT 1 FROM inserted))
+           AS notified
+FROM (SELECT DISTINCT tenant_id, automation_id FROM request) q
+LEFT JOIN automation a USING (tenant_id, automation_id)";
+
+// name: runs_by_idempotency_keys
+// The earlier runs of repeated keys, with the fields a start request sets, to compare them.
+pub(super) const RUNS_BY_IDEMPOTENCY_KEYS: &str = "\
+SELECT r.run_id, r.tenant_id, r.idempotency_key, r.automation_id, r.inputs, r.priority,
+       r.concurrency_key, r.trigger
+FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key)
+  ON r.tenant_id = k.tenant_id AND r.idempotency_key = k.idempotency_key";
+
+/// Where each request of a batch stands before the insert.
+enum Resolved {
+    /// The key's earlier run; nothing to insert.
+    Earlier(Started),
+    /// Repeats, with the same request, the key of an earlier request of the batch that starts
+    /// this new run.
+    Repeat(RunId),
+    /// To be inserted with this id.
+    New(RunId),
+}
+
+impl Store {
+    /// Starts a run for each request, all in one statement, and returns them in request order.
+    ///
+    /// The same rules as [`Store::start_run`], for the whole batch at once: if any request
+    /// would be refused (its automation missing or paused, its idempotency key used with a
+    /// different request) nothing is stored, and [`Error::InBatch`] names the first refused
+    /// request; a value out of range is [`Error::OutOfRange`] for the batch, which is not stored
+    /// either. A key repeated within the batch with the same request returns the same run,
+    /// `created` only for its first occurrence. Idle workers are woken once.
+    pub async fn start_runs(&self, requests: &[StartRun]) -> Result<Vec<Started>, Error> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A batch is tried again when a concurrent start took one of its keys meanwhile. The
+        // retry sees that run and resolves the key against it, so each retry settles at least
+        // one key: there are never more retries than keys.
+        let mut retries_left = requests
+            .iter()
+            .filter(|r| r.idempotency_key.is_some())
+            .count();
+        loop {
+            let resolved = self.resolve_keys(requests).await?;
+            match self.insert_new(requests, &resolved).await {
+                Err(e) if lost_key_race(&e) && retries_left > 0 => retries_left -= 1,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(started(&resolved)),
+            }
+        }
+    }
+
+    /// Resolves idempotency keys against earlier runs and against earlier requests of the batch.
+    async fn resolve_keys(&self, requests: &[StartRun]) -> Result<Vec<Resolved>, Error> {
+        let (tenants, keys): (Vec<&str>, Vec<&str>) = requests
+            .iter()
+            .filter_map(|r| Some((r.tenant.as_str(), r.idempotency_key.as_deref()?)))
+            .unzip();
+        let mut earlier = HashMap::new();
+        if !keys.is_empty() {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(RUNS_BY_IDEMPOTENCY_KEYS).await?;
+            for row in client.query(&stmt, &[&tenants, &keys]).await? {
+                let tenant: String = row.get("tenant_id");
+                let key: String = row.get("idempotency_key");
+                earlier.insert((tenant, key), row);
+            }
+        }
+        let mut first_of_key: HashMap<(&str, &str), (usize, RunId)> = HashMap::new();
+        let mut resolved = Vec::with_capacity(requests.len());
+        for (index, request) in requests.iter().enumerate() {
+            let tenant = request.tenant.as_str();
+            let Some(key) = request.idempotency_key.as_deref() else {
+                resolved.push(Resolved::New(RunId::new()));
+                continue;
+            };
+            let in_batch = |source| Error::InBatch {
+                index,
+                source: Box::new(source),
+            };
+            if let Some(row) = earlier.get(&(tenant.to_owned(), key.to_owned())) {
+                let started = same_request(request, key, row).map_err(in_batch)?;
+                resolved.push(Resolved::Earlier(started));
+            } else if let Some(&(first, run_id)) = first_of_key.get(&(tenant, key)) {
+                if !same_fields(&requests[first], request) {
+                    return Err(in_batch(Error::IdempotencyConflict {
+                        key: key.to_owned(),
+                    }));
+                }
+                resolved.push(Resolved::Repeat(run_id));
+            } else {
+                let run_id = RunId::new();
+                first_of_key.insert((tenant, key), (index, run_id));
+                resolved.push(Resolved::New(run_id));
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Inserts the new runs in one statement, or none if any would be refused.
+    async fn insert_new(&self, requests: &[StartRun], resolved: &[Resolved]) -> Result<(), Error> {
+        let new: Vec<(usize, &StartRun, RunId)> = requests
+            .iter()
+            .zip(resolved)
+            .enumerate()
+            .filter_map(|(index, (request, r))| match r {
+                Resolved::New(run_id) => Some((index, request, *run_id)),
+                Resolved::Earlier(_) | Resolved::Repeat(_) => None,
+            })
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let column =
+            |f: fn(&StartRun) -> &str| -> Vec<&str> { new.iter().map(|(_, r, _)| f(r)).collect() };
+        let tenants = column(|r| r.tenant.as_str());
+        let automations = column(|r| r.automation_id.as_str());
+        let triggers = column(|r| r.trigger.as_str());
+        let run_ids: Vec<uuid::Uuid> = new.iter().map(|(_, _, id)| id.0).collect();
+        let inputs: Vec<&serde_json::Value> = new.iter().map(|(_, r, _)| &r.inputs).collect();
+        let keys: Vec<Option<&str>> = new
+            .iter()
+            .map(|(_, r, _)| r.idempotency_key.as_deref())
+            .collect();
+        let priorities: Vec<i16> = new.iter().map(|(_, r, _)| r.priority).collect();
+        let concurrency_keys: Vec<Option<&str>> = new
+            .iter()
+            .map(|(_, r, _)| r.concurrency_key.as_deref())
+            .collect();
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(START_RUNS).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &tenants,
+                    &run_ids,
+                    &automations,
+                    &triggers,
+                    &inputs,
+                    &keys,
+                    &priorities,
+                    &concurrency_keys,
+                ],
+            )
+            .await?;
+        let inserted = rows.first().map_or(0, |row| row.get::<_, i64>("inserted"));
+        if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
+            return Ok(());
+        }
+        // Nothing was stored: name the first request whose automation refused it.
+        for (index, request, _) in &new {
+            let status = rows
+                .iter()
+                .find(|row| {
+                    row.get::<_, &str>("tenant_id") == request.tenant.as_str()
+                        && row.get::<_, &str>("automation_id") == request.automation_id.as_str()
+                })
+                .and_then(|row| row.get::<_, Option<&str>>("automation_status"));
+            let source = match status {
+                Some("active") => continue,
+                Some(_) => Error::AutomationPaused(request.automation_id.clone()),
+                None => Error::AutomationNotFound(request.automation_id.clone()),
+            };
+            return Err(Error::InBatch {
+                index: *index,
+                source: Box::new(source),
+            });
+        }
+        Err(Error::RunConflict {
+            run_id: new[0].2,
+            reason: format!(
+                "{inserted} of the {} new runs of a batch were stored",
+                new.len()
+            ),
+        })
+    }
+}
+
+fn started(resolved: &[Resolved]) -> Vec<Started> {
+    resolved
+        .iter()
+        .map(|r| match r {
+            Resolved::Earlier(started) => *started,
+            Resolved::New(run_id) => Started {
+                run_id: *run_id,
+                created: true,
+            },
+            Resolved::Repeat(run_id) => Started {
+                run_id: *run_id,
+                created: false,
+            },
+        })
+        .collect()
+}
+
+/// Whether two requests of one batch ask for the same run: the rule `same_request` applies to a
+/// stored run.
+fn same_fields(a: &StartRun, b: &StartRun) -> bool {
+    a.automation_id == b.automation_id
+        && a.inputs == b.inputs
+        && a.priority == b.priority
+        && a.concurrency_key == b.concurrency_key
+        && a.trigger == b.trigger
+}
+
+/// A concurrent start took one of the batch's keys after they were resolved.
+fn lost_key_race(e: &Error) -> bool {
+    matches!(e, Error::Db(db) if db.code() == Some(&SqlState::UNIQUE_VIOLATION)
+        && db.as_db_error().and_then(|d| d.constraint()) == Some(RUNS_IDEMPOTENCY_KEY))
+}
+
+/// The unique constraint on `(tenant_id, idempotency_key)`, as Postgres names it.
+const RUNS_IDEMPOTENCY_KEY: &str = "runs_tenant_id_idempotency_key_key";

@@ -1,0 +1,231 @@
+//! Starting runs in batches: the same rules as one at a time, and a refused batch stores nothing.
+
+mod common;
+
+use common::{Bundle, setup};
+use futures_util::StreamExt;
+use leasehold_core::ids::AutomationId;
+use leasehold_core::run::RunStatus;
+use leasehold_core::store::{Error, QUEUED_CHANNEL, StartRun};
+use serde_json::json;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+impl Bundle {
+    async fn count(&self, sql: &str) -> i64 {
+        self.sql.query_one(sql, &[]).await.expect("count").get(0)
+    }
+
+    fn keyed(&self, automation: &AutomationId, key: &str, n: i64) -> StartRun {
+        StartRun {
+            idempotency_key: Some(key.into()),
+            inputs: json!({ "n": n }),
+            ..self.start_request(automation)
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_queues_every_run_in_request_order_and_wakes_workers() {
+    let b = setup().await;
+    let automation = b.automation("batch").await;
+    let (listener, mut connection) = tokio_postgres::connect(b.db.url(), NoTls)
+        .await
+        .expect("listener");
+    let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.channel().to_owned());
+            }
+        }
+    });
+    listener
+        .batch_execute(&format!("LISTEN {QUEUED_CHANNEL}"))
+        .await
+        .expect("listen");
+
+    let requests: Vec<StartRun> = (0..5)
+        .map(|n| StartRun {
+            inputs: json!({ "n": n }),
+            priority: i16::try_from(n).expect("small"),
+            ..b.start_request(&automation)
+        })
+        .collect();
+    let started = b.store.start_runs(&requests).await.expect("start batch");
+    assert_eq!(started.len(), 5);
+    assert!(started.iter().all(|s| s.created));
+    for (n, s) in started.iter().enumerate() {
+        let run = b.store.run(&b.tenant, s.run_id).await.expect("run");
+        assert_eq!(run.status, RunStatus::Queued);
+        assert_eq!(
+            run.inputs,
+            json!({ "n": n }),
+            "results follow request order"
+        );
+        assert_eq!(run.priority, i16::try_from(n).expect("small"));
+        assert_eq!(run.automation_version, 1);
+        assert_eq!(b.event_names(s.run_id).await, vec!["run_started"]);
+    }
+    let woken = tokio::time::timeout(common::LEASE, notifications.recv())
+        .await
+        .expect("a notification within the deadline");
+    assert_eq!(woken.as_deref(), Some(QUEUED_CHANNEL));
+
+    assert!(b.store.start_runs(&[]).await.expect("empty").is_empty());
+}
+
+#[tokio::test]
+async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
+    let b = setup().await;
+    let automation = b.automation("keys").await;
+    let earlier = b
+        .store
+        .start_run(&b.keyed(&automation, "k-earlier", 1))
+        .await
+        .expect("earlier run");
+
+    let started = b
+        .store
+        .start_runs(&[
+            b.keyed(&automation, "k-new", 2),
+            b.keyed(&automation, "k-earlier", 1),
+            b.keyed(&automation, "k-new", 2),
+            b.start_request(&automation),
+        ])
+        .await
+        .expect("batch");
+    assert!(started[0].created);
+    assert_eq!(started[1].run_id, earlier.run_id);
+    assert!(!started[1].created);
+    assert_eq!(
+        started[2].run_id, started[0].run_id,
+        "a key repeated within the batch is one run"
+    );
+    assert!(!started[2].created);
+    assert!(started[3].created);
+    assert_eq!(b.count("SELECT count(*) FROM runs").await, 3);
+
+    // A repeated key still returns its run after the automation was paused.
+    b.store
+        .set_automation_status(&b.tenant, &automation, true)
+        .await
+        .expect("pause");
+    let again = b
+        .store
+        .start_runs(&[b.keyed(&automation, "k-new", 2)])
+        .await
+        .expect("repeat while paused");
+    assert_eq!(again[0].run_id, started[0].run_id);
+    assert!(!again[0].created);
+}
+
+#[tokio::test]
+async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
+    let b = setup().await;
+    let automation = b.automation("refused").await;
+    b.store
+        .start_run(&b.keyed(&automation, "used", 1))
+        .await
+        .expect("earlier run");
+    let before = b.count("SELECT count(*) FROM runs").await;
+    let events_before = b.count("SELECT count(*) FROM run_events").await;
+
+    let check = |result: Result<_, Error>, want_index: usize, what: &str| match result {
+        Err(Error::InBatch { index, source }) => {
+            assert_eq!(index, want_index, "{what}: {source}");
+            *source
+        }
+        other => panic!("{what}: expected InBatch, got {other:?}"),
+    };
+
+    let conflict = b
+        .store
+        .start_runs(&[
+            b.start_request(&automation),
+            b.keyed(&automation, "used", 2),
+        ])
+        .await;
+    let source = check(conflict, 1, "a key used with another request");
+    assert!(
+        matches!(source, Error::IdempotencyConflict { .. }),
+        "{source}"
+    );
+
+    let in_batch = b
+        .store
+        .start_runs(&[
+            b.keyed(&automation, "twice", 1),
+            b.start_request(&automation),
+            b.keyed(&automation, "twice", 2),
+        ])
+        .await;
+    let source = check(in_batch, 2, "one key, two requests, one batch");
+    assert!(
+        matches!(source, Error::IdempotencyConflict { .. }),
+        "{source}"
+    );
+
+    let missing = b
+        .store
+        .start_runs(&[
+            b.start_request(&automation),
+            b.start_request(&AutomationId::from("nope")),
+        ])
+        .await;
+    let source = check(missing, 1, "a missing automation");
+    assert!(matches!(source, Error::AutomationNotFound(_)), "{source}");
+
+    let paused = b.automation("paused").await;
+    b.store
+        .set_automation_status(&b.tenant, &paused, true)
+        .await
+        .expect("pause");
+    let held = b
+        .store
+        .start_runs(&[b.start_request(&automation), b.start_request(&paused)])
+        .await;
+    let source = check(held, 1, "a paused automation");
+    assert!(matches!(source, Error::AutomationPaused(_)), "{source}");
+
+    let out_of_range = b
+        .store
+        .start_runs(&[
+            b.start_request(&automation),
+            StartRun {
+                priority: 5_000,
+                ..b.start_request(&automation)
+            },
+        ])
+        .await;
+    match out_of_range {
+        Err(Error::OutOfRange { constraint }) => {
+            assert!(constraint.contains("priority"), "{constraint}");
+        }
+        other => panic!("expected OutOfRange, got {other:?}"),
+    }
+
+    assert_eq!(b.count("SELECT count(*) FROM runs").await, before);
+    assert_eq!(
+        b.count("SELECT count(*) FROM run_events").await,
+        events_before
+    );
+}
+
+#[tokio::test]
+async fn concurrent_batches_sharing_a_key_start_one_run() {
+    let b = setup().await;
+    let automation = b.automation("race").await;
+    let batch = vec![
+        b.start_request(&automation),
+        b.keyed(&automation, "shared", 1),
+    ];
+    let results = futures_util::future::join_all((0..8).map(|_| b.store.start_runs(&batch))).await;
+    let shared: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("a raced key is resolved, not refused")[1])
+        .collect();
+    assert!(shared.iter().all(|s| s.run_id == shared[0].run_id));
+    assert_eq!(shared.iter().filter(|s| s.created).count(), 1);
+    assert_eq!(b.count("SELECT count(*) FROM runs").await, 8 + 1);
+}
