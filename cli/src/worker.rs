@@ -69,7 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.heartbeat_interval = interval;
     }
     let config = config.validated()?;
-    let store = Store::connect(&args.database_url, args.pool_size)
+    let store = Store::connect_worker(&args.database_url, args.pool_size)
         .await
         .context("connecting to the database")?;
     let registry = handlers::builtin(ExecPolicy {

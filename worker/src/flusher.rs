@@ -4,8 +4,8 @@
 //! on its own claim, and a run waits for its write's answer before it goes on, so batching
 //! changes no step of the lease protocol.
 //!
-//! There is no timer: a flush starts as soon as a flush slot is free and takes everything queued
-//! meanwhile. An idle worker writes at once; under load, batches grow while earlier flushes are
+//! There is no timer: a flush starts as soon as the previous one of its kind is answered and
+//! takes everything queued meanwhile. An idle worker writes at once; under load, batches grow while earlier flushes are
 //! in flight. A crash loses only writes whose runs were still waiting for an answer, and the lease
 //! protocol recovers those like any write that never landed.
 
@@ -14,9 +14,10 @@ use std::sync::Arc;
 use leasehold_core::store::{self, Claim, NodeCompletion, NodeStart, Store};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// Flushes in flight at once per kind of write: one being written while the next one fills.
-/// Small against the pool, so heartbeats and claims always find a connection.
-const FLUSHES_IN_FLIGHT: usize = 2;
+/// Flushes in flight at once per kind of write: one is written while the next one fills. Two
+/// made more, smaller statements and a fifth less throughput (bench/README.md); one per kind
+/// also leaves the pool to heartbeats and claims.
+const FLUSHES_IN_FLIGHT: usize = 1;
 /// Writes in one statement at most; larger batches hold row locks longer for little gain.
 const MAX_BATCH: usize = 1024;
 
@@ -189,7 +190,7 @@ async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
         Err(e) => {
             let e = Arc::new(e);
             for answer in answers {
-                let _ = answer.send(Err(store::Error::Batch(Arc::clone(&e))));
+                let _ = answer.send(Err(store::Error::FlushFailed(Arc::clone(&e))));
             }
         }
     }

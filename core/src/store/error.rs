@@ -159,7 +159,7 @@ pub enum Error {
     },
     /// A batched statement failed, and every write it carried fails with it.
     #[error("{0}")]
-    Batch(std::sync::Arc<Error>),
+    FlushFailed(std::sync::Arc<Error>),
     /// A write was dropped before it reached the database (its writer stopped); it may be
     /// sent again.
     #[error("write interrupted: {0}")]
@@ -183,7 +183,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Pool(_) => true,
-            Self::Batch(e) => e.is_transient(),
+            Self::FlushFailed(e) => e.is_transient(),
             Self::Interrupted(_) => true,
             Self::Db(e) => match e.code() {
                 None => true,

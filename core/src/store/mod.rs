@@ -53,6 +53,9 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle time before keepalive probes check a quiet connection.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
+/// The session setting of [`Store::connect_worker`]; the URL's own `options` come after it and win.
+const GENERIC_PLANS: &str = "plan_cache_mode=force_generic_plan";
+
 /// Connections in a pool unless the caller says otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 
@@ -67,9 +70,32 @@ pub struct Store {
 impl Store {
     /// Connects to `url` without checking the schema: for `migrate` and for tests that migrate.
     pub fn connect_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
+        Self::with_config(config, pool_size)
+    }
+
+    /// Connects a worker's store to `url` and refuses a database whose schema this build cannot
+    /// serve. Its sessions use generic plans: every statement of a worker finds rows by key or by
+    /// arrays of keys, where a generic plan is as good as a custom one, and planning each batched
+    /// write anew cost about a third of the database's time on the hot path (bench/README.md).
+    /// A generic plan is made again when autovacuum's ANALYZE changes a table's statistics.
+    pub async fn connect_worker(url: &str, pool_size: usize) -> Result<Self, Error> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
+        let options = match config.get_options() {
+            Some(theirs) => format!("-c {GENERIC_PLANS} {theirs}"),
+            None => format!("-c {GENERIC_PLANS}"),
+        };
+        config.options(options);
+        let store = Self::with_config(config, pool_size)?;
+        store.check_schema().await?;
+        Ok(store)
+    }
+
+    fn with_config(mut config: tokio_postgres::Config, pool_size: usize) -> Result<Self, Error> {
         // A black-holed database must fail calls in seconds, not after the kernel's 15-minute
         // retransmission timeout: the worker retries writes only while its lease lasts, and a
         // shutdown must not hang on a dead socket. The URL's own settings win.

@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().init();
     let url = std::env::var("LEASEHOLD_DATABASE_URL")
         .map_err(|_| anyhow::anyhow!("set LEASEHOLD_DATABASE_URL to the database to work on"))?;
-    let store = Store::connect(&url, 8).await?;
+    let store = Store::connect_worker(&url, 8).await?;
     let mut registry = handlers::builtin(ExecPolicy::default());
     registry.register("shout", Shout);
     let config = Config::new(leasehold_worker::default_claimant_id()).validated()?;
