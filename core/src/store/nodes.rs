@@ -1,7 +1,6 @@
 //! Node checkpoints: each start, output and failure, fenced on the claim.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
@@ -67,14 +66,16 @@ impl NodeRecord {
     }
 }
 
-// Every node write has the same shape. `held` takes the row locks of the claimed runs, in run-id
+// Every node write has the same shape. `held` takes the row lock of each write's run, in run-id
 // order (the order every batched write and the reaper lock in, so they wait for each other
-// instead of deadlocking), and checks each claim on the row's newest version, so a claim that
-// moved on makes the statement write nothing for that run. `node` then writes the node rows with
-// their own conditions in the WHERE (or ON CONFLICT WHERE): those are re-checked on the newest row
-// version too, where a subquery would read the statement's older snapshot and let a repeat that
-// waited behind the first write count twice. `fenced` raises each run's event sequence by the
-// node rows that changed, and `event` records them.
+// instead of deadlocking), and checks the claim on the row's newest version, so a claim that
+// moved on makes the statement write nothing for that run. The lock is taken in a LATERAL
+// lookup by primary key per write: a join of the runs with the arrays is planned, with a generic
+// plan, as a nested loop over every held run, quadratic in the batch. `node` then writes the node
+// rows with their own conditions in the WHERE (or ON CONFLICT WHERE): those are re-checked on
+// the newest row version too, where a subquery would read the statement's older snapshot and let
+// a repeat that waited behind the first write count twice. `fenced` raises each run's event
+// sequence by the node rows that changed, and `event` records them, unnested per run.
 //
 // Starts and completions are batched: one statement carries the writes of many runs (a worker
 // flushes what its runs have queued), and each write is still fenced on its own claim.
@@ -84,29 +85,26 @@ impl NodeRecord {
 // under each claim, which decides between requeue and stale-reap if the lease later expires. A
 // node that completed, was skipped, or already started under this claim is left alone, and so
 // is a run asked to pause: its running nodes finish, but no new one starts.
-// $1/$2: the distinct claims; $3/$4/$5: the nodes to start, each with its claim.
+// $1/$2/$3: the nodes to start, each with its claim, in run-id order.
 const NODES_STARTED: &str = "\
 WITH held AS (
-    SELECT r.run_id, r.lease_epoch FROM runs r
-    JOIN unnest($1::uuid[], $2::bigint[]) AS claim(run_id, epoch)
-      ON r.run_id = claim.run_id AND r.lease_epoch = claim.epoch
-    WHERE r.status = 'running'
-    ORDER BY r.run_id
-    FOR UPDATE OF r
+    SELECT start.run_id, start.epoch, start.node_id
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS start(run_id, epoch, node_id),
+    LATERAL (
+        SELECT 1 FROM runs r
+        WHERE r.run_id = start.run_id AND r.lease_epoch = start.epoch AND r.status = 'running'
+        FOR UPDATE
+    ) AS locked
 ),
 node AS (
     INSERT INTO run_nodes AS n (run_id, node_id, status, attempts, epoch, started_at)
-    SELECT held.run_id, start.node_id, 'running', 1, held.lease_epoch, now()
-    FROM unnest($3::uuid[], $4::bigint[], $5::text[]) AS start(run_id, epoch, node_id)
-    JOIN held ON held.run_id = start.run_id AND held.lease_epoch = start.epoch
+    SELECT run_id, node_id, 'running', 1, epoch, now() FROM held
     ON CONFLICT (run_id, node_id) DO UPDATE
     SET status = 'running', attempts = n.attempts + 1, epoch = excluded.epoch,
         started_at = excluded.started_at, finished_at = NULL
     WHERE n.status IN ('running', 'failed') AND n.epoch < excluded.epoch
     RETURNING n.run_id, n.node_id, n.attempts
 ),
--- Per run, its started nodes in one row: the events are unnested from it, where a join of the
--- nodes with the runs would be planned as a nested loop over both CTEs, quadratic in the batch.
 counted AS (
     SELECT run_id, count(*) AS started, array_agg(node_id ORDER BY node_id) AS nodes,
            array_agg(attempts ORDER BY node_id) AS attempts
@@ -135,24 +133,26 @@ SELECT run_id, node_id, attempts FROM node";
 // statement, saving the round trip of a separate completion, unless another of its nodes is
 // still running. The snapshot read of the other nodes is safe: only the holder of the run's
 // lock writes them.
-// $1/$2/$3: the distinct claims and whether to complete the run; $4..$7: the completed nodes.
+// $1..$5: the completed nodes, each with its claim and whether it completes the run, in run-id
+// order.
 const NODES_COMPLETED: &str = "\
 WITH held AS (
-    SELECT r.run_id, r.lease_epoch, claim.finish FROM runs r
-    JOIN unnest($1::uuid[], $2::bigint[], $3::boolean[]) AS claim(run_id, epoch, finish)
-      ON r.run_id = claim.run_id AND r.lease_epoch = claim.epoch
-    WHERE r.status IN ('running', 'pausing')
-    ORDER BY r.run_id
-    FOR UPDATE OF r
+    SELECT done.run_id, done.epoch, done.node_id, done.output, done.finish
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::boolean[])
+             AS done(run_id, epoch, node_id, output, finish),
+    LATERAL (
+        SELECT 1 FROM runs r
+        WHERE r.run_id = done.run_id AND r.lease_epoch = done.epoch
+          AND r.status IN ('running', 'pausing')
+        FOR UPDATE
+    ) AS locked
 ),
 node AS (
     UPDATE run_nodes n
-    SET status = 'completed', output = done.output, last_error = NULL, finished_at = now()
-    FROM unnest($4::uuid[], $5::bigint[], $6::text[], $7::jsonb[])
-             AS done(run_id, epoch, node_id, output)
-    JOIN held ON held.run_id = done.run_id AND held.lease_epoch = done.epoch
-    WHERE n.run_id = done.run_id AND n.node_id = done.node_id
-      AND n.status = 'running' AND n.epoch = done.epoch
+    SET status = 'completed', output = held.output, last_error = NULL, finished_at = now()
+    FROM held
+    WHERE n.run_id = held.run_id AND n.node_id = held.node_id
+      AND n.status = 'running' AND n.epoch = held.epoch
     RETURNING n.run_id, n.node_id, n.attempts, held.finish
 ),
 -- Per run, its completed nodes in one row, and whether it completes: MATERIALIZED so the
@@ -164,7 +164,7 @@ finishing AS MATERIALIZED (
           AND other.node_id <> ALL (c.nodes)) AS finish
     FROM (
         SELECT run_id, count(*) AS done, array_agg(node_id ORDER BY node_id) AS nodes,
-               array_agg(attempts ORDER BY node_id) AS attempts, bool_and(finish) AS finish
+               array_agg(attempts ORDER BY node_id) AS attempts, bool_or(finish) AS finish
         FROM node GROUP BY run_id
     ) c
 ),
@@ -317,19 +317,13 @@ impl Store {
         if starts.is_empty() {
             return Ok(Vec::new());
         }
-        let (claim_ids, claim_epochs) = distinct_claims(starts.iter().map(|s| s.claim));
-        let unique = distinct_by_key(starts, |s| (s.claim, s.node_id.as_str()));
+        let unique = distinct_in_lock_order(starts, |s| (s.claim, s.node_id.as_str()));
         let run_ids: Vec<_> = unique.iter().map(|s| s.claim.run_id.0).collect();
         let epochs: Vec<_> = unique.iter().map(|s| s.claim.epoch.0).collect();
         let node_ids: Vec<_> = unique.iter().map(|s| s.node_id.as_str()).collect();
         let client = self.client().await?;
         let stmt = client.prepare_cached(NODES_STARTED).await?;
-        let rows = client
-            .query(
-                &stmt,
-                &[&claim_ids, &claim_epochs, &run_ids, &epochs, &node_ids],
-            )
-            .await?;
+        let rows = client.query(&stmt, &[&run_ids, &epochs, &node_ids]).await?;
         let landed: HashMap<(RunId, &str), u32> = rows
             .iter()
             .map(|row| {
@@ -381,37 +375,16 @@ impl Store {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let unique = distinct_by_key(completions, |c| (c.claim, c.node_id.as_str()));
-        let mut claims: Vec<(Claim, bool)> = Vec::new();
-        for c in &unique {
-            match claims.iter_mut().find(|(claim, _)| *claim == c.claim) {
-                Some((_, finish)) => *finish |= c.completes_run,
-                None => claims.push((c.claim, c.completes_run)),
-            }
-        }
-        claims.sort_by_key(|(claim, _)| (claim.run_id, claim.epoch.0));
-        let claim_ids: Vec<_> = claims.iter().map(|(c, _)| c.run_id.0).collect();
-        let claim_epochs: Vec<_> = claims.iter().map(|(c, _)| c.epoch.0).collect();
-        let finish: Vec<_> = claims.iter().map(|(_, f)| *f).collect();
+        let unique = distinct_in_lock_order(completions, |c| (c.claim, c.node_id.as_str()));
         let run_ids: Vec<_> = unique.iter().map(|c| c.claim.run_id.0).collect();
         let epochs: Vec<_> = unique.iter().map(|c| c.claim.epoch.0).collect();
         let node_ids: Vec<_> = unique.iter().map(|c| c.node_id.as_str()).collect();
         let outputs: Vec<_> = unique.iter().map(|c| &c.output).collect();
+        let finish: Vec<_> = unique.iter().map(|c| c.completes_run).collect();
         let client = self.client().await?;
         let stmt = client.prepare_cached(NODES_COMPLETED).await?;
         let rows = client
-            .query(
-                &stmt,
-                &[
-                    &claim_ids,
-                    &claim_epochs,
-                    &finish,
-                    &run_ids,
-                    &epochs,
-                    &node_ids,
-                    &outputs,
-                ],
-            )
+            .query(&stmt, &[&run_ids, &epochs, &node_ids, &outputs, &finish])
             .await?;
         let landed: HashMap<(RunId, &str), bool> = rows
             .iter()
@@ -559,15 +532,17 @@ fn one<T>(answers: Vec<Result<T, Error>>) -> Result<T, Error> {
         .expect("a batch answers every item it was given")
 }
 
-/// The distinct claims as parallel arrays in run-id order: the order `held` locks them in.
-fn distinct_claims(claims: impl Iterator<Item = Claim>) -> (Vec<uuid::Uuid>, Vec<i64>) {
-    let mut claims: Vec<Claim> = claims.collect::<HashSet<_>>().into_iter().collect();
-    claims.sort_by_key(|c| (c.run_id, c.epoch.0));
-    claims.iter().map(|c| (c.run_id.0, c.epoch.0)).unzip()
-}
-
-/// Each item once: a node written twice in one statement is an error in Postgres.
-fn distinct_by_key<'a, T, K: Eq + Hash>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<&'a T> {
+/// Each item once (a node written twice in one statement is an error in Postgres), in run-id
+/// order: the order `held` locks the runs in.
+fn distinct_in_lock_order<'a, T>(
+    items: &'a [T],
+    key: impl Fn(&'a T) -> (Claim, &'a str),
+) -> Vec<&'a T> {
     let mut seen = HashSet::new();
-    items.iter().filter(|item| seen.insert(key(item))).collect()
+    let mut unique: Vec<&T> = items.iter().filter(|item| seen.insert(key(item))).collect();
+    unique.sort_by_key(|item| {
+        let (claim, node_id) = key(item);
+        (claim.run_id, claim.epoch.0, node_id)
+    });
+    unique
 }
