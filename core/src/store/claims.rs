@@ -137,13 +137,24 @@ FROM claimed";
 // Every lease the process holds, extended in one statement per tick: per-run updates would cost
 // one round trip each. Matches run id and epoch, so a lease that moved on is not renewed; the
 // claims missing from the result are lost. Only lease_expires_at changes, an unindexed column,
-// so the update can stay HOT.
+// so the update can stay HOT. Each run is found by primary key in a LATERAL lookup, in the
+// arrays' (run-id) order: a join of `runs` with the arrays is planned, with a generic plan, as a
+// nested loop over every held run, quadratic in the leases held.
 const HEARTBEAT: &str = "\
+WITH held AS (
+    SELECT r.run_id
+    FROM unnest($1::uuid[], $2::bigint[]) AS claim(run_id, epoch),
+    LATERAL (
+        SELECT run_id FROM runs
+        WHERE run_id = claim.run_id AND lease_epoch = claim.epoch
+          AND status IN ('running', 'pausing')
+        FOR UPDATE
+    ) AS r
+)
 UPDATE runs r
 SET lease_expires_at = now() + $3::bigint * interval '1 millisecond'
-FROM unnest($1::uuid[], $2::bigint[]) AS held(run_id, epoch)
-WHERE r.run_id = held.run_id AND r.lease_epoch = held.epoch
-  AND r.status IN ('running', 'pausing')
+FROM held
+WHERE r.run_id = held.run_id
 RETURNING r.run_id, r.lease_epoch, r.status, r.lease_expires_at";
 
 // name: release_on_shutdown
@@ -152,13 +163,22 @@ RETURNING r.run_id, r.lease_epoch, r.status, r.lease_expires_at";
 // run keeps its place in the queue; a node still running past the grace period is recorded as
 // an interrupted attempt, which counts.
 const RELEASE_ON_SHUTDOWN: &str = "\
-WITH released AS (
+WITH held AS (
+    SELECT r.run_id
+    FROM unnest($1::uuid[], $2::bigint[]) AS claim(run_id, epoch),
+    LATERAL (
+        SELECT run_id FROM runs
+        WHERE run_id = claim.run_id AND lease_epoch = claim.epoch AND status = 'running'
+        FOR UPDATE
+    ) AS r
+),
+released AS (
     UPDATE runs r
     SET status = 'queued', queue_reason = 'released_shutdown', claim_id = NULL,
         claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
         event_seq = r.event_seq + 1, updated_at = now()
-    FROM unnest($1::uuid[], $2::bigint[]) AS held(run_id, epoch)
-    WHERE r.run_id = held.run_id AND r.lease_epoch = held.epoch AND r.status = 'running'
+    FROM held
+    WHERE r.run_id = held.run_id
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
 ),
 interrupted AS (
@@ -177,10 +197,13 @@ SELECT run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified FROM 
 // name: released_already
 // After a hand-back whose acknowledgement was lost: which of these claims did land.
 const RELEASED_ALREADY: &str = "\
-SELECT r.run_id FROM runs r
-JOIN unnest($1::uuid[], $2::bigint[]) AS held(run_id, epoch)
-  ON r.run_id = held.run_id AND r.lease_epoch = held.epoch
-WHERE r.status = 'queued' AND r.queue_reason = 'released_shutdown'";
+SELECT r.run_id
+FROM unnest($1::uuid[], $2::bigint[]) AS claim(run_id, epoch),
+LATERAL (
+    SELECT run_id FROM runs
+    WHERE run_id = claim.run_id AND lease_epoch = claim.epoch
+      AND status = 'queued' AND queue_reason = 'released_shutdown'
+) AS r";
 
 pub(super) const QUERIES: &[(&str, &str)] = &[
     ("claim_runs", CLAIM_RUNS),
