@@ -64,8 +64,8 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// Runs each worker holds at once (`leasehold worker --capacity`); also the limit loop's
-    /// batch and the larger backlog claim.
-    #[arg(long, default_value_t = 64)]
+    /// batch and the larger backlog claim. A worker's batched writes grow with it.
+    #[arg(long, default_value_t = 512)]
     pub capacity: usize,
     /// Database connections per worker (`--pool-size`); the limit loop uses workers × this.
     #[arg(long, default_value_t = 8)]
