@@ -47,8 +47,27 @@ impl std::fmt::Display for Line {
 
 static LINES: Mutex<Vec<Line>> = Mutex::new(Vec::new());
 
-/// Prints `line`, then the table of every line this process has printed.
+/// Names a file each scenario's line is appended to, so that a run of several test binaries can
+/// print every line once at its end (`.ci/run` does).
+pub const SUMMARY_FILE_ENV: &str = "LEASEHOLD_FAULT_SUMMARY";
+
+/// Prints `line`, then the table of every line this process has printed, and appends the line to
+/// the file named by [`SUMMARY_FILE_ENV`], if set.
 pub fn report(line: &Line) {
+    if let Some(path) = std::env::var_os(SUMMARY_FILE_ENV) {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| writeln!(file, "{line}"));
+        if let Err(e) = appended {
+            let _ = writeln!(
+                std::io::stderr(),
+                "cannot append to {}: {e}",
+                path.to_string_lossy()
+            );
+        }
+    }
     let table = {
         let mut lines = LINES
             .lock()
