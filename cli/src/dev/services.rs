@@ -60,7 +60,7 @@ impl Services {
             config.shutdown_grace = WORKER_SHUTDOWN_GRACE;
             configs.push(config.validated()?);
             stores.push(
-                Store::connect_unchecked(url, WORKER_POOL_SIZE)
+                Store::connect_worker_unchecked(url, WORKER_POOL_SIZE)
                     .context("connecting a worker to the database")?,
             );
         }

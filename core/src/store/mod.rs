@@ -82,6 +82,13 @@ impl Store {
     /// write anew cost about a third of the database's time on the hot path (bench/README.md).
     /// A generic plan is made again when autovacuum's ANALYZE changes a table's statistics.
     pub async fn connect_worker(url: &str, pool_size: usize) -> Result<Self, Error> {
+        let store = Self::connect_worker_unchecked(url, pool_size)?;
+        store.check_schema().await?;
+        Ok(store)
+    }
+
+    /// [`Store::connect_worker`] without checking the schema: for a caller that migrated it.
+    pub fn connect_worker_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
@@ -90,9 +97,7 @@ impl Store {
             None => format!("-c {GENERIC_PLANS}"),
         };
         config.options(options);
-        let store = Self::with_config(config, pool_size)?;
-        store.check_schema().await?;
-        Ok(store)
+        Self::with_config(config, pool_size)
     }
 
     fn with_config(mut config: tokio_postgres::Config, pool_size: usize) -> Result<Self, Error> {

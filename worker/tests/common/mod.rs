@@ -31,7 +31,8 @@ pub struct Bundle {
 
 pub async fn setup() -> Bundle {
     let db = TestDb::new().await;
-    let store = Store::connect_unchecked(db.url(), 8).expect("pool");
+    // A worker's store, with its generic plans, as `leasehold worker` connects.
+    let store = Store::connect_worker_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
     let (sql, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
         .await
