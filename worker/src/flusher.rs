@@ -5,9 +5,9 @@
 //! changes no step of the lease protocol.
 //!
 //! There is no timer: a flush starts as soon as the previous one of its kind is answered and
-//! takes everything queued meanwhile. An idle worker writes at once; under load, batches grow while earlier flushes are
-//! in flight. A crash loses only writes whose runs were still waiting for an answer, and the lease
-//! protocol recovers those like any write that never landed.
+//! takes everything queued meanwhile. An idle worker writes at once; under load, batches grow
+//! while the previous flush is in flight. A crash loses only writes whose runs were still waiting
+//! for an answer, and the lease protocol recovers those like any write that never landed.
 
 use std::sync::Arc;
 
