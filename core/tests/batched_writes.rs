@@ -227,3 +227,44 @@ async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_
         "the cancelled run's node was not written"
     );
 }
+
+#[tokio::test]
+async fn an_old_claim_beside_the_current_one_in_a_batch_is_refused() {
+    let b = setup().await;
+    let automation = b.automation("diamond").await;
+    let run_id = b.start(&automation).await;
+    let old = b.claim_one("w").await.claim;
+    let released = b.store.release_on_shutdown(&[old]).await.expect("release");
+    assert_eq!(released.released, [run_id]);
+    let current = b.claim_one("w").await.claim;
+    assert!(current.epoch() > old.epoch());
+
+    // Both claims' writes of one node in one statement: only the current one lands, and the old
+    // one is not answered with the current one's result.
+    let answers = b
+        .store
+        .nodes_started(&[start(old, "a"), start(current, "a")])
+        .await
+        .expect("batch");
+    assert!(
+        matches!(answers[0], Err(Error::LeaseLost { .. })),
+        "{:?}",
+        answers[0]
+    );
+    assert_eq!(answers[1].as_ref().ok(), Some(&1));
+
+    let answers = b
+        .store
+        .nodes_completed(&[completion(old, "a", false), completion(current, "a", false)])
+        .await
+        .expect("batch");
+    assert!(
+        matches!(answers[0], Err(Error::LeaseLost { .. })),
+        "{:?}",
+        answers[0]
+    );
+    assert_eq!(answers[1].as_ref().ok(), Some(&false));
+    let names = b.event_names(run_id).await;
+    assert_eq!(names.iter().filter(|n| *n == "node_started").count(), 1);
+    assert_eq!(names.iter().filter(|n| *n == "node_completed").count(), 1);
+}

@@ -103,7 +103,7 @@ node AS (
     SET status = 'running', attempts = n.attempts + 1, epoch = excluded.epoch,
         started_at = excluded.started_at, finished_at = NULL
     WHERE n.status IN ('running', 'failed') AND n.epoch < excluded.epoch
-    RETURNING n.run_id, n.node_id, n.attempts
+    RETURNING n.run_id, n.node_id, n.attempts, n.epoch
 ),
 counted AS (
     SELECT run_id, count(*) AS started, array_agg(node_id ORDER BY node_id) AS nodes,
@@ -125,7 +125,7 @@ event AS (
            fenced.lease_epoch, started.node_id, started.attempt
     FROM fenced, unnest(fenced.nodes, fenced.attempts) WITH ORDINALITY AS started(node_id, attempt, nth)
 )
-SELECT run_id, node_id, attempts FROM node";
+SELECT run_id, epoch, node_id, attempts FROM node";
 
 // name: nodes_completed
 // Records running nodes' outputs under the claims that started them: each node must be running
@@ -194,7 +194,7 @@ run_event AS (
     SELECT run_id, seq_before + cardinality(nodes) + 1, tenant_id, 'run_completed', lease_epoch
     FROM fenced WHERE finish
 )
-SELECT fenced.run_id, done.node_id, fenced.finish
+SELECT fenced.run_id, fenced.lease_epoch AS epoch, done.node_id, fenced.finish
 FROM fenced, unnest(fenced.nodes) AS done(node_id)";
 
 // name: node_failed
@@ -324,18 +324,18 @@ impl Store {
         let client = self.client().await?;
         let stmt = client.prepare_cached(NODES_STARTED).await?;
         let rows = client.query(&stmt, &[&run_ids, &epochs, &node_ids]).await?;
-        let landed: HashMap<(RunId, &str), u32> = rows
+        let landed: HashMap<(Claim, &str), u32> = rows
             .iter()
             .map(|row| {
                 (
-                    (RunId(row.get("run_id")), row.get::<_, &str>("node_id")),
+                    (landed_claim(row), row.get::<_, &str>("node_id")),
                     row.get::<_, i32>("attempts").unsigned_abs(),
                 )
             })
             .collect();
         let mut answers = Vec::with_capacity(starts.len());
         for start in starts {
-            let key = (start.claim.run_id, start.node_id.as_str());
+            let key = (start.claim, start.node_id.as_str());
             answers.push(match landed.get(&key) {
                 Some(attempts) => Ok(*attempts),
                 None => start_not_written(&client, &start.claim, &start.node_id).await,
@@ -386,18 +386,18 @@ impl Store {
         let rows = client
             .query(&stmt, &[&run_ids, &epochs, &node_ids, &outputs, &finish])
             .await?;
-        let landed: HashMap<(RunId, &str), bool> = rows
+        let landed: HashMap<(Claim, &str), bool> = rows
             .iter()
             .map(|row| {
                 (
-                    (RunId(row.get("run_id")), row.get::<_, &str>("node_id")),
+                    (landed_claim(row), row.get::<_, &str>("node_id")),
                     row.get::<_, bool>("finish"),
                 )
             })
             .collect();
         let mut answers = Vec::with_capacity(completions.len());
         for c in completions {
-            let key = (c.claim.run_id, c.node_id.as_str());
+            let key = (c.claim, c.node_id.as_str());
             answers.push(match landed.get(&key) {
                 Some(run_completed) => Ok(*run_completed),
                 None => completion_not_written(&client, &c.claim, &c.node_id, &c.output)
@@ -522,6 +522,15 @@ fn read_node(run_id: RunId, row: &Row) -> Result<NodeRecord, Error> {
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
     })
+}
+
+/// The claim a returned node row was written under: a batch may carry an old claim of a run
+/// beside its current one, and only the current one's writes land.
+fn landed_claim(row: &Row) -> Claim {
+    Claim {
+        run_id: RunId(row.get("run_id")),
+        epoch: LeaseEpoch(row.get("epoch")),
+    }
 }
 
 /// The one answer of a batch of one.
