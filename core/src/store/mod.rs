@@ -70,10 +70,7 @@ pub struct Store {
 impl Store {
     /// Connects to `url` without checking the schema: for `migrate` and for tests that migrate.
     pub fn connect_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
-        Self::with_config(config, pool_size)
+        Self::with_config(parse_url(url)?, pool_size)
     }
 
     /// Connects a worker's store to `url` and refuses a database whose schema this build cannot
@@ -89,9 +86,7 @@ impl Store {
 
     /// [`Store::connect_worker`] without checking the schema: for a caller that migrated it.
     pub fn connect_worker_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
+        let mut config = parse_url(url)?;
         let options = match config.get_options() {
             Some(theirs) => format!("-c {GENERIC_PLANS} {theirs}"),
             None => format!("-c {GENERIC_PLANS}"),
@@ -190,6 +185,11 @@ fn all_queries() -> impl Iterator<Item = (&'static str, &'static str)> {
     .into_iter()
     .flatten()
     .copied()
+}
+
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, Error> {
+    url.parse()
+        .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))
 }
 
 fn millis(d: Duration) -> i64 {
