@@ -177,9 +177,14 @@ pub async fn workers_up(client: &Client, pids: &[u32]) -> anyhow::Result<i64> {
 }
 
 // Nothing queued and nothing held: both halves walk small partial indexes, so polling costs
-// the database next to nothing however many runs have finished.
+// the database next to nothing however many runs have finished. The queued half is a scalar
+// subquery in the claim index's order because an EXISTS drops ORDER BY, and with many queued
+// runs in the statistics the planner then picks a sequential scan, which reads every finished
+// run before the queued ones as the queue drains: 5% of the database's CPU in the one-node
+// figure.
 const DRAINED: &str = "\
-SELECT NOT EXISTS (SELECT 1 FROM runs WHERE status = 'queued')
+SELECT (SELECT run_id FROM runs WHERE status = 'queued'
+        ORDER BY priority DESC, queued_at, run_id LIMIT 1) IS NULL
    AND NOT EXISTS (SELECT 1 FROM runs WHERE status IN ('running', 'pausing'))";
 
 pub async fn drained(client: &Client) -> anyhow::Result<bool> {

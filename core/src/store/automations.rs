@@ -128,8 +128,9 @@ JOIN automation_versions v
 // name: delete_automation
 // Deletes an automation, its versions and its finished runs in one statement, or nothing while
 // any of its runs has not finished. Runs reference their pinned version without a cascade, so
-// the finished runs go in the same statement (their run_nodes and gates cascade from runs;
-// run_events has no foreign key, being partitioned, and is deleted by run id). The automation
+// the finished runs go in the same statement (their gates cascade from runs; run_nodes and
+// run_events have no foreign key, the one to spare every node write a check, the other being
+// partitioned, and are deleted by run id). The automation
 // row and then every run of it are locked, so a run's status is read after any concurrent
 // transition commits: a failed run being recovered counts as unfinished once it is queued. A run
 // started concurrently is not locked here; its insert holds a key-share lock on its version,
@@ -155,6 +156,9 @@ doomed AS (
 ),
 events AS (
     DELETE FROM run_events e USING doomed WHERE e.run_id = doomed.run_id
+),
+nodes AS (
+    DELETE FROM run_nodes n USING doomed WHERE n.run_id = doomed.run_id
 ),
 deleted_runs AS (
     DELETE FROM runs r USING doomed WHERE r.run_id = doomed.run_id

@@ -109,8 +109,9 @@ pub struct RunRecord {
 
 // name: start_run
 // One statement: pin the current version of an active automation, insert the run queued, and
-// record its first event, and wake idle workers. ON CONFLICT on the idempotency key yields zero rows instead of an
-// error, and the caller then compares the earlier request with this one.
+// record its first event, and wake idle workers. ON CONFLICT on the idempotency key yields zero
+// rows instead of an error, and the caller then compares the earlier request with this one. The
+// conflict target names the partial unique index's predicate, which only keyed runs are in.
 const START_RUN: &str = "\
 WITH automation AS (
     SELECT current_version, status FROM automations
@@ -122,7 +123,7 @@ inserted AS (
     SELECT $3::uuid, $1::text, $2::text, current_version, $4::text, $5::jsonb,
            $6::text, 'queued', $7::smallint, 'started', $8::text, 1
     FROM automation WHERE status = 'active'
-    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING run_id, automation_version
 ),
 event AS (

@@ -263,5 +263,5 @@ fn lost_key_race(e: &Error) -> bool {
         && db.as_db_error().and_then(|d| d.constraint()) == Some(RUNS_IDEMPOTENCY_KEY))
 }
 
-/// The unique constraint on `(tenant_id, idempotency_key)`, as Postgres names it.
-const RUNS_IDEMPOTENCY_KEY: &str = "runs_tenant_id_idempotency_key_key";
+/// The partial unique index on `(tenant_id, idempotency_key)` (migration V2).
+const RUNS_IDEMPOTENCY_KEY: &str = "runs_idempotency_key_idx";
