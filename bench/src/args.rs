@@ -12,6 +12,8 @@ pub enum Phase {
     Process,
     /// 10-node chains and fan-outs processed by the worker processes.
     Dag,
+    /// The database CPU of each statement of a one-node run, one at a time, beside the limit's.
+    Anatomy,
     /// Trigger-to-start latency, with notifications and by polling.
     Latency,
     /// Claim latency with large tables.

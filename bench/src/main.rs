@@ -186,6 +186,7 @@ async fn measure(bench: &mut Bench) -> anyhow::Result<()> {
         (Phase::Enqueue, "enqueue"),
         (Phase::Process, "process: the limit and one-node runs"),
         (Phase::Dag, "process: 10-node DAGs"),
+        (Phase::Anatomy, "anatomy: database CPU by statement"),
         (Phase::Latency, "latency"),
         (Phase::Backlog, "backlog"),
     ] {
@@ -197,6 +198,7 @@ async fn measure(bench: &mut Bench) -> anyhow::Result<()> {
             Phase::Enqueue => phases::enqueue::run(bench).await,
             Phase::Process => phases::process::one_node(bench).await,
             Phase::Dag => phases::process::dags(bench).await,
+            Phase::Anatomy => phases::anatomy::run(bench).await,
             Phase::Latency => phases::latency::run(bench).await,
             Phase::Backlog => phases::backlog::run(bench).await,
         }

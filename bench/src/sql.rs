@@ -267,6 +267,13 @@ pub struct LimitSession {
 impl LimitSession {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let client = connect(url).await?;
+        // A prepared statement gets a generic plan after five executions, and the completion's
+        // generic plan is a nested loop over every held run, quadratic in the batch (77 µs of
+        // database CPU per run instead of 18, measured by the anatomy phase's method). The
+        // limit is the cheapest correct statements: plan each execution for its arrays.
+        client
+            .batch_execute("SET plan_cache_mode = force_custom_plan")
+            .await?;
         let claim = client.prepare(LIMIT_CLAIM).await?;
         let complete = client.prepare(LIMIT_COMPLETE).await?;
         Ok(Self {
@@ -278,24 +285,32 @@ impl LimitSession {
 
     /// Claims up to `batch` runs and completes them; returns how many, 0 once the queue is empty.
     pub async fn claim_and_complete(&self, batch: i32, claimant: &str) -> anyhow::Result<usize> {
-        let rows = self.client.query(&self.claim, &[&batch, &claimant]).await?;
-        if rows.is_empty() {
-            return Ok(0);
+        let claimed = self.claim(batch, claimant).await?;
+        if !claimed.is_empty() {
+            self.complete(&claimed).await?;
         }
-        let (ids, epochs): (Vec<Uuid>, Vec<i64>) = rows
-            .iter()
-            .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i64>(1)))
-            .unzip();
+        Ok(claimed.len())
+    }
+
+    /// Claims up to `batch` runs: their ids and epochs, none once the queue is empty.
+    pub async fn claim(&self, batch: i32, claimant: &str) -> anyhow::Result<Vec<(Uuid, i64)>> {
+        let rows = self.client.query(&self.claim, &[&batch, &claimant]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Completes claimed runs, each fenced on its epoch.
+    pub async fn complete(&self, claimed: &[(Uuid, i64)]) -> anyhow::Result<()> {
+        let (ids, epochs): (Vec<Uuid>, Vec<i64>) = claimed.iter().copied().unzip();
         let done = self
             .client
             .execute(&self.complete, &[&ids, &epochs])
             .await?;
         anyhow::ensure!(
-            usize::try_from(done)? == rows.len(),
+            usize::try_from(done)? == claimed.len(),
             "the limit loop lost {} of its claims",
-            rows.len() - usize::try_from(done)?
+            claimed.len() - usize::try_from(done)?
         );
-        Ok(rows.len())
+        Ok(())
     }
 }
 

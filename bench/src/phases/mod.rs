@@ -3,9 +3,11 @@
 //!
 //! - `enqueue`: starting runs through the API (StartRuns, StartRun) and the store.
 //! - `process`: one-node runs and 10-node DAGs through the worker processes, and the limit.
+//! - `anatomy`: the database CPU of each statement of a one-node run, the limit's beside it.
 //! - `latency`: trigger-to-start of runs started one by one, notified and polled.
 //! - `backlog`: the product's claim with large tables.
 
+pub mod anatomy;
 pub mod backlog;
 pub mod enqueue;
 pub mod latency;

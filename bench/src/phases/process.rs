@@ -150,7 +150,7 @@ fn push_costs(f: &mut Vec<Figure>, prefix: &str, reps: &[Processed], nodes: usiz
 }
 
 /// Empty tables, `n` runs of `automation` queued, settled, and none of our sessions open.
-async fn prepare(bench: &mut Bench, automation: &str, n: usize) -> anyhow::Result<()> {
+pub(super) async fn prepare(bench: &mut Bench, automation: &str, n: usize) -> anyhow::Result<()> {
     bench.reset().await?;
     bench
         .enqueue(automation, n, bench.args.enqueue_concurrency)

@@ -1,0 +1,194 @@
+//! Where a one-node run's database time goes: the CPU of each statement the product spends on a
+//! run (claim, node start, node completion), next to the limit's two (claim, completion), timed
+//! one statement at a time on one session with nothing else running. `process` says how fast the
+//! whole is; this says which statement costs what, without the noise of concurrency.
+//!
+//! The product's statements are the store's, on a worker's session (generic plans), in batches
+//! of the workers' capacity; the limit's are the limit loop's. The CPU is the server's, from
+//! `/proc/<pid>/schedstat`, so background work a statement causes (the WAL writer) counts too.
+
+use std::future::Future;
+use std::time::Duration;
+
+use leasehold_core::ids::{ClaimantId, NodeId};
+use leasehold_core::store::{NodeCompletion, NodeStart, Store};
+
+use super::{Bench, NOOP, process};
+use crate::procfs;
+use crate::report::Figure;
+use crate::sql::LimitSession;
+
+const CLAIMANT: &str = "bench-anatomy";
+/// Far longer than a repetition: no lease runs out while it is measured.
+const LEASE: Duration = Duration::from_secs(600);
+
+/// Database CPU by statement over one repetition.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    claim: Duration,
+    start: Duration,
+    complete: Duration,
+    runs: usize,
+}
+
+impl Spent {
+    /// Microseconds per run of one statement's CPU.
+    fn per_run(&self, statement: Duration) -> f64 {
+        #[allow(clippy::cast_precision_loss)] // Counts far below 2^52.
+        let runs = self.runs.max(1) as f64;
+        statement.as_secs_f64() * 1e6 / runs
+    }
+
+    fn total(&self) -> f64 {
+        self.per_run(self.claim + self.start + self.complete)
+    }
+}
+
+/// The limit's and the product's statements, repetition by repetition from the same state.
+pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
+    let Some(postmaster) = bench.postmaster else {
+        eprintln!("  skipped: the server is not on this machine, so its CPU cannot be read");
+        return Ok(());
+    };
+    let n = bench.plan.runs;
+    let batch = bench.args.capacity;
+    let mut limit = Vec::new();
+    let mut product = Vec::new();
+    for rep in 1..=bench.args.reps {
+        process::prepare(bench, NOOP, n).await?;
+        let l = limit_once(bench, postmaster, batch).await?;
+        process::prepare(bench, NOOP, n).await?;
+        let p = product_once(bench, postmaster, batch).await?;
+        anyhow::ensure!(
+            l.runs == n && p.runs == n,
+            "processed {} and {} runs of {n}",
+            l.runs,
+            p.runs
+        );
+        eprintln!(
+            "  rep {rep}: limit {:.1} µs/run, product {:.1} µs/run",
+            l.total(),
+            p.total()
+        );
+        limit.push(l);
+        product.push(p);
+    }
+    let f = &mut bench.figures;
+    let per = |reps: &[Spent], pick: fn(&Spent) -> Duration| -> Vec<f64> {
+        reps.iter().map(|s| s.per_run(pick(s))).collect()
+    };
+    f.push(Figure::new(
+        "anatomy.limit.claim",
+        "µs/run",
+        per(&limit, |s| s.claim),
+    ));
+    f.push(Figure::new(
+        "anatomy.limit.complete",
+        "µs/run",
+        per(&limit, |s| s.complete),
+    ));
+    f.push(Figure::new(
+        "anatomy.limit.total",
+        "µs/run",
+        limit.iter().map(Spent::total).collect(),
+    ));
+    f.push(Figure::new(
+        "anatomy.product.claim",
+        "µs/run",
+        per(&product, |s| s.claim),
+    ));
+    f.push(Figure::new(
+        "anatomy.product.start",
+        "µs/run",
+        per(&product, |s| s.start),
+    ));
+    f.push(Figure::new(
+        "anatomy.product.complete",
+        "µs/run",
+        per(&product, |s| s.complete),
+    ));
+    f.push(Figure::new(
+        "anatomy.product.total",
+        "µs/run",
+        product.iter().map(Spent::total).collect(),
+    ));
+    Ok(())
+}
+
+async fn limit_once(bench: &Bench, postmaster: u32, batch: usize) -> anyhow::Result<Spent> {
+    let session = LimitSession::connect(&bench.db_url).await?;
+    let batch = i32::try_from(batch)?;
+    let mut spent = Spent::default();
+    loop {
+        let claimed = timed(postmaster, &mut spent.claim, session.claim(batch, CLAIMANT)).await?;
+        if claimed.is_empty() {
+            return Ok(spent);
+        }
+        timed(postmaster, &mut spent.complete, session.complete(&claimed)).await?;
+        spent.runs += claimed.len();
+    }
+}
+
+async fn product_once(bench: &Bench, postmaster: u32, batch: usize) -> anyhow::Result<Spent> {
+    let store = Store::connect_worker(&bench.db_url, 1).await?;
+    let claimant = ClaimantId::from(CLAIMANT);
+    let node = NodeId::from("only");
+    let mut spent = Spent::default();
+    loop {
+        let claimed = timed(postmaster, &mut spent.claim, async {
+            Ok(store.claim_runs(&claimant, batch, LEASE).await?)
+        })
+        .await?;
+        if claimed.is_empty() {
+            return Ok(spent);
+        }
+        let starts: Vec<NodeStart> = claimed
+            .iter()
+            .map(|run| NodeStart {
+                claim: run.claim,
+                node_id: node.clone(),
+            })
+            .collect();
+        let started = timed(postmaster, &mut spent.start, async {
+            Ok(store.nodes_started(&starts).await?)
+        })
+        .await?;
+        anyhow::ensure!(
+            started.iter().all(Result::is_ok),
+            "a node start was refused: {started:?}"
+        );
+        let completions: Vec<NodeCompletion> = claimed
+            .iter()
+            .map(|run| NodeCompletion {
+                claim: run.claim,
+                node_id: node.clone(),
+                output: serde_json::json!({}),
+                completes_run: true,
+            })
+            .collect();
+        let completed = timed(postmaster, &mut spent.complete, async {
+            Ok(store.nodes_completed(&completions).await?)
+        })
+        .await?;
+        anyhow::ensure!(
+            completed.iter().all(|c| matches!(c, Ok(true))),
+            "a run did not complete: {completed:?}"
+        );
+        spent.runs += claimed.len();
+    }
+}
+
+/// Runs `work`, adding the server's CPU over it to `spent`.
+async fn timed<T>(
+    postmaster: u32,
+    spent: &mut Duration,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let before = procfs::tree_on_cpu(postmaster);
+    let out = work.await?;
+    let after = procfs::tree_on_cpu(postmaster);
+    if let (Some(before), Some(after)) = (before, after) {
+        *spent += after.saturating_sub(before);
+    }
+    Ok(out)
+}
