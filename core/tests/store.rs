@@ -69,6 +69,32 @@ async fn every_named_query_prepares() {
     assert!(prepared >= 25, "only {prepared} queries");
 }
 
+/// V2 may be applied while V1 coordinators still run: their start names the idempotency key's
+/// conflict target without V2's predicate, which only V1's unique constraint satisfies. A later
+/// migration that drops that constraint must change this test on purpose.
+#[tokio::test]
+async fn the_previous_release_can_still_start_runs_after_migrating() {
+    let b = setup().await;
+    let automation = b.automation("hello").await;
+    let v1_start = "INSERT INTO runs (run_id, tenant_id, automation_id, automation_version,
+                                      trigger, idempotency_key, status, event_seq)
+                    VALUES (gen_random_uuid(), $1, $2, 1, 'api', $3, 'queued', 1)
+                    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING";
+    let key = "same-key";
+    let inserted = b
+        .sql
+        .execute(v1_start, &[&b.tenant.as_str(), &automation.as_str(), &key])
+        .await
+        .expect("V1's start plans on this schema");
+    assert_eq!(inserted, 1);
+    let repeated = b
+        .sql
+        .execute(v1_start, &[&b.tenant.as_str(), &automation.as_str(), &key])
+        .await
+        .expect("a repeat is absorbed");
+    assert_eq!(repeated, 0, "the key is still unique per tenant");
+}
+
 #[tokio::test]
 async fn automation_versions_are_immutable_and_runs_pin_theirs() {
     let b = setup().await;

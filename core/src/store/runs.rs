@@ -111,7 +111,8 @@ pub struct RunRecord {
 // One statement: pin the current version of an active automation, insert the run queued, and
 // record its first event, and wake idle workers. ON CONFLICT on the idempotency key yields zero
 // rows instead of an error, and the caller then compares the earlier request with this one. The
-// conflict target names the partial unique index's predicate, which only keyed runs are in.
+// conflict target carries the predicate of V2's partial unique index, so that either that index
+// or V1's constraint over every run settles it.
 const START_RUN: &str = "\
 WITH automation AS (
     SELECT current_version, status FROM automations

@@ -260,8 +260,13 @@ fn same_fields(a: &StartRun, b: &StartRun) -> bool {
 /// A concurrent start took one of the batch's keys after they were resolved.
 fn lost_key_race(e: &Error) -> bool {
     matches!(e, Error::Db(db) if db.code() == Some(&SqlState::UNIQUE_VIOLATION)
-        && db.as_db_error().and_then(|d| d.constraint()) == Some(RUNS_IDEMPOTENCY_KEY))
+        && db.as_db_error().and_then(|d| d.constraint())
+            .is_some_and(|c| RUNS_IDEMPOTENCY_KEY.contains(&c)))
 }
 
-/// The partial unique index on `(tenant_id, idempotency_key)` (migration V2).
-const RUNS_IDEMPOTENCY_KEY: &str = "runs_idempotency_key_idx";
+/// The unique indexes on `(tenant_id, idempotency_key)`: V1's constraint over every run and
+/// V2's partial index over keyed runs. While both exist, either may report a key taken.
+const RUNS_IDEMPOTENCY_KEY: [&str; 2] = [
+    "runs_tenant_id_idempotency_key_key",
+    "runs_idempotency_key_idx",
+];
