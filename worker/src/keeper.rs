@@ -18,13 +18,28 @@ use crate::config::Config;
 /// margin (a fifth of a lease of at least five seconds), so a fence is late by at most this.
 const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// What an executing run learns from the keeper.
+/// What an executing run learns from the keeper. Dropping it ends the keeping: however the run
+/// leaves the worker, a panic in its executor included, its lease is no longer renewed, so it
+/// runs out and the reaper recovers the run instead of a live heartbeat holding it forever.
 pub(crate) struct RunLease {
     /// Cancelled when the lease is gone (lost, or not renewable in time): stop at once and
     /// write nothing more for the run.
     pub stop: CancellationToken,
     /// True once a user asked the run to pause: start no new node, settle when idle.
     pub pausing: watch::Receiver<bool>,
+    _kept: Kept,
+}
+
+/// Forgets its claim when dropped.
+struct Kept {
+    keeper: KeeperHandle,
+    claim: Claim,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.keeper.forget(self.claim);
+    }
 }
 
 struct Held {
@@ -57,12 +72,19 @@ impl KeeperHandle {
             fence_at: requested_at + self.lease - self.margin,
         };
         self.lock().insert(claim.run_id(), held);
-        RunLease { stop, pausing }
+        RunLease {
+            stop,
+            pausing,
+            _kept: Kept {
+                keeper: self.clone(),
+                claim,
+            },
+        }
     }
 
     /// Stops keeping a claim: its run completed, stopped, or was handed back. A later claim of
     /// the same run (a retry this worker took again) is left alone.
-    pub fn forget(&self, claim: Claim) {
+    fn forget(&self, claim: Claim) {
         let mut held = self.lock();
         if held.get(&claim.run_id()).is_some_and(|h| h.claim == claim) {
             held.remove(&claim.run_id());
@@ -177,5 +199,73 @@ impl LeaseKeeper {
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "worker heartbeat failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use leasehold_core::ids::TenantId;
+    use leasehold_core::spec;
+    use leasehold_core::store::{StartRun, Trigger};
+    use leasehold_testkit::TestDb;
+
+    use super::*;
+
+    /// A real claim: only the store makes one.
+    async fn claimed(store: &Store) -> Claim {
+        let tenant = TenantId::default();
+        let spec = spec::parse_yaml("id: kept\nnodes:\n  - {id: a, kind: noop}\n").expect("spec");
+        store
+            .create_automation(&tenant, &spec)
+            .await
+            .expect("automation");
+        store
+            .start_run(&StartRun {
+                tenant,
+                automation_id: spec.id.clone(),
+                trigger: Trigger::Api,
+                inputs: serde_json::json!({}),
+                idempotency_key: None,
+                priority: 0,
+                concurrency_key: None,
+            })
+            .await
+            .expect("start");
+        let runs = store
+            .claim_runs(&ClaimantId::from("w"), 1, Duration::from_secs(30))
+            .await
+            .expect("claim");
+        runs.first().expect("one run claimed").claim
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_executor_panics_is_no_longer_kept() {
+        let db = TestDb::new().await;
+        let store = Store::connect_unchecked(db.url(), 2).expect("pool");
+        store.migrate().await.expect("migrate");
+        let claim = claimed(&store).await;
+        let keeper = KeeperHandle {
+            held: Arc::default(),
+            lease: Duration::from_secs(30),
+            margin: Duration::from_secs(6),
+        };
+
+        let lease = keeper.hold(claim, Instant::now());
+        assert_eq!(keeper.claims(), vec![claim]);
+        let executor = tokio::spawn(async move {
+            let _lease = lease;
+            panic!("a bug in the executor");
+        });
+        assert!(executor.await.expect_err("it panicked").is_panic());
+        assert!(
+            keeper.claims().is_empty(),
+            "a panicked run's lease would be renewed forever"
+        );
+
+        // A run that leaves normally is forgotten the same way.
+        let lease = keeper.hold(claim, Instant::now());
+        assert_eq!(keeper.claims(), vec![claim]);
+        drop(lease);
+        assert!(keeper.claims().is_empty());
     }
 }

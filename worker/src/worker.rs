@@ -124,13 +124,12 @@ impl Worker {
                         for run in claimed {
                             let lease = leases.hold(run.claim, requested_at);
                             let shared = Arc::clone(&shared);
-                            let leases = leases.clone();
                             let run_shutdown = run_shutdown.clone();
                             runs.spawn(async move {
                                 let claim = run.claim;
+                                // The lease is forgotten when `execute` drops it.
                                 let outcome =
                                     execute::execute(&shared, run, lease, run_shutdown).await;
-                                leases.forget(claim);
                                 tracing::debug!(run_id = %claim.run_id(), ?outcome, "run left the worker");
                                 outcome
                             });
