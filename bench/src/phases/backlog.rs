@@ -1,15 +1,18 @@
-//! The product's claim with large tables: finished and queued runs filled in with SQL up to each
-//! size, then `Store::claim_runs` timed call by call, for one run and for a worker's capacity.
-//! The design keeps the claim on a partial index of queued runs, so it must stay flat.
+//! The product's claim with large tables: finished and queued runs filled in with SQL, one
+//! database per size, then `Store::claim_runs` timed call by call, for one run and for a worker's
+//! capacity, each size in turn within a repetition. The design keeps the claim on a partial index
+//! of queued runs, so it must stay flat.
 
 use std::time::Duration;
 
+use anyhow::Context;
 use leasehold_core::ids::{ClaimantId, TenantId};
 use leasehold_core::store::Store;
+use leasehold_testkit::with_database;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use super::{Bench, NOOP};
+use super::{Bench, NOOP, create_automations_in};
 use crate::report::{Bar, Figure};
 use crate::sql;
 use crate::stats::percentile;
@@ -35,50 +38,84 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let mut sizes = bench.plan.backlog.clone();
     sizes.sort_unstable();
     sizes.dedup();
+    let mut databases = Vec::new();
+    let measured = measure(bench, &sizes, &mut databases).await;
+    for name in &databases {
+        if let Err(e) = sql::drop_database(&bench.admin, name).await {
+            eprintln!("warning: {e:#}");
+        }
+    }
+    let results = measured?;
+    push_figures(bench, &results);
+    Ok(())
+}
+
+/// Per size: per repetition, the round of one-run claims and the round of batch claims.
+type Results = Vec<(i64, Vec<Round>, Vec<Round>)>;
+
+/// Each size has a database of its own, filled once; every repetition then times each size in
+/// turn. A machine that speeds up or slows down over the phase (a shared host does) then moves
+/// every size of a repetition alike, instead of landing on whichever size was measured then.
+/// `databases` collects the names of the databases created, for the caller to drop.
+async fn measure(
+    bench: &Bench,
+    sizes: &[i64],
+    databases: &mut Vec<String>,
+) -> anyhow::Result<Results> {
     let Some(&smallest) = sizes.first() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let capacity = bench.args.capacity;
     // Each round claims from the queue without refilling it: the smallest queue must hold it.
     let smallest_queue = usize::try_from(smallest / QUEUED_EVERY)?;
     let batch_claims = CLAIMS_OF_BATCH.min(smallest_queue / capacity.max(1)).max(1);
     let one_claims = CLAIMS_OF_ONE.min(smallest_queue).max(1);
-    // The fill is the history here: the sizes count every run in the table.
-    bench.reset_with(0).await?;
-    let mut filled = 0;
-    // Per size: per repetition, the round of one-run claims and the round of batch claims.
-    let mut results: Vec<(i64, Vec<Round>, Vec<Round>)> = Vec::new();
-    for &size in &sizes {
-        let session = bench.session().await?;
+    let mut backlogs = Vec::new();
+    for &size in sizes {
+        let name = format!("{}_backlog_{}", bench.db_name, label(size));
+        sql::create_database(&bench.admin, &name).await?;
+        databases.push(name.clone());
+        let url = with_database(&bench.db_url, &name);
+        let store = Store::connect_unchecked(&url, 1).context("a backlog store")?;
+        store.migrate().await?;
+        create_automations_in(&store).await?;
+        let session = sql::connect(&url).await?;
         sql::backlog_fill(
             &session,
             TenantId::default().as_str(),
             NOOP,
-            size - filled,
+            size,
             QUEUED_EVERY,
         )
         .await?;
-        filled = size;
         sql::settle(&session).await?;
         let (total, queued) = sql::count_runs(&session).await?;
         eprintln!("  backlog: {total} runs, {queued} queued");
-        let store = bench.store(1).await?;
         round(&store, &session, 1, WARM_UP_CLAIMS).await?;
-        let (mut ones, mut batches) = (Vec::new(), Vec::new());
-        for rep in 1..=bench.args.reps {
-            ones.push(round(&store, &session, 1, one_claims).await?);
-            batches.push(round(&store, &session, capacity, batch_claims).await?);
+        backlogs.push((size, store, session));
+    }
+    let mut results: Results = sizes.iter().map(|&s| (s, Vec::new(), Vec::new())).collect();
+    for rep in 1..=bench.args.reps {
+        for ((size, store, session), (_, ones, batches)) in backlogs.iter().zip(&mut results) {
+            let one = round(store, session, 1, one_claims).await?;
+            let batch = round(store, session, capacity, batch_claims).await?;
             eprintln!(
                 "  backlog {} rep {rep}: claim 1 p50 {:.2} ms, claim {capacity} p50 {:.2} ms",
-                label(size),
-                ones[rep - 1].0,
-                batches[rep - 1].0
+                label(*size),
+                one.0,
+                batch.0
             );
+            ones.push(one);
+            batches.push(batch);
         }
-        results.push((size, ones, batches));
     }
+    Ok(results)
+}
+
+fn push_figures(bench: &mut Bench, results: &Results) {
+    let capacity = bench.args.capacity;
     let f = &mut bench.figures;
-    for (size, ones, batches) in &results {
+    for (size, ones, batches) in results {
         for (what, rounds) in [
             ("claim_1".to_owned(), ones),
             (format!("claim_{capacity}"), batches),
@@ -120,7 +157,6 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             .bar(Bar::AtMost(FLAT_RATIO)),
         );
     }
-    Ok(())
 }
 
 /// Times `claims` claims of `n` runs each; then hands them back and vacuums, so that the next

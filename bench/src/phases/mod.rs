@@ -83,35 +83,7 @@ pub struct Snapshot {
 impl Bench {
     /// The benchmark's automations, registered through the store.
     pub async fn create_automations(&self) -> anyhow::Result<()> {
-        let store = self.store(1).await?;
-        let chain: String = (0..DAG_NODES)
-            .map(|i| match i {
-                0 => "  - {id: n0, kind: noop}\n".to_owned(),
-                i => format!("  - {{id: n{i}, kind: noop, depends_on: [n{}]}}\n", i - 1),
-            })
-            .collect();
-        let branches: Vec<String> = (1..DAG_NODES - 1).map(|i| format!("b{i}")).collect();
-        let fanout = format!(
-            "  - {{id: root, kind: noop}}\n{}  - {{id: join, kind: noop, depends_on: [{}]}}\n",
-            branches
-                .iter()
-                .map(|b| format!("  - {{id: {b}, kind: noop, depends_on: [root]}}\n"))
-                .collect::<String>(),
-            branches.join(", ")
-        );
-        for (id, nodes) in [
-            (NOOP, "  - {id: only, kind: noop}\n".to_owned()),
-            (HISTORY, "  - {id: only, kind: noop}\n".to_owned()),
-            (CHAIN, chain),
-            (FANOUT, fanout),
-        ] {
-            let spec = spec::parse_yaml(&format!("id: {id}\nnodes:\n{nodes}"))
-                .with_context(|| format!("the {id} spec"))?;
-            let one_node = id == NOOP || id == HISTORY;
-            anyhow::ensure!(spec.nodes.len() == if one_node { 1 } else { DAG_NODES });
-            store.create_automation(&TenantId::default(), &spec).await?;
-        }
-        Ok(())
+        create_automations_in(&self.store(1).await?).await
     }
 
     /// A store on the benchmark's database.
@@ -279,6 +251,38 @@ pub fn batch_sizes(n: usize, batch: usize) -> Vec<usize> {
     (0..n.div_ceil(batch))
         .map(|i| batch.min(n - i * batch))
         .collect()
+}
+
+/// Registers the benchmark's automations in the database of `store`.
+pub async fn create_automations_in(store: &Store) -> anyhow::Result<()> {
+    let chain: String = (0..DAG_NODES)
+        .map(|i| match i {
+            0 => "  - {id: n0, kind: noop}\n".to_owned(),
+            i => format!("  - {{id: n{i}, kind: noop, depends_on: [n{}]}}\n", i - 1),
+        })
+        .collect();
+    let branches: Vec<String> = (1..DAG_NODES - 1).map(|i| format!("b{i}")).collect();
+    let fanout = format!(
+        "  - {{id: root, kind: noop}}\n{}  - {{id: join, kind: noop, depends_on: [{}]}}\n",
+        branches
+            .iter()
+            .map(|b| format!("  - {{id: {b}, kind: noop, depends_on: [root]}}\n"))
+            .collect::<String>(),
+        branches.join(", ")
+    );
+    for (id, nodes) in [
+        (NOOP, "  - {id: only, kind: noop}\n".to_owned()),
+        (HISTORY, "  - {id: only, kind: noop}\n".to_owned()),
+        (CHAIN, chain),
+        (FANOUT, fanout),
+    ] {
+        let spec = spec::parse_yaml(&format!("id: {id}\nnodes:\n{nodes}"))
+            .with_context(|| format!("the {id} spec"))?;
+        let one_node = id == NOOP || id == HISTORY;
+        anyhow::ensure!(spec.nodes.len() == if one_node { 1 } else { DAG_NODES });
+        store.create_automation(&TenantId::default(), &spec).await?;
+    }
+    Ok(())
 }
 
 /// Microseconds of CPU per unit between two readings, if both were taken.
