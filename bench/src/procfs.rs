@@ -69,18 +69,8 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
 pub fn tree_cpu(root: u32) -> Option<Duration> {
     let own = read_stat(root)?;
     let mut total = own.utime + own.stime + own.cutime + own.cstime;
-    let entries = std::fs::read_dir(Path::new("/proc")).ok()?;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(child) = read_stat(pid).filter(|s| s.ppid == root) {
-            total += child.utime + child.stime + child.cutime + child.cstime;
-        }
+    for (_, child) in children(root)? {
+        total += child.utime + child.stime + child.cutime + child.cstime;
     }
     Some(ticks(total))
 }
@@ -91,20 +81,23 @@ pub fn tree_cpu(root: u32) -> Option<Duration> {
 /// it is for differences over a span in which no session ends.
 pub fn tree_on_cpu(root: u32) -> Option<Duration> {
     let mut total = on_cpu_ns(root)?;
-    let entries = std::fs::read_dir(Path::new("/proc")).ok()?;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if read_stat(pid).is_some_and(|s| s.ppid == root) {
-            total += on_cpu_ns(pid).unwrap_or(0);
-        }
+    for (pid, _) in children(root)? {
+        total += on_cpu_ns(pid).unwrap_or(0);
     }
     Some(Duration::from_nanos(total))
+}
+
+/// The live children of `root`, with their stat lines; `None` if /proc cannot be read.
+fn children(root: u32) -> Option<Vec<(u32, Stat)>> {
+    let entries = std::fs::read_dir(Path::new("/proc")).ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| Some((pid, read_stat(pid)?)))
+            .filter(|(_, stat)| stat.ppid == root)
+            .collect(),
+    )
 }
 
 /// The first field of `/proc/<pid>/schedstat`: nanoseconds on a CPU.

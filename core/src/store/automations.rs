@@ -130,12 +130,11 @@ JOIN automation_versions v
 // any of its runs has not finished. Runs reference their pinned version without a cascade, so
 // the finished runs go in the same statement (their gates cascade from runs; run_nodes and
 // run_events have no foreign key, the one to spare every node write a check, the other being
-// partitioned, and are deleted by run id). The automation
-// row and then every run of it are locked, so a run's status is read after any concurrent
-// transition commits: a failed run being recovered counts as unfinished once it is queued. A run
-// started concurrently is not locked here; its insert holds a key-share lock on its version,
-// so the version's cascade waits for it and then fails the foreign-key check, and the caller
-// asks again, when the new run counts.
+// partitioned, and are deleted by run id). The automation row and then every run of it are
+// locked, so a run's status is read after any concurrent transition commits: a failed run being
+// recovered counts as unfinished once it is queued. A run started concurrently is not locked
+// here; its insert holds a key-share lock on its version, so the version's cascade waits for it
+// and then fails the foreign-key check, and the caller asks again, when the new run counts.
 const DELETE_AUTOMATION: &str = "\
 WITH target AS (
     SELECT tenant_id, automation_id FROM automations
