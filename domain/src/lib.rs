@@ -1,0 +1,18 @@
+//! Leasehold's domain: the rules, with no database and no clock of their own.
+//!
+//! # Layout
+//! - [`ids`]: newtypes for run, node, automation, tenant and claimant ids, and the lease epoch.
+//! - [`spec`]: automation specs: parsing from YAML or JSON, and validation.
+//! - [`run`]: the run state machine and the ready nodes of a run's checkpoint.
+//! - [`retry`]: the backoff between attempts.
+//! - [`lease`]: lease bounds, expiry and reap decisions.
+//!
+//! Everything here is a pure function of its arguments, `now` included. The crate does not
+//! depend on a database driver, so the compiler keeps the rules away from the store.
+#![warn(missing_docs)]
+
+pub mod ids;
+pub mod lease;
+pub mod retry;
+pub mod run;
+pub mod spec;
