@@ -5,6 +5,7 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::listing::Listing;
+use super::query::Query;
 use super::{Cursor, Error, Page, PageRequest, Store};
 use crate::ids::{AutomationId, TenantId};
 use crate::spec::{self, Spec};
@@ -27,11 +28,12 @@ pub struct AutomationVersion {
     pub spec: Spec,
 }
 
-// name: create_automation
 // The automation row and its first version in one statement; ON CONFLICT DO NOTHING turns a
 // duplicate id into zero rows rather than an aborted transaction. The hash is taken of the
 // jsonb's canonical text, so key order in the author's file does not matter.
-const CREATE_AUTOMATION: &str = "\
+const CREATE_AUTOMATION: Query = Query {
+    name: "create_automation",
+    sql: "\
 WITH automation AS (
     INSERT INTO automations (tenant_id, automation_id, current_version)
     VALUES ($1::text, $2::text, 1)
@@ -41,12 +43,14 @@ WITH automation AS (
 INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash)
 SELECT tenant_id, automation_id, 1, $3::jsonb, sha256(convert_to($3::jsonb::text, 'UTF8'))
 FROM automation
-RETURNING version";
+RETURNING version",
+};
 
-// name: create_automation_version
 // Locks the automation row so that two concurrent updates get consecutive versions, and adds a
 // version only when the spec differs from the current one, so re-applying a file is a no-op.
-const CREATE_AUTOMATION_VERSION: &str = "\
+const CREATE_AUTOMATION_VERSION: Query = Query {
+    name: "create_automation_version",
+    sql: "\
 WITH current AS (
     SELECT a.tenant_id, a.automation_id, a.current_version, v.spec_hash
     FROM automations a
@@ -69,33 +73,39 @@ bumped AS (
     FROM added
     WHERE a.tenant_id = $1::text AND a.automation_id = $2::text
 )
-SELECT current.current_version, (SELECT version FROM added) AS added_version FROM current";
+SELECT current.current_version, (SELECT version FROM added) AS added_version FROM current",
+};
 
-// name: automation_version
 // A version by number, or the current one when the number is null.
-const AUTOMATION_VERSION: &str = "\
+const AUTOMATION_VERSION: Query = Query {
+    name: "automation_version",
+    sql: "\
 SELECT v.version, v.spec
 FROM automations a
 JOIN automation_versions v
   ON v.tenant_id = a.tenant_id AND v.automation_id = a.automation_id
  AND v.version = coalesce($3::int, a.current_version)
-WHERE a.tenant_id = $1::text AND a.automation_id = $2::text";
+WHERE a.tenant_id = $1::text AND a.automation_id = $2::text",
+};
 
-// name: automation
 // An automation with its current version's spec: what `automation get` shows.
-const AUTOMATION: &str = "\
+const AUTOMATION: Query = Query {
+    name: "automation",
+    sql: "\
 SELECT a.automation_id, a.current_version, a.status, a.created_at, a.updated_at, v.spec
 FROM automations a
 JOIN automation_versions v
   ON v.tenant_id = a.tenant_id AND v.automation_id = a.automation_id
  AND v.version = a.current_version
-WHERE a.tenant_id = $1::text AND a.automation_id = $2::text";
+WHERE a.tenant_id = $1::text AND a.automation_id = $2::text",
+};
 
-// name: list_automations
 // A page of a tenant's automations in creation order, after the keyset ($2, $3). A tenant has
 // few automations, so sorting them is cheap and no index on created_at is kept for it; the
 // automation id breaks ties between automations created in the same transaction.
-const LIST_AUTOMATIONS: &str = "\
+const LIST_AUTOMATIONS: Query = Query {
+    name: "list_automations",
+    sql: "\
 SELECT a.automation_id, a.current_version, a.status, a.created_at, a.updated_at, v.spec
 FROM automations a
 JOIN automation_versions v
@@ -104,13 +114,15 @@ JOIN automation_versions v
 WHERE a.tenant_id = $1::text
   AND ($2::timestamptz IS NULL OR (a.created_at, a.automation_id) > ($2::timestamptz, $3::text))
 ORDER BY a.created_at, a.automation_id
-LIMIT $4::int";
+LIMIT $4::int",
+};
 
-// name: set_automation_status
 // Pauses or activates an automation and returns it as it now stands, in one statement. A
 // paused automation starts no runs (start_run checks the status it reads); runs already started
 // go on. updated_at moves only when the status changes, so repeating the request is a no-op.
-const SET_AUTOMATION_STATUS: &str = "\
+const SET_AUTOMATION_STATUS: Query = Query {
+    name: "set_automation_status",
+    sql: "\
 WITH updated AS (
     UPDATE automations a
     SET status = $3::text,
@@ -123,9 +135,9 @@ SELECT u.automation_id, u.current_version, u.status, u.created_at, u.updated_at,
 FROM updated u
 JOIN automation_versions v
   ON v.tenant_id = u.tenant_id AND v.automation_id = u.automation_id
- AND v.version = u.current_version";
+ AND v.version = u.current_version",
+};
 
-// name: delete_automation
 // Deletes an automation, its versions and its finished runs in one statement, or nothing while
 // any of its runs has not finished. Runs reference their pinned version without a cascade, so
 // the finished runs go in the same statement (their gates cascade from runs; run_nodes and
@@ -135,7 +147,9 @@ JOIN automation_versions v
 // recovered counts as unfinished once it is queued. A run started concurrently is not locked
 // here; its insert holds a key-share lock on its version, so the version's cascade waits for it
 // and then fails the foreign-key check, and the caller asks again, when the new run counts.
-const DELETE_AUTOMATION: &str = "\
+const DELETE_AUTOMATION: Query = Query {
+    name: "delete_automation",
+    sql: "\
 WITH target AS (
     SELECT tenant_id, automation_id FROM automations
     WHERE tenant_id = $1::text AND automation_id = $2::text
@@ -172,16 +186,17 @@ deleted AS (
 SELECT (SELECT count(*) FROM target) AS found,
        (SELECT n FROM unfinished) AS unfinished,
        (SELECT count(*) FROM deleted) AS deleted,
-       (SELECT count(*) FROM deleted_runs) AS deleted_runs";
+       (SELECT count(*) FROM deleted_runs) AS deleted_runs",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("create_automation", CREATE_AUTOMATION),
-    ("create_automation_version", CREATE_AUTOMATION_VERSION),
-    ("automation_version", AUTOMATION_VERSION),
-    ("automation", AUTOMATION),
-    ("list_automations", LIST_AUTOMATIONS),
-    ("set_automation_status", SET_AUTOMATION_STATUS),
-    ("delete_automation", DELETE_AUTOMATION),
+pub(super) const QUERIES: &[Query] = &[
+    CREATE_AUTOMATION,
+    CREATE_AUTOMATION_VERSION,
+    AUTOMATION_VERSION,
+    AUTOMATION,
+    LIST_AUTOMATIONS,
+    SET_AUTOMATION_STATUS,
+    DELETE_AUTOMATION,
 ];
 
 /// Whether an automation starts runs.
@@ -234,10 +249,9 @@ impl Store {
     /// Stores a new automation at version 1. The spec must be valid (see [`spec::validate`]).
     pub async fn create_automation(&self, tenant: &TenantId, spec: &Spec) -> Result<i32, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(CREATE_AUTOMATION).await?;
-        let rows = client
+        let rows = CREATE_AUTOMATION
             .query(
-                &stmt,
+                &client,
                 &[&tenant.as_str(), &spec.id.as_str(), &spec_json(spec)],
             )
             .await?;
@@ -255,10 +269,9 @@ impl Store {
         spec: &Spec,
     ) -> Result<Stored, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(CREATE_AUTOMATION_VERSION).await?;
-        let rows = client
+        let rows = CREATE_AUTOMATION_VERSION
             .query(
-                &stmt,
+                &client,
                 &[&tenant.as_str(), &spec.id.as_str(), &spec_json(spec)],
             )
             .await?;
@@ -298,10 +311,9 @@ impl Store {
         version: Option<i32>,
     ) -> Result<AutomationVersion, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(AUTOMATION_VERSION).await?;
-        let row = client
+        let row = AUTOMATION_VERSION
             .query_opt(
-                &stmt,
+                &client,
                 &[&tenant.as_str(), &automation_id.as_str(), &version],
             )
             .await?
@@ -319,9 +331,8 @@ impl Store {
         automation_id: &AutomationId,
     ) -> Result<AutomationRecord, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(AUTOMATION).await?;
-        let row = client
-            .query_opt(&stmt, &[&tenant.as_str(), &automation_id.as_str()])
+        let row = AUTOMATION
+            .query_opt(&client, &[&tenant.as_str(), &automation_id.as_str()])
             .await?
             .ok_or_else(|| Error::AutomationNotFound(automation_id.clone()))?;
         read_automation(&row)
@@ -336,9 +347,8 @@ impl Store {
     ) -> Result<Page<AutomationRecord>, Error> {
         let (at, id) = page.position(Listing::Automations)?;
         let client = self.client().await?;
-        let stmt = client.prepare_cached(LIST_AUTOMATIONS).await?;
-        let rows = client
-            .query(&stmt, &[&tenant.as_str(), &at, &id, &page.fetch()])
+        let rows = LIST_AUTOMATIONS
+            .query(&client, &[&tenant.as_str(), &at, &id, &page.fetch()])
             .await?;
         let automations = rows
             .iter()
@@ -363,10 +373,9 @@ impl Store {
             AutomationStatus::Active
         };
         let client = self.client().await?;
-        let stmt = client.prepare_cached(SET_AUTOMATION_STATUS).await?;
-        let row = client
+        let row = SET_AUTOMATION_STATUS
             .query_opt(
-                &stmt,
+                &client,
                 &[&tenant.as_str(), &automation_id.as_str(), &status.as_str()],
             )
             .await?
@@ -387,14 +396,13 @@ impl Store {
         automation_id: &AutomationId,
     ) -> Result<u64, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(DELETE_AUTOMATION).await?;
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&tenant.as_str(), &automation_id.as_str()];
-        let row = match client.query_one(&stmt, &args).await {
+        let row = match DELETE_AUTOMATION.query_one(&client, &args).await {
             // A run was started while the statement ran (see the query's comment): once more,
             // and the new run counts as unfinished.
             Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-                client.query_one(&stmt, &args).await?
+                DELETE_AUTOMATION.query_one(&client, &args).await?
             }
             other => other?,
         };

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::query::{Query, clear_lease, notify_queued};
 use super::{Error, Store, millis};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::RunStatus;
@@ -80,7 +81,6 @@ pub struct Released {
     pub lost: Vec<Claim>,
 }
 
-// name: claim_runs
 // One statement claims up to $2 due runs. The `due` scan walks runs_claimable_idx in claim order
 // (priority, then oldest) and skips rows another claimer has locked, so claimers never wait on
 // each other. A run whose concurrency key another run holds is skipped, and one batch takes at
@@ -88,7 +88,9 @@ pub struct Released {
 // (the loser's statement fails and its next claim skips the key). The epoch rises by one per
 // claim; times are the database's. Each claim records its event in the same statement, with the
 // per-run sequence raised under the row lock.
-const CLAIM_RUNS: &str = "\
+const CLAIM_RUNS: Query = Query {
+    name: "claim_runs",
+    sql: "\
 WITH due AS (
     SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at FROM runs q
     WHERE status = 'queued' AND (retry_after IS NULL OR retry_after <= now())
@@ -131,16 +133,18 @@ event AS (
 )
 SELECT run_id, tenant_id, automation_id, automation_version, inputs, lease_epoch,
        lease_expires_at, resumed, retry_node_id
-FROM claimed";
+FROM claimed",
+};
 
-// name: heartbeat
 // Every lease the process holds, extended in one statement per tick: per-run updates would cost
 // one round trip each. Matches run id and epoch, so a lease that moved on is not renewed; the
 // claims missing from the result are lost. Only lease_expires_at changes, an unindexed column,
 // so the update can stay HOT. Each run is found by primary key in a LATERAL lookup, in the
 // arrays' (run-id) order: a join of `runs` with the arrays is planned, with a generic plan, as a
 // nested loop over every held run, quadratic in the leases held.
-const HEARTBEAT: &str = "\
+const HEARTBEAT: Query = Query {
+    name: "heartbeat",
+    sql: "\
 WITH held AS (
     SELECT r.run_id
     FROM unnest($1::uuid[], $2::bigint[]) AS claim(run_id, epoch),
@@ -155,14 +159,17 @@ UPDATE runs r
 SET lease_expires_at = now() + $3::bigint * interval '1 millisecond'
 FROM held
 WHERE r.run_id = held.run_id
-RETURNING r.run_id, r.lease_epoch, r.status, r.lease_expires_at";
+RETURNING r.run_id, r.lease_epoch, r.status, r.lease_expires_at",
+};
 
-// name: release_on_shutdown
 // A worker shutting down hands its runs back in one statement, fenced per run, so another worker
 // takes them at once instead of waiting for the leases to expire. The checkpoint stays and the
 // run keeps its place in the queue; a node still running past the grace period is recorded as
 // an interrupted attempt, which counts.
-const RELEASE_ON_SHUTDOWN: &str = "\
+const RELEASE_ON_SHUTDOWN: Query = Query {
+    name: "release_on_shutdown",
+    sql: concat!(
+        "\
 WITH held AS (
     SELECT r.run_id
     FROM unnest($1::uuid[], $2::bigint[]) AS claim(run_id, epoch),
@@ -174,8 +181,10 @@ WITH held AS (
 ),
 released AS (
     UPDATE runs r
-    SET status = 'queued', queue_reason = 'released_shutdown', claim_id = NULL,
-        claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+    SET status = 'queued', queue_reason = 'released_shutdown',
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     FROM held
     WHERE r.run_id = held.run_id
@@ -192,25 +201,27 @@ event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
     SELECT run_id, event_seq, tenant_id, 'run_released_shutdown', lease_epoch FROM released
 )
-SELECT run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified FROM released";
+SELECT run_id, (SELECT ",
+        notify_queued!(),
+        ") AS notified FROM released"
+    ),
+};
 
-// name: released_already
 // After a hand-back whose acknowledgement was lost: which of these claims did land.
-const RELEASED_ALREADY: &str = "\
+const RELEASED_ALREADY: Query = Query {
+    name: "released_already",
+    sql: "\
 SELECT r.run_id
 FROM unnest($1::uuid[], $2::bigint[]) AS claim(run_id, epoch),
 LATERAL (
     SELECT run_id FROM runs
     WHERE run_id = claim.run_id AND lease_epoch = claim.epoch
       AND status = 'queued' AND queue_reason = 'released_shutdown'
-) AS r";
+) AS r",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("claim_runs", CLAIM_RUNS),
-    ("heartbeat", HEARTBEAT),
-    ("release_on_shutdown", RELEASE_ON_SHUTDOWN),
-    ("released_already", RELEASED_ALREADY),
-];
+pub(super) const QUERIES: &[Query] =
+    &[CLAIM_RUNS, HEARTBEAT, RELEASE_ON_SHUTDOWN, RELEASED_ALREADY];
 
 /// Claims retried at once after losing a race for a concurrency key, before giving up for this
 /// round (the caller polls again).
@@ -249,10 +260,9 @@ impl Store {
         }
         let limit = i32::try_from(n).unwrap_or(i32::MAX);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(CLAIM_RUNS).await?;
         for _ in 0..KEY_RACE_RETRIES {
-            match client
-                .query(&stmt, &[&claimant.as_str(), &limit, &millis(lease)])
+            match CLAIM_RUNS
+                .query(&client, &[&claimant.as_str(), &limit, &millis(lease)])
                 .await
             {
                 Ok(rows) => return Ok(rows.iter().map(read_claimed).collect()),
@@ -272,9 +282,8 @@ impl Store {
         }
         let (run_ids, epochs) = split(claims);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(HEARTBEAT).await?;
-        let rows = client
-            .query(&stmt, &[&run_ids, &epochs, &millis(lease)])
+        let rows = HEARTBEAT
+            .query(&client, &[&run_ids, &epochs, &millis(lease)])
             .await?;
         let mut heartbeat = Heartbeat::default();
         for row in &rows {
@@ -310,9 +319,8 @@ impl Store {
         }
         let (run_ids, epochs) = split(claims);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(RELEASE_ON_SHUTDOWN).await?;
-        let mut released: Vec<RunId> = client
-            .query(&stmt, &[&run_ids, &epochs])
+        let mut released: Vec<RunId> = RELEASE_ON_SHUTDOWN
+            .query(&client, &[&run_ids, &epochs])
             .await?
             .iter()
             .map(|row| RunId(row.get("run_id")))
@@ -329,9 +337,8 @@ impl Store {
             });
         }
         let (run_ids, epochs) = split(&missing);
-        let stmt = client.prepare_cached(RELEASED_ALREADY).await?;
-        let landed: Vec<RunId> = client
-            .query(&stmt, &[&run_ids, &epochs])
+        let landed: Vec<RunId> = RELEASED_ALREADY
+            .query(&client, &[&run_ids, &epochs])
             .await?
             .iter()
             .map(|row| RunId(row.get("run_id")))

@@ -2,19 +2,24 @@
 
 use uuid::Uuid;
 
+use super::query::{Query, clear_lease, notify_queued};
 use super::{Claim, Error, Store};
 use crate::ids::{NodeId, RunId, TenantId};
 use crate::run::{IllegalTransition, Transition};
 
-// name: await_approval
 // The holder reached a gated node: the run stops in awaiting_approval and gives up its lease, so
 // no worker waits on a person. The gate row is written in the same statement; the partial unique
 // index keeps one pending gate per node.
-const AWAIT_APPROVAL: &str = "\
+const AWAIT_APPROVAL: Query = Query {
+    name: "await_approval",
+    sql: concat!(
+        "\
 WITH fenced AS (
     UPDATE runs r
     SET status = 'awaiting_approval', detail = left($4::text, 4096),
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'running'
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
@@ -28,34 +33,44 @@ INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, reason, m
 SELECT fenced.run_id, event_seq, tenant_id, 'run_awaiting_approval', lease_epoch, $3::text,
        left($4::text, 4096), jsonb_build_object('gate_id', gate.gate_id)
 FROM fenced, gate
-RETURNING run_id";
+RETURNING run_id"
+    ),
+};
 
-// name: pending_gate
 // After an await_approval whose acknowledgement was lost: the gate it wrote, if it landed.
-const PENDING_GATE: &str = "\
+const PENDING_GATE: Query = Query {
+    name: "pending_gate",
+    sql: "\
 SELECT g.gate_id FROM gates g JOIN runs r ON r.run_id = g.run_id
 WHERE g.run_id = $1::uuid AND g.node_id = $3::text AND g.status = 'pending'
-  AND g.requested_epoch = $2::bigint AND r.status = 'awaiting_approval'";
+  AND g.requested_epoch = $2::bigint AND r.status = 'awaiting_approval'",
+};
 
-// name: approved_gates
 // The nodes of a run whose gate a person approved: a worker runs them without asking again. An
 // approval given before a rework decision reset its node no longer counts: the reworked node
 // asks again. The reset nodes are in the rework event's metadata.
-const APPROVED_GATES: &str = "\
+const APPROVED_GATES: Query = Query {
+    name: "approved_gates",
+    sql: "\
 SELECT DISTINCT g.node_id FROM gates g
 WHERE g.run_id = $1::uuid AND g.status = 'approved'
   AND NOT EXISTS (
       SELECT 1 FROM run_events e
       WHERE e.run_id = g.run_id AND e.event = 'run_rework_requested'
-        AND e.occurred_at >= g.decided_at AND e.metadata->'reset' ? g.node_id)";
+        AND e.occurred_at >= g.decided_at AND e.metadata->'reset' ? g.node_id)",
+};
 
-// name: settle_pause
 // A pausing run whose running nodes finished: paused, lease given up, checkpoint kept.
-const SETTLE_PAUSE: &str = "\
+const SETTLE_PAUSE: Query = Query {
+    name: "settle_pause",
+    sql: concat!(
+        "\
 WITH fenced AS (
     UPDATE runs r
     SET status = 'paused', stop_kind = 'operator_paused',
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'pausing'
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.pause_reason
@@ -63,12 +78,15 @@ WITH fenced AS (
 INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
 SELECT run_id, event_seq, tenant_id, 'run_paused', lease_epoch, pause_reason, 'operator_paused'
 FROM fenced
-RETURNING run_id";
+RETURNING run_id"
+    ),
+};
 
-// name: pause_run
 // A user pauses a run. One no worker holds stops at once; a held one becomes pausing, which its
 // holder learns from its next heartbeat and settles once its running nodes finish.
-const PAUSE_RUN: &str = "\
+const PAUSE_RUN: Query = Query {
+    name: "pause_run",
+    sql: "\
 WITH target AS (
     SELECT run_id, status AS was FROM runs
     WHERE run_id = $1::uuid AND tenant_id = $2::text
@@ -90,16 +108,21 @@ SELECT run_id, event_seq, tenant_id,
        lease_epoch, left($3::text, 4096),
        CASE WHEN status = 'paused' THEN 'operator_paused' END
 FROM paused
-RETURNING run_id";
+RETURNING run_id",
+};
 
-// name: block_unreadable
 // The holder cannot read the run's stored data (its spec, its checkpoint): the run is blocked
 // with the reason for an operator, and the worker goes on with its other runs.
-const BLOCK_UNREADABLE: &str = "\
+const BLOCK_UNREADABLE: Query = Query {
+    name: "block_unreadable",
+    sql: concat!(
+        "\
 WITH fenced AS (
     UPDATE runs r
     SET status = 'blocked', stop_kind = 'unreadable', stop_reason = left($3::text, 4096),
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
@@ -108,9 +131,10 @@ INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
 SELECT run_id, event_seq, tenant_id, 'run_blocked_unreadable', lease_epoch, left($3::text, 4096),
        'unreadable'
 FROM fenced
-RETURNING run_id";
+RETURNING run_id"
+    ),
+};
 
-// name: resume_run
 // An operator resumes a paused run, whatever stopped it (a pause, a stale reap, a guardrail):
 // back to `queued` with its checkpoint, in one statement under the row lock, waking idle
 // workers. stop_kind and stop_reason are cleared because the run no longer stands stopped; the
@@ -119,7 +143,10 @@ RETURNING run_id";
 // pending by a pause from awaiting_approval is cancelled: the worker that reaches the gated node
 // asks again, and one pending gate per node is all the schema allows. The runs row is locked
 // before the gates rows, the order decide_gate takes them in too.
-const RESUME_RUN: &str = "\
+const RESUME_RUN: Query = Query {
+    name: "resume_run",
+    sql: concat!(
+        "\
 WITH target AS (
     SELECT run_id, stop_kind FROM runs
     WHERE run_id = $1::uuid AND tenant_id = $2::text AND status = 'paused'
@@ -148,9 +175,12 @@ SELECT run_id, event_seq, tenant_id, 'run_resumed', lease_epoch, left($3::text, 
            'stop_kind', was_stop_kind,
            'gates_cancelled', (SELECT coalesce(jsonb_agg(gate_id), '[]'::jsonb) FROM asked_again))
 FROM resumed
-RETURNING run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified";
+RETURNING run_id, (SELECT ",
+        notify_queued!(),
+        ") AS notified"
+    ),
+};
 
-// name: recover_run
 // An operator requeues a failed or blocked run from its checkpoint, in one statement under the
 // row lock, waking idle workers. Completed nodes keep their rows and outputs and do not run
 // again. Every other row is deleted: failed nodes (even those out of attempts), the skipped
@@ -159,7 +189,10 @@ RETURNING run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified";
 // budget: the recover is the operator's explicit grant of new attempts, and the attempts made
 // stay in the history (the node events, and the `reset` list of this event). The stop, the
 // failure and the poison guard's count are cleared.
-const RECOVER_RUN: &str = "\
+const RECOVER_RUN: Query = Query {
+    name: "recover_run",
+    sql: concat!(
+        "\
 WITH target AS (
     SELECT run_id, status AS was, stop_kind, stop_reason FROM runs
     WHERE run_id = $1::uuid AND tenant_id = $2::text AND status IN ('failed', 'blocked')
@@ -191,17 +224,21 @@ SELECT run_id, event_seq, tenant_id, 'run_recovered', lease_epoch, left($3::text
                             ORDER BY node_id), '[]'::jsonb)
                      FROM reset))
 FROM recovered
-RETURNING run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified";
+RETURNING run_id, (SELECT ",
+        notify_queued!(),
+        ") AS notified"
+    ),
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("await_approval", AWAIT_APPROVAL),
-    ("pending_gate", PENDING_GATE),
-    ("approved_gates", APPROVED_GATES),
-    ("settle_pause", SETTLE_PAUSE),
-    ("pause_run", PAUSE_RUN),
-    ("block_unreadable", BLOCK_UNREADABLE),
-    ("resume_run", RESUME_RUN),
-    ("recover_run", RECOVER_RUN),
+pub(super) const QUERIES: &[Query] = &[
+    AWAIT_APPROVAL,
+    PENDING_GATE,
+    APPROVED_GATES,
+    SETTLE_PAUSE,
+    PAUSE_RUN,
+    BLOCK_UNREADABLE,
+    RESUME_RUN,
+    RECOVER_RUN,
 ];
 
 impl Store {
@@ -214,7 +251,6 @@ impl Store {
     ) -> Result<Uuid, Error> {
         let gate_id = Uuid::now_v7();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(AWAIT_APPROVAL).await?;
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
             &claim.run_id.0,
             &claim.epoch.0,
@@ -222,12 +258,14 @@ impl Store {
             &prompt,
             &gate_id,
         ];
-        if !client.query(&stmt, &args).await?.is_empty() {
+        if !AWAIT_APPROVAL.query(&client, &args).await?.is_empty() {
             return Ok(gate_id);
         }
-        let stmt = client.prepare_cached(PENDING_GATE).await?;
-        if let Some(row) = client
-            .query_opt(&stmt, &[&claim.run_id.0, &claim.epoch.0, &node_id.as_str()])
+        if let Some(row) = PENDING_GATE
+            .query_opt(
+                &client,
+                &[&claim.run_id.0, &claim.epoch.0, &node_id.as_str()],
+            )
             .await?
         {
             return Ok(row.get(0));
@@ -248,8 +286,7 @@ impl Store {
     /// The nodes of `run_id` whose gate was approved.
     pub async fn approved_gates(&self, run_id: RunId) -> Result<Vec<NodeId>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(APPROVED_GATES).await?;
-        let rows = client.query(&stmt, &[&run_id.0]).await?;
+        let rows = APPROVED_GATES.query(&client, &[&run_id.0]).await?;
         Ok(rows.iter().map(|row| NodeId(row.get(0))).collect())
     }
 
@@ -304,16 +341,15 @@ impl Store {
     /// forbids, read back, or [`Error::RunNotFound`].
     pub(super) async fn operator_move(
         &self,
-        sql: &'static str,
+        sql: Query,
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
         transition: Transition,
     ) -> Result<(), Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await?;
-        let rows = client
-            .query(&stmt, &[&run_id.0, &tenant.as_str(), &reason])
+        let rows = sql
+            .query(&client, &[&run_id.0, &tenant.as_str(), &reason])
             .await?;
         if !rows.is_empty() {
             return Ok(());
@@ -327,22 +363,19 @@ impl Store {
 
     async fn fenced_stop(
         &self,
-        sql: &'static str,
+        sql: Query,
         claim: &Claim,
         reason: Option<&str>,
         landed_status: &str,
     ) -> Result<(), Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await?;
         let rows = match reason {
             Some(reason) => {
-                client
-                    .query(&stmt, &[&claim.run_id.0, &claim.epoch.0, &reason])
+                sql.query(&client, &[&claim.run_id.0, &claim.epoch.0, &reason])
                     .await?
             }
             None => {
-                client
-                    .query(&stmt, &[&claim.run_id.0, &claim.epoch.0])
+                sql.query(&client, &[&claim.run_id.0, &claim.epoch.0])
                     .await?
             }
         };

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::query::Query;
 use super::{Error, Store};
 use crate::ids::{LeaseEpoch, NodeId, RunId};
 
@@ -49,11 +50,12 @@ pub struct Event {
     pub metadata: serde_json::Value,
 }
 
-// name: append_events
 // Any number of events for any number of runs in one statement. Each run's sequence is raised
 // by its count of new events under the run's row lock, and the new events take the numbers in
 // between, so the history stays gap-free and ordered like the writes that made it.
-const APPEND_EVENTS: &str = "\
+const APPEND_EVENTS: Query = Query {
+    name: "append_events",
+    sql: "\
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
                          $7::jsonb[])
@@ -72,19 +74,19 @@ INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, 
 SELECT i.run_id, b.base + row_number() OVER (PARTITION BY i.run_id ORDER BY i.ord), b.tenant_id,
        i.event, i.epoch, i.node_id, i.attempt, i.reason, i.metadata
 FROM input i JOIN bumped b ON b.run_id = i.run_id
-RETURNING run_id";
+RETURNING run_id",
+};
 
-// name: events_after
 // A run's events after a sequence number, in order: what a watcher that reconnects asks for.
-const EVENTS_AFTER: &str = "\
+const EVENTS_AFTER: Query = Query {
+    name: "events_after",
+    sql: "\
 SELECT run_id, seq, event, occurred_at, epoch, node_id, attempt, reason, stop_kind, metadata
 FROM run_events WHERE run_id = $1::uuid AND seq > $2::bigint
-ORDER BY seq LIMIT $3::int";
+ORDER BY seq LIMIT $3::int",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("append_events", APPEND_EVENTS),
-    ("events_after", EVENTS_AFTER),
-];
+pub(super) const QUERIES: &[Query] = &[APPEND_EVENTS, EVENTS_AFTER];
 
 impl Store {
     /// Appends events in one statement; returns how many were stored. Events of unknown runs
@@ -104,10 +106,9 @@ impl Store {
         let reasons: Vec<Option<&str>> = events.iter().map(|e| e.reason.as_deref()).collect();
         let metadata: Vec<&serde_json::Value> = events.iter().map(|e| &e.metadata).collect();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(APPEND_EVENTS).await?;
-        let rows = client
+        let rows = APPEND_EVENTS
             .query(
-                &stmt,
+                &client,
                 &[
                     &run_ids, &names, &epochs, &nodes, &attempts, &reasons, &metadata,
                 ],
@@ -125,9 +126,8 @@ impl Store {
     ) -> Result<Vec<Event>, Error> {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(EVENTS_AFTER).await?;
-        let rows = client
-            .query(&stmt, &[&run_id.0, &after_seq, &limit])
+        let rows = EVENTS_AFTER
+            .query(&client, &[&run_id.0, &after_seq, &limit])
             .await?;
         Ok(rows
             .iter()

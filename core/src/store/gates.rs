@@ -12,6 +12,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::listing::Listing;
+use super::query::{Query, notify_queued};
 use super::{Cursor, Error, Page, PageRequest, Store};
 use crate::ids::{AutomationId, NodeId, RunId, TenantId};
 use crate::run::{self, RunStatus, Transition};
@@ -173,69 +174,76 @@ macro_rules! rework_nodes {
     };
 }
 
-// name: gate
 // One gate by id, scoped to its tenant, with what a decision needs of its run: the run's status
 // (to explain a refusal) and its pinned automation version (to check a rework's nodes).
-const GATE: &str = concat!(
-    "SELECT ",
-    gate_columns!(),
-    ", ",
-    rework_nodes!(),
-    ",
+const GATE: Query = Query {
+    name: "gate",
+    sql: concat!(
+        "SELECT ",
+        gate_columns!(),
+        ", ",
+        rework_nodes!(),
+        ",
        r.status AS run_status, r.automation_id, r.automation_version
 FROM gates g JOIN runs r ON r.run_id = g.run_id
 WHERE g.gate_id = $1::uuid AND g.tenant_id = $2::text"
-);
+    ),
+};
 
-// name: list_pending_gates
 // A page of a tenant's pending gates, oldest first: the queue of decisions to make. Walks
 // gates_pending_idx, which holds pending gates only. The keyset condition is split so its
 // requested_at half is an index bound; gate_id breaks ties.
-const LIST_PENDING_GATES: &str = concat!(
-    "SELECT ",
-    gate_columns!(),
-    ", NULL::jsonb AS rework_nodes
+const LIST_PENDING_GATES: Query = Query {
+    name: "list_pending_gates",
+    sql: concat!(
+        "SELECT ",
+        gate_columns!(),
+        ", NULL::jsonb AS rework_nodes
 FROM gates g
 WHERE g.tenant_id = $1::text AND g.status = 'pending'
   AND g.requested_at >= coalesce($2::timestamptz, '-infinity')
   AND (g.requested_at > coalesce($2::timestamptz, '-infinity') OR g.gate_id > $3::uuid)
 ORDER BY g.requested_at, g.gate_id
 LIMIT $4::int"
-);
+    ),
+};
 
-// name: list_gates
 // A page of all of a tenant's gates, decided ones included, newest first: the history. There is
 // no index on (tenant_id, requested_at) for decided gates, so this sorts the tenant's gates;
 // gates are few next to runs.
-const LIST_GATES: &str = concat!(
-    "SELECT ",
-    gate_columns!(),
-    ", ",
-    rework_nodes!(),
-    "
+const LIST_GATES: Query = Query {
+    name: "list_gates",
+    sql: concat!(
+        "SELECT ",
+        gate_columns!(),
+        ", ",
+        rework_nodes!(),
+        "
 FROM gates g
 WHERE g.tenant_id = $1::text
   AND g.requested_at <= coalesce($2::timestamptz, 'infinity')
   AND (g.requested_at < coalesce($2::timestamptz, 'infinity') OR g.gate_id < $3::uuid)
 ORDER BY g.requested_at DESC, g.gate_id DESC
 LIMIT $4::int"
-);
+    ),
+};
 
-// name: gates_of_run
 // Every gate of a run, oldest first, by gates_run_idx. The left join from the run tells an
 // unknown run (no row) from a run without gates (one row of nulls).
-const GATES_OF_RUN: &str = concat!(
-    "SELECT ",
-    gate_columns!(),
-    ", ",
-    rework_nodes!(),
-    "
+const GATES_OF_RUN: Query = Query {
+    name: "gates_of_run",
+    sql: concat!(
+        "SELECT ",
+        gate_columns!(),
+        ", ",
+        rework_nodes!(),
+        "
 FROM runs r LEFT JOIN gates g ON g.run_id = r.run_id
 WHERE r.run_id = $1::uuid AND r.tenant_id = $2::text
 ORDER BY g.requested_at, g.gate_id"
-);
+    ),
+};
 
-// name: decide_gate
 // One statement decides a gate and moves its run. The run row is locked first, then the gate
 // row (resume_run locks in the same order), and each is re-checked under its lock: the run
 // still awaits approval (or, for a cancel, is paused there) and the gate is still pending. Of
@@ -249,8 +257,10 @@ ORDER BY g.requested_at, g.gate_id"
 // - cancel: gate cancelled, run cancelled as cancel_run would (run_cancelled).
 // A queued run wakes idle workers; queued_at moves to now, so the time spent waiting on a
 // person does not count as queueing.
-const DECIDE_GATE: &str = concat!(
-    "\
+const DECIDE_GATE: Query = Query {
+    name: "decide_gate",
+    sql: concat!(
+        "\
 WITH run AS (
     SELECT r.run_id FROM runs r
     WHERE r.run_id = (SELECT run_id FROM gates WHERE gate_id = $1::uuid AND tenant_id = $2::text)
@@ -311,19 +321,22 @@ event AS (
     FROM moved, decided
 )
 SELECT ",
-    gate_columns!(),
-    ", NULL::jsonb AS rework_nodes,
-       (SELECT pg_notify('leasehold_runs_queued', '') FROM moved WHERE moved.status = 'queued')
+        gate_columns!(),
+        ", NULL::jsonb AS rework_nodes,
+       (SELECT ",
+        notify_queued!(),
+        " FROM moved WHERE moved.status = 'queued')
            AS notified
 FROM decided g"
-);
+    ),
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("gate", GATE),
-    ("list_pending_gates", LIST_PENDING_GATES),
-    ("list_gates", LIST_GATES),
-    ("gates_of_run", GATES_OF_RUN),
-    ("decide_gate", DECIDE_GATE),
+pub(super) const QUERIES: &[Query] = &[
+    GATE,
+    LIST_PENDING_GATES,
+    LIST_GATES,
+    GATES_OF_RUN,
+    DECIDE_GATE,
 ];
 
 /// A gate with the run facts a decision needs.
@@ -361,9 +374,8 @@ impl Store {
             })
             .transpose()?;
         let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await?;
-        let rows = client
-            .query(&stmt, &[&tenant.as_str(), &at, &id, &page.fetch()])
+        let rows = sql
+            .query(&client, &[&tenant.as_str(), &at, &id, &page.fetch()])
             .await?;
         let gates = rows.iter().map(read_gate).collect::<Result<Vec<_>, _>>()?;
         Ok(Page::cut(gates, page, |gate| {
@@ -378,8 +390,9 @@ impl Store {
         run_id: RunId,
     ) -> Result<Vec<GateRecord>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(GATES_OF_RUN).await?;
-        let rows = client.query(&stmt, &[&run_id.0, &tenant.as_str()]).await?;
+        let rows = GATES_OF_RUN
+            .query(&client, &[&run_id.0, &tenant.as_str()])
+            .await?;
         if rows.is_empty() {
             return Err(Error::RunNotFound(run_id));
         }
@@ -416,10 +429,9 @@ impl Store {
             DecisionKind::Approve | DecisionKind::Cancel => (Vec::new(), Vec::new()),
         };
         let client = self.client().await?;
-        let stmt = client.prepare_cached(DECIDE_GATE).await?;
-        let rows = client
+        let rows = DECIDE_GATE
             .query(
-                &stmt,
+                &client,
                 &[
                     &decision.gate_id,
                     &tenant.as_str(),
@@ -445,9 +457,8 @@ impl Store {
 
     async fn gate_in_run(&self, tenant: &TenantId, gate_id: Uuid) -> Result<GateInRun, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(GATE).await?;
-        let row = client
-            .query_opt(&stmt, &[&gate_id, &tenant.as_str()])
+        let row = GATE
+            .query_opt(&client, &[&gate_id, &tenant.as_str()])
             .await?
             .ok_or(Error::GateNotFound(gate_id))?;
         let gate = read_gate(&row)?;

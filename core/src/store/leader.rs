@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
+use super::query::Query;
 use super::{Error, Store, millis};
 
 /// The leader lease's fencing token: raised by every takeover, kept by renewals.
@@ -72,12 +73,13 @@ macro_rules! leader_fence {
 }
 pub(super) use leader_fence;
 
-// name: try_acquire_leadership
 // One statement takes a free role, takes over an expired one, or renews one this holder holds.
 // ON CONFLICT locks the existing row, and its WHERE leaves a live lease of another holder alone
 // (zero rows). A takeover raises the epoch, so the former leader's fenced writes change nothing;
 // a renewal by the live holder keeps it. A lease is valid through its expiry instant.
-const TRY_ACQUIRE_LEADERSHIP: &str = "\
+const TRY_ACQUIRE_LEADERSHIP: Query = Query {
+    name: "try_acquire_leadership",
+    sql: "\
 INSERT INTO leader_leases AS l (name, holder, epoch, acquired_at, expires_at)
 VALUES ($1::text, $2::text, 1, now(), now() + $3::bigint * interval '1 millisecond')
 ON CONFLICT (name) DO UPDATE
@@ -88,31 +90,32 @@ SET holder = excluded.holder,
                        THEN l.acquired_at ELSE now() END,
     expires_at = excluded.expires_at
 WHERE l.expires_at < now() OR l.holder = excluded.holder
-RETURNING name, holder, epoch, expires_at";
+RETURNING name, holder, epoch, expires_at",
+};
 
-// name: renew_leadership
 // Extends a live lease, fenced on holder and epoch: after an expiry or a takeover it changes
 // nothing, and the former leader must stop sweeping.
-const RENEW_LEADERSHIP: &str = "\
+const RENEW_LEADERSHIP: Query = Query {
+    name: "renew_leadership",
+    sql: "\
 UPDATE leader_leases
 SET expires_at = now() + $4::bigint * interval '1 millisecond'
 WHERE name = $1::text AND holder = $2::text AND epoch = $3::bigint AND expires_at >= now()
-RETURNING expires_at";
+RETURNING expires_at",
+};
 
-// name: resign_leadership
 // A leader stepping down ends its lease now, so that another coordinator takes over on its next
 // try instead of waiting for the lease to run out. Fenced like a renewal.
-const RESIGN_LEADERSHIP: &str = "\
+const RESIGN_LEADERSHIP: Query = Query {
+    name: "resign_leadership",
+    sql: "\
 UPDATE leader_leases
 SET expires_at = least(expires_at, now())
 WHERE name = $1::text AND holder = $2::text AND epoch = $3::bigint
-RETURNING name";
+RETURNING name",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("try_acquire_leadership", TRY_ACQUIRE_LEADERSHIP),
-    ("renew_leadership", RENEW_LEADERSHIP),
-    ("resign_leadership", RESIGN_LEADERSHIP),
-];
+pub(super) const QUERIES: &[Query] = &[TRY_ACQUIRE_LEADERSHIP, RENEW_LEADERSHIP, RESIGN_LEADERSHIP];
 
 impl Store {
     /// Takes the role `name` for `holder` for `lease`, when it is free, expired, or already
@@ -128,9 +131,8 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<Leadership>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(TRY_ACQUIRE_LEADERSHIP).await?;
-        let row = client
-            .query_opt(&stmt, &[&name, &holder, &millis(lease)])
+        let row = TRY_ACQUIRE_LEADERSHIP
+            .query_opt(&client, &[&name, &holder, &millis(lease)])
             .await?;
         Ok(row.as_ref().map(read_leadership))
     }
@@ -143,10 +145,9 @@ impl Store {
         lease: Duration,
     ) -> Result<bool, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(RENEW_LEADERSHIP).await?;
-        let rows = client
+        let rows = RENEW_LEADERSHIP
             .query(
-                &stmt,
+                &client,
                 &[
                     &leadership.name,
                     &leadership.holder,
@@ -162,10 +163,9 @@ impl Store {
     /// had already passed to another holder.
     pub async fn resign_leadership(&self, leadership: &Leadership) -> Result<bool, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(RESIGN_LEADERSHIP).await?;
-        let rows = client
+        let rows = RESIGN_LEADERSHIP
             .query(
-                &stmt,
+                &client,
                 &[&leadership.name, &leadership.holder, &leadership.epoch.0],
             )
             .await?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::query::Query;
 use super::runs::read_run;
 use super::{Error, RunRecord, Store, millis};
 
@@ -257,7 +258,6 @@ pub struct Stats {
     pub held_leases: i64,
 }
 
-// name: list_runs_by_status
 // A page of a tenant's runs, newest first, in any of the statuses in $2 (one for a status
 // filter, all of them otherwise). The lateral subquery walks runs_status_idx once per status, in
 // created_at order, and stops after a page; the outer sort merges the few pages. Written so
@@ -265,7 +265,9 @@ pub struct Stats {
 // would read all of them to sort. The keyset condition is split so its created_at half is an
 // index bound; run_id breaks ties between runs created in the same transaction. Bounds that are
 // not set become infinities, so a generic plan keeps the same index bounds.
-const LIST_RUNS_BY_STATUS: &str = "\
+const LIST_RUNS_BY_STATUS: Query = Query {
+    name: "list_runs_by_status",
+    sql: "\
 SELECT page.* FROM unnest($2::text[]) AS wanted(status)
 CROSS JOIN LATERAL (
     SELECT r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
@@ -283,13 +285,15 @@ CROSS JOIN LATERAL (
     LIMIT $7::int
 ) AS page
 ORDER BY page.created_at DESC, page.run_id DESC
-LIMIT $7::int";
+LIMIT $7::int",
+};
 
-// name: list_runs_of_automation
 // A page of one automation's runs, newest first, walking runs_automation_idx in created_at
 // order; the optional status is a filter on that walk. Keyset and bounds as in
 // list_runs_by_status.
-const LIST_RUNS_OF_AUTOMATION: &str = "\
+const LIST_RUNS_OF_AUTOMATION: Query = Query {
+    name: "list_runs_of_automation",
+    sql: "\
 SELECT r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
        r.priority, r.queue_reason, r.retry_after, r.retry_node_id, r.retry_attempt,
        r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.stop_kind,
@@ -303,14 +307,16 @@ WHERE r.tenant_id = $1::text AND r.automation_id = $2::text
   AND r.created_at <= coalesce($6::timestamptz, 'infinity')
   AND (r.created_at < coalesce($6::timestamptz, 'infinity') OR r.run_id < $7::uuid)
 ORDER BY r.created_at DESC, r.run_id DESC
-LIMIT $8::int";
+LIMIT $8::int",
+};
 
-// name: list_workers
 // Every registered worker, with liveness judged by the database's clock and the runs each holds
 // now. Workers are few (one row per process); the held counts are one aggregate over the held
 // runs, which runs_held_idx keeps to the runs being executed, not all runs. Not tenant-scoped:
 // workers claim across tenants.
-const LIST_WORKERS: &str = "\
+const LIST_WORKERS: Query = Query {
+    name: "list_workers",
+    sql: "\
 SELECT w.claimant_id, w.host, w.pid, w.version, w.capacity, w.handlers, w.started_at,
        w.last_heartbeat, w.draining,
        w.last_heartbeat > now() - $1::bigint * interval '1 millisecond' AS alive,
@@ -321,14 +327,16 @@ LEFT JOIN (
     WHERE status IN ('running', 'pausing')
     GROUP BY claimant_id
 ) AS held ON held.claimant_id = w.claimant_id
-ORDER BY w.started_at, w.claimant_id";
+ORDER BY w.started_at, w.claimant_id",
+};
 
-// name: tenant_stats
 // One tenant's counts in one statement. The per-status count reads the tenant's entries of
 // runs_status_idx (an index-only scan once vacuumed); the due count and the oldest due queued
 // time read only its queued entries. Age is measured from queued_at, which a retry moves to its
 // due time, so a run waiting in backoff does not look old. The age is null when nothing is due.
-const TENANT_STATS: &str = "\
+const TENANT_STATS: Query = Query {
+    name: "tenant_stats",
+    sql: "\
 WITH by_status AS (
     SELECT status, count(*) AS n FROM runs WHERE tenant_id = $1::text GROUP BY status
 ),
@@ -340,13 +348,14 @@ due AS (
 SELECT coalesce((SELECT jsonb_object_agg(status, n) FROM by_status), '{}'::jsonb) AS by_status,
        due.n AS claimable,
        (extract(epoch FROM now() - due.oldest) * 1000000)::bigint AS oldest_due_micros
-FROM due";
+FROM due",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("list_runs_by_status", LIST_RUNS_BY_STATUS),
-    ("list_runs_of_automation", LIST_RUNS_OF_AUTOMATION),
-    ("list_workers", LIST_WORKERS),
-    ("tenant_stats", TENANT_STATS),
+pub(super) const QUERIES: &[Query] = &[
+    LIST_RUNS_BY_STATUS,
+    LIST_RUNS_OF_AUTOMATION,
+    LIST_WORKERS,
+    TENANT_STATS,
 ];
 
 impl Store {
@@ -368,11 +377,10 @@ impl Store {
         let client = self.client().await?;
         let rows = match &filter.automation_id {
             Some(automation_id) => {
-                let stmt = client.prepare_cached(LIST_RUNS_OF_AUTOMATION).await?;
                 let status = filter.status.map(RunStatus::as_str);
-                client
+                LIST_RUNS_OF_AUTOMATION
                     .query(
-                        &stmt,
+                        &client,
                         &[
                             &tenant.as_str(),
                             &automation_id.as_str(),
@@ -387,14 +395,13 @@ impl Store {
                     .await?
             }
             None => {
-                let stmt = client.prepare_cached(LIST_RUNS_BY_STATUS).await?;
                 let statuses: Vec<&str> = match filter.status {
                     Some(status) => vec![status.as_str()],
                     None => RunStatus::ALL.iter().map(|s| s.as_str()).collect(),
                 };
-                client
+                LIST_RUNS_BY_STATUS
                     .query(
-                        &stmt,
+                        &client,
                         &[
                             &tenant.as_str(),
                             &statuses,
@@ -418,8 +425,9 @@ impl Store {
     /// database's now.
     pub async fn list_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRecord>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(LIST_WORKERS).await?;
-        let rows = client.query(&stmt, &[&millis(alive_within)]).await?;
+        let rows = LIST_WORKERS
+            .query(&client, &[&millis(alive_within)])
+            .await?;
         Ok(rows
             .iter()
             .map(|row| WorkerRecord {
@@ -441,8 +449,7 @@ impl Store {
     /// The tenant's runs by state, its queue's backlog, and its held leases.
     pub async fn stats(&self, tenant: &TenantId) -> Result<Stats, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(TENANT_STATS).await?;
-        let row = client.query_one(&stmt, &[&tenant.as_str()]).await?;
+        let row = TENANT_STATS.query_one(&client, &[&tenant.as_str()]).await?;
         let counted: BTreeMap<String, i64> =
             serde_json::from_value(row.get("by_status")).unwrap_or_default();
         let runs_by_status: BTreeMap<String, i64> = RunStatus::ALL
@@ -561,7 +568,7 @@ mod tests {
         ];
         for (sql, args) in &cases {
             for mode in ["force_custom_plan", "force_generic_plan"] {
-                let plan = plan(&client, mode, sql, args).await;
+                let plan = plan(&client, mode, sql.sql, args).await;
                 assert!(
                     !plan.contains("Seq Scan") && plan.contains("Index"),
                     "{mode} ({args}):\n{plan}"

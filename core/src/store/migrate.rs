@@ -1,7 +1,8 @@
 //! The embedded schema migrations, and the check every process makes before it touches data.
 
-use tokio_postgres::Client;
+use deadpool_postgres::Client;
 
+use super::query::Query;
 use super::{Error, Store};
 
 refinery::embed_migrations!("../migrations");
@@ -30,33 +31,53 @@ pub fn known_version() -> i32 {
         .unwrap_or(0)
 }
 
-// name: history_exists
 // An empty database has no history table, and a query naming it would fail to plan.
-const HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history') IS NOT NULL";
+const HISTORY_EXISTS: Query = Query {
+    name: "history_exists",
+    sql: "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+};
 
-// name: applied_version
 // Reads refinery's history table directly: refinery's own reader fails on an empty database.
-const APPLIED_VERSION: &str = "SELECT coalesce(max(version), 0) FROM refinery_schema_history";
+const APPLIED_VERSION: Query = Query {
+    name: "applied_version",
+    sql: "SELECT coalesce(max(version), 0) FROM refinery_schema_history",
+};
 
-// name: database_exists
 // Whether a database of this name exists in the server this store is connected to.
-const DATABASE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text)";
+const DATABASE_EXISTS: Query = Query {
+    name: "database_exists",
+    sql: "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text)",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("history_exists", HISTORY_EXISTS),
-    ("applied_version", APPLIED_VERSION),
-    ("database_exists", DATABASE_EXISTS),
+// Serialises concurrent migrators: a session lock, so it needs no transaction around refinery's.
+const MIGRATION_LOCK: Query = Query {
+    name: "migration_lock",
+    sql: "SELECT pg_advisory_lock($1)",
+};
+
+// Ends the migrator's session lock; the connection's end would too.
+const MIGRATION_UNLOCK: Query = Query {
+    name: "migration_unlock",
+    sql: "SELECT pg_advisory_unlock($1)",
+};
+
+pub(super) const QUERIES: &[Query] = &[
+    HISTORY_EXISTS,
+    APPLIED_VERSION,
+    DATABASE_EXISTS,
+    MIGRATION_LOCK,
+    MIGRATION_UNLOCK,
 ];
 
 async fn applied_version(client: &Client) -> Result<i32, Error> {
-    if !client
-        .query_one(HISTORY_EXISTS, &[])
+    if !HISTORY_EXISTS
+        .query_one(client, &[])
         .await?
         .get::<_, bool>(0)
     {
         return Ok(0);
     }
-    Ok(client.query_one(APPLIED_VERSION, &[]).await?.get(0))
+    Ok(APPLIED_VERSION.query_one(client, &[]).await?.get(0))
 }
 
 impl Store {
@@ -74,7 +95,7 @@ impl Store {
             });
         }
         let client = self.client().await?;
-        if client.query_one(DATABASE_EXISTS, &[&name]).await?.get(0) {
+        if DATABASE_EXISTS.query_one(&client, &[&name]).await?.get(0) {
             return Ok(false);
         }
         // CREATE DATABASE takes no parameters; the name was checked to be a plain identifier.
@@ -127,12 +148,12 @@ impl Store {
     /// once; the lock ends with the call (or the connection), never outliving it.
     pub async fn migrate(&self) -> Result<Vec<(i32, String)>, Error> {
         let mut client = self.client().await?;
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        MIGRATION_LOCK
+            .execute(&client, &[&MIGRATION_LOCK_KEY])
             .await?;
         let result = self.migrate_locked(&mut client).await;
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        MIGRATION_UNLOCK
+            .execute(&client, &[&MIGRATION_LOCK_KEY])
             .await?;
         result
     }

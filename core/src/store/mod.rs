@@ -18,6 +18,7 @@ mod listing;
 mod migrate;
 mod nodes;
 mod outcomes;
+mod query;
 mod reaper;
 mod runs;
 mod sweeps;
@@ -27,6 +28,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+
+use query::Query;
 
 pub use automations::{AutomationRecord, AutomationStatus, AutomationVersion, Stored};
 pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed};
@@ -139,7 +142,7 @@ impl Store {
     /// Answers when the database does: for health checks.
     pub async fn ping(&self) -> Result<(), Error> {
         let client = self.client().await?;
-        client.query_one(PING, &[]).await?;
+        PING.query_one(&client, &[]).await?;
         Ok(())
     }
 
@@ -149,24 +152,29 @@ impl Store {
     pub async fn check_queries(&self) -> Result<usize, Error> {
         let client = self.client().await?;
         let mut prepared = 0;
-        for (name, sql) in all_queries() {
+        for query in all_queries() {
             client
-                .prepare(sql)
+                .prepare(query.sql)
                 .await
-                .map_err(|source| Error::BadQuery { name, source })?;
+                .map_err(|source| Error::BadQuery {
+                    name: query.name,
+                    source,
+                })?;
             prepared += 1;
         }
         Ok(prepared)
     }
 }
 
-// name: ping
 // The cheapest round trip that proves a pooled connection works.
-const PING: &str = "SELECT 1";
+const PING: Query = Query {
+    name: "ping",
+    sql: "SELECT 1",
+};
 
-fn all_queries() -> impl Iterator<Item = (&'static str, &'static str)> {
+fn all_queries() -> impl Iterator<Item = Query> {
     [
-        &[("ping", PING)][..],
+        &[PING][..],
         automations::QUERIES,
         claims::QUERIES,
         control::QUERIES,

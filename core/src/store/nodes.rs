@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
 use tokio_postgres::Row;
 
+use super::query::Query;
 use super::{Claim, Error, Store};
 use crate::ids::{LeaseEpoch, NodeId, RunId};
 use crate::run::{NodeState, NodeStatus};
@@ -80,13 +81,14 @@ impl NodeRecord {
 // Starts and completions are batched: one statement carries the writes of many runs (a worker
 // flushes what its runs have queued), and each write is still fenced on its own claim.
 
-// name: nodes_started
 // Counts the attempts before the handlers are called (lease protocol, rule 8), and marks progress
 // under each claim, which decides between requeue and stale-reap if the lease later expires. A
 // node that completed, was skipped, or already started under this claim is left alone, and so
 // is a run asked to pause: its running nodes finish, but no new one starts.
 // $1/$2/$3: the nodes to start, each with its claim, in run-id order.
-const NODES_STARTED: &str = "\
+const NODES_STARTED: Query = Query {
+    name: "nodes_started",
+    sql: "\
 WITH held AS (
     SELECT start.run_id, start.epoch, start.node_id
     FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS start(run_id, epoch, node_id),
@@ -125,9 +127,9 @@ event AS (
            fenced.lease_epoch, started.node_id, started.attempt
     FROM fenced, unnest(fenced.nodes, fenced.attempts) WITH ORDINALITY AS started(node_id, attempt, nth)
 )
-SELECT run_id, epoch, node_id, attempts FROM node";
+SELECT run_id, epoch, node_id, attempts FROM node",
+};
 
-// name: nodes_completed
 // Records running nodes' outputs under the claims that started them: each node must be running
 // under its claim's very epoch. A run whose last node this is (`finish`) completes in the same
 // statement, saving the round trip of a separate completion, unless another of its nodes is
@@ -135,7 +137,9 @@ SELECT run_id, epoch, node_id, attempts FROM node";
 // lock writes them.
 // $1..$5: the completed nodes, each with its claim and whether it completes the run, in run-id
 // order.
-const NODES_COMPLETED: &str = "\
+const NODES_COMPLETED: Query = Query {
+    name: "nodes_completed",
+    sql: "\
 WITH held AS (
     SELECT done.run_id, done.epoch, done.node_id, done.output, done.finish
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::boolean[])
@@ -195,12 +199,14 @@ run_event AS (
     FROM fenced WHERE finish
 )
 SELECT fenced.run_id, fenced.lease_epoch AS epoch, done.node_id, fenced.finish
-FROM fenced, unnest(fenced.nodes) AS done(node_id)";
+FROM fenced, unnest(fenced.nodes) AS done(node_id)",
+};
 
-// name: node_failed
 // Records a running node's failed attempt under the claim that started it. Whether it is retried
 // is the caller's next write (schedule_retry or fail_run).
-const NODE_FAILED: &str = "\
+const NODE_FAILED: Query = Query {
+    name: "node_failed",
+    sql: "\
 WITH held AS (
     SELECT r.run_id FROM runs r
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
@@ -228,31 +234,36 @@ event AS (
            $3::text, node.attempts, left($4::text, 4096), jsonb_build_object('retryable', $5::boolean)
     FROM fenced, node
 )
-SELECT attempts FROM node";
+SELECT attempts FROM node",
+};
 
-// name: node_fence_state
 // Read only when a fenced node write changed nothing: did the same write land before (a lost
 // acknowledgement), is the lease gone, or does the checkpoint contradict the write?
-const NODE_FENCE_STATE: &str = "\
+const NODE_FENCE_STATE: Query = Query {
+    name: "node_fence_state",
+    sql: "\
 SELECT r.status, r.lease_epoch, n.status AS node_status, n.epoch AS node_epoch, n.attempts,
        n.output, n.last_error
 FROM runs r
 LEFT JOIN run_nodes n ON n.run_id = r.run_id AND n.node_id = $2::text
-WHERE r.run_id = $1::uuid";
+WHERE r.run_id = $1::uuid",
+};
 
-// name: checkpoint
 // Every node row of a run: what a worker resuming it must not run again.
-const CHECKPOINT: &str = "\
+const CHECKPOINT: Query = Query {
+    name: "checkpoint",
+    sql: "\
 SELECT node_id, status, attempts, output, last_error, last_error_retryable, epoch, started_at,
        finished_at
-FROM run_nodes WHERE run_id = $1::uuid ORDER BY node_id";
+FROM run_nodes WHERE run_id = $1::uuid ORDER BY node_id",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("nodes_started", NODES_STARTED),
-    ("nodes_completed", NODES_COMPLETED),
-    ("node_failed", NODE_FAILED),
-    ("node_fence_state", NODE_FENCE_STATE),
-    ("checkpoint", CHECKPOINT),
+pub(super) const QUERIES: &[Query] = &[
+    NODES_STARTED,
+    NODES_COMPLETED,
+    NODE_FAILED,
+    NODE_FENCE_STATE,
+    CHECKPOINT,
 ];
 
 /// A node write that changed nothing: what the row says about why.
@@ -322,8 +333,9 @@ impl Store {
         let epochs: Vec<_> = unique.iter().map(|s| s.claim.epoch.0).collect();
         let node_ids: Vec<_> = unique.iter().map(|s| s.node_id.as_str()).collect();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(NODES_STARTED).await?;
-        let rows = client.query(&stmt, &[&run_ids, &epochs, &node_ids]).await?;
+        let rows = NODES_STARTED
+            .query(&client, &[&run_ids, &epochs, &node_ids])
+            .await?;
         let landed: HashMap<(Claim, &str), u32> = rows
             .iter()
             .map(|row| {
@@ -382,9 +394,8 @@ impl Store {
         let outputs: Vec<_> = unique.iter().map(|c| &c.output).collect();
         let finish: Vec<_> = unique.iter().map(|c| c.completes_run).collect();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(NODES_COMPLETED).await?;
-        let rows = client
-            .query(&stmt, &[&run_ids, &epochs, &node_ids, &outputs, &finish])
+        let rows = NODES_COMPLETED
+            .query(&client, &[&run_ids, &epochs, &node_ids, &outputs, &finish])
             .await?;
         let landed: HashMap<(Claim, &str), bool> = rows
             .iter()
@@ -417,10 +428,9 @@ impl Store {
         retryable: bool,
     ) -> Result<(), Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(NODE_FAILED).await?;
-        let rows = client
+        let rows = NODE_FAILED
             .query(
-                &stmt,
+                &client,
                 &[
                     &claim.run_id.0,
                     &claim.epoch.0,
@@ -445,8 +455,7 @@ impl Store {
     /// Every node row of a run.
     pub async fn checkpoint(&self, run_id: RunId) -> Result<Vec<NodeRecord>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(CHECKPOINT).await?;
-        let rows = client.query(&stmt, &[&run_id.0]).await?;
+        let rows = CHECKPOINT.query(&client, &[&run_id.0]).await?;
         rows.iter().map(|row| read_node(run_id, row)).collect()
     }
 }
@@ -487,9 +496,8 @@ async fn completion_not_written(
 }
 
 async fn node_fence(client: &Client, claim: &Claim, node_id: &NodeId) -> Result<NodeFence, Error> {
-    let stmt = client.prepare_cached(NODE_FENCE_STATE).await?;
-    let row = client
-        .query_opt(&stmt, &[&claim.run_id.0, &node_id.as_str()])
+    let row = NODE_FENCE_STATE
+        .query_opt(client, &[&claim.run_id.0, &node_id.as_str()])
         .await?
         .ok_or(Error::RunNotFound(claim.run_id))?;
     let status: &str = row.get("status");

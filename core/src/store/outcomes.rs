@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::query::{Query, clear_lease};
 use super::{Claim, Error, Store, millis};
 use crate::ids::NodeId;
 
@@ -16,19 +17,23 @@ pub struct Failure {
     pub reason: String,
 }
 
-// name: schedule_retry
 // A retryable failure with attempts left: back to `queued`, not due before retry_after, holding
 // no worker while it waits. Fenced on the claim and on `running`, so a run cancelled meanwhile
 // is never revived. queued_at moves to the retry time so the run queues behind runs that were
 // due before it.
-const SCHEDULE_RETRY: &str = "\
+const SCHEDULE_RETRY: Query = Query {
+    name: "schedule_retry",
+    sql: concat!(
+        "\
 WITH fenced AS (
     UPDATE runs r
     SET status = 'queued', queue_reason = 'retry_backoff',
         retry_after = now() + $5::bigint * interval '1 millisecond',
         queued_at = now() + $5::bigint * interval '1 millisecond',
         retry_node_id = $3::text, retry_attempt = $4::int, retry_backoff_ms = $5::bigint,
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'running'
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.retry_after
@@ -37,16 +42,22 @@ INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, 
 SELECT run_id, event_seq, tenant_id, 'node_retry_backoff_scheduled', lease_epoch, $3::text,
        $4::int, jsonb_build_object('retry_after', retry_after, 'backoff_ms', $5::bigint)
 FROM fenced
-RETURNING run_id";
+RETURNING run_id"
+    ),
+};
 
-// name: complete_run
 // The last node completed. Refused while a node is still running under any claim, so a worker
 // cannot complete a run whose nodes it has not finished.
-const COMPLETE_RUN: &str = "\
+const COMPLETE_RUN: Query = Query {
+    name: "complete_run",
+    sql: concat!(
+        "\
 WITH fenced AS (
     UPDATE runs r
     SET status = 'completed', finished_at = now(),
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
       AND NOT EXISTS (SELECT 1 FROM run_nodes n WHERE n.run_id = $1::uuid AND n.status = 'running')
@@ -54,17 +65,21 @@ WITH fenced AS (
 )
 INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
 SELECT run_id, event_seq, tenant_id, 'run_completed', lease_epoch FROM fenced
-RETURNING run_id";
+RETURNING run_id"
+    ),
+};
 
-// name: fail_run
 // A node failed for good: the run fails with the node, attempt and reason, and the nodes
 // downstream of it are recorded as skipped, all in one statement.
-const FAIL_RUN: &str = "\
+const FAIL_RUN: Query = Query {
+    name: "fail_run",
+    sql: concat!(
+    "\
 WITH fenced AS (
     UPDATE runs r
     SET status = 'failed', stop_kind = 'node_failed', stop_reason = left($5::text, 4096),
         failed_node_id = $3::text, failed_attempt = $4::int, finished_at = now(),
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ", clear_lease!(), ",
         event_seq = r.event_seq + 1, updated_at = now()
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
@@ -79,21 +94,20 @@ INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, 
 SELECT run_id, event_seq, tenant_id, 'run_failed', lease_epoch, $3::text, $4::int,
        left($5::text, 4096), 'node_failed', jsonb_build_object('skipped', $6::text[])
 FROM fenced
-RETURNING run_id";
+RETURNING run_id"
+),
+};
 
-// name: run_fence_state
 // Read only when a fenced run write changed nothing: did the same write land before (a lost
 // acknowledgement) or is the lease gone?
-const RUN_FENCE_STATE: &str = "\
+const RUN_FENCE_STATE: Query = Query {
+    name: "run_fence_state",
+    sql: "\
 SELECT status, lease_epoch, queue_reason, retry_node_id, retry_attempt, failed_node_id
-FROM runs WHERE run_id = $1::uuid";
+FROM runs WHERE run_id = $1::uuid",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("schedule_retry", SCHEDULE_RETRY),
-    ("complete_run", COMPLETE_RUN),
-    ("fail_run", FAIL_RUN),
-    ("run_fence_state", RUN_FENCE_STATE),
-];
+pub(super) const QUERIES: &[Query] = &[SCHEDULE_RETRY, COMPLETE_RUN, FAIL_RUN, RUN_FENCE_STATE];
 
 /// What the row says after a fenced run write changed nothing.
 pub(super) struct RunFence {
@@ -142,10 +156,9 @@ impl Store {
     ) -> Result<(), Error> {
         let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(SCHEDULE_RETRY).await?;
-        let rows = client
+        let rows = SCHEDULE_RETRY
             .query(
-                &stmt,
+                &client,
                 &[
                     &claim.run_id.0,
                     &claim.epoch.0,
@@ -176,9 +189,8 @@ impl Store {
     /// Completes the run and releases the lease.
     pub async fn complete_run(&self, claim: &Claim) -> Result<(), Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(COMPLETE_RUN).await?;
-        let rows = client
-            .query(&stmt, &[&claim.run_id.0, &claim.epoch.0])
+        let rows = COMPLETE_RUN
+            .query(&client, &[&claim.run_id.0, &claim.epoch.0])
             .await?;
         if !rows.is_empty() {
             return Ok(());
@@ -201,10 +213,9 @@ impl Store {
         let attempt = i32::try_from(failure.attempt).unwrap_or(i32::MAX);
         let skipped: Vec<&str> = skipped.iter().map(NodeId::as_str).collect();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(FAIL_RUN).await?;
-        let rows = client
+        let rows = FAIL_RUN
             .query(
-                &stmt,
+                &client,
                 &[
                     &claim.run_id.0,
                     &claim.epoch.0,
@@ -232,9 +243,8 @@ pub(super) async fn run_fence(
     client: &deadpool_postgres::Client,
     claim: &Claim,
 ) -> Result<RunFence, Error> {
-    let stmt = client.prepare_cached(RUN_FENCE_STATE).await?;
-    let row = client
-        .query_opt(&stmt, &[&claim.run_id.0])
+    let row = RUN_FENCE_STATE
+        .query_opt(client, &[&claim.run_id.0])
         .await?
         .ok_or(Error::RunNotFound(claim.run_id))?;
     Ok(RunFence {

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::query::Query;
 use super::{Error, Store};
 use crate::ids::{LeaseEpoch, RunId};
 use crate::lease::LeaseView;
@@ -19,26 +20,29 @@ pub struct ReapParams {
     pub poison_limit: u32,
 }
 
-// name: expired_leases
 // Held runs whose lease ran out, oldest expiry first. Walks runs_held_idx, which holds only
 // running and pausing runs, so the cost follows the number of held runs, not of all runs.
-const EXPIRED_LEASES: &str = "\
+const EXPIRED_LEASES: Query = Query {
+    name: "expired_leases",
+    sql: "\
 SELECT run_id, lease_epoch, status, lease_expires_at,
        progress_epoch = lease_epoch AS progressed, expired_claims
 FROM runs
 WHERE status IN ('running', 'pausing') AND lease_expires_at < coalesce($1::timestamptz, now())
 ORDER BY lease_expires_at
-LIMIT $2::int";
+LIMIT $2::int",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[("expired_leases", EXPIRED_LEASES)];
+pub(super) const QUERIES: &[Query] = &[EXPIRED_LEASES];
 
 impl Store {
     /// Held runs whose lease has expired at `params.now`.
     pub async fn expired_leases(&self, params: &ReapParams) -> Result<Vec<LeaseView>, Error> {
         let limit = i32::try_from(params.limit).unwrap_or(i32::MAX);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(EXPIRED_LEASES).await?;
-        let rows = client.query(&stmt, &[&params.now, &limit]).await?;
+        let rows = EXPIRED_LEASES
+            .query(&client, &[&params.now, &limit])
+            .await?;
         rows.iter()
             .map(|row| {
                 let run_id = RunId(row.get("run_id"));

@@ -5,6 +5,7 @@ mod batch;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
+use super::query::{Query, clear_lease, notify_queued};
 use super::{Error, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::{RunStatus, Transition};
@@ -107,13 +108,15 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-// name: start_run
 // One statement: pin the current version of an active automation, insert the run queued, and
 // record its first event, and wake idle workers. ON CONFLICT on the idempotency key yields zero
 // rows instead of an error, and the caller then compares the earlier request with this one. The
 // conflict target carries the predicate of V2's partial unique index, so that either that index
 // or V1's constraint over every run settles it.
-const START_RUN: &str = "\
+const START_RUN: Query = Query {
+    name: "start_run",
+    sql: concat!(
+        "\
 WITH automation AS (
     SELECT current_version, status FROM automations
     WHERE tenant_id = $1::text AND automation_id = $2::text
@@ -135,29 +138,39 @@ event AS (
 )
 SELECT (SELECT status FROM automation) AS automation_status,
        (SELECT run_id FROM inserted) AS run_id,
-       (SELECT pg_notify('leasehold_runs_queued', '') FROM inserted) AS notified";
+       (SELECT ",
+        notify_queued!(),
+        " FROM inserted) AS notified"
+    ),
+};
 
-// name: run_by_idempotency_key
 // The earlier run of a repeated key, with the fields a start request sets, to compare them.
-const RUN_BY_IDEMPOTENCY_KEY: &str = "\
+const RUN_BY_IDEMPOTENCY_KEY: Query = Query {
+    name: "run_by_idempotency_key",
+    sql: "\
 SELECT run_id, automation_id, inputs, priority, concurrency_key, trigger
-FROM runs WHERE tenant_id = $1::text AND idempotency_key = $2::text";
+FROM runs WHERE tenant_id = $1::text AND idempotency_key = $2::text",
+};
 
-// name: run
 // One run by id, scoped to its tenant.
-const RUN: &str = "\
+const RUN: Query = Query {
+    name: "run",
+    sql: "\
 SELECT run_id, tenant_id, automation_id, automation_version, inputs, status, priority,
        queue_reason, retry_after, retry_node_id, retry_attempt, claimant_id, lease_epoch,
        lease_expires_at, expired_claims, stop_kind, stop_reason, failed_node_id, failed_attempt,
        event_seq, created_at, finished_at
-FROM runs WHERE run_id = $1::uuid AND tenant_id = $2::text";
+FROM runs WHERE run_id = $1::uuid AND tenant_id = $2::text",
+};
 
-// name: cancel_run
 // Cancels a run that has not ended, wherever it is. A held run loses its lease here: the
 // holder's next fenced write or heartbeat finds the run no longer running and stops it. A run
 // waiting in backoff loses its retry_after, so nothing revives it; a pending gate is closed, so
 // nobody is asked to approve a run that will never continue.
-const CANCEL_RUN: &str = "\
+const CANCEL_RUN: Query = Query {
+    name: "cancel_run",
+    sql: concat!(
+        "\
 WITH target AS (
     SELECT run_id FROM runs
     WHERE run_id = $1::uuid AND tenant_id = $2::text
@@ -168,7 +181,9 @@ cancelled AS (
     UPDATE runs r
     SET status = 'cancelled', stop_kind = 'cancelled', stop_reason = left($3::text, 4096),
         finished_at = now(), retry_after = NULL,
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     FROM target
     WHERE r.run_id = target.run_id
@@ -190,26 +205,20 @@ gates_closed AS (
 INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
 SELECT run_id, event_seq, tenant_id, 'run_cancelled', lease_epoch, left($3::text, 4096), 'cancelled'
 FROM cancelled
-RETURNING run_id";
+RETURNING run_id"
+    ),
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("start_run", START_RUN),
-    ("start_runs", batch::START_RUNS),
-    ("runs_by_idempotency_keys", batch::RUNS_BY_IDEMPOTENCY_KEYS),
-    ("run_by_idempotency_key", RUN_BY_IDEMPOTENCY_KEY),
-    ("run", RUN),
-    ("cancel_run", CANCEL_RUN),
-];
+pub(super) const QUERIES: &[Query] = &[START_RUN, RUN_BY_IDEMPOTENCY_KEY, RUN, CANCEL_RUN];
 
 impl Store {
     /// Starts a run of the automation's current version, queued and due at once.
     pub async fn start_run(&self, request: &StartRun) -> Result<Started, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(START_RUN).await?;
         let run_id = RunId::new();
-        let row = client
+        let row = START_RUN
             .query_one(
-                &stmt,
+                &client,
                 &[
                     &request.tenant.as_str(),
                     &request.automation_id.as_str(),
@@ -229,14 +238,12 @@ impl Store {
             });
         }
         // A repeated key returns its run even if the automation was paused since.
-        if let Some(key) = &request.idempotency_key {
-            let stmt = client.prepare_cached(RUN_BY_IDEMPOTENCY_KEY).await?;
-            if let Some(earlier) = client
-                .query_opt(&stmt, &[&request.tenant.as_str(), key])
+        if let Some(key) = &request.idempotency_key
+            && let Some(earlier) = RUN_BY_IDEMPOTENCY_KEY
+                .query_opt(&client, &[&request.tenant.as_str(), key])
                 .await?
-            {
-                return same_request(request, key, &earlier);
-            }
+        {
+            return same_request(request, key, &earlier);
         }
         match row.get::<_, Option<&str>>("automation_status") {
             None => Err(Error::AutomationNotFound(request.automation_id.clone())),
@@ -258,9 +265,8 @@ impl Store {
     /// A run, read back; a stored value this build cannot read is [`Error::UnreadableRun`].
     pub async fn run(&self, tenant: &TenantId, run_id: RunId) -> Result<RunRecord, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(RUN).await?;
-        let row = client
-            .query_opt(&stmt, &[&run_id.0, &tenant.as_str()])
+        let row = RUN
+            .query_opt(&client, &[&run_id.0, &tenant.as_str()])
             .await?
             .ok_or(Error::RunNotFound(run_id))?;
         read_run(&row)

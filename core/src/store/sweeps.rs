@@ -18,6 +18,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::leader::leader_fence;
+use super::query::{Query, clear_lease, notify_queued};
 use super::{Error, Leadership, ReapParams, Store, millis};
 use crate::ids::{LeaseEpoch, NodeId, RunId};
 use crate::lease::{LeaseView, NodeBudget, StaleReapedView};
@@ -72,14 +73,15 @@ pub struct PendingGateView {
     pub stale_marked_at: Option<DateTime<Utc>>,
 }
 
-// name: leader_requeue_expired
 // The reaper's requeue, fenced on the leader lease: expired
 // before any progress since the claim, the run goes back to `queued` with its attempts and its
 // place in the queue, and idle workers are woken. The `target` scan re-checks every condition on
 // the locked row's newest version, so a run renewed, completed or cancelled since the read, or a
 // leadership lost since the decision, changes nothing.
-const LEADER_REQUEUE_EXPIRED: &str = concat!(
-    "\
+const LEADER_REQUEUE_EXPIRED: Query = Query {
+    name: "leader_requeue_expired",
+    sql: concat!(
+        "\
 WITH target AS (
     SELECT r.run_id, r.claimant_id, r.lease_expires_at FROM runs r
     JOIN unnest($1::uuid[], $2::bigint[]) AS c(run_id, epoch)
@@ -87,15 +89,17 @@ WITH target AS (
     WHERE r.status = 'running' AND r.lease_expires_at < coalesce($3::timestamptz, now())
       AND r.progress_epoch < r.lease_epoch AND r.expired_claims + 1 < $4::int
       AND ",
-    leader_fence!(5, 6),
-    "
+        leader_fence!(5, 6),
+        "
     ORDER BY r.run_id
     FOR UPDATE OF r
 ),
 requeued AS (
     UPDATE runs r
     SET status = 'queued', queue_reason = 'claim_expired', expired_claims = r.expired_claims + 1,
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     FROM target
     WHERE r.run_id = target.run_id
@@ -107,14 +111,18 @@ SELECT run_id, event_seq, tenant_id, 'run_execution_claim_expired_requeued', lea
        jsonb_build_object('claimant_id', claimant_id, 'lease_expired_at', lease_expires_at,
                           'expired_claims', expired_claims)
 FROM requeued
-RETURNING run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified"
-);
+RETURNING run_id, (SELECT ",
+        notify_queued!(),
+        ") AS notified"
+    ),
+};
 
-// name: leader_block_poisoned
 // The reaper's poison guard, fenced on the leader lease: expired before any progress once too
 // often in a row, the run is blocked for an operator instead of requeued forever.
-const LEADER_BLOCK_POISONED: &str = concat!(
-    "\
+const LEADER_BLOCK_POISONED: Query = Query {
+    name: "leader_block_poisoned",
+    sql: concat!(
+        "\
 WITH target AS (
     SELECT r.run_id, r.claimant_id, r.lease_expires_at FROM runs r
     JOIN unnest($1::uuid[], $2::bigint[]) AS c(run_id, epoch)
@@ -122,8 +130,8 @@ WITH target AS (
     WHERE r.status = 'running' AND r.lease_expires_at < coalesce($3::timestamptz, now())
       AND r.progress_epoch < r.lease_epoch AND r.expired_claims + 1 >= $4::int
       AND ",
-    leader_fence!(5, 6),
-    "
+        leader_fence!(5, 6),
+        "
     ORDER BY r.run_id
     FOR UPDATE OF r
 ),
@@ -132,7 +140,9 @@ blocked AS (
     SET status = 'blocked', stop_kind = 'poisoned', expired_claims = r.expired_claims + 1,
         stop_reason = format('the lease expired before any progress %s times in a row',
                              r.expired_claims + 1),
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     FROM target
     WHERE r.run_id = target.run_id
@@ -145,14 +155,16 @@ SELECT run_id, event_seq, tenant_id, 'run_blocked_claims_keep_expiring', lease_e
        jsonb_build_object('claimant_id', claimant_id, 'lease_expired_at', lease_expires_at)
 FROM blocked
 RETURNING run_id"
-);
+    ),
+};
 
-// name: leader_stale_reap
 // The reaper's stale reap, fenced on the leader lease: expired after a node started under the
 // claim, the run is paused as stale-reaped for the auto-resume sweep or an operator, and its
 // running nodes are recorded as interrupted attempts, which count against max_attempts.
-const LEADER_STALE_REAP: &str = concat!(
-    "\
+const LEADER_STALE_REAP: Query = Query {
+    name: "leader_stale_reap",
+    sql: concat!(
+        "\
 WITH target AS (
     SELECT r.run_id, r.claimant_id, r.lease_expires_at FROM runs r
     JOIN unnest($1::uuid[], $2::bigint[]) AS c(run_id, epoch)
@@ -160,8 +172,8 @@ WITH target AS (
     WHERE r.status = 'running' AND r.lease_expires_at < coalesce($3::timestamptz, now())
       AND r.progress_epoch = r.lease_epoch
       AND ",
-    leader_fence!(4, 5),
-    "
+        leader_fence!(4, 5),
+        "
     ORDER BY r.run_id
     FOR UPDATE OF r
 ),
@@ -170,7 +182,9 @@ reaped AS (
     SET status = 'paused', stop_kind = 'stale_reaped',
         stop_reason = 'the lease expired after progress: its worker stopped heartbeating',
         stale_reaped_at = coalesce($3::timestamptz, now()),
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     FROM target
     WHERE r.run_id = target.run_id
@@ -195,41 +209,47 @@ SELECT reaped.run_id, event_seq, tenant_id, 'run_stale_reaped', lease_epoch, sto
                            FROM interrupted i WHERE i.run_id = reaped.run_id))
 FROM reaped
 RETURNING run_id"
-);
+    ),
+};
 
-// name: expired_pausing
 // Pausing runs whose holder's lease ran out before the pause settled, oldest expiry first. Walks
 // runs_held_idx, which holds only running and pausing runs.
-const EXPIRED_PAUSING: &str = "\
+const EXPIRED_PAUSING: Query = Query {
+    name: "expired_pausing",
+    sql: "\
 SELECT run_id, lease_epoch, status, lease_expires_at,
        progress_epoch = lease_epoch AS progressed, expired_claims
 FROM runs
 WHERE status = 'pausing' AND lease_expires_at < coalesce($1::timestamptz, now())
 ORDER BY lease_expires_at
-LIMIT $2::int";
+LIMIT $2::int",
+};
 
-// name: settle_expired_pausing
 // A user asked the run to pause and its holder died before settling it: the sweep settles it as
 // the holder would have, `paused` as operator_paused with the lease given up, and records its
 // running nodes as interrupted attempts, which count. Fenced on the claim's epoch and on the
 // leader lease, re-checked under the row lock.
-const SETTLE_EXPIRED_PAUSING: &str = concat!(
-    "\
+const SETTLE_EXPIRED_PAUSING: Query = Query {
+    name: "settle_expired_pausing",
+    sql: concat!(
+        "\
 WITH target AS (
     SELECT r.run_id, r.claimant_id, r.lease_expires_at FROM runs r
     JOIN unnest($1::uuid[], $2::bigint[]) AS c(run_id, epoch)
       ON r.run_id = c.run_id AND r.lease_epoch = c.epoch
     WHERE r.status = 'pausing' AND r.lease_expires_at < coalesce($3::timestamptz, now())
       AND ",
-    leader_fence!(4, 5),
-    "
+        leader_fence!(4, 5),
+        "
     ORDER BY r.run_id
     FOR UPDATE OF r
 ),
 paused AS (
     UPDATE runs r
     SET status = 'paused', stop_kind = 'operator_paused',
-        claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     FROM target
     WHERE r.run_id = target.run_id
@@ -256,13 +276,15 @@ SELECT paused.run_id, event_seq, tenant_id, 'run_paused', lease_epoch, pause_rea
                            FROM interrupted i WHERE i.run_id = paused.run_id))
 FROM paused
 RETURNING run_id"
-);
+    ),
+};
 
-// name: stale_reaped_runs
 // Runs paused as stale-reaped within the window, oldest reap first, with their pinned spec and
 // their node rows, from which the sweep works out each node's attempt budget. Runs reaped
 // longer ago are not read at all: they wait for an operator however often the sweep runs.
-const STALE_REAPED_RUNS: &str = "\
+const STALE_REAPED_RUNS: Query = Query {
+    name: "stale_reaped_runs",
+    sql: "\
 SELECT r.run_id, r.event_seq, r.stale_reaped_at, r.auto_resumes, v.spec,
        coalesce(n.node_ids, '{}') AS node_ids, coalesce(n.statuses, '{}') AS statuses,
        coalesce(n.attempts, '{}') AS attempts
@@ -279,15 +301,17 @@ LEFT JOIN LATERAL (
 WHERE r.status = 'paused' AND r.stop_kind = 'stale_reaped'
   AND r.stale_reaped_at >= coalesce($1::timestamptz, now()) - $2::bigint * interval '1 millisecond'
 ORDER BY r.stale_reaped_at
-LIMIT $3::int";
+LIMIT $3::int",
+};
 
-// name: auto_resume
 // Puts stale-reaped runs back in the queue with their checkpoint, and wakes idle workers.
 // queued_at moves to now, as an operator's resume does, so the time spent paused does not count
 // as time waiting in the queue. The run must not have changed since it was read (the event sequence matches,
 // which also vouches for the node rows the budget was worked out from), and the window and the
 // cap are re-checked under the row lock along with the leader lease.
-const AUTO_RESUME: &str = concat!(
+const AUTO_RESUME: Query = Query {
+    name: "auto_resume",
+    sql: concat!(
     "\
 WITH target AS (
     SELECT r.run_id, r.stale_reaped_at FROM runs r
@@ -318,36 +342,40 @@ SELECT run_id, event_seq, tenant_id, 'run_auto_resumed', lease_epoch, resume_rea
        jsonb_build_object('window_ms', $4::bigint, 'stale_reaped_at', stale_reaped_at,
                           'auto_resumes', auto_resumes)
 FROM resumed
-RETURNING run_id, (SELECT pg_notify('leasehold_runs_queued', '')) AS notified"
-);
+RETURNING run_id, (SELECT ", notify_queued!(), ") AS notified"
+),
+};
 
-// name: stale_gate_candidates
 // Pending gates not yet marked stale that were requested longer ago than the threshold, oldest
 // first. Walks gates_pending_idx, which holds pending gates only.
-const STALE_GATE_CANDIDATES: &str = "\
+const STALE_GATE_CANDIDATES: Query = Query {
+    name: "stale_gate_candidates",
+    sql: "\
 SELECT gate_id, run_id, node_id, requested_at, stale_marked_at
 FROM gates
 WHERE status = 'pending' AND stale_marked_at IS NULL
   AND requested_at < coalesce($1::timestamptz, now()) - $2::bigint * interval '1 millisecond'
 ORDER BY requested_at
-LIMIT $3::int";
+LIMIT $3::int",
+};
 
-// name: mark_gates_stale
 // Marks gates stale, once: no decision is taken, but the run's detail says in a sentence that
 // it has waited too long, and its history records `gate_marked_stale`. A run may wait at more
 // than one gate, so each run's sequence is raised by its count of marked gates, and the events
 // take the numbers in between. A gate decided, a run ended, or a leadership lost since the read
 // changes nothing. The runs rows are locked before the gates rows, the order every statement
 // that decides a gate takes them in, so that the two wait for each other instead of deadlocking.
-const MARK_GATES_STALE: &str = concat!(
-    "\
+const MARK_GATES_STALE: Query = Query {
+    name: "mark_gates_stale",
+    sql: concat!(
+        "\
 WITH run_locks AS (
     SELECT r.run_id FROM runs r
     WHERE r.run_id IN (SELECT run_id FROM gates WHERE gate_id = ANY($1::uuid[]))
       AND r.status NOT IN ('completed', 'failed', 'blocked', 'cancelled')
       AND ",
-    leader_fence!(4, 5),
-    "
+        leader_fence!(4, 5),
+        "
     ORDER BY r.run_id
     FOR UPDATE OF r
 ),
@@ -391,40 +419,45 @@ SELECT b.run_id, b.base + nb.k, b.tenant_id, 'gate_marked_stale', b.lease_epoch,
                           'stale_after_ms', $3::bigint)
 FROM numbered nb JOIN bumped b ON b.run_id = nb.run_id
 RETURNING (metadata->>'gate_id')::uuid AS gate_id"
-);
+    ),
+};
 
-// name: ensure_event_partitions
 // Creates the monthly partitions of run_events ahead of time, from the month of the day given
 // (today when null), so that events never land in the default partition. Fenced on the leader
 // lease: two coordinators creating the same partition at once would make one of them fail.
 // Null when the leadership is gone.
-const ENSURE_EVENT_PARTITIONS: &str = concat!(
-    "\
+const ENSURE_EVENT_PARTITIONS: Query = Query {
+    name: "ensure_event_partitions",
+    sql: concat!(
+        "\
 SELECT CASE WHEN ",
-    leader_fence!(3, 4),
-    "
+        leader_fence!(3, 4),
+        "
             THEN leasehold_ensure_event_partitions(
                      coalesce($1::timestamptz, now())::date, $2::int)
        END AS created"
-);
+    ),
+};
 
-// name: database_now
 // The database's clock, read once at the start of a sweep pass: the pass decides and applies at
 // this instant, so its rules and its statements agree on what has expired.
-const DATABASE_NOW: &str = "SELECT now() AS now";
+const DATABASE_NOW: Query = Query {
+    name: "database_now",
+    sql: "SELECT now() AS now",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("database_now", DATABASE_NOW),
-    ("leader_requeue_expired", LEADER_REQUEUE_EXPIRED),
-    ("leader_block_poisoned", LEADER_BLOCK_POISONED),
-    ("leader_stale_reap", LEADER_STALE_REAP),
-    ("expired_pausing", EXPIRED_PAUSING),
-    ("settle_expired_pausing", SETTLE_EXPIRED_PAUSING),
-    ("stale_reaped_runs", STALE_REAPED_RUNS),
-    ("auto_resume", AUTO_RESUME),
-    ("stale_gate_candidates", STALE_GATE_CANDIDATES),
-    ("mark_gates_stale", MARK_GATES_STALE),
-    ("ensure_event_partitions", ENSURE_EVENT_PARTITIONS),
+pub(super) const QUERIES: &[Query] = &[
+    DATABASE_NOW,
+    LEADER_REQUEUE_EXPIRED,
+    LEADER_BLOCK_POISONED,
+    LEADER_STALE_REAP,
+    EXPIRED_PAUSING,
+    SETTLE_EXPIRED_PAUSING,
+    STALE_REAPED_RUNS,
+    AUTO_RESUME,
+    STALE_GATE_CANDIDATES,
+    MARK_GATES_STALE,
+    ENSURE_EVENT_PARTITIONS,
 ];
 
 fn split(views: &[LeaseView]) -> (Vec<Uuid>, Vec<i64>) {
@@ -439,8 +472,7 @@ impl Store {
     /// The database's `now()`: the clock every sweep decides by.
     pub async fn database_now(&self) -> Result<DateTime<Utc>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(DATABASE_NOW).await?;
-        Ok(client.query_one(&stmt, &[]).await?.get("now"))
+        Ok(DATABASE_NOW.query_one(&client, &[]).await?.get("now"))
     }
 
     /// Requeues, under `leader`, the runs the reaper decided to requeue; returns those it moved.
@@ -512,9 +544,8 @@ impl Store {
     /// Pausing runs whose lease has expired at `params.now`.
     pub async fn expired_pausing(&self, params: &PausingParams) -> Result<Vec<LeaseView>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(EXPIRED_PAUSING).await?;
-        let rows = client
-            .query(&stmt, &[&params.now, &int(params.limit)])
+        let rows = EXPIRED_PAUSING
+            .query(&client, &[&params.now, &int(params.limit)])
             .await?;
         rows.iter().map(read_lease_view).collect()
     }
@@ -549,10 +580,9 @@ impl Store {
         params: &AutoResumeParams,
     ) -> Result<Vec<StaleReapedView>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(STALE_REAPED_RUNS).await?;
-        let rows = client
+        let rows = STALE_REAPED_RUNS
             .query(
-                &stmt,
+                &client,
                 &[&params.now, &millis(params.window), &int(params.limit)],
             )
             .await?;
@@ -598,10 +628,9 @@ impl Store {
         params: &StaleGateParams,
     ) -> Result<Vec<PendingGateView>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(STALE_GATE_CANDIDATES).await?;
-        let rows = client
+        let rows = STALE_GATE_CANDIDATES
             .query(
-                &stmt,
+                &client,
                 &[&params.now, &millis(params.after), &int(params.limit)],
             )
             .await?;
@@ -635,10 +664,9 @@ impl Store {
         let gate_ids: Vec<Uuid> = gates.iter().map(|g| g.gate_id).collect();
         let (name, epoch) = (leader.name(), leader.epoch().0);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(MARK_GATES_STALE).await?;
-        let rows = client
+        let rows = MARK_GATES_STALE
             .query(
-                &stmt,
+                &client,
                 &[&gate_ids, &params.now, &millis(params.after), &name, &epoch],
             )
             .await?;
@@ -660,9 +688,8 @@ impl Store {
     ) -> Result<Option<u32>, Error> {
         let (name, epoch) = (leader.name(), leader.epoch().0);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(ENSURE_EVENT_PARTITIONS).await?;
-        let row = client
-            .query_one(&stmt, &[&now, &int(months), &name, &epoch])
+        let row = ENSURE_EVENT_PARTITIONS
+            .query_one(&client, &[&now, &int(months), &name, &epoch])
             .await?;
         Ok(row.get::<_, Option<i32>>("created").map(i32::unsigned_abs))
     }
@@ -670,7 +697,7 @@ impl Store {
     /// Runs an apply statement over a batch; an empty batch costs no round trip.
     async fn apply_many(
         &self,
-        sql: &'static str,
+        sql: Query,
         batch: usize,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<RunId>, Error> {
@@ -678,8 +705,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await?;
-        let rows = client.query(&stmt, args).await?;
+        let rows = sql.query(&client, args).await?;
         Ok(rows.iter().map(|row| RunId(row.get("run_id"))).collect())
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use super::query::Query;
 use super::{Error, Store};
 use crate::ids::ClaimantId;
 
@@ -15,9 +16,11 @@ use crate::ids::ClaimantId;
 /// that runs are due, never the queue itself.
 pub const QUEUED_CHANNEL: &str = "leasehold_runs_queued";
 
-// name: listen_queued
 // On a connection of its own, outside the pool: a pooled connection would be handed to others.
-const LISTEN_QUEUED: &str = "LISTEN leasehold_runs_queued";
+const LISTEN_QUEUED: Query = Query {
+    name: "listen_queued",
+    sql: "LISTEN leasehold_runs_queued",
+};
 
 /// Delay before listening again after the listening connection dropped.
 const RELISTEN_DELAY: Duration = Duration::from_secs(1);
@@ -39,35 +42,43 @@ pub struct WorkerInfo {
     pub handlers: Vec<String>,
 }
 
-// name: register_worker
 // Upsert: a worker that lost its row (deleted by an operator) registers again on its next beat.
-const REGISTER_WORKER: &str = "\
+const REGISTER_WORKER: Query = Query {
+    name: "register_worker",
+    sql: "\
 INSERT INTO workers (claimant_id, host, pid, version, capacity, handlers)
 VALUES ($1::text, $2::text, $3::int, $4::text, $5::int, $6::text[])
 ON CONFLICT (claimant_id) DO UPDATE
 SET host = excluded.host, pid = excluded.pid, version = excluded.version,
-    capacity = excluded.capacity, handlers = excluded.handlers, last_heartbeat = now()";
+    capacity = excluded.capacity, handlers = excluded.handlers, last_heartbeat = now()",
+};
 
-// name: worker_heartbeat
 // Liveness for `worker list`, and the draining flag an operator may have set since the last beat.
-const WORKER_HEARTBEAT: &str = "\
-UPDATE workers SET last_heartbeat = now() WHERE claimant_id = $1::text RETURNING draining";
+const WORKER_HEARTBEAT: Query = Query {
+    name: "worker_heartbeat",
+    sql: "\
+UPDATE workers SET last_heartbeat = now() WHERE claimant_id = $1::text RETURNING draining",
+};
 
-// name: set_worker_draining
 // Asks a worker to stop claiming and hand its runs back; it learns of it on its next beat.
-const SET_WORKER_DRAINING: &str = "\
-UPDATE workers SET draining = true WHERE claimant_id = $1::text RETURNING claimant_id";
+const SET_WORKER_DRAINING: Query = Query {
+    name: "set_worker_draining",
+    sql: "\
+UPDATE workers SET draining = true WHERE claimant_id = $1::text RETURNING claimant_id",
+};
 
-// name: deregister_worker
 // A worker that exits cleanly removes its row.
-const DEREGISTER_WORKER: &str = "DELETE FROM workers WHERE claimant_id = $1::text";
+const DEREGISTER_WORKER: Query = Query {
+    name: "deregister_worker",
+    sql: "DELETE FROM workers WHERE claimant_id = $1::text",
+};
 
-pub(super) const QUERIES: &[(&str, &str)] = &[
-    ("register_worker", REGISTER_WORKER),
-    ("worker_heartbeat", WORKER_HEARTBEAT),
-    ("set_worker_draining", SET_WORKER_DRAINING),
-    ("deregister_worker", DEREGISTER_WORKER),
-    ("listen_queued", LISTEN_QUEUED),
+pub(super) const QUERIES: &[Query] = &[
+    REGISTER_WORKER,
+    WORKER_HEARTBEAT,
+    SET_WORKER_DRAINING,
+    DEREGISTER_WORKER,
+    LISTEN_QUEUED,
 ];
 
 /// Wake-ups from [`QUEUED_CHANNEL`], on a connection of their own.
@@ -98,10 +109,9 @@ impl Store {
         let pid = i32::try_from(info.pid).unwrap_or(i32::MAX);
         let capacity = i32::try_from(info.capacity).unwrap_or(i32::MAX);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(REGISTER_WORKER).await?;
-        client
+        REGISTER_WORKER
             .execute(
-                &stmt,
+                &client,
                 &[
                     &info.claimant_id.as_str(),
                     &info.host,
@@ -119,17 +129,17 @@ impl Store {
     /// row is gone.
     pub async fn worker_heartbeat(&self, claimant: &ClaimantId) -> Result<Option<bool>, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(WORKER_HEARTBEAT).await?;
-        let row = client.query_opt(&stmt, &[&claimant.as_str()]).await?;
+        let row = WORKER_HEARTBEAT
+            .query_opt(&client, &[&claimant.as_str()])
+            .await?;
         Ok(row.map(|row| row.get(0)))
     }
 
     /// Asks a worker to drain; false when no such worker is registered.
     pub async fn set_worker_draining(&self, claimant: &ClaimantId) -> Result<bool, Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(SET_WORKER_DRAINING).await?;
-        Ok(client
-            .query_opt(&stmt, &[&claimant.as_str()])
+        Ok(SET_WORKER_DRAINING
+            .query_opt(&client, &[&claimant.as_str()])
             .await?
             .is_some())
     }
@@ -137,8 +147,9 @@ impl Store {
     /// Removes the worker's row.
     pub async fn deregister_worker(&self, claimant: &ClaimantId) -> Result<(), Error> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(DEREGISTER_WORKER).await?;
-        client.execute(&stmt, &[&claimant.as_str()]).await?;
+        DEREGISTER_WORKER
+            .execute(&client, &[&claimant.as_str()])
+            .await?;
         Ok(())
     }
 
@@ -165,7 +176,7 @@ impl Store {
 async fn listen_once(config: &tokio_postgres::Config, wake: &Notify) -> Result<(), Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let listen = client.batch_execute(LISTEN_QUEUED);
+    let listen = client.batch_execute(LISTEN_QUEUED.sql);
     tokio::pin!(listen);
     let mut listening = false;
     loop {

@@ -7,16 +7,19 @@ use tokio_postgres::error::SqlState;
 
 use super::{StartRun, Started, same_request};
 use crate::ids::RunId;
+use crate::store::query::{Query, notify_queued};
 use crate::store::{Error, Store};
 
-// name: start_runs
 // Inserts a batch of runs queued, each pinned to its automation's current version, with its
 // first event, in one statement. If any request's automation is missing or paused the statement
 // inserts nothing, so that a refused batch stores nothing. Requests whose idempotency key has a
 // run already are resolved before and never reach it, so a unique violation here means a
 // concurrent start took a key meanwhile: the whole statement fails and the caller tries again.
 // Idle workers are woken once per statement, not once per run.
-pub(super) const START_RUNS: &str = "\
+pub(super) const START_RUNS: Query = Query {
+    name: "start_runs",
+    sql: concat!(
+        "\
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::smallint[], $8::text[])
@@ -49,18 +52,24 @@ event AS (
 )
 SELECT q.tenant_id, q.automation_id, a.status AS automation_status,
        (SELECT count(*) FROM inserted) AS inserted,
-       (SELECT pg_notify('leasehold_runs_queued', '') WHERE EXISTS (SELECT 1 FROM inserted))
+       (SELECT ",
+        notify_queued!(),
+        " WHERE EXISTS (SELECT 1 FROM inserted))
            AS notified
 FROM (SELECT DISTINCT tenant_id, automation_id FROM request) q
-LEFT JOIN automation a USING (tenant_id, automation_id)";
+LEFT JOIN automation a USING (tenant_id, automation_id)"
+    ),
+};
 
-// name: runs_by_idempotency_keys
 // The earlier runs of repeated keys, with the fields a start request sets, to compare them.
-pub(super) const RUNS_BY_IDEMPOTENCY_KEYS: &str = "\
+pub(super) const RUNS_BY_IDEMPOTENCY_KEYS: Query = Query {
+    name: "runs_by_idempotency_keys",
+    sql: "\
 SELECT r.run_id, r.tenant_id, r.idempotency_key, r.automation_id, r.inputs, r.priority,
        r.concurrency_key, r.trigger
 FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key)
-  ON r.tenant_id = k.tenant_id AND r.idempotency_key = k.idempotency_key";
+  ON r.tenant_id = k.tenant_id AND r.idempotency_key = k.idempotency_key",
+};
 
 /// Where each request of a batch stands before the insert.
 enum Resolved {
@@ -112,8 +121,10 @@ impl Store {
         let mut earlier = HashMap::new();
         if !keys.is_empty() {
             let client = self.client().await?;
-            let stmt = client.prepare_cached(RUNS_BY_IDEMPOTENCY_KEYS).await?;
-            for row in client.query(&stmt, &[&tenants, &keys]).await? {
+            for row in RUNS_BY_IDEMPOTENCY_KEYS
+                .query(&client, &[&tenants, &keys])
+                .await?
+            {
                 let tenant: String = row.get("tenant_id");
                 let key: String = row.get("idempotency_key");
                 earlier.insert((tenant, key), row);
@@ -181,10 +192,9 @@ impl Store {
             .map(|(_, r, _)| r.concurrency_key.as_deref())
             .collect();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(START_RUNS).await?;
-        let rows = client
+        let rows = START_RUNS
             .query(
-                &stmt,
+                &client,
                 &[
                     &tenants,
                     &run_ids,

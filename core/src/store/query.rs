@@ -1,0 +1,106 @@
+//! Statements as values: each one a [`Query`] with its name and its SQL, run through the one
+//! helper below that prepares it on the connection (cached there), executes it, and traces it by
+//! name. The name is also what [`super::Store::check_queries`] reports when a statement does not
+//! prepare.
+//!
+//! The shared fragments ([`clear_lease!`], [`notify_queued!`], and the leader fence in
+//! `leader.rs`) are macros that expand to string literals, so that a statement stays one
+//! `concat!` of literals, checked and prepared as a whole.
+
+use deadpool_postgres::Client;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use tracing::Instrument;
+
+/// The arguments of a statement, in the order of its `$n` placeholders.
+pub(super) type Args<'a> = [&'a (dyn ToSql + Sync)];
+
+/// A named statement of the store.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Query {
+    /// The statement's name, as traces and the prepare check report it.
+    pub(super) name: &'static str,
+    /// Its SQL.
+    pub(super) sql: &'static str,
+}
+
+impl Query {
+    /// Every row the statement returns.
+    pub(super) async fn query(
+        &self,
+        client: &Client,
+        args: &Args<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        async {
+            let statement = client.prepare_cached(self.sql).await?;
+            client.query(&statement, args).await
+        }
+        .instrument(self.span())
+        .await
+    }
+
+    /// The one row the statement returns; an error if it returns none or more.
+    pub(super) async fn query_one(
+        &self,
+        client: &Client,
+        args: &Args<'_>,
+    ) -> Result<Row, tokio_postgres::Error> {
+        async {
+            let statement = client.prepare_cached(self.sql).await?;
+            client.query_one(&statement, args).await
+        }
+        .instrument(self.span())
+        .await
+    }
+
+    /// The row the statement returns, if any; an error if it returns more than one.
+    pub(super) async fn query_opt(
+        &self,
+        client: &Client,
+        args: &Args<'_>,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        async {
+            let statement = client.prepare_cached(self.sql).await?;
+            client.query_opt(&statement, args).await
+        }
+        .instrument(self.span())
+        .await
+    }
+
+    /// How many rows the statement changed.
+    pub(super) async fn execute(
+        &self,
+        client: &Client,
+        args: &Args<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        async {
+            let statement = client.prepare_cached(self.sql).await?;
+            client.execute(&statement, args).await
+        }
+        .instrument(self.span())
+        .await
+    }
+
+    fn span(&self) -> tracing::Span {
+        tracing::debug_span!("query", name = self.name)
+    }
+}
+
+/// The assignments that give up a run's lease: no claim, no holder, no expiry. The epoch stays,
+/// so that a later claim raises it past every claim before.
+macro_rules! clear_lease {
+    () => {
+        "claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL"
+    };
+}
+pub(super) use clear_lease;
+
+/// The call that wakes idle workers once the statement commits: NOTIFY is delivered at commit,
+/// so a rolled-back statement wakes nobody. The channel is
+/// [`QUEUED_CHANNEL`](super::QUEUED_CHANNEL).
+macro_rules! notify_queued {
+    () => {
+        "pg_notify('leasehold_runs_queued', '')"
+    };
+}
+pub(super) use notify_queued;
