@@ -19,7 +19,6 @@ mod migrate;
 mod nodes;
 mod outcomes;
 mod query;
-mod reaper;
 mod runs;
 mod sweeps;
 mod workers;
@@ -44,9 +43,8 @@ pub use listing::{
 pub use migrate::{SchemaStatus, known_version};
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
-pub use reaper::ReapParams;
 pub use runs::{RunRecord, StartRun, Started, Trigger};
-pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, StaleGateParams};
+pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
 pub use workers::{QUEUED_CHANNEL, Wakeups, WorkerInfo};
 
 /// Time to establish a connection before giving up.
@@ -185,13 +183,12 @@ fn all_queries() -> impl Iterator<Item = Query> {
         migrate::QUERIES,
         nodes::QUERIES,
         outcomes::QUERIES,
-        reaper::QUERIES,
         runs::QUERIES,
-        sweeps::QUERIES,
         workers::QUERIES,
     ]
     .into_iter()
     .flatten()
+    .chain(sweeps::queries())
     .copied()
 }
 
