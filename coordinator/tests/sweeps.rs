@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use leasehold_coordinator::sweeps::{
-    self, AutoResumeOutcome, Config, PartitionsOutcome, PausingOutcome, ReapOutcome,
-    StaleGatesOutcome, auto_resume, partitions, pausing, reaper, stale_gates,
+    self, AutoResume, AutoResumeOutcome, Config, Partitions, PartitionsOutcome, Pass, Pausing,
+    PausingOutcome, ReapOutcome, Reaper, StaleGates, StaleGatesOutcome, Sweep,
 };
 use leasehold_core::ids::{ClaimantId, NodeId, RunId};
 use leasehold_core::lease;
@@ -34,7 +34,8 @@ async fn stale_reaped_run(
 ) -> (RunId, DateTime<Utc>) {
     let run_id = b.progressed(automation, "frozen").await.claim.run_id();
     b.expire_lease(run_id, Duration::from_secs(1)).await;
-    let reaped = reaper::run_once(&b.store, leader, &config(), None)
+    let reaped = Reaper
+        .run_once(Pass::new(&b.store, leader, &config(), None))
         .await
         .expect("reap");
     assert_eq!(reaped.stale_reaped, 1);
@@ -77,12 +78,19 @@ async fn reaper_acts_only_once_a_lease_has_expired() {
     for (run_id, want) in [(idle, requeued), (busy, stale_reaped)] {
         let expires = b.lease_expiry(run_id).await;
         for now in [expires - ms(1), expires] {
-            let outcome = reaper::run_once(&b.store, &leader, &config(), Some(now))
+            let outcome = Reaper
+                .run_once(Pass::new(&b.store, &leader, &config(), Some(now)))
                 .await
                 .expect("reap");
             assert_eq!(outcome, ReapOutcome::default(), "{run_id} at {now}");
         }
-        let outcome = reaper::run_once(&b.store, &leader, &config(), Some(expires + ms(1)))
+        let outcome = Reaper
+            .run_once(Pass::new(
+                &b.store,
+                &leader,
+                &config(),
+                Some(expires + ms(1)),
+            ))
             .await
             .expect("reap");
         assert_eq!(outcome, want, "{run_id} expired by 1 ms");
@@ -141,7 +149,8 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
     assert!(moved.is_empty());
 
     let later = Utc::now() + chrono::TimeDelta::seconds(5);
-    let outcome = reaper::run_once(&b.store, &leader, &config(), Some(later))
+    let outcome = Reaper
+        .run_once(Pass::new(&b.store, &leader, &config(), Some(later)))
         .await
         .expect("reap");
     assert_eq!(outcome, ReapOutcome::default());
@@ -168,7 +177,8 @@ async fn reaper_blocks_a_run_whose_claims_keep_expiring() {
         b.claim_one("doomed").await;
         b.expire_lease(run_id, Duration::from_secs(1)).await;
         outcomes.push(
-            reaper::run_once(&b.store, &leader, &config, None)
+            Reaper
+                .run_once(Pass::new(&b.store, &leader, &config, None))
                 .await
                 .expect("reap"),
         );
@@ -231,7 +241,8 @@ async fn two_reapers_at_once_move_each_expired_run_exactly_once() {
         reapers.push(tokio::spawn(async move {
             let mut total = ReapOutcome::default();
             loop {
-                let pass = reaper::run_once(&store, &leader, &config, None)
+                let pass = Reaper
+                    .run_once(Pass::new(&store, &leader, &config, None))
                     .await
                     .expect("reap");
                 if pass == ReapOutcome::default() {
@@ -304,11 +315,19 @@ async fn a_paused_former_leader_changes_nothing() {
     let before = b.snapshot().await;
     let partitions_before = b.partitions().await;
     let cfg = config();
-    let reaped = reaper::run_once(&b.store, &old, &cfg, None).await;
-    let paused = pausing::run_once(&b.store, &old, &cfg, None).await;
-    let resumed = auto_resume::run_once(&b.store, &old, &cfg, None).await;
-    let marked = stale_gates::run_once(&b.store, &old, &cfg, Some(later)).await;
-    let created = partitions::run_once(&b.store, &old, &cfg, Some(later)).await;
+    let reaped = Reaper.run_once(Pass::new(&b.store, &old, &cfg, None)).await;
+    let paused = Pausing
+        .run_once(Pass::new(&b.store, &old, &cfg, None))
+        .await;
+    let resumed = AutoResume
+        .run_once(Pass::new(&b.store, &old, &cfg, None))
+        .await;
+    let marked = StaleGates
+        .run_once(Pass::new(&b.store, &old, &cfg, Some(later)))
+        .await;
+    let created = Partitions
+        .run_once(Pass::new(&b.store, &old, &cfg, Some(later)))
+        .await;
     assert_eq!(reaped.expect("reap"), ReapOutcome::default());
     assert_eq!(paused.expect("pausing"), PausingOutcome::default());
     assert_eq!(resumed.expect("resume"), AutoResumeOutcome::default());
@@ -324,7 +343,8 @@ async fn a_paused_former_leader_changes_nothing() {
     );
 
     // The new leader's passes do the work.
-    let reaped = reaper::run_once(&b.store, &new, &cfg, None)
+    let reaped = Reaper
+        .run_once(Pass::new(&b.store, &new, &cfg, None))
         .await
         .expect("reap");
     assert_eq!(
@@ -335,19 +355,23 @@ async fn a_paused_former_leader_changes_nothing() {
             blocked: 0
         }
     );
-    let paused = pausing::run_once(&b.store, &new, &cfg, None)
+    let paused = Pausing
+        .run_once(Pass::new(&b.store, &new, &cfg, None))
         .await
         .expect("pausing");
     assert_eq!(paused.paused, 1);
-    let resumed = auto_resume::run_once(&b.store, &new, &cfg, None)
+    let resumed = AutoResume
+        .run_once(Pass::new(&b.store, &new, &cfg, None))
         .await
         .expect("resume");
     assert_eq!(resumed.resumed, 2, "{resumed:?}");
-    let marked = stale_gates::run_once(&b.store, &new, &cfg, Some(later))
+    let marked = StaleGates
+        .run_once(Pass::new(&b.store, &new, &cfg, Some(later)))
         .await
         .expect("gates");
     assert_eq!(marked.marked, 1);
-    let created = partitions::run_once(&b.store, &new, &cfg, Some(later))
+    let created = Partitions
+        .run_once(Pass::new(&b.store, &new, &cfg, Some(later)))
         .await
         .expect("partitions");
     assert_eq!(created.created, 3);
@@ -370,21 +394,40 @@ async fn a_pausing_run_whose_holder_died_is_settled_into_paused() {
     let expires = b.lease_expiry(run_id).await;
 
     for now in [expires - ms(1), expires] {
-        let outcome = pausing::run_once(&b.store, &leader, &config(), Some(now))
+        let outcome = Pausing
+            .run_once(Pass::new(&b.store, &leader, &config(), Some(now)))
             .await
             .expect("settle");
         assert_eq!(outcome, PausingOutcome::default(), "at {now}");
     }
     // The reaper leaves pausing runs to this sweep.
-    let reaped = reaper::run_once(&b.store, &leader, &config(), Some(expires + ms(1)))
+    let reaped = Reaper
+        .run_once(Pass::new(
+            &b.store,
+            &leader,
+            &config(),
+            Some(expires + ms(1)),
+        ))
         .await
         .expect("reap");
     assert_eq!(reaped, ReapOutcome::default());
-    let outcome = pausing::run_once(&b.store, &leader, &config(), Some(expires + ms(1)))
+    let outcome = Pausing
+        .run_once(Pass::new(
+            &b.store,
+            &leader,
+            &config(),
+            Some(expires + ms(1)),
+        ))
         .await
         .expect("settle");
     assert_eq!(outcome, PausingOutcome { paused: 1 });
-    let again = pausing::run_once(&b.store, &leader, &config(), Some(expires + ms(1)))
+    let again = Pausing
+        .run_once(Pass::new(
+            &b.store,
+            &leader,
+            &config(),
+            Some(expires + ms(1)),
+        ))
         .await
         .expect("settle");
     assert_eq!(again, PausingOutcome::default());
@@ -424,7 +467,8 @@ async fn a_recent_stale_reap_with_budget_is_auto_resumed() {
     let automation = b.diamond("resume").await;
     let (run_id, reaped_at) = stale_reaped_run(&b, &automation, &leader).await;
 
-    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
+    let outcome = AutoResume
+        .run_once(Pass::new(&b.store, &leader, &config(), None))
         .await
         .expect("resume");
     assert_eq!(
@@ -451,7 +495,8 @@ async fn a_recent_stale_reap_with_budget_is_auto_resumed() {
     assert_eq!(recorded, reaped_at);
 
     // Nothing twice; and a worker picks it up from its checkpoint.
-    let again = auto_resume::run_once(&b.store, &leader, &config(), None)
+    let again = AutoResume
+        .run_once(Pass::new(&b.store, &leader, &config(), None))
         .await
         .expect("resume");
     assert_eq!(again, AutoResumeOutcome::default());
@@ -468,18 +513,25 @@ async fn auto_resume_on_both_sides_of_the_window() {
     let (run_id, reaped_at) = stale_reaped_run(&b, &automation, &leader).await;
     let window = chrono::TimeDelta::from_std(sweeps::AUTO_RESUME_WINDOW_DEFAULT).expect("small");
 
-    let late = auto_resume::run_once(
-        &b.store,
-        &leader,
-        &config(),
-        Some(reaped_at + window + ms(1)),
-    )
-    .await
-    .expect("resume");
+    let late = AutoResume
+        .run_once(Pass::new(
+            &b.store,
+            &leader,
+            &config(),
+            Some(reaped_at + window + ms(1)),
+        ))
+        .await
+        .expect("resume");
     assert_eq!(late, AutoResumeOutcome::default(), "window passed by 1 ms");
     assert_eq!(b.row(run_id).await.status, "paused");
 
-    let at_horizon = auto_resume::run_once(&b.store, &leader, &config(), Some(reaped_at + window))
+    let at_horizon = AutoResume
+        .run_once(Pass::new(
+            &b.store,
+            &leader,
+            &config(),
+            Some(reaped_at + window),
+        ))
         .await
         .expect("resume");
     assert_eq!(at_horizon.resumed, 1, "at the window's last instant");
@@ -503,7 +555,8 @@ async fn auto_resume_leaves_a_run_at_the_cap() {
         .await
         .expect("set auto_resumes");
 
-    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
+    let outcome = AutoResume
+        .run_once(Pass::new(&b.store, &leader, &config(), None))
         .await
         .expect("resume");
     assert_eq!(
@@ -533,7 +586,8 @@ nodes:
     let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
     assert_eq!(a.attempts, 1, "the interrupted attempt was the last");
 
-    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
+    let outcome = AutoResume
+        .run_once(Pass::new(&b.store, &leader, &config(), None))
         .await
         .expect("resume");
     assert_eq!(
@@ -561,7 +615,8 @@ async fn auto_resume_leaves_a_run_whose_spec_cannot_be_read() {
         .await
         .expect("corrupt the spec");
 
-    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
+    let outcome = AutoResume
+        .run_once(Pass::new(&b.store, &leader, &config(), None))
         .await
         .expect("an unreadable spec is not an error of the pass");
     assert_eq!(
@@ -584,7 +639,8 @@ async fn auto_resume_switched_off_leaves_runs_alone() {
         auto_resume_enabled: false,
         ..config()
     };
-    let outcome = auto_resume::run_once(&b.store, &leader, &off, None)
+    let outcome = AutoResume
+        .run_once(Pass::new(&b.store, &leader, &off, None))
         .await
         .expect("resume");
     assert_eq!(outcome, AutoResumeOutcome::default());
@@ -617,17 +673,20 @@ async fn a_gate_pending_too_long_is_marked_stale_once() {
     let after = chrono::TimeDelta::from_std(sweeps::STALE_GATE_AFTER_DEFAULT).expect("small");
 
     for now in [requested_at + after - ms(1), requested_at + after] {
-        let outcome = stale_gates::run_once(&b.store, &leader, &config(), Some(now))
+        let outcome = StaleGates
+            .run_once(Pass::new(&b.store, &leader, &config(), Some(now)))
             .await
             .expect("gates");
         assert_eq!(outcome, StaleGatesOutcome::default(), "at {now}");
     }
     let past = requested_at + after + ms(1);
-    let outcome = stale_gates::run_once(&b.store, &leader, &config(), Some(past))
+    let outcome = StaleGates
+        .run_once(Pass::new(&b.store, &leader, &config(), Some(past)))
         .await
         .expect("gates");
     assert_eq!(outcome, StaleGatesOutcome { marked: 1 });
-    let again = stale_gates::run_once(&b.store, &leader, &config(), Some(past + after))
+    let again = StaleGates
+        .run_once(Pass::new(&b.store, &leader, &config(), Some(past + after)))
         .await
         .expect("gates");
     assert_eq!(again, StaleGatesOutcome::default(), "marked once");
@@ -689,7 +748,8 @@ async fn stale_gates_of_one_run_get_consecutive_events() {
         .await
         .expect("backdate gates");
 
-    let outcome = stale_gates::run_once(&b.store, &leader, &config(), None)
+    let outcome = StaleGates
+        .run_once(Pass::new(&b.store, &leader, &config(), None))
         .await
         .expect("gates");
     assert_eq!(outcome, StaleGatesOutcome { marked: 2 });
@@ -710,18 +770,21 @@ async fn partition_upkeep_creates_partitions_ahead_and_is_idempotent() {
     let before = b.partitions().await;
 
     // The migration created this month's partitions and the next ones.
-    let today = partitions::run_once(&b.store, &leader, &config(), None)
+    let today = Partitions
+        .run_once(Pass::new(&b.store, &leader, &config(), None))
         .await
         .expect("upkeep");
     assert_eq!(today, PartitionsOutcome::default());
 
     let later = Utc::now() + chrono::TimeDelta::days(200);
-    let ahead = partitions::run_once(&b.store, &leader, &config(), Some(later))
+    let ahead = Partitions
+        .run_once(Pass::new(&b.store, &leader, &config(), Some(later)))
         .await
         .expect("upkeep");
     assert_eq!(ahead, PartitionsOutcome { created: 3 });
     assert_eq!(b.partitions().await, before + 3);
-    let again = partitions::run_once(&b.store, &leader, &config(), Some(later))
+    let again = Partitions
+        .run_once(Pass::new(&b.store, &leader, &config(), Some(later)))
         .await
         .expect("upkeep");
     assert_eq!(again, PartitionsOutcome::default());

@@ -2,11 +2,12 @@
 //! of its unfinished nodes has an attempt left (the lease protocol, rule 5); otherwise it waits
 //! for an operator. The decision is [`lease::auto_resume`].
 
-use chrono::{DateTime, Utc};
-use leasehold_core::lease::{self, AutoResume};
-use leasehold_core::store::{self, AutoResumeParams, Leadership, Store};
+use std::time::Duration;
 
-use super::{Config, Outcome, count};
+use leasehold_core::lease;
+use leasehold_core::store::{self, AutoResumeParams};
+
+use super::{Config, Outcome, Pass, Sweep, count};
 
 /// What one auto-resume pass did, and why it left the runs it left.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,40 +32,53 @@ impl Outcome for AutoResumeOutcome {
     }
 }
 
-/// One auto-resume pass at `now` (the database's clock when `None`), under `leader`. Does
-/// nothing when auto-resume is switched off.
-pub async fn run_once(
-    store: &Store,
-    leader: &Leadership,
-    config: &Config,
-    now: Option<DateTime<Utc>>,
-) -> Result<AutoResumeOutcome, store::Error> {
-    let mut outcome = AutoResumeOutcome::default();
-    if !config.auto_resume_enabled {
-        return Ok(outcome);
+/// Auto-resume, as the leader runs it.
+pub struct AutoResume;
+
+impl Sweep for AutoResume {
+    const NAME: &'static str = "auto_resume";
+    type Outcome = AutoResumeOutcome;
+
+    fn interval(config: &Config) -> Duration {
+        config.auto_resume_interval
     }
-    let now = super::now_or_database(store, now).await?;
-    let params = AutoResumeParams {
-        now: Some(now),
-        window: config.auto_resume_window,
-        cap: config.auto_resume_cap,
-        limit: config.batch_limit,
-    };
-    let mut resume = Vec::new();
-    for view in store.stale_reaped_runs(&params).await? {
-        match lease::auto_resume(&view, now, params.window, params.cap) {
-            AutoResume::Resume => resume.push(view),
-            AutoResume::WindowPassed => outcome.window_passed += 1,
-            AutoResume::CapReached => outcome.cap_reached += 1,
-            AutoResume::NoBudget => outcome.no_budget += 1,
-            AutoResume::UnreadableSpec => {
-                if let Err(reason) = &view.nodes {
-                    tracing::debug!(run_id = %view.run_id, reason, "spec unreadable; not resuming");
+
+    /// One auto-resume pass at `now` (the database's clock when `None`), under `leader`. Does
+    /// nothing when auto-resume is switched off.
+    async fn run_once(&self, pass: Pass<'_>) -> Result<AutoResumeOutcome, store::Error> {
+        let Pass {
+            store,
+            leader,
+            config,
+            now,
+        } = pass;
+        let mut outcome = AutoResumeOutcome::default();
+        if !config.auto_resume_enabled {
+            return Ok(outcome);
+        }
+        let now = super::now_or_database(store, now).await?;
+        let params = AutoResumeParams {
+            now: Some(now),
+            window: config.auto_resume_window,
+            cap: config.auto_resume_cap,
+            limit: config.batch_limit,
+        };
+        let mut resume = Vec::new();
+        for view in store.stale_reaped_runs(&params).await? {
+            match lease::auto_resume(&view, now, params.window, params.cap) {
+                lease::AutoResume::Resume => resume.push(view),
+                lease::AutoResume::WindowPassed => outcome.window_passed += 1,
+                lease::AutoResume::CapReached => outcome.cap_reached += 1,
+                lease::AutoResume::NoBudget => outcome.no_budget += 1,
+                lease::AutoResume::UnreadableSpec => {
+                    if let Err(reason) = &view.nodes {
+                        tracing::debug!(run_id = %view.run_id, reason, "spec unreadable; not resuming");
+                    }
+                    outcome.unreadable_spec += 1;
                 }
-                outcome.unreadable_spec += 1;
             }
         }
+        outcome.resumed = count(&store.auto_resume(leader, &resume, &params).await?);
+        Ok(outcome)
     }
-    outcome.resumed = count(&store.auto_resume(leader, &resume, &params).await?);
-    Ok(outcome)
 }

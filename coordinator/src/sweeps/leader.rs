@@ -10,7 +10,8 @@
 //! is fenced on the leadership in SQL; ending the term early only saves it the writes that would
 //! change nothing.
 
-use std::future::Future;
+use std::fmt::Debug;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Config, Outcome, auto_resume, partitions, pausing, reaper, stale_gates};
+use super::{Config, Outcome, Pass, SWEEPS, Sweep};
 
 /// Why a term ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,7 @@ enum TermEnd {
 }
 
 /// What the sweeps of one term share.
-struct Term {
+pub(crate) struct Term {
     store: Store,
     config: Config,
     leadership: Leadership,
@@ -154,86 +155,58 @@ async fn keep(term: &Term, valid_until: &mut Instant, cancel: &CancellationToken
     }
 }
 
-/// Starts one task per sweep, each stopping when `term_token` fires.
+/// Starts one task per sweep of [`SWEEPS`], each stopping when `term_token` fires.
 fn spawn_sweeps(term: &Arc<Term>, term_token: &CancellationToken) -> JoinSet<()> {
-    let config = &term.config;
     let mut sweeps = JoinSet::new();
-    let token = term_token;
-    sweeps.spawn(every(
-        "reaper",
-        config.reaper_interval,
-        token.clone(),
-        pass(term, |t| async move {
-            reaper::run_once(&t.store, &t.leadership, &t.config, None).await
-        }),
-    ));
-    sweeps.spawn(every(
-        "pausing",
-        config.pausing_interval,
-        token.clone(),
-        pass(term, |t| async move {
-            pausing::run_once(&t.store, &t.leadership, &t.config, None).await
-        }),
-    ));
-    sweeps.spawn(every(
-        "auto_resume",
-        config.auto_resume_interval,
-        token.clone(),
-        pass(term, |t| async move {
-            auto_resume::run_once(&t.store, &t.leadership, &t.config, None).await
-        }),
-    ));
-    sweeps.spawn(every(
-        "stale_gates",
-        config.stale_gate_interval,
-        token.clone(),
-        pass(term, |t| async move {
-            stale_gates::run_once(&t.store, &t.leadership, &t.config, None).await
-        }),
-    ));
-    sweeps.spawn(every(
-        "partitions",
-        config.partition_interval,
-        token.clone(),
-        pass(term, |t| async move {
-            partitions::run_once(&t.store, &t.leadership, &t.config, None).await
-        }),
-    ));
+    for &sweep in SWEEPS {
+        sweeps.spawn(every(sweep, Arc::clone(term), term_token.clone()));
+    }
     sweeps
 }
 
-/// A sweep pass as a closure that owns its share of the term.
-fn pass<F, Fut>(term: &Arc<Term>, f: F) -> impl FnMut() -> Fut + Send + 'static
-where
-    F: Fn(Arc<Term>) -> Fut + Send + 'static,
-{
-    let term = Arc::clone(term);
-    move || f(Arc::clone(&term))
+/// A sweep's pass with the outcome's type erased: its debug form when it changed something.
+type ErasedPass<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Box<dyn Debug + Send>>, store::Error>> + Send + 'a>>;
+
+/// A [`Sweep`] with its outcome's type erased, so that [`SWEEPS`] can list every sweep.
+pub(crate) trait AnySweep: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn interval(&self, config: &Config) -> Duration;
+    fn pass<'a>(&'a self, term: &'a Term) -> ErasedPass<'a>;
 }
 
-/// Runs `pass` at once and then every `interval` until `stop` fires, dropping a pass in flight
+impl<S: Sweep> AnySweep for S {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn interval(&self, config: &Config) -> Duration {
+        S::interval(config)
+    }
+
+    fn pass<'a>(&'a self, term: &'a Term) -> ErasedPass<'a> {
+        Box::pin(async move {
+            let pass = Pass::new(&term.store, &term.leadership, &term.config, None);
+            let outcome = self.run_once(pass).await?;
+            Ok((!outcome.is_empty()).then(|| Box::new(outcome) as Box<dyn Debug + Send>))
+        })
+    }
+}
+
+/// Runs `sweep` at once and then every interval until `stop` fires, dropping a pass in flight
 /// when it does. Logs what a pass changed; a failed pass is logged and tried again next time.
-async fn every<P, Fut, O>(
-    sweep: &'static str,
-    interval: Duration,
-    stop: CancellationToken,
-    mut pass: P,
-) where
-    P: FnMut() -> Fut,
-    Fut: Future<Output = Result<O, store::Error>>,
-    O: Outcome,
-{
+async fn every(sweep: &'static dyn AnySweep, term: Arc<Term>, stop: CancellationToken) {
+    let name = sweep.name();
+    let interval = sweep.interval(&term.config);
     loop {
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = pass() => result,
+            result = sweep.pass(&term) => result,
         };
         match result {
-            Ok(outcome) if !outcome.is_empty() => {
-                tracing::info!(sweep, ?outcome, "sweep pass");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(sweep, error = %e, "sweep pass failed"),
+            Ok(Some(outcome)) => tracing::info!(sweep = name, ?outcome, "sweep pass"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(sweep = name, error = %e, "sweep pass failed"),
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -12,13 +12,14 @@
 //!
 //! Each sweep reads candidates, decides for each with a pure rule that takes `now`, and applies
 //! each kind of decision with one conditional statement of the store, fenced on the leadership.
-//! A pass returns an outcome, which the loop logs and tests assert on.
+//! A pass returns an outcome, which the loop logs and tests assert on. Each sweep is a [`Sweep`];
+//! the leader runs the list [`SWEEPS`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leasehold_core::lease;
-use leasehold_core::store::{self, Store};
+use leasehold_core::store::{self, Leadership, Store};
 use tokio_util::sync::CancellationToken;
 
 pub mod auto_resume;
@@ -28,11 +29,11 @@ pub mod pausing;
 pub mod reaper;
 pub mod stale_gates;
 
-pub use auto_resume::AutoResumeOutcome;
-pub use partitions::PartitionsOutcome;
-pub use pausing::PausingOutcome;
-pub use reaper::ReapOutcome;
-pub use stale_gates::StaleGatesOutcome;
+pub use auto_resume::{AutoResume, AutoResumeOutcome};
+pub use partitions::{Partitions, PartitionsOutcome};
+pub use pausing::{Pausing, PausingOutcome};
+pub use reaper::{ReapOutcome, Reaper};
+pub use stale_gates::{StaleGates, StaleGatesOutcome};
 
 /// The leader lease's role name unless configured otherwise.
 pub const LEADER_NAME_DEFAULT: &str = "sweeps";
@@ -260,10 +261,71 @@ impl Config {
 }
 
 /// What a sweep pass did, for the loop to log and for tests to assert on.
-pub trait Outcome: std::fmt::Debug + Send {
-    /// The pass changed nothing: nothing worth logging.
-    fn is_empty(&self) -> bool;
+pub trait Outcome: std::fmt::Debug + Default + PartialEq + Send + 'static {
+    /// The pass changed nothing: nothing worth logging. By default, every count is zero.
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
+
+/// What one pass works with: the store, the leadership it acts under, the settings, and the
+/// instant it decides at.
+#[derive(Clone, Copy)]
+pub struct Pass<'a> {
+    /// The store.
+    pub store: &'a Store,
+    /// The leadership every write of the pass is fenced on.
+    pub leader: &'a Leadership,
+    /// The settings.
+    pub config: &'a Config,
+    /// The instant the pass decides at: `None` in production, where the database's clock is
+    /// read once per pass; tests pin it to stand on either side of a horizon.
+    pub now: Option<DateTime<Utc>>,
+}
+
+impl<'a> Pass<'a> {
+    /// A pass over `store` under `leader` with `config`, at `now`.
+    pub fn new(
+        store: &'a Store,
+        leader: &'a Leadership,
+        config: &'a Config,
+        now: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            store,
+            leader,
+            config,
+            now,
+        }
+    }
+}
+
+/// One sweep: its name, how often it runs, and one pass that returns what it did. A sweep reads
+/// candidates, decides each with a pure rule, and applies each kind of decision with one store
+/// statement fenced on the leadership.
+pub trait Sweep: Send + Sync + 'static {
+    /// The name the leader logs its passes under.
+    const NAME: &'static str;
+    /// What a pass did.
+    type Outcome: Outcome;
+    /// Time between passes, from the settings.
+    fn interval(config: &Config) -> Duration;
+    /// One pass.
+    fn run_once(
+        &self,
+        pass: Pass<'_>,
+    ) -> impl Future<Output = Result<Self::Outcome, store::Error>> + Send;
+}
+
+/// Every sweep the leader runs, each as a task of its term. A new sweep is a file in this folder
+/// (and one in the store's), and one line here.
+pub(crate) const SWEEPS: &[&dyn leader::AnySweep] = &[
+    &reaper::Reaper,
+    &pausing::Pausing,
+    &auto_resume::AutoResume,
+    &stale_gates::StaleGates,
+    &partitions::Partitions,
+];
 
 /// The instant a pass decides at: `now` when a test pins it, else the database's clock, read
 /// once so that the pass's rules and statements agree.

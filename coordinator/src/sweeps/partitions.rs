@@ -2,10 +2,11 @@
 //! events never land in the default partition, from which retention could not drop them by
 //! month. There is nothing to decide: the store's function creates what is missing.
 
-use chrono::{DateTime, Utc};
-use leasehold_core::store::{self, Leadership, Store};
+use std::time::Duration;
 
-use super::{Config, Outcome};
+use leasehold_core::store::{self};
+
+use super::{Config, Outcome, Pass, Sweep};
 
 /// What one partition-upkeep pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -14,24 +15,33 @@ pub struct PartitionsOutcome {
     pub created: u64,
 }
 
-impl Outcome for PartitionsOutcome {
-    fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
+impl Outcome for PartitionsOutcome {}
 
-/// One upkeep pass for the month of `now` (the database's today when `None`) and the months
-/// after it, under `leader`. A leadership that is gone creates nothing.
-pub async fn run_once(
-    store: &Store,
-    leader: &Leadership,
-    config: &Config,
-    now: Option<DateTime<Utc>>,
-) -> Result<PartitionsOutcome, store::Error> {
-    let created = store
-        .ensure_event_partitions(leader, now, config.partition_months_ahead)
-        .await?;
-    Ok(PartitionsOutcome {
-        created: created.map_or(0, u64::from),
-    })
+/// Partition upkeep, as the leader runs it.
+pub struct Partitions;
+
+impl Sweep for Partitions {
+    const NAME: &'static str = "partitions";
+    type Outcome = PartitionsOutcome;
+
+    fn interval(config: &Config) -> Duration {
+        config.partition_interval
+    }
+
+    /// One upkeep pass for the month of `now` (the database's today when `None`) and the months
+    /// after it, under `leader`. A leadership that is gone creates nothing.
+    async fn run_once(&self, pass: Pass<'_>) -> Result<PartitionsOutcome, store::Error> {
+        let Pass {
+            store,
+            leader,
+            config,
+            now,
+        } = pass;
+        let created = store
+            .ensure_event_partitions(leader, now, config.partition_months_ahead)
+            .await?;
+        Ok(PartitionsOutcome {
+            created: created.map_or(0, u64::from),
+        })
+    }
 }

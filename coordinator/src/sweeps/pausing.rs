@@ -2,12 +2,14 @@
 //! before the pause settled. The sweep settles it as the holder would have: `paused` as
 //! operator-paused, its running nodes recorded as interrupted attempts, which count.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use leasehold_core::lease::{self, LeaseView};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{self, Leadership, PausingParams, Store};
+use leasehold_core::store::{self, PausingParams};
 
-use super::{Config, Outcome, count};
+use super::{Config, Outcome, Pass, Sweep, count};
 
 /// What one pausing-settlement pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,11 +18,7 @@ pub struct PausingOutcome {
     pub paused: u64,
 }
 
-impl Outcome for PausingOutcome {
-    fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
+impl Outcome for PausingOutcome {}
 
 /// The settlement's decision for one held run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,31 +38,44 @@ pub fn settle(view: &LeaseView, now: DateTime<Utc>) -> Settle {
     }
 }
 
-/// One settlement pass at `now` (the database's clock when `None`), under `leader`.
-pub async fn run_once(
-    store: &Store,
-    leader: &Leadership,
-    config: &Config,
-    now: Option<DateTime<Utc>>,
-) -> Result<PausingOutcome, store::Error> {
-    let now = super::now_or_database(store, now).await?;
-    let params = PausingParams {
-        now: Some(now),
-        limit: config.batch_limit,
-    };
-    let mut pause = Vec::new();
-    for view in store.expired_pausing(&params).await? {
-        match settle(&view, now) {
-            Settle::Leave => {}
-            Settle::Pause => pause.push(view),
-        }
+/// The pausing settlement, as the leader runs it.
+pub struct Pausing;
+
+impl Sweep for Pausing {
+    const NAME: &'static str = "pausing";
+    type Outcome = PausingOutcome;
+
+    fn interval(config: &Config) -> Duration {
+        config.pausing_interval
     }
-    let paused = store
-        .settle_expired_pausing(leader, &pause, &params)
-        .await?;
-    Ok(PausingOutcome {
-        paused: count(&paused),
-    })
+
+    /// One settlement pass at `now` (the database's clock when `None`), under `leader`.
+    async fn run_once(&self, pass: Pass<'_>) -> Result<PausingOutcome, store::Error> {
+        let Pass {
+            store,
+            leader,
+            config,
+            now,
+        } = pass;
+        let now = super::now_or_database(store, now).await?;
+        let params = PausingParams {
+            now: Some(now),
+            limit: config.batch_limit,
+        };
+        let mut pause = Vec::new();
+        for view in store.expired_pausing(&params).await? {
+            match settle(&view, now) {
+                Settle::Leave => {}
+                Settle::Pause => pause.push(view),
+            }
+        }
+        let paused = store
+            .settle_expired_pausing(leader, &pause, &params)
+            .await?;
+        Ok(PausingOutcome {
+            paused: count(&paused),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! claim, are stale-reaped when one did, and are blocked when their claims keep expiring before
 //! any progress (the lease protocol, rules 4, 5 and 9). The decision is [`lease::reap`].
 
-use chrono::{DateTime, Utc};
-use leasehold_core::lease::{self, LeaseView, Reap};
-use leasehold_core::store::{self, Leadership, ReapParams, Store};
+use std::time::Duration;
 
-use super::{Config, Outcome, count};
+use leasehold_core::lease::{self, LeaseView, Reap};
+use leasehold_core::store::{self, ReapParams};
+
+use super::{Config, Outcome, Pass, Sweep, count};
 
 /// What one reaper pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,48 +20,57 @@ pub struct ReapOutcome {
     pub blocked: u64,
 }
 
-impl Outcome for ReapOutcome {
-    fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
+impl Outcome for ReapOutcome {}
 
-/// One reaper pass at `now` (the database's clock when `None`), under `leader`.
-pub async fn run_once(
-    store: &Store,
-    leader: &Leadership,
-    config: &Config,
-    now: Option<DateTime<Utc>>,
-) -> Result<ReapOutcome, store::Error> {
-    let now = super::now_or_database(store, now).await?;
-    let params = ReapParams {
-        now: Some(now),
-        limit: config.batch_limit,
-        poison_limit: config.poison_limit,
-    };
-    let expired = store.expired_leases(&params).await?;
-    let (mut requeue, mut stale_reap, mut block): (Vec<LeaseView>, Vec<_>, Vec<_>) =
-        Default::default();
-    for view in expired {
-        match lease::reap(&view, now, params.poison_limit) {
-            Reap::Leave => {}
-            Reap::Requeue => requeue.push(view),
-            Reap::StaleReap => stale_reap.push(view),
-            Reap::BlockPoisoned => block.push(view),
-        }
+/// The reaper, as the leader runs it.
+pub struct Reaper;
+
+impl Sweep for Reaper {
+    const NAME: &'static str = "reaper";
+    type Outcome = ReapOutcome;
+
+    fn interval(config: &Config) -> Duration {
+        config.reaper_interval
     }
-    let requeued = store
-        .requeue_expired_as_leader(leader, &requeue, &params)
-        .await?;
-    let stale_reaped = store
-        .stale_reap_as_leader(leader, &stale_reap, &params)
-        .await?;
-    let blocked = store
-        .block_poisoned_as_leader(leader, &block, &params)
-        .await?;
-    Ok(ReapOutcome {
-        requeued: count(&requeued),
-        stale_reaped: count(&stale_reaped),
-        blocked: count(&blocked),
-    })
+
+    /// One reaper pass at `now` (the database's clock when `None`), under `leader`.
+    async fn run_once(&self, pass: Pass<'_>) -> Result<ReapOutcome, store::Error> {
+        let Pass {
+            store,
+            leader,
+            config,
+            now,
+        } = pass;
+        let now = super::now_or_database(store, now).await?;
+        let params = ReapParams {
+            now: Some(now),
+            limit: config.batch_limit,
+            poison_limit: config.poison_limit,
+        };
+        let expired = store.expired_leases(&params).await?;
+        let (mut requeue, mut stale_reap, mut block): (Vec<LeaseView>, Vec<_>, Vec<_>) =
+            Default::default();
+        for view in expired {
+            match lease::reap(&view, now, params.poison_limit) {
+                Reap::Leave => {}
+                Reap::Requeue => requeue.push(view),
+                Reap::StaleReap => stale_reap.push(view),
+                Reap::BlockPoisoned => block.push(view),
+            }
+        }
+        let requeued = store
+            .requeue_expired_as_leader(leader, &requeue, &params)
+            .await?;
+        let stale_reaped = store
+            .stale_reap_as_leader(leader, &stale_reap, &params)
+            .await?;
+        let blocked = store
+            .block_poisoned_as_leader(leader, &block, &params)
+            .await?;
+        Ok(ReapOutcome {
+            requeued: count(&requeued),
+            stale_reaped: count(&stale_reaped),
+            blocked: count(&blocked),
+        })
+    }
 }

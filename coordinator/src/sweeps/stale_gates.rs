@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use leasehold_core::store::{self, Leadership, PendingGateView, StaleGateParams, Store};
+use leasehold_core::store::{self, PendingGateView, StaleGateParams};
 
-use super::{Config, Outcome, count};
+use super::{Config, Outcome, Pass, Sweep, count};
 
 /// What one stale-gate pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,11 +16,7 @@ pub struct StaleGatesOutcome {
     pub marked: u64,
 }
 
-impl Outcome for StaleGatesOutcome {
-    fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
+impl Outcome for StaleGatesOutcome {}
 
 /// The sweep's decision for one pending gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,30 +41,43 @@ pub fn staleness(gate: &PendingGateView, now: DateTime<Utc>, after: Duration) ->
     }
 }
 
-/// One stale-gate pass at `now` (the database's clock when `None`), under `leader`.
-pub async fn run_once(
-    store: &Store,
-    leader: &Leadership,
-    config: &Config,
-    now: Option<DateTime<Utc>>,
-) -> Result<StaleGatesOutcome, store::Error> {
-    let now = super::now_or_database(store, now).await?;
-    let params = StaleGateParams {
-        now: Some(now),
-        after: config.stale_gate_after,
-        limit: config.batch_limit,
-    };
-    let mut mark = Vec::new();
-    for gate in store.stale_gate_candidates(&params).await? {
-        match staleness(&gate, now, params.after) {
-            Staleness::Fresh | Staleness::AlreadyMarked => {}
-            Staleness::MarkStale => mark.push(gate),
-        }
+/// The stale-gate sweep, as the leader runs it.
+pub struct StaleGates;
+
+impl Sweep for StaleGates {
+    const NAME: &'static str = "stale_gates";
+    type Outcome = StaleGatesOutcome;
+
+    fn interval(config: &Config) -> Duration {
+        config.stale_gate_interval
     }
-    let marked = store.mark_gates_stale(leader, &mark, &params).await?;
-    Ok(StaleGatesOutcome {
-        marked: count(&marked),
-    })
+
+    /// One stale-gate pass at `now` (the database's clock when `None`), under `leader`.
+    async fn run_once(&self, pass: Pass<'_>) -> Result<StaleGatesOutcome, store::Error> {
+        let Pass {
+            store,
+            leader,
+            config,
+            now,
+        } = pass;
+        let now = super::now_or_database(store, now).await?;
+        let params = StaleGateParams {
+            now: Some(now),
+            after: config.stale_gate_after,
+            limit: config.batch_limit,
+        };
+        let mut mark = Vec::new();
+        for gate in store.stale_gate_candidates(&params).await? {
+            match staleness(&gate, now, params.after) {
+                Staleness::Fresh | Staleness::AlreadyMarked => {}
+                Staleness::MarkStale => mark.push(gate),
+            }
+        }
+        let marked = store.mark_gates_stale(leader, &mark, &params).await?;
+        Ok(StaleGatesOutcome {
+            marked: count(&marked),
+        })
+    }
 }
 
 #[cfg(test)]
