@@ -51,61 +51,8 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
     let coordinator = Coordinator::connect(global).await?;
     let c = &coordinator;
     match command {
-        Command::Apply { file } => {
-            let text = read_spec(&file)?;
-            let automation = c.check(
-                c.automations()
-                    .apply_automation(v1::ApplyAutomationRequest {
-                        spec: Some(v1::SpecSource {
-                            source: Some(v1::spec_source::Source::Text(text)),
-                        }),
-                    })
-                    .await,
-            )?;
-            if global.json {
-                emit_json(&json::automation(&automation, automation.current_version))?;
-            } else {
-                let outcome = if automation.version_created {
-                    "new version created"
-                } else {
-                    "unchanged: the spec equals the current version's"
-                };
-                emit(&fields(&[
-                    ("automation", automation.id.clone()),
-                    ("version", automation.current_version.to_string()),
-                    ("applied", outcome.to_owned()),
-                    ("status", automation.status.clone()),
-                ]))?;
-            }
-        }
-        Command::List => {
-            let automations = list_all(c).await?;
-            if global.json {
-                let all: Vec<Value> = automations
-                    .iter()
-                    .map(|a| json::automation(a, a.current_version))
-                    .collect();
-                emit_json(&Value::Array(all))?;
-            } else if automations.is_empty() {
-                emit("No automations. Register one with `leasehold automation apply -f FILE`.\n")?;
-            } else {
-                let now = SystemTime::now();
-                let mut table =
-                    Table::new(&["AUTOMATION", "VERSION", "STATUS", "NODES", "UPDATED"]);
-                for a in &automations {
-                    table.row(vec![
-                        a.id.clone(),
-                        a.current_version.to_string(),
-                        a.status.clone(),
-                        a.spec.as_ref().map_or(0, |s| s.nodes.len()).to_string(),
-                        render::time(a.updated_at.as_ref())
-                            .map(|t| format!("{} ago", render::age(t, now)))
-                            .unwrap_or_default(),
-                    ]);
-                }
-                emit(&table.render())?;
-            }
-        }
+        Command::Apply { file } => apply(c, &file, global).await?,
+        Command::List => list(c, global).await?,
         Command::Show { id, version } => {
             let automation = c.check(
                 c.automations()
@@ -140,6 +87,61 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn apply(c: &Coordinator, file: &Path, global: &Global) -> anyhow::Result<()> {
+    let text = read_spec(file)?;
+    let automation = c.check(
+        c.automations()
+            .apply_automation(v1::ApplyAutomationRequest {
+                spec: Some(v1::SpecSource {
+                    source: Some(v1::spec_source::Source::Text(text)),
+                }),
+            })
+            .await,
+    )?;
+    if global.json {
+        return emit_json(&json::automation(&automation, automation.current_version));
+    }
+    let outcome = if automation.version_created {
+        "new version created"
+    } else {
+        "unchanged: the spec equals the current version's"
+    };
+    emit(&fields(&[
+        ("automation", automation.id.clone()),
+        ("version", automation.current_version.to_string()),
+        ("applied", outcome.to_owned()),
+        ("status", automation.status.clone()),
+    ]))
+}
+
+async fn list(c: &Coordinator, global: &Global) -> anyhow::Result<()> {
+    let automations = list_all(c).await?;
+    if global.json {
+        let all: Vec<Value> = automations
+            .iter()
+            .map(|a| json::automation(a, a.current_version))
+            .collect();
+        return emit_json(&Value::Array(all));
+    }
+    if automations.is_empty() {
+        return emit("No automations. Register one with `leasehold automation apply -f FILE`.\n");
+    }
+    let now = SystemTime::now();
+    let mut table = Table::new(&["AUTOMATION", "VERSION", "STATUS", "NODES", "UPDATED"]);
+    for a in &automations {
+        table.row(vec![
+            a.id.clone(),
+            a.current_version.to_string(),
+            a.status.clone(),
+            a.spec.as_ref().map_or(0, |s| s.nodes.len()).to_string(),
+            render::time(a.updated_at.as_ref())
+                .map(|t| format!("{} ago", render::age(t, now)))
+                .unwrap_or_default(),
+        ]);
+    }
+    emit(&table.render())
 }
 
 fn read_spec(file: &Path) -> anyhow::Result<String> {

@@ -257,6 +257,11 @@ async fn list(
         page_token = page.next_page_token;
     };
     runs.truncate(limit);
+    print_runs(&runs, more.then_some(limit), global)
+}
+
+/// Prints `runs` as a table (or JSON); `cut_at` says the list was cut there.
+fn print_runs(runs: &[v1::Run], cut_at: Option<usize>, global: &Global) -> anyhow::Result<()> {
     if global.json {
         emit_json(&Value::Array(
             runs.iter().map(|r| json::run(r, false)).collect(),
@@ -278,7 +283,7 @@ async fn list(
         "HOLDER",
         "NOTE",
     ]);
-    for run in &runs {
+    for run in runs {
         let created = render::time(run.created_at.as_ref());
         let finished = render::time(run.finished_at.as_ref());
         table.row(vec![
@@ -302,7 +307,7 @@ async fn list(
         ]);
     }
     emit(&table.render())?;
-    if more {
+    if let Some(limit) = cut_at {
         eprintln!("(showing the first {limit} runs; more match: raise --limit)");
     }
     Ok(())
@@ -328,29 +333,20 @@ fn stop(run: &v1::Run) -> String {
 }
 
 fn show(run: &v1::Run, now: SystemTime) -> String {
+    let mut out = summary(run, now);
+    out.push('\n');
+    out.push_str(&node_table(run, now));
+    if !run.gates.is_empty() {
+        out.push('\n');
+        out.push_str(&gate_table(run, now));
+    }
+    out
+}
+
+/// The run's own fields, one per line.
+fn summary(run: &v1::Run, now: SystemTime) -> String {
     let created = render::time(run.created_at.as_ref());
     let finished = render::time(run.finished_at.as_ref());
-    let lease = match &run.lease {
-        Some(l) => {
-            let expiry = render::time(l.expires_at.as_ref())
-                .map(|t| format!(", expires {}", render::relative(t, now)))
-                .unwrap_or_default();
-            format!("held by {} (epoch {}){expiry}", l.claimant_id, l.epoch)
-        }
-        None if run.lease_epoch > 0 => format!("not held (last epoch {})", run.lease_epoch),
-        None => "never claimed".to_owned(),
-    };
-    let retry = if run.retry_node_id.is_empty() {
-        String::new()
-    } else {
-        let due = render::time(run.retry_after.as_ref())
-            .map(|t| format!(", due {}", render::relative(t, now)))
-            .unwrap_or_default();
-        format!(
-            "node {} attempt {}{due}",
-            run.retry_node_id, run.retry_attempt
-        )
-    };
     let inputs = run
         .inputs
         .as_ref()
@@ -358,7 +354,7 @@ fn show(run: &v1::Run, now: SystemTime) -> String {
         .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))
         .map(|v| v.to_string())
         .unwrap_or_default();
-    let mut out = fields(&[
+    fields(&[
         ("run", run.run_id.clone()),
         (
             "automation",
@@ -376,9 +372,9 @@ fn show(run: &v1::Run, now: SystemTime) -> String {
                 String::new()
             },
         ),
-        ("lease", lease),
+        ("lease", lease(run, now)),
         ("queued because", run.queue_reason.clone()),
-        ("retry", retry),
+        ("retry", retry(run, now)),
         ("stopped", stop(run)),
         (
             "last failure",
@@ -389,8 +385,39 @@ fn show(run: &v1::Run, now: SystemTime) -> String {
         ),
         ("inputs", render::truncate(&inputs, 200)),
         ("events", run.event_seq.to_string()),
-    ]);
-    out.push('\n');
+    ])
+}
+
+/// Who holds the run, or who last did.
+fn lease(run: &v1::Run, now: SystemTime) -> String {
+    match &run.lease {
+        Some(l) => {
+            let expiry = render::time(l.expires_at.as_ref())
+                .map(|t| format!(", expires {}", render::relative(t, now)))
+                .unwrap_or_default();
+            format!("held by {} (epoch {}){expiry}", l.claimant_id, l.epoch)
+        }
+        None if run.lease_epoch > 0 => format!("not held (last epoch {})", run.lease_epoch),
+        None => "never claimed".to_owned(),
+    }
+}
+
+/// The retry the run waits for, if it waits for one.
+fn retry(run: &v1::Run, now: SystemTime) -> String {
+    if run.retry_node_id.is_empty() {
+        return String::new();
+    }
+    let due = render::time(run.retry_after.as_ref())
+        .map(|t| format!(", due {}", render::relative(t, now)))
+        .unwrap_or_default();
+    format!(
+        "node {} attempt {}{due}",
+        run.retry_node_id, run.retry_attempt
+    )
+}
+
+/// One line per node, with the latest gate of the node.
+fn node_table(run: &v1::Run, now: SystemTime) -> String {
     let mut nodes = Table::new(&[
         "NODE",
         "STATUS",
@@ -423,34 +450,34 @@ fn show(run: &v1::Run, now: SystemTime) -> String {
             gate,
         ]);
     }
-    out.push_str(&nodes.render());
-    if !run.gates.is_empty() {
-        out.push('\n');
-        let mut gates = Table::new(&["GATE", "NODE", "STATUS", "PROMPT", "REQUESTED", "DECIDED"]);
-        for g in &run.gates {
-            let decided = match (g.decided_by.as_str(), g.reason.as_str()) {
-                ("", _) => String::new(),
-                (by, "") => format!("by {by}"),
-                (by, reason) => format!("by {by}: {reason}"),
-            };
-            gates.row(vec![
-                g.gate_id.clone(),
-                g.node_id.clone(),
-                if g.stale {
-                    format!("{} (stale)", g.status)
-                } else {
-                    g.status.clone()
-                },
-                g.prompt.clone(),
-                render::time(g.requested_at.as_ref())
-                    .map(|t| format!("{} ago", render::age(t, now)))
-                    .unwrap_or_default(),
-                decided,
-            ]);
-        }
-        out.push_str(&gates.render());
+    nodes.render()
+}
+
+/// One line per gate the run has asked.
+fn gate_table(run: &v1::Run, now: SystemTime) -> String {
+    let mut gates = Table::new(&["GATE", "NODE", "STATUS", "PROMPT", "REQUESTED", "DECIDED"]);
+    for g in &run.gates {
+        let decided = match (g.decided_by.as_str(), g.reason.as_str()) {
+            ("", _) => String::new(),
+            (by, "") => format!("by {by}"),
+            (by, reason) => format!("by {by}: {reason}"),
+        };
+        gates.row(vec![
+            g.gate_id.clone(),
+            g.node_id.clone(),
+            if g.stale {
+                format!("{} (stale)", g.status)
+            } else {
+                g.status.clone()
+            },
+            g.prompt.clone(),
+            render::time(g.requested_at.as_ref())
+                .map(|t| format!("{} ago", render::age(t, now)))
+                .unwrap_or_default(),
+            decided,
+        ]);
     }
-    out
+    gates.render()
 }
 
 fn acted(run: &v1::Run, global: &Global) -> anyhow::Result<()> {
