@@ -1,11 +1,10 @@
 //! `leasehold coordinator`: the gRPC API and, while it holds the leader lease, the sweeps.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
 use leasehold_coordinator::{api, sweeps};
-use leasehold_core::store::Store;
+use leasehold_core::store::{self, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::signals;
@@ -23,7 +22,7 @@ pub struct Args {
     #[arg(long, env = "LEASEHOLD_LISTEN", default_value = LISTEN_DEFAULT)]
     listen: SocketAddr,
     /// Database connections in the pool.
-    #[arg(long, env = "LEASEHOLD_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "LEASEHOLD_POOL_SIZE", default_value_t = store::POOL_SIZE_DEFAULT)]
     pool_size: usize,
     #[command(flatten)]
     sweeps: SweepArgs,
@@ -33,46 +32,46 @@ pub struct Args {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SweepArgs {
     /// Leader lease: after a leader dies, sweeps pause at most this long.
-    #[arg(long, env = "LEASEHOLD_LEADER_LEASE", default_value = "15s", value_parser = humantime::parse_duration)]
-    leader_lease: Duration,
+    #[arg(long, env = "LEASEHOLD_LEADER_LEASE", default_value_t = sweeps::LEADER_LEASE_DEFAULT.into())]
+    leader_lease: humantime::Duration,
     /// Time between reaper passes.
-    #[arg(long, env = "LEASEHOLD_REAPER_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    reaper_interval: Duration,
+    #[arg(long, env = "LEASEHOLD_REAPER_INTERVAL", default_value_t = sweeps::REAPER_INTERVAL_DEFAULT.into())]
+    reaper_interval: humantime::Duration,
     /// Unprogressed lease expiries in a row after which a run is blocked.
     #[arg(long, env = "LEASEHOLD_POISON_LIMIT", default_value_t = leasehold_core::lease::POISON_LIMIT_DEFAULT)]
     poison_limit: u32,
     /// Time between passes settling pausing runs whose holder died.
-    #[arg(long, env = "LEASEHOLD_PAUSING_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pausing_interval: Duration,
+    #[arg(long, env = "LEASEHOLD_PAUSING_INTERVAL", default_value_t = sweeps::PAUSING_INTERVAL_DEFAULT.into())]
+    pausing_interval: humantime::Duration,
     /// Do not requeue stale-reaped runs automatically.
     #[arg(long, env = "LEASEHOLD_NO_AUTO_RESUME")]
     no_auto_resume: bool,
     /// Time between auto-resume passes.
-    #[arg(long, env = "LEASEHOLD_AUTO_RESUME_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    auto_resume_interval: Duration,
+    #[arg(long, env = "LEASEHOLD_AUTO_RESUME_INTERVAL", default_value_t = sweeps::AUTO_RESUME_INTERVAL_DEFAULT.into())]
+    auto_resume_interval: humantime::Duration,
     /// How long after a stale reap a run may still be auto-resumed.
-    #[arg(long, env = "LEASEHOLD_AUTO_RESUME_WINDOW", default_value = "20m", value_parser = humantime::parse_duration)]
-    auto_resume_window: Duration,
+    #[arg(long, env = "LEASEHOLD_AUTO_RESUME_WINDOW", default_value_t = sweeps::AUTO_RESUME_WINDOW_DEFAULT.into())]
+    auto_resume_window: humantime::Duration,
     /// Auto-resumes a run may have in its life.
     #[arg(long, env = "LEASEHOLD_AUTO_RESUME_CAP", default_value_t = sweeps::AUTO_RESUME_CAP_DEFAULT)]
     auto_resume_cap: u32,
     /// How long a gate may be pending before it is marked stale.
-    #[arg(long, env = "LEASEHOLD_STALE_GATE_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
-    stale_gate_after: Duration,
+    #[arg(long, env = "LEASEHOLD_STALE_GATE_AFTER", default_value_t = sweeps::STALE_GATE_AFTER_DEFAULT.into())]
+    stale_gate_after: humantime::Duration,
 }
 
 impl SweepArgs {
     pub fn config(&self) -> sweeps::Config {
         sweeps::Config {
-            leader_lease: self.leader_lease,
-            reaper_interval: self.reaper_interval,
+            leader_lease: self.leader_lease.into(),
+            reaper_interval: self.reaper_interval.into(),
             poison_limit: self.poison_limit,
-            pausing_interval: self.pausing_interval,
+            pausing_interval: self.pausing_interval.into(),
             auto_resume_enabled: !self.no_auto_resume,
-            auto_resume_interval: self.auto_resume_interval,
-            auto_resume_window: self.auto_resume_window,
+            auto_resume_interval: self.auto_resume_interval.into(),
+            auto_resume_window: self.auto_resume_window.into(),
             auto_resume_cap: self.auto_resume_cap,
-            stale_gate_after: self.stale_gate_after,
+            stale_gate_after: self.stale_gate_after.into(),
             ..sweeps::Config::default()
         }
     }

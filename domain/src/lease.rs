@@ -1,5 +1,6 @@
-//! Lease rules: when a lease has expired, what the reaper does with an expired run, and whether
-//! a queued run is due. All take `now` (Postgres' clock, read by the caller) as an argument.
+//! Lease rules: the bounds of a lease, when it has expired, and what the reaper and the auto-resume
+//! sweep do with a run. All take `now` (Postgres' clock, read by the caller) as an argument. Whether a
+//! queued run is due is decided by the claim statement itself (`claim_runs` in the store).
 
 use std::time::Duration;
 
@@ -25,11 +26,6 @@ pub fn clamp(lease: Duration) -> Duration {
 /// A lease is valid up to and including its expiry instant, and expired strictly after it.
 pub fn is_expired(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     expires_at < now
-}
-
-/// A queued run is due once its backoff, if any, has passed.
-pub fn is_due(status: RunStatus, retry_after: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    status == RunStatus::Queued && retry_after.is_none_or(|at| at <= now)
 }
 
 /// What the reaper sees of a held run.
@@ -170,24 +166,6 @@ mod tests {
         assert!(!is_expired(t0(), t0() - ms(1)));
         assert!(!is_expired(t0(), t0()));
         assert!(is_expired(t0(), t0() + ms(1)));
-    }
-
-    #[test]
-    fn due_only_when_queued_and_backoff_passed() {
-        use RunStatus::{Paused, Queued, Running};
-        let check = |status, retry_after, want| {
-            assert_eq!(
-                is_due(status, retry_after, t0()),
-                want,
-                "{status} {retry_after:?}"
-            );
-        };
-        check(Queued, None, true);
-        check(Queued, Some(t0() - ms(1)), true);
-        check(Queued, Some(t0()), true);
-        check(Queued, Some(t0() + ms(1)), false);
-        check(Running, None, false);
-        check(Paused, None, false);
     }
 
     fn view(expires_in_ms: i64, progressed: bool, expired_claims: u32) -> LeaseView {
