@@ -43,28 +43,22 @@ impl Sweep for AutoResume {
         config.auto_resume_interval
     }
 
-    /// One auto-resume pass at `now` (the database's clock when `None`), under `leader`. Does
-    /// nothing when auto-resume is switched off.
+    /// One auto-resume pass at `pass.now` (the database's clock when `None`), under
+    /// `pass.leader`. Does nothing when auto-resume is switched off.
     async fn run_once(&self, pass: Pass<'_>) -> Result<AutoResumeOutcome, store::Error> {
-        let Pass {
-            store,
-            leader,
-            config,
-            now,
-        } = pass;
         let mut outcome = AutoResumeOutcome::default();
-        if !config.auto_resume_enabled {
+        if !pass.config.auto_resume_enabled {
             return Ok(outcome);
         }
-        let now = super::now_or_database(store, now).await?;
+        let now = pass.now().await?;
         let params = AutoResumeParams {
             now: Some(now),
-            window: config.auto_resume_window,
-            cap: config.auto_resume_cap,
-            limit: config.batch_limit,
+            window: pass.config.auto_resume_window,
+            cap: pass.config.auto_resume_cap,
+            limit: pass.config.batch_limit,
         };
         let mut resume = Vec::new();
-        for view in store.stale_reaped_runs(&params).await? {
+        for view in pass.store.stale_reaped_runs(&params).await? {
             match lease::auto_resume(&view, now, params.window, params.cap) {
                 lease::AutoResume::Resume => resume.push(view),
                 lease::AutoResume::WindowPassed => outcome.window_passed += 1,
@@ -78,7 +72,12 @@ impl Sweep for AutoResume {
                 }
             }
         }
-        outcome.resumed = count(&store.auto_resume(leader, &resume, &params).await?);
+        outcome.resumed = count(
+            &pass
+                .store
+                .auto_resume(pass.leader, &resume, &params)
+                .await?,
+        );
         Ok(outcome)
     }
 }

@@ -298,6 +298,15 @@ impl<'a> Pass<'a> {
             now,
         }
     }
+
+    /// The instant the pass decides at: the pinned `now`, else the database's clock, read once
+    /// so that the pass's rules and statements agree.
+    pub async fn now(&self) -> Result<DateTime<Utc>, store::Error> {
+        match self.now {
+            Some(now) => Ok(now),
+            None => self.store.database_now().await,
+        }
+    }
 }
 
 /// One sweep: its name, how often it runs, and one pass that returns what it did. A sweep reads
@@ -326,18 +335,6 @@ pub(crate) const SWEEPS: &[&dyn leader::AnySweep] = &[
     &stale_gates::StaleGates,
     &partitions::Partitions,
 ];
-
-/// The instant a pass decides at: `now` when a test pins it, else the database's clock, read
-/// once so that the pass's rules and statements agree.
-async fn now_or_database(
-    store: &Store,
-    now: Option<DateTime<Utc>>,
-) -> Result<DateTime<Utc>, store::Error> {
-    match now {
-        Some(now) => Ok(now),
-        None => store.database_now().await,
-    }
-}
 
 /// How many rows a statement moved, as an outcome counts them.
 fn count<T>(moved: &[T]) -> u64 {

@@ -28,17 +28,12 @@ impl Sweep for Partitions {
         config.partition_interval
     }
 
-    /// One upkeep pass for the month of `now` (the database's today when `None`) and the months
-    /// after it, under `leader`. A leadership that is gone creates nothing.
+    /// One upkeep pass for the month of `pass.now` (the database's today when `None`) and the
+    /// months after it, under `pass.leader`. A leadership that is gone creates nothing.
     async fn run_once(&self, pass: Pass<'_>) -> Result<PartitionsOutcome, store::Error> {
-        let Pass {
-            store,
-            leader,
-            config,
-            now,
-        } = pass;
-        let created = store
-            .ensure_event_partitions(leader, now, config.partition_months_ahead)
+        let created = pass
+            .store
+            .ensure_event_partitions(pass.leader, pass.now, pass.config.partition_months_ahead)
             .await?;
         Ok(PartitionsOutcome {
             created: created.map_or(0, u64::from),

@@ -49,28 +49,23 @@ impl Sweep for Pausing {
         config.pausing_interval
     }
 
-    /// One settlement pass at `now` (the database's clock when `None`), under `leader`.
+    /// One settlement pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
     async fn run_once(&self, pass: Pass<'_>) -> Result<PausingOutcome, store::Error> {
-        let Pass {
-            store,
-            leader,
-            config,
-            now,
-        } = pass;
-        let now = super::now_or_database(store, now).await?;
+        let now = pass.now().await?;
         let params = PausingParams {
             now: Some(now),
-            limit: config.batch_limit,
+            limit: pass.config.batch_limit,
         };
         let mut pause = Vec::new();
-        for view in store.expired_pausing(&params).await? {
+        for view in pass.store.expired_pausing(&params).await? {
             match settle(&view, now) {
                 Settle::Leave => {}
                 Settle::Pause => pause.push(view),
             }
         }
-        let paused = store
-            .settle_expired_pausing(leader, &pause, &params)
+        let paused = pass
+            .store
+            .settle_expired_pausing(pass.leader, &pause, &params)
             .await?;
         Ok(PausingOutcome {
             paused: count(&paused),

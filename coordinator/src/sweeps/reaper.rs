@@ -33,21 +33,15 @@ impl Sweep for Reaper {
         config.reaper_interval
     }
 
-    /// One reaper pass at `now` (the database's clock when `None`), under `leader`.
+    /// One reaper pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
     async fn run_once(&self, pass: Pass<'_>) -> Result<ReapOutcome, store::Error> {
-        let Pass {
-            store,
-            leader,
-            config,
-            now,
-        } = pass;
-        let now = super::now_or_database(store, now).await?;
+        let now = pass.now().await?;
         let params = ReapParams {
             now: Some(now),
-            limit: config.batch_limit,
-            poison_limit: config.poison_limit,
+            limit: pass.config.batch_limit,
+            poison_limit: pass.config.poison_limit,
         };
-        let expired = store.expired_leases(&params).await?;
+        let expired = pass.store.expired_leases(&params).await?;
         let (mut requeue, mut stale_reap, mut block): (Vec<LeaseView>, Vec<_>, Vec<_>) =
             Default::default();
         for view in expired {
@@ -58,14 +52,17 @@ impl Sweep for Reaper {
                 Reap::BlockPoisoned => block.push(view),
             }
         }
-        let requeued = store
-            .requeue_expired_as_leader(leader, &requeue, &params)
+        let requeued = pass
+            .store
+            .requeue_expired_as_leader(pass.leader, &requeue, &params)
             .await?;
-        let stale_reaped = store
-            .stale_reap_as_leader(leader, &stale_reap, &params)
+        let stale_reaped = pass
+            .store
+            .stale_reap_as_leader(pass.leader, &stale_reap, &params)
             .await?;
-        let blocked = store
-            .block_poisoned_as_leader(leader, &block, &params)
+        let blocked = pass
+            .store
+            .block_poisoned_as_leader(pass.leader, &block, &params)
             .await?;
         Ok(ReapOutcome {
             requeued: count(&requeued),

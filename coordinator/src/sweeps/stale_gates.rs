@@ -52,28 +52,25 @@ impl Sweep for StaleGates {
         config.stale_gate_interval
     }
 
-    /// One stale-gate pass at `now` (the database's clock when `None`), under `leader`.
+    /// One stale-gate pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
     async fn run_once(&self, pass: Pass<'_>) -> Result<StaleGatesOutcome, store::Error> {
-        let Pass {
-            store,
-            leader,
-            config,
-            now,
-        } = pass;
-        let now = super::now_or_database(store, now).await?;
+        let now = pass.now().await?;
         let params = StaleGateParams {
             now: Some(now),
-            after: config.stale_gate_after,
-            limit: config.batch_limit,
+            after: pass.config.stale_gate_after,
+            limit: pass.config.batch_limit,
         };
         let mut mark = Vec::new();
-        for gate in store.stale_gate_candidates(&params).await? {
+        for gate in pass.store.stale_gate_candidates(&params).await? {
             match staleness(&gate, now, params.after) {
                 Staleness::Fresh | Staleness::AlreadyMarked => {}
                 Staleness::MarkStale => mark.push(gate),
             }
         }
-        let marked = store.mark_gates_stale(leader, &mark, &params).await?;
+        let marked = pass
+            .store
+            .mark_gates_stale(pass.leader, &mark, &params)
+            .await?;
         Ok(StaleGatesOutcome {
             marked: count(&marked),
         })
