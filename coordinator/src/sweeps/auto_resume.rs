@@ -1,5 +1,5 @@
 //! Auto-resume: a run stale-reaped recently, and not too often, goes back to the queue when one
-//! of its unfinished nodes has an attempt left (the lease protocol, rule 5); otherwise it waits
+//! of its unfinished nodes has an attempt left (docs/lease_protocol.md, rule 5); otherwise it waits
 //! for an operator. The decision is [`lease::auto_resume`].
 
 use std::time::Duration;

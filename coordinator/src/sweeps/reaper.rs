@@ -1,6 +1,6 @@
 //! The reaper: runs whose lease expired go back to the queue when no node started under the
 //! claim, are stale-reaped when one did, and are blocked when their claims keep expiring before
-//! any progress (the lease protocol, rules 4, 5 and 9). The decision is [`lease::reap`].
+//! any progress (docs/lease_protocol.md, rules 4, 5 and 9). The decision is [`lease::reap`].
 
 use std::time::Duration;
 

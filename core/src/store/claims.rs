@@ -1,4 +1,5 @@
-//! Claiming due runs, renewing their leases, and handing them back.
+//! Claiming due runs, renewing their leases, and handing them back: rules 1, 2 and 6 of
+//! docs/lease_protocol.md.
 
 use std::time::Duration;
 

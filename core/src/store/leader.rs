@@ -1,4 +1,5 @@
-//! The coordinators' leader lease: one `leader_leases` row per role, with its own fencing epoch.
+//! The coordinators' leader lease (docs/lease_protocol.md, rule 10): one `leader_leases` row per
+//! role, with its own fencing epoch.
 //!
 //! A coordinator that holds the row runs the sweeps. Taking over an expired row raises its
 //! epoch; renewing keeps it. Every sweep write names the leadership it acts under and checks it

@@ -81,7 +81,7 @@ impl NodeRecord {
 // Starts and completions are batched: one statement carries the writes of many runs (a worker
 // flushes what its runs have queued), and each write is still fenced on its own claim.
 
-// Counts the attempts before the handlers are called (lease protocol, rule 8), and marks progress
+// Counts the attempts before the handlers are called (docs/lease_protocol.md, rule 8), and marks progress
 // under each claim, which decides between requeue and stale-reap if the lease later expires. A
 // node that completed, was skipped, or already started under this claim is left alone, and so
 // is a run asked to pause: its running nodes finish, but no new one starts.

@@ -1,5 +1,5 @@
 //! The auto-resume sweep's statements: stale-reaped runs within the window, with each node's
-//! attempt budget, and their requeue under the leader lease (rule 5).
+//! attempt budget, and their requeue under the leader lease (docs/lease_protocol.md, rule 5).
 
 use std::collections::HashMap;
 use std::time::Duration;

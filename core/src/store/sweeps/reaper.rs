@@ -1,6 +1,6 @@
 //! The reaper's statements: held runs whose lease expired, and the three ways the reaper moves
-//! them under the leader lease: requeued (rule 4), stale-reaped (rule 5), blocked as poison
-//! (rule 9). The decision between them is [`crate::lease::reap`].
+//! them under the leader lease: requeued (rule 4 of docs/lease_protocol.md), stale-reaped
+//! (rule 5), blocked as poison (rule 9). The decision between them is [`crate::lease::reap`].
 
 use chrono::{DateTime, Utc};
 
