@@ -1,12 +1,12 @@
 //! The PostgreSQL store: the one place where SQL lives.
 //!
 //! Every statement is a named `Query` value (`query.rs`) beside the method that runs it, with a
-//! comment saying why it is shaped so; one helper prepares, caches, executes and traces it. Every write a worker makes to a run it holds is *fenced*: it matches the run id
-//! **and** the lease epoch of the claim, under the row lock of the `runs` row, so that a holder
-//! whose lease moved on changes nothing. Zero rows is [`Error::LeaseLost`], unless the same
-//! write already landed under the same epoch (a lost commit acknowledgement), which succeeds
-//! quietly (docs/lease_protocol.md, rule 3). Times come from Postgres' `now()`, never from a
-//! process's clock (rule 7).
+//! comment saying why it is shaped so; one helper prepares, caches, executes and traces it. Every
+//! write a worker makes to a run it holds is *fenced*: it matches the run id **and** the lease
+//! epoch of the claim, under the row lock of the `runs` row, so that a holder whose lease moved on
+//! changes nothing. Zero rows is [`Error::LeaseLost`], unless the same write already landed under
+//! the same epoch (a lost commit acknowledgement), which succeeds quietly (docs/lease_protocol.md,
+//! rule 3). Times come from Postgres' `now()`, never from a process's clock (rule 7).
 
 mod automations;
 mod claims;
