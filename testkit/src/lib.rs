@@ -42,8 +42,8 @@
 //! # Layout
 //!
 //! - `server`: picks the server once per process and hands out its admin URL.
-//! - `cluster`: the throwaway cluster: finding the binaries, starting, stopping, and sweeping
-//!   leftovers.
+//! - `cluster`: the throwaway cluster: its directory, its settings, and sweeping leftovers;
+//!   finding the binaries, `initdb`, starting and stopping are `leasehold_pgcluster`'s.
 //! - `db`: [`TestDb`], one database per test.
 //! - `wait`: [`wait_for`], polling with a deadline instead of sleeping.
 //! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings, for the benchmark.
