@@ -32,7 +32,11 @@ use crate::report::Row;
 /// stay on): room for every pool, a buffer cache that holds the backlog's databases (the
 /// million-run one alone is about 430 MB), and WAL room so that checkpoints come from the
 /// benchmark's CHECKPOINT between phases, not from WAL volume inside one.
-const CLUSTER_SETTINGS: &str = "-c max_connections=300 -c shared_buffers=1GB -c max_wal_size=4GB";
+const CLUSTER_SETTINGS: &[(&str, &str)] = &[
+    ("max_connections", "300"),
+    ("shared_buffers", "1GB"),
+    ("max_wal_size", "4GB"),
+];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

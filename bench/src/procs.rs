@@ -7,23 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use leasehold_testkit::{Rebuild, workspace_binary};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
-/// Variables cargo sets for the program `cargo run` starts. The nested build must not see them:
-/// a build script that watches one would rebuild, and the next outer build would rebuild back.
-const RUN_VARS: &[&str] = &[
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-    "CARGO_CRATE_NAME",
-    "CARGO_BIN_NAME",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_RUSTC_CURRENT_DIR",
-    "OUT_DIR",
-];
-/// Prefixes of the same.
-const RUN_PREFIXES: &[&str] = &["CARGO_PKG_", "CARGO_BIN_EXE_"];
 /// How often a waiting loop looks at a child again.
 const CHILD_POLL: Duration = Duration::from_millis(10);
 /// Lines of a child's log quoted when it fails.
@@ -37,53 +25,17 @@ pub fn leasehold_binary(explicit: Option<&Path>) -> anyhow::Result<(PathBuf, Str
         anyhow::ensure!(path.is_file(), "{} is not a file", path.display());
         return Ok((path.to_path_buf(), "given".to_owned()));
     }
-    let exe = std::env::current_exe().context("finding this program")?;
-    let mut profile_dir = exe
-        .parent()
-        .context("this program has no folder")?
-        .to_path_buf();
-    if profile_dir.file_name().is_some_and(|n| n == "deps") {
-        profile_dir.pop();
-    }
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("the target folder has no profile name")?
-        .to_owned();
-    let target_dir = profile_dir.parent().context("no target folder")?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("the bench crate has no parent folder")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(&cargo);
-    build
-        .args(["build", "--quiet", "-p", "leasehold", "--bin", "leasehold"])
-        .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir)
-        .args([
-            "--profile",
-            if profile == "debug" { "dev" } else { &profile },
-        ]);
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if RUN_VARS.contains(&text.as_ref()) || RUN_PREFIXES.iter().any(|p| text.starts_with(p)) {
-            build.env_remove(&name);
-        }
-    }
-    eprintln!("building the leasehold binary ({profile}) …");
-    let status = build
-        .status()
-        .with_context(|| format!("running {}", Path::new(&cargo).display()))?;
-    anyhow::ensure!(
-        status.success(),
-        "building leasehold failed ({status}); build it with `cargo build --release -p leasehold` \
-         and pass --leasehold-bin target/release/leasehold"
-    );
-    let binary = profile_dir.join("leasehold");
-    anyhow::ensure!(binary.is_file(), "{} was not built", binary.display());
-    Ok((binary, profile))
+    let built =
+        workspace_binary(workspace, "leasehold", "leasehold", Rebuild::Always).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; build it with `cargo build --release -p leasehold` and pass --leasehold-bin \
+                 target/release/leasehold"
+            )
+        })?;
+    Ok((built.path, built.profile))
 }
 
 /// A child process of the benchmark, killed when dropped if it still runs.

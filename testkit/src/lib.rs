@@ -42,18 +42,21 @@
 //! # Layout
 //!
 //! - `server`: picks the server once per process and hands out its admin URL.
-//! - `cluster`: the throwaway cluster: finding the binaries, starting, stopping, and sweeping
-//!   leftovers.
+//! - `cluster`: the throwaway cluster: its directory, its settings, and sweeping leftovers;
+//!   finding the binaries, `initdb`, starting and stopping are `leasehold_pgcluster`'s.
 //! - `db`: [`TestDb`], one database per test.
 //! - `wait`: [`wait_for`], polling with a deadline instead of sleeping.
+//! - `built`: [`workspace_binary`], this workspace's binaries, built for harnesses that run them.
 //! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings, for the benchmark.
 
+mod built;
 mod cluster;
 mod db;
 mod owned;
 mod server;
 mod wait;
 
+pub use built::{Built, Rebuild, workspace_binary};
 pub use db::TestDb;
 pub use owned::OwnedCluster;
 pub use server::{DATABASE_URL_ENV, admin_url, with_database};

@@ -9,13 +9,13 @@ use crate::cluster::Cluster;
 pub struct OwnedCluster(Cluster);
 
 impl OwnedCluster {
-    /// Starts a fresh cluster. `settings` are server options (`-c name=value …`) on top of the
-    /// loopback-only listening every cluster has; PostgreSQL's own defaults apply to the rest,
-    /// fsync and synchronous_commit on included.
+    /// Starts a fresh cluster. `settings` are server settings (`name`, `value` pairs, passed as
+    /// `-c name=value`) on top of the loopback-only listening every cluster has; PostgreSQL's own
+    /// defaults apply to the rest, fsync and synchronous_commit on included.
     ///
     /// Blocks for about a second. The error says what is missing (binaries, a `postgres` user
     /// when running as root) or quotes the server log.
-    pub fn start(settings: &str) -> Result<Self, String> {
+    pub fn start(settings: &[(&str, &str)]) -> Result<Self, String> {
         Cluster::start_with(settings).map(Self)
     }
 

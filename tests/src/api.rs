@@ -9,6 +9,7 @@ use std::time::Duration;
 use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::runs_client::RunsClient;
+use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -21,7 +22,9 @@ use crate::cluster::{Cluster, CoordinatorId};
 pub const CLIENT_MESSAGE_LIMIT_BYTES: usize = 128 * 1024 * 1024;
 
 /// How long a health check may take.
-const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
+/// The service whose health says a coordinator serves the API.
+pub const RUNS_SERVICE: &str = "leasehold.v1.Runs";
 
 /// One coordinator's services, each on the same connection.
 #[derive(Clone)]
@@ -39,7 +42,14 @@ pub struct Clients {
 /// # Panics
 /// If the process has no `--listen` flag (it has exited, or was started otherwise).
 pub fn endpoint(c: &Cluster, id: CoordinatorId) -> String {
-    let pid = c.sup.pid(c.coordinator_proc(id));
+    listen_endpoint(c.sup.pid(c.coordinator_proc(id)))
+}
+
+/// The `http://host:port` the coordinator process `pid` serves on, from its `--listen` flag.
+///
+/// # Panics
+/// If the process has no `--listen` flag (it has exited, or was started otherwise).
+pub fn listen_endpoint(pid: Pid) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the coordinator's cmdline");
     let args: Vec<String> = cmdline
         .split(|&b| b == 0)
@@ -80,23 +90,26 @@ pub async fn clients(c: &Cluster, id: CoordinatorId) -> Clients {
 /// What the coordinator's health service says of `leasehold.v1.Runs` on a fresh connection;
 /// `None` if it does not answer within two seconds.
 pub async fn health(c: &Cluster, id: CoordinatorId) -> Option<ServingStatus> {
+    health_at(&endpoint(c, id), RUNS_SERVICE, HEALTH_DEADLINE).await
+}
+
+/// What the health service at `endpoint` says of `service` (`""`: the server as a whole) on a
+/// fresh connection; `None` if it does not answer within `deadline`.
+pub async fn health_at(endpoint: &str, service: &str, deadline: Duration) -> Option<ServingStatus> {
     let check = async {
-        let channel = Endpoint::from_shared(endpoint(c, id))
+        let channel = Endpoint::from_shared(endpoint.to_owned())
             .ok()?
             .connect()
             .await
             .ok()?;
         let reply = HealthClient::new(channel)
             .check(HealthCheckRequest {
-                service: "leasehold.v1.Runs".into(),
+                service: service.to_owned(),
             })
             .await
             .ok()?
             .into_inner();
         ServingStatus::try_from(reply.status).ok()
     };
-    tokio::time::timeout(HEALTH_DEADLINE, check)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(deadline, check).await.ok().flatten()
 }

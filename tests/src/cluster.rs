@@ -20,15 +20,13 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tokio_postgres::Client;
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::invariants::{self, Report};
 use crate::proxy::{self, Proxy};
 use crate::scenario::{self, Line};
 use crate::supervisor::{ProcId, Supervisor};
-use crate::{ledger, wait};
+use crate::{api, ledger, wait};
 
 /// The timings every process of a cluster runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -746,26 +744,8 @@ fn free_port() -> SocketAddr {
 }
 
 async fn serving(endpoint: &str) -> bool {
-    let check = async {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let reply = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: "leasehold.v1.Runs".into(),
-            })
-            .await
-            .ok()?
-            .into_inner();
-        Some(reply.status == ServingStatus::Serving as i32)
-    };
-    tokio::time::timeout(Duration::from_secs(2), check)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    api::health_at(endpoint, api::RUNS_SERVICE, api::HEALTH_DEADLINE).await
+        == Some(ServingStatus::Serving)
 }
 
 /// Whether any process of group `pgid` is alive: present in `/proc` and not a zombie. A zombie

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins};
 use leasehold_core::ids::RunId;
+use leasehold_fault_tests::api;
 use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
-use leasehold_fault_tests::pg_server::{self, Server};
+use leasehold_fault_tests::pg_server::Server;
 use leasehold_fault_tests::scenario::{self, Line, bounded};
 use leasehold_fault_tests::{ledger, wait};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -83,9 +84,9 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
     let runs = c.start_runs(&automation, CRASH_RUNS).await;
     c.wait_all(&runs, "running", FINISH_DEADLINE).await;
     let coordinator = c.coordinators()[0];
-    let endpoint = pg_server::coordinator_endpoint(c.sup.pid(c.coordinator_proc(coordinator)));
+    let endpoint = api::endpoint(c, coordinator);
     assert_eq!(
-        pg_server::overall_health(&endpoint).await,
+        overall_health(&endpoint).await,
         Some(ServingStatus::Serving),
         "the coordinator serves before the crash"
     );
@@ -97,8 +98,7 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
         Duration::from_secs(5),
         Duration::from_millis(100),
         || async {
-            (pg_server::overall_health(&endpoint).await == Some(ServingStatus::NotServing))
-                .then_some(())
+            (overall_health(&endpoint).await == Some(ServingStatus::NotServing)).then_some(())
         },
     )
     .await;
@@ -112,7 +112,7 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
         Duration::from_secs(10),
         Duration::from_millis(100),
         || async {
-            (pg_server::overall_health(&endpoint).await == Some(ServingStatus::Serving))
+            (overall_health(&endpoint).await == Some(ServingStatus::Serving))
                 .then(|| down.elapsed())
         },
     )
@@ -329,4 +329,10 @@ async fn backends_killed(c: &mut Cluster) -> Line {
         bound: t.poll + t.margin,
         took: Duration::ZERO,
     }
+}
+
+/// The coordinator's status for the server as a whole, or `None` if it did not answer within a
+/// second.
+async fn overall_health(endpoint: &str) -> Option<ServingStatus> {
+    api::health_at(endpoint, "", Duration::from_secs(1)).await
 }

@@ -3,9 +3,9 @@
 //! in-process workers. Optionally runs a bundled example and follows it live.
 //!
 //! # Layout
-//! - `postgres`: the private cluster: data folder, `initdb`, start, stop (a guard stops it).
-//! - `binaries`: finding `initdb`, `pg_ctl` and `postgres`, or saying what to install.
-//! - `user`: running the PostgreSQL tools as the `postgres` user when we are root.
+//! - `postgres`: the private cluster in the data folder: its lock, its password, `--fresh`, a
+//!   server left running, and a guard that stops it. Finding the binaries, running them as the
+//!   `postgres` user when we are root, `initdb`, start and stop are `leasehold_pgcluster`'s.
 //! - `folder`: the data folder's default place and its files.
 //! - `database`: creating and migrating the `leasehold` database.
 //! - `services`: the coordinator and the workers, started and stopped together.
@@ -19,13 +19,11 @@
 //! may SIGKILL. The next `leasehold dev` on the folder stops such a leftover server first.
 
 mod banner;
-mod binaries;
 mod database;
 mod example;
 mod folder;
 mod postgres;
 mod services;
-mod user;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -6,27 +6,14 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use leasehold_pgcluster::{self as pgcluster, Auth, Bindir, Init, Port, RunAs, Server, StopMode};
 
-use super::binaries::{self, Bindir};
 use super::folder::{self, Layout};
-use super::user::RunAs;
 
-/// How long `pg_ctl` may wait for the server to start or stop, in seconds.
-const PG_CTL_TIMEOUT_SECS: &str = "60";
-/// How many free ports to try when another process takes the chosen one first.
-const PORT_ATTEMPTS: usize = 5;
-/// How long to wait for TCP connections after `pg_ctl` reports the server ready.
-const TCP_READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many lines of the server log a start failure quotes.
-const LOG_TAIL_LINES: usize = 20;
 /// Random bytes in the superuser password.
 const PASSWORD_BYTES: usize = 16;
 
@@ -48,8 +35,7 @@ pub struct Options {
 #[derive(Debug)]
 pub struct Cluster {
     layout: Layout,
-    bindir: Bindir,
-    run_as: RunAs,
+    server: Server,
     port: u16,
     password: String,
     /// The server may be running: `stop` has not succeeded yet.
@@ -63,7 +49,7 @@ impl Cluster {
     /// Takes the data folder, stops a server an earlier `leasehold dev` left running in it,
     /// creates the cluster when there is none (or `fresh`), and starts the server.
     pub fn start(options: Options) -> anyhow::Result<Cluster> {
-        let run_as = RunAs::detect()?;
+        let run_as = RunAs::detect().map_err(explain)?;
         let root = match options.data_dir {
             Some(dir) => dir,
             None => folder::default_dir(matches!(run_as, RunAs::Postgres { .. }))?,
@@ -74,18 +60,18 @@ impl Cluster {
         let existing = if options.fresh {
             None
         } else {
-            cluster_version(&layout)
+            pgcluster::pgdata_version(&layout.pgdata())
         };
-        let bindir = binaries::find(options.bindir.as_deref(), existing.as_deref())?;
+        let bindir =
+            Bindir::find(options.bindir.as_deref(), existing.as_deref()).map_err(explain)?;
         fs::create_dir_all(layout.root())
             .with_context(|| format!("creating the data folder {}", layout.root().display()))?;
-        run_as.give(layout.root())?;
-        run_as.check_writable(layout.root())?;
+        run_as.give(layout.root()).map_err(explain)?;
+        run_as.check_writable(layout.root()).map_err(explain)?;
         let lock = take_lock(&layout)?;
         let mut cluster = Cluster {
+            server: Server::new(bindir, run_as, layout.pgdata()),
             layout,
-            bindir,
-            run_as,
             port: 0,
             password: String::new(),
             // A server left running by an earlier `leasehold dev` is stopped next; if that
@@ -97,7 +83,7 @@ impl Cluster {
         if options.fresh {
             cluster.delete()?;
         }
-        if cluster_version(&cluster.layout).is_some() {
+        if pgcluster::pgdata_version(&cluster.layout.pgdata()).is_some() {
             eprintln!(
                 "dev: reusing the PostgreSQL cluster in {}",
                 cluster.layout.pgdata().display()
@@ -125,48 +111,21 @@ impl Cluster {
 
     /// Stops the server (`pg_ctl stop -m fast`: sessions are ended, committed work is kept).
     pub fn stop(mut self) -> anyhow::Result<()> {
-        self.stop_server("fast")?;
+        self.server.stop(StopMode::Fast)?;
         self.running = false;
         Ok(())
-    }
-
-    /// Stops the server if one runs in the data folder; a no-op when none does.
-    fn stop_server(&self, mode: &str) -> anyhow::Result<()> {
-        if !self.server_running() {
-            return Ok(());
-        }
-        let output = self
-            .pg_ctl()
-            .args(["stop", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-m", mode, "-D"])
-            .arg(self.layout.pgdata())
-            .output();
-        check("pg_ctl stop", output)
-    }
-
-    /// Whether a server runs in the data folder (`pg_ctl status` exits 0 only then).
-    fn server_running(&self) -> bool {
-        if !self.layout.pgdata().join("postmaster.pid").exists() {
-            return false;
-        }
-        self.pg_ctl()
-            .arg("status")
-            .arg("-D")
-            .arg(self.layout.pgdata())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
     }
 
     /// An earlier `leasehold dev` that was killed leaves its server running (pg_ctl detaches
     /// it); stop it, so that this one starts the server with its own settings and port.
     fn stop_leftover(&self) -> anyhow::Result<()> {
-        if self.server_running() {
+        if self.server.is_running() {
             eprintln!(
                 "dev: stopping the PostgreSQL server an earlier `leasehold dev` left running in {}",
                 self.layout.pgdata().display()
             );
-            self.stop_server("fast")
+            self.server
+                .stop(StopMode::Fast)
                 .context("stopping the server left running in the data folder")?;
         }
         Ok(())
@@ -202,17 +161,14 @@ impl Cluster {
         remove_dir(&creating)?;
         remove_file(&self.layout.password())?;
         write_password(&self.layout, &new_password()?)?;
-        self.run_as.give(&self.layout.password())?;
-        let output = self
-            .run_as
-            .command(&self.bindir.tool("initdb"), self.layout.root())
-            .arg("-D")
-            .arg(&creating)
-            .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8"])
-            .arg("--locale=C")
-            .arg(format!("--pwfile={}", self.layout.password().display()))
-            .output();
-        check("initdb", output)?;
+        self.server.run_as().give(&self.layout.password())?;
+        let init = Init {
+            auth: Auth::Password {
+                pwfile: self.layout.password(),
+            },
+            no_sync: false,
+        };
+        self.server.initdb(&creating, &init)?;
         fs::rename(&creating, &pgdata)
             .with_context(|| format!("renaming {} to {}", creating.display(), pgdata.display()))
     }
@@ -221,59 +177,14 @@ impl Cluster {
     /// takes TCP connections.
     fn run_server(&self, pinned: Option<u16>) -> anyhow::Result<u16> {
         let log = self.layout.log();
-        let attempts = if pinned.is_some() { 1 } else { PORT_ATTEMPTS };
-        for attempt in 1..=attempts {
-            let port = match pinned {
-                Some(port) => port,
-                None => free_port().context("finding a free port for PostgreSQL")?,
-            };
-            let log_start = fs::metadata(&log).map_or(0, |m| m.len());
-            let output = self
-                .pg_ctl()
-                .args(["start", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-D"])
-                .arg(self.layout.pgdata())
-                .arg("-l")
-                .arg(&log)
-                // Loopback TCP only. No Unix socket: a data folder's path can exceed the socket
-                // path limit, and nothing here needs one.
-                .arg("-o")
-                .arg(format!(
-                    "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-                ))
-                .output();
-            let Err(error) = check("pg_ctl start", output) else {
-                eprintln!(
-                    "dev: PostgreSQL {} listening on 127.0.0.1:{port} (log: {})",
-                    self.bindir.version().unwrap_or_default(),
-                    log.display()
-                );
-                wait_for_tcp(port)?;
-                return Ok(port);
-            };
-            let new_log = read_from(&log, log_start);
-            if new_log.contains("could not bind") {
-                anyhow::ensure!(
-                    pinned.is_none(),
-                    "PostgreSQL could not listen on 127.0.0.1:{port} (--postgres-port): the port \
-                     is taken; choose another, or leave --postgres-port out to get a free one"
-                );
-                if attempt < attempts {
-                    // Another process took the port between our probe and the server's bind.
-                    continue;
-                }
-            }
-            anyhow::bail!(
-                "starting PostgreSQL: {error:#}\n--- the end of its log {} ---\n{}",
-                log.display(),
-                tail(&new_log, LOG_TAIL_LINES)
-            );
-        }
-        unreachable!("the last attempt returns")
-    }
-
-    fn pg_ctl(&self) -> std::process::Command {
-        self.run_as
-            .command(&self.bindir.tool("pg_ctl"), self.layout.root())
+        let port = pinned.map_or(Port::Free, Port::Pinned);
+        let port = self.server.start(port, &log, &[]).map_err(explain)?;
+        eprintln!(
+            "dev: PostgreSQL {} listening on 127.0.0.1:{port} (log: {})",
+            self.server.bindir().version().unwrap_or_default(),
+            log.display()
+        );
+        Ok(port)
     }
 }
 
@@ -284,17 +195,36 @@ impl Drop for Cluster {
         }
         // Best effort on an error path: a fast stop, then an immediate one. Nothing better can
         // be done if both fail; the next `leasehold dev` stops what is left.
-        if self.stop_server("fast").is_err() {
-            let _ = self.stop_server("immediate");
+        if self.server.stop(StopMode::Fast).is_err() {
+            let _ = self.server.stop(StopMode::Immediate);
         }
     }
 }
 
-/// The major version in the cluster's `PG_VERSION`, if the folder holds a cluster.
-fn cluster_version(layout: &Layout) -> Option<String> {
-    let text = fs::read_to_string(layout.pgdata().join("PG_VERSION")).ok()?;
-    let version = text.trim();
-    (!version.is_empty()).then(|| version.to_owned())
+/// The cluster library's error, with what dev offers instead: its flags and `--database-url`.
+fn explain(error: pgcluster::Error) -> anyhow::Error {
+    use pgcluster::Error;
+    match error {
+        Error::NotFound { .. } => anyhow::anyhow!(
+            "{error}, point --pg-bindir (or LEASEHOLD_PG_BINDIR) at the folder holding initdb, \
+             pg_ctl and postgres, or pass --database-url to use a PostgreSQL you already run"
+        ),
+        Error::WrongVersion { .. } => anyhow::anyhow!(
+            "{error} (or point --pg-bindir at it), or start over with --fresh, which deletes the \
+             cluster's data"
+        ),
+        Error::NoPostgresUser | Error::NoRunuser => {
+            anyhow::anyhow!("{error}, run `leasehold dev` as a normal user, or pass --database-url")
+        }
+        Error::NotWritable { .. } => anyhow::anyhow!(
+            "{error}: choose a --data-dir it can reach, such as one under /var/lib or /tmp"
+        ),
+        Error::PortTaken { port } => anyhow::anyhow!(
+            "PostgreSQL could not listen on 127.0.0.1:{port} (--postgres-port): the port is \
+             taken; choose another, or leave --postgres-port out to get a free one"
+        ),
+        other => other.into(),
+    }
 }
 
 /// Locks the data folder for this process. The lock goes with the process, however it ends.
@@ -378,64 +308,9 @@ fn remove_file(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// A loopback port nobody listens on right now; the server may still lose it to another
-/// process, and `run_server` then tries another.
-fn free_port() -> io::Result<u16> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()
-        .map(|a| a.port())
-}
-
-fn wait_for_tcp(port: u16) -> anyhow::Result<()> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let deadline = Instant::now() + TCP_READY_TIMEOUT;
-    loop {
-        match TcpStream::connect_timeout(&address, Duration::from_secs(1)) {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                anyhow::bail!(
-                    "pg_ctl reported PostgreSQL ready, but {address} refuses connections: {e}"
-                )
-            }
-            Err(_) => thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn check(what: &str, output: io::Result<Output>) -> anyhow::Result<()> {
-    let output = output.with_context(|| format!("running {what}"))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{what} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout).trim(),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
-}
-
-/// The file from byte `from` on; empty if it cannot be read.
-fn read_from(path: &Path, from: u64) -> String {
-    let bytes = fs::read(path).unwrap_or_default();
-    let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
-    String::from_utf8_lossy(&bytes[from..]).into_owned()
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(tail("a", 5), "a");
-        assert_eq!(tail("", 5), "");
-    }
 
     #[test]
     fn passwords_are_hex_and_differ() {

@@ -1,98 +1,104 @@
-//! Finding the machine's own PostgreSQL server binaries: dev mode downloads nothing.
+//! Finding the machine's own PostgreSQL server binaries: nothing is downloaded.
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::Error;
+
 /// The programs a folder must hold to run a private cluster.
 const TOOLS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 
-/// What to do when no binaries are found.
+/// What to install when no binaries are found.
 pub const INSTALL_HINT: &str = "install the PostgreSQL server \
-    (Debian/Ubuntu: `sudo apt-get install postgresql`; macOS: `brew install postgresql@16`), \
-    point --pg-bindir (or LEASEHOLD_PG_BINDIR) at the folder holding initdb, pg_ctl and postgres, \
-    or pass --database-url to use a PostgreSQL you already run";
+    (Debian/Ubuntu: `sudo apt-get install postgresql`; macOS: `brew install postgresql@16`)";
+
+/// Where [`Bindir::find`] looks when it is not told, after "found".
+pub const SEARCHED: &str = "on PATH, in `pg_config --bindir`, /usr/lib/postgresql/*/bin, \
+    /usr/local/opt/postgresql*/bin, /opt/homebrew/opt/postgresql*/bin or /opt/homebrew/bin";
 
 /// A folder holding `initdb`, `pg_ctl` and `postgres`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bindir(PathBuf);
 
 impl Bindir {
+    /// The binaries to use. `only` is the only folder considered when given; otherwise the
+    /// first folder searched (PATH, `pg_config --bindir`, then the usual install places, highest
+    /// version first) whose server is `want_version` (the version of an existing cluster, as its
+    /// `PG_VERSION` file says), or the first of them when there is no cluster yet.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], naming what to install; [`Error::WrongVersion`].
+    pub fn find(only: Option<&Path>, want_version: Option<&str>) -> Result<Bindir, Error> {
+        let searched = match only {
+            Some(dir) => vec![dir.to_owned()],
+            None => candidates(),
+        };
+        let found: Vec<Bindir> = searched
+            .into_iter()
+            .filter(|dir| holds_tools(dir))
+            .map(Bindir)
+            .collect();
+        let Some(first) = found.first() else {
+            return Err(Error::NotFound {
+                only: only.map(Path::to_owned),
+            });
+        };
+        let Some(want) = want_version else {
+            return Ok(first.clone());
+        };
+        if let Some(bindir) = found
+            .iter()
+            .find(|bindir| bindir.version().is_ok_and(|v| same_major(want, &v)))
+        {
+            return Ok(bindir.clone());
+        }
+        Err(Error::WrongVersion {
+            want: want.to_owned(),
+            found: first.version().unwrap_or_else(|_| "unknown".to_owned()),
+            dir: first.0.clone(),
+        })
+    }
+
+    /// A folder known to hold the binaries, such as the `BINDIR` a running server reports in
+    /// `pg_config`; nothing is checked.
+    pub fn new(dir: PathBuf) -> Self {
+        Self(dir)
+    }
+
+    /// The folder.
     pub fn path(&self) -> &Path {
         &self.0
     }
 
+    /// The path of one of its programs.
     pub fn tool(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 
     /// The server's version as `postgres --version` prints it after "(PostgreSQL) ", such as
     /// `15.13` or `17beta1`.
-    pub fn version(&self) -> anyhow::Result<String> {
-        let output = Command::new(self.tool("postgres"))
+    ///
+    /// # Errors
+    /// If `postgres` cannot run or names no version.
+    pub fn version(&self) -> Result<String, Error> {
+        let program = self.tool("postgres");
+        let output = Command::new(&program)
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| anyhow::anyhow!("running {}: {e}", self.tool("postgres").display()))?;
+            .map_err(Error::io(format!("running {}", program.display())))?;
         let text = String::from_utf8_lossy(&output.stdout);
-        parse_version(&text).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} --version printed {:?}, which names no version",
-                self.tool("postgres").display(),
-                text.trim()
-            )
+        parse_version(&text).ok_or_else(|| Error::NoVersion {
+            program,
+            printed: text.trim().to_owned(),
         })
     }
 }
 
-/// The binaries to use. `forced` (from `--pg-bindir`) is the only folder considered when given;
-/// otherwise the first of [`candidates`] whose server is `want_version` (the version of an existing
-/// cluster, as its `PG_VERSION` file says), or the first of them when there is no cluster yet.
-pub fn find(forced: Option<&Path>, want_version: Option<&str>) -> anyhow::Result<Bindir> {
-    let searched = match forced {
-        Some(dir) => vec![dir.to_owned()],
-        None => candidates(),
-    };
-    let found: Vec<Bindir> = searched
-        .iter()
-        .filter(|dir| holds_tools(dir))
-        .map(|dir| Bindir(dir.clone()))
-        .collect();
-    let Some(first) = found.first() else {
-        let where_ = match forced {
-            Some(dir) => format!("in {} (--pg-bindir)", dir.display()),
-            None => "on PATH, in `pg_config --bindir`, /usr/lib/postgresql/*/bin, \
-                /usr/local/opt/postgresql*/bin, /opt/homebrew/opt/postgresql*/bin or \
-                /opt/homebrew/bin"
-                .to_owned(),
-        };
-        anyhow::bail!(
-            "no PostgreSQL server binaries (initdb, pg_ctl, postgres) found {where_}: {INSTALL_HINT}"
-        );
-    };
-    let Some(want) = want_version else {
-        return Ok(first.clone());
-    };
-    for bindir in &found {
-        if bindir
-            .version()
-            .is_ok_and(|version| same_major(want, &version))
-        {
-            return Ok(bindir.clone());
-        }
-    }
-    let first_version = first.version().unwrap_or_else(|_| "unknown".to_owned());
-    anyhow::bail!(
-        "the cluster was created by PostgreSQL {want}, but the server binaries found are \
-         PostgreSQL {first_version} ({}): install PostgreSQL {want} (or point --pg-bindir at it), \
-         or start over with --fresh, which deletes the cluster's data",
-        first.path().display()
-    )
-}
-
 /// Folders that may hold the binaries, in the order they are tried: `PATH`, `pg_config --bindir`,
-/// then the usual install locations, highest version first within each.
+/// then the usual install places, highest version first within each.
 fn candidates() -> Vec<PathBuf> {
     let on_path: Vec<PathBuf> = env::var_os("PATH")
         .map(|path| env::split_paths(&path).collect())
@@ -166,7 +172,7 @@ fn parse_version(text: &str) -> Option<String> {
 
 /// Whether a server of `version` (`15.13`, `9.6.24`, `17beta1`) can run a cluster whose
 /// `PG_VERSION` says `cluster` (`15`, `9.6`, `17`).
-pub fn same_major(cluster: &str, version: &str) -> bool {
+fn same_major(cluster: &str, version: &str) -> bool {
     version
         .strip_prefix(cluster)
         .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
@@ -220,8 +226,8 @@ mod tests {
     }
 
     #[test]
-    fn a_forced_folder_without_binaries_names_what_to_install() {
-        let error = find(Some(Path::new("/nonexistent/leasehold-bindir")), None)
+    fn a_folder_without_binaries_names_what_to_install() {
+        let error = Bindir::find(Some(Path::new("/nonexistent/leasehold-bindir")), None)
             .expect_err("no binaries there");
         let message = error.to_string();
         assert!(
@@ -233,5 +239,30 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("brew install postgresql@16"), "{message}");
+    }
+
+    #[test]
+    fn the_first_folder_holding_every_tool_is_chosen() {
+        let root =
+            env::temp_dir().join(format!("leasehold-pgcluster-bindir-{}", std::process::id()));
+        let partial = root.join("partial");
+        let whole = root.join("whole");
+        fs::create_dir_all(&partial).expect("create");
+        fs::create_dir_all(&whole).expect("create");
+        fs::write(partial.join("initdb"), "").expect("write");
+        for tool in TOOLS {
+            fs::write(whole.join(tool), "").expect("write");
+        }
+        assert!(!holds_tools(&partial));
+        assert!(holds_tools(&whole));
+        assert_eq!(
+            Bindir::find(Some(&whole), None).expect("found"),
+            Bindir::new(whole.clone())
+        );
+        assert!(matches!(
+            Bindir::find(Some(&partial), None),
+            Err(Error::NotFound { only: Some(_) })
+        ));
+        fs::remove_dir_all(&root).expect("remove");
     }
 }

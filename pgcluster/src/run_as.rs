@@ -1,12 +1,13 @@
-//! Who runs the PostgreSQL tools. PostgreSQL refuses to run as root, so when `leasehold dev` runs
-//! as root it runs them as the `postgres` system user through `runuser`, and hands that user the
-//! data folder.
+//! Who runs the PostgreSQL tools. PostgreSQL refuses to run as root, so when we are root they run
+//! as the `postgres` system user through `runuser`, and that user is handed the folders it needs.
 
 use std::env;
 use std::fs;
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use crate::Error;
 
 /// The system user PostgreSQL runs as when we are root.
 const POSTGRES_USER: &str = "postgres";
@@ -18,39 +19,32 @@ pub enum RunAs {
     Me,
     /// We are root: the `postgres` system user, through `runuser`.
     Postgres {
+        /// The `runuser` program.
         runuser: PathBuf,
+        /// The `postgres` user's id.
         uid: u32,
+        /// Its primary group's id.
         gid: u32,
     },
 }
 
 impl RunAs {
-    /// `Me`, unless we are root; then the `postgres` user, or an error saying what to do.
-    pub fn detect() -> anyhow::Result<RunAs> {
+    /// `Me`, unless we are root; then the `postgres` user.
+    ///
+    /// # Errors
+    /// [`Error::NoPostgresUser`], [`Error::NoRunuser`], or when our user id cannot be read.
+    pub fn detect() -> Result<RunAs, Error> {
         if effective_uid()? != 0 {
             return Ok(RunAs::Me);
         }
         let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let Some((uid, gid)) = user_ids(&passwd, POSTGRES_USER) else {
-            anyhow::bail!(
-                "running as root, and PostgreSQL refuses to run as root, but there is no \
-                 `postgres` user to run it as: create one (`useradd --system --user-group \
-                 --home-dir /var/lib/postgresql postgres`; installing the `postgresql` package \
-                 does it), run `leasehold dev` as a normal user, or pass --database-url"
-            );
-        };
-        let Some(runuser) = find_runuser() else {
-            anyhow::bail!(
-                "running as root, and PostgreSQL refuses to run as root, but `runuser` (from \
-                 util-linux) is not installed to run it as the `postgres` user: install \
-                 util-linux, run `leasehold dev` as a normal user, or pass --database-url"
-            );
-        };
+        let (uid, gid) = user_ids(&passwd, POSTGRES_USER).ok_or(Error::NoPostgresUser)?;
+        let runuser = find_runuser().ok_or(Error::NoRunuser)?;
         Ok(RunAs::Postgres { runuser, uid, gid })
     }
 
-    /// A command running `program` as this user, with no input, in `cwd` (the data folder: the
-    /// `postgres` user may not be allowed into our working directory).
+    /// A command running `program` as this user, with no input, in `cwd` (a folder of the
+    /// cluster's: the `postgres` user may not be allowed into our working directory).
     pub fn command(&self, program: &Path, cwd: &Path) -> Command {
         let mut command = match self {
             RunAs::Me => Command::new(program),
@@ -65,17 +59,24 @@ impl RunAs {
     }
 
     /// Makes `path` this user's (a no-op for `Me`).
-    pub fn give(&self, path: &Path) -> anyhow::Result<()> {
+    ///
+    /// # Errors
+    /// If `chown` fails.
+    pub fn give(&self, path: &Path) -> Result<(), Error> {
         if let RunAs::Postgres { uid, gid, .. } = self {
-            chown(path, Some(*uid), Some(*gid)).map_err(|e| {
-                anyhow::anyhow!("giving {} to the postgres user: {e}", path.display())
-            })?;
+            chown(path, Some(*uid), Some(*gid)).map_err(Error::io(format!(
+                "giving {} to the postgres user",
+                path.display()
+            )))?;
         }
         Ok(())
     }
 
-    /// Fails, saying why, unless this user may create files in `dir`.
-    pub fn check_writable(&self, dir: &Path) -> anyhow::Result<()> {
+    /// Fails unless this user may create files in `dir` (always true for `Me`).
+    ///
+    /// # Errors
+    /// [`Error::NotWritable`], or when `runuser` cannot run.
+    pub fn check_writable(&self, dir: &Path) -> Result<(), Error> {
         let RunAs::Postgres { .. } = self else {
             return Ok(());
         };
@@ -89,20 +90,19 @@ impl RunAs {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map_err(|e| anyhow::anyhow!("running runuser: {e}"))?;
-        anyhow::ensure!(
-            status.success(),
-            "the postgres user, which runs PostgreSQL because we are root, cannot write to {} \
-             (a folder above it is probably private, like /root): choose a --data-dir it can \
-             reach, such as one under /var/lib or /tmp",
-            dir.display()
-        );
-        Ok(())
+            .map_err(Error::io("running runuser"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::NotWritable {
+                dir: dir.to_owned(),
+            })
+        }
     }
 }
 
 /// Our effective uid: from `/proc/self/status` where there is one, else from `id -u`.
-fn effective_uid() -> anyhow::Result<u32> {
+fn effective_uid() -> Result<u32, Error> {
     if let Some(uid) = fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| effective_uid_in_status(&status))
@@ -113,11 +113,11 @@ fn effective_uid() -> anyhow::Result<u32> {
         .arg("-u")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| anyhow::anyhow!("running `id -u` to tell whether we are root: {e}"))?;
+        .map_err(Error::io("running `id -u` to tell whether we are root"))?;
     String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()
-        .map_err(|_| anyhow::anyhow!("`id -u` printed no user id"))
+        .map_err(|_| Error::NoUserId)
 }
 
 /// The effective uid from the `Uid:` line of `/proc/<pid>/status` (real, effective, saved, fs).
@@ -173,5 +173,22 @@ mod tests {
         assert_eq!(user_ids(passwd, "root"), Some((0, 0)));
         assert_eq!(user_ids(passwd, "nobody"), None);
         assert_eq!(user_ids("postgres:x:bad:1::/:/bin/sh", "postgres"), None);
+    }
+
+    #[test]
+    fn the_postgres_user_runs_tools_through_runuser() {
+        let run_as = RunAs::Postgres {
+            runuser: PathBuf::from("/usr/sbin/runuser"),
+            uid: 101,
+            gid: 104,
+        };
+        let command = run_as.command(Path::new("/bin/pg_ctl"), Path::new("/data"));
+        assert_eq!(command.get_program(), "/usr/sbin/runuser");
+        let args: Vec<_> = command.get_args().collect();
+        assert_eq!(args, ["-u", "postgres", "--", "/bin/pg_ctl"]);
+        assert_eq!(command.get_current_dir(), Some(Path::new("/data")));
+        let me = RunAs::Me.command(Path::new("/bin/pg_ctl"), Path::new("/data"));
+        assert_eq!(me.get_program(), "/bin/pg_ctl");
+        assert_eq!(me.get_args().count(), 0);
     }
 }
