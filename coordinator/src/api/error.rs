@@ -19,7 +19,10 @@ pub enum ApiError {
     /// The spec broke one or more rules; each violation names its field.
     #[error("invalid spec: {0}")]
     Spec(#[from] SpecError),
-    /// The store refused or failed.
+    /// The store refused the request.
+    #[error(transparent)]
+    Refused(#[from] store::RequestError),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -44,7 +47,6 @@ fn invalid(field: &str, message: &str) -> Status {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        use store::Error as S;
         match e {
             ApiError::InvalidField { field, message } => invalid(&field, &message),
             ApiError::Spec(spec) => {
@@ -59,44 +61,53 @@ impl From<ApiError> for Status {
                     ErrorDetails::with_bad_request(violations),
                 )
             }
-            ApiError::Store(store::Error::InBatch { index, source }) => {
-                // The status the request would get alone, naming it within the batch.
-                let alone = Status::from(ApiError::Store(*source));
-                Status::new(
-                    alone.code(),
-                    format!("requests[{index}]: {}", alone.message()),
-                )
-            }
-            ApiError::Store(store) => {
-                let message = store.to_string();
-                match store {
-                    S::RunNotFound(_)
-                    | S::AutomationNotFound(_)
-                    | S::GateNotFound(_)
-                    | S::WorkerNotFound(_) => Status::not_found(message),
-                    S::AutomationExists(_) => Status::already_exists(message),
-                    S::AutomationPaused(_)
-                    | S::AutomationHasUnfinishedRuns { .. }
-                    | S::Transition(_)
-                    | S::GateAlreadyDecided { .. }
-                    | S::IdempotencyConflict { .. } => Status::failed_precondition(message),
-                    S::LeaseLost { .. }
-                    | S::NodeConflict { .. }
-                    | S::RunConflict { .. }
-                    | S::PauseRequested { .. } => Status::aborted(message),
-                    S::OutOfRange { constraint } => invalid(&constraint, &message),
-                    S::BadPageToken(_) => invalid("page_token", &message),
-                    S::ReworkNodeNotInSpec { .. } => invalid("rework_nodes", &message),
-                    S::UnreadableSpec { .. } | S::UnreadableRun { .. } => {
-                        Status::data_loss(message)
-                    }
-                    other if other.is_transient() => Status::unavailable(other.to_string()),
-                    other => {
-                        tracing::error!(error = %other, "internal error");
-                        Status::internal("internal error; see the coordinator's log")
-                    }
-                }
-            }
+            ApiError::Refused(refused) => refusal(refused),
+            ApiError::Store(failed) => failure(failed),
+        }
+    }
+}
+
+/// The status of a request the store refused.
+fn refusal(refused: store::RequestError) -> Status {
+    use store::RequestError as R;
+    let message = refused.to_string();
+    match refused {
+        R::InBatch { index, source } => {
+            // The status the request would get alone, naming it within the batch.
+            let alone = refusal(*source);
+            Status::new(
+                alone.code(),
+                format!("requests[{index}]: {}", alone.message()),
+            )
+        }
+        R::RunNotFound(_)
+        | R::AutomationNotFound(_)
+        | R::GateNotFound(_)
+        | R::WorkerNotFound(_) => Status::not_found(message),
+        R::AutomationExists(_) => Status::already_exists(message),
+        R::AutomationPaused(_)
+        | R::AutomationHasUnfinishedRuns { .. }
+        | R::Transition(_)
+        | R::GateAlreadyDecided { .. }
+        | R::IdempotencyConflict { .. } => Status::failed_precondition(message),
+        R::RunConflict { .. } => Status::aborted(message),
+        R::BadPageToken(_) => invalid("page_token", &message),
+        R::ReworkNodeNotInSpec { .. } => invalid("rework_nodes", &message),
+        R::Store(failed) => failure(failed),
+    }
+}
+
+/// The status of a store that failed.
+fn failure(failed: store::Error) -> Status {
+    use store::Error as S;
+    let message = failed.to_string();
+    match failed {
+        S::OutOfRange { constraint } => invalid(&constraint, &message),
+        S::UnreadableSpec { .. } | S::UnreadableRun { .. } => Status::data_loss(message),
+        other if other.is_transient() => Status::unavailable(message),
+        other => {
+            tracing::error!(error = %other, "internal error");
+            Status::internal("internal error; see the coordinator's log")
         }
     }
 }

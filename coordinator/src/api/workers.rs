@@ -50,8 +50,8 @@ impl Api {
         }
         let claimant = ClaimantId(claimant.to_owned());
         if !self.store.set_worker_draining(&claimant).await? {
-            return Err(ApiError::Store(
-                leasehold_core::store::Error::WorkerNotFound(claimant),
+            return Err(ApiError::Refused(
+                leasehold_core::store::RequestError::WorkerNotFound(claimant),
             ));
         }
         let workers = self.store.list_workers(WORKER_ALIVE_WITHIN).await?;
@@ -59,8 +59,8 @@ impl Api {
             .iter()
             .find(|w| w.claimant_id == claimant)
             .map(worker_message)
-            .ok_or(ApiError::Store(
-                leasehold_core::store::Error::WorkerNotFound(claimant),
+            .ok_or(ApiError::Refused(
+                leasehold_core::store::RequestError::WorkerNotFound(claimant),
             ))
     }
 

@@ -6,7 +6,7 @@ use tokio_postgres::error::SqlState;
 
 use super::listing::Listing;
 use super::query::Query;
-use super::{Cursor, Error, Page, PageRequest, Store};
+use super::{Cursor, Error, Page, PageRequest, RequestError, Store};
 use crate::ids::{AutomationId, TenantId};
 use crate::spec::{self, Spec};
 
@@ -247,7 +247,11 @@ fn spec_json(spec: &Spec) -> serde_json::Value {
 
 impl Store {
     /// Stores a new automation at version 1. The spec must be valid (see [`spec::validate`]).
-    pub async fn create_automation(&self, tenant: &TenantId, spec: &Spec) -> Result<i32, Error> {
+    pub async fn create_automation(
+        &self,
+        tenant: &TenantId,
+        spec: &Spec,
+    ) -> Result<i32, RequestError> {
         let client = self.client().await?;
         let rows = CREATE_AUTOMATION
             .query(
@@ -257,7 +261,7 @@ impl Store {
             .await?;
         match rows.first() {
             Some(row) => Ok(row.get(0)),
-            None => Err(Error::AutomationExists(spec.id.clone())),
+            None => Err(RequestError::AutomationExists(spec.id.clone())),
         }
     }
 
@@ -267,7 +271,7 @@ impl Store {
         &self,
         tenant: &TenantId,
         spec: &Spec,
-    ) -> Result<Stored, Error> {
+    ) -> Result<Stored, RequestError> {
         let client = self.client().await?;
         let rows = CREATE_AUTOMATION_VERSION
             .query(
@@ -277,7 +281,7 @@ impl Store {
             .await?;
         let row = rows
             .first()
-            .ok_or_else(|| Error::AutomationNotFound(spec.id.clone()))?;
+            .ok_or_else(|| RequestError::AutomationNotFound(spec.id.clone()))?;
         let added: Option<i32> = row.get("added_version");
         Ok(match added {
             Some(version) => Stored {
@@ -292,13 +296,19 @@ impl Store {
     }
 
     /// Creates the automation, or adds a version when it exists: what `automation apply` does.
-    pub async fn apply_automation(&self, tenant: &TenantId, spec: &Spec) -> Result<Stored, Error> {
+    pub async fn apply_automation(
+        &self,
+        tenant: &TenantId,
+        spec: &Spec,
+    ) -> Result<Stored, RequestError> {
         match self.create_automation(tenant, spec).await {
             Ok(version) => Ok(Stored {
                 version,
                 created: true,
             }),
-            Err(Error::AutomationExists(_)) => self.create_automation_version(tenant, spec).await,
+            Err(RequestError::AutomationExists(_)) => {
+                self.create_automation_version(tenant, spec).await
+            }
             Err(e) => Err(e),
         }
     }
@@ -309,7 +319,7 @@ impl Store {
         tenant: &TenantId,
         automation_id: &AutomationId,
         version: Option<i32>,
-    ) -> Result<AutomationVersion, Error> {
+    ) -> Result<AutomationVersion, RequestError> {
         let client = self.client().await?;
         let row = AUTOMATION_VERSION
             .query_opt(
@@ -317,8 +327,8 @@ impl Store {
                 &[&tenant.as_str(), &automation_id.as_str(), &version],
             )
             .await?
-            .ok_or_else(|| Error::AutomationNotFound(automation_id.clone()))?;
-        read_version(automation_id, &row)
+            .ok_or_else(|| RequestError::AutomationNotFound(automation_id.clone()))?;
+        Ok(read_version(automation_id, &row)?)
     }
 }
 
@@ -329,13 +339,13 @@ impl Store {
         &self,
         tenant: &TenantId,
         automation_id: &AutomationId,
-    ) -> Result<AutomationRecord, Error> {
+    ) -> Result<AutomationRecord, RequestError> {
         let client = self.client().await?;
         let row = AUTOMATION
             .query_opt(&client, &[&tenant.as_str(), &automation_id.as_str()])
             .await?
-            .ok_or_else(|| Error::AutomationNotFound(automation_id.clone()))?;
-        read_automation(&row)
+            .ok_or_else(|| RequestError::AutomationNotFound(automation_id.clone()))?;
+        Ok(read_automation(&row)?)
     }
 
     /// A page of the tenant's automations, in creation order. One unreadable spec fails the page
@@ -344,7 +354,7 @@ impl Store {
         &self,
         tenant: &TenantId,
         page: &PageRequest,
-    ) -> Result<Page<AutomationRecord>, Error> {
+    ) -> Result<Page<AutomationRecord>, RequestError> {
         let (at, id) = page.position(Listing::Automations)?;
         let client = self.client().await?;
         let rows = LIST_AUTOMATIONS
@@ -366,7 +376,7 @@ impl Store {
         tenant: &TenantId,
         automation_id: &AutomationId,
         paused: bool,
-    ) -> Result<AutomationRecord, Error> {
+    ) -> Result<AutomationRecord, RequestError> {
         let status = if paused {
             AutomationStatus::Paused
         } else {
@@ -379,14 +389,14 @@ impl Store {
                 &[&tenant.as_str(), &automation_id.as_str(), &status.as_str()],
             )
             .await?
-            .ok_or_else(|| Error::AutomationNotFound(automation_id.clone()))?;
-        read_automation(&row)
+            .ok_or_else(|| RequestError::AutomationNotFound(automation_id.clone()))?;
+        Ok(read_automation(&row)?)
     }
 
     /// Deletes an automation with its versions and its finished runs (their nodes, gates and
     /// events too); returns how many runs went with it. While any of its runs has not finished
     /// (completed, failed or cancelled), nothing is deleted and the answer is
-    /// [`Error::AutomationHasUnfinishedRuns`].
+    /// [`RequestError::AutomationHasUnfinishedRuns`].
     ///
     /// # Locks
     /// Locks the automation row and every run of it until the statement commits.
@@ -394,7 +404,7 @@ impl Store {
         &self,
         tenant: &TenantId,
         automation_id: &AutomationId,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, RequestError> {
         let client = self.client().await?;
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&tenant.as_str(), &automation_id.as_str()];
@@ -407,11 +417,11 @@ impl Store {
             other => other?,
         };
         if row.get::<_, i64>("found") == 0 {
-            return Err(Error::AutomationNotFound(automation_id.clone()));
+            return Err(RequestError::AutomationNotFound(automation_id.clone()));
         }
         let unfinished: i64 = row.get("unfinished");
         if unfinished > 0 {
-            return Err(Error::AutomationHasUnfinishedRuns {
+            return Err(RequestError::AutomationHasUnfinishedRuns {
                 automation_id: automation_id.clone(),
                 unfinished,
             });

@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::query::{Query, clear_lease, notify_queued};
-use super::{Claim, Error, Store};
+use super::{Claim, Error, FenceError, RequestError, Store};
 use crate::ids::{NodeId, RunId, TenantId};
 use crate::run::{IllegalTransition, Transition};
 
@@ -248,7 +248,7 @@ impl Store {
         claim: &Claim,
         node_id: &NodeId,
         prompt: &str,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<Uuid, FenceError> {
         let gate_id = Uuid::now_v7();
         let client = self.client().await?;
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
@@ -272,11 +272,11 @@ impl Store {
         }
         let run = super::outcomes::run_fence(&client, claim).await?;
         if run.epoch == claim.epoch.0 && run.status == "pausing" {
-            Err(Error::PauseRequested {
+            Err(FenceError::PauseRequested {
                 run_id: claim.run_id,
             })
         } else {
-            Err(Error::LeaseLost {
+            Err(FenceError::LeaseLost {
                 run_id: claim.run_id,
                 epoch: claim.epoch,
             })
@@ -291,12 +291,12 @@ impl Store {
     }
 
     /// Settles a pausing run into `paused`, releasing the lease.
-    pub async fn settle_pause(&self, claim: &Claim) -> Result<(), Error> {
+    pub async fn settle_pause(&self, claim: &Claim) -> Result<(), FenceError> {
         self.fenced_stop(SETTLE_PAUSE, claim, None, "paused").await
     }
 
     /// Blocks a held run whose stored data cannot be read, releasing the lease.
-    pub async fn block_unreadable(&self, claim: &Claim, reason: &str) -> Result<(), Error> {
+    pub async fn block_unreadable(&self, claim: &Claim, reason: &str) -> Result<(), FenceError> {
         self.fenced_stop(BLOCK_UNREADABLE, claim, Some(reason), "blocked")
             .await
     }
@@ -307,38 +307,38 @@ impl Store {
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<(), RequestError> {
         self.operator_move(PAUSE_RUN, tenant, run_id, reason, Transition::RequestPause)
             .await
     }
 
     /// Resumes a paused run (whatever stopped it): `queued` with its checkpoint, due at once
-    /// (or when a retry it waited for is due). A run in another state is [`Error::Transition`].
+    /// (or when a retry it waited for is due). A run in another state is [`RequestError::Transition`].
     pub async fn resume_run(
         &self,
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<(), RequestError> {
         self.operator_move(RESUME_RUN, tenant, run_id, reason, Transition::Resume)
             .await
     }
 
     /// Requeues a failed or blocked run from its checkpoint: completed nodes stay done, and every
     /// other node runs again with a full attempt budget. A run in another state is
-    /// [`Error::Transition`].
+    /// [`RequestError::Transition`].
     pub async fn recover_run(
         &self,
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<(), RequestError> {
         self.operator_move(RECOVER_RUN, tenant, run_id, reason, Transition::Recover)
             .await
     }
 
     /// Runs an operator's conditional statement; zero rows is the transition the run's state
-    /// forbids, read back, or [`Error::RunNotFound`].
+    /// forbids, read back, or [`RequestError::RunNotFound`].
     pub(super) async fn operator_move(
         &self,
         sql: Query,
@@ -346,7 +346,7 @@ impl Store {
         run_id: RunId,
         reason: &str,
         transition: Transition,
-    ) -> Result<(), Error> {
+    ) -> Result<(), RequestError> {
         let client = self.client().await?;
         let rows = sql
             .query(&client, &[&run_id.0, &tenant.as_str(), &reason])
@@ -355,7 +355,7 @@ impl Store {
             return Ok(());
         }
         let run = self.run(tenant, run_id).await?;
-        Err(Error::Transition(IllegalTransition {
+        Err(RequestError::Transition(IllegalTransition {
             from: run.status,
             transition,
         }))
@@ -367,7 +367,7 @@ impl Store {
         claim: &Claim,
         reason: Option<&str>,
         landed_status: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<(), FenceError> {
         let client = self.client().await?;
         let rows = match reason {
             Some(reason) => {
@@ -386,7 +386,7 @@ impl Store {
         if run.epoch == claim.epoch.0 && run.status == landed_status {
             Ok(())
         } else {
-            Err(Error::LeaseLost {
+            Err(FenceError::LeaseLost {
                 run_id: claim.run_id,
                 epoch: claim.epoch,
             })

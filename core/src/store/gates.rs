@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::listing::Listing;
 use super::query::{Query, notify_queued};
-use super::{Cursor, Error, Page, PageRequest, Store};
+use super::{Cursor, Error, Page, PageRequest, RequestError, Store};
 use crate::ids::{AutomationId, NodeId, RunId, TenantId};
 use crate::run::{self, RunStatus, Transition};
 
@@ -150,7 +150,7 @@ pub struct Decision {
     /// Who decides (a user or token name); at most 256 characters.
     pub decided_by: String,
     /// Makes a repeat safe: repeating a decision that won, with the same request id, returns the
-    /// same gate instead of [`Error::GateAlreadyDecided`]. At most 256 characters.
+    /// same gate instead of [`RequestError::GateAlreadyDecided`]. At most 256 characters.
     pub request_id: Option<String>,
 }
 
@@ -349,7 +349,7 @@ struct GateInRun {
 
 impl Store {
     /// A gate, in this tenant.
-    pub async fn gate(&self, tenant: &TenantId, gate_id: Uuid) -> Result<GateRecord, Error> {
+    pub async fn gate(&self, tenant: &TenantId, gate_id: Uuid) -> Result<GateRecord, RequestError> {
         Ok(self.gate_in_run(tenant, gate_id).await?.gate)
     }
 
@@ -360,7 +360,7 @@ impl Store {
         tenant: &TenantId,
         include_decided: bool,
         page: &PageRequest,
-    ) -> Result<Page<GateRecord>, Error> {
+    ) -> Result<Page<GateRecord>, RequestError> {
         let (listing, sql) = if include_decided {
             (Listing::Gates, LIST_GATES)
         } else {
@@ -370,7 +370,7 @@ impl Store {
         let id: Option<Uuid> = id
             .map(|id| {
                 id.parse()
-                    .map_err(|_| Error::BadPageToken("bad gate id".to_owned()))
+                    .map_err(|_| RequestError::BadPageToken("bad gate id".to_owned()))
             })
             .transpose()?;
         let client = self.client().await?;
@@ -383,31 +383,31 @@ impl Store {
         }))
     }
 
-    /// Every gate of a run, oldest first. An unknown run is [`Error::RunNotFound`].
+    /// Every gate of a run, oldest first. An unknown run is [`RequestError::RunNotFound`].
     pub async fn gates_of_run(
         &self,
         tenant: &TenantId,
         run_id: RunId,
-    ) -> Result<Vec<GateRecord>, Error> {
+    ) -> Result<Vec<GateRecord>, RequestError> {
         let client = self.client().await?;
         let rows = GATES_OF_RUN
             .query(&client, &[&run_id.0, &tenant.as_str()])
             .await?;
         if rows.is_empty() {
-            return Err(Error::RunNotFound(run_id));
+            return Err(RequestError::RunNotFound(run_id));
         }
         rows.iter()
             .filter(|row| row.get::<_, Option<Uuid>>("gate_id").is_some())
-            .map(read_gate)
+            .map(|row| read_gate(row).map_err(RequestError::from))
             .collect()
     }
 
     /// Decides a pending gate and moves its run, in one statement; returns the decided gate.
     ///
-    /// Of concurrent deciders exactly one wins. The others get [`Error::GateAlreadyDecided`],
+    /// Of concurrent deciders exactly one wins. The others get [`RequestError::GateAlreadyDecided`],
     /// except a repeat of the winning request (same `request_id`, same decision), which gets the
-    /// same gate back. A gate whose run no longer waits on it is [`Error::Transition`]; a rework
-    /// naming a node the run's spec lacks is [`Error::ReworkNodeNotInSpec`] and changes nothing.
+    /// same gate back. A gate whose run no longer waits on it is [`RequestError::Transition`]; a rework
+    /// naming a node the run's spec lacks is [`RequestError::ReworkNodeNotInSpec`] and changes nothing.
     ///
     /// # Locks
     /// Locks the run's row, then the gate's, for the statement only.
@@ -415,7 +415,7 @@ impl Store {
         &self,
         tenant: &TenantId,
         decision: &Decision,
-    ) -> Result<GateRecord, Error> {
+    ) -> Result<GateRecord, RequestError> {
         let (named, reset) = match &decision.kind {
             DecisionKind::Rework { nodes } => {
                 let found = self.gate_in_run(tenant, decision.gate_id).await?;
@@ -455,12 +455,16 @@ impl Store {
         settled(found, decision)
     }
 
-    async fn gate_in_run(&self, tenant: &TenantId, gate_id: Uuid) -> Result<GateInRun, Error> {
+    async fn gate_in_run(
+        &self,
+        tenant: &TenantId,
+        gate_id: Uuid,
+    ) -> Result<GateInRun, RequestError> {
         let client = self.client().await?;
         let row = GATE
             .query_opt(&client, &[&gate_id, &tenant.as_str()])
             .await?
-            .ok_or(Error::GateNotFound(gate_id))?;
+            .ok_or(RequestError::GateNotFound(gate_id))?;
         let gate = read_gate(&row)?;
         let run_status =
             row.get::<_, &str>("run_status")
@@ -484,7 +488,7 @@ impl Store {
         tenant: &TenantId,
         found: &GateInRun,
         nodes: &[NodeId],
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<String>, RequestError> {
         let spec = self
             .automation_version(tenant, &found.automation_id, Some(found.automation_version))
             .await?
@@ -492,7 +496,7 @@ impl Store {
         let mut reset: HashSet<&NodeId> = HashSet::new();
         for node in nodes {
             if spec.node(node).is_none() {
-                return Err(Error::ReworkNodeNotInSpec {
+                return Err(RequestError::ReworkNodeNotInSpec {
                     gate_id: found.gate.gate_id,
                     node_id: node.clone(),
                 });
@@ -510,7 +514,7 @@ impl Store {
 }
 
 /// The answer for a decision that did not land, from the gate and run as they stand now.
-fn settled(found: GateInRun, decision: &Decision) -> Result<GateRecord, Error> {
+fn settled(found: GateInRun, decision: &Decision) -> Result<GateRecord, RequestError> {
     let gate = found.gate;
     if gate.status != GateStatus::Pending {
         return match &decision.request_id {
@@ -518,10 +522,10 @@ fn settled(found: GateInRun, decision: &Decision) -> Result<GateRecord, Error> {
                 if gate.status == decision.kind.gate_status() {
                     Ok(gate)
                 } else {
-                    Err(Error::IdempotencyConflict { key: key.clone() })
+                    Err(RequestError::IdempotencyConflict { key: key.clone() })
                 }
             }
-            _ => Err(Error::GateAlreadyDecided {
+            _ => Err(RequestError::GateAlreadyDecided {
                 gate_id: gate.gate_id,
                 status: gate.status.as_str().to_owned(),
             }),
@@ -530,10 +534,10 @@ fn settled(found: GateInRun, decision: &Decision) -> Result<GateRecord, Error> {
     // The gate is pending but its run does not wait on it.
     let transition = decision.kind.transition();
     match run::apply(found.run_status, transition) {
-        Err(illegal) => Err(Error::Transition(illegal)),
+        Err(illegal) => Err(RequestError::Transition(illegal)),
         // The state machine allows the edge, but not through this gate: the run left it (say,
         // a pause and a resume) without the gate being decided.
-        Ok(_) => Err(Error::RunConflict {
+        Ok(_) => Err(RequestError::RunConflict {
             run_id: gate.run_id,
             reason: format!(
                 "the run is {}, not waiting at gate {}",

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::query::Query;
 use super::runs::read_run;
-use super::{Error, RunRecord, Store, millis};
+use super::{Error, RequestError, RunRecord, Store, millis};
 
 // `mod.rs` re-exports this module's public items, so the automation records the listing serves
 // are re-exported from here as well.
@@ -101,9 +101,9 @@ impl Cursor {
         )
     }
 
-    /// Reads a token made by [`Cursor::encode`]; anything else is [`Error::BadPageToken`].
-    pub fn decode(token: &str) -> Result<Cursor, Error> {
-        let bad = |why: &str| Error::BadPageToken(why.to_owned());
+    /// Reads a token made by [`Cursor::encode`]; anything else is [`RequestError::BadPageToken`].
+    pub fn decode(token: &str) -> Result<Cursor, RequestError> {
+        let bad = |why: &str| RequestError::BadPageToken(why.to_owned());
         // The id comes last and may itself contain colons (automation ids are free text).
         let mut parts = token.splitn(4, ':');
         let (Some(version), Some(listing), Some(micros), Some(id)) =
@@ -155,11 +155,11 @@ impl PageRequest {
     pub(super) fn position(
         &self,
         listing: Listing,
-    ) -> Result<(Option<DateTime<Utc>>, Option<&str>), Error> {
+    ) -> Result<(Option<DateTime<Utc>>, Option<&str>), RequestError> {
         match &self.after {
             None => Ok((None, None)),
             Some(cursor) if cursor.listing == listing => Ok((Some(cursor.at), Some(&cursor.id))),
-            Some(_) => Err(Error::BadPageToken(format!(
+            Some(_) => Err(RequestError::BadPageToken(format!(
                 "the token belongs to another listing than {}",
                 listing.as_str()
             ))),
@@ -365,12 +365,12 @@ impl Store {
         tenant: &TenantId,
         filter: &RunFilter,
         page: &PageRequest,
-    ) -> Result<Page<RunRecord>, Error> {
+    ) -> Result<Page<RunRecord>, RequestError> {
         let (at, id) = page.position(Listing::Runs)?;
         let id: Option<Uuid> = id
             .map(|id| {
                 id.parse()
-                    .map_err(|_| Error::BadPageToken("bad run id".to_owned()))
+                    .map_err(|_| RequestError::BadPageToken("bad run id".to_owned()))
             })
             .transpose()?;
         let fetch = page.fetch();
@@ -601,7 +601,7 @@ mod tests {
             "v1:runs:99999999999999999999:x",
         ] {
             assert!(
-                matches!(Cursor::decode(garbage), Err(Error::BadPageToken(_))),
+                matches!(Cursor::decode(garbage), Err(RequestError::BadPageToken(_))),
                 "{garbage:?}"
             );
         }

@@ -4,7 +4,7 @@
 //! comment saying why it is shaped so; one helper prepares, caches, executes and traces it. Every
 //! write a worker makes to a run it holds is *fenced*: it matches the run id **and** the lease
 //! epoch of the claim, under the row lock of the `runs` row, so that a holder whose lease moved on
-//! changes nothing. Zero rows is [`Error::LeaseLost`], unless the same write already landed under
+//! changes nothing. Zero rows is [`FenceError::LeaseLost`], unless the same write already landed under
 //! the same epoch (a lost commit acknowledgement), which succeeds quietly (docs/lease_protocol.md,
 //! rule 3). Times come from Postgres' `now()`, never from a process's clock (rule 7).
 
@@ -33,7 +33,7 @@ use query::Query;
 
 pub use automations::{AutomationRecord, AutomationStatus, AutomationVersion, Stored};
 pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed};
-pub use error::Error;
+pub use error::{Error, FenceError, RequestError};
 pub use events::{Event, NewEvent};
 pub use gates::{Decision, DecisionKind, GateRecord, GateStatus};
 pub use leader::{LeaderEpoch, Leadership};

@@ -7,7 +7,7 @@ use deadpool_postgres::Client;
 use tokio_postgres::Row;
 
 use super::query::Query;
-use super::{Claim, Error, Store};
+use super::{Claim, Error, FenceError, Store};
 use crate::ids::{LeaseEpoch, NodeId, RunId};
 use crate::run::{NodeState, NodeStatus};
 
@@ -287,9 +287,9 @@ impl NodeFence {
     }
 
     /// The error for a write that did not land.
-    fn refusal(&self, claim: &Claim, node_id: &NodeId) -> Error {
+    fn refusal(&self, claim: &Claim, node_id: &NodeId) -> FenceError {
         if !self.held_by_claim {
-            return Error::LeaseLost {
+            return FenceError::LeaseLost {
                 run_id: claim.run_id,
                 epoch: claim.epoch,
             };
@@ -299,7 +299,7 @@ impl NodeFence {
             (Some(status), Some(epoch)) => format!("the node is {status} (epoch {epoch})"),
             (Some(status), None) => format!("the node is {status}"),
         };
-        Error::NodeConflict {
+        FenceError::NodeConflict {
             run_id: claim.run_id,
             node_id: node_id.clone(),
             reason,
@@ -310,7 +310,7 @@ impl NodeFence {
 impl Store {
     /// Counts a new attempt of `node_id` and returns its number (1 for the first). Call it before
     /// the handler runs. Repeating it under the same claim returns the same attempt.
-    pub async fn node_started(&self, claim: &Claim, node_id: &NodeId) -> Result<u32, Error> {
+    pub async fn node_started(&self, claim: &Claim, node_id: &NodeId) -> Result<u32, FenceError> {
         let start = NodeStart {
             claim: *claim,
             node_id: node_id.clone(),
@@ -324,7 +324,7 @@ impl Store {
     pub async fn nodes_started(
         &self,
         starts: &[NodeStart],
-    ) -> Result<Vec<Result<u32, Error>>, Error> {
+    ) -> Result<Vec<Result<u32, FenceError>>, Error> {
         if starts.is_empty() {
             return Ok(Vec::new());
         }
@@ -362,7 +362,7 @@ impl Store {
         claim: &Claim,
         node_id: &NodeId,
         output: &serde_json::Value,
-    ) -> Result<(), Error> {
+    ) -> Result<(), FenceError> {
         let completion = NodeCompletion {
             claim: *claim,
             node_id: node_id.clone(),
@@ -383,7 +383,7 @@ impl Store {
     pub async fn nodes_completed(
         &self,
         completions: &[NodeCompletion],
-    ) -> Result<Vec<Result<bool, Error>>, Error> {
+    ) -> Result<Vec<Result<bool, FenceError>>, Error> {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
@@ -426,7 +426,7 @@ impl Store {
         node_id: &NodeId,
         error: &str,
         retryable: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<(), FenceError> {
         let client = self.client().await?;
         let rows = NODE_FAILED
             .query(
@@ -466,12 +466,16 @@ impl Store {
 
 /// A start that changed nothing: the same start landed before (a lost acknowledgement), or why
 /// it cannot land.
-async fn start_not_written(client: &Client, claim: &Claim, node_id: &NodeId) -> Result<u32, Error> {
+async fn start_not_written(
+    client: &Client,
+    claim: &Claim,
+    node_id: &NodeId,
+) -> Result<u32, FenceError> {
     let fence = node_fence(client, claim, node_id).await?;
     if fence.landed(claim, "running") && fence.held_by_claim {
         Ok(fence.attempts())
     } else if fence.pausing {
-        Err(Error::PauseRequested {
+        Err(FenceError::PauseRequested {
             run_id: claim.run_id,
         })
     } else {
@@ -486,7 +490,7 @@ async fn completion_not_written(
     claim: &Claim,
     node_id: &NodeId,
     output: &serde_json::Value,
-) -> Result<(), Error> {
+) -> Result<(), FenceError> {
     let fence = node_fence(client, claim, node_id).await?;
     if fence.landed(claim, "completed") && fence.output.as_ref() == Some(output) {
         Ok(())
@@ -495,11 +499,15 @@ async fn completion_not_written(
     }
 }
 
-async fn node_fence(client: &Client, claim: &Claim, node_id: &NodeId) -> Result<NodeFence, Error> {
+async fn node_fence(
+    client: &Client,
+    claim: &Claim,
+    node_id: &NodeId,
+) -> Result<NodeFence, FenceError> {
     let row = NODE_FENCE_STATE
         .query_opt(client, &[&claim.run_id.0, &node_id.as_str()])
         .await?
-        .ok_or(Error::RunNotFound(claim.run_id))?;
+        .ok_or(FenceError::RunNotFound(claim.run_id))?;
     let status: &str = row.get("status");
     let ours = row.get::<_, i64>("lease_epoch") == claim.epoch.0;
     Ok(NodeFence {
@@ -542,7 +550,7 @@ fn landed_claim(row: &Row) -> Claim {
 }
 
 /// The one answer of a batch of one.
-fn one<T>(answers: Vec<Result<T, Error>>) -> Result<T, Error> {
+fn one<T>(answers: Vec<Result<T, FenceError>>) -> Result<T, FenceError> {
     answers
         .into_iter()
         .next()

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::query::{Query, clear_lease};
-use super::{Claim, Error, Store, millis};
+use super::{Claim, FenceError, Store, millis};
 use crate::ids::NodeId;
 
 /// Why a run failed.
@@ -125,18 +125,23 @@ impl RunFence {
     }
 
     /// Success for a write that landed before; otherwise why this one cannot land.
-    fn landed_or_refused(&self, claim: &Claim, landed: bool, conflict: &str) -> Result<(), Error> {
+    fn landed_or_refused(
+        &self,
+        claim: &Claim,
+        landed: bool,
+        conflict: &str,
+    ) -> Result<(), FenceError> {
         let held =
             self.epoch == claim.epoch.0 && matches!(self.status.as_str(), "running" | "pausing");
         if landed {
             Ok(())
         } else if held {
-            Err(Error::RunConflict {
+            Err(FenceError::RunConflict {
                 run_id: claim.run_id,
                 reason: format!("{conflict} (the run is {})", self.status),
             })
         } else {
-            Err(Error::LeaseLost {
+            Err(FenceError::LeaseLost {
                 run_id: claim.run_id,
                 epoch: claim.epoch,
             })
@@ -153,7 +158,7 @@ impl Store {
         node_id: &NodeId,
         attempt: u32,
         delay: Duration,
-    ) -> Result<(), Error> {
+    ) -> Result<(), FenceError> {
         let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
         let client = self.client().await?;
         let rows = SCHEDULE_RETRY
@@ -179,7 +184,7 @@ impl Store {
         if !landed && fence.at(claim, "pausing") {
             // A pause asked for meanwhile wins: the caller settles it; the failed attempt is
             // recorded, so the node is retried when the run is resumed.
-            return Err(Error::PauseRequested {
+            return Err(FenceError::PauseRequested {
                 run_id: claim.run_id,
             });
         }
@@ -187,7 +192,7 @@ impl Store {
     }
 
     /// Completes the run and releases the lease.
-    pub async fn complete_run(&self, claim: &Claim) -> Result<(), Error> {
+    pub async fn complete_run(&self, claim: &Claim) -> Result<(), FenceError> {
         let client = self.client().await?;
         let rows = COMPLETE_RUN
             .query(&client, &[&claim.run_id.0, &claim.epoch.0])
@@ -209,7 +214,7 @@ impl Store {
         claim: &Claim,
         failure: &Failure,
         skipped: &[NodeId],
-    ) -> Result<(), Error> {
+    ) -> Result<(), FenceError> {
         let attempt = i32::try_from(failure.attempt).unwrap_or(i32::MAX);
         let skipped: Vec<&str> = skipped.iter().map(NodeId::as_str).collect();
         let client = self.client().await?;
@@ -242,11 +247,11 @@ impl Store {
 pub(super) async fn run_fence(
     client: &deadpool_postgres::Client,
     claim: &Claim,
-) -> Result<RunFence, Error> {
+) -> Result<RunFence, FenceError> {
     let row = RUN_FENCE_STATE
         .query_opt(client, &[&claim.run_id.0])
         .await?
-        .ok_or(Error::RunNotFound(claim.run_id))?;
+        .ok_or(FenceError::RunNotFound(claim.run_id))?;
     Ok(RunFence {
         status: row.get("status"),
         epoch: row.get("lease_epoch"),

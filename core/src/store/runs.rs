@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::query::{Query, clear_lease, notify_queued};
-use super::{Error, Store};
+use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::{RunStatus, Transition};
 
@@ -213,7 +213,7 @@ pub(super) const QUERIES: &[Query] = &[START_RUN, RUN_BY_IDEMPOTENCY_KEY, RUN, C
 
 impl Store {
     /// Starts a run of the automation's current version, queued and due at once.
-    pub async fn start_run(&self, request: &StartRun) -> Result<Started, Error> {
+    pub async fn start_run(&self, request: &StartRun) -> Result<Started, RequestError> {
         let client = self.client().await?;
         let run_id = RunId::new();
         let row = START_RUN
@@ -246,34 +246,38 @@ impl Store {
             return same_request(request, key, &earlier);
         }
         match row.get::<_, Option<&str>>("automation_status") {
-            None => Err(Error::AutomationNotFound(request.automation_id.clone())),
-            Some(_) => Err(Error::AutomationPaused(request.automation_id.clone())),
+            None => Err(RequestError::AutomationNotFound(
+                request.automation_id.clone(),
+            )),
+            Some(_) => Err(RequestError::AutomationPaused(
+                request.automation_id.clone(),
+            )),
         }
     }
 
-    /// Cancels a run that has not ended. A run that has ended is [`Error::Transition`].
+    /// Cancels a run that has not ended. A run that has ended is [`RequestError::Transition`].
     pub async fn cancel_run(
         &self,
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<(), RequestError> {
         self.operator_move(CANCEL_RUN, tenant, run_id, reason, Transition::Cancel)
             .await
     }
 
     /// A run, read back; a stored value this build cannot read is [`Error::UnreadableRun`].
-    pub async fn run(&self, tenant: &TenantId, run_id: RunId) -> Result<RunRecord, Error> {
+    pub async fn run(&self, tenant: &TenantId, run_id: RunId) -> Result<RunRecord, RequestError> {
         let client = self.client().await?;
         let row = RUN
             .query_opt(&client, &[&run_id.0, &tenant.as_str()])
             .await?
-            .ok_or(Error::RunNotFound(run_id))?;
-        read_run(&row)
+            .ok_or(RequestError::RunNotFound(run_id))?;
+        Ok(read_run(&row)?)
     }
 }
 
-fn same_request(request: &StartRun, key: &str, earlier: &Row) -> Result<Started, Error> {
+fn same_request(request: &StartRun, key: &str, earlier: &Row) -> Result<Started, RequestError> {
     let same = earlier.get::<_, &str>("automation_id") == request.automation_id.as_str()
         && earlier.get::<_, serde_json::Value>("inputs") == request.inputs
         && earlier.get::<_, i16>("priority") == request.priority
@@ -285,7 +289,7 @@ fn same_request(request: &StartRun, key: &str, earlier: &Row) -> Result<Started,
             created: false,
         })
     } else {
-        Err(Error::IdempotencyConflict {
+        Err(RequestError::IdempotencyConflict {
             key: key.to_owned(),
         })
     }

@@ -8,7 +8,7 @@ use tokio_postgres::error::SqlState;
 use super::{StartRun, Started, same_request};
 use crate::ids::RunId;
 use crate::store::query::{Query, notify_queued};
-use crate::store::{Error, Store};
+use crate::store::{Error, RequestError, Store};
 
 // Inserts a batch of runs queued, each pinned to its automation's current version, with its
 // first event, in one statement. If any request's automation is missing or paused the statement
@@ -87,11 +87,11 @@ impl Store {
     ///
     /// The same rules as [`Store::start_run`], for the whole batch at once: if any request
     /// would be refused (its automation missing or paused, its idempotency key used with a
-    /// different request) nothing is stored, and [`Error::InBatch`] names the first refused
+    /// different request) nothing is stored, and [`RequestError::InBatch`] names the first refused
     /// request; a value out of range is [`Error::OutOfRange`] for the batch, which is not stored
     /// either. A key repeated within the batch with the same request returns the same run,
     /// `created` only for its first occurrence. Idle workers are woken once.
-    pub async fn start_runs(&self, requests: &[StartRun]) -> Result<Vec<Started>, Error> {
+    pub async fn start_runs(&self, requests: &[StartRun]) -> Result<Vec<Started>, RequestError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -113,7 +113,7 @@ impl Store {
     }
 
     /// Resolves idempotency keys against earlier runs and against earlier requests of the batch.
-    async fn resolve_keys(&self, requests: &[StartRun]) -> Result<Vec<Resolved>, Error> {
+    async fn resolve_keys(&self, requests: &[StartRun]) -> Result<Vec<Resolved>, RequestError> {
         let (tenants, keys): (Vec<&str>, Vec<&str>) = requests
             .iter()
             .filter_map(|r| Some((r.tenant.as_str(), r.idempotency_key.as_deref()?)))
@@ -138,7 +138,7 @@ impl Store {
                 resolved.push(Resolved::New(RunId::new()));
                 continue;
             };
-            let in_batch = |source| Error::InBatch {
+            let in_batch = |source| RequestError::InBatch {
                 index,
                 source: Box::new(source),
             };
@@ -147,7 +147,7 @@ impl Store {
                 resolved.push(Resolved::Earlier(started));
             } else if let Some(&(first, run_id)) = first_of_key.get(&(tenant, key)) {
                 if !same_fields(&requests[first], request) {
-                    return Err(in_batch(Error::IdempotencyConflict {
+                    return Err(in_batch(RequestError::IdempotencyConflict {
                         key: key.to_owned(),
                     }));
                 }
@@ -162,7 +162,11 @@ impl Store {
     }
 
     /// Inserts the new runs in one statement, or none if any would be refused.
-    async fn insert_new(&self, requests: &[StartRun], resolved: &[Resolved]) -> Result<(), Error> {
+    async fn insert_new(
+        &self,
+        requests: &[StartRun],
+        resolved: &[Resolved],
+    ) -> Result<(), RequestError> {
         let new: Vec<(usize, &StartRun, RunId)> = requests
             .iter()
             .zip(resolved)
@@ -222,15 +226,15 @@ impl Store {
                 .and_then(|row| row.get::<_, Option<&str>>("automation_status"));
             let source = match status {
                 Some("active") => continue,
-                Some(_) => Error::AutomationPaused(request.automation_id.clone()),
-                None => Error::AutomationNotFound(request.automation_id.clone()),
+                Some(_) => RequestError::AutomationPaused(request.automation_id.clone()),
+                None => RequestError::AutomationNotFound(request.automation_id.clone()),
             };
-            return Err(Error::InBatch {
+            return Err(RequestError::InBatch {
                 index: *index,
                 source: Box::new(source),
             });
         }
-        Err(Error::RunConflict {
+        Err(RequestError::RunConflict {
             run_id: new[0].2,
             reason: format!(
                 "{inserted} of the {} new runs of a batch were stored",
@@ -268,8 +272,8 @@ fn same_fields(a: &StartRun, b: &StartRun) -> bool {
 }
 
 /// A concurrent start took one of the batch's keys after they were resolved.
-fn lost_key_race(e: &Error) -> bool {
-    matches!(e, Error::Db(db) if db.code() == Some(&SqlState::UNIQUE_VIOLATION)
+fn lost_key_race(e: &RequestError) -> bool {
+    matches!(e, RequestError::Store(Error::Db(db)) if db.code() == Some(&SqlState::UNIQUE_VIOLATION)
         && db.as_db_error().and_then(|d| d.constraint())
             .is_some_and(|c| RUNS_IDEMPOTENCY_KEY.contains(&c)))
 }

@@ -1,0 +1,125 @@
+//! What can go wrong in the store, typed by concern so that callers can tell a lost lease from
+//! bad input from a broken connection:
+//! - [`Error`]: the store itself failed: the database, the connection, the schema, stored data it
+//!   cannot read. Every other error can carry one.
+//! - [`FenceError`]: a fenced write of a held run changed nothing (docs/lease_protocol.md,
+//!   rule 3): the lease is lost, the write contradicts the checkpoint, or the run is pausing.
+//! - [`RequestError`]: a request of a client or an operator was refused: what it names does not
+//!   exist, exists already, or is in a state that forbids it.
+
+mod fence;
+mod request;
+
+use tokio_postgres::error::SqlState;
+
+use crate::ids::{AutomationId, RunId};
+pub use fence::FenceError;
+pub use request::RequestError;
+
+/// The store failed, whatever was asked of it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value broke a constraint of the schema (a length, a range).
+    #[error("value out of range: {constraint}")]
+    OutOfRange {
+        /// The constraint the database names.
+        constraint: String,
+    },
+    /// A stored automation spec this build cannot read.
+    #[error("stored spec of {automation_id} v{version} is unreadable: {reason}")]
+    UnreadableSpec {
+        /// The automation.
+        automation_id: AutomationId,
+        /// The version.
+        version: i32,
+        /// Why.
+        reason: String,
+    },
+    /// A stored run this build cannot read.
+    #[error("stored run {run_id} is unreadable: {reason}")]
+    UnreadableRun {
+        /// The run.
+        run_id: RunId,
+        /// Why.
+        reason: String,
+    },
+    /// The database was migrated by a newer build.
+    #[error(
+        "the database schema is at version {database}, newer than this build knows ({known}); \
+         upgrade leasehold before connecting it to this database"
+    )]
+    SchemaTooNew {
+        /// Applied version.
+        database: i32,
+        /// Highest version this build carries.
+        known: i32,
+    },
+    /// The database lacks migrations this build needs.
+    #[error(
+        "the database schema is at version {database} but this build needs {known}; \
+         run `leasehold migrate` first"
+    )]
+    SchemaBehind {
+        /// Applied version.
+        database: i32,
+        /// Highest version this build carries.
+        known: i32,
+    },
+    /// The database URL could not be used.
+    #[error("bad database URL: {0}")]
+    BadDatabaseUrl(String),
+    /// A named query failed to prepare.
+    #[error("query {name} does not prepare: {source}")]
+    BadQuery {
+        /// The query's name.
+        name: &'static str,
+        /// What Postgres said.
+        source: tokio_postgres::Error,
+    },
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// No connection could be had from the pool.
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// Postgres answered with an error.
+    #[error("database error: {0}")]
+    Db(tokio_postgres::Error),
+}
+
+impl Error {
+    /// The database could not be reached or the connection broke: the same call may succeed
+    /// later. Errors Postgres answered with (a constraint, a lost lease) are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Db(e) => match e.code() {
+                None => true,
+                Some(code) => [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                ]
+                .contains(code),
+            },
+            _ => false,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // A CHECK violation is bad input that slipped past validation; name the constraint.
+        if e.code() == Some(&SqlState::CHECK_VIOLATION) {
+            let constraint = e
+                .as_db_error()
+                .and_then(|db| db.constraint())
+                .unwrap_or("unnamed")
+                .to_owned();
+            return Self::OutOfRange { constraint };
+        }
+        Self::Db(e)
+    }
+}

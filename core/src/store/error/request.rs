@@ -1,0 +1,97 @@
+//! A client's or an operator's request that the store refused.
+
+use super::Error;
+use crate::ids::{AutomationId, ClaimantId, NodeId, RunId};
+
+/// Why the store refused a request: the request, not the store, must change for it to succeed
+/// (except [`RequestError::Store`], where the store failed).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The run's state forbids the transition.
+    #[error(transparent)]
+    Transition(#[from] crate::run::IllegalTransition),
+    /// No such run (in this tenant).
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+    /// No such automation (or version) in this tenant.
+    #[error("automation {0} not found")]
+    AutomationNotFound(AutomationId),
+    /// An automation with this id exists already.
+    #[error("automation {0} already exists")]
+    AutomationExists(AutomationId),
+    /// The automation is paused and starts no runs.
+    #[error("automation {0} is paused and starts no runs")]
+    AutomationPaused(AutomationId),
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key {key:?} was used with a different request")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// The automation still has runs that have not finished (queued, running, paused, awaiting
+    /// approval, blocked, …): cancel or finish them before deleting it.
+    #[error("automation {automation_id} has {unfinished} unfinished runs")]
+    AutomationHasUnfinishedRuns {
+        /// The automation.
+        automation_id: AutomationId,
+        /// How many of its runs have not finished.
+        unfinished: i64,
+    },
+    /// No such gate (in this tenant).
+    #[error("gate {0} not found")]
+    GateNotFound(uuid::Uuid),
+    /// The gate was decided before, by another request.
+    #[error("gate {gate_id} was already decided: {status}")]
+    GateAlreadyDecided {
+        /// The gate.
+        gate_id: uuid::Uuid,
+        /// What it was decided as (`approved`, `rejected`, `cancelled`).
+        status: String,
+    },
+    /// A rework decision named a node that the run's spec does not have.
+    #[error("gate {gate_id}: node {node_id} is not in the run's spec")]
+    ReworkNodeNotInSpec {
+        /// The gate.
+        gate_id: uuid::Uuid,
+        /// The unknown node.
+        node_id: NodeId,
+    },
+    /// One request of a batch was refused, and with it the whole batch: nothing was stored.
+    #[error("request {index} of the batch: {source}")]
+    InBatch {
+        /// The refused request's position in the batch, from 0.
+        index: usize,
+        /// Why it was refused.
+        source: Box<RequestError>,
+    },
+    /// A page token that no listing of this build produced, or one of another listing.
+    #[error("bad page token: {0}")]
+    BadPageToken(String),
+    /// The run is not where the request needs it, though its state allows the move (say, a gate
+    /// decided after the run left it).
+    #[error("run {run_id}: {reason}")]
+    RunConflict {
+        /// The run.
+        run_id: RunId,
+        /// What stands in the way.
+        reason: String,
+    },
+    /// No worker with this claimant id is registered.
+    #[error("worker {0} not found")]
+    WorkerNotFound(ClaimantId),
+    /// The store failed before it could answer.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl From<tokio_postgres::Error> for RequestError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for RequestError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Store(e.into())
+    }
+}
