@@ -8,10 +8,12 @@
 //! - `worker`: the claim loop and the shutdown hand-back ([`Worker`]).
 //! - `keeper`: batched heartbeats and the self-fence.
 //! - `execute`: one run: ready nodes, fenced checkpoints, retries, gates, pauses.
+//! - `error`: the worker's own errors: the store's, and its batched writes' failures.
 //! - `flusher`: node starts and completions of many runs batched into one statement per kind.
 #![warn(missing_docs)]
 
 pub mod config;
+mod error;
 mod execute;
 mod flusher;
 pub mod handler;
