@@ -6,9 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use leasehold_coordinator::{api, sweeps};
 use leasehold_core::store::Store;
+use leasehold_worker::cli::cancel_on_signal;
 use tokio_util::sync::CancellationToken;
-
-use crate::signals;
 
 /// Where the API listens unless told otherwise: loopback, since the API has no authentication
 /// yet; expose it deliberately with `--listen 0.0.0.0:7233`.
@@ -87,7 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let cancel = CancellationToken::new();
-    signals::cancel_on_signal(cancel.clone());
+    cancel_on_signal(cancel.clone());
     serve(listener, store, config, cancel).await
 }
 
