@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use leasehold_coordinator::{api, sweeps};
 use leasehold_core::store::{self, Store};
+use leasehold_worker::cli::cancel_on_signal;
 use tokio_util::sync::CancellationToken;
-
-use crate::signals;
 
 /// Where the API listens unless told otherwise: loopback, since the API has no authentication
 /// yet; expose it deliberately with `--listen 0.0.0.0:7233`.
@@ -86,7 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let cancel = CancellationToken::new();
-    signals::cancel_on_signal(cancel.clone());
+    cancel_on_signal(cancel.clone());
     serve(listener, store, config, cancel).await
 }
 

@@ -5,13 +5,12 @@ mod coordinator;
 mod dev;
 mod examples;
 mod migrate;
-mod signals;
-mod worker;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use leasehold_worker::cli as worker;
 use tracing_subscriber::EnvFilter;
 
 /// The dev coordinator's address, and where client commands look unless told otherwise.
@@ -97,7 +96,13 @@ async fn main() -> ExitCode {
         Command::Worker(WorkerCommand {
             action: None,
             run: Some(run),
-        }) => worker::run(run).await.map(|()| ExitCode::SUCCESS),
+        }) => {
+            let registry = run.registry();
+            worker::run_with(run, registry)
+                .await
+                .map(|_| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
         Command::Worker(WorkerCommand {
             action: None,
             run: None,

@@ -11,6 +11,8 @@ pub const CAPACITY_DEFAULT: usize = 16;
 pub const NODE_CONCURRENCY_DEFAULT: usize = 8;
 /// Polling fallback unless told otherwise.
 pub const POLL_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Database connections in a worker's pool unless told otherwise.
+pub const POOL_SIZE_DEFAULT: usize = 8;
 /// Time running nodes get to finish on shutdown unless told otherwise; below Kubernetes' default
 /// 30 s termination grace, so the hand-back happens before SIGKILL.
 pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(25);

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use leasehold_core::store::{self, Claim, NodeCompletion, NodeStart, Store};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::error::Error;
+
 /// Flushes in flight at once per kind of write: one is written while the next one fills. Two
 /// made more, smaller statements and a fifth less throughput (bench/README.md); one per kind
 /// also leaves the pool to heartbeats and claims.
@@ -41,7 +43,7 @@ impl Writes {
         &self,
         claim: Claim,
         node_id: &leasehold_core::ids::NodeId,
-    ) -> Result<u32, store::Error> {
+    ) -> Result<u32, Error> {
         let start = NodeStart {
             claim,
             node_id: node_id.clone(),
@@ -51,7 +53,7 @@ impl Writes {
 
     /// [`Store::nodes_completed`] for one node, batched with other runs' completions; says
     /// whether the run completed too.
-    pub async fn node_completed(&self, completion: NodeCompletion) -> Result<bool, store::Error> {
+    pub async fn node_completed(&self, completion: NodeCompletion) -> Result<bool, Error> {
         ask(&self.completions, completion).await
     }
 }
@@ -97,13 +99,13 @@ impl BatchWrite for Completions {
 
 struct Request<W: BatchWrite> {
     item: W::Item,
-    answer: oneshot::Sender<Result<W::Answer, store::Error>>,
+    answer: oneshot::Sender<Result<W::Answer, Error>>,
 }
 
 async fn ask<W: BatchWrite>(
     queue: &mpsc::UnboundedSender<Request<W>>,
     item: W::Item,
-) -> Result<W::Answer, store::Error> {
+) -> Result<W::Answer, Error> {
     let (answer, answered) = oneshot::channel();
     queue
         .send(Request { item, answer })
@@ -113,8 +115,8 @@ async fn ask<W: BatchWrite>(
 
 /// Only when the runtime drops the flusher's tasks (the worker is stopping) or a flush panicked:
 /// transient, so the run retries while its lease lasts instead of being blocked.
-fn flusher_gone() -> store::Error {
-    store::Error::Interrupted("the worker's write flusher has stopped")
+fn flusher_gone() -> Error {
+    Error::Interrupted("the worker's write flusher has stopped")
 }
 
 fn spawn_flusher<W: BatchWrite>(store: Store) -> mpsc::UnboundedSender<Request<W>> {
@@ -167,7 +169,7 @@ async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
     match W::write(store, &items).await {
         Ok(results) => {
             for (answer, result) in answers.into_iter().zip(results) {
-                let _ = answer.send(result);
+                let _ = answer.send(result.map_err(Error::from));
             }
         }
         // One write's bad data (an output Postgres refuses, say) must fail that write alone, not
@@ -184,13 +186,13 @@ async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
                                 .next()
                                 .expect("a batch answers every item it was given")
                         });
-                let _ = answer.send(result);
+                let _ = answer.send(result.map_err(Error::from));
             }
         }
         Err(e) => {
             let e = Arc::new(e);
             for answer in answers {
-                let _ = answer.send(Err(store::Error::FlushFailed(Arc::clone(&e))));
+                let _ = answer.send(Err(Error::FlushFailed(Arc::clone(&e))));
             }
         }
     }

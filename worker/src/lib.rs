@@ -5,13 +5,18 @@
 //! - [`handler`]: the [`Handler`] trait, its [`Context`], and the [`Registry`] of node kinds.
 //! - [`handlers`]: the built-in kinds.
 //! - [`config`]: the worker's settings and their defaults.
+//! - [`cli`]: the worker command (`leasehold worker`, or a worker binary of one's own with more
+//!   kinds): flags, signals, entry point.
 //! - `worker`: the claim loop and the shutdown hand-back ([`Worker`]).
 //! - `keeper`: batched heartbeats and the self-fence.
 //! - `execute`: one run: ready nodes, fenced checkpoints, retries, gates, pauses.
+//! - `error`: the worker's own errors: the store's, and its batched writes' failures.
 //! - `flusher`: node starts and completions of many runs batched into one statement per kind.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod config;
+mod error;
 mod execute;
 mod flusher;
 pub mod handler;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::store::{self, Store, WorkerInfo};
+use leasehold_core::store::{self, ClaimedRun, Store, WorkerInfo};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::execute::{self, Outcome, Shared, Shutdown};
 use crate::handler::Registry;
-use crate::keeper::LeaseKeeper;
+use crate::keeper::{KeeperHandle, LeaseKeeper, RunLease};
 
 /// Delay before claiming again after a claim failed (database unreachable).
 const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -51,7 +51,38 @@ impl Worker {
     /// claiming, lets running nodes finish within the grace period, hands every run still held
     /// back to the queue, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<Report, store::Error> {
-        let info = WorkerInfo {
+        let info = self.info();
+        self.store.register_worker(&info).await?;
+        tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?info.handlers, "worker started");
+
+        let drain_requested = CancellationToken::new();
+        let keeper = LeaseKeeper::new(self.store.clone(), &self.config, drain_requested.clone());
+        let leases = keeper.handle();
+        let keeper_stop = CancellationToken::new();
+        let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
+        let mut held = Held::default();
+        let stopping = Stopping {
+            shutdown,
+            drain_requested,
+        };
+        self.claim_loop(&mut held, &leases, &stopping).await;
+
+        if stopping.drain_requested.is_cancelled() {
+            tracing::info!("drain requested by an operator");
+        }
+        self.drain(&mut held).await;
+        keeper_stop.cancel();
+        let _ = keeper_task.await;
+        if let Err(e) = self.store.deregister_worker(&self.config.claimant_id).await {
+            tracing::warn!(error = %e, "could not remove the worker's row");
+        }
+        tracing::info!(claimed = held.report.claimed, "worker stopped");
+        Ok(held.report)
+    }
+
+    /// The worker's row in the registry.
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
             claimant_id: self.config.claimant_id.clone(),
             host: self
                 .config
@@ -65,74 +96,36 @@ impl Worker {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capacity: u32::try_from(self.config.capacity).unwrap_or(u32::MAX),
             handlers: self.registry.kinds(),
-        };
-        self.store.register_worker(&info).await?;
-        tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?info.handlers, "worker started");
+        }
+    }
 
-        let drain_requested = CancellationToken::new();
-        let keeper = LeaseKeeper::new(self.store.clone(), &self.config, drain_requested.clone());
-        let leases = keeper.handle();
-        let keeper_stop = CancellationToken::new();
-        let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
+    /// Claims up to free capacity and starts each claimed run, until the worker is stopping.
+    async fn claim_loop(&self, held: &mut Held, leases: &KeeperHandle, stopping: &Stopping) {
         let wakeups = self.config.listen.then(|| self.store.listen_queued());
         let shared = Arc::new(Shared::new(
             self.store.clone(),
             self.registry.clone(),
             self.config.node_concurrency,
         ));
-        let run_shutdown = Shutdown {
-            drain: CancellationToken::new(),
-            now: CancellationToken::new(),
-        };
-        let mut runs: JoinSet<Outcome> = JoinSet::new();
-        let mut report = Report::default();
-
-        // A fresh future each time it is awaited: a signal or an operator's drain.
-        let stopping = || async {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = drain_requested.cancelled() => {}
-            }
-        };
         let mut woken = true;
         let mut queue_had_more = false;
         // A deadline, not a fresh sleep per pass: runs finishing often must not put the poll off.
         let mut next_poll = Instant::now();
         loop {
-            let free = self.config.capacity.saturating_sub(runs.len());
+            let free = self.config.capacity.saturating_sub(held.tasks.len());
             let mut claim_failed = false;
             if time_to_claim(free, self.config.capacity, woken, queue_had_more) {
                 woken = false;
-                let requested_at = Instant::now();
-                let claim =
-                    self.store
-                        .claim_runs(&self.config.claimant_id, free, self.config.lease);
-                // A claim stuck on a dead connection must not keep a shutdown from starting; one
-                // that answers soon after the signal keeps its runs, which are then handed back.
-                let abandon = async {
-                    stopping().await;
-                    tokio::time::sleep(CLAIM_ABANDON_AFTER_STOP).await;
-                };
-                let claimed = tokio::select! {
-                    claimed = claim => claimed,
-                    () = abandon => break,
+                let Some(claimed) = self.claim(free, stopping).await else {
+                    break;
                 };
                 match claimed {
-                    Ok(claimed) => {
+                    Ok((claimed, requested_at)) => {
                         queue_had_more = claimed.len() == free;
-                        report.claimed += claimed.len();
+                        held.report.claimed += claimed.len();
                         for run in claimed {
                             let lease = leases.hold(run.claim, requested_at);
-                            let shared = Arc::clone(&shared);
-                            let run_shutdown = run_shutdown.clone();
-                            runs.spawn(async move {
-                                let claim = run.claim;
-                                // The lease is forgotten when `execute` drops it.
-                                let outcome =
-                                    execute::execute(&shared, run, lease, run_shutdown).await;
-                                tracing::debug!(run_id = %claim.run_id(), ?outcome, "run left the worker");
-                                outcome
-                            });
+                            held.start(&shared, run, lease);
                         }
                     }
                     Err(e) => {
@@ -147,64 +140,129 @@ impl Worker {
                         self.config.poll_interval
                     };
             }
-            let full = runs.len() >= self.config.capacity;
+            let full = held.tasks.len() >= self.config.capacity;
             tokio::select! {
-                () = stopping() => break,
-                Some(done) = runs.join_next() => {
-                    collect(&mut report, done);
-                    while let Some(done) = runs.try_join_next() {
-                        collect(&mut report, done);
+                () = stopping.wait() => break,
+                Some(done) = held.tasks.join_next() => {
+                    held.collect(done);
+                    while let Some(done) = held.tasks.try_join_next() {
+                        held.collect(done);
                     }
                 }
                 () = wait_for_wakeup(wakeups.as_ref()), if !full && !claim_failed => woken = true,
                 () = tokio::time::sleep_until(next_poll), if !full => woken = true,
             }
         }
+    }
 
-        if drain_requested.is_cancelled() {
-            tracing::info!("drain requested by an operator");
+    /// Claims up to `free` runs, with the instant the claim was sent; `None` when the worker
+    /// started stopping and the claim did not answer in time.
+    async fn claim(
+        &self,
+        free: usize,
+        stopping: &Stopping,
+    ) -> Option<Result<(Vec<ClaimedRun>, Instant), store::Error>> {
+        let requested_at = Instant::now();
+        let claim = self
+            .store
+            .claim_runs(&self.config.claimant_id, free, self.config.lease);
+        // A claim stuck on a dead connection must not keep a shutdown from starting; one that
+        // answers soon after the signal keeps its runs, which are then handed back.
+        let abandon = async {
+            stopping.wait().await;
+            tokio::time::sleep(CLAIM_ABANDON_AFTER_STOP).await;
+        };
+        tokio::select! {
+            claimed = claim => Some(claimed.map(|claimed| (claimed, requested_at))),
+            () = abandon => None,
         }
-        tracing::info!(held = runs.len(), grace = ?self.config.shutdown_grace, "stopping: no more claims; letting running nodes finish");
-        run_shutdown.drain.cancel();
-        let grace = tokio::time::sleep(self.config.shutdown_grace);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                done = runs.join_next() => match done {
-                    Some(done) => collect(&mut report, done),
-                    None => break,
-                },
-                () = &mut grace, if !run_shutdown.now.is_cancelled() => {
-                    tracing::info!(held = runs.len(), "grace period over: stopping nodes and handing runs back");
-                    run_shutdown.now.cancel();
-                }
-            }
-            if run_shutdown.now.is_cancelled() {
-                let deadline = tokio::time::sleep(HAND_BACK_DEADLINE);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        done = runs.join_next() => match done {
-                            Some(done) => collect(&mut report, done),
-                            None => break,
-                        },
-                        () = &mut deadline => {
-                            tracing::warn!(held = runs.len(), "hand-back deadline passed; the reaper will requeue the rest");
-                            runs.abort_all();
-                            break;
-                        }
-                    }
-                }
-                break;
-            }
+    }
+
+    /// Stops starting nodes and lets running ones finish within the grace period, then stops
+    /// them and hands their runs back.
+    async fn drain(&self, held: &mut Held) {
+        tracing::info!(held = held.tasks.len(), grace = ?self.config.shutdown_grace, "stopping: no more claims; letting running nodes finish");
+        held.shutdown.drain.cancel();
+        if tokio::time::timeout(self.config.shutdown_grace, held.join_all())
+            .await
+            .is_ok()
+        {
+            return;
         }
-        keeper_stop.cancel();
-        let _ = keeper_task.await;
-        if let Err(e) = self.store.deregister_worker(&self.config.claimant_id).await {
-            tracing::warn!(error = %e, "could not remove the worker's row");
+        tracing::info!(
+            held = held.tasks.len(),
+            "grace period over: stopping nodes and handing runs back"
+        );
+        held.shutdown.now.cancel();
+        hand_back(held).await;
+    }
+}
+
+/// Waits for the runs stopped at the end of the grace period to be handed back, for
+/// [`HAND_BACK_DEADLINE`] at most.
+async fn hand_back(held: &mut Held) {
+    if tokio::time::timeout(HAND_BACK_DEADLINE, held.join_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            held = held.tasks.len(),
+            "hand-back deadline passed; the reaper will requeue the rest"
+        );
+        held.tasks.abort_all();
+    }
+}
+
+/// What stops the claim loop: a signal, or an operator's drain.
+struct Stopping {
+    shutdown: CancellationToken,
+    drain_requested: CancellationToken,
+}
+
+impl Stopping {
+    /// A fresh future each time it is called.
+    async fn wait(&self) {
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = self.drain_requested.cancelled() => {}
         }
-        tracing::info!(claimed = report.claimed, "worker stopped");
-        Ok(report)
+    }
+}
+
+/// The runs this worker executes, and what became of those that left.
+#[derive(Default)]
+struct Held {
+    tasks: JoinSet<Outcome>,
+    report: Report,
+    shutdown: Shutdown,
+}
+
+impl Held {
+    /// Executes a claimed run in a task of its own.
+    fn start(&mut self, shared: &Arc<Shared>, run: ClaimedRun, lease: RunLease) {
+        let shared = Arc::clone(shared);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let claim = run.claim;
+            // The lease is forgotten when `execute` drops it.
+            let outcome = execute::execute(&shared, run, lease, shutdown).await;
+            tracing::debug!(run_id = %claim.run_id(), ?outcome, "run left the worker");
+            outcome
+        });
+    }
+
+    /// Waits for every run to leave; cancel-safe, as each one is collected when it leaves.
+    async fn join_all(&mut self) {
+        while let Some(done) = self.tasks.join_next().await {
+            self.collect(done);
+        }
+    }
+
+    fn collect(&mut self, done: Result<Outcome, tokio::task::JoinError>) {
+        match done {
+            Ok(outcome) => self.report.outcomes.push(outcome),
+            Err(e) => tracing::error!(error = %e, "a run task panicked"),
+        }
     }
 }
 
@@ -220,13 +278,6 @@ async fn wait_for_wakeup(wakeups: Option<&store::Wakeups>) {
     match wakeups {
         Some(w) => w.notified().await,
         None => std::future::pending().await,
-    }
-}
-
-fn collect(report: &mut Report, done: Result<Outcome, tokio::task::JoinError>) {
-    match done {
-        Ok(outcome) => report.outcomes.push(outcome),
-        Err(e) => tracing::error!(error = %e, "a run task panicked"),
     }
 }
 

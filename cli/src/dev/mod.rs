@@ -33,11 +33,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use leasehold_core::ids::RunId;
 use leasehold_core::spec::Spec;
+use leasehold_worker::cli::cancel_on_signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Global;
 use crate::coordinator::LISTEN_DEFAULT;
-use crate::signals;
 
 use self::banner::Banner;
 use self::postgres::Cluster;
@@ -98,7 +98,7 @@ pub struct Args {
 
 pub async fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
-    signals::cancel_on_signal(cancel.clone());
+    cancel_on_signal(cancel.clone());
     // What can be refused is checked before anything starts.
     let spec = args.example.as_deref().map(example::spec).transpose()?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -7,14 +7,15 @@
 //! leasehold run start shouting --watch
 //! ```
 //!
+//! It is `leasehold worker` with one more kind: the same flags and variables (`--help` lists
+//! them), and the same signals, the first asking for a clean stop, the second exiting at once.
+//!
 //! Every worker of a database must handle every kind its automations use: a worker without
 //! `shout` that claims a `shouting` run fails its `loud` node.
 
-use leasehold_core::store::Store;
-use leasehold_worker::handlers::{self, ExecPolicy};
-use leasehold_worker::{Config, Context, Handler, HandlerError, ResultExt, Worker};
+use clap::Parser;
+use leasehold_worker::{Context, Handler, HandlerError, ResultExt, cli};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// Upper-cases the `text` of the upstream node named by `input.from`.
 struct Shout;
@@ -39,23 +40,21 @@ impl Handler for Shout {
     }
 }
 
+/// A worker with the built-in kinds and `shout`.
+#[derive(Debug, Parser)]
+#[command(name = "custom-worker")]
+struct Command {
+    #[command(flatten)]
+    worker: cli::Args,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().init();
-    let url = std::env::var("LEASEHOLD_DATABASE_URL")
-        .map_err(|_| anyhow::anyhow!("set LEASEHOLD_DATABASE_URL to the database to work on"))?;
-    let store = Store::connect_worker(&url, 8).await?;
-    let mut registry = handlers::builtin(ExecPolicy::default());
+    let args = Command::parse().worker;
+    let mut registry = args.registry();
     registry.register("shout", Shout);
-    let config = Config::new(leasehold_worker::default_claimant_id()).validated()?;
-
-    let shutdown = CancellationToken::new();
-    let on_ctrl_c = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        on_ctrl_c.cancel();
-    });
-    Worker::new(store, registry, config).run(shutdown).await?;
+    cli::run_with(args, registry).await?;
     Ok(())
 }
 
@@ -64,6 +63,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
+    use leasehold_worker::handlers::{self, ExecPolicy};
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
 

@@ -1,82 +1,35 @@
-//! `leasehold-test-worker`: a worker built on the `leasehold_worker` library, as a user's own
-//! worker binary would be, with the built-in kinds plus `ledger`, the fault suite's effects
-//! ledger.
-//!
-//! Its flags and variables mirror `leasehold worker`, and it handles signals the same way: the
-//! first SIGTERM or SIGINT asks for a clean stop (no more claims, running nodes get the grace
+//! `leasehold-test-worker`: the worker command of `leasehold worker` ([`cli::run_with`]), as a
+//! user's own worker binary would run it, with the built-in kinds plus `ledger`, the fault
+//! suite's effects ledger. So its flags, variables and signal handling are `leasehold worker`'s:
+//! the first SIGTERM or SIGINT asks for a clean stop (no more claims, running nodes get the grace
 //! period, held runs are handed back), the second exits at once with status 130.
 //!
 //! # The `ledger` kind
 //! Every attempt first inserts `(run_id, node_id, attempt, epoch, pid, claimant)` into the test
 //! table `fault_ledger` (created by the suite, not by the migrations) on a connection of its own,
-//! under an id drawn per call so that a retried insert lands once, and only then does its work: it sleeps `input.sleep_ms` (cut short when the attempt is
-//! cancelled) and fails the first `input.fail_first` attempts, retryably. So the suite can count
-//! the executions that happened against the completions the store recorded.
+//! under an id drawn per call so that a retried insert lands once, and only then does its work:
+//! it sleeps `input.sleep_ms` (cut short when the attempt is cancelled) and fails the first
+//! `input.fail_first` attempts, retryably. So the suite can count the executions that happened
+//! against the completions the store recorded.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
-use leasehold_core::ids::ClaimantId;
-use leasehold_core::store::Store;
-use leasehold_worker::handlers::{self, ExecPolicy};
-use leasehold_worker::{Config, Context, Handler, HandlerError, Worker, config};
+use leasehold_worker::{Context, Handler, HandlerError, cli};
 use serde_json::{Value, json};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Exit status after a second signal, as `leasehold worker` uses.
-const EXIT_ON_SECOND_SIGNAL: i32 = 130;
 /// Pause before the ledger tries its connection again after a failure.
 const LEDGER_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// A worker with the built-in kinds and the fault suite's `ledger` kind.
 #[derive(Debug, Parser)]
 #[command(name = "leasehold-test-worker")]
-struct Args {
-    /// PostgreSQL connection URL.
-    #[arg(long, env = "LEASEHOLD_DATABASE_URL")]
-    database_url: String,
-    /// Runs held at once.
-    #[arg(long, env = "LEASEHOLD_CAPACITY", default_value_t = config::CAPACITY_DEFAULT)]
-    capacity: usize,
-    /// Nodes of one run executed at once.
-    #[arg(long, env = "LEASEHOLD_NODE_CONCURRENCY", default_value_t = config::NODE_CONCURRENCY_DEFAULT)]
-    node_concurrency: usize,
-    /// Identity in leases [default: host, pid and a random suffix].
-    #[arg(long, env = "LEASEHOLD_CLAIMANT_ID")]
-    claimant_id: Option<String>,
-    /// Lease length, clamped to 5s..6h.
-    #[arg(long, env = "LEASEHOLD_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
-    lease: Duration,
-    /// Time between heartbeat rounds [default: a third of the lease].
-    #[arg(long, env = "LEASEHOLD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
-    heartbeat_interval: Option<Duration>,
-    /// Polling fallback for when a LISTEN/NOTIFY wake-up is missed.
-    #[arg(long, env = "LEASEHOLD_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    poll_interval: Duration,
-    /// Do not listen for wake-ups; poll only.
-    #[arg(long, env = "LEASEHOLD_NO_LISTEN")]
-    no_listen: bool,
-    /// Time running nodes get to finish after SIGTERM before their runs are handed back.
-    #[arg(long, env = "LEASEHOLD_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
-    shutdown_grace: Duration,
-    /// A program `exec` nodes may run (repeat the flag); `exec` is off without one.
-    #[arg(
-        long = "exec-allow",
-        env = "LEASEHOLD_EXEC_ALLOW",
-        value_delimiter = ','
-    )]
-    exec_allow: Vec<String>,
-    /// An environment variable passed through to `exec` children (repeat the flag).
-    #[arg(long = "exec-env", env = "LEASEHOLD_EXEC_ENV", value_delimiter = ',')]
-    exec_env: Vec<String>,
-    /// Database connections in the pool.
-    #[arg(long, env = "LEASEHOLD_POOL_SIZE", default_value_t = 8)]
-    pool_size: usize,
+struct Command {
+    #[command(flatten)]
+    worker: cli::Args,
 }
 
 #[tokio::main]
@@ -86,72 +39,19 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let mut args = Command::parse().worker;
+    let mut registry = args.registry();
+    registry.register(
+        "ledger",
+        Ledger::new(args.database_url.clone(), args.claimant_id().0),
+    );
+    match cli::run_with(args, registry).await {
+        Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {:#}", anyhow::Error::from(e));
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-async fn run(args: Args) -> anyhow::Result<()> {
-    let claimant_id = args
-        .claimant_id
-        .map_or_else(config::default_claimant_id, ClaimantId);
-    let mut config = Config::new(claimant_id.clone()).with_lease(args.lease);
-    config.capacity = args.capacity;
-    config.node_concurrency = args.node_concurrency;
-    config.poll_interval = args.poll_interval;
-    config.listen = !args.no_listen;
-    config.shutdown_grace = args.shutdown_grace;
-    if let Some(interval) = args.heartbeat_interval {
-        config.heartbeat_interval = interval;
-    }
-    let config = config.validated()?;
-    let store = Store::connect_worker(&args.database_url, args.pool_size)
-        .await
-        .context("connecting to the database")?;
-    let mut registry = handlers::builtin(ExecPolicy {
-        allowed_programs: args.exec_allow,
-        allowed_env: args.exec_env,
-        ..ExecPolicy::default()
-    });
-    registry.register(
-        "ledger",
-        Ledger::new(args.database_url.clone(), claimant_id.0.clone()),
-    );
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
-    let report = Worker::new(store, registry, config).run(shutdown).await?;
-    tracing::info!(claimed = report.claimed, "bye");
-    Ok(())
-}
-
-/// Cancels `token` on the first SIGTERM or SIGINT and exits the process on the second, as
-/// `leasehold worker` does.
-fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot listen for signals; stop the process with SIGKILL");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("stopping (signal again to exit at once)");
-        token.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(EXIT_ON_SECOND_SIGNAL);
-    });
 }
 
 // name: ledger_insert

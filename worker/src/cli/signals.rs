@@ -4,9 +4,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 /// Exit status after a second signal, as shells report death by SIGINT.
-const EXIT_ON_SECOND_SIGNAL: i32 = 130;
+pub const EXIT_ON_SECOND_SIGNAL: i32 = 130;
 
-/// Cancels `token` on the first SIGTERM or SIGINT and exits the process on the second.
+/// Cancels `token` on the first SIGTERM or SIGINT and exits the process on the second, with
+/// [`EXIT_ON_SECOND_SIGNAL`]. Call it from within a Tokio runtime.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (

@@ -1,0 +1,305 @@
+//! Executing one claimed run: ready nodes concurrently, each attempt counted before its handler
+//! runs and its outcome checkpointed after, every write fenced on the claim.
+//!
+//! - `nodes`: starting ready nodes, running their handlers, checkpointing their attempts.
+//! - `settle`: what happens to the run once nothing runs: end, queue, pause, gate, hand back.
+
+mod nodes;
+mod settle;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use leasehold_core::ids::{AutomationId, NodeId, TenantId};
+use leasehold_core::run::Checkpoint;
+use leasehold_core::spec::Spec;
+use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store};
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::flusher::Writes;
+use crate::handler::{HandlerError, Registry};
+use crate::keeper::RunLease;
+
+/// Pause between attempts of a write that failed for a transient reason (database unreachable).
+const WRITE_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// How a run left this worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every node completed.
+    Completed,
+    /// A node failed for good.
+    Failed,
+    /// Queued again, due after a node's backoff.
+    RetryScheduled,
+    /// Stopped at an approval gate.
+    AwaitingApproval,
+    /// Paused at a user's request.
+    Paused,
+    /// Handed back on shutdown.
+    Released,
+    /// Blocked: its stored data could not be read.
+    Blocked,
+    /// The lease was lost or could not be renewed: stopped without writing.
+    LeaseLost,
+}
+
+/// What every run of a worker shares.
+pub(crate) struct Shared {
+    pub store: Store,
+    /// Node starts and completions, batched across runs.
+    writes: Writes,
+    pub registry: Registry,
+    pub node_concurrency: usize,
+    specs: Mutex<HashMap<(TenantId, AutomationId, i32), Arc<Spec>>>,
+}
+
+impl Shared {
+    pub fn new(store: Store, registry: Registry, node_concurrency: usize) -> Self {
+        Self {
+            writes: Writes::new(&store),
+            store,
+            registry,
+            node_concurrency,
+            specs: Mutex::default(),
+        }
+    }
+
+    /// A pinned automation version. Versions never change, so they are cached for good.
+    async fn spec(&self, run: &ClaimedRun) -> Result<Arc<Spec>, store::Error> {
+        let key = (
+            run.tenant.clone(),
+            run.automation_id.clone(),
+            run.automation_version,
+        );
+        if let Some(spec) = self
+            .specs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(Arc::clone(spec));
+        }
+        let version = self
+            .store
+            .automation_version(&key.0, &key.1, Some(key.2))
+            .await?;
+        let spec = Arc::new(version.spec);
+        self.specs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Arc::clone(&spec));
+        Ok(spec)
+    }
+}
+
+/// Signals from the worker to its runs about shutting down.
+#[derive(Clone, Default)]
+pub(crate) struct Shutdown {
+    /// Start no new node; hand the run back once its running nodes finish.
+    pub drain: CancellationToken,
+    /// The grace period is over: stop running nodes and hand the run back now.
+    pub now: CancellationToken,
+}
+
+/// Why the loop stopped early.
+enum Stop {
+    LeaseLost,
+    Db(Error),
+}
+
+impl Stop {
+    /// The store refused the write because a user asked the run to pause.
+    fn is_pause_requested(&self) -> bool {
+        matches!(
+            self,
+            Self::Db(Error::Store(store::Error::PauseRequested { .. }))
+        )
+    }
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Store(store::Error::LeaseLost { .. }) => Self::LeaseLost,
+            other => Self::Db(other),
+        }
+    }
+}
+
+struct NodeDone {
+    node_id: NodeId,
+    attempt: u32,
+    result: Result<Value, HandlerError>,
+}
+
+/// The state of one run on this worker.
+struct Execution<'a> {
+    shared: &'a Shared,
+    run: &'a ClaimedRun,
+    spec: Arc<Spec>,
+    lease: RunLease,
+    checkpoint: Checkpoint,
+    outputs: HashMap<NodeId, Value>,
+    approved: HashSet<NodeId>,
+    running: JoinSet<NodeDone>,
+    running_ids: HashSet<NodeId>,
+    /// A retryable failure with attempts left: once nothing runs, queue the run for it.
+    retry: Option<(NodeId, u32, Duration)>,
+    /// A failure for good: once nothing runs, fail the run with it.
+    failure: Option<Failure>,
+    /// The store refused to start a node because a pause was requested, possibly before the
+    /// next heartbeat tells the keeper.
+    pause_requested: bool,
+    /// The last node's completion completed the run in the same write.
+    run_completed: bool,
+}
+
+/// Executes a claimed run until it leaves this worker, and says how it left.
+pub(crate) async fn execute(
+    shared: &Shared,
+    run: ClaimedRun,
+    lease: RunLease,
+    shutdown: Shutdown,
+) -> Outcome {
+    let claim = run.claim;
+    let stop = lease.stop.clone();
+    let spec = match fenced(&stop, || shared.spec(&run)).await {
+        Ok(spec) => spec,
+        Err(Stop::LeaseLost) => return Outcome::LeaseLost,
+        Err(Stop::Db(e)) => return block(shared, &claim, &stop, &e.to_string()).await,
+    };
+    let mut execution = Execution {
+        shared,
+        run: &run,
+        spec,
+        lease,
+        checkpoint: Checkpoint::new(),
+        outputs: HashMap::new(),
+        approved: HashSet::new(),
+        running: JoinSet::new(),
+        running_ids: HashSet::new(),
+        retry: None,
+        failure: None,
+        pause_requested: false,
+        run_completed: false,
+    };
+    match execution.drive(&shutdown).await {
+        Ok(outcome) => outcome,
+        Err(Stop::LeaseLost) => Outcome::LeaseLost,
+        Err(Stop::Db(e)) => block(shared, &claim, &stop, &e.to_string()).await,
+    }
+}
+
+/// Blocks a run whose data this worker cannot read, so that it waits for an operator.
+async fn block(shared: &Shared, claim: &Claim, stop: &CancellationToken, reason: &str) -> Outcome {
+    tracing::error!(run_id = %claim.run_id(), reason, "blocking the run");
+    match fenced(stop, || shared.store.block_unreadable(claim, reason)).await {
+        Ok(()) => Outcome::Blocked,
+        Err(_) => Outcome::LeaseLost,
+    }
+}
+
+/// Runs a store call, retrying transient failures until it lands or the lease is gone.
+/// Every write is fenced and idempotent under its claim, so a retry after a lost acknowledgement
+/// is safe.
+async fn fenced<T, E, F, Fut>(stop: &CancellationToken, mut call: F) -> Result<T, Stop>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Into<Error>,
+{
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return Err(Stop::LeaseLost),
+            result = call() => result.map_err(Into::into),
+        };
+        match result {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "store write failed; retrying while the lease lasts");
+                tokio::select! {
+                    () = stop.cancelled() => return Err(Stop::LeaseLost),
+                    () = tokio::time::sleep(WRITE_RETRY_DELAY) => {}
+                }
+            }
+            other => return other.map_err(Stop::from),
+        }
+    }
+}
+
+impl Execution<'_> {
+    fn claim(&self) -> Claim {
+        self.run.claim
+    }
+
+    async fn drive(&mut self, shutdown: &Shutdown) -> Result<Outcome, Stop> {
+        let stop = self.lease.stop.clone();
+        if self.run.resumed {
+            self.load_checkpoint(&stop).await?;
+        }
+        if self.spec.nodes.iter().any(nodes::needs_gate) {
+            let run_id = self.claim().run_id();
+            let store = &self.shared.store;
+            self.approved = fenced(&stop, || store.approved_gates(run_id))
+                .await?
+                .into_iter()
+                .collect();
+        }
+        loop {
+            let winding_down = self.retry.is_some()
+                || self.failure.is_some()
+                || self.pausing()
+                || shutdown.drain.is_cancelled();
+            // A gate is asked for once nothing else runs, so no node is cut short by the stop.
+            if !winding_down
+                && let Some(gate) = self.start_ready(&stop).await?
+                && self.running.is_empty()
+            {
+                return self.await_approval(&stop, &gate).await;
+            }
+            if self.running.is_empty() {
+                return self.settle(&stop, shutdown).await;
+            }
+            tokio::select! {
+                () = stop.cancelled() => {
+                    self.running.abort_all();
+                    return Err(Stop::LeaseLost);
+                }
+                () = shutdown.now.cancelled() => {
+                    // The grace period is over: stop the nodes; the hand-back records their
+                    // attempts as interrupted.
+                    self.running.shutdown().await;
+                    self.running_ids.clear();
+                    return self.release(&stop).await;
+                }
+                _ = self.lease.pausing.changed() => {}
+                () = shutdown.drain.cancelled(), if !winding_down => {}
+                Some(done) = self.running.join_next() => match done {
+                    Ok(done) => self.record(&stop, done).await?,
+                    Err(e) => tracing::error!(error = %e, "node task panicked or was aborted"),
+                },
+            }
+        }
+    }
+
+    async fn load_checkpoint(&mut self, stop: &CancellationToken) -> Result<(), Stop> {
+        let run_id = self.claim().run_id();
+        let store = &self.shared.store;
+        for node in fenced(stop, || store.checkpoint(run_id)).await? {
+            if let Some(output) = &node.output {
+                self.outputs.insert(node.node_id.clone(), output.clone());
+            }
+            let state = node.state().under_claim(node.epoch, self.run.claim.epoch());
+            self.checkpoint.insert(node.node_id.clone(), state);
+        }
+        Ok(())
+    }
+
+    fn pausing(&self) -> bool {
+        self.pause_requested || *self.lease.pausing.borrow()
+    }
+}

@@ -1,0 +1,283 @@
+//! Nodes of one run: starting the ready ones, running their handlers, and checkpointing each
+//! finished attempt.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use leasehold_core::ids::NodeId;
+use leasehold_core::retry;
+use leasehold_core::run::{self, MAX_NODE_OUTPUT_BYTES, NodeState, NodeStatus};
+use leasehold_core::spec::NodeSpec;
+use leasehold_core::store::{Failure, NodeCompletion};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{Execution, NodeDone, Stop, fenced};
+use crate::handler::{Context, HandlerError};
+
+impl Execution<'_> {
+    /// Starts every ready node the concurrency bound allows; returns a gated node that needs a
+    /// decision first, if one is ready.
+    pub(super) async fn start_ready(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Result<Option<NodeId>, Stop> {
+        let ready: Vec<NodeId> = run::ready_nodes(&self.spec, &self.checkpoint)
+            .into_iter()
+            .filter(|id| !self.running_ids.contains(*id))
+            .cloned()
+            .collect();
+        let mut gate = None;
+        let mut to_start = Vec::new();
+        for node_id in ready {
+            if self.running.len() + to_start.len() >= self.shared.node_concurrency {
+                break;
+            }
+            let node = self
+                .spec
+                .node(&node_id)
+                .expect("ready nodes come from the spec")
+                .clone();
+            if needs_gate(&node) && !self.approved.contains(&node_id) {
+                gate.get_or_insert(node_id);
+                continue;
+            }
+            to_start.push(node);
+        }
+        // Asked for together, so they share a flush: a fan-out costs one round trip, not one
+        // per branch.
+        let claim = self.claim();
+        let writes = &self.shared.writes;
+        let attempts = futures_util::future::join_all(
+            to_start
+                .iter()
+                .map(|node| fenced(stop, move || writes.node_started(claim, &node.id))),
+        )
+        .await;
+        for (node, attempt) in to_start.iter().zip(attempts) {
+            match attempt {
+                Ok(attempt) => self.spawn(stop, node, attempt),
+                Err(e) if e.is_pause_requested() => self.pause_requested = true,
+                Err(other) => {
+                    // Nodes already started stop with the run: the lease is gone or the run is
+                    // blocked.
+                    self.running.abort_all();
+                    return Err(other);
+                }
+            }
+        }
+        Ok(gate)
+    }
+
+    /// Spawns the handler of `node`, whose attempt `attempt` the store has counted.
+    fn spawn(&mut self, stop: &CancellationToken, node: &NodeSpec, attempt: u32) {
+        let claim = self.claim();
+        self.checkpoint.insert(
+            node.id.clone(),
+            NodeState {
+                status: NodeStatus::Running,
+                attempts: attempt,
+                retryable: true,
+            },
+        );
+        self.running_ids.insert(node.id.clone());
+        let upstream = node
+            .depends_on
+            .iter()
+            .filter_map(|d| self.outputs.get(d).map(|o| (d.clone(), o.clone())))
+            .collect::<BTreeMap<_, _>>();
+        let cancel = stop.child_token();
+        let ctx = Context {
+            run_id: claim.run_id(),
+            node_id: node.id.clone(),
+            attempt,
+            epoch: claim.epoch(),
+            idempotency_key: Context::idempotency_key_for(claim.run_id(), &node.id),
+            input: node.input.clone(),
+            run_inputs: self.run.inputs.clone(),
+            upstream,
+            cancel: cancel.clone(),
+        };
+        let registry = self.shared.registry.clone();
+        let kind = node.kind.clone();
+        let timeout = Duration::from_millis(node.timeout_ms);
+        let node_id = node.id.clone();
+        self.running.spawn(async move {
+            // A panicking handler fails its node instead of leaving it `running` forever.
+            let attempt_run = AssertUnwindSafe(registry.run(&kind, ctx)).catch_unwind();
+            let result = match tokio::time::timeout(timeout, attempt_run).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(HandlerError::Terminal(format!(
+                    "the {kind} handler panicked"
+                ))),
+                Err(_) => {
+                    // Dropping the handler's future already stopped it; the token tells any
+                    // task it spawned.
+                    cancel.cancel();
+                    Err(HandlerError::Retryable(format!(
+                        "timed out after {} ms",
+                        timeout.as_millis()
+                    )))
+                }
+            };
+            NodeDone {
+                node_id,
+                attempt,
+                result,
+            }
+        });
+    }
+
+    /// Checkpoints a finished attempt and decides what follows it.
+    pub(super) async fn record(
+        &mut self,
+        stop: &CancellationToken,
+        done: NodeDone,
+    ) -> Result<(), Stop> {
+        let claim = self.claim();
+        let store = &self.shared.store;
+        self.running_ids.remove(&done.node_id);
+        let spec = Arc::clone(&self.spec);
+        let node = spec.node(&done.node_id).expect("started from the spec");
+        let result = done.result.and_then(storable);
+        match result {
+            Ok(output) => {
+                let completes_run = self.is_last(&done.node_id);
+                let writes = &self.shared.writes;
+                let node_id = &done.node_id;
+                self.run_completed = fenced(stop, || {
+                    writes.node_completed(NodeCompletion {
+                        claim,
+                        node_id: node_id.clone(),
+                        output: output.clone(),
+                        completes_run,
+                    })
+                })
+                .await?;
+                self.set_status(&done.node_id, NodeStatus::Completed, done.attempt, true);
+                self.outputs.insert(done.node_id, output);
+            }
+            Err(error) => {
+                // Postgres text cannot hold NUL; a message with one would fail the write.
+                let message = error.to_string().replace('\0', "\u{fffd}");
+                let retryable = error.is_retryable();
+                fenced(stop, || {
+                    store.node_failed(&claim, &done.node_id, &message, retryable)
+                })
+                .await?;
+                self.set_status(&done.node_id, NodeStatus::Failed, done.attempt, retryable);
+                tracing::info!(run_id = %claim.run_id(), node = %done.node_id, attempt = done.attempt, retryable, error = %message, "node attempt failed");
+                if retryable && done.attempt < node.max_attempts {
+                    let delay = retry::next_delay(&node.backoff, done.attempt, fastrand::f64());
+                    self.retry
+                        .get_or_insert((done.node_id, done.attempt + 1, delay));
+                } else if self.failure.is_none() {
+                    let reason = if retryable {
+                        format!(
+                            "{message} (attempt {} of {})",
+                            done.attempt, node.max_attempts
+                        )
+                    } else {
+                        message
+                    };
+                    self.failure = Some(Failure {
+                        node_id: done.node_id,
+                        attempt: done.attempt,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `node_id`, just finished, is the last node: every other one completed, nothing
+    /// else runs, and no failure waits to be settled. Its completion then completes the run in
+    /// the same write.
+    fn is_last(&self, node_id: &NodeId) -> bool {
+        self.running_ids.is_empty()
+            && self.retry.is_none()
+            && self.failure.is_none()
+            && self.spec.nodes.iter().all(|n| {
+                n.id == *node_id
+                    || self
+                        .checkpoint
+                        .get(&n.id)
+                        .is_some_and(|s| s.status == NodeStatus::Completed)
+            })
+    }
+
+    fn set_status(&mut self, node_id: &NodeId, status: NodeStatus, attempts: u32, retryable: bool) {
+        self.checkpoint.insert(
+            node_id.clone(),
+            NodeState {
+                status,
+                attempts,
+                retryable,
+            },
+        );
+    }
+}
+
+/// A handler's output as the checkpoint can hold it: within the size limit, and without the NUL
+/// character, which Postgres' jsonb refuses (a write carrying one would fail, and the run with
+/// it). Either is the handler's failure, for good.
+fn storable(output: Value) -> Result<Value, HandlerError> {
+    let Ok(bytes) = serde_json::to_vec(&output) else {
+        return Err(HandlerError::Terminal("output is not serialisable".into()));
+    };
+    if bytes.len() > MAX_NODE_OUTPUT_BYTES {
+        return Err(HandlerError::Terminal(format!(
+            "output of {} bytes is larger than {MAX_NODE_OUTPUT_BYTES}",
+            bytes.len()
+        )));
+    }
+    if contains_nul(&output) {
+        return Err(HandlerError::Terminal(
+            "output contains a NUL character (\\u0000), which the checkpoint cannot store".into(),
+        ));
+    }
+    Ok(output)
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// A node that needs a person's approval before it runs.
+pub(super) fn needs_gate(node: &NodeSpec) -> bool {
+    node.approval.is_some() || node.kind == crate::handler::APPROVAL_KIND
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn outputs_postgres_cannot_store_fail_their_node_for_good() {
+        assert!(storable(json!({"ok": [1, "two", null]})).is_ok());
+        // A backslash followed by "u0000" is text, not NUL.
+        assert!(storable(json!({"path": "C:\\u0000"})).is_ok());
+        for bad in [
+            json!({"text": "a\u{0}b"}),
+            json!([{"deep": ["\u{0}"]}]),
+            json!({"key\u{0}": 1}),
+            json!("x".repeat(MAX_NODE_OUTPUT_BYTES + 1)),
+        ] {
+            assert!(
+                matches!(storable(bad.clone()), Err(HandlerError::Terminal(_))),
+                "{bad}"
+            );
+        }
+    }
+}
