@@ -66,7 +66,7 @@ trait BatchWrite: Send + 'static {
     fn write(
         store: &Store,
         items: &[Self::Item],
-    ) -> impl Future<Output = Result<Vec<Result<Self::Answer, store::Error>>, store::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<Result<Self::Answer, store::FenceError>>, store::Error>> + Send;
 }
 
 struct Starts;
@@ -78,7 +78,7 @@ impl BatchWrite for Starts {
     async fn write(
         store: &Store,
         items: &[NodeStart],
-    ) -> Result<Vec<Result<u32, store::Error>>, store::Error> {
+    ) -> Result<Vec<Result<u32, store::FenceError>>, store::Error> {
         store.nodes_started(items).await
     }
 }
@@ -92,7 +92,7 @@ impl BatchWrite for Completions {
     async fn write(
         store: &Store,
         items: &[NodeCompletion],
-    ) -> Result<Vec<Result<bool, store::Error>>, store::Error> {
+    ) -> Result<Vec<Result<bool, store::FenceError>>, store::Error> {
         store.nodes_completed(items).await
     }
 }
@@ -177,16 +177,15 @@ async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
         Err(e) if !e.is_transient() && items.len() > 1 => {
             tracing::warn!(error = %e, writes = items.len(), "a batched write failed; writing its items one by one");
             for (item, answer) in items.into_iter().zip(answers) {
-                let result =
-                    W::write(store, std::slice::from_ref(&item))
-                        .await
-                        .and_then(|results| {
-                            results
-                                .into_iter()
-                                .next()
-                                .expect("a batch answers every item it was given")
-                        });
-                let _ = answer.send(result.map_err(Error::from));
+                let result = match W::write(store, std::slice::from_ref(&item)).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .next()
+                        .expect("a batch answers every item it was given")
+                        .map_err(Error::from),
+                    Err(e) => Err(Error::from(e)),
+                };
+                let _ = answer.send(result);
             }
         }
         Err(e) => {

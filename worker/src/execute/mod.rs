@@ -70,7 +70,7 @@ impl Shared {
     }
 
     /// A pinned automation version. Versions never change, so they are cached for good.
-    async fn spec(&self, run: &ClaimedRun) -> Result<Arc<Spec>, store::Error> {
+    async fn spec(&self, run: &ClaimedRun) -> Result<Arc<Spec>, store::RequestError> {
         let key = (
             run.tenant.clone(),
             run.automation_id.clone(),
@@ -117,7 +117,7 @@ impl Stop {
     fn is_pause_requested(&self) -> bool {
         matches!(
             self,
-            Self::Db(Error::Store(store::Error::PauseRequested { .. }))
+            Self::Db(Error::Fenced(store::FenceError::PauseRequested { .. }))
         )
     }
 }
@@ -125,7 +125,7 @@ impl Stop {
 impl From<Error> for Stop {
     fn from(e: Error) -> Self {
         match e {
-            Error::Store(store::Error::LeaseLost { .. }) => Self::LeaseLost,
+            Error::Fenced(store::FenceError::LeaseLost { .. }) => Self::LeaseLost,
             other => Self::Db(other),
         }
     }
