@@ -13,7 +13,7 @@
 //! Each sweep reads candidates, decides for each with a pure rule that takes `now`, and applies
 //! each kind of decision with one conditional statement of the store, fenced on the leadership.
 //! A pass returns an outcome, which the loop logs and tests assert on. Each sweep is a [`Sweep`];
-//! the leader runs the list [`SWEEPS`].
+//! the leader runs the list `SWEEPS`.
 
 use std::time::Duration;
 
