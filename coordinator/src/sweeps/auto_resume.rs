@@ -2,12 +2,48 @@
 //! of its unfinished nodes has an attempt left (docs/lease_protocol.md, rule 5); otherwise it waits
 //! for an operator. The decision is [`lease::auto_resume`].
 
-use std::time::Duration;
-
 use leasehold_core::lease;
 use leasehold_core::store::{self, AutoResumeParams};
 
-use super::{Config, Outcome, Pass, Sweep, count};
+use super::{Outcome, Pass, count};
+
+/// One auto-resume pass at `pass.now` (the database's clock when `None`), under
+/// `pass.leader`. Does nothing when auto-resume is switched off.
+pub async fn run_once(pass: Pass<'_>) -> Result<AutoResumeOutcome, store::Error> {
+    let mut outcome = AutoResumeOutcome::default();
+    if !pass.config.auto_resume_enabled {
+        return Ok(outcome);
+    }
+    let now = pass.now().await?;
+    let params = AutoResumeParams {
+        now: Some(now),
+        window: pass.config.auto_resume_window,
+        cap: pass.config.auto_resume_cap,
+        limit: pass.config.batch_limit,
+    };
+    let mut resume = Vec::new();
+    for view in pass.store.stale_reaped_runs(&params).await? {
+        match lease::auto_resume(&view, now, params.window, params.cap) {
+            lease::AutoResume::Resume => resume.push(view),
+            lease::AutoResume::WindowPassed => outcome.window_passed += 1,
+            lease::AutoResume::CapReached => outcome.cap_reached += 1,
+            lease::AutoResume::NoBudget => outcome.no_budget += 1,
+            lease::AutoResume::UnreadableSpec => {
+                if let Err(reason) = &view.nodes {
+                    tracing::debug!(run_id = %view.run_id, reason, "spec unreadable; not resuming");
+                }
+                outcome.unreadable_spec += 1;
+            }
+        }
+    }
+    outcome.resumed = count(
+        &pass
+            .store
+            .auto_resume(pass.leader, &resume, &params)
+            .await?,
+    );
+    Ok(outcome)
+}
 
 /// What one auto-resume pass did, and why it left the runs it left.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,55 +65,5 @@ impl Outcome for AutoResumeOutcome {
     /// resume is news.
     fn is_empty(&self) -> bool {
         self.resumed == 0
-    }
-}
-
-/// Auto-resume, as the leader runs it.
-pub struct AutoResume;
-
-impl Sweep for AutoResume {
-    const NAME: &'static str = "auto_resume";
-    type Outcome = AutoResumeOutcome;
-
-    fn interval(config: &Config) -> Duration {
-        config.auto_resume_interval
-    }
-
-    /// One auto-resume pass at `pass.now` (the database's clock when `None`), under
-    /// `pass.leader`. Does nothing when auto-resume is switched off.
-    async fn run_once(&self, pass: Pass<'_>) -> Result<AutoResumeOutcome, store::Error> {
-        let mut outcome = AutoResumeOutcome::default();
-        if !pass.config.auto_resume_enabled {
-            return Ok(outcome);
-        }
-        let now = pass.now().await?;
-        let params = AutoResumeParams {
-            now: Some(now),
-            window: pass.config.auto_resume_window,
-            cap: pass.config.auto_resume_cap,
-            limit: pass.config.batch_limit,
-        };
-        let mut resume = Vec::new();
-        for view in pass.store.stale_reaped_runs(&params).await? {
-            match lease::auto_resume(&view, now, params.window, params.cap) {
-                lease::AutoResume::Resume => resume.push(view),
-                lease::AutoResume::WindowPassed => outcome.window_passed += 1,
-                lease::AutoResume::CapReached => outcome.cap_reached += 1,
-                lease::AutoResume::NoBudget => outcome.no_budget += 1,
-                lease::AutoResume::UnreadableSpec => {
-                    if let Err(reason) = &view.nodes {
-                        tracing::debug!(run_id = %view.run_id, reason, "spec unreadable; not resuming");
-                    }
-                    outcome.unreadable_spec += 1;
-                }
-            }
-        }
-        outcome.resumed = count(
-            &pass
-                .store
-                .auto_resume(pass.leader, &resume, &params)
-                .await?,
-        );
-        Ok(outcome)
     }
 }

@@ -29,11 +29,11 @@ pub mod pausing;
 pub mod reaper;
 pub mod stale_gates;
 
-pub use auto_resume::{AutoResume, AutoResumeOutcome};
-pub use partitions::{Partitions, PartitionsOutcome};
-pub use pausing::{Pausing, PausingOutcome};
-pub use reaper::{ReapOutcome, Reaper};
-pub use stale_gates::{StaleGates, StaleGatesOutcome};
+pub use auto_resume::AutoResumeOutcome;
+pub use partitions::PartitionsOutcome;
+pub use pausing::PausingOutcome;
+pub use reaper::ReapOutcome;
+pub use stale_gates::StaleGatesOutcome;
 
 /// The leader lease's role name unless configured otherwise.
 pub const LEADER_NAME_DEFAULT: &str = "sweeps";
@@ -326,15 +326,49 @@ pub trait Sweep: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Outcome, store::Error>> + Send;
 }
 
-/// Every sweep the leader runs, each as a task of its term. A new sweep is a file in this folder
-/// (and one in the store's), and one line here.
-pub(crate) const SWEEPS: &[&dyn leader::AnySweep] = &[
-    &reaper::Reaper,
-    &pausing::Pausing,
-    &auto_resume::AutoResume,
-    &stale_gates::StaleGates,
-    &partitions::Partitions,
-];
+/// Declares the sweeps: for each, its type, its name, its pass (the `run_once` of its module),
+/// what the pass returns, and the setting of its interval. Implements [`Sweep`] for each and
+/// lists them all in `SWEEPS`, the list the leader runs, each as a task of its term.
+macro_rules! sweeps {
+    ($($(#[$doc:meta])* $sweep:ident: $name:literal, $module:ident -> $outcome:ty, every $interval:ident;)+) => {
+        $(
+            $(#[$doc])*
+            pub struct $sweep;
+
+            impl Sweep for $sweep {
+                const NAME: &'static str = $name;
+                type Outcome = $outcome;
+
+                fn interval(config: &Config) -> Duration {
+                    config.$interval
+                }
+
+                fn run_once(
+                    &self,
+                    pass: Pass<'_>,
+                ) -> impl Future<Output = Result<$outcome, store::Error>> + Send {
+                    $module::run_once(pass)
+                }
+            }
+        )+
+
+        pub(crate) const SWEEPS: &[&dyn leader::AnySweep] = &[$(&$sweep),+];
+    };
+}
+
+// A new sweep is a file in this folder (and one in the store's) and one line here.
+sweeps! {
+    /// The reaper (docs/lease_protocol.md, rules 4, 5 and 9).
+    Reaper: "reaper", reaper -> ReapOutcome, every reaper_interval;
+    /// The pausing settlement.
+    Pausing: "pausing", pausing -> PausingOutcome, every pausing_interval;
+    /// Auto-resume (docs/lease_protocol.md, rule 5).
+    AutoResume: "auto_resume", auto_resume -> AutoResumeOutcome, every auto_resume_interval;
+    /// The stale-gate sweep.
+    StaleGates: "stale_gates", stale_gates -> StaleGatesOutcome, every stale_gate_interval;
+    /// Partition upkeep.
+    Partitions: "partitions", partitions -> PartitionsOutcome, every partition_interval;
+}
 
 /// How many rows a statement moved, as an outcome counts them.
 fn count<T>(moved: &[T]) -> u64 {

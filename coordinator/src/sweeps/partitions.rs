@@ -2,11 +2,21 @@
 //! events never land in the default partition, from which retention could not drop them by
 //! month. There is nothing to decide: the store's function creates what is missing.
 
-use std::time::Duration;
-
 use leasehold_core::store::{self};
 
-use super::{Config, Outcome, Pass, Sweep};
+use super::{Outcome, Pass};
+
+/// One upkeep pass for the month of `pass.now` (the database's today when `None`) and the
+/// months after it, under `pass.leader`. A leadership that is gone creates nothing.
+pub async fn run_once(pass: Pass<'_>) -> Result<PartitionsOutcome, store::Error> {
+    let created = pass
+        .store
+        .ensure_event_partitions(pass.leader, pass.now, pass.config.partition_months_ahead)
+        .await?;
+    Ok(PartitionsOutcome {
+        created: created.map_or(0, u64::from),
+    })
+}
 
 /// What one partition-upkeep pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,27 +26,3 @@ pub struct PartitionsOutcome {
 }
 
 impl Outcome for PartitionsOutcome {}
-
-/// Partition upkeep, as the leader runs it.
-pub struct Partitions;
-
-impl Sweep for Partitions {
-    const NAME: &'static str = "partitions";
-    type Outcome = PartitionsOutcome;
-
-    fn interval(config: &Config) -> Duration {
-        config.partition_interval
-    }
-
-    /// One upkeep pass for the month of `pass.now` (the database's today when `None`) and the
-    /// months after it, under `pass.leader`. A leadership that is gone creates nothing.
-    async fn run_once(&self, pass: Pass<'_>) -> Result<PartitionsOutcome, store::Error> {
-        let created = pass
-            .store
-            .ensure_event_partitions(pass.leader, pass.now, pass.config.partition_months_ahead)
-            .await?;
-        Ok(PartitionsOutcome {
-            created: created.map_or(0, u64::from),
-        })
-    }
-}

@@ -2,14 +2,35 @@
 //! before the pause settled. The sweep settles it as the holder would have: `paused` as
 //! operator-paused, its running nodes recorded as interrupted attempts, which count.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use leasehold_core::lease::{self, LeaseView};
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::{self, PausingParams};
 
-use super::{Config, Outcome, Pass, Sweep, count};
+use super::{Outcome, Pass, count};
+
+/// One settlement pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
+pub async fn run_once(pass: Pass<'_>) -> Result<PausingOutcome, store::Error> {
+    let now = pass.now().await?;
+    let params = PausingParams {
+        now: Some(now),
+        limit: pass.config.batch_limit,
+    };
+    let mut pause = Vec::new();
+    for view in pass.store.expired_pausing(&params).await? {
+        match settle(&view, now) {
+            Settle::Leave => {}
+            Settle::Pause => pause.push(view),
+        }
+    }
+    let paused = pass
+        .store
+        .settle_expired_pausing(pass.leader, &pause, &params)
+        .await?;
+    Ok(PausingOutcome {
+        paused: count(&paused),
+    })
+}
 
 /// What one pausing-settlement pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,41 +56,6 @@ pub fn settle(view: &LeaseView, now: DateTime<Utc>) -> Settle {
         Settle::Pause
     } else {
         Settle::Leave
-    }
-}
-
-/// The pausing settlement, as the leader runs it.
-pub struct Pausing;
-
-impl Sweep for Pausing {
-    const NAME: &'static str = "pausing";
-    type Outcome = PausingOutcome;
-
-    fn interval(config: &Config) -> Duration {
-        config.pausing_interval
-    }
-
-    /// One settlement pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
-    async fn run_once(&self, pass: Pass<'_>) -> Result<PausingOutcome, store::Error> {
-        let now = pass.now().await?;
-        let params = PausingParams {
-            now: Some(now),
-            limit: pass.config.batch_limit,
-        };
-        let mut pause = Vec::new();
-        for view in pass.store.expired_pausing(&params).await? {
-            match settle(&view, now) {
-                Settle::Leave => {}
-                Settle::Pause => pause.push(view),
-            }
-        }
-        let paused = pass
-            .store
-            .settle_expired_pausing(pass.leader, &pause, &params)
-            .await?;
-        Ok(PausingOutcome {
-            paused: count(&paused),
-        })
     }
 }
 

@@ -2,12 +2,48 @@
 //! claim, are stale-reaped when one did, and are blocked when their claims keep expiring before
 //! any progress (docs/lease_protocol.md, rules 4, 5 and 9). The decision is [`lease::reap`].
 
-use std::time::Duration;
-
 use leasehold_core::lease::{self, LeaseView, Reap};
 use leasehold_core::store::{self, ReapParams};
 
-use super::{Config, Outcome, Pass, Sweep, count};
+use super::{Outcome, Pass, count};
+
+/// One reaper pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
+pub async fn run_once(pass: Pass<'_>) -> Result<ReapOutcome, store::Error> {
+    let now = pass.now().await?;
+    let params = ReapParams {
+        now: Some(now),
+        limit: pass.config.batch_limit,
+        poison_limit: pass.config.poison_limit,
+    };
+    let expired = pass.store.expired_leases(&params).await?;
+    let (mut requeue, mut stale_reap, mut block): (Vec<LeaseView>, Vec<_>, Vec<_>) =
+        Default::default();
+    for view in expired {
+        match lease::reap(&view, now, params.poison_limit) {
+            Reap::Leave => {}
+            Reap::Requeue => requeue.push(view),
+            Reap::StaleReap => stale_reap.push(view),
+            Reap::BlockPoisoned => block.push(view),
+        }
+    }
+    let requeued = pass
+        .store
+        .requeue_expired_as_leader(pass.leader, &requeue, &params)
+        .await?;
+    let stale_reaped = pass
+        .store
+        .stale_reap_as_leader(pass.leader, &stale_reap, &params)
+        .await?;
+    let blocked = pass
+        .store
+        .block_poisoned_as_leader(pass.leader, &block, &params)
+        .await?;
+    Ok(ReapOutcome {
+        requeued: count(&requeued),
+        stale_reaped: count(&stale_reaped),
+        blocked: count(&blocked),
+    })
+}
 
 /// What one reaper pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,53 +57,3 @@ pub struct ReapOutcome {
 }
 
 impl Outcome for ReapOutcome {}
-
-/// The reaper, as the leader runs it.
-pub struct Reaper;
-
-impl Sweep for Reaper {
-    const NAME: &'static str = "reaper";
-    type Outcome = ReapOutcome;
-
-    fn interval(config: &Config) -> Duration {
-        config.reaper_interval
-    }
-
-    /// One reaper pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
-    async fn run_once(&self, pass: Pass<'_>) -> Result<ReapOutcome, store::Error> {
-        let now = pass.now().await?;
-        let params = ReapParams {
-            now: Some(now),
-            limit: pass.config.batch_limit,
-            poison_limit: pass.config.poison_limit,
-        };
-        let expired = pass.store.expired_leases(&params).await?;
-        let (mut requeue, mut stale_reap, mut block): (Vec<LeaseView>, Vec<_>, Vec<_>) =
-            Default::default();
-        for view in expired {
-            match lease::reap(&view, now, params.poison_limit) {
-                Reap::Leave => {}
-                Reap::Requeue => requeue.push(view),
-                Reap::StaleReap => stale_reap.push(view),
-                Reap::BlockPoisoned => block.push(view),
-            }
-        }
-        let requeued = pass
-            .store
-            .requeue_expired_as_leader(pass.leader, &requeue, &params)
-            .await?;
-        let stale_reaped = pass
-            .store
-            .stale_reap_as_leader(pass.leader, &stale_reap, &params)
-            .await?;
-        let blocked = pass
-            .store
-            .block_poisoned_as_leader(pass.leader, &block, &params)
-            .await?;
-        Ok(ReapOutcome {
-            requeued: count(&requeued),
-            stale_reaped: count(&stale_reaped),
-            blocked: count(&blocked),
-        })
-    }
-}

@@ -7,7 +7,31 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use leasehold_core::store::{self, PendingGateView, StaleGateParams};
 
-use super::{Config, Outcome, Pass, Sweep, count};
+use super::{Outcome, Pass, count};
+
+/// One stale-gate pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
+pub async fn run_once(pass: Pass<'_>) -> Result<StaleGatesOutcome, store::Error> {
+    let now = pass.now().await?;
+    let params = StaleGateParams {
+        now: Some(now),
+        after: pass.config.stale_gate_after,
+        limit: pass.config.batch_limit,
+    };
+    let mut mark = Vec::new();
+    for gate in pass.store.stale_gate_candidates(&params).await? {
+        match staleness(&gate, now, params.after) {
+            Staleness::Fresh | Staleness::AlreadyMarked => {}
+            Staleness::MarkStale => mark.push(gate),
+        }
+    }
+    let marked = pass
+        .store
+        .mark_gates_stale(pass.leader, &mark, &params)
+        .await?;
+    Ok(StaleGatesOutcome {
+        marked: count(&marked),
+    })
+}
 
 /// What one stale-gate pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,42 +62,6 @@ pub fn staleness(gate: &PendingGateView, now: DateTime<Utc>, after: Duration) ->
         Staleness::MarkStale
     } else {
         Staleness::Fresh
-    }
-}
-
-/// The stale-gate sweep, as the leader runs it.
-pub struct StaleGates;
-
-impl Sweep for StaleGates {
-    const NAME: &'static str = "stale_gates";
-    type Outcome = StaleGatesOutcome;
-
-    fn interval(config: &Config) -> Duration {
-        config.stale_gate_interval
-    }
-
-    /// One stale-gate pass at `pass.now` (the database's clock when `None`), under `pass.leader`.
-    async fn run_once(&self, pass: Pass<'_>) -> Result<StaleGatesOutcome, store::Error> {
-        let now = pass.now().await?;
-        let params = StaleGateParams {
-            now: Some(now),
-            after: pass.config.stale_gate_after,
-            limit: pass.config.batch_limit,
-        };
-        let mut mark = Vec::new();
-        for gate in pass.store.stale_gate_candidates(&params).await? {
-            match staleness(&gate, now, params.after) {
-                Staleness::Fresh | Staleness::AlreadyMarked => {}
-                Staleness::MarkStale => mark.push(gate),
-            }
-        }
-        let marked = pass
-            .store
-            .mark_gates_stale(pass.leader, &mark, &params)
-            .await?;
-        Ok(StaleGatesOutcome {
-            marked: count(&marked),
-        })
     }
 }
 
