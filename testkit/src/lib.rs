@@ -45,7 +45,7 @@
 //! - `cluster`: the throwaway cluster: finding the binaries, starting, stopping, and sweeping
 //!   leftovers.
 //! - `db`: [`TestDb`], one database per test.
-//! - `wait`: [`wait_for`], polling with a deadline instead of sleeping.
+//! - `wait`: [`wait_for`] and [`wait_for_every`], polling with a deadline instead of sleeping.
 //! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings, for the benchmark.
 
 mod cluster;
@@ -57,4 +57,4 @@ mod wait;
 pub use db::TestDb;
 pub use owned::OwnedCluster;
 pub use server::{DATABASE_URL_ENV, admin_url, with_database};
-pub use wait::wait_for;
+pub use wait::{wait_for, wait_for_every};

@@ -16,7 +16,7 @@
 //! - [`invariants`]: the checker run after every scenario, returning a [`invariants::Report`].
 //! - [`scenario`]: one scenario at a time, a hard time bound each, result lines and the summary
 //!   table.
-//! - [`wait`]: waiting for an observable condition with a deadline.
+//! - [`wait`]: the testkit's `wait_for_every` under the name `cluster` calls.
 
 pub mod api;
 pub mod binaries;

@@ -481,10 +481,10 @@ mod tests {
         let mut got = vec![0u8; described.len()];
         s.read_exact(&mut got).await.expect("read");
         assert_eq!(got, described);
-        crate::wait::until(
-            "the result to be held",
+        leasehold_testkit::wait_for_every(
             Duration::from_secs(5),
             Duration::from_millis(10),
+            "the result to be held",
             || async { (proxy.held_chunks() == 1).then_some(()) },
         )
         .await;
@@ -498,10 +498,10 @@ mod tests {
             matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
             "the held result never arrives: {closed:?} {rest:?}"
         );
-        crate::wait::until(
-            "the held result to be dropped",
+        leasehold_testkit::wait_for_every(
             Duration::from_secs(5),
             Duration::from_millis(10),
+            "the held result to be dropped",
             || async { (proxy.dropped_chunks() == 1).then_some(()) },
         )
         .await;

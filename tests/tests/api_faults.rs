@@ -18,8 +18,8 @@ use leasehold_fault_tests::api::{self, Clients};
 use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
 use leasehold_fault_tests::ledger;
 use leasehold_fault_tests::scenario::{self, Line, bounded};
-use leasehold_fault_tests::wait;
 use leasehold_proto::v1;
+use leasehold_testkit::wait_for_every;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -129,10 +129,10 @@ async fn durable_backoff(c: &mut Cluster) -> Line {
     let runs: Vec<RunId> = ok_runs.iter().chain(&bad_runs).copied().collect();
     let ids: Vec<uuid::Uuid> = runs.iter().map(|r| r.0).collect();
 
-    wait::until(
-        "every run to wait in retry backoff",
+    wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "every run to wait in retry backoff",
         || async {
             let n: i64 = c
                 .sql
@@ -901,10 +901,10 @@ async fn bad_input(c: &mut Cluster) -> Line {
     let more_runs = c.start_runs(&good, GOOD_RUNS).await;
 
     let blocked = [corrupt_run, tampered_run];
-    let recovery = wait::until(
-        "both unreadable runs to be blocked",
+    let recovery = wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "both unreadable runs to be blocked",
         || async { (c.count_status(&blocked, "blocked").await == 2).then(|| fault.elapsed()) },
     )
     .await;

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins};
 use leasehold_core::ids::RunId;
 use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
+use leasehold_fault_tests::ledger;
 use leasehold_fault_tests::pg_server::{self, Server};
 use leasehold_fault_tests::scenario::{self, Line, bounded};
-use leasehold_fault_tests::{ledger, wait};
+use leasehold_testkit::wait_for_every;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 fn uuids(runs: &[RunId]) -> Vec<uuid::Uuid> {
@@ -92,10 +93,10 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
 
     let down = Instant::now();
     server.crash();
-    wait::until(
-        "the coordinator to report NOT_SERVING while the database is down",
+    wait_for_every(
         Duration::from_secs(5),
         Duration::from_millis(100),
+        "the coordinator to report NOT_SERVING while the database is down",
         || async {
             (pg_server::overall_health(&endpoint).await == Some(ServingStatus::NotServing))
                 .then_some(())
@@ -107,10 +108,10 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
     // The suite's own connection died with the server.
     c.sql = server.connect().await;
 
-    let recovery = wait::until(
-        "the coordinator to report SERVING again",
+    let recovery = wait_for_every(
         Duration::from_secs(10),
         Duration::from_millis(100),
+        "the coordinator to report SERVING again",
         || async {
             (pg_server::overall_health(&endpoint).await == Some(ServingStatus::Serving))
                 .then(|| down.elapsed())
@@ -240,10 +241,10 @@ async fn backends_killed(c: &mut Cluster) -> Line {
     let mut runs = c.start_runs(&automation, KILLED_RUNS).await;
     c.wait_all(&runs, "running", FINISH_DEADLINE).await;
     // Every worker's ledger connection has inserted a row: the first node of every run started.
-    wait::until(
-        "every run's first node to be in the ledger",
+    wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "every run's first node to be in the ledger",
         || async { (ledger::all(&c.sql).await.len() >= runs.len()).then_some(()) },
     )
     .await;
@@ -274,10 +275,10 @@ async fn backends_killed(c: &mut Cluster) -> Line {
     // a listener hears of them.
     let late = c.start_runs(&late_automation, LATE_RUNS).await;
     let late_ids = uuids(&late);
-    let late_claimed = wait::until(
-        "the runs started after the killing to be claimed",
+    let late_claimed = wait_for_every(
         t.poll + t.margin,
         Duration::from_millis(10),
+        "the runs started after the killing to be claimed",
         || async {
             let left: i64 = c
                 .sql
