@@ -46,10 +46,13 @@
 //!   leftovers.
 //! - `db`: [`TestDb`], one database per test.
 //! - `wait`: [`wait_for`] and [`wait_for_every`], polling with a deadline instead of sleeping.
+//! - [`fixtures`]: a migrated database with a store ([`fixtures::Bundle`]), shared specs, runs
+//!   started and claimed, and test-only SQL that moves rows in time.
 //! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings, for the benchmark.
 
 mod cluster;
 mod db;
+pub mod fixtures;
 mod owned;
 mod server;
 mod wait;

@@ -1,23 +1,17 @@
 //! The lease protocol against a real Postgres: claims, fencing, retries, hand-back, reaping.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{LEASE, setup};
 use leasehold_core::ids::{ClaimantId, LeaseEpoch, NodeId, RunId};
 use leasehold_core::lease::{self, LeaseView, Reap};
 use leasehold_core::run::{self, NodeStatus, RunStatus, Transition};
 use leasehold_core::store::{Error, Failure, ReapParams, Store};
+use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup};
 use serde_json::json;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn node(id: &str) -> NodeId {
-    NodeId::from(id)
 }
 
 fn assert_lease_lost<T: std::fmt::Debug>(result: &Result<T, Error>, what: &str) {
@@ -30,7 +24,7 @@ fn assert_lease_lost<T: std::fmt::Debug>(result: &Result<T, Error>, what: &str) 
 #[tokio::test]
 async fn eight_claimers_claim_each_of_ten_thousand_runs_exactly_once() {
     let b = setup().await;
-    let automation = b.automation("bulk").await;
+    let automation = b.diamond("bulk").await;
     b.queue_many(&automation, 10_000).await;
 
     let mut claimers = Vec::new();
@@ -88,7 +82,7 @@ async fn eight_claimers_claim_each_of_ten_thousand_runs_exactly_once() {
 #[tokio::test]
 async fn claims_take_highest_priority_then_oldest() {
     let b = setup().await;
-    let automation = b.automation("order").await;
+    let automation = b.diamond("order").await;
     let low_old = b.start(&automation).await;
     let high = b
         .store
@@ -115,7 +109,7 @@ async fn claims_take_highest_priority_then_oldest() {
 #[tokio::test]
 async fn stale_holder_cannot_write_after_reclaim() {
     let b = setup().await;
-    let automation = b.automation("fenced").await;
+    let automation = b.diamond("fenced").await;
     let run_id = b.start(&automation).await;
 
     let first = b.claim_one("worker-1").await.claim;
@@ -198,7 +192,7 @@ async fn stale_holder_cannot_write_after_reclaim() {
 #[tokio::test]
 async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
     let b = setup().await;
-    let automation = b.automation("diamond").await;
+    let automation = b.diamond("diamond").await;
     let run_id = b.start(&automation).await;
     let claimed = b.claim_one("w").await;
     let claim = claimed.claim;
@@ -259,7 +253,7 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
 #[tokio::test]
 async fn repeating_a_write_that_landed_succeeds_quietly() {
     let b = setup().await;
-    let automation = b.automation("repeat").await;
+    let automation = b.diamond("repeat").await;
     let run_id = b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
 
@@ -317,7 +311,7 @@ async fn repeating_a_write_that_landed_succeeds_quietly() {
 #[tokio::test]
 async fn a_repeat_that_landed_needs_no_second_connection() {
     let b = setup().await;
-    let automation = b.automation("repeat-one").await;
+    let automation = b.diamond("repeat-one").await;
     b.start(&automation).await;
     let store = Store::connect(b.db.url(), 1).await.expect("a pool of one");
     let claim = store
@@ -359,7 +353,7 @@ async fn a_repeat_that_landed_needs_no_second_connection() {
 #[tokio::test]
 async fn a_run_is_not_completed_while_a_node_runs() {
     let b = setup().await;
-    let automation = b.automation("busy").await;
+    let automation = b.diamond("busy").await;
     b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
     b.store
@@ -375,7 +369,7 @@ async fn a_run_is_not_completed_while_a_node_runs() {
 #[tokio::test]
 async fn retries_wait_in_the_queue_until_retry_after() {
     let b = setup().await;
-    let automation = b.automation("retry").await;
+    let automation = b.diamond("retry").await;
     let run_id = b.start(&automation).await;
     let claimant = ClaimantId::from("w");
     let claim = b.claim_one("w").await.claim;
@@ -442,7 +436,7 @@ async fn retries_wait_in_the_queue_until_retry_after() {
 #[tokio::test]
 async fn a_scheduled_retry_never_revives_a_cancelled_run() {
     let b = setup().await;
-    let automation = b.automation("cancelled").await;
+    let automation = b.diamond("cancelled").await;
     let run_id = b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
     b.store
@@ -478,7 +472,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
 #[tokio::test]
 async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
     let b = setup().await;
-    let automation = b.automation("failing").await;
+    let automation = b.diamond("failing").await;
     let run_id = b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
     b.store
@@ -531,7 +525,7 @@ async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
 #[tokio::test]
 async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
     let b = setup().await;
-    let automation = b.automation("beats").await;
+    let automation = b.diamond("beats").await;
     for _ in 0..3 {
         b.start(&automation).await;
     }
@@ -567,7 +561,7 @@ async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
 #[tokio::test]
 async fn shutdown_hands_runs_back_for_another_worker_at_once() {
     let b = setup().await;
-    let automation = b.automation("handback").await;
+    let automation = b.diamond("handback").await;
     let run_id = b.start(&automation).await;
     let claim = b.claim_one("leaving").await.claim;
     b.store
@@ -620,7 +614,7 @@ async fn shutdown_hands_runs_back_for_another_worker_at_once() {
 /// Reads the expired leases at `now`, decides with the pure rule, and applies each kind under a
 /// leadership, as the coordinator's reaper does.
 async fn reap(
-    b: &common::Bundle,
+    b: &Bundle,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Vec<RunId>, Vec<RunId>, Vec<RunId>) {
     let params = ReapParams {
@@ -658,22 +652,13 @@ async fn reap(
     (requeued, stale, blocked)
 }
 
-async fn lease_expiry(b: &common::Bundle, run_id: RunId) -> chrono::DateTime<chrono::Utc> {
-    b.store
-        .run(&b.tenant, run_id)
-        .await
-        .expect("run")
-        .lease_expires_at
-        .expect("held")
-}
-
 #[tokio::test]
 async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired() {
     let b = setup().await;
-    let automation = b.automation("reap").await;
+    let automation = b.diamond("reap").await;
     let run_id = b.start(&automation).await;
     b.claim_one("dead").await;
-    let expires = lease_expiry(&b, run_id).await;
+    let expires = b.lease_expiry(run_id).await;
     let one_ms = chrono::TimeDelta::milliseconds(1);
 
     assert_eq!(
@@ -721,14 +706,14 @@ async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired
 #[tokio::test]
 async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attempt() {
     let b = setup().await;
-    let automation = b.automation("stale").await;
+    let automation = b.diamond("stale").await;
     let run_id = b.start(&automation).await;
     let claim = b.claim_one("frozen").await.claim;
     b.store
         .node_started(&claim, &node("a"))
         .await
         .expect("start");
-    let expires = lease_expiry(&b, run_id).await;
+    let expires = b.lease_expiry(run_id).await;
     let one_ms = chrono::TimeDelta::milliseconds(1);
 
     assert_eq!(
@@ -766,7 +751,7 @@ async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attem
 #[tokio::test]
 async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
     let b = setup().await;
-    let automation = b.automation("alive").await;
+    let automation = b.diamond("alive").await;
     let live = b.start(&automation).await;
     let cancelled = b.start(&automation).await;
     b.store
@@ -790,7 +775,7 @@ async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
 #[tokio::test]
 async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
     let b = setup().await;
-    let automation = b.automation("poison").await;
+    let automation = b.diamond("poison").await;
     let run_id = b.start(&automation).await;
     for round in 1..=lease::POISON_LIMIT_DEFAULT {
         b.claim_one("doomed").await;
@@ -820,7 +805,7 @@ async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
 #[tokio::test]
 async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
     let b = setup().await;
-    let automation = b.automation("inflight").await;
+    let automation = b.diamond("inflight").await;
     let run_id = b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
 
@@ -875,7 +860,7 @@ async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
 #[tokio::test]
 async fn runs_sharing_a_concurrency_key_are_never_held_at_once() {
     let b = setup().await;
-    let automation = b.automation("keyed").await;
+    let automation = b.diamond("keyed").await;
     let keyed = |key: &str| leasehold_core::store::StartRun {
         concurrency_key: Some(key.into()),
         ..b.start_request(&automation)
@@ -915,7 +900,7 @@ async fn runs_sharing_a_concurrency_key_are_never_held_at_once() {
 #[tokio::test]
 async fn concurrent_claimers_never_hold_one_key_twice() {
     let b = setup().await;
-    let automation = b.automation("keyed-race").await;
+    let automation = b.diamond("keyed-race").await;
     for i in 0..60 {
         let request = leasehold_core::store::StartRun {
             concurrency_key: Some(format!("key-{}", i % 3)),

@@ -1,34 +1,14 @@
 //! The leader lease against a real Postgres: acquisition, renewal, takeover, resignation, and
 //! the fence every sweep write checks.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{LEASE, setup};
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease::{self, LeaseView};
 use leasehold_core::store::{LeaderEpoch, ReapParams};
+use leasehold_testkit::fixtures::{LEADER_LEASE, LEASE, setup};
 
 const ROLE: &str = "sweeps";
-const LEADER_LEASE: Duration = Duration::from_secs(60);
-
-impl common::Bundle {
-    /// Moves the role's lease expiry to `ago` before the database's now.
-    async fn expire_leadership(&self, ago: Duration) {
-        let ms = i64::try_from(ago.as_millis()).expect("small");
-        let n = self
-            .sql
-            .execute(
-                "UPDATE leader_leases SET expires_at = now() - $2::bigint * interval '1 millisecond'
-                 WHERE name = $1",
-                &[&ROLE, &ms],
-            )
-            .await
-            .expect("backdate leader lease");
-        assert_eq!(n, 1);
-    }
-}
 
 #[tokio::test]
 async fn a_live_leadership_is_renewed_by_its_holder_and_refused_to_others() {
@@ -78,7 +58,7 @@ async fn an_expired_leadership_is_taken_over_with_a_new_epoch_and_the_old_one_is
         .expect("acquire")
         .expect("free");
 
-    b.expire_leadership(Duration::from_millis(1)).await;
+    b.expire_leadership(ROLE, Duration::from_millis(1)).await;
     let new = b
         .store
         .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
@@ -105,7 +85,7 @@ async fn an_expired_leadership_is_taken_over_with_a_new_epoch_and_the_old_one_is
     );
 
     // The same holder coming back after its lease ran out starts a new term too.
-    b.expire_leadership(Duration::from_secs(1)).await;
+    b.expire_leadership(ROLE, Duration::from_secs(1)).await;
     let back = b
         .store
         .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
@@ -165,7 +145,7 @@ async fn roles_are_independent() {
 #[tokio::test]
 async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
     let b = setup().await;
-    let automation = b.automation("fenced-sweeps").await;
+    let automation = b.diamond("fenced-sweeps").await;
     let run_id = b.start(&automation).await;
     b.store
         .claim_runs(&ClaimantId::from("dead"), 1, LEASE)
@@ -187,7 +167,7 @@ async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
         .expect("acquire")
         .expect("free");
     // Lapsed, not yet taken over: its writes change nothing already.
-    b.expire_leadership(Duration::from_millis(1)).await;
+    b.expire_leadership(ROLE, Duration::from_millis(1)).await;
     let moved = b
         .store
         .requeue_expired_as_leader(&old, &expired, &params)

@@ -1,12 +1,10 @@
 //! Node starts and completions of many runs in one statement, each still fenced on its own
 //! claim, against a real Postgres.
 
-mod common;
-
-use common::setup;
 use leasehold_core::ids::{NodeId, RunId};
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::{Claim, Error, NodeCompletion, NodeStart};
+use leasehold_testkit::fixtures::{Bundle, setup};
 use serde_json::json;
 
 fn start(claim: Claim, node: &str) -> NodeStart {
@@ -25,7 +23,7 @@ fn completion(claim: Claim, node: &str, completes_run: bool) -> NodeCompletion {
     }
 }
 
-async fn seqs(b: &common::Bundle, run_id: RunId) -> Vec<i64> {
+async fn seqs(b: &Bundle, run_id: RunId) -> Vec<i64> {
     b.store
         .events_after(run_id, 0, 100)
         .await
@@ -38,7 +36,7 @@ async fn seqs(b: &common::Bundle, run_id: RunId) -> Vec<i64> {
 #[tokio::test]
 async fn one_batch_answers_each_start_by_its_own_claim() {
     let b = setup().await;
-    let automation = b.automation("diamond").await;
+    let automation = b.diamond("diamond").await;
     for _ in 0..4 {
         b.start(&automation).await;
     }
@@ -94,7 +92,7 @@ async fn one_batch_answers_each_start_by_its_own_claim() {
 #[tokio::test]
 async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run() {
     let b = setup().await;
-    let automation = b.automation("diamond").await;
+    let automation = b.diamond("diamond").await;
     let run_id = b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
 
@@ -174,7 +172,7 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
 #[tokio::test]
 async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_nothing() {
     let b = setup().await;
-    let automation = b.automation("diamond").await;
+    let automation = b.diamond("diamond").await;
     let runs: Vec<RunId> = {
         let mut runs = Vec::new();
         for _ in 0..3 {
@@ -231,7 +229,7 @@ async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_
 #[tokio::test]
 async fn an_old_claim_beside_the_current_one_in_a_batch_is_refused() {
     let b = setup().await;
-    let automation = b.automation("diamond").await;
+    let automation = b.diamond("diamond").await;
     let run_id = b.start(&automation).await;
     let old = b.claim_one("w").await.claim;
     let released = b.store.release_on_shutdown(&[old]).await.expect("release");
