@@ -1,0 +1,182 @@
+//! Auto-resume: recent stale reaps with budget go back to the queue; the window, the cap, spent
+//! attempts, an unreadable spec and the switch leave runs alone.
+
+use chrono::{DateTime, Utc};
+use leasehold_coordinator::sweeps::{self, AutoResumeOutcome, Config, auto_resume};
+use leasehold_testkit::fixtures::setup;
+
+use super::{config, lead, ms, stale_reaped_run};
+
+#[tokio::test]
+async fn a_recent_stale_reap_with_budget_is_auto_resumed() {
+    let b = setup().await;
+    let leader = lead(&b, "c1").await;
+    let automation = b.diamond("resume").await;
+    let (run_id, reaped_at) = stale_reaped_run(&b, &automation, &leader).await;
+
+    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
+        .await
+        .expect("resume");
+    assert_eq!(
+        outcome,
+        AutoResumeOutcome {
+            resumed: 1,
+            ..AutoResumeOutcome::default()
+        }
+    );
+    let row = b.row(run_id).await;
+    assert_eq!(row.status, "queued");
+    assert_eq!(row.queue_reason.as_deref(), Some("auto_resumed"));
+    assert_eq!((row.auto_resumes, row.stop_kind), (1, None));
+    let event = b.last_event(run_id).await;
+    assert_eq!(event.event, "run_auto_resumed");
+    assert_eq!(event.seq, row.event_seq);
+    let window_ms = sweeps::AUTO_RESUME_WINDOW_DEFAULT.as_millis();
+    assert_eq!(
+        event.metadata["window_ms"].as_u64().map(u128::from),
+        Some(window_ms)
+    );
+    let recorded: DateTime<Utc> =
+        serde_json::from_value(event.metadata["stale_reaped_at"].clone()).expect("timestamp");
+    assert_eq!(recorded, reaped_at);
+
+    // Nothing twice; and a worker picks it up from its checkpoint.
+    let again = auto_resume::run_once(&b.store, &leader, &config(), None)
+        .await
+        .expect("resume");
+    assert_eq!(again, AutoResumeOutcome::default());
+    let claimed = b.claim_one("rescuer").await;
+    assert_eq!(claimed.claim.run_id(), run_id);
+    assert!(claimed.resumed);
+}
+
+#[tokio::test]
+async fn auto_resume_on_both_sides_of_the_window() {
+    let b = setup().await;
+    let leader = lead(&b, "c1").await;
+    let automation = b.diamond("window").await;
+    let (run_id, reaped_at) = stale_reaped_run(&b, &automation, &leader).await;
+    let window = chrono::TimeDelta::from_std(sweeps::AUTO_RESUME_WINDOW_DEFAULT).expect("small");
+
+    let late = auto_resume::run_once(
+        &b.store,
+        &leader,
+        &config(),
+        Some(reaped_at + window + ms(1)),
+    )
+    .await
+    .expect("resume");
+    assert_eq!(late, AutoResumeOutcome::default(), "window passed by 1 ms");
+    assert_eq!(b.row(run_id).await.status, "paused");
+
+    let at_horizon = auto_resume::run_once(&b.store, &leader, &config(), Some(reaped_at + window))
+        .await
+        .expect("resume");
+    assert_eq!(at_horizon.resumed, 1, "at the window's last instant");
+    assert_eq!(b.row(run_id).await.status, "queued");
+}
+
+#[tokio::test]
+async fn auto_resume_leaves_a_run_at_the_cap() {
+    let b = setup().await;
+    let leader = lead(&b, "c1").await;
+    let automation = b.diamond("capped").await;
+    let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
+    b.sql
+        .execute(
+            "UPDATE runs SET auto_resumes = $2 WHERE run_id = $1",
+            &[
+                &run_id.0,
+                &i32::try_from(sweeps::AUTO_RESUME_CAP_DEFAULT).expect("small"),
+            ],
+        )
+        .await
+        .expect("set auto_resumes");
+
+    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
+        .await
+        .expect("resume");
+    assert_eq!(
+        outcome,
+        AutoResumeOutcome {
+            cap_reached: 1,
+            ..AutoResumeOutcome::default()
+        }
+    );
+    assert_eq!(b.row(run_id).await.status, "paused");
+    assert_eq!(b.event_count(run_id, "run_auto_resumed").await, 0);
+}
+
+#[tokio::test]
+async fn auto_resume_leaves_a_run_whose_nodes_have_no_attempts_left() {
+    let b = setup().await;
+    let leader = lead(&b, "c1").await;
+    let automation = b
+        .automation(
+            "id: once
+nodes:
+  - {id: a, kind: noop, max_attempts: 1}
+",
+        )
+        .await;
+    let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
+    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    assert_eq!(a.attempts, 1, "the interrupted attempt was the last");
+
+    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
+        .await
+        .expect("resume");
+    assert_eq!(
+        outcome,
+        AutoResumeOutcome {
+            no_budget: 1,
+            ..AutoResumeOutcome::default()
+        }
+    );
+    assert_eq!(b.row(run_id).await.status, "paused");
+}
+
+#[tokio::test]
+async fn auto_resume_leaves_a_run_whose_spec_cannot_be_read() {
+    let b = setup().await;
+    let leader = lead(&b, "c1").await;
+    let automation = b.diamond("corrupt").await;
+    let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
+    b.sql
+        .execute(
+            "UPDATE automation_versions SET spec = '{\"id\": \"corrupt\", \"nodes\": 7}'
+             WHERE automation_id = $1",
+            &[&automation.as_str()],
+        )
+        .await
+        .expect("corrupt the spec");
+
+    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
+        .await
+        .expect("an unreadable spec is not an error of the pass");
+    assert_eq!(
+        outcome,
+        AutoResumeOutcome {
+            unreadable_spec: 1,
+            ..AutoResumeOutcome::default()
+        }
+    );
+    assert_eq!(b.row(run_id).await.status, "paused");
+}
+
+#[tokio::test]
+async fn auto_resume_switched_off_leaves_runs_alone() {
+    let b = setup().await;
+    let leader = lead(&b, "c1").await;
+    let automation = b.diamond("off").await;
+    let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
+    let off = Config {
+        auto_resume_enabled: false,
+        ..config()
+    };
+    let outcome = auto_resume::run_once(&b.store, &leader, &off, None)
+        .await
+        .expect("resume");
+    assert_eq!(outcome, AutoResumeOutcome::default());
+    assert_eq!(b.row(run_id).await.status, "paused");
+}

@@ -1,0 +1,88 @@
+//! The sweeps against a real Postgres: the reaper, pausing settlement, auto-resume, stale gates
+//! and partition upkeep, each under the leader lease; and the leader loop's elections and
+//! handovers between coordinators.
+
+mod auto_resume;
+mod leader;
+mod partitions;
+mod pausing;
+mod reaper;
+mod stale_gates;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use leasehold_coordinator::sweeps::{self, Config};
+use leasehold_core::ids::RunId;
+use leasehold_core::store::Leadership;
+use leasehold_testkit::fixtures::Bundle;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const REQUEUED: &str = "run_execution_claim_expired_requeued";
+const STALE_REAPED: &str = "run_stale_reaped";
+
+/// A stale-reaped run: started, claimed, node `a` started, then its worker froze and the reaper
+/// paused it. Returns it with the instant it was reaped at.
+async fn stale_reaped_run(
+    b: &Bundle,
+    automation: &leasehold_core::ids::AutomationId,
+    leader: &Leadership,
+) -> (RunId, DateTime<Utc>) {
+    let run_id = b.progressed(automation, "frozen").await.claim.run_id();
+    b.expire_lease(run_id, Duration::from_secs(1)).await;
+    let reaped = sweeps::reaper::run_once(&b.store, leader, &config(), None)
+        .await
+        .expect("reap");
+    assert_eq!(reaped.stale_reaped, 1);
+    let row = b.row(run_id).await;
+    assert_eq!(
+        (row.status.as_str(), row.stop_kind.as_deref()),
+        ("paused", Some("stale_reaped"))
+    );
+    (run_id, row.stale_reaped_at.expect("reaped at"))
+}
+
+/// The default sweep settings, checked.
+fn config() -> Config {
+    Config::default().validated().expect("valid config")
+}
+
+fn ms(n: i64) -> chrono::TimeDelta {
+    chrono::TimeDelta::milliseconds(n)
+}
+
+/// Takes the sweeps' role for `holder`, asserting that it was free.
+async fn lead(b: &Bundle, holder: &str) -> Leadership {
+    b.leader_of(sweeps::LEADER_NAME_DEFAULT, holder).await
+}
+
+/// Sweeps often and hands leadership over quickly, so that the loop tests finish in seconds.
+fn fast_config() -> Config {
+    Config {
+        leader_lease: Duration::from_secs(1),
+        reaper_interval: Duration::from_millis(20),
+        pausing_interval: Duration::from_millis(20),
+        auto_resume_interval: Duration::from_millis(20),
+        stale_gate_interval: Duration::from_millis(20),
+        ..config()
+    }
+    .validated()
+    .expect("valid config")
+}
+
+struct Coordinator {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), sweeps::ConfigError>>,
+}
+
+fn spawn_coordinator(b: &Bundle, holder: &str, config: Config) -> Coordinator {
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(sweeps::run(
+        b.store.clone(),
+        config,
+        holder.to_owned(),
+        cancel.clone(),
+    ));
+    Coordinator { cancel, task }
+}
