@@ -48,12 +48,15 @@
 //! - `wait`: [`wait_for`] and [`wait_for_every`], polling with a deadline instead of sleeping.
 //! - [`fixtures`]: a migrated database with a store ([`fixtures::Bundle`]), shared specs, runs
 //!   started and claimed, and test-only SQL that moves rows in time.
+//! - [`proxy`]: a loopback TCP proxy that passes, delays, black-holes or cuts connections to
+//!   PostgreSQL, to fault the network between a process and the server.
 //! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings, for the benchmark.
 
 mod cluster;
 mod db;
 pub mod fixtures;
 mod owned;
+pub mod proxy;
 mod server;
 mod wait;
 

@@ -1,16 +1,14 @@
 //! The worker against a real Postgres, in-process: DAG order, retries, fencing, self-fencing,
 //! shutdown hand-back, cancel, pause, gates, and resume.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::proxy::{self, Proxy};
-use common::{DEADLINE, config, setup};
+use crate::bundle::{DEADLINE, Execution, config, setup};
 use leasehold_core::ids::NodeId;
 use leasehold_core::run::{NodeStatus, RunStatus};
 use leasehold_core::store::Store;
+use leasehold_testkit::proxy::{Mode, Proxy, server_addr};
 use leasehold_testkit::wait_for;
 use leasehold_worker::Outcome;
 use serde_json::json;
@@ -75,7 +73,7 @@ nodes:
         runs.remove(0)
     };
     let (a, bb, c, d) = (one("a"), one("b"), one("c"), one("d"));
-    let done = |e: &common::Execution| e.finished.expect("finished");
+    let done = |e: &Execution| e.finished.expect("finished");
     assert!(
         done(&a) <= bb.started && done(&a) <= c.started,
         "b and c wait for a"
@@ -296,8 +294,8 @@ async fn cancelling_a_running_exec_node_kills_its_process_group() {
 #[tokio::test]
 async fn a_worker_cut_off_from_postgres_stops_the_node_before_its_lease_expires() {
     let b = setup().await;
-    let proxy = Proxy::start(proxy::server_addr(b.db.url())).await;
-    let cut_off = Store::connect(&proxy::through(b.db.url(), &proxy), 4)
+    let proxy = Proxy::start(server_addr(b.db.url())).await;
+    let cut_off = Store::connect(&proxy.url_for(b.db.url()), 4)
         .await
         .expect("store through the proxy");
     let automation = b
@@ -312,7 +310,7 @@ async fn a_worker_cut_off_from_postgres_stops_the_node_before_its_lease_expires(
     })
     .await;
 
-    proxy.black_hole();
+    proxy.set(Mode::BlackHole);
     let stopped = wait_for(DEADLINE, "the node to be stopped", || async {
         b.ledger.of("long")[0].finished
     })
@@ -331,7 +329,7 @@ async fn a_worker_cut_off_from_postgres_stops_the_node_before_its_lease_expires(
     assert!(b.ledger.of("long")[0].cancelled);
     let _ = stopped;
 
-    proxy.restore();
+    proxy.set(Mode::Pass);
     let report = worker.stop().await;
     assert_eq!(report.outcomes, vec![Outcome::LeaseLost]);
     let node = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
