@@ -10,17 +10,16 @@
 //!
 //! `cargo test -p leasehold-fault-tests`; one scenario: `… --test faults zombie`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins, secs, workers};
 use leasehold_core::ids::{ClaimantId, RunId};
 use leasehold_fault_tests::cluster::{Cluster, SHELL, TIMINGS, WorkerId, WorkerOpts, group_alive};
 use leasehold_fault_tests::ledger;
-use leasehold_fault_tests::scenario::{self, Line, bounded};
+use leasehold_fault_tests::scenario::{
+    self, FINISH_DEADLINE, Line, POLL, SCENARIO_LIMIT, bounded, secs, workers,
+};
 use leasehold_proto::v1::CancelRunRequest;
 use leasehold_testkit::proxy::Mode;
 use leasehold_testkit::wait_for_every;
@@ -58,7 +57,7 @@ async fn kill_9_mid_node_loses_no_run() {
     bounded("kill-9", SCENARIO_LIMIT, async {
         let mut opts = workers(3);
         opts[2].proxied = true;
-        let mut c = Cluster::start("kill-9", bins(), 2, &opts).await;
+        let mut c = Cluster::start("kill-9", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = kill_9(&mut c).await;
         c.conclude(line).await;
     })
@@ -171,7 +170,7 @@ async fn zombie_writes_are_fenced() {
                 ..half
             },
         ];
-        let mut c = Cluster::start("zombie", bins(), 2, &opts).await;
+        let mut c = Cluster::start("zombie", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = zombie(&mut c).await;
         c.conclude(line).await;
     })
@@ -397,7 +396,7 @@ async fn lost_commit_acknowledgement_is_retried_quietly() {
             // the worker self-fences. tests/README.md says why that case is not run here.
             pool_size: LOST_ACK_RUNS + 1,
         }];
-        let mut c = Cluster::start("lost-ack", bins(), 2, &opts).await;
+        let mut c = Cluster::start("lost-ack", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = lost_ack(&mut c).await;
         c.conclude(line).await;
     })
@@ -573,7 +572,13 @@ nodes:
 async fn leader_failover_keeps_sweeping() {
     let _alone = scenario::one_at_a_time().await;
     bounded("leader-failover", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("leader-failover", bins(), 2, &workers(3)).await;
+        let mut c = Cluster::start(
+            "leader-failover",
+            leasehold_fault_tests::bins!(),
+            2,
+            &workers(3),
+        )
+        .await;
         let line = leader_failover(&mut c).await;
         c.conclude(line).await;
     })
@@ -745,7 +750,13 @@ fn release_bound() -> Duration {
 async fn rolling_restart_fails_no_run() {
     let _alone = scenario::one_at_a_time().await;
     bounded("rolling-restart", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("rolling-restart", bins(), 2, &workers(3)).await;
+        let mut c = Cluster::start(
+            "rolling-restart",
+            leasehold_fault_tests::bins!(),
+            2,
+            &workers(3),
+        )
+        .await;
         let line = rolling_restart(&mut c).await;
         c.conclude(line).await;
     })
@@ -864,7 +875,13 @@ fn cancel_bound() -> Duration {
 async fn cancelled_exec_node_stays_dead() {
     let _alone = scenario::one_at_a_time().await;
     bounded("cancel-exec", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("cancel-exec", bins(), 2, &workers(3)).await;
+        let mut c = Cluster::start(
+            "cancel-exec",
+            leasehold_fault_tests::bins!(),
+            2,
+            &workers(3),
+        )
+        .await;
         let line = cancel_exec(&mut c).await;
         c.conclude(line).await;
     })

@@ -4,16 +4,13 @@
 //! Each scenario runs alone, within a hard time bound, prints its line and the summary table,
 //! and ends with the invariant checker. `cargo test -p leasehold-fault-tests --test restarts`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins};
 use leasehold_core::ids::RunId;
 use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
 use leasehold_fault_tests::ledger;
 use leasehold_fault_tests::pg_server::{self, Server};
-use leasehold_fault_tests::scenario::{self, Line, bounded};
+use leasehold_fault_tests::scenario::{self, FINISH_DEADLINE, Line, POLL, SCENARIO_LIMIT, bounded};
 use leasehold_testkit::wait_for_every;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -49,7 +46,7 @@ async fn postgres_crash_restart_reaps_nothing() {
     let _alone = scenario::one_at_a_time().await;
     bounded("pg-restart", SCENARIO_LIMIT, async {
         let opts = vec![WorkerOpts::default(); 3];
-        let mut c = Cluster::start("pg-restart", bins(), 2, &opts).await;
+        let mut c = Cluster::start("pg-restart", leasehold_fault_tests::bins!(), 2, &opts).await;
         let Some(server) = Server::own(&c.sql).await else {
             eprintln!(
                 "scenario pg-restart: skipped: {} names a server this test must not crash",
@@ -227,7 +224,8 @@ async fn terminated_backends_delay_work_by_a_poll() {
     let _alone = scenario::one_at_a_time().await;
     bounded("backends-killed", SCENARIO_LIMIT, async {
         let opts = vec![WorkerOpts::default(); 3];
-        let mut c = Cluster::start("backends-killed", bins(), 2, &opts).await;
+        let mut c =
+            Cluster::start("backends-killed", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = backends_killed(&mut c).await;
         c.conclude(line).await;
     })

@@ -3,15 +3,31 @@
 
 use chrono::{DateTime, Utc};
 use leasehold_coordinator::sweeps::{self, AutoResumeOutcome, Config, auto_resume};
-use leasehold_testkit::fixtures::setup;
+use leasehold_core::ids::RunId;
+use leasehold_core::store::Leadership;
+use leasehold_testkit::fixtures::{Bundle, setup};
 
-use super::{config, lead, ms, stale_reaped_run};
+use super::{config, lead, ms, setup_leading, stale_reaped_run};
+
+/// Runs one auto-resume pass with the default settings; asserts its outcome, and that the run
+/// stayed paused.
+async fn left_paused(
+    b: &Bundle,
+    leader: &Leadership,
+    run_id: RunId,
+    want: AutoResumeOutcome,
+    what: &str,
+) {
+    let outcome = auto_resume::run_once(&b.store, leader, &config(), None)
+        .await
+        .expect(what);
+    assert_eq!(outcome, want);
+    assert_eq!(b.row(run_id).await.status, "paused");
+}
 
 #[tokio::test]
 async fn a_recent_stale_reap_with_budget_is_auto_resumed() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("resume").await;
+    let (b, leader, automation) = setup_leading("resume").await;
     let (run_id, reaped_at) = stale_reaped_run(&b, &automation, &leader).await;
 
     let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
@@ -52,9 +68,7 @@ async fn a_recent_stale_reap_with_budget_is_auto_resumed() {
 
 #[tokio::test]
 async fn auto_resume_on_both_sides_of_the_window() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("window").await;
+    let (b, leader, automation) = setup_leading("window").await;
     let (run_id, reaped_at) = stale_reaped_run(&b, &automation, &leader).await;
     let window = chrono::TimeDelta::from_std(sweeps::AUTO_RESUME_WINDOW_DEFAULT).expect("small");
 
@@ -78,9 +92,7 @@ async fn auto_resume_on_both_sides_of_the_window() {
 
 #[tokio::test]
 async fn auto_resume_leaves_a_run_at_the_cap() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("capped").await;
+    let (b, leader, automation) = setup_leading("capped").await;
     let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
     b.sql
         .execute(
@@ -93,17 +105,17 @@ async fn auto_resume_leaves_a_run_at_the_cap() {
         .await
         .expect("set auto_resumes");
 
-    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
-        .await
-        .expect("resume");
-    assert_eq!(
-        outcome,
+    left_paused(
+        &b,
+        &leader,
+        run_id,
         AutoResumeOutcome {
             cap_reached: 1,
             ..AutoResumeOutcome::default()
-        }
-    );
-    assert_eq!(b.row(run_id).await.status, "paused");
+        },
+        "resume",
+    )
+    .await;
     assert_eq!(b.event_count(run_id, "run_auto_resumed").await, 0);
 }
 
@@ -123,24 +135,22 @@ nodes:
     let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
     assert_eq!(a.attempts, 1, "the interrupted attempt was the last");
 
-    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
-        .await
-        .expect("resume");
-    assert_eq!(
-        outcome,
+    left_paused(
+        &b,
+        &leader,
+        run_id,
         AutoResumeOutcome {
             no_budget: 1,
             ..AutoResumeOutcome::default()
-        }
-    );
-    assert_eq!(b.row(run_id).await.status, "paused");
+        },
+        "resume",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn auto_resume_leaves_a_run_whose_spec_cannot_be_read() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("corrupt").await;
+    let (b, leader, automation) = setup_leading("corrupt").await;
     let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
     b.sql
         .execute(
@@ -151,24 +161,22 @@ async fn auto_resume_leaves_a_run_whose_spec_cannot_be_read() {
         .await
         .expect("corrupt the spec");
 
-    let outcome = auto_resume::run_once(&b.store, &leader, &config(), None)
-        .await
-        .expect("an unreadable spec is not an error of the pass");
-    assert_eq!(
-        outcome,
+    left_paused(
+        &b,
+        &leader,
+        run_id,
         AutoResumeOutcome {
             unreadable_spec: 1,
             ..AutoResumeOutcome::default()
-        }
-    );
-    assert_eq!(b.row(run_id).await.status, "paused");
+        },
+        "an unreadable spec is not an error of the pass",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn auto_resume_switched_off_leaves_runs_alone() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("off").await;
+    let (b, leader, automation) = setup_leading("off").await;
     let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
     let off = Config {
         auto_resume_enabled: false,

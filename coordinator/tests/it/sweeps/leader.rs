@@ -15,15 +15,13 @@ use leasehold_testkit::wait_for;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    DEADLINE, REQUEUED, STALE_REAPED, config, fast_config, lead, spawn_coordinator,
+    DEADLINE, REQUEUED, STALE_REAPED, config, fast_config, lead, setup_leading, spawn_coordinator,
     stale_reaped_run,
 };
 
 #[tokio::test]
 async fn a_paused_former_leader_changes_nothing() {
-    let b = setup().await;
-    let old = lead(&b, "c1").await;
-    let automation = b.diamond("zombie").await;
+    let (b, old, automation) = setup_leading("zombie").await;
     let (stale, _) = stale_reaped_run(&b, &automation, &old).await;
     let idle = b.start(&automation).await;
     b.claim_one("idle").await;

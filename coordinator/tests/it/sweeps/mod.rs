@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leasehold_coordinator::sweeps::{self, Config};
-use leasehold_core::ids::RunId;
+use leasehold_core::ids::{AutomationId, RunId};
 use leasehold_core::store::Leadership;
-use leasehold_testkit::fixtures::Bundle;
+use leasehold_testkit::fixtures::{Bundle, setup};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -26,7 +26,7 @@ const STALE_REAPED: &str = "run_stale_reaped";
 /// paused it. Returns it with the instant it was reaped at.
 async fn stale_reaped_run(
     b: &Bundle,
-    automation: &leasehold_core::ids::AutomationId,
+    automation: &AutomationId,
     leader: &Leadership,
 ) -> (RunId, DateTime<Utc>) {
     let run_id = b.progressed(automation, "frozen").await.claim.run_id();
@@ -41,6 +41,15 @@ async fn stale_reaped_run(
         ("paused", Some("stale_reaped"))
     );
     (run_id, row.stale_reaped_at.expect("reaped at"))
+}
+
+/// What most sweep tests start from: the testkit's bundle, the sweeps' role held by `c1`, and
+/// a diamond named `automation`.
+async fn setup_leading(automation: &str) -> (Bundle, Leadership, AutomationId) {
+    let b = setup().await;
+    let leader = lead(&b, "c1").await;
+    let automation = b.diamond(automation).await;
+    (b, leader, automation)
 }
 
 /// The default sweep settings, checked.

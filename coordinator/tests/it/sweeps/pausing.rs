@@ -2,15 +2,12 @@
 
 use leasehold_coordinator::sweeps::{PausingOutcome, ReapOutcome, pausing, reaper};
 use leasehold_core::run::NodeStatus;
-use leasehold_testkit::fixtures::setup;
 
-use super::{config, lead, ms};
+use super::{config, ms, setup_leading};
 
 #[tokio::test]
 async fn a_pausing_run_whose_holder_died_is_settled_into_paused() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("pausing").await;
+    let (b, leader, automation) = setup_leading("pausing").await;
     let run_id = b.progressed(&automation, "dying").await.claim.run_id();
     b.store
         .pause_run(&b.tenant, run_id, "maintenance")

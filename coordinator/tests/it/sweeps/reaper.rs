@@ -11,13 +11,11 @@ use leasehold_core::run::NodeStatus;
 use leasehold_core::store::ReapParams;
 use leasehold_testkit::fixtures::{LEASE, setup};
 
-use super::{REQUEUED, STALE_REAPED, config, lead, ms};
+use super::{REQUEUED, STALE_REAPED, config, ms, setup_leading};
 
 #[tokio::test]
 async fn reaper_acts_only_once_a_lease_has_expired() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("horizon").await;
+    let (b, leader, automation) = setup_leading("horizon").await;
     let idle = b.start(&automation).await;
     b.claim_one("idle").await;
     let busy = b.progressed(&automation, "busy").await.claim.run_id();
@@ -64,9 +62,7 @@ async fn reaper_acts_only_once_a_lease_has_expired() {
 
 #[tokio::test]
 async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("alive").await;
+    let (b, leader, automation) = setup_leading("alive").await;
     let live = b.start(&automation).await;
     let cancelled_before = b.start(&automation).await;
     let cancelled_meanwhile = b.start(&automation).await;
@@ -120,9 +116,7 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
 
 #[tokio::test]
 async fn reaper_blocks_a_run_whose_claims_keep_expiring() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("poison").await;
+    let (b, leader, automation) = setup_leading("poison").await;
     let run_id = b.start(&automation).await;
     let config = Config {
         poison_limit: 2,

@@ -3,15 +3,12 @@
 use chrono::{DateTime, Utc};
 use leasehold_coordinator::sweeps::{self, StaleGatesOutcome, stale_gates};
 use leasehold_core::ids::NodeId;
-use leasehold_testkit::fixtures::setup;
 
-use super::{config, lead, ms};
+use super::{config, ms, setup_leading};
 
 #[tokio::test]
 async fn a_gate_pending_too_long_is_marked_stale_once() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("gated").await;
+    let (b, leader, automation) = setup_leading("gated").await;
     let claimed = b.start_and_claim(&automation).await;
     let run_id = claimed.claim.run_id();
     let gate_id = b
@@ -76,9 +73,7 @@ async fn a_gate_pending_too_long_is_marked_stale_once() {
 
 #[tokio::test]
 async fn stale_gates_of_one_run_get_consecutive_events() {
-    let b = setup().await;
-    let leader = lead(&b, "c1").await;
-    let automation = b.diamond("two-gates").await;
+    let (b, leader, automation) = setup_leading("two-gates").await;
     let claimed = b.start_and_claim(&automation).await;
     let run_id = claimed.claim.run_id();
     b.store
