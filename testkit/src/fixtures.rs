@@ -404,4 +404,40 @@ impl Bundle {
             .expect("backdate leader lease");
         assert_eq!(n, 1);
     }
+
+    /// Moves every run's lease expiry to `ago` before the database's now: all their holders
+    /// froze at once.
+    pub async fn expire_all_leases(&self, ago: Duration) {
+        self.sql
+            .execute(
+                "UPDATE runs SET lease_expires_at = now() - $1::bigint * interval '1 millisecond'",
+                &[&millis(ago)],
+            )
+            .await
+            .expect("backdate leases");
+    }
+
+    /// Sets columns of one run's row, `set` being the `SET` list (`"expired_claims = 4"`), to put
+    /// it where a test needs it without walking it there.
+    pub async fn update_run(&self, run_id: RunId, set: &str) {
+        self.sql
+            .execute(
+                &format!("UPDATE runs SET {set} WHERE run_id = $1"),
+                &[&run_id.0],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("update run: SET {set}: {e}"));
+    }
+
+    /// Replaces every stored version of `automation` with a spec no build can read.
+    pub async fn corrupt_spec(&self, automation: &AutomationId) {
+        self.sql
+            .execute(
+                "UPDATE automation_versions SET spec = jsonb_build_object('id', $1::text, 'nodes', 7)
+                 WHERE automation_id = $1",
+                &[&automation.as_str()],
+            )
+            .await
+            .expect("corrupt the spec");
+    }
 }

@@ -160,13 +160,7 @@ async fn automation_versions_are_immutable_and_runs_pin_theirs() {
 async fn an_unreadable_stored_spec_is_an_error_not_a_panic() {
     let b = setup().await;
     let automation = b.diamond("corrupt").await;
-    b.sql
-        .execute(
-            "UPDATE automation_versions SET spec = '{\"id\": \"corrupt\", \"nodes\": 7}'",
-            &[],
-        )
-        .await
-        .expect("corrupt the spec");
+    b.corrupt_spec(&automation).await;
     let result = b
         .store
         .automation_version(&b.tenant, &automation, None)

@@ -136,13 +136,7 @@ nodes:
             usize::try_from(attempt).expect("small")
         );
         // Time passes, by data.
-        b.sql
-            .execute(
-                "UPDATE runs SET retry_after = now() WHERE run_id = $1",
-                &[&run_id.0],
-            )
-            .await
-            .expect("backdate retry");
+        b.update_run(run_id, "retry_after = now()").await;
     }
     b.wait_status(run_id, RunStatus::Completed).await;
     worker.stop().await;

@@ -94,16 +94,11 @@ async fn auto_resume_on_both_sides_of_the_window() {
 async fn auto_resume_leaves_a_run_at_the_cap() {
     let (b, leader, automation) = setup_leading("capped").await;
     let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
-    b.sql
-        .execute(
-            "UPDATE runs SET auto_resumes = $2 WHERE run_id = $1",
-            &[
-                &run_id.0,
-                &i32::try_from(sweeps::AUTO_RESUME_CAP_DEFAULT).expect("small"),
-            ],
-        )
-        .await
-        .expect("set auto_resumes");
+    b.update_run(
+        run_id,
+        &format!("auto_resumes = {}", sweeps::AUTO_RESUME_CAP_DEFAULT),
+    )
+    .await;
 
     left_paused(
         &b,
@@ -152,14 +147,7 @@ nodes:
 async fn auto_resume_leaves_a_run_whose_spec_cannot_be_read() {
     let (b, leader, automation) = setup_leading("corrupt").await;
     let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
-    b.sql
-        .execute(
-            "UPDATE automation_versions SET spec = '{\"id\": \"corrupt\", \"nodes\": 7}'
-             WHERE automation_id = $1",
-            &[&automation.as_str()],
-        )
-        .await
-        .expect("corrupt the spec");
+    b.corrupt_spec(&automation).await;
 
     left_paused(
         &b,

@@ -132,13 +132,7 @@ async fn two_coordinators_reap_each_expired_run_once() {
         spawn_coordinator(&b, "c1", config.clone()),
         spawn_coordinator(&b, "c2", config),
     ];
-    b.sql
-        .execute(
-            "UPDATE runs SET lease_expires_at = now() - interval '1 minute'",
-            &[],
-        )
-        .await
-        .expect("expire");
+    b.expire_all_leases(Duration::from_secs(60)).await;
 
     wait_for(DEADLINE, "every expired run reaped", || async {
         let held: i64 = b

@@ -168,13 +168,7 @@ async fn two_reapers_at_once_move_each_expired_run_exactly_once() {
             .await
             .expect("start a");
     }
-    b.sql
-        .execute(
-            "UPDATE runs SET lease_expires_at = now() - interval '1 minute'",
-            &[],
-        )
-        .await
-        .expect("expire");
+    b.expire_all_leases(Duration::from_secs(60)).await;
 
     // Two roles, so that both fences pass and only the row-level re-checks keep the reapers
     // from acting twice: the worst case, as if the leader lease itself had failed.

@@ -194,13 +194,7 @@ async fn recover_requeues_a_blocked_run_and_clears_the_poison_count() {
         .block_unreadable(&claimed.claim, "unreadable checkpoint")
         .await
         .expect("block");
-    b.sql
-        .execute(
-            "UPDATE runs SET expired_claims = 4 WHERE run_id = $1",
-            &[&run_id.0],
-        )
-        .await
-        .expect("earlier expiries");
+    b.update_run(run_id, "expired_claims = 4").await;
 
     b.store
         .recover_run(&b.tenant, run_id, "repaired")

@@ -262,22 +262,14 @@ async fn stats_count_one_tenants_runs_and_its_due_backlog() {
         .pause_run(&b.tenant, paused, "hold")
         .await
         .expect("pause");
-    b.sql
-        .execute(
-            "UPDATE runs SET queued_at = now() - interval '90 seconds' WHERE run_id = $1",
-            &[&waiting.0],
-        )
-        .await
-        .expect("backdate");
+    b.update_run(waiting, "queued_at = now() - interval '90 seconds'")
+        .await;
     // Waiting in backoff for an hour: queued but not due.
-    b.sql
-        .execute(
-            "UPDATE runs SET retry_after = now() + interval '1 hour',
-                             queued_at = now() - interval '2 hours' WHERE run_id = $1",
-            &[&backoff.0],
-        )
-        .await
-        .expect("backoff");
+    b.update_run(
+        backoff,
+        "retry_after = now() + interval '1 hour', queued_at = now() - interval '2 hours'",
+    )
+    .await;
     // Another tenant's old queued run counts only there.
     let other = TenantId::from("other");
     b.store
@@ -293,13 +285,8 @@ async fn stats_count_one_tenants_runs_and_its_due_backlog() {
         .await
         .expect("other run")
         .run_id;
-    b.sql
-        .execute(
-            "UPDATE runs SET queued_at = now() - interval '1 day' WHERE run_id = $1",
-            &[&foreign.0],
-        )
-        .await
-        .expect("backdate");
+    b.update_run(foreign, "queued_at = now() - interval '1 day'")
+        .await;
 
     let stats = b.store.stats(&b.tenant).await.expect("stats");
     assert_eq!(stats.runs_by_status.len(), RunStatus::ALL.len());
