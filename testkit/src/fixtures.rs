@@ -43,6 +43,15 @@ pub async fn setup() -> Bundle {
     setup_with(|url| Store::connect_unchecked(url, 16)).await
 }
 
+/// [`setup`], with the [`diamond`] named `automation` stored and one run of it queued: where most
+/// store tests start.
+pub async fn setup_run(automation: &str) -> (Bundle, AutomationId, RunId) {
+    let b = setup().await;
+    let automation = b.diamond(automation).await;
+    let run_id = b.start(&automation).await;
+    (b, automation, run_id)
+}
+
 /// A fresh, migrated database with a worker's store (8 connections, generic plans), as
 /// `leasehold worker` connects.
 pub async fn worker_setup() -> Bundle {
@@ -367,28 +376,26 @@ impl Bundle {
 
     /// Moves a held run's lease expiry to `ago` before the database's now.
     pub async fn expire_lease(&self, run_id: RunId, ago: Duration) {
-        let n = self
-            .sql
-            .execute(
-                "UPDATE runs SET lease_expires_at = now() - $2::bigint * interval '1 millisecond'
-                 WHERE run_id = $1",
-                &[&run_id.0, &millis(ago)],
-            )
-            .await
-            .expect("backdate lease");
-        assert_eq!(n, 1);
+        assert_eq!(self.backdate_run(run_id, "lease_expires_at", ago).await, 1);
     }
 
     /// Moves a queued run's retry time to `ago` before the database's now.
     pub async fn backdate_retry(&self, run_id: RunId, ago: Duration) {
+        self.backdate_run(run_id, "retry_after", ago).await;
+    }
+
+    /// Sets the run's time `column` to `ago` before the database's now; returns the rows changed.
+    async fn backdate_run(&self, run_id: RunId, column: &str, ago: Duration) -> u64 {
         self.sql
             .execute(
-                "UPDATE runs SET retry_after = now() - $2::bigint * interval '1 millisecond'
-                 WHERE run_id = $1",
+                &format!(
+                    "UPDATE runs SET {column} = now() - $2::bigint * interval '1 millisecond'
+                     WHERE run_id = $1"
+                ),
                 &[&run_id.0, &millis(ago)],
             )
             .await
-            .expect("backdate retry");
+            .unwrap_or_else(|e| panic!("backdate {column}: {e}"))
     }
 
     /// Moves the role's lease expiry to `ago` before the database's now: its holder froze.

@@ -4,7 +4,7 @@
 use leasehold_core::ids::{NodeId, RunId};
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::{Claim, Error, NodeCompletion, NodeStart};
-use leasehold_testkit::fixtures::{Bundle, setup};
+use leasehold_testkit::fixtures::{Bundle, setup, setup_run};
 use serde_json::json;
 
 fn start(claim: Claim, node: &str) -> NodeStart {
@@ -91,9 +91,7 @@ async fn one_batch_answers_each_start_by_its_own_claim() {
 
 #[tokio::test]
 async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run() {
-    let b = setup().await;
-    let automation = b.diamond("diamond").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("diamond").await;
     let claim = b.claim_one("w").await.claim;
 
     b.store
@@ -228,9 +226,7 @@ async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_
 
 #[tokio::test]
 async fn an_old_claim_beside_the_current_one_in_a_batch_is_refused() {
-    let b = setup().await;
-    let automation = b.diamond("diamond").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("diamond").await;
     let old = b.claim_one("w").await.claim;
     let released = b.store.release_on_shutdown(&[old]).await.expect("release");
     assert_eq!(released.released, [run_id]);

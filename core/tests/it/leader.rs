@@ -6,7 +6,7 @@ use std::time::Duration;
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease::{self, LeaseView};
 use leasehold_core::store::{LeaderEpoch, ReapParams};
-use leasehold_testkit::fixtures::{LEADER_LEASE, LEASE, setup};
+use leasehold_testkit::fixtures::{LEADER_LEASE, LEASE, setup, setup_run};
 
 const ROLE: &str = "sweeps";
 
@@ -144,9 +144,7 @@ async fn roles_are_independent() {
 
 #[tokio::test]
 async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
-    let b = setup().await;
-    let automation = b.diamond("fenced-sweeps").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("fenced-sweeps").await;
     b.store
         .claim_runs(&ClaimantId::from("dead"), 1, LEASE)
         .await

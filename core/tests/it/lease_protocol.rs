@@ -7,7 +7,7 @@ use leasehold_core::ids::{ClaimantId, LeaseEpoch, NodeId, RunId};
 use leasehold_core::lease::{self, LeaseView, Reap};
 use leasehold_core::run::{self, NodeStatus, RunStatus, Transition};
 use leasehold_core::store::{Error, Failure, ReapParams, Store};
-use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup};
+use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup, setup_run};
 use serde_json::json;
 
 fn ms(n: u64) -> Duration {
@@ -108,9 +108,7 @@ async fn claims_take_highest_priority_then_oldest() {
 
 #[tokio::test]
 async fn stale_holder_cannot_write_after_reclaim() {
-    let b = setup().await;
-    let automation = b.diamond("fenced").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("fenced").await;
 
     let first = b.claim_one("worker-1").await.claim;
 
@@ -191,9 +189,7 @@ async fn stale_holder_cannot_write_after_reclaim() {
 
 #[tokio::test]
 async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
-    let b = setup().await;
-    let automation = b.diamond("diamond").await;
-    let run_id = b.start(&automation).await;
+    let (b, automation, run_id) = setup_run("diamond").await;
     let claimed = b.claim_one("w").await;
     let claim = claimed.claim;
     assert!(!claimed.resumed);
@@ -252,9 +248,7 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
 
 #[tokio::test]
 async fn repeating_a_write_that_landed_succeeds_quietly() {
-    let b = setup().await;
-    let automation = b.diamond("repeat").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("repeat").await;
     let claim = b.claim_one("w").await.claim;
 
     assert_eq!(
@@ -368,9 +362,7 @@ async fn a_run_is_not_completed_while_a_node_runs() {
 
 #[tokio::test]
 async fn retries_wait_in_the_queue_until_retry_after() {
-    let b = setup().await;
-    let automation = b.diamond("retry").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("retry").await;
     let claimant = ClaimantId::from("w");
     let claim = b.claim_one("w").await.claim;
     let attempt = b
@@ -435,9 +427,7 @@ async fn retries_wait_in_the_queue_until_retry_after() {
 
 #[tokio::test]
 async fn a_scheduled_retry_never_revives_a_cancelled_run() {
-    let b = setup().await;
-    let automation = b.diamond("cancelled").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("cancelled").await;
     let claim = b.claim_one("w").await.claim;
     b.store
         .node_started(&claim, &node("a"))
@@ -471,9 +461,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
 
 #[tokio::test]
 async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
-    let b = setup().await;
-    let automation = b.diamond("failing").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("failing").await;
     let claim = b.claim_one("w").await.claim;
     b.store
         .node_started(&claim, &node("a"))
@@ -560,9 +548,7 @@ async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
 
 #[tokio::test]
 async fn shutdown_hands_runs_back_for_another_worker_at_once() {
-    let b = setup().await;
-    let automation = b.diamond("handback").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("handback").await;
     let claim = b.claim_one("leaving").await.claim;
     b.store
         .node_started(&claim, &node("a"))
@@ -654,9 +640,7 @@ async fn reap(
 
 #[tokio::test]
 async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired() {
-    let b = setup().await;
-    let automation = b.diamond("reap").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("reap").await;
     b.claim_one("dead").await;
     let expires = b.lease_expiry(run_id).await;
     let one_ms = chrono::TimeDelta::milliseconds(1);
@@ -705,9 +689,7 @@ async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired
 
 #[tokio::test]
 async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attempt() {
-    let b = setup().await;
-    let automation = b.diamond("stale").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("stale").await;
     let claim = b.claim_one("frozen").await.claim;
     b.store
         .node_started(&claim, &node("a"))
@@ -774,9 +756,7 @@ async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
 
 #[tokio::test]
 async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
-    let b = setup().await;
-    let automation = b.diamond("poison").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("poison").await;
     for round in 1..=lease::POISON_LIMIT_DEFAULT {
         b.claim_one("doomed").await;
         b.expire_lease(run_id, Duration::from_secs(1)).await;
@@ -804,9 +784,7 @@ async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
 /// acknowledgement was lost) must see the first's row, not count a second attempt.
 #[tokio::test]
 async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
-    let b = setup().await;
-    let automation = b.diamond("inflight").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("inflight").await;
     let claim = b.claim_one("w").await.claim;
 
     // The first write, in flight: it holds the run's row lock and has written its node row.

@@ -5,15 +5,13 @@ use std::time::Duration;
 use leasehold_core::ids::{RunId, TenantId};
 use leasehold_core::run::{self, RunStatus, Transition};
 use leasehold_core::store::{Error, ReapParams};
-use leasehold_testkit::fixtures::{diamond, fragile, node, setup};
+use leasehold_testkit::fixtures::{diamond, fragile, node, setup, setup_run};
 
 use super::{check_step, checkpoint_nodes, complete, fail, ready_now};
 
 #[tokio::test]
 async fn resume_requeues_an_operator_paused_run() {
-    let b = setup().await;
-    let automation = b.diamond("pausable").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("pausable").await;
     b.store
         .pause_run(&b.tenant, run_id, "hold on")
         .await
@@ -45,9 +43,7 @@ async fn resume_requeues_an_operator_paused_run() {
 
 #[tokio::test]
 async fn resume_requeues_a_stale_reaped_run_whose_interrupted_node_is_ready_again() {
-    let b = setup().await;
-    let automation = b.diamond("reaped").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("reaped").await;
     let claimed = b.claim_one("w1").await;
     b.store
         .node_started(&claimed.claim, &node("a"))
@@ -101,9 +97,7 @@ async fn resume_requeues_a_stale_reaped_run_whose_interrupted_node_is_ready_agai
 
 #[tokio::test]
 async fn resume_refuses_runs_that_are_not_paused() {
-    let b = setup().await;
-    let automation = b.diamond("unpaused").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("unpaused").await;
     let refused = b.store.resume_run(&b.tenant, run_id, "why").await;
     assert!(
         matches!(
@@ -186,9 +180,7 @@ async fn recover_requeues_a_failed_run_and_its_failed_node_runs_again() {
 
 #[tokio::test]
 async fn recover_requeues_a_blocked_run_and_clears_the_poison_count() {
-    let b = setup().await;
-    let automation = b.diamond("blocked").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("blocked").await;
     let claimed = b.claim_one("w1").await;
     b.store
         .block_unreadable(&claimed.claim, "unreadable checkpoint")
