@@ -10,14 +10,18 @@
 //! integration tests share one copy of `leasehold-core` with the fixtures; its unit tests (built as
 //! a crate of their own) must use only [`TestDb`](crate::TestDb) from here, never a fixture.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, RunId, TenantId};
-use leasehold_core::run::RunStatus;
+use leasehold_core::run::{self, Checkpoint, RunStatus};
 use leasehold_core::spec::{self, Spec};
 use leasehold_core::store::{ClaimedRun, Event, Leadership, RunRecord, StartRun, Store, Trigger};
+use tokio::net::TcpListener;
 use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
 
 use crate::TestDb;
 
@@ -74,6 +78,22 @@ async fn setup_with(
         tenant: TenantId::default(),
         db,
     }
+}
+
+/// Runs a server in-process on a loopback port the system picks: binds the listener first, so the
+/// server is reachable as soon as this returns, and spawns `serve` with it and a token that stops
+/// it. Returns the address and the token.
+pub async fn serve_in_process<F, Fut>(serve: F) -> (SocketAddr, CancellationToken)
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve(listener, cancel.clone()));
+    (addr, cancel)
 }
 
 // Specs.
@@ -252,6 +272,22 @@ impl Bundle {
     /// The run's status.
     pub async fn status(&self, run_id: RunId) -> RunStatus {
         self.run(run_id).await.status
+    }
+
+    /// The nodes a worker that claims the run now would start, by the ready rule.
+    pub async fn ready_nodes(&self, run_id: RunId, spec: &Spec) -> Vec<NodeId> {
+        let checkpoint: Checkpoint = self
+            .store
+            .checkpoint(run_id)
+            .await
+            .expect("checkpoint")
+            .iter()
+            .map(|n| (n.node_id.clone(), n.state()))
+            .collect();
+        run::ready_nodes(spec, &checkpoint)
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     /// When a held run's lease runs out.

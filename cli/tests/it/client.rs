@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId, RunId, TenantId};
 use leasehold_core::store::{PageRequest, RunFilter, Store, WorkerInfo};
+use leasehold_testkit::fixtures::serve_in_process;
 use leasehold_testkit::{TestDb, wait_for};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -44,16 +45,10 @@ async fn setup(name: &str) -> Bundle {
     let db = TestDb::new().await;
     let store = Store::connect_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let cancel = CancellationToken::new();
-    tokio::spawn(leasehold_coordinator::api::serve(
-        listener,
-        store.clone(),
-        cancel.clone(),
-    ));
+    let (addr, cancel) = serve_in_process(|listener, cancel| {
+        leasehold_coordinator::api::serve(listener, store.clone(), cancel)
+    })
+    .await;
     let dir = std::env::temp_dir().join(format!(
         "leasehold-cli-test-{}-{name}-{}",
         std::process::id(),

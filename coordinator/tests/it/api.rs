@@ -11,6 +11,7 @@ use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::runs_client::RunsClient;
 use leasehold_proto::v1::stats_client::StatsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
+use leasehold_testkit::fixtures::serve_in_process;
 use leasehold_testkit::{TestDb, wait_for};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -37,16 +38,10 @@ async fn setup() -> Bundle {
     let db = TestDb::new().await;
     let store = Store::connect_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let cancel = CancellationToken::new();
-    tokio::spawn(leasehold_coordinator::api::serve(
-        listener,
-        store.clone(),
-        cancel.clone(),
-    ));
+    let (addr, cancel) = serve_in_process(|listener, cancel| {
+        leasehold_coordinator::api::serve(listener, store.clone(), cancel)
+    })
+    .await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()

@@ -13,12 +13,7 @@ const ROLE: &str = "sweeps";
 #[tokio::test]
 async fn a_live_leadership_is_renewed_by_its_holder_and_refused_to_others() {
     let b = setup().await;
-    let first = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("free role");
+    let first = b.leader_of(ROLE, "c1").await;
     assert_eq!(
         (first.name(), first.holder(), first.epoch()),
         (ROLE, "c1", LeaderEpoch(1))
@@ -32,12 +27,7 @@ async fn a_live_leadership_is_renewed_by_its_holder_and_refused_to_others() {
     assert_eq!(other, None, "another holder's lease is alive");
 
     // Acquiring again while alive is a renewal: same epoch.
-    let again = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("own role");
+    let again = b.leader_of(ROLE, "c1").await;
     assert_eq!(again.epoch(), first.epoch());
     assert!(again.expires_at() >= first.expires_at());
     assert!(
@@ -51,20 +41,10 @@ async fn a_live_leadership_is_renewed_by_its_holder_and_refused_to_others() {
 #[tokio::test]
 async fn an_expired_leadership_is_taken_over_with_a_new_epoch_and_the_old_one_is_dead() {
     let b = setup().await;
-    let old = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let old = b.leader_of(ROLE, "c1").await;
 
     b.expire_leadership(ROLE, Duration::from_millis(1)).await;
-    let new = b
-        .store
-        .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("expired role");
+    let new = b.leader_of(ROLE, "c2").await;
     assert_eq!(new.epoch(), LeaderEpoch(2));
     assert!(
         !b.store
@@ -86,12 +66,7 @@ async fn an_expired_leadership_is_taken_over_with_a_new_epoch_and_the_old_one_is
 
     // The same holder coming back after its lease ran out starts a new term too.
     b.expire_leadership(ROLE, Duration::from_secs(1)).await;
-    let back = b
-        .store
-        .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("expired role");
+    let back = b.leader_of(ROLE, "c2").await;
     assert_eq!(back.epoch(), LeaderEpoch(3));
     assert!(
         !b.store
@@ -104,19 +79,9 @@ async fn an_expired_leadership_is_taken_over_with_a_new_epoch_and_the_old_one_is
 #[tokio::test]
 async fn a_resigned_leadership_is_taken_over_at_once() {
     let b = setup().await;
-    let first = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let first = b.leader_of(ROLE, "c1").await;
     assert!(b.store.resign_leadership(&first).await.expect("resign"));
-    let second = b
-        .store
-        .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("resigned role");
+    let second = b.leader_of(ROLE, "c2").await;
     assert_eq!((second.holder(), second.epoch()), ("c2", LeaderEpoch(2)));
     assert!(
         !b.store
@@ -158,12 +123,7 @@ async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
     let expired: Vec<LeaseView> = b.store.expired_leases(&params).await.expect("expired");
     assert_eq!(expired.len(), 1);
 
-    let old = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let old = b.leader_of(ROLE, "c1").await;
     // Lapsed, not yet taken over: its writes change nothing already.
     b.expire_leadership(ROLE, Duration::from_millis(1)).await;
     let moved = b
@@ -173,12 +133,7 @@ async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
         .expect("requeue");
     assert!(moved.is_empty());
 
-    let new = b
-        .store
-        .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("expired");
+    let new = b.leader_of(ROLE, "c2").await;
     let moved = b
         .store
         .requeue_expired_as_leader(&old, &expired, &params)

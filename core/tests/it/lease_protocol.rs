@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leasehold_core::ids::{ClaimantId, LeaseEpoch, NodeId, RunId};
+use leasehold_core::ids::{ClaimantId, LeaseEpoch, RunId};
 use leasehold_core::lease::{self, LeaseView, Reap};
 use leasehold_core::run::{self, NodeStatus, RunStatus, Transition};
 use leasehold_core::store::{Error, Failure, ReapParams, Store};
@@ -201,18 +201,7 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
         .spec;
 
     loop {
-        let checkpoint = b
-            .store
-            .checkpoint(run_id)
-            .await
-            .expect("checkpoint")
-            .iter()
-            .map(|n| (n.node_id.clone(), n.state()))
-            .collect();
-        let ready: Vec<NodeId> = run::ready_nodes(&spec, &checkpoint)
-            .into_iter()
-            .cloned()
-            .collect();
+        let ready = b.ready_nodes(run_id, &spec).await;
         if ready.is_empty() {
             break;
         }
@@ -608,12 +597,7 @@ async fn reap(
         limit: 1_000,
         poison_limit: lease::POISON_LIMIT_DEFAULT,
     };
-    let leader = b
-        .store
-        .try_acquire_leadership("test-reaper", "test", Duration::from_secs(60))
-        .await
-        .expect("acquire")
-        .expect("no other leader");
+    let leader = b.leader_of("test-reaper", "test").await;
     let expired = b.store.expired_leases(&params).await.expect("expired");
     let pick = |kind: Reap| -> Vec<LeaseView> {
         expired

@@ -4,5 +4,6 @@
 
 mod bundle;
 mod exec_handler;
+mod handler_errors;
 mod http_handler;
 mod worker;

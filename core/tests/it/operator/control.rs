@@ -56,12 +56,7 @@ async fn resume_requeues_a_stale_reaped_run_whose_interrupted_node_is_ready_agai
         poison_limit: 5,
     };
     let expired = b.store.expired_leases(&params).await.expect("expired");
-    let leader = b
-        .store
-        .try_acquire_leadership("test-reaper", "test", Duration::from_secs(60))
-        .await
-        .expect("acquire")
-        .expect("no other leader");
+    let leader = b.leader_of("test-reaper", "test").await;
     let reaped = b
         .store
         .stale_reap_as_leader(&leader, &expired, &params)

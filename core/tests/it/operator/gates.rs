@@ -4,12 +4,48 @@ use std::sync::Arc;
 
 use leasehold_core::ids::{ClaimantId, RunId, TenantId};
 use leasehold_core::run::{self, RunStatus, Transition};
-use leasehold_core::store::{DecisionKind, Error, GateRecord, GateStatus, PageRequest};
-use leasehold_testkit::fixtures::{LEASE, gated, node, setup};
+use leasehold_core::store::{Decision, DecisionKind, Error, GateRecord, GateStatus, PageRequest};
+use leasehold_testkit::fixtures::{Bundle, LEASE, gated, node, setup};
 use serde_json::json;
 use uuid::Uuid;
 
 use super::{check_step, checkpoint_nodes, complete, decision, ready_now, to_gate};
+
+/// [`setup`] with one run of a `gated` automation named `automation` taken to its gate; returns
+/// the run and the gate.
+async fn setup_gate(automation: &str) -> (Bundle, RunId, Uuid) {
+    let b = setup().await;
+    let automation = b.create(&gated(automation)).await;
+    let (run_id, gate_id) = to_gate(&b, &automation).await;
+    (b, run_id, gate_id)
+}
+
+/// Eight deciders at once, released together by a barrier, the `i`th sending `request(i)`;
+/// returns each request with its answer.
+async fn race_deciders(
+    b: &Bundle,
+    request: impl Fn(usize) -> Decision,
+) -> Vec<(Decision, Result<GateRecord, Error>)> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = b.store.clone();
+            let tenant = b.tenant.clone();
+            let barrier = barrier.clone();
+            let request = request(i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let result = store.decide_gate(&tenant, &request).await;
+                (request, result)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task"));
+    }
+    results
+}
 
 #[tokio::test]
 async fn gates_are_read_and_listed() {
@@ -239,27 +275,15 @@ async fn approving_a_gate_requeues_its_run_and_a_repeat_gets_the_same_answer() {
 
 #[tokio::test]
 async fn of_eight_concurrent_deciders_exactly_one_wins() {
-    let b = setup().await;
-    let automation = b.create(&gated("race")).await;
-    let (run_id, gate_id) = to_gate(&b, &automation).await;
+    let (b, run_id, gate_id) = setup_gate("race").await;
 
-    let barrier = Arc::new(tokio::sync::Barrier::new(8));
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            let store = b.store.clone();
-            let tenant = b.tenant.clone();
-            let barrier = barrier.clone();
-            let request = decision(gate_id, DecisionKind::Approve, &format!("req-{i}"));
-            tokio::spawn(async move {
-                barrier.wait().await;
-                (request.clone(), store.decide_gate(&tenant, &request).await)
-            })
-        })
-        .collect();
+    let results = race_deciders(&b, |i| {
+        decision(gate_id, DecisionKind::Approve, &format!("req-{i}"))
+    })
+    .await;
     let mut winners = Vec::new();
     let mut losers = 0;
-    for task in tasks {
-        let (request, result) = task.await.expect("task");
+    for (request, result) in results {
         match result {
             Ok(gate) => winners.push((request, gate)),
             Err(Error::GateAlreadyDecided { status, .. }) => {
@@ -288,30 +312,19 @@ async fn of_eight_concurrent_deciders_exactly_one_wins() {
 
 #[tokio::test]
 async fn approve_and_cancel_racing_leave_one_consistent_outcome() {
-    let b = setup().await;
-    let automation = b.create(&gated("mixed")).await;
-    let (run_id, gate_id) = to_gate(&b, &automation).await;
-    let barrier = Arc::new(tokio::sync::Barrier::new(8));
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            let store = b.store.clone();
-            let tenant = b.tenant.clone();
-            let barrier = barrier.clone();
-            let kind = if i % 2 == 0 {
-                DecisionKind::Approve
-            } else {
-                DecisionKind::Cancel
-            };
-            let request = decision(gate_id, kind, &format!("mixed-{i}"));
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.decide_gate(&tenant, &request).await
-            })
-        })
-        .collect();
+    let (b, run_id, gate_id) = setup_gate("mixed").await;
+    let results = race_deciders(&b, |i| {
+        let kind = if i % 2 == 0 {
+            DecisionKind::Approve
+        } else {
+            DecisionKind::Cancel
+        };
+        decision(gate_id, kind, &format!("mixed-{i}"))
+    })
+    .await;
     let mut won = Vec::new();
-    for task in tasks {
-        match task.await.expect("task") {
+    for (_, result) in results {
+        match result {
             Ok(gate) => won.push(gate),
             Err(Error::GateAlreadyDecided { .. }) => {}
             Err(other) => panic!("unexpected {other:?}"),
@@ -416,9 +429,7 @@ async fn rework_reruns_the_named_nodes_and_their_downstream_then_asks_again() {
 
 #[tokio::test]
 async fn rework_naming_an_unknown_node_changes_nothing() {
-    let b = setup().await;
-    let automation = b.create(&gated("strict")).await;
-    let (run_id, gate_id) = to_gate(&b, &automation).await;
+    let (b, run_id, gate_id) = setup_gate("strict").await;
     let refused = b
         .store
         .decide_gate(
@@ -446,9 +457,7 @@ async fn rework_naming_an_unknown_node_changes_nothing() {
 
 #[tokio::test]
 async fn a_cancel_decision_cancels_the_run() {
-    let b = setup().await;
-    let automation = b.create(&gated("cancel")).await;
-    let (run_id, gate_id) = to_gate(&b, &automation).await;
+    let (b, run_id, gate_id) = setup_gate("cancel").await;
     let mut cancel = decision(gate_id, DecisionKind::Cancel, "c-1");
     cancel.reason = Some("wrong customer".into());
     let gate = b
@@ -481,9 +490,7 @@ async fn a_cancel_decision_cancels_the_run() {
 
 #[tokio::test]
 async fn a_gate_of_a_paused_run_is_refused_and_asked_again_after_resume() {
-    let b = setup().await;
-    let automation = b.create(&gated("paused-gate")).await;
-    let (run_id, gate_id) = to_gate(&b, &automation).await;
+    let (b, run_id, gate_id) = setup_gate("paused-gate").await;
     b.store
         .pause_run(&b.tenant, run_id, "wait")
         .await

@@ -7,7 +7,7 @@ mod gates;
 mod listing;
 
 use leasehold_core::ids::{AutomationId, NodeId, RunId};
-use leasehold_core::run::{self, Checkpoint, RunStatus, Transition};
+use leasehold_core::run::{self, RunStatus, Transition};
 use leasehold_core::spec::Spec;
 use leasehold_core::store::{Claim, Decision, DecisionKind, Failure};
 use leasehold_testkit::fixtures::{Bundle, node};
@@ -82,17 +82,10 @@ async fn to_gate(b: &Bundle, automation: &AutomationId) -> (RunId, Uuid) {
 
 /// What a worker that claims the run now would start, by the ready rule.
 async fn ready_now(b: &Bundle, run_id: RunId, spec: &Spec) -> Vec<String> {
-    let checkpoint: Checkpoint = b
-        .store
-        .checkpoint(run_id)
+    b.ready_nodes(run_id, spec)
         .await
-        .expect("checkpoint")
-        .iter()
-        .map(|n| (n.node_id.clone(), n.state()))
-        .collect();
-    run::ready_nodes(spec, &checkpoint)
         .into_iter()
-        .map(|id| id.as_str().to_owned())
+        .map(|id| id.0)
         .collect()
 }
 
