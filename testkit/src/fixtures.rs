@@ -96,6 +96,17 @@ where
     (addr, cancel)
 }
 
+/// Claims exactly one run from `store` for [`LEASE`], asserting that one was due: for tests whose
+/// bundle is not a [`Bundle`].
+pub async fn claim_one(store: &Store, claimant: &str) -> ClaimedRun {
+    let mut claimed = store
+        .claim_runs(&ClaimantId::from(claimant), 1, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1, "one run was due for {claimant}");
+    claimed.remove(0)
+}
+
 // Specs.
 
 /// Parses a test spec, which must be valid.
@@ -224,13 +235,7 @@ impl Bundle {
 
     /// Claims exactly one run, asserting that one was due.
     pub async fn claim_one(&self, claimant: &str) -> ClaimedRun {
-        let mut claimed = self
-            .store
-            .claim_runs(&ClaimantId::from(claimant), 1, LEASE)
-            .await
-            .expect("claim");
-        assert_eq!(claimed.len(), 1, "one run was due for {claimant}");
-        claimed.remove(0)
+        claim_one(&self.store, claimant).await
     }
 
     /// Starts a run and claims it.
