@@ -2,9 +2,10 @@
 //! [`Store`] and a direct connection ([`Bundle`]), the automation specs many tests share, runs
 //! started and claimed, reads of the rows the tests assert on, and time travel.
 //!
-//! Time travel moves rows in time instead of waiting for time to pass: it backdates a lease, a
-//! leadership, a retry, a stale reap or a gate with SQL written here. That SQL is for tests only;
-//! the product never runs it, which is why it may live outside `core::store`.
+//! Time travel moves rows in time instead of waiting for time to pass: it expires a lease (or all
+//! of them) or a leadership, backdates a retry, sets a run's columns, or corrupts a stored spec,
+//! with SQL written here. That SQL moves rows for tests only and is never run by the product,
+//! which is why it may live outside `core::store`.
 //!
 //! The fixtures use `leasehold-core`'s types. `leasehold-core` dev-depends on this crate, so its
 //! integration tests share one copy of `leasehold-core` with the fixtures; its unit tests (built as
