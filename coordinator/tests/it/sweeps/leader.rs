@@ -9,14 +9,14 @@ use leasehold_coordinator::sweeps::{
     self, AutoResumeOutcome, Config, PartitionsOutcome, PausingOutcome, ReapOutcome,
     StaleGatesOutcome, auto_resume, partitions, pausing, reaper, stale_gates,
 };
-use leasehold_core::ids::{ClaimantId, NodeId};
-use leasehold_testkit::fixtures::{LEADER_LEASE, LEASE, setup};
+use leasehold_core::ids::NodeId;
+use leasehold_testkit::fixtures::{LEADER_LEASE, setup};
 use leasehold_testkit::wait_for;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    DEADLINE, REQUEUED, STALE_REAPED, config, fast_config, lead, setup_leading, spawn_coordinator,
-    stale_reaped_run,
+    DEADLINE, REQUEUED, STALE_REAPED, config, crowd, fast_config, lead, setup_leading,
+    spawn_coordinator, stale_reaped_run,
 };
 
 #[tokio::test]
@@ -107,23 +107,7 @@ async fn a_paused_former_leader_changes_nothing() {
 
 #[tokio::test]
 async fn two_coordinators_reap_each_expired_run_once() {
-    let b = setup().await;
-    let automation = b.diamond("shared").await;
-    let mut runs = Vec::new();
-    for _ in 0..40 {
-        runs.push(b.start(&automation).await);
-    }
-    let claimed = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), 40, LEASE)
-        .await
-        .expect("claim");
-    for c in claimed.iter().step_by(2) {
-        b.store
-            .node_started(&c.claim, &NodeId::from("a"))
-            .await
-            .expect("start a");
-    }
+    let (b, runs) = crowd("shared", 40).await;
     let config = Config {
         auto_resume_enabled: false,
         ..fast_config()

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leasehold_coordinator::sweeps::{self, Config};
-use leasehold_core::ids::{AutomationId, RunId};
+use leasehold_core::ids::{AutomationId, ClaimantId, RunId};
 use leasehold_core::store::Leadership;
-use leasehold_testkit::fixtures::{Bundle, setup};
+use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -50,6 +50,30 @@ async fn setup_leading(automation: &str) -> (Bundle, Leadership, AutomationId) {
     let leader = lead(&b, "c1").await;
     let automation = b.diamond(automation).await;
     (b, leader, automation)
+}
+
+/// `n` runs of a diamond named `automation`, all held by one worker, every other one with node
+/// `a` started: once their leases expire, half requeue and half are stale-reaped.
+async fn crowd(automation: &str, n: usize) -> (Bundle, Vec<RunId>) {
+    let b = setup().await;
+    let automation = b.diamond(automation).await;
+    let mut runs = Vec::new();
+    for _ in 0..n {
+        runs.push(b.start(&automation).await);
+    }
+    let claimed = b
+        .store
+        .claim_runs(&ClaimantId::from("w"), n, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), n);
+    for c in claimed.iter().step_by(2) {
+        b.store
+            .node_started(&c.claim, &node("a"))
+            .await
+            .expect("start a");
+    }
+    (b, runs)
 }
 
 /// The default sweep settings, checked.

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use leasehold_coordinator::sweeps::{Config, ReapOutcome, reaper};
-use leasehold_core::ids::{ClaimantId, NodeId};
+use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
 use leasehold_core::run::NodeStatus;
 use leasehold_core::store::ReapParams;
-use leasehold_testkit::fixtures::{LEASE, setup};
+use leasehold_testkit::fixtures::LEASE;
 
-use super::{REQUEUED, STALE_REAPED, config, ms, setup_leading};
+use super::{REQUEUED, STALE_REAPED, config, crowd, ms, setup_leading};
 
 #[tokio::test]
 async fn reaper_acts_only_once_a_lease_has_expired() {
@@ -150,24 +150,7 @@ async fn reaper_blocks_a_run_whose_claims_keep_expiring() {
 
 #[tokio::test]
 async fn two_reapers_at_once_move_each_expired_run_exactly_once() {
-    let b = setup().await;
-    let automation = b.diamond("crowd").await;
-    let mut runs = Vec::new();
-    for _ in 0..120 {
-        runs.push(b.start(&automation).await);
-    }
-    let claimed = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), 120, LEASE)
-        .await
-        .expect("claim");
-    assert_eq!(claimed.len(), 120);
-    for c in claimed.iter().step_by(2) {
-        b.store
-            .node_started(&c.claim, &NodeId::from("a"))
-            .await
-            .expect("start a");
-    }
+    let (b, runs) = crowd("crowd", 120).await;
     b.expire_all_leases(Duration::from_secs(60)).await;
 
     // Two roles, so that both fences pass and only the row-level re-checks keep the reapers
