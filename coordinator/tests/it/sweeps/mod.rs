@@ -9,6 +9,7 @@ mod pausing;
 mod reaper;
 mod stale_gates;
 
+use std::fmt::Debug;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -74,6 +75,18 @@ async fn crowd(automation: &str, n: usize) -> (Bundle, Vec<RunId>) {
             .expect("start a");
     }
     (b, runs)
+}
+
+/// Runs a sweep pass, `pass(now)`, 1 ms before `horizon` and at it, and asserts that neither
+/// changes anything: the near side of the horizon. `what` (empty, or ending in a space) starts the
+/// assertion's message.
+async fn idle_until<O>(horizon: DateTime<Utc>, what: &str, pass: impl AsyncFn(DateTime<Utc>) -> O)
+where
+    O: Default + PartialEq + Debug,
+{
+    for now in [horizon - ms(1), horizon] {
+        assert_eq!(pass(now).await, O::default(), "{what}at {now}");
+    }
 }
 
 /// The default sweep settings, checked.
