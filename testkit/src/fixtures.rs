@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, RunId, TenantId};
 use leasehold_core::run::{self, Checkpoint, RunStatus};
 use leasehold_core::spec::{self, Spec};
-use leasehold_core::store::{ClaimedRun, Event, Leadership, RunRecord, StartRun, Store, Trigger};
+use leasehold_core::store::{
+    ClaimedRun, Event, Leadership, NodeRecord, RunRecord, StartRun, Store, Trigger,
+};
 use tokio::net::TcpListener;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -275,6 +277,11 @@ impl Bundle {
         self.store.run(&self.tenant, run_id).await.expect("run")
     }
 
+    /// The run's nodes as checkpointed, in the store's order.
+    pub async fn checkpoint(&self, run_id: RunId) -> Vec<NodeRecord> {
+        self.store.checkpoint(run_id).await.expect("checkpoint")
+    }
+
     /// The run's status.
     pub async fn status(&self, run_id: RunId) -> RunStatus {
         self.run(run_id).await.status
@@ -283,10 +290,8 @@ impl Bundle {
     /// The nodes a worker that claims the run now would start, by the ready rule.
     pub async fn ready_nodes(&self, run_id: RunId, spec: &Spec) -> Vec<NodeId> {
         let checkpoint: Checkpoint = self
-            .store
             .checkpoint(run_id)
             .await
-            .expect("checkpoint")
             .iter()
             .map(|n| (n.node_id.clone(), n.state()))
             .collect();

@@ -123,7 +123,7 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
         .await
         .expect("batch");
     assert_eq!(done[0].as_ref().ok(), Some(&false));
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Running);
 
     let done = b
@@ -143,7 +143,7 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
         .expect("batch");
     assert_eq!(done[0].as_ref().ok(), Some(&true), "d completes the run");
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.claimant_id, None);
     assert!(run.finished_at.is_some());

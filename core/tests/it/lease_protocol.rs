@@ -130,7 +130,7 @@ async fn stale_holder_cannot_write_after_reclaim() {
         .node_completed(&second.claim, &node("a"), &json!({"a": 1}))
         .await
         .expect("complete a");
-    let before = b.store.run(&b.tenant, run_id).await.expect("run");
+    let before = b.run(run_id).await;
 
     let beat = b.store.heartbeat(&[first], LEASE).await.expect("heartbeat");
     assert_eq!(beat.lost, vec![first]);
@@ -168,9 +168,9 @@ async fn stale_holder_cannot_write_after_reclaim() {
     assert_eq!(released.lost, vec![first]);
     assert!(released.released.is_empty());
 
-    let after = b.store.run(&b.tenant, run_id).await.expect("run");
+    let after = b.run(run_id).await;
     assert_eq!(after, before, "no write of the stale holder landed");
-    let a = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let a = b.checkpoint(run_id).await;
     assert_eq!(a.len(), 1);
     assert_eq!((a[0].attempts, a[0].epoch), (1, LeaseEpoch(2)));
     assert_eq!(a[0].output, Some(json!({"a": 1})));
@@ -215,7 +215,7 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
     }
     b.store.complete_run(&claim).await.expect("complete run");
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.claimant_id, None);
     let events = b.store.events_after(run_id, 0, 100).await.expect("events");
@@ -232,7 +232,7 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
     assert_eq!(run.event_seq, 11);
     // A completed run never changes again.
     assert!(b.store.cancel_run(&b.tenant, run_id, "late").await.is_err());
-    assert_eq!(b.store.run(&b.tenant, run_id).await.expect("run"), run);
+    assert_eq!(b.run(run_id).await, run);
 }
 
 #[tokio::test]
@@ -373,7 +373,7 @@ async fn retries_wait_in_the_queue_until_retry_after() {
         .await
         .expect("schedule again");
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!(run.queue_reason.as_deref(), Some("retry_backoff"));
     assert_eq!(run.retry_node_id, Some(node("a")));
@@ -393,7 +393,7 @@ async fn retries_wait_in_the_queue_until_retry_after() {
     let again = b.claim_one("w").await;
     assert_eq!(again.claim.epoch(), LeaseEpoch(2));
     assert_eq!(again.retry_node_id, Some(node("a")));
-    let checkpoint = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let checkpoint = b.checkpoint(run_id).await;
     assert_eq!(checkpoint[0].status, NodeStatus::Failed);
     assert_eq!(
         checkpoint[0].last_error.as_deref(),
@@ -437,7 +437,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
         &b.store.schedule_retry(&claim, &node("a"), 2, ms(1)).await,
         "schedule_retry",
     );
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Cancelled);
     assert_eq!(run.retry_after, None);
     let claimed = b
@@ -475,16 +475,14 @@ async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
         .await
         .expect("repeat");
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.failed_node_id, Some(node("a")));
     assert_eq!(run.failed_attempt, Some(1));
     assert_eq!(run.stop_reason.as_deref(), Some("exit status 2"));
     let statuses: Vec<(String, NodeStatus)> = b
-        .store
         .checkpoint(run_id)
         .await
-        .expect("checkpoint")
         .into_iter()
         .map(|n| (n.node_id.0, n.status))
         .collect();
@@ -566,7 +564,7 @@ async fn shutdown_hands_runs_back_for_another_worker_at_once() {
     let next = b.claim_one("arriving").await;
     assert_eq!(next.claim.run_id(), run_id, "no lease expiry to wait for");
     assert!(next.resumed);
-    let checkpoint = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let checkpoint = b.checkpoint(run_id).await;
     let state = |id: &str| {
         checkpoint
             .iter()
@@ -647,7 +645,7 @@ async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired
     // A second reaper, or a paused one waking up, changes nothing twice.
     assert_eq!(reap(&b, expires + one_ms).await, (vec![], vec![], vec![]));
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(
         run.status,
         run::apply(RunStatus::Running, Transition::RequeueExpiredClaim)
@@ -694,7 +692,7 @@ async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attem
     );
     assert_eq!(reap(&b, expires + one_ms).await, (vec![], vec![], vec![]));
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(
         run.status,
         run::apply(RunStatus::Running, Transition::StaleReap)
@@ -702,7 +700,7 @@ async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attem
             .to
     );
     assert_eq!(run.stop_kind.as_deref(), Some("stale_reaped"));
-    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let a = &b.checkpoint(run_id).await[0];
     assert_eq!((a.status, a.attempts), (NodeStatus::Failed, 1));
     assert_lease_lost(
         &b.store.node_completed(&claim, &node("a"), &json!(1)).await,
@@ -732,9 +730,9 @@ async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
 
     let now = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
     assert_eq!(reap(&b, now).await, (vec![], vec![], vec![]));
-    let run = b.store.run(&b.tenant, live).await.expect("run");
+    let run = b.run(live).await;
     assert_eq!(run.status, RunStatus::Running);
-    let run = b.store.run(&b.tenant, cancelled).await.expect("run");
+    let run = b.run(cancelled).await;
     assert_eq!(run.status, RunStatus::Cancelled);
 }
 
@@ -752,7 +750,7 @@ async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
             assert_eq!(blocked, vec![run_id], "round {round}");
         }
     }
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Blocked);
     assert_eq!(run.stop_kind.as_deref(), Some("poisoned"));
     assert!(
@@ -815,7 +813,7 @@ async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
     tx.commit().await.expect("the first write lands");
 
     assert_eq!(repeat.await.expect("task").expect("repeat"), 1);
-    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let a = &b.checkpoint(run_id).await[0];
     assert_eq!(a.attempts, 1, "one attempt, counted once");
 }
 

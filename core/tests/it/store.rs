@@ -139,8 +139,8 @@ async fn automation_versions_are_immutable_and_runs_pin_theirs() {
     );
     let pinned_v2 = b.start(&automation).await;
 
-    let run1 = b.store.run(&b.tenant, pinned_v1).await.expect("run");
-    let run2 = b.store.run(&b.tenant, pinned_v2).await.expect("run");
+    let run1 = b.run(pinned_v1).await;
+    let run2 = b.run(pinned_v2).await;
     assert_eq!((run1.automation_version, run2.automation_version), (1, 2));
     let read_v1 = b
         .store
@@ -298,5 +298,5 @@ async fn events_append_in_batches_with_gap_free_sequences() {
         .map(|e| e.seq)
         .collect();
     assert_eq!(rest, vec![3, 4]);
-    assert_eq!(b.store.run(&b.tenant, one).await.expect("run").event_seq, 4);
+    assert_eq!(b.run(one).await.event_seq, 4);
 }

@@ -127,7 +127,7 @@ nodes:
         )
         .await;
     let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
-    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let a = &b.checkpoint(run_id).await[0];
     assert_eq!(a.attempts, 1, "the interrupted attempt was the last");
 
     left_paused(

@@ -54,7 +54,7 @@ async fn a_pausing_run_whose_holder_died_is_settled_into_paused() {
         event.metadata["interrupted"],
         serde_json::json!([{"node_id": "a", "attempt": 1}])
     );
-    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let a = &b.checkpoint(run_id).await[0];
     assert_eq!((a.status, a.attempts), (NodeStatus::Failed, 1));
     assert_eq!(
         a.last_error.as_deref(),

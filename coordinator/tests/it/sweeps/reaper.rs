@@ -56,7 +56,7 @@ async fn reaper_acts_only_once_a_lease_has_expired() {
         ("queued", Some("claim_expired"))
     );
     assert_eq!(b.row(busy).await.status, "paused");
-    let a = &b.store.checkpoint(busy).await.expect("checkpoint")[0];
+    let a = &b.checkpoint(busy).await[0];
     assert_eq!((a.status, a.attempts), (NodeStatus::Failed, 1));
 }
 
