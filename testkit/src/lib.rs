@@ -45,14 +45,20 @@
 //! - `cluster`: the throwaway cluster: its directory, its settings, and sweeping leftovers;
 //!   finding the binaries, `initdb`, starting and stopping are `leasehold_pgcluster`'s.
 //! - `db`: [`TestDb`], one database per test.
-//! - `wait`: [`wait_for`], polling with a deadline instead of sleeping.
+//! - `wait`: [`wait_for`] and [`wait_for_every`], polling with a deadline instead of sleeping.
 //! - `built`: [`workspace_binary`], this workspace's binaries, built for harnesses that run them.
+//! - [`fixtures`]: a migrated database with a store ([`fixtures::Bundle`]), shared specs, runs
+//!   started and claimed, and test-only SQL that moves rows in time.
+//! - [`proxy`]: a loopback TCP proxy that passes, delays, black-holes or cuts connections to
+//!   PostgreSQL, to fault the network between a process and the server.
 //! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings, for the benchmark.
 
 mod built;
 mod cluster;
 mod db;
+pub mod fixtures;
 mod owned;
+pub mod proxy;
 mod server;
 mod wait;
 
@@ -60,4 +66,4 @@ pub use built::{Built, Rebuild, workspace_binary};
 pub use db::TestDb;
 pub use owned::OwnedCluster;
 pub use server::{DATABASE_URL_ENV, admin_url, with_database};
-pub use wait::wait_for;
+pub use wait::{wait_for, wait_for_every};

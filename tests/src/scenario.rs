@@ -9,6 +9,39 @@ use std::io::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// No scenario may take longer than this, setup and teardown included.
+pub const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+/// How long a scenario's runs get to finish once the fault is over.
+pub const FINISH_DEADLINE: Duration = Duration::from_secs(60);
+/// How long every process gets to stop on SIGTERM.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(15);
+/// How often the suite looks at the database while it waits.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// The real `leasehold` binary and the test worker, as a
+/// [`cluster::Binaries`](crate::cluster::Binaries). A macro, because the test worker's path is
+/// only known to integration tests: Cargo sets `CARGO_BIN_EXE_*` when it compiles them, and the
+/// macro expands there.
+#[macro_export]
+macro_rules! bins {
+    () => {
+        $crate::cluster::Binaries {
+            leasehold: $crate::binaries::leasehold().to_owned(),
+            worker: env!("CARGO_BIN_EXE_leasehold-test-worker").into(),
+        }
+    };
+}
+
+/// `n` workers with the default settings.
+pub fn workers(n: usize) -> Vec<crate::cluster::WorkerOpts> {
+    vec![crate::cluster::WorkerOpts::default(); n]
+}
+
+/// A duration as seconds, for scenario lines.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
 /// One scenario's result.
 #[derive(Debug, Clone)]
 pub struct Line {

@@ -6,20 +6,19 @@
 //!
 //! `cargo test -p leasehold-fault-tests --test api_faults`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, STOP_DEADLINE, bins, secs, workers};
 use leasehold_core::ids::RunId;
 use leasehold_fault_tests::api::{self, Clients};
 use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
 use leasehold_fault_tests::ledger;
-use leasehold_fault_tests::scenario::{self, Line, bounded};
-use leasehold_fault_tests::wait;
+use leasehold_fault_tests::scenario::{
+    self, FINISH_DEADLINE, Line, POLL, SCENARIO_LIMIT, STOP_DEADLINE, bounded, secs, workers,
+};
 use leasehold_proto::v1;
+use leasehold_testkit::wait_for_every;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -113,7 +112,13 @@ fn backoff_bound() -> Duration {
 async fn backoff_survives_a_full_restart() {
     let _alone = scenario::one_at_a_time().await;
     bounded("durable-backoff", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("durable-backoff", bins(), 2, &workers(2)).await;
+        let mut c = Cluster::start(
+            "durable-backoff",
+            leasehold_fault_tests::bins!(),
+            2,
+            &workers(2),
+        )
+        .await;
         let line = durable_backoff(&mut c).await;
         c.conclude(line).await;
     })
@@ -129,10 +134,10 @@ async fn durable_backoff(c: &mut Cluster) -> Line {
     let runs: Vec<RunId> = ok_runs.iter().chain(&bad_runs).copied().collect();
     let ids: Vec<uuid::Uuid> = runs.iter().map(|r| r.0).collect();
 
-    wait::until(
-        "every run to wait in retry backoff",
+    wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "every run to wait in retry backoff",
         || async {
             let n: i64 = c
                 .sql
@@ -384,7 +389,8 @@ fn gate_bound() -> Duration {
 async fn gate_decisions_race_to_one() {
     let _alone = scenario::one_at_a_time().await;
     bounded("gate-races", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("gate-races", bins(), 2, &workers(2)).await;
+        let mut c =
+            Cluster::start("gate-races", leasehold_fault_tests::bins!(), 2, &workers(2)).await;
         let line = gate_races(&mut c).await;
         c.conclude(line).await;
     })
@@ -682,7 +688,8 @@ fn refused<T: std::fmt::Debug>(
 async fn bad_input_and_bad_data_are_refused_or_blocked() {
     let _alone = scenario::one_at_a_time().await;
     bounded("bad-input", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("bad-input", bins(), 2, &workers(2)).await;
+        let mut c =
+            Cluster::start("bad-input", leasehold_fault_tests::bins!(), 2, &workers(2)).await;
         let line = bad_input(&mut c).await;
         c.conclude(line).await;
     })
@@ -901,10 +908,10 @@ async fn bad_input(c: &mut Cluster) -> Line {
     let more_runs = c.start_runs(&good, GOOD_RUNS).await;
 
     let blocked = [corrupt_run, tampered_run];
-    let recovery = wait::until(
-        "both unreadable runs to be blocked",
+    let recovery = wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "both unreadable runs to be blocked",
         || async { (c.count_status(&blocked, "blocked").await == 2).then(|| fault.elapsed()) },
     )
     .await;

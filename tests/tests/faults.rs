@@ -10,20 +10,19 @@
 //!
 //! `cargo test -p leasehold-fault-tests`; one scenario: `… --test faults zombie`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins, secs, workers};
 use leasehold_core::ids::{ClaimantId, RunId};
 use leasehold_fault_tests::cluster::{Cluster, SHELL, TIMINGS, WorkerId, WorkerOpts, group_alive};
 use leasehold_fault_tests::ledger;
-use leasehold_fault_tests::proxy::Mode;
-use leasehold_fault_tests::scenario::{self, Line, bounded};
-use leasehold_fault_tests::wait;
+use leasehold_fault_tests::scenario::{
+    self, FINISH_DEADLINE, Line, POLL, SCENARIO_LIMIT, bounded, secs, workers,
+};
 use leasehold_proto::v1::CancelRunRequest;
+use leasehold_testkit::proxy::Mode;
+use leasehold_testkit::wait_for_every;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
@@ -58,7 +57,7 @@ async fn kill_9_mid_node_loses_no_run() {
     bounded("kill-9", SCENARIO_LIMIT, async {
         let mut opts = workers(3);
         opts[2].proxied = true;
-        let mut c = Cluster::start("kill-9", bins(), 2, &opts).await;
+        let mut c = Cluster::start("kill-9", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = kill_9(&mut c).await;
         c.conclude(line).await;
     })
@@ -74,10 +73,10 @@ async fn kill_9(c: &mut Cluster) -> Line {
     let automation = c.automation(KILL9_SPEC).await;
     let runs = c.start_runs(&automation, KILL9_RUNS).await;
 
-    wait::until(
-        "a fifth of the runs to complete while the victim has nodes running",
+    wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "a fifth of the runs to complete while the victim has nodes running",
         || async {
             let completed = c.count_status(&runs, "completed").await;
             (completed >= runs.len() / 5 && c.busy_runs(victim).await >= 4).then_some(())
@@ -90,10 +89,10 @@ async fn kill_9(c: &mut Cluster) -> Line {
     let held = c.held_by(victim).await;
     assert!(!held.is_empty(), "the victim held runs when it died");
 
-    let recovery = wait::until(
-        "the killed worker's runs to be claimed again",
+    let recovery = wait_for_every(
         t.recovery_bound() * 2,
         POLL,
+        "the killed worker's runs to be claimed again",
         || async { (c.not_reclaimed(&held).await == 0).then(|| fault.elapsed()) },
     )
     .await;
@@ -171,7 +170,7 @@ async fn zombie_writes_are_fenced() {
                 ..half
             },
         ];
-        let mut c = Cluster::start("zombie", bins(), 2, &opts).await;
+        let mut c = Cluster::start("zombie", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = zombie(&mut c).await;
         c.conclude(line).await;
     })
@@ -187,10 +186,10 @@ async fn zombie(c: &mut Cluster) -> Line {
     let automation = c.automation(&zombie_spec(&dir)).await;
     let runs = c.start_runs(&automation, ZOMBIE_RUNS).await;
 
-    let groups: HashMap<RunId, Pid> = wait::until(
-        "every run to have completed its first node and started its exec child",
+    let groups: HashMap<RunId, Pid> = wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "every run to have completed its first node and started its exec child",
         || async {
             let groups: HashMap<RunId, Pid> = runs
                 .iter()
@@ -223,10 +222,10 @@ async fn zombie(c: &mut Cluster) -> Line {
     // The self-fence: the cut-off worker kills its children before its leases can expire, so
     // before anyone can claim its runs again.
     let cut_groups: Vec<Pid> = held_cut.iter().map(|(r, _)| groups[r]).collect();
-    wait::until(
-        "the cut-off worker to kill its exec children (self-fence)",
+    wait_for_every(
         t.lease,
         Duration::from_millis(20),
+        "the cut-off worker to kill its exec children (self-fence)",
         || async { cut_groups.iter().all(|&g| !group_alive(g)).then_some(()) },
     )
     .await;
@@ -237,10 +236,10 @@ async fn zombie(c: &mut Cluster) -> Line {
     );
 
     let all_held: Vec<(RunId, i64)> = held_stopped.iter().chain(&held_cut).copied().collect();
-    let recovery = wait::until(
-        "the rescuer to claim every zombie's run",
+    let recovery = wait_for_every(
         t.recovery_bound() * 2,
         POLL,
+        "the rescuer to claim every zombie's run",
         || async { (c.not_reclaimed(&all_held).await == 0).then(|| fault.elapsed()) },
     )
     .await;
@@ -256,10 +255,10 @@ async fn zombie(c: &mut Cluster) -> Line {
          {held_chunks} chunks of the cut-off worker's traffic"
     );
     let stopped_groups: Vec<Pid> = held_stopped.iter().map(|(r, _)| groups[r]).collect();
-    wait::until(
-        "the continued worker to kill its exec children",
+    wait_for_every(
         t.heartbeat + t.margin,
         Duration::from_millis(20),
+        "the continued worker to kill its exec children",
         || async {
             stopped_groups
                 .iter()
@@ -268,10 +267,10 @@ async fn zombie(c: &mut Cluster) -> Line {
         },
     )
     .await;
-    wait::until(
-        "the black hole's held bytes to reach the database",
+    wait_for_every(
         t.margin,
         Duration::from_millis(20),
+        "the black hole's held bytes to reach the database",
         || async { (c.proxy(cut_off).held_chunks() == 0).then_some(()) },
     )
     .await;
@@ -308,10 +307,10 @@ async fn zombie(c: &mut Cluster) -> Line {
 /// Waits until `worker`'s log says each of `held` left it with `outcome`.
 async fn wait_runs_left(c: &Cluster, worker: WorkerId, held: &[(RunId, i64)], outcome: &str) {
     let proc = c.worker_proc(worker);
-    wait::until(
-        &format!("{} to let its runs go ({outcome})", c.sup.name(proc)),
+    wait_for_every(
         c.timings.heartbeat + c.timings.margin,
         POLL,
+        &format!("{} to let its runs go ({outcome})", c.sup.name(proc)),
         || async {
             let log = c.sup.log(proc);
             held.iter()
@@ -397,7 +396,7 @@ async fn lost_commit_acknowledgement_is_retried_quietly() {
             // the worker self-fences. tests/README.md says why that case is not run here.
             pool_size: LOST_ACK_RUNS + 1,
         }];
-        let mut c = Cluster::start("lost-ack", bins(), 2, &opts).await;
+        let mut c = Cluster::start("lost-ack", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = lost_ack(&mut c).await;
         c.conclude(line).await;
     })
@@ -419,10 +418,10 @@ async fn lost_ack(c: &mut Cluster) -> Line {
     let runs = c.start_runs(&automation, LOST_ACK_RUNS).await;
     // A ledger row is written by a running handler, so the worker has the acknowledgement of
     // every first node's start.
-    wait::until(
-        "every run's first node to be running",
+    wait_for_every(
         FINISH_DEADLINE,
         Duration::from_millis(10),
+        "every run's first node to be running",
         || async {
             let started = ledger::all(&c.sql)
                 .await
@@ -447,10 +446,10 @@ async fn lost_ack(c: &mut Cluster) -> Line {
     // nothing the worker sent is still executing, so every statement in flight lost only its
     // acknowledgement. Past the deadline the worker would self-fence under the hold itself, a
     // fault of another kind.
-    let committed = wait::until(
-        "completions to commit with nothing still executing",
+    let committed = wait_for_every(
         self_fence_after() - t.heartbeat,
         Duration::from_millis(10),
+        "completions to commit with nothing still executing",
         || async {
             let committed = c.count_nodes(&runs, "a", "completed").await;
             let executing: i64 = c
@@ -475,10 +474,10 @@ async fn lost_ack(c: &mut Cluster) -> Line {
 
     let ids: Vec<uuid::Uuid> = held.iter().map(|(r, _)| r.0).collect();
     let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
-    let recovery = wait::until(
-        "every run to start its next node under the same claim",
+    let recovery = wait_for_every(
         bound * 2,
         Duration::from_millis(10),
+        "every run to start its next node under the same claim",
         || async {
             let started: i64 = c
                 .sql
@@ -573,7 +572,13 @@ nodes:
 async fn leader_failover_keeps_sweeping() {
     let _alone = scenario::one_at_a_time().await;
     bounded("leader-failover", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("leader-failover", bins(), 2, &workers(3)).await;
+        let mut c = Cluster::start(
+            "leader-failover",
+            leasehold_fault_tests::bins!(),
+            2,
+            &workers(3),
+        )
+        .await;
         let line = leader_failover(&mut c).await;
         c.conclude(line).await;
     })
@@ -607,10 +612,10 @@ async fn leader_failover(c: &mut Cluster) -> Line {
         let runs = c.start_runs(&automation, FAILOVER_BATCH).await;
         all_runs.extend_from_slice(&runs);
         let (leader, holder, epoch) = c.wait_leader(t.takeover_bound()).await;
-        wait::until(
-            "the victim worker to have nodes running",
+        wait_for_every(
             FINISH_DEADLINE,
             POLL,
+            "the victim worker to have nodes running",
             || async { (c.busy_runs(victim).await >= 4).then_some(()) },
         )
         .await;
@@ -627,10 +632,10 @@ async fn leader_failover(c: &mut Cluster) -> Line {
         let held = c.held_by(victim).await;
         assert!(!held.is_empty(), "the victim held runs when it died");
 
-        let (successor, successor_holder, successor_epoch) = wait::until(
-            "another coordinator to take the leadership",
+        let (successor, successor_holder, successor_epoch) = wait_for_every(
             t.takeover_bound(),
             POLL,
+            "another coordinator to take the leadership",
             || async {
                 let (h, e) = c.leader().await?;
                 (h != holder).then(|| (c.coordinator_of(&h), h, e))
@@ -647,10 +652,10 @@ async fn leader_failover(c: &mut Cluster) -> Line {
             epoch + 1,
             "a takeover raises the epoch by one"
         );
-        let recovered = wait::until(
-            "the victim's runs to be claimed again under the new leader",
+        let recovered = wait_for_every(
             failover_bound() * 2,
             POLL,
+            "the victim's runs to be claimed again under the new leader",
             || async { (c.not_reclaimed(&held).await == 0).then(|| fault.elapsed()) },
         )
         .await;
@@ -667,10 +672,10 @@ async fn leader_failover(c: &mut Cluster) -> Line {
             // The former leader wakes up to a leadership that has moved on: it stops sweeping
             // and changes nothing, the leadership included.
             c.signal_coordinator(leader, Signal::SIGCONT);
-            wait::until(
-                "the continued former leader to stop its sweeps",
+            wait_for_every(
                 t.leader_lease + t.margin,
                 POLL,
+                "the continued former leader to stop its sweeps",
                 || async {
                     (c.sup.log(leader_proc).matches("sweeps stopped").count() > stops_before)
                         .then_some(())
@@ -745,7 +750,13 @@ fn release_bound() -> Duration {
 async fn rolling_restart_fails_no_run() {
     let _alone = scenario::one_at_a_time().await;
     bounded("rolling-restart", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("rolling-restart", bins(), 2, &workers(3)).await;
+        let mut c = Cluster::start(
+            "rolling-restart",
+            leasehold_fault_tests::bins!(),
+            2,
+            &workers(3),
+        )
+        .await;
         let line = rolling_restart(&mut c).await;
         c.conclude(line).await;
     })
@@ -757,10 +768,10 @@ async fn rolling_restart(c: &mut Cluster) -> Line {
     let automation = c.automation(ROLLING_SPEC).await;
     let runs = c.start_runs(&automation, ROLLING_RUNS).await;
     for old in c.workers() {
-        wait::until(
-            "the worker to be replaced to have nodes running",
+        wait_for_every(
             FINISH_DEADLINE,
             POLL,
+            "the worker to be replaced to have nodes running",
             || async { (c.busy_runs(old).await >= 1).then_some(()) },
         )
         .await;
@@ -864,7 +875,13 @@ fn cancel_bound() -> Duration {
 async fn cancelled_exec_node_stays_dead() {
     let _alone = scenario::one_at_a_time().await;
     bounded("cancel-exec", SCENARIO_LIMIT, async {
-        let mut c = Cluster::start("cancel-exec", bins(), 2, &workers(3)).await;
+        let mut c = Cluster::start(
+            "cancel-exec",
+            leasehold_fault_tests::bins!(),
+            2,
+            &workers(3),
+        )
+        .await;
         let line = cancel_exec(&mut c).await;
         c.conclude(line).await;
     })
@@ -882,10 +899,10 @@ async fn cancel_exec(c: &mut Cluster) -> Line {
     };
     let sentinel_run = c.start_runs(&sentinel, 1).await[0];
 
-    let (group, group_dies) = wait::until(
-        "both exec programs to start",
+    let (group, group_dies) = wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "both exec programs to start",
         || async {
             Some((
                 exec_group(&dir, left_to_worker, 1)?,
@@ -898,10 +915,10 @@ async fn cancel_exec(c: &mut Cluster) -> Line {
     c.sup.adopt_group(group_dies);
     c.wait_all(&[sentinel_run], "running", FINISH_DEADLINE)
         .await;
-    wait::until(
-        "the sentinel's node to run",
+    wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "the sentinel's node to run",
         || async { (c.count_nodes(&[sentinel_run], "hold", "running").await == 1).then_some(()) },
     )
     .await;
@@ -922,25 +939,25 @@ async fn cancel_exec(c: &mut Cluster) -> Line {
     }
     killpg(group_dies, Signal::SIGKILL).expect("kill the second program");
 
-    let recovery = wait::until(
-        "the worker to kill the cancelled node's process group",
+    let recovery = wait_for_every(
         cancel_bound() * 2,
         Duration::from_millis(20),
+        "the worker to kill the cancelled node's process group",
         || async { (!group_alive(group)).then(|| fault.elapsed()) },
     )
     .await;
-    wait::until(
-        "the second program's group to be gone",
+    wait_for_every(
         t.margin,
         Duration::from_millis(20),
+        "the second program's group to be gone",
         || async { (!group_alive(group_dies)).then_some(()) },
     )
     .await;
     for run in [left_to_worker, dies_too] {
-        wait::until(
-            "the cancelled run to leave its worker",
+        wait_for_every(
             t.heartbeat + t.margin,
             POLL,
+            "the cancelled run to leave its worker",
             || async {
                 let run = run.to_string();
                 c.workers()
@@ -962,17 +979,17 @@ async fn cancel_exec(c: &mut Cluster) -> Line {
     // reaps that run; any lease the cancelled runs could have had expired before that one did.
     let holder = c.holder(sentinel_run).await.expect("the sentinel is held");
     c.kill_worker(holder).await;
-    wait::until(
-        "the reaper to reap the sentinel run",
+    wait_for_every(
         t.recovery_bound() * 2,
         POLL,
+        "the reaper to reap the sentinel run",
         || async { (c.event_count("run_stale_reaped", &[sentinel_run]).await == 1).then_some(()) },
     )
     .await;
-    wait::until(
-        "the sentinel run to be auto-resumed and claimed again",
+    wait_for_every(
         t.recovery_bound() * 2,
         POLL,
+        "the sentinel run to be auto-resumed and claimed again",
         || async { (c.event_count("run_claimed", &[sentinel_run]).await == 2).then_some(()) },
     )
     .await;

@@ -4,17 +4,15 @@
 //! Each scenario runs alone, within a hard time bound, prints its line and the summary table,
 //! and ends with the invariant checker. `cargo test -p leasehold-fault-tests --test restarts`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{FINISH_DEADLINE, POLL, SCENARIO_LIMIT, bins};
 use leasehold_core::ids::RunId;
 use leasehold_fault_tests::api;
 use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
+use leasehold_fault_tests::ledger;
 use leasehold_fault_tests::pg_server::Server;
-use leasehold_fault_tests::scenario::{self, Line, bounded};
-use leasehold_fault_tests::{ledger, wait};
+use leasehold_fault_tests::scenario::{self, FINISH_DEADLINE, Line, POLL, SCENARIO_LIMIT, bounded};
+use leasehold_testkit::wait_for_every;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 fn uuids(runs: &[RunId]) -> Vec<uuid::Uuid> {
@@ -49,7 +47,7 @@ async fn postgres_crash_restart_reaps_nothing() {
     let _alone = scenario::one_at_a_time().await;
     bounded("pg-restart", SCENARIO_LIMIT, async {
         let opts = vec![WorkerOpts::default(); 3];
-        let mut c = Cluster::start("pg-restart", bins(), 2, &opts).await;
+        let mut c = Cluster::start("pg-restart", leasehold_fault_tests::bins!(), 2, &opts).await;
         let Some(server) = Server::own(&c.sql).await else {
             eprintln!(
                 "scenario pg-restart: skipped: {} names a server this test must not crash",
@@ -93,10 +91,10 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
 
     let down = Instant::now();
     server.crash();
-    wait::until(
-        "the coordinator to report NOT_SERVING while the database is down",
+    wait_for_every(
         Duration::from_secs(5),
         Duration::from_millis(100),
+        "the coordinator to report NOT_SERVING while the database is down",
         || async {
             (overall_health(&endpoint).await == Some(ServingStatus::NotServing)).then_some(())
         },
@@ -107,10 +105,10 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
     // The suite's own connection died with the server.
     c.sql = server.connect().await;
 
-    let recovery = wait::until(
-        "the coordinator to report SERVING again",
+    let recovery = wait_for_every(
         Duration::from_secs(10),
         Duration::from_millis(100),
+        "the coordinator to report SERVING again",
         || async {
             (overall_health(&endpoint).await == Some(ServingStatus::Serving))
                 .then(|| down.elapsed())
@@ -226,7 +224,8 @@ async fn terminated_backends_delay_work_by_a_poll() {
     let _alone = scenario::one_at_a_time().await;
     bounded("backends-killed", SCENARIO_LIMIT, async {
         let opts = vec![WorkerOpts::default(); 3];
-        let mut c = Cluster::start("backends-killed", bins(), 2, &opts).await;
+        let mut c =
+            Cluster::start("backends-killed", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = backends_killed(&mut c).await;
         c.conclude(line).await;
     })
@@ -240,10 +239,10 @@ async fn backends_killed(c: &mut Cluster) -> Line {
     let mut runs = c.start_runs(&automation, KILLED_RUNS).await;
     c.wait_all(&runs, "running", FINISH_DEADLINE).await;
     // Every worker's ledger connection has inserted a row: the first node of every run started.
-    wait::until(
-        "every run's first node to be in the ledger",
+    wait_for_every(
         FINISH_DEADLINE,
         POLL,
+        "every run's first node to be in the ledger",
         || async { (ledger::all(&c.sql).await.len() >= runs.len()).then_some(()) },
     )
     .await;
@@ -274,10 +273,10 @@ async fn backends_killed(c: &mut Cluster) -> Line {
     // a listener hears of them.
     let late = c.start_runs(&late_automation, LATE_RUNS).await;
     let late_ids = uuids(&late);
-    let late_claimed = wait::until(
-        "the runs started after the killing to be claimed",
+    let late_claimed = wait_for_every(
         t.poll + t.margin,
         Duration::from_millis(10),
+        "the runs started after the killing to be claimed",
         || async {
             let left: i64 = c
                 .sql

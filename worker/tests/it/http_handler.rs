@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
 use leasehold_worker::handlers::Http;
-use leasehold_worker::{Context, Handler, HandlerError};
+use leasehold_worker::{Context, Handler};
+
+use crate::handler_errors::{assert_retryable, assert_terminal};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -109,20 +111,6 @@ async fn serve_silence() -> SocketAddr {
         }
     });
     addr
-}
-
-fn assert_retryable(result: &Result<Value, HandlerError>, needle: &str) {
-    assert!(
-        matches!(result, Err(HandlerError::Retryable(m)) if m.contains(needle)),
-        "want retryable with {needle:?}, got {result:?}"
-    );
-}
-
-fn assert_terminal(result: &Result<Value, HandlerError>, needle: &str) {
-    assert!(
-        matches!(result, Err(HandlerError::Terminal(m)) if m.contains(needle)),
-        "want terminal with {needle:?}, got {result:?}"
-    );
 }
 
 #[tokio::test]

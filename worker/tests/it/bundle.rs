@@ -1,17 +1,14 @@
-//! Shared setup for the worker tests: a migrated database, a worker in-process, a recording
-//! handler, and a TCP proxy that can cut the worker off from Postgres.
-#![allow(dead_code)] // Each test binary uses its own subset.
+//! The worker tests' bundle: the testkit's migrated database with a worker's store, a worker
+//! in-process, and the `record` kind, which notes every attempt it executes.
 
-pub mod proxy;
-
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, RunId, TenantId};
+use leasehold_core::ids::{ClaimantId, NodeId, RunId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::spec;
-use leasehold_core::store::{StartRun, Store, Trigger};
-use leasehold_testkit::{TestDb, wait_for};
+use leasehold_core::store::Store;
+use leasehold_testkit::{fixtures, wait_for};
 use leasehold_worker::handlers::{self, ExecPolicy};
 use leasehold_worker::{Config, Context, Handler, HandlerError, Registry, Report, Worker};
 use serde_json::{Value, json};
@@ -21,29 +18,24 @@ use tokio_util::sync::CancellationToken;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The testkit's bundle with a worker's store, and the ledger of the `record` kind.
 pub struct Bundle {
-    pub store: Store,
-    pub sql: tokio_postgres::Client,
-    pub tenant: TenantId,
+    pub base: fixtures::Bundle,
     pub ledger: Ledger,
-    pub db: TestDb,
+}
+
+impl Deref for Bundle {
+    type Target = fixtures::Bundle;
+
+    fn deref(&self) -> &fixtures::Bundle {
+        &self.base
+    }
 }
 
 pub async fn setup() -> Bundle {
-    let db = TestDb::new().await;
-    // A worker's store, with its generic plans, as `leasehold worker` connects.
-    let store = Store::connect_worker_unchecked(db.url(), 8).expect("pool");
-    store.migrate().await.expect("migrate");
-    let (sql, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
-        .await
-        .expect("fixture connection");
-    tokio::spawn(connection);
     Bundle {
-        store,
-        sql,
-        tenant: TenantId::default(),
+        base: fixtures::worker_setup().await,
         ledger: Ledger::default(),
-        db,
     }
 }
 
@@ -59,10 +51,8 @@ pub fn config(name: &str) -> Config {
 /// Every attempt the `record` kind executed.
 #[derive(Debug, Clone)]
 pub struct Execution {
-    pub run_id: RunId,
     pub node_id: NodeId,
     pub attempt: u32,
-    pub epoch: i64,
     pub started: Instant,
     pub finished: Option<Instant>,
     pub upstream: Value,
@@ -96,10 +86,8 @@ impl Handler for Record {
         let index = {
             let mut ledger = self.0.0.lock().expect("ledger");
             ledger.push(Execution {
-                run_id: ctx.run_id,
                 node_id: ctx.node_id.clone(),
                 attempt: ctx.attempt,
-                epoch: ctx.epoch.0,
                 started: Instant::now(),
                 finished: None,
                 upstream: serde_json::to_value(&ctx.upstream).expect("upstream"),
@@ -156,31 +144,6 @@ impl Bundle {
         registry
     }
 
-    pub async fn automation(&self, yaml: &str) -> AutomationId {
-        let spec = spec::parse_yaml(yaml).expect("valid spec");
-        self.store
-            .create_automation(&self.tenant, &spec)
-            .await
-            .expect("create automation");
-        spec.id
-    }
-
-    pub async fn start(&self, automation: &AutomationId) -> RunId {
-        self.store
-            .start_run(&StartRun {
-                tenant: self.tenant.clone(),
-                automation_id: automation.clone(),
-                inputs: json!({}),
-                priority: 0,
-                concurrency_key: None,
-                idempotency_key: None,
-                trigger: Trigger::Api,
-            })
-            .await
-            .expect("start")
-            .run_id
-    }
-
     pub fn spawn_worker(&self, config: Config) -> RunningWorker {
         self.spawn_worker_on(self.store.clone(), config)
     }
@@ -192,29 +155,11 @@ impl Bundle {
         RunningWorker { shutdown, task }
     }
 
-    pub async fn status(&self, run_id: RunId) -> RunStatus {
-        self.store
-            .run(&self.tenant, run_id)
-            .await
-            .expect("run")
-            .status
-    }
-
     pub async fn wait_status(&self, run_id: RunId, want: RunStatus) {
         wait_for(DEADLINE, &format!("run {run_id} {want}"), || async {
             (self.status(run_id).await == want).then_some(())
         })
         .await;
-    }
-
-    pub async fn event_names(&self, run_id: RunId) -> Vec<String> {
-        self.store
-            .events_after(run_id, 0, 1_000)
-            .await
-            .expect("events")
-            .into_iter()
-            .map(|e| e.event)
-            .collect()
     }
 }
 

@@ -1,12 +1,10 @@
 //! Schema, automations, starting runs, events, and the named queries, against a real Postgres.
 
-mod common;
-
-use common::{diamond, setup, spec};
 use leasehold_core::ids::{AutomationId, LeaseEpoch, NodeId, RunId};
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::{self, Error, NewEvent, StartRun, Store, Stored};
 use leasehold_testkit::TestDb;
+use leasehold_testkit::fixtures::{diamond, setup, spec};
 use serde_json::json;
 
 #[tokio::test]
@@ -75,7 +73,7 @@ async fn every_named_query_prepares() {
 #[tokio::test]
 async fn the_previous_release_can_still_start_runs_after_migrating() {
     let b = setup().await;
-    let automation = b.automation("hello").await;
+    let automation = b.diamond("hello").await;
     let v1_start = "INSERT INTO runs (run_id, tenant_id, automation_id, automation_version,
                                       trigger, idempotency_key, status, event_seq)
                     VALUES (gen_random_uuid(), $1, $2, 1, 'api', $3, 'queued', 1)
@@ -141,8 +139,8 @@ async fn automation_versions_are_immutable_and_runs_pin_theirs() {
     );
     let pinned_v2 = b.start(&automation).await;
 
-    let run1 = b.store.run(&b.tenant, pinned_v1).await.expect("run");
-    let run2 = b.store.run(&b.tenant, pinned_v2).await.expect("run");
+    let run1 = b.run(pinned_v1).await;
+    let run2 = b.run(pinned_v2).await;
     assert_eq!((run1.automation_version, run2.automation_version), (1, 2));
     let read_v1 = b
         .store
@@ -161,14 +159,8 @@ async fn automation_versions_are_immutable_and_runs_pin_theirs() {
 #[tokio::test]
 async fn an_unreadable_stored_spec_is_an_error_not_a_panic() {
     let b = setup().await;
-    let automation = b.automation("corrupt").await;
-    b.sql
-        .execute(
-            "UPDATE automation_versions SET spec = '{\"id\": \"corrupt\", \"nodes\": 7}'",
-            &[],
-        )
-        .await
-        .expect("corrupt the spec");
+    let automation = b.diamond("corrupt").await;
+    b.corrupt_spec(&automation).await;
     let result = b
         .store
         .automation_version(&b.tenant, &automation, None)
@@ -182,7 +174,7 @@ async fn an_unreadable_stored_spec_is_an_error_not_a_panic() {
 #[tokio::test]
 async fn starting_a_run_is_idempotent_on_its_key() {
     let b = setup().await;
-    let automation = b.automation("idem").await;
+    let automation = b.diamond("idem").await;
     let request = StartRun {
         idempotency_key: Some("req-1".into()),
         inputs: json!({"b": 2, "a": 1}),
@@ -232,7 +224,7 @@ async fn starting_a_run_of_a_missing_automation_is_refused() {
 #[tokio::test]
 async fn out_of_range_values_name_the_constraint_and_store_nothing() {
     let b = setup().await;
-    let automation = b.automation("range").await;
+    let automation = b.diamond("range").await;
     let result = b
         .store
         .start_run(&StartRun {
@@ -258,7 +250,7 @@ async fn out_of_range_values_name_the_constraint_and_store_nothing() {
 #[tokio::test]
 async fn events_append_in_batches_with_gap_free_sequences() {
     let b = setup().await;
-    let automation = b.automation("events").await;
+    let automation = b.diamond("events").await;
     let one = b.start(&automation).await;
     let two = b.start(&automation).await;
     let event = |run_id: RunId, name: &str| NewEvent {
@@ -306,5 +298,5 @@ async fn events_append_in_batches_with_gap_free_sequences() {
         .map(|e| e.seq)
         .collect();
     assert_eq!(rest, vec![3, 4]);
-    assert_eq!(b.store.run(&b.tenant, one).await.expect("run").event_seq, 4);
+    assert_eq!(b.run(one).await.event_seq, 4);
 }

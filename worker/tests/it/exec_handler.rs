@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
 use leasehold_worker::handlers::{Exec, ExecPolicy, builtin};
-use leasehold_worker::{Context, Handler, HandlerError};
+use leasehold_worker::{Context, Handler};
+
+use crate::handler_errors::{assert_retryable, assert_terminal};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -37,20 +39,6 @@ fn exec() -> Exec {
 
 fn sh(script: &str) -> Value {
     json!({ "argv": ["sh", "-c", script] })
-}
-
-fn assert_retryable(result: &Result<Value, HandlerError>, needle: &str) {
-    assert!(
-        matches!(result, Err(HandlerError::Retryable(m)) if m.contains(needle)),
-        "want retryable with {needle:?}, got {result:?}"
-    );
-}
-
-fn assert_terminal(result: &Result<Value, HandlerError>, needle: &str) {
-    assert!(
-        matches!(result, Err(HandlerError::Terminal(m)) if m.contains(needle)),
-        "want terminal with {needle:?}, got {result:?}"
-    );
 }
 
 /// A file for a script to report pids in, unique to the test.

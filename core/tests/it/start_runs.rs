@@ -1,33 +1,29 @@
 //! Starting runs in batches: the same rules as one at a time, and a refused batch stores nothing.
 
-mod common;
-
-use common::{Bundle, setup};
 use futures_util::StreamExt;
 use leasehold_core::ids::AutomationId;
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::{Error, QUEUED_CHANNEL, StartRun};
+use leasehold_testkit::fixtures::{Bundle, LEASE, setup};
 use serde_json::json;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-impl Bundle {
-    async fn count(&self, sql: &str) -> i64 {
-        self.sql.query_one(sql, &[]).await.expect("count").get(0)
-    }
+async fn count(b: &Bundle, sql: &str) -> i64 {
+    b.sql.query_one(sql, &[]).await.expect("count").get(0)
+}
 
-    fn keyed(&self, automation: &AutomationId, key: &str, n: i64) -> StartRun {
-        StartRun {
-            idempotency_key: Some(key.into()),
-            inputs: json!({ "n": n }),
-            ..self.start_request(automation)
-        }
+fn keyed(b: &Bundle, automation: &AutomationId, key: &str, n: i64) -> StartRun {
+    StartRun {
+        idempotency_key: Some(key.into()),
+        inputs: json!({ "n": n }),
+        ..b.start_request(automation)
     }
 }
 
 #[tokio::test]
 async fn a_batch_queues_every_run_in_request_order_and_wakes_workers() {
     let b = setup().await;
-    let automation = b.automation("batch").await;
+    let automation = b.diamond("batch").await;
     let (listener, mut connection) = tokio_postgres::connect(b.db.url(), NoTls)
         .await
         .expect("listener");
@@ -67,7 +63,7 @@ async fn a_batch_queues_every_run_in_request_order_and_wakes_workers() {
         assert_eq!(run.automation_version, 1);
         assert_eq!(b.event_names(s.run_id).await, vec!["run_started"]);
     }
-    let woken = tokio::time::timeout(common::LEASE, notifications.recv())
+    let woken = tokio::time::timeout(LEASE, notifications.recv())
         .await
         .expect("a notification within the deadline");
     assert_eq!(woken.as_deref(), Some(QUEUED_CHANNEL));
@@ -78,19 +74,19 @@ async fn a_batch_queues_every_run_in_request_order_and_wakes_workers() {
 #[tokio::test]
 async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
     let b = setup().await;
-    let automation = b.automation("keys").await;
+    let automation = b.diamond("keys").await;
     let earlier = b
         .store
-        .start_run(&b.keyed(&automation, "k-earlier", 1))
+        .start_run(&keyed(&b, &automation, "k-earlier", 1))
         .await
         .expect("earlier run");
 
     let started = b
         .store
         .start_runs(&[
-            b.keyed(&automation, "k-new", 2),
-            b.keyed(&automation, "k-earlier", 1),
-            b.keyed(&automation, "k-new", 2),
+            keyed(&b, &automation, "k-new", 2),
+            keyed(&b, &automation, "k-earlier", 1),
+            keyed(&b, &automation, "k-new", 2),
             b.start_request(&automation),
         ])
         .await
@@ -104,7 +100,7 @@ async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
     );
     assert!(!started[2].created);
     assert!(started[3].created);
-    assert_eq!(b.count("SELECT count(*) FROM runs").await, 3);
+    assert_eq!(count(&b, "SELECT count(*) FROM runs").await, 3);
 
     // A repeated key still returns its run after the automation was paused.
     b.store
@@ -113,7 +109,7 @@ async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
         .expect("pause");
     let again = b
         .store
-        .start_runs(&[b.keyed(&automation, "k-new", 2)])
+        .start_runs(&[keyed(&b, &automation, "k-new", 2)])
         .await
         .expect("repeat while paused");
     assert_eq!(again[0].run_id, started[0].run_id);
@@ -123,13 +119,13 @@ async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
 #[tokio::test]
 async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
     let b = setup().await;
-    let automation = b.automation("refused").await;
+    let automation = b.diamond("refused").await;
     b.store
-        .start_run(&b.keyed(&automation, "used", 1))
+        .start_run(&keyed(&b, &automation, "used", 1))
         .await
         .expect("earlier run");
-    let before = b.count("SELECT count(*) FROM runs").await;
-    let events_before = b.count("SELECT count(*) FROM run_events").await;
+    let before = count(&b, "SELECT count(*) FROM runs").await;
+    let events_before = count(&b, "SELECT count(*) FROM run_events").await;
 
     let check = |result: Result<_, Error>, want_index: usize, what: &str| match result {
         Err(Error::InBatch { index, source }) => {
@@ -143,7 +139,7 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         .store
         .start_runs(&[
             b.start_request(&automation),
-            b.keyed(&automation, "used", 2),
+            keyed(&b, &automation, "used", 2),
         ])
         .await;
     let source = check(conflict, 1, "a key used with another request");
@@ -155,9 +151,9 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
     let in_batch = b
         .store
         .start_runs(&[
-            b.keyed(&automation, "twice", 1),
+            keyed(&b, &automation, "twice", 1),
             b.start_request(&automation),
-            b.keyed(&automation, "twice", 2),
+            keyed(&b, &automation, "twice", 2),
         ])
         .await;
     let source = check(in_batch, 2, "one key, two requests, one batch");
@@ -176,7 +172,7 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
     let source = check(missing, 1, "a missing automation");
     assert!(matches!(source, Error::AutomationNotFound(_)), "{source}");
 
-    let paused = b.automation("paused").await;
+    let paused = b.diamond("paused").await;
     b.store
         .set_automation_status(&b.tenant, &paused, true)
         .await
@@ -205,9 +201,9 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         other => panic!("expected OutOfRange, got {other:?}"),
     }
 
-    assert_eq!(b.count("SELECT count(*) FROM runs").await, before);
+    assert_eq!(count(&b, "SELECT count(*) FROM runs").await, before);
     assert_eq!(
-        b.count("SELECT count(*) FROM run_events").await,
+        count(&b, "SELECT count(*) FROM run_events").await,
         events_before
     );
 }
@@ -215,10 +211,10 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
 #[tokio::test]
 async fn concurrent_batches_sharing_a_key_start_one_run() {
     let b = setup().await;
-    let automation = b.automation("race").await;
+    let automation = b.diamond("race").await;
     let batch = vec![
         b.start_request(&automation),
-        b.keyed(&automation, "shared", 1),
+        keyed(&b, &automation, "shared", 1),
     ];
     let results = futures_util::future::join_all((0..8).map(|_| b.store.start_runs(&batch))).await;
     let shared: Vec<_> = results
@@ -227,5 +223,5 @@ async fn concurrent_batches_sharing_a_key_start_one_run() {
         .collect();
     assert!(shared.iter().all(|s| s.run_id == shared[0].run_id));
     assert_eq!(shared.iter().filter(|s| s.created).count(), 1);
-    assert_eq!(b.count("SELECT count(*) FROM runs").await, 8 + 1);
+    assert_eq!(count(&b, "SELECT count(*) FROM runs").await, 8 + 1);
 }

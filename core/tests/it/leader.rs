@@ -1,44 +1,19 @@
 //! The leader lease against a real Postgres: acquisition, renewal, takeover, resignation, and
 //! the fence every sweep write checks.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{LEASE, setup};
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease::{self, LeaseView};
 use leasehold_core::store::{LeaderEpoch, ReapParams};
+use leasehold_testkit::fixtures::{LEADER_LEASE, LEASE, setup, setup_run};
 
 const ROLE: &str = "sweeps";
-const LEADER_LEASE: Duration = Duration::from_secs(60);
-
-impl common::Bundle {
-    /// Moves the role's lease expiry to `ago` before the database's now.
-    async fn expire_leadership(&self, ago: Duration) {
-        let ms = i64::try_from(ago.as_millis()).expect("small");
-        let n = self
-            .sql
-            .execute(
-                "UPDATE leader_leases SET expires_at = now() - $2::bigint * interval '1 millisecond'
-                 WHERE name = $1",
-                &[&ROLE, &ms],
-            )
-            .await
-            .expect("backdate leader lease");
-        assert_eq!(n, 1);
-    }
-}
 
 #[tokio::test]
 async fn a_live_leadership_is_renewed_by_its_holder_and_refused_to_others() {
     let b = setup().await;
-    let first = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("free role");
+    let first = b.leader_of(ROLE, "c1").await;
     assert_eq!(
         (first.name(), first.holder(), first.epoch()),
         (ROLE, "c1", LeaderEpoch(1))
@@ -52,12 +27,7 @@ async fn a_live_leadership_is_renewed_by_its_holder_and_refused_to_others() {
     assert_eq!(other, None, "another holder's lease is alive");
 
     // Acquiring again while alive is a renewal: same epoch.
-    let again = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("own role");
+    let again = b.leader_of(ROLE, "c1").await;
     assert_eq!(again.epoch(), first.epoch());
     assert!(again.expires_at() >= first.expires_at());
     assert!(
@@ -71,20 +41,10 @@ async fn a_live_leadership_is_renewed_by_its_holder_and_refused_to_others() {
 #[tokio::test]
 async fn an_expired_leadership_is_taken_over_with_a_new_epoch_and_the_old_one_is_dead() {
     let b = setup().await;
-    let old = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let old = b.leader_of(ROLE, "c1").await;
 
-    b.expire_leadership(Duration::from_millis(1)).await;
-    let new = b
-        .store
-        .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("expired role");
+    b.expire_leadership(ROLE, Duration::from_millis(1)).await;
+    let new = b.leader_of(ROLE, "c2").await;
     assert_eq!(new.epoch(), LeaderEpoch(2));
     assert!(
         !b.store
@@ -105,13 +65,8 @@ async fn an_expired_leadership_is_taken_over_with_a_new_epoch_and_the_old_one_is
     );
 
     // The same holder coming back after its lease ran out starts a new term too.
-    b.expire_leadership(Duration::from_secs(1)).await;
-    let back = b
-        .store
-        .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("expired role");
+    b.expire_leadership(ROLE, Duration::from_secs(1)).await;
+    let back = b.leader_of(ROLE, "c2").await;
     assert_eq!(back.epoch(), LeaderEpoch(3));
     assert!(
         !b.store
@@ -124,19 +79,9 @@ async fn an_expired_leadership_is_taken_over_with_a_new_epoch_and_the_old_one_is
 #[tokio::test]
 async fn a_resigned_leadership_is_taken_over_at_once() {
     let b = setup().await;
-    let first = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let first = b.leader_of(ROLE, "c1").await;
     assert!(b.store.resign_leadership(&first).await.expect("resign"));
-    let second = b
-        .store
-        .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("resigned role");
+    let second = b.leader_of(ROLE, "c2").await;
     assert_eq!((second.holder(), second.epoch()), ("c2", LeaderEpoch(2)));
     assert!(
         !b.store
@@ -164,9 +109,7 @@ async fn roles_are_independent() {
 
 #[tokio::test]
 async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
-    let b = setup().await;
-    let automation = b.automation("fenced-sweeps").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("fenced-sweeps").await;
     b.store
         .claim_runs(&ClaimantId::from("dead"), 1, LEASE)
         .await
@@ -180,14 +123,9 @@ async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
     let expired: Vec<LeaseView> = b.store.expired_leases(&params).await.expect("expired");
     assert_eq!(expired.len(), 1);
 
-    let old = b
-        .store
-        .try_acquire_leadership(ROLE, "c1", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let old = b.leader_of(ROLE, "c1").await;
     // Lapsed, not yet taken over: its writes change nothing already.
-    b.expire_leadership(Duration::from_millis(1)).await;
+    b.expire_leadership(ROLE, Duration::from_millis(1)).await;
     let moved = b
         .store
         .requeue_expired_as_leader(&old, &expired, &params)
@@ -195,12 +133,7 @@ async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
         .expect("requeue");
     assert!(moved.is_empty());
 
-    let new = b
-        .store
-        .try_acquire_leadership(ROLE, "c2", LEADER_LEASE)
-        .await
-        .expect("acquire")
-        .expect("expired");
+    let new = b.leader_of(ROLE, "c2").await;
     let moved = b
         .store
         .requeue_expired_as_leader(&old, &expired, &params)

@@ -11,6 +11,7 @@ use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::runs_client::RunsClient;
 use leasehold_proto::v1::stats_client::StatsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
+use leasehold_testkit::fixtures::{claim_one, serve_in_process};
 use leasehold_testkit::{TestDb, wait_for};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -37,16 +38,10 @@ async fn setup() -> Bundle {
     let db = TestDb::new().await;
     let store = Store::connect_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let cancel = CancellationToken::new();
-    tokio::spawn(leasehold_coordinator::api::serve(
-        listener,
-        store.clone(),
-        cancel.clone(),
-    ));
+    let (addr, cancel) = serve_in_process(|listener, cancel| {
+        leasehold_coordinator::api::serve(listener, store.clone(), cancel)
+    })
+    .await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
@@ -448,12 +443,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
     assert_eq!(not_paused.code(), Code::FailedPrecondition);
 
     // A worker fails the run; an operator recovers it.
-    let claimed = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), 1, LEASE)
-        .await
-        .expect("claim")
-        .remove(0);
+    let claimed = claim_one(&b.store, "w").await;
     let a = NodeId::from("a");
     b.store
         .node_started(&claimed.claim, &a)
@@ -637,13 +627,7 @@ async fn watch_resumed_from_a_middle_sequence_yields_exactly_the_rest_and_ends()
     let b = setup().await;
     b.apply(HELLO).await;
     let run = b.start("hello", "").await.run.expect("run");
-    let claim = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), 1, LEASE)
-        .await
-        .expect("claim")
-        .remove(0)
-        .claim;
+    let claim = claim_one(&b.store, "w").await.claim;
     for node in ["a", "b"] {
         let node = NodeId::from(node);
         b.store.node_started(&claim, &node).await.expect("start");
@@ -723,13 +707,7 @@ async fn eight_concurrent_gate_decisions_produce_one() {
     b.apply("id: gated\nnodes:\n  - {id: ship, kind: noop, approval: {prompt: Ship?}}\n")
         .await;
     let run = b.start("gated", "").await.run.expect("run");
-    let claim = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), 1, LEASE)
-        .await
-        .expect("claim")
-        .remove(0)
-        .claim;
+    let claim = claim_one(&b.store, "w").await.claim;
     let gate_id = b
         .store
         .await_approval(&claim, &NodeId::from("ship"), "Ship?")

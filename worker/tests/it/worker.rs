@@ -1,16 +1,14 @@
 //! The worker against a real Postgres, in-process: DAG order, retries, fencing, self-fencing,
 //! shutdown hand-back, cancel, pause, gates, and resume.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::proxy::{self, Proxy};
-use common::{DEADLINE, config, setup};
+use crate::bundle::{DEADLINE, Execution, config, setup};
 use leasehold_core::ids::NodeId;
 use leasehold_core::run::{NodeStatus, RunStatus};
 use leasehold_core::store::Store;
+use leasehold_testkit::proxy::{Mode, Proxy, server_addr};
 use leasehold_testkit::wait_for;
 use leasehold_worker::Outcome;
 use serde_json::json;
@@ -75,7 +73,7 @@ nodes:
         runs.remove(0)
     };
     let (a, bb, c, d) = (one("a"), one("b"), one("c"), one("d"));
-    let done = |e: &common::Execution| e.finished.expect("finished");
+    let done = |e: &Execution| e.finished.expect("finished");
     assert!(
         done(&a) <= bb.started && done(&a) <= c.started,
         "b and c wait for a"
@@ -93,7 +91,7 @@ nodes:
         d.upstream,
         json!({"b": {"node": "b", "attempt": 1}, "c": {"node": "c", "attempt": 1}})
     );
-    let checkpoint = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let checkpoint = b.checkpoint(run_id).await;
     assert!(checkpoint.iter().all(|n| n.status == NodeStatus::Completed));
     assert_eq!(
         b.event_names(run_id).await.last().map(String::as_str),
@@ -122,12 +120,12 @@ nodes:
     for attempt in 1..=2 {
         // The run waits in the queue, held by nobody, until its retry time.
         wait_for(DEADLINE, "the retry to be scheduled", || async {
-            let run = b.store.run(&b.tenant, run_id).await.expect("run");
+            let run = b.run(run_id).await;
             (run.status == RunStatus::Queued && run.retry_attempt == Some(attempt + 1))
                 .then_some(run)
         })
         .await;
-        let run = b.store.run(&b.tenant, run_id).await.expect("run");
+        let run = b.run(run_id).await;
         assert_eq!(run.claimant_id, None, "no worker waits for a backoff");
         assert!(
             run.retry_after.expect("retry_after")
@@ -138,20 +136,14 @@ nodes:
             usize::try_from(attempt).expect("small")
         );
         // Time passes, by data.
-        b.sql
-            .execute(
-                "UPDATE runs SET retry_after = now() WHERE run_id = $1",
-                &[&run_id.0],
-            )
-            .await
-            .expect("backdate retry");
+        b.update_run(run_id, "retry_after = now()").await;
     }
     b.wait_status(run_id, RunStatus::Completed).await;
     worker.stop().await;
 
     let attempts: Vec<u32> = b.ledger.of("flaky").iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, vec![1, 2, 3]);
-    let node = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let node = &b.checkpoint(run_id).await[0];
     assert_eq!((node.status, node.attempts), (NodeStatus::Completed, 3));
     let names = b.event_names(run_id).await;
     assert_eq!(names.iter().filter(|n| *n == "node_failed").count(), 2);
@@ -185,7 +177,7 @@ nodes:
     b.wait_status(run_id, RunStatus::Failed).await;
     worker.stop().await;
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.failed_node_id, Some(NodeId::from("flaky")));
     assert_eq!(run.failed_attempt, Some(2));
     let reason = run.stop_reason.expect("reason");
@@ -196,10 +188,8 @@ nodes:
     assert_eq!(b.ledger.of("flaky").len(), 2);
     assert!(b.ledger.of("after").is_empty());
     let after = b
-        .store
         .checkpoint(run_id)
         .await
-        .expect("checkpoint")
         .into_iter()
         .find(|n| n.node_id.as_str() == "after")
         .expect("after recorded");
@@ -243,8 +233,8 @@ async fn an_epoch_raised_under_the_worker_stops_the_node_and_kills_its_child() {
         )
         .await
         .expect("steal the run");
-    let before = b.store.run(&b.tenant, run_id).await.expect("run");
-    let nodes_before = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let before = b.run(run_id).await;
+    let nodes_before = b.checkpoint(run_id).await;
 
     wait_for(
         DEADLINE,
@@ -254,15 +244,8 @@ async fn an_epoch_raised_under_the_worker_stops_the_node_and_kills_its_child() {
     .await;
     let report = worker.stop().await;
     assert_eq!(report.outcomes, vec![Outcome::LeaseLost]);
-    assert_eq!(
-        b.store.run(&b.tenant, run_id).await.expect("run"),
-        before,
-        "no late write landed"
-    );
-    assert_eq!(
-        b.store.checkpoint(run_id).await.expect("checkpoint"),
-        nodes_before
-    );
+    assert_eq!(b.run(run_id).await, before, "no late write landed");
+    assert_eq!(b.checkpoint(run_id).await, nodes_before);
 }
 
 #[tokio::test]
@@ -296,8 +279,8 @@ async fn cancelling_a_running_exec_node_kills_its_process_group() {
 #[tokio::test]
 async fn a_worker_cut_off_from_postgres_stops_the_node_before_its_lease_expires() {
     let b = setup().await;
-    let proxy = Proxy::start(proxy::server_addr(b.db.url())).await;
-    let cut_off = Store::connect(&proxy::through(b.db.url(), &proxy), 4)
+    let proxy = Proxy::start(server_addr(b.db.url())).await;
+    let cut_off = Store::connect(&proxy.url_for(b.db.url()), 4)
         .await
         .expect("store through the proxy");
     let automation = b
@@ -312,7 +295,7 @@ async fn a_worker_cut_off_from_postgres_stops_the_node_before_its_lease_expires(
     })
     .await;
 
-    proxy.black_hole();
+    proxy.set(Mode::BlackHole);
     let stopped = wait_for(DEADLINE, "the node to be stopped", || async {
         b.ledger.of("long")[0].finished
     })
@@ -331,10 +314,10 @@ async fn a_worker_cut_off_from_postgres_stops_the_node_before_its_lease_expires(
     assert!(b.ledger.of("long")[0].cancelled);
     let _ = stopped;
 
-    proxy.restore();
+    proxy.set(Mode::Pass);
     let report = worker.stop().await;
     assert_eq!(report.outcomes, vec![Outcome::LeaseLost]);
-    let node = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let node = &b.checkpoint(run_id).await[0];
     assert_eq!(
         node.status,
         NodeStatus::Running,
@@ -367,7 +350,7 @@ nodes:
     let report = first.stop().await;
     assert_eq!(report.outcomes, vec![Outcome::Released, Outcome::Released]);
     for run_id in runs {
-        let run = b.store.run(&b.tenant, run_id).await.expect("run");
+        let run = b.run(run_id).await;
         assert_eq!(run.status, RunStatus::Queued);
         assert_eq!(run.queue_reason.as_deref(), Some("released_shutdown"));
     }
@@ -482,7 +465,7 @@ nodes:
     let a = &b.ledger.of("a")[0];
     assert!(!a.cancelled, "the running node finished");
     assert!(b.ledger.of("b").is_empty(), "no new node started");
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.claimant_id, None, "the lease was released");
     let names = b.event_names(run_id).await;
     assert!(
@@ -507,7 +490,7 @@ nodes:
     let run_id = b.start(&automation).await;
     b.wait_status(run_id, RunStatus::AwaitingApproval).await;
     worker.stop().await;
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.claimant_id, None);
     assert!(
         b.ledger.of("ship").is_empty(),
@@ -612,7 +595,7 @@ async fn an_unreadable_spec_blocks_its_run_and_others_go_on() {
     b.wait_status(bad_run, RunStatus::Blocked).await;
     b.wait_status(good_run, RunStatus::Completed).await;
     worker.stop().await;
-    let run = b.store.run(&b.tenant, bad_run).await.expect("run");
+    let run = b.run(bad_run).await;
     assert_eq!(run.stop_kind.as_deref(), Some("unreadable"));
     assert!(run.stop_reason.expect("reason").contains("unreadable"));
 }
@@ -639,7 +622,7 @@ async fn an_output_postgres_cannot_store_fails_its_run_and_runs_flushed_with_it_
         b.wait_status(run, RunStatus::Completed).await;
     }
     worker.stop().await;
-    let run = b.store.run(&b.tenant, bad_run).await.expect("run");
+    let run = b.run(bad_run).await;
     let reason = run.stop_reason.expect("reason");
     assert!(reason.contains("NUL"), "{reason}");
 }
@@ -757,7 +740,7 @@ nodes:
         .expect("pause");
     b.wait_status(run_id, RunStatus::Paused).await;
     worker.stop().await;
-    let node = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let node = &b.checkpoint(run_id).await[0];
     assert_eq!((node.status, node.attempts), (NodeStatus::Failed, 1));
     assert!(
         b.event_names(run_id)
@@ -781,7 +764,7 @@ async fn a_panicking_handler_fails_its_node_and_the_worker_goes_on() {
     b.wait_status(panicking, RunStatus::Failed).await;
     b.wait_status(fine, RunStatus::Completed).await;
     worker.stop().await;
-    let run = b.store.run(&b.tenant, panicking).await.expect("run");
+    let run = b.run(panicking).await;
     let reason = run.stop_reason.expect("reason");
     assert!(reason.contains("panicked"), "{reason}");
 }

@@ -5,14 +5,12 @@
 //! (released, requeued by the reaper) — never while a live lease exists. Stale holders' writes
 //! never land.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::setup;
 use leasehold_core::ids::{ClaimantId, NodeId, RunId};
 use leasehold_core::store::{Error, ReapParams};
+use leasehold_testkit::fixtures::{Bundle, setup};
 use proptest::prelude::*;
 
 /// What a claimer does with a run it claimed.
@@ -63,7 +61,7 @@ const LETTING_GO: [&str; 3] = [
 
 async fn scenario(claimers: Vec<Claimer>, runs: usize) {
     let b = setup().await;
-    let automation = b.automation("exclusive").await;
+    let automation = b.diamond("exclusive").await;
     let mut run_ids = Vec::new();
     for _ in 0..runs {
         run_ids.push(b.start(&automation).await);
@@ -155,7 +153,7 @@ async fn scenario(claimers: Vec<Claimer>, runs: usize) {
 /// The run's history shows one holder at a time: each claim raises the epoch by one and follows
 /// a letting-go; nothing happens after completion; node events carry the epoch of the claim that
 /// held the run when they happened.
-async fn check_history(b: &common::Bundle, run_id: RunId) {
+async fn check_history(b: &Bundle, run_id: RunId) {
     let events = b
         .store
         .events_after(run_id, 0, 10_000)

@@ -1,12 +1,10 @@
 //! Node starts and completions of many runs in one statement, each still fenced on its own
 //! claim, against a real Postgres.
 
-mod common;
-
-use common::setup;
 use leasehold_core::ids::{NodeId, RunId};
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::{Claim, Error, NodeCompletion, NodeStart};
+use leasehold_testkit::fixtures::{Bundle, setup, setup_run};
 use serde_json::json;
 
 fn start(claim: Claim, node: &str) -> NodeStart {
@@ -25,7 +23,7 @@ fn completion(claim: Claim, node: &str, completes_run: bool) -> NodeCompletion {
     }
 }
 
-async fn seqs(b: &common::Bundle, run_id: RunId) -> Vec<i64> {
+async fn seqs(b: &Bundle, run_id: RunId) -> Vec<i64> {
     b.store
         .events_after(run_id, 0, 100)
         .await
@@ -38,7 +36,7 @@ async fn seqs(b: &common::Bundle, run_id: RunId) -> Vec<i64> {
 #[tokio::test]
 async fn one_batch_answers_each_start_by_its_own_claim() {
     let b = setup().await;
-    let automation = b.automation("diamond").await;
+    let automation = b.diamond("diamond").await;
     for _ in 0..4 {
         b.start(&automation).await;
     }
@@ -93,9 +91,7 @@ async fn one_batch_answers_each_start_by_its_own_claim() {
 
 #[tokio::test]
 async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run() {
-    let b = setup().await;
-    let automation = b.automation("diamond").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("diamond").await;
     let claim = b.claim_one("w").await.claim;
 
     b.store
@@ -127,7 +123,7 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
         .await
         .expect("batch");
     assert_eq!(done[0].as_ref().ok(), Some(&false));
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Running);
 
     let done = b
@@ -147,7 +143,7 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
         .expect("batch");
     assert_eq!(done[0].as_ref().ok(), Some(&true), "d completes the run");
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.claimant_id, None);
     assert!(run.finished_at.is_some());
@@ -174,7 +170,7 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
 #[tokio::test]
 async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_nothing() {
     let b = setup().await;
-    let automation = b.automation("diamond").await;
+    let automation = b.diamond("diamond").await;
     let runs: Vec<RunId> = {
         let mut runs = Vec::new();
         for _ in 0..3 {
@@ -230,9 +226,7 @@ async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_
 
 #[tokio::test]
 async fn an_old_claim_beside_the_current_one_in_a_batch_is_refused() {
-    let b = setup().await;
-    let automation = b.automation("diamond").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("diamond").await;
     let old = b.claim_one("w").await.claim;
     let released = b.store.release_on_shutdown(&[old]).await.expect("release");
     assert_eq!(released.released, [run_id]);

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId, RunId, TenantId};
 use leasehold_core::store::{PageRequest, RunFilter, Store, WorkerInfo};
+use leasehold_testkit::fixtures::{claim_one, serve_in_process};
 use leasehold_testkit::{TestDb, wait_for};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -44,16 +45,10 @@ async fn setup(name: &str) -> Bundle {
     let db = TestDb::new().await;
     let store = Store::connect_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let cancel = CancellationToken::new();
-    tokio::spawn(leasehold_coordinator::api::serve(
-        listener,
-        store.clone(),
-        cancel.clone(),
-    ));
+    let (addr, cancel) = serve_in_process(|listener, cancel| {
+        leasehold_coordinator::api::serve(listener, store.clone(), cancel)
+    })
+    .await;
     let dir = std::env::temp_dir().join(format!(
         "leasehold-cli-test-{}-{name}-{}",
         std::process::id(),
@@ -235,13 +230,7 @@ impl Bundle {
     /// Completes the run the way a worker would: claim, each node started and completed, then
     /// the run.
     async fn complete(&self, nodes: &[&str]) {
-        let claim = self
-            .store
-            .claim_runs(&ClaimantId::from("w"), 1, LEASE)
-            .await
-            .expect("claim")
-            .remove(0)
-            .claim;
+        let claim = claim_one(&self.store, "w").await.claim;
         for node in nodes {
             let node = NodeId::from(*node);
             self.store
@@ -487,13 +476,7 @@ async fn a_dropped_watch_reconnects_and_misses_and_repeats_nothing() {
     let b = setup("watch-reconnect").await;
     b.apply_hello().await;
     let run_id = b.start("hello").await;
-    let claim = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), 1, LEASE)
-        .await
-        .expect("claim")
-        .remove(0)
-        .claim;
+    let claim = claim_one(&b.store, "w").await.claim;
     let (a, b_node) = (NodeId::from("a"), NodeId::from("b"));
     b.store.node_started(&claim, &a).await.expect("a started");
 
@@ -660,13 +643,7 @@ async fn gates_are_listed_approved_and_rejected() {
     let mut runs = Vec::new();
     for _ in 0..2 {
         let run_id = b.start("gated").await;
-        let claim = b
-            .store
-            .claim_runs(&ClaimantId::from("w"), 1, LEASE)
-            .await
-            .expect("claim")
-            .remove(0)
-            .claim;
+        let claim = claim_one(&b.store, "w").await.claim;
         let gate = b
             .store
             .await_approval(&claim, &NodeId::from("ship"), "Ship it?")

@@ -1,23 +1,17 @@
 //! The lease protocol against a real Postgres: claims, fencing, retries, hand-back, reaping.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{LEASE, setup};
-use leasehold_core::ids::{ClaimantId, LeaseEpoch, NodeId, RunId};
+use leasehold_core::ids::{ClaimantId, LeaseEpoch, RunId};
 use leasehold_core::lease::{self, LeaseView, Reap};
 use leasehold_core::run::{self, NodeStatus, RunStatus, Transition};
 use leasehold_core::store::{Error, Failure, ReapParams, Store};
+use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup, setup_run};
 use serde_json::json;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn node(id: &str) -> NodeId {
-    NodeId::from(id)
 }
 
 fn assert_lease_lost<T: std::fmt::Debug>(result: &Result<T, Error>, what: &str) {
@@ -30,7 +24,7 @@ fn assert_lease_lost<T: std::fmt::Debug>(result: &Result<T, Error>, what: &str) 
 #[tokio::test]
 async fn eight_claimers_claim_each_of_ten_thousand_runs_exactly_once() {
     let b = setup().await;
-    let automation = b.automation("bulk").await;
+    let automation = b.diamond("bulk").await;
     b.queue_many(&automation, 10_000).await;
 
     let mut claimers = Vec::new();
@@ -88,7 +82,7 @@ async fn eight_claimers_claim_each_of_ten_thousand_runs_exactly_once() {
 #[tokio::test]
 async fn claims_take_highest_priority_then_oldest() {
     let b = setup().await;
-    let automation = b.automation("order").await;
+    let automation = b.diamond("order").await;
     let low_old = b.start(&automation).await;
     let high = b
         .store
@@ -114,9 +108,7 @@ async fn claims_take_highest_priority_then_oldest() {
 
 #[tokio::test]
 async fn stale_holder_cannot_write_after_reclaim() {
-    let b = setup().await;
-    let automation = b.automation("fenced").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("fenced").await;
 
     let first = b.claim_one("worker-1").await.claim;
 
@@ -138,7 +130,7 @@ async fn stale_holder_cannot_write_after_reclaim() {
         .node_completed(&second.claim, &node("a"), &json!({"a": 1}))
         .await
         .expect("complete a");
-    let before = b.store.run(&b.tenant, run_id).await.expect("run");
+    let before = b.run(run_id).await;
 
     let beat = b.store.heartbeat(&[first], LEASE).await.expect("heartbeat");
     assert_eq!(beat.lost, vec![first]);
@@ -176,9 +168,9 @@ async fn stale_holder_cannot_write_after_reclaim() {
     assert_eq!(released.lost, vec![first]);
     assert!(released.released.is_empty());
 
-    let after = b.store.run(&b.tenant, run_id).await.expect("run");
+    let after = b.run(run_id).await;
     assert_eq!(after, before, "no write of the stale holder landed");
-    let a = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let a = b.checkpoint(run_id).await;
     assert_eq!(a.len(), 1);
     assert_eq!((a[0].attempts, a[0].epoch), (1, LeaseEpoch(2)));
     assert_eq!(a[0].output, Some(json!({"a": 1})));
@@ -197,9 +189,7 @@ async fn stale_holder_cannot_write_after_reclaim() {
 
 #[tokio::test]
 async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
-    let b = setup().await;
-    let automation = b.automation("diamond").await;
-    let run_id = b.start(&automation).await;
+    let (b, automation, run_id) = setup_run("diamond").await;
     let claimed = b.claim_one("w").await;
     let claim = claimed.claim;
     assert!(!claimed.resumed);
@@ -211,18 +201,7 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
         .spec;
 
     loop {
-        let checkpoint = b
-            .store
-            .checkpoint(run_id)
-            .await
-            .expect("checkpoint")
-            .iter()
-            .map(|n| (n.node_id.clone(), n.state()))
-            .collect();
-        let ready: Vec<NodeId> = run::ready_nodes(&spec, &checkpoint)
-            .into_iter()
-            .cloned()
-            .collect();
+        let ready = b.ready_nodes(run_id, &spec).await;
         if ready.is_empty() {
             break;
         }
@@ -236,7 +215,7 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
     }
     b.store.complete_run(&claim).await.expect("complete run");
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.claimant_id, None);
     let events = b.store.events_after(run_id, 0, 100).await.expect("events");
@@ -253,14 +232,12 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
     assert_eq!(run.event_seq, 11);
     // A completed run never changes again.
     assert!(b.store.cancel_run(&b.tenant, run_id, "late").await.is_err());
-    assert_eq!(b.store.run(&b.tenant, run_id).await.expect("run"), run);
+    assert_eq!(b.run(run_id).await, run);
 }
 
 #[tokio::test]
 async fn repeating_a_write_that_landed_succeeds_quietly() {
-    let b = setup().await;
-    let automation = b.automation("repeat").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("repeat").await;
     let claim = b.claim_one("w").await.claim;
 
     assert_eq!(
@@ -317,7 +294,7 @@ async fn repeating_a_write_that_landed_succeeds_quietly() {
 #[tokio::test]
 async fn a_repeat_that_landed_needs_no_second_connection() {
     let b = setup().await;
-    let automation = b.automation("repeat-one").await;
+    let automation = b.diamond("repeat-one").await;
     b.start(&automation).await;
     let store = Store::connect(b.db.url(), 1).await.expect("a pool of one");
     let claim = store
@@ -359,7 +336,7 @@ async fn a_repeat_that_landed_needs_no_second_connection() {
 #[tokio::test]
 async fn a_run_is_not_completed_while_a_node_runs() {
     let b = setup().await;
-    let automation = b.automation("busy").await;
+    let automation = b.diamond("busy").await;
     b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
     b.store
@@ -374,9 +351,7 @@ async fn a_run_is_not_completed_while_a_node_runs() {
 
 #[tokio::test]
 async fn retries_wait_in_the_queue_until_retry_after() {
-    let b = setup().await;
-    let automation = b.automation("retry").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("retry").await;
     let claimant = ClaimantId::from("w");
     let claim = b.claim_one("w").await.claim;
     let attempt = b
@@ -398,7 +373,7 @@ async fn retries_wait_in_the_queue_until_retry_after() {
         .await
         .expect("schedule again");
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!(run.queue_reason.as_deref(), Some("retry_backoff"));
     assert_eq!(run.retry_node_id, Some(node("a")));
@@ -418,7 +393,7 @@ async fn retries_wait_in_the_queue_until_retry_after() {
     let again = b.claim_one("w").await;
     assert_eq!(again.claim.epoch(), LeaseEpoch(2));
     assert_eq!(again.retry_node_id, Some(node("a")));
-    let checkpoint = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let checkpoint = b.checkpoint(run_id).await;
     assert_eq!(checkpoint[0].status, NodeStatus::Failed);
     assert_eq!(
         checkpoint[0].last_error.as_deref(),
@@ -441,9 +416,7 @@ async fn retries_wait_in_the_queue_until_retry_after() {
 
 #[tokio::test]
 async fn a_scheduled_retry_never_revives_a_cancelled_run() {
-    let b = setup().await;
-    let automation = b.automation("cancelled").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("cancelled").await;
     let claim = b.claim_one("w").await.claim;
     b.store
         .node_started(&claim, &node("a"))
@@ -464,7 +437,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
         &b.store.schedule_retry(&claim, &node("a"), 2, ms(1)).await,
         "schedule_retry",
     );
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Cancelled);
     assert_eq!(run.retry_after, None);
     let claimed = b
@@ -477,9 +450,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
 
 #[tokio::test]
 async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
-    let b = setup().await;
-    let automation = b.automation("failing").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("failing").await;
     let claim = b.claim_one("w").await.claim;
     b.store
         .node_started(&claim, &node("a"))
@@ -504,16 +475,14 @@ async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
         .await
         .expect("repeat");
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.failed_node_id, Some(node("a")));
     assert_eq!(run.failed_attempt, Some(1));
     assert_eq!(run.stop_reason.as_deref(), Some("exit status 2"));
     let statuses: Vec<(String, NodeStatus)> = b
-        .store
         .checkpoint(run_id)
         .await
-        .expect("checkpoint")
         .into_iter()
         .map(|n| (n.node_id.0, n.status))
         .collect();
@@ -531,7 +500,7 @@ async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
 #[tokio::test]
 async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
     let b = setup().await;
-    let automation = b.automation("beats").await;
+    let automation = b.diamond("beats").await;
     for _ in 0..3 {
         b.start(&automation).await;
     }
@@ -566,9 +535,7 @@ async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
 
 #[tokio::test]
 async fn shutdown_hands_runs_back_for_another_worker_at_once() {
-    let b = setup().await;
-    let automation = b.automation("handback").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("handback").await;
     let claim = b.claim_one("leaving").await.claim;
     b.store
         .node_started(&claim, &node("a"))
@@ -597,7 +564,7 @@ async fn shutdown_hands_runs_back_for_another_worker_at_once() {
     let next = b.claim_one("arriving").await;
     assert_eq!(next.claim.run_id(), run_id, "no lease expiry to wait for");
     assert!(next.resumed);
-    let checkpoint = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let checkpoint = b.checkpoint(run_id).await;
     let state = |id: &str| {
         checkpoint
             .iter()
@@ -620,7 +587,7 @@ async fn shutdown_hands_runs_back_for_another_worker_at_once() {
 /// Reads the expired leases at `now`, decides with the pure rule, and applies each kind under a
 /// leadership, as the coordinator's reaper does.
 async fn reap(
-    b: &common::Bundle,
+    b: &Bundle,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Vec<RunId>, Vec<RunId>, Vec<RunId>) {
     let params = ReapParams {
@@ -628,12 +595,7 @@ async fn reap(
         limit: 1_000,
         poison_limit: lease::POISON_LIMIT_DEFAULT,
     };
-    let leader = b
-        .store
-        .try_acquire_leadership("test-reaper", "test", Duration::from_secs(60))
-        .await
-        .expect("acquire")
-        .expect("no other leader");
+    let leader = b.leader_of("test-reaper", "test").await;
     let expired = b.store.expired_leases(&params).await.expect("expired");
     let pick = |kind: Reap| -> Vec<LeaseView> {
         expired
@@ -658,22 +620,11 @@ async fn reap(
     (requeued, stale, blocked)
 }
 
-async fn lease_expiry(b: &common::Bundle, run_id: RunId) -> chrono::DateTime<chrono::Utc> {
-    b.store
-        .run(&b.tenant, run_id)
-        .await
-        .expect("run")
-        .lease_expires_at
-        .expect("held")
-}
-
 #[tokio::test]
 async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired() {
-    let b = setup().await;
-    let automation = b.automation("reap").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("reap").await;
     b.claim_one("dead").await;
-    let expires = lease_expiry(&b, run_id).await;
+    let expires = b.lease_expiry(run_id).await;
     let one_ms = chrono::TimeDelta::milliseconds(1);
 
     assert_eq!(
@@ -694,7 +645,7 @@ async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired
     // A second reaper, or a paused one waking up, changes nothing twice.
     assert_eq!(reap(&b, expires + one_ms).await, (vec![], vec![], vec![]));
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(
         run.status,
         run::apply(RunStatus::Running, Transition::RequeueExpiredClaim)
@@ -720,15 +671,13 @@ async fn reaper_requeues_an_expired_claim_without_progress_and_only_once_expired
 
 #[tokio::test]
 async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attempt() {
-    let b = setup().await;
-    let automation = b.automation("stale").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("stale").await;
     let claim = b.claim_one("frozen").await.claim;
     b.store
         .node_started(&claim, &node("a"))
         .await
         .expect("start");
-    let expires = lease_expiry(&b, run_id).await;
+    let expires = b.lease_expiry(run_id).await;
     let one_ms = chrono::TimeDelta::milliseconds(1);
 
     assert_eq!(
@@ -743,7 +692,7 @@ async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attem
     );
     assert_eq!(reap(&b, expires + one_ms).await, (vec![], vec![], vec![]));
 
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(
         run.status,
         run::apply(RunStatus::Running, Transition::StaleReap)
@@ -751,7 +700,7 @@ async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attem
             .to
     );
     assert_eq!(run.stop_kind.as_deref(), Some("stale_reaped"));
-    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let a = &b.checkpoint(run_id).await[0];
     assert_eq!((a.status, a.attempts), (NodeStatus::Failed, 1));
     assert_lease_lost(
         &b.store.node_completed(&claim, &node("a"), &json!(1)).await,
@@ -766,7 +715,7 @@ async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attem
 #[tokio::test]
 async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
     let b = setup().await;
-    let automation = b.automation("alive").await;
+    let automation = b.diamond("alive").await;
     let live = b.start(&automation).await;
     let cancelled = b.start(&automation).await;
     b.store
@@ -781,17 +730,15 @@ async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
 
     let now = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
     assert_eq!(reap(&b, now).await, (vec![], vec![], vec![]));
-    let run = b.store.run(&b.tenant, live).await.expect("run");
+    let run = b.run(live).await;
     assert_eq!(run.status, RunStatus::Running);
-    let run = b.store.run(&b.tenant, cancelled).await.expect("run");
+    let run = b.run(cancelled).await;
     assert_eq!(run.status, RunStatus::Cancelled);
 }
 
 #[tokio::test]
 async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
-    let b = setup().await;
-    let automation = b.automation("poison").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("poison").await;
     for round in 1..=lease::POISON_LIMIT_DEFAULT {
         b.claim_one("doomed").await;
         b.expire_lease(run_id, Duration::from_secs(1)).await;
@@ -803,7 +750,7 @@ async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
             assert_eq!(blocked, vec![run_id], "round {round}");
         }
     }
-    let run = b.store.run(&b.tenant, run_id).await.expect("run");
+    let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Blocked);
     assert_eq!(run.stop_kind.as_deref(), Some("poisoned"));
     assert!(
@@ -819,9 +766,7 @@ async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
 /// acknowledgement was lost) must see the first's row, not count a second attempt.
 #[tokio::test]
 async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
-    let b = setup().await;
-    let automation = b.automation("inflight").await;
-    let run_id = b.start(&automation).await;
+    let (b, _, run_id) = setup_run("inflight").await;
     let claim = b.claim_one("w").await.claim;
 
     // The first write, in flight: it holds the run's row lock and has written its node row.
@@ -868,14 +813,14 @@ async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
     tx.commit().await.expect("the first write lands");
 
     assert_eq!(repeat.await.expect("task").expect("repeat"), 1);
-    let a = &b.store.checkpoint(run_id).await.expect("checkpoint")[0];
+    let a = &b.checkpoint(run_id).await[0];
     assert_eq!(a.attempts, 1, "one attempt, counted once");
 }
 
 #[tokio::test]
 async fn runs_sharing_a_concurrency_key_are_never_held_at_once() {
     let b = setup().await;
-    let automation = b.automation("keyed").await;
+    let automation = b.diamond("keyed").await;
     let keyed = |key: &str| leasehold_core::store::StartRun {
         concurrency_key: Some(key.into()),
         ..b.start_request(&automation)
@@ -915,7 +860,7 @@ async fn runs_sharing_a_concurrency_key_are_never_held_at_once() {
 #[tokio::test]
 async fn concurrent_claimers_never_hold_one_key_twice() {
     let b = setup().await;
-    let automation = b.automation("keyed-race").await;
+    let automation = b.diamond("keyed-race").await;
     for i in 0..60 {
         let request = leasehold_core::store::StartRun {
             concurrency_key: Some(format!("key-{}", i % 3)),

@@ -1,0 +1,9 @@
+//! The `leasehold` binary's integration tests: the client commands against an in-process
+//! coordinator, `coordinator`, `dev`, `migrate` and `worker`, each run as the real binary. They are
+//! one test binary, so that a change to the crates compiles and links them once.
+
+mod client;
+mod coordinator;
+mod dev;
+mod migrate;
+mod worker;

@@ -1,0 +1,12 @@
+//! `leasehold-core`'s integration tests against a real Postgres, one module per concern of the
+//! store. They are one test binary, so that a change to the crate compiles and links them once.
+//! Their setup, specs and time travel are the testkit's [`fixtures`](leasehold_testkit::fixtures).
+
+mod batched_writes;
+mod claim_exclusivity;
+mod leader;
+mod lease_protocol;
+mod operator;
+mod protocol_doc;
+mod start_runs;
+mod store;
