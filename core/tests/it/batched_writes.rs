@@ -3,7 +3,7 @@
 
 use leasehold_core::ids::{NodeId, RunId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Claim, Error, NodeCompletion, NodeStart};
+use leasehold_core::store::{Claim, FenceError, NodeCompletion, NodeStart};
 use leasehold_testkit::fixtures::{Bundle, setup, setup_run};
 use serde_json::json;
 
@@ -68,13 +68,13 @@ async fn one_batch_answers_each_start_by_its_own_claim() {
     assert_eq!(answers.len(), 5);
     assert_eq!(answers[0].as_ref().ok(), Some(&1));
     assert!(
-        matches!(answers[1], Err(Error::LeaseLost { .. })),
+        matches!(answers[1], Err(FenceError::LeaseLost { .. })),
         "{:?}",
         answers[1]
     );
     assert_eq!(answers[2].as_ref().ok(), Some(&1));
     assert!(
-        matches!(answers[3], Err(Error::PauseRequested { .. })),
+        matches!(answers[3], Err(FenceError::PauseRequested { .. })),
         "{:?}",
         answers[3]
     );
@@ -201,7 +201,7 @@ async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_
     assert_eq!(answers[0].as_ref().ok(), Some(&false));
     assert_eq!(answers[1].as_ref().ok(), Some(&false));
     assert!(
-        matches!(answers[2], Err(Error::LeaseLost { .. })),
+        matches!(answers[2], Err(FenceError::LeaseLost { .. })),
         "{:?}",
         answers[2]
     );
@@ -241,7 +241,7 @@ async fn an_old_claim_beside_the_current_one_in_a_batch_is_refused() {
         .await
         .expect("batch");
     assert!(
-        matches!(answers[0], Err(Error::LeaseLost { .. })),
+        matches!(answers[0], Err(FenceError::LeaseLost { .. })),
         "{:?}",
         answers[0]
     );
@@ -253,7 +253,7 @@ async fn an_old_claim_beside_the_current_one_in_a_batch_is_refused() {
         .await
         .expect("batch");
     assert!(
-        matches!(answers[0], Err(Error::LeaseLost { .. })),
+        matches!(answers[0], Err(FenceError::LeaseLost { .. })),
         "{:?}",
         answers[0]
     );

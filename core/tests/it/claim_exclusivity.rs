@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId, RunId};
-use leasehold_core::store::{Error, ReapParams};
+use leasehold_core::store::{FenceError, ReapParams};
 use leasehold_testkit::fixtures::{Bundle, setup};
 use proptest::prelude::*;
 
@@ -108,7 +108,11 @@ async fn scenario(claimers: Vec<Claimer>, runs: usize) {
                     let claim = run.claim;
                     let result = match fates.next().copied().unwrap_or(Fate::Abandon) {
                         Fate::Abandon => Ok(()),
-                        Fate::Release => store.release_on_shutdown(&[claim]).await.map(|_| ()),
+                        Fate::Release => store
+                            .release_on_shutdown(&[claim])
+                            .await
+                            .map(|_| ())
+                            .map_err(FenceError::from),
                         Fate::Complete => {
                             let mut ok = Ok(());
                             for node in ["a", "b", "c", "d"] {
@@ -131,7 +135,7 @@ async fn scenario(claimers: Vec<Claimer>, runs: usize) {
                     };
                     // A holder whose lease ran out meanwhile is fenced off; nothing else fails.
                     match result {
-                        Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                        Ok(()) | Err(FenceError::LeaseLost { .. }) => {}
                         Err(e) => panic!("unexpected store error: {e}"),
                     }
                 }

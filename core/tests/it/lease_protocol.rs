@@ -6,7 +6,7 @@ use std::time::Duration;
 use leasehold_core::ids::{ClaimantId, LeaseEpoch, RunId};
 use leasehold_core::lease::{self, LeaseView, Reap};
 use leasehold_core::run::{self, NodeStatus, RunStatus, Transition};
-use leasehold_core::store::{Error, Failure, ReapParams, Store};
+use leasehold_core::store::{Failure, FenceError, ReapParams, Store};
 use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup, setup_run};
 use serde_json::json;
 
@@ -14,9 +14,9 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn assert_lease_lost<T: std::fmt::Debug>(result: &Result<T, Error>, what: &str) {
+fn assert_lease_lost<T: std::fmt::Debug>(result: &Result<T, FenceError>, what: &str) {
     assert!(
-        matches!(result, Err(Error::LeaseLost { .. })),
+        matches!(result, Err(FenceError::LeaseLost { .. })),
         "{what}: expected LeaseLost, got {result:?}"
     );
 }
@@ -268,12 +268,12 @@ async fn repeating_a_write_that_landed_succeeds_quietly() {
         b.store
             .node_completed(&claim, &node("a"), &json!({"ok": false}))
             .await,
-        Err(Error::NodeConflict { .. })
+        Err(FenceError::NodeConflict { .. })
     ));
     // A completed node does not start again.
     assert!(matches!(
         b.store.node_started(&claim, &node("a")).await,
-        Err(Error::NodeConflict { .. })
+        Err(FenceError::NodeConflict { .. })
     ));
     b.store.complete_run(&claim).await.expect("complete run");
     b.store
@@ -325,7 +325,7 @@ async fn a_repeat_that_landed_needs_no_second_connection() {
         for _ in 0..2 {
             store.fail_run(&claim, &failure, &[node("d")]).await?;
         }
-        Ok::<_, Error>(())
+        Ok::<_, FenceError>(())
     };
     tokio::time::timeout(Duration::from_secs(10), repeats)
         .await
@@ -345,7 +345,7 @@ async fn a_run_is_not_completed_while_a_node_runs() {
         .expect("start");
     assert!(matches!(
         b.store.complete_run(&claim).await,
-        Err(Error::RunConflict { .. })
+        Err(FenceError::RunConflict { .. })
     ));
 }
 

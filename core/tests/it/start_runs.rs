@@ -3,7 +3,7 @@
 use futures_util::StreamExt;
 use leasehold_core::ids::AutomationId;
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Error, QUEUED_CHANNEL, StartRun};
+use leasehold_core::store::{Error, QUEUED_CHANNEL, RequestError, StartRun};
 use leasehold_testkit::fixtures::{Bundle, LEASE, setup};
 use serde_json::json;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -127,8 +127,8 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
     let before = count(&b, "SELECT count(*) FROM runs").await;
     let events_before = count(&b, "SELECT count(*) FROM run_events").await;
 
-    let check = |result: Result<_, Error>, want_index: usize, what: &str| match result {
-        Err(Error::InBatch { index, source }) => {
+    let check = |result: Result<_, RequestError>, want_index: usize, what: &str| match result {
+        Err(RequestError::InBatch { index, source }) => {
             assert_eq!(index, want_index, "{what}: {source}");
             *source
         }
@@ -144,7 +144,7 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         .await;
     let source = check(conflict, 1, "a key used with another request");
     assert!(
-        matches!(source, Error::IdempotencyConflict { .. }),
+        matches!(source, RequestError::IdempotencyConflict { .. }),
         "{source}"
     );
 
@@ -158,7 +158,7 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         .await;
     let source = check(in_batch, 2, "one key, two requests, one batch");
     assert!(
-        matches!(source, Error::IdempotencyConflict { .. }),
+        matches!(source, RequestError::IdempotencyConflict { .. }),
         "{source}"
     );
 
@@ -170,7 +170,10 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         ])
         .await;
     let source = check(missing, 1, "a missing automation");
-    assert!(matches!(source, Error::AutomationNotFound(_)), "{source}");
+    assert!(
+        matches!(source, RequestError::AutomationNotFound(_)),
+        "{source}"
+    );
 
     let paused = b.diamond("paused").await;
     b.store
@@ -182,7 +185,10 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         .start_runs(&[b.start_request(&automation), b.start_request(&paused)])
         .await;
     let source = check(held, 1, "a paused automation");
-    assert!(matches!(source, Error::AutomationPaused(_)), "{source}");
+    assert!(
+        matches!(source, RequestError::AutomationPaused(_)),
+        "{source}"
+    );
 
     let out_of_range = b
         .store
@@ -195,7 +201,7 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         ])
         .await;
     match out_of_range {
-        Err(Error::OutOfRange { constraint }) => {
+        Err(RequestError::Store(Error::OutOfRange { constraint })) => {
             assert!(constraint.contains("priority"), "{constraint}");
         }
         other => panic!("expected OutOfRange, got {other:?}"),

@@ -2,7 +2,7 @@
 
 use leasehold_core::ids::{AutomationId, LeaseEpoch, NodeId, RunId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{self, Error, NewEvent, StartRun, Store, Stored};
+use leasehold_core::store::{self, Error, NewEvent, RequestError, StartRun, Store, Stored};
 use leasehold_testkit::TestDb;
 use leasehold_testkit::fixtures::{diamond, setup, spec};
 use serde_json::json;
@@ -106,7 +106,7 @@ async fn automation_versions_are_immutable_and_runs_pin_theirs() {
     );
     assert!(matches!(
         b.store.create_automation(&b.tenant, &v1).await,
-        Err(Error::AutomationExists(_))
+        Err(RequestError::AutomationExists(_))
     ));
     let automation = AutomationId::from("report");
     let pinned_v1 = b.start(&automation).await;
@@ -166,7 +166,13 @@ async fn an_unreadable_stored_spec_is_an_error_not_a_panic() {
         .automation_version(&b.tenant, &automation, None)
         .await;
     assert!(
-        matches!(result, Err(Error::UnreadableSpec { version: 1, .. })),
+        matches!(
+            result,
+            Err(RequestError::Store(Error::UnreadableSpec {
+                version: 1,
+                ..
+            }))
+        ),
         "{result:?}"
     );
 }
@@ -192,7 +198,7 @@ async fn starting_a_run_is_idempotent_on_its_key() {
     };
     let refused = b.store.start_run(&other_body).await;
     assert!(
-        matches!(refused, Err(Error::IdempotencyConflict { .. })),
+        matches!(refused, Err(RequestError::IdempotencyConflict { .. })),
         "{refused:?}"
     );
 
@@ -216,7 +222,7 @@ async fn starting_a_run_of_a_missing_automation_is_refused() {
         .start_run(&b.start_request(&AutomationId::from("nope")))
         .await;
     assert!(
-        matches!(result, Err(Error::AutomationNotFound(_))),
+        matches!(result, Err(RequestError::AutomationNotFound(_))),
         "{result:?}"
     );
 }
@@ -233,7 +239,7 @@ async fn out_of_range_values_name_the_constraint_and_store_nothing() {
         })
         .await;
     match result {
-        Err(Error::OutOfRange { constraint }) => {
+        Err(RequestError::Store(Error::OutOfRange { constraint })) => {
             assert!(constraint.contains("priority"), "{constraint}");
         }
         other => panic!("expected OutOfRange, got {other:?}"),

@@ -2,7 +2,7 @@
 
 use leasehold_core::ids::{AutomationId, TenantId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{AutomationStatus, DecisionKind, Error, PageRequest};
+use leasehold_core::store::{AutomationStatus, DecisionKind, PageRequest, RequestError};
 use leasehold_testkit::fixtures::{Bundle, diamond, gated, setup, spec};
 use uuid::Uuid;
 
@@ -73,7 +73,7 @@ async fn automations_are_read_listed_and_paused() {
     assert!(paused.updated_at >= read.updated_at);
     assert!(matches!(
         b.store.start_run(&b.start_request(&beta)).await,
-        Err(Error::AutomationPaused(_))
+        Err(RequestError::AutomationPaused(_))
     ));
     let again = b
         .store
@@ -92,15 +92,15 @@ async fn automations_are_read_listed_and_paused() {
     let nope = AutomationId::from("nope");
     assert!(matches!(
         b.store.automation(&b.tenant, &nope).await,
-        Err(Error::AutomationNotFound(_))
+        Err(RequestError::AutomationNotFound(_))
     ));
     assert!(matches!(
         b.store.set_automation_status(&b.tenant, &nope, true).await,
-        Err(Error::AutomationNotFound(_))
+        Err(RequestError::AutomationNotFound(_))
     ));
     assert!(matches!(
         b.store.automation(&other, &beta).await,
-        Err(Error::AutomationNotFound(_))
+        Err(RequestError::AutomationNotFound(_))
     ));
 }
 
@@ -121,7 +121,7 @@ async fn an_automation_with_unfinished_runs_is_not_deleted() {
     assert!(
         matches!(
             refused,
-            Err(Error::AutomationHasUnfinishedRuns { unfinished: 2, .. })
+            Err(RequestError::AutomationHasUnfinishedRuns { unfinished: 2, .. })
         ),
         "{refused:?}"
     );
@@ -135,7 +135,7 @@ async fn an_automation_with_unfinished_runs_is_not_deleted() {
         b.store
             .delete_automation(&b.tenant, &AutomationId::from("nope"))
             .await,
-        Err(Error::AutomationNotFound(_))
+        Err(RequestError::AutomationNotFound(_))
     ));
 }
 
@@ -193,11 +193,11 @@ async fn deleting_an_automation_takes_its_finished_runs_and_their_history() {
     assert_eq!(versions, 0);
     assert!(matches!(
         b.store.automation(&b.tenant, &automation).await,
-        Err(Error::AutomationNotFound(_))
+        Err(RequestError::AutomationNotFound(_))
     ));
     assert!(matches!(
         b.store.delete_automation(&b.tenant, &automation).await,
-        Err(Error::AutomationNotFound(_))
+        Err(RequestError::AutomationNotFound(_))
     ));
     // Another automation's run and its history are untouched.
     assert_eq!(b.run(kept).await.status, RunStatus::Queued);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{RunId, TenantId};
 use leasehold_core::run::{self, RunStatus, Transition};
-use leasehold_core::store::{Error, ReapParams};
+use leasehold_core::store::{ReapParams, RequestError};
 use leasehold_testkit::fixtures::{diamond, fragile, node, setup, setup_run};
 
 use super::{check_step, checkpoint_nodes, complete, fail, ready_now};
@@ -97,7 +97,7 @@ async fn resume_refuses_runs_that_are_not_paused() {
     assert!(
         matches!(
             refused,
-            Err(Error::Transition(run::IllegalTransition {
+            Err(RequestError::Transition(run::IllegalTransition {
                 from: RunStatus::Queued,
                 transition: Transition::Resume
             }))
@@ -107,13 +107,13 @@ async fn resume_refuses_runs_that_are_not_paused() {
     assert_eq!(b.event_names(run_id).await, vec!["run_started"]);
     assert!(matches!(
         b.store.resume_run(&b.tenant, RunId::new(), "why").await,
-        Err(Error::RunNotFound(_))
+        Err(RequestError::RunNotFound(_))
     ));
     assert!(matches!(
         b.store
             .resume_run(&TenantId::from("other"), run_id, "why")
             .await,
-        Err(Error::RunNotFound(_))
+        Err(RequestError::RunNotFound(_))
     ));
 }
 
@@ -225,7 +225,7 @@ async fn recover_refuses_runs_that_neither_failed_nor_blocked() {
         assert!(
             matches!(
                 refused,
-                Err(Error::Transition(run::IllegalTransition { from: f, transition: Transition::Recover })) if f == from
+                Err(RequestError::Transition(run::IllegalTransition { from: f, transition: Transition::Recover })) if f == from
             ),
             "{refused:?}"
         );
@@ -233,6 +233,6 @@ async fn recover_refuses_runs_that_neither_failed_nor_blocked() {
     }
     assert!(matches!(
         b.store.recover_run(&b.tenant, RunId::new(), "why").await,
-        Err(Error::RunNotFound(_))
+        Err(RequestError::RunNotFound(_))
     ));
 }

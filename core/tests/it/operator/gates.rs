@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use leasehold_core::ids::{ClaimantId, RunId, TenantId};
 use leasehold_core::run::{self, RunStatus, Transition};
-use leasehold_core::store::{Decision, DecisionKind, Error, GateRecord, GateStatus, PageRequest};
+use leasehold_core::store::{
+    Decision, DecisionKind, GateRecord, GateStatus, PageRequest, RequestError,
+};
 use leasehold_testkit::fixtures::{Bundle, LEASE, gated, node, setup};
 use serde_json::json;
 use uuid::Uuid;
@@ -25,7 +27,7 @@ async fn setup_gate(automation: &str) -> (Bundle, RunId, Uuid) {
 async fn race_deciders(
     b: &Bundle,
     request: impl Fn(usize) -> Decision,
-) -> Vec<(Decision, Result<GateRecord, Error>)> {
+) -> Vec<(Decision, Result<GateRecord, RequestError>)> {
     let barrier = Arc::new(tokio::sync::Barrier::new(8));
     let tasks: Vec<_> = (0..8)
         .map(|i| {
@@ -132,7 +134,7 @@ async fn gates_are_read_and_listed() {
     );
     assert!(matches!(
         b.store.gates_of_run(&b.tenant, RunId::new()).await,
-        Err(Error::RunNotFound(_))
+        Err(RequestError::RunNotFound(_))
     ));
     // A token of the pending listing is refused by the history listing.
     let token = pending(PageRequest::first(1)).await.next.expect("more");
@@ -147,7 +149,7 @@ async fn gates_are_read_and_listed() {
                 }
             )
             .await,
-        Err(Error::BadPageToken(_))
+        Err(RequestError::BadPageToken(_))
     ));
     // Another tenant sees none of them.
     let other = TenantId::from("other");
@@ -169,11 +171,11 @@ async fn unknown_gates_are_not_found() {
     let other = TenantId::from("other");
     assert!(matches!(
         b.store.gate(&b.tenant, Uuid::now_v7()).await,
-        Err(Error::GateNotFound(_))
+        Err(RequestError::GateNotFound(_))
     ));
     assert!(matches!(
         b.store.gate(&other, gate_id).await,
-        Err(Error::GateNotFound(id)) if id == gate_id
+        Err(RequestError::GateNotFound(id)) if id == gate_id
     ));
     for kind in [
         DecisionKind::Approve,
@@ -187,7 +189,7 @@ async fn unknown_gates_are_not_found() {
             .decide_gate(&other, &decision(gate_id, kind, "r"))
             .await;
         assert!(
-            matches!(refused, Err(Error::GateNotFound(_))),
+            matches!(refused, Err(RequestError::GateNotFound(_))),
             "{refused:?}"
         );
     }
@@ -246,7 +248,7 @@ async fn approving_a_gate_requeues_its_run_and_a_repeat_gets_the_same_answer() {
     assert!(
         matches!(
             &other_request,
-            Err(Error::GateAlreadyDecided { gate_id: id, status }) if *id == gate_id && status == "approved"
+            Err(RequestError::GateAlreadyDecided { gate_id: id, status }) if *id == gate_id && status == "approved"
         ),
         "{other_request:?}"
     );
@@ -257,7 +259,7 @@ async fn approving_a_gate_requeues_its_run_and_a_repeat_gets_the_same_answer() {
     assert!(
         matches!(
             same_key_other_decision,
-            Err(Error::IdempotencyConflict { .. })
+            Err(RequestError::IdempotencyConflict { .. })
         ),
         "{same_key_other_decision:?}"
     );
@@ -286,7 +288,7 @@ async fn of_eight_concurrent_deciders_exactly_one_wins() {
     for (request, result) in results {
         match result {
             Ok(gate) => winners.push((request, gate)),
-            Err(Error::GateAlreadyDecided { status, .. }) => {
+            Err(RequestError::GateAlreadyDecided { status, .. }) => {
                 assert_eq!(status, "approved");
                 losers += 1;
             }
@@ -326,7 +328,7 @@ async fn approve_and_cancel_racing_leave_one_consistent_outcome() {
     for (_, result) in results {
         match result {
             Ok(gate) => won.push(gate),
-            Err(Error::GateAlreadyDecided { .. }) => {}
+            Err(RequestError::GateAlreadyDecided { .. }) => {}
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
@@ -444,7 +446,7 @@ async fn rework_naming_an_unknown_node_changes_nothing() {
         )
         .await;
     assert!(
-        matches!(&refused, Err(Error::ReworkNodeNotInSpec { node_id, .. }) if node_id.as_str() == "zzz"),
+        matches!(&refused, Err(RequestError::ReworkNodeNotInSpec { node_id, .. }) if node_id.as_str() == "zzz"),
         "{refused:?}"
     );
     assert_eq!(
@@ -502,7 +504,7 @@ async fn a_gate_of_a_paused_run_is_refused_and_asked_again_after_resume() {
     assert!(
         matches!(
             refused,
-            Err(Error::Transition(run::IllegalTransition {
+            Err(RequestError::Transition(run::IllegalTransition {
                 from: RunStatus::Paused,
                 transition: Transition::Approve
             }))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, TenantId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Cursor, Error, PageRequest, RunFilter, RunRecord, WorkerInfo};
+use leasehold_core::store::{Cursor, PageRequest, RequestError, RunFilter, RunRecord, WorkerInfo};
 use leasehold_testkit::fixtures::{Bundle, diamond, setup};
 use uuid::Uuid;
 
@@ -205,7 +205,7 @@ async fn bad_page_tokens_are_refused() {
     b.queue_many(&automation, 3).await;
     for garbage in ["", "garbage", "v1:runs:notanumber:x", "v9:runs:1:x"] {
         assert!(
-            matches!(Cursor::decode(garbage), Err(Error::BadPageToken(_))),
+            matches!(Cursor::decode(garbage), Err(RequestError::BadPageToken(_))),
             "{garbage:?}"
         );
     }
@@ -219,7 +219,7 @@ async fn bad_page_tokens_are_refused() {
         b.store
             .list_runs(&b.tenant, &RunFilter::default(), &page)
             .await,
-        Err(Error::BadPageToken(_))
+        Err(RequestError::BadPageToken(_))
     ));
     // A token of the automations listing is not a position among runs.
     let automations = b
@@ -244,7 +244,7 @@ async fn bad_page_tokens_are_refused() {
         b.store
             .list_runs(&b.tenant, &RunFilter::default(), &page)
             .await,
-        Err(Error::BadPageToken(_))
+        Err(RequestError::BadPageToken(_))
     ));
     assert_eq!(Cursor::decode(&token.encode()).expect("round trip"), token);
 }
