@@ -1,29 +1,11 @@
-//! The append-only history of runs.
+//! The append-only history of runs, as it is read. Every event is written by the statement that
+//! makes its transition, in the same statement, with the run's sequence raised under its row lock.
 
 use chrono::{DateTime, Utc};
 
 use super::query::Query;
 use super::{Error, Store};
 use crate::ids::{LeaseEpoch, NodeId, RunId};
-
-/// An event to append to a run's history.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    /// The run.
-    pub run_id: RunId,
-    /// Its name (`gate_marked_stale`, …).
-    pub event: String,
-    /// The epoch it happened under.
-    pub epoch: LeaseEpoch,
-    /// The node it concerns, if any.
-    pub node_id: Option<NodeId>,
-    /// The node attempt it concerns, if any.
-    pub attempt: Option<i32>,
-    /// Why, for people.
-    pub reason: Option<String>,
-    /// Anything else, as JSON.
-    pub metadata: serde_json::Value,
-}
 
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,33 +32,6 @@ pub struct Event {
     pub metadata: serde_json::Value,
 }
 
-// Any number of events for any number of runs in one statement. Each run's sequence is raised
-// by its count of new events under the run's row lock, and the new events take the numbers in
-// between, so the history stays gap-free and ordered like the writes that made it.
-const APPEND_EVENTS: Query = Query {
-    name: "append_events",
-    sql: "\
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
-                         $7::jsonb[])
-        WITH ORDINALITY AS e(run_id, event, epoch, node_id, attempt, reason, metadata, ord)
-),
-counts AS (
-    SELECT run_id, count(*) AS n FROM input GROUP BY run_id
-),
-bumped AS (
-    UPDATE runs r SET event_seq = r.event_seq + counts.n
-    FROM counts
-    WHERE r.run_id = counts.run_id
-    RETURNING r.run_id, r.tenant_id, r.event_seq - counts.n AS base
-)
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, reason, metadata)
-SELECT i.run_id, b.base + row_number() OVER (PARTITION BY i.run_id ORDER BY i.ord), b.tenant_id,
-       i.event, i.epoch, i.node_id, i.attempt, i.reason, i.metadata
-FROM input i JOIN bumped b ON b.run_id = i.run_id
-RETURNING run_id",
-};
-
 // A run's events after a sequence number, in order: what a watcher that reconnects asks for.
 const EVENTS_AFTER: Query = Query {
     name: "events_after",
@@ -86,37 +41,9 @@ FROM run_events WHERE run_id = $1::uuid AND seq > $2::bigint
 ORDER BY seq LIMIT $3::int",
 };
 
-pub(super) const QUERIES: &[Query] = &[APPEND_EVENTS, EVENTS_AFTER];
+pub(super) const QUERIES: &[Query] = &[EVENTS_AFTER];
 
 impl Store {
-    /// Appends events in one statement; returns how many were stored. Events of unknown runs
-    /// are dropped.
-    pub async fn append_events(&self, events: &[NewEvent]) -> Result<usize, Error> {
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let run_ids: Vec<_> = events.iter().map(|e| e.run_id.0).collect();
-        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-        let epochs: Vec<i64> = events.iter().map(|e| e.epoch.0).collect();
-        let nodes: Vec<Option<&str>> = events
-            .iter()
-            .map(|e| e.node_id.as_ref().map(NodeId::as_str))
-            .collect();
-        let attempts: Vec<Option<i32>> = events.iter().map(|e| e.attempt).collect();
-        let reasons: Vec<Option<&str>> = events.iter().map(|e| e.reason.as_deref()).collect();
-        let metadata: Vec<&serde_json::Value> = events.iter().map(|e| &e.metadata).collect();
-        let client = self.client().await?;
-        let rows = APPEND_EVENTS
-            .query(
-                &client,
-                &[
-                    &run_ids, &names, &epochs, &nodes, &attempts, &reasons, &metadata,
-                ],
-            )
-            .await?;
-        Ok(rows.len())
-    }
-
     /// Up to `limit` events of a run after sequence number `after_seq`, in order.
     pub async fn events_after(
         &self,

@@ -34,7 +34,7 @@ use query::Query;
 pub use automations::{AutomationRecord, AutomationStatus, AutomationVersion, Stored};
 pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed};
 pub use error::{Error, FenceError, RequestError};
-pub use events::{Event, NewEvent};
+pub use events::Event;
 pub use gates::{Decision, DecisionKind, GateRecord, GateStatus};
 pub use leader::{LeaderEpoch, Leadership};
 pub use listing::{

@@ -1,8 +1,8 @@
 //! Schema, automations, starting runs, events, and the named queries, against a real Postgres.
 
-use leasehold_core::ids::{AutomationId, LeaseEpoch, NodeId, RunId};
+use leasehold_core::ids::{AutomationId, NodeId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{self, Error, NewEvent, RequestError, StartRun, Store, Stored};
+use leasehold_core::store::{self, Error, RequestError, StartRun, Store, Stored};
 use leasehold_testkit::TestDb;
 use leasehold_testkit::fixtures::{diamond, setup, spec};
 use serde_json::json;
@@ -254,32 +254,21 @@ async fn out_of_range_values_name_the_constraint_and_store_nothing() {
 }
 
 #[tokio::test]
-async fn events_append_in_batches_with_gap_free_sequences() {
+async fn each_runs_events_have_gap_free_sequences_and_resume_after_a_seen_one() {
     let b = setup().await;
     let automation = b.diamond("events").await;
     let one = b.start(&automation).await;
     let two = b.start(&automation).await;
-    let event = |run_id: RunId, name: &str| NewEvent {
-        run_id,
-        event: name.into(),
-        epoch: LeaseEpoch(0),
-        node_id: Some(NodeId::from("a")),
-        attempt: None,
-        reason: Some("why".into()),
-        metadata: json!({"k": name}),
-    };
-    let stored = b
-        .store
-        .append_events(&[
-            event(one, "note_1"),
-            event(two, "note_a"),
-            event(one, "note_2"),
-            event(one, "note_3"),
-            event(RunId::new(), "orphan"),
-        ])
+    let claim = b.claim_one("w").await.claim;
+    assert_eq!(claim.run_id(), one, "the oldest run is claimed first");
+    b.store
+        .node_started(&claim, &NodeId::from("a"))
         .await
-        .expect("append");
-    assert_eq!(stored, 4, "the event of an unknown run is dropped");
+        .expect("start a");
+    b.store
+        .node_completed(&claim, &NodeId::from("a"), &json!({"a": 1}))
+        .await
+        .expect("complete a");
 
     let ones = b.store.events_after(one, 0, 100).await.expect("events");
     let seqs: Vec<(i64, &str)> = ones.iter().map(|e| (e.seq, e.event.as_str())).collect();
@@ -287,12 +276,12 @@ async fn events_append_in_batches_with_gap_free_sequences() {
         seqs,
         vec![
             (1, "run_started"),
-            (2, "note_1"),
-            (3, "note_2"),
-            (4, "note_3")
+            (2, "run_claimed"),
+            (3, "node_started"),
+            (4, "node_completed")
         ]
     );
-    assert_eq!(b.event_names(two).await, vec!["run_started", "note_a"]);
+    assert_eq!(b.event_names(two).await, vec!["run_started"]);
 
     // A watcher that saw up to 2 gets exactly the rest.
     let rest: Vec<i64> = b
