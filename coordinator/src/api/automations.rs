@@ -5,11 +5,10 @@ use leasehold_core::spec::Spec;
 use leasehold_core::store::{AutomationRecord, Stored};
 use leasehold_proto::v1;
 use leasehold_proto::v1::automations_server::Automations;
-use tonic::{Request, Response, Status};
 
 use super::convert::{self, spec_message, timestamp};
 use super::error::{ApiError, ApiResult};
-use super::{Api, page_request, page_token, respond};
+use super::{Api, page_request, page_token, respond, service};
 
 fn automation_message(record: &AutomationRecord, version_created: bool) -> v1::Automation {
     v1::Automation {
@@ -111,67 +110,23 @@ impl Api {
     }
 }
 
-#[tonic::async_trait]
-impl Automations for Api {
-    async fn create_automation(
-        &self,
-        request: Request<v1::CreateAutomationRequest>,
-    ) -> Result<Response<v1::Automation>, Status> {
-        respond(self.automation_create(request.into_inner()).await)
-    }
-
-    async fn update_automation(
-        &self,
-        request: Request<v1::UpdateAutomationRequest>,
-    ) -> Result<Response<v1::Automation>, Status> {
-        respond(self.automation_update(request.into_inner()).await)
-    }
-
-    async fn apply_automation(
-        &self,
-        request: Request<v1::ApplyAutomationRequest>,
-    ) -> Result<Response<v1::Automation>, Status> {
-        respond(self.automation_apply(request.into_inner()).await)
-    }
-
-    async fn get_automation(
-        &self,
-        request: Request<v1::GetAutomationRequest>,
-    ) -> Result<Response<v1::Automation>, Status> {
-        respond(self.automation_get(request.into_inner()).await)
-    }
-
-    async fn list_automations(
-        &self,
-        request: Request<v1::ListAutomationsRequest>,
-    ) -> Result<Response<v1::ListAutomationsResponse>, Status> {
-        respond(self.automation_list(request.into_inner()).await)
-    }
-
-    async fn pause_automation(
-        &self,
-        request: Request<v1::PauseAutomationRequest>,
-    ) -> Result<Response<v1::Automation>, Status> {
-        respond(
-            self.automation_set_paused(&request.get_ref().id, true)
-                .await,
-        )
-    }
-
-    async fn activate_automation(
-        &self,
-        request: Request<v1::ActivateAutomationRequest>,
-    ) -> Result<Response<v1::Automation>, Status> {
-        respond(
-            self.automation_set_paused(&request.get_ref().id, false)
-                .await,
-        )
-    }
-
-    async fn delete_automation(
-        &self,
-        request: Request<v1::DeleteAutomationRequest>,
-    ) -> Result<Response<v1::DeleteAutomationResponse>, Status> {
-        respond(self.automation_delete(&request.get_ref().id).await)
+service! {
+    impl Automations {
+        rpc create_automation(CreateAutomationRequest) -> v1::Automation =
+            |api, m| api.automation_create(m);
+        rpc update_automation(UpdateAutomationRequest) -> v1::Automation =
+            |api, m| api.automation_update(m);
+        rpc apply_automation(ApplyAutomationRequest) -> v1::Automation =
+            |api, m| api.automation_apply(m);
+        rpc get_automation(GetAutomationRequest) -> v1::Automation =
+            |api, m| api.automation_get(m);
+        rpc list_automations(ListAutomationsRequest) -> v1::ListAutomationsResponse =
+            |api, m| api.automation_list(m);
+        rpc pause_automation(PauseAutomationRequest) -> v1::Automation =
+            |api, m| api.automation_set_paused(&m.id, true);
+        rpc activate_automation(ActivateAutomationRequest) -> v1::Automation =
+            |api, m| api.automation_set_paused(&m.id, false);
+        rpc delete_automation(DeleteAutomationRequest) -> v1::DeleteAutomationResponse =
+            |api, m| api.automation_delete(&m.id);
     }
 }

@@ -4,11 +4,10 @@ use leasehold_core::ids::NodeId;
 use leasehold_core::store::{Decision, DecisionKind, GateRecord};
 use leasehold_proto::v1;
 use leasehold_proto::v1::gates_server::Gates;
-use tonic::{Request, Response, Status};
 
 use super::convert::{self, opt_timestamp, timestamp};
 use super::error::{ApiError, ApiResult};
-use super::{Api, page_request, page_token, respond};
+use super::{Api, page_request, page_token, respond, service};
 
 pub(super) fn gate_message(gate: &GateRecord) -> v1::Gate {
     v1::Gate {
@@ -92,19 +91,10 @@ impl Api {
     }
 }
 
-#[tonic::async_trait]
-impl Gates for Api {
-    async fn list_gates(
-        &self,
-        request: Request<v1::ListGatesRequest>,
-    ) -> Result<Response<v1::ListGatesResponse>, Status> {
-        respond(self.list_gates_page(request.into_inner()).await)
-    }
-
-    async fn decide_gate(
-        &self,
-        request: Request<v1::DecideGateRequest>,
-    ) -> Result<Response<v1::Gate>, Status> {
-        respond(self.decide(request.into_inner()).await)
+service! {
+    impl Gates {
+        rpc list_gates(ListGatesRequest) -> v1::ListGatesResponse =
+            |api, m| api.list_gates_page(m);
+        rpc decide_gate(DecideGateRequest) -> v1::Gate = |api, m| api.decide(m);
     }
 }

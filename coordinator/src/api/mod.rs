@@ -53,6 +53,35 @@ impl Api {
     }
 }
 
+/// Implements a gRPC service for [`Api`], one line per unary RPC: its name, its request message,
+/// its response, and the body that answers the request `$message` with `$api` (the [`Api`]).
+/// Every answer goes through [`respond`], so every error maps to a status in one place. Items
+/// that are not unary (a streaming RPC and its stream type) follow the RPCs as they are.
+macro_rules! service {
+    (
+        impl $service:ident {
+            $(rpc $rpc:ident($request:ident) -> $response:ty = |$api:ident, $message:ident| $body:expr;)+
+        }
+        $($other:tt)*
+    ) => {
+        #[tonic::async_trait]
+        impl $service for Api {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: tonic::Request<leasehold_proto::v1::$request>,
+                ) -> Result<tonic::Response<$response>, tonic::Status> {
+                    let $api = self;
+                    let $message = request.into_inner();
+                    respond($body.await)
+                }
+            )+
+            $($other)*
+        }
+    };
+}
+use service;
+
 fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
 }

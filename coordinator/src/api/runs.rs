@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, opt_timestamp, timestamp, to_struct, to_value};
 use super::error::{ApiError, ApiResult};
 use super::gates::gate_message;
-use super::{Api, page_request, page_token, respond};
+use super::{Api, page_request, page_token, respond, service};
 
 /// How often a watch that has caught up looks for new events.
 const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -136,6 +136,11 @@ fn optional_key(field: &str, text: &str) -> ApiResult<Option<String>> {
 }
 
 impl Api {
+    /// The run `run_id` names, as [`Api::run_view`] shows it.
+    async fn run_get(&self, run_id: &str) -> ApiResult<v1::Run> {
+        self.run_view(convert::run_id("run_id", run_id)?).await
+    }
+
     /// A run with its node states (pending ones included) and gates.
     pub(super) async fn run_view(&self, run_id: RunId) -> ApiResult<v1::Run> {
         let run = self.store.run(&self.tenant, run_id).await?;
@@ -367,67 +372,20 @@ enum Action {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::RunEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Runs for Api {
-    async fn start_run(
-        &self,
-        request: Request<v1::StartRunRequest>,
-    ) -> Result<Response<v1::StartRunResponse>, Status> {
-        respond(self.run_start(request.into_inner()).await)
-    }
-
-    async fn start_runs(
-        &self,
-        request: Request<v1::StartRunsRequest>,
-    ) -> Result<Response<v1::StartRunsResponse>, Status> {
-        respond(self.runs_start(request.into_inner()).await)
-    }
-
-    async fn get_run(
-        &self,
-        request: Request<v1::GetRunRequest>,
-    ) -> Result<Response<v1::Run>, Status> {
-        let run_id = convert::run_id("run_id", &request.get_ref().run_id).map_err(Status::from)?;
-        respond(self.run_view(run_id).await)
-    }
-
-    async fn list_runs(
-        &self,
-        request: Request<v1::ListRunsRequest>,
-    ) -> Result<Response<v1::ListRunsResponse>, Status> {
-        respond(self.run_list(request.into_inner()).await)
-    }
-
-    async fn cancel_run(
-        &self,
-        request: Request<v1::CancelRunRequest>,
-    ) -> Result<Response<v1::Run>, Status> {
-        let r = request.get_ref();
-        respond(self.run_act(&r.run_id, &r.reason, Action::Cancel).await)
-    }
-
-    async fn pause_run(
-        &self,
-        request: Request<v1::PauseRunRequest>,
-    ) -> Result<Response<v1::Run>, Status> {
-        let r = request.get_ref();
-        respond(self.run_act(&r.run_id, &r.reason, Action::Pause).await)
-    }
-
-    async fn resume_run(
-        &self,
-        request: Request<v1::ResumeRunRequest>,
-    ) -> Result<Response<v1::Run>, Status> {
-        let r = request.get_ref();
-        respond(self.run_act(&r.run_id, &r.reason, Action::Resume).await)
-    }
-
-    async fn recover_run(
-        &self,
-        request: Request<v1::RecoverRunRequest>,
-    ) -> Result<Response<v1::Run>, Status> {
-        let r = request.get_ref();
-        respond(self.run_act(&r.run_id, &r.reason, Action::Recover).await)
+service! {
+    impl Runs {
+        rpc start_run(StartRunRequest) -> v1::StartRunResponse = |api, m| api.run_start(m);
+        rpc start_runs(StartRunsRequest) -> v1::StartRunsResponse = |api, m| api.runs_start(m);
+        rpc get_run(GetRunRequest) -> v1::Run = |api, m| api.run_get(&m.run_id);
+        rpc list_runs(ListRunsRequest) -> v1::ListRunsResponse = |api, m| api.run_list(m);
+        rpc cancel_run(CancelRunRequest) -> v1::Run =
+            |api, m| api.run_act(&m.run_id, &m.reason, Action::Cancel);
+        rpc pause_run(PauseRunRequest) -> v1::Run =
+            |api, m| api.run_act(&m.run_id, &m.reason, Action::Pause);
+        rpc resume_run(ResumeRunRequest) -> v1::Run =
+            |api, m| api.run_act(&m.run_id, &m.reason, Action::Resume);
+        rpc recover_run(RecoverRunRequest) -> v1::Run =
+            |api, m| api.run_act(&m.run_id, &m.reason, Action::Recover);
     }
 
     type WatchRunStream = WatchStream;

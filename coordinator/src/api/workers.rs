@@ -7,11 +7,10 @@ use leasehold_core::store::WorkerRecord;
 use leasehold_proto::v1;
 use leasehold_proto::v1::stats_server::Stats;
 use leasehold_proto::v1::workers_server::Workers;
-use tonic::{Request, Response, Status};
 
 use super::convert::timestamp;
 use super::error::{ApiError, ApiResult};
-use super::{Api, respond};
+use super::{Api, respond, service};
 
 /// A worker whose last heartbeat is older than this is shown as not alive: several heartbeat
 /// intervals of the default 30 s lease.
@@ -75,29 +74,15 @@ impl Api {
     }
 }
 
-#[tonic::async_trait]
-impl Workers for Api {
-    async fn list_workers(
-        &self,
-        _request: Request<v1::ListWorkersRequest>,
-    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        respond(self.workers().await)
-    }
-
-    async fn drain_worker(
-        &self,
-        request: Request<v1::DrainWorkerRequest>,
-    ) -> Result<Response<v1::Worker>, Status> {
-        respond(self.drain(&request.get_ref().claimant_id).await)
+service! {
+    impl Workers {
+        rpc list_workers(ListWorkersRequest) -> v1::ListWorkersResponse = |api, _m| api.workers();
+        rpc drain_worker(DrainWorkerRequest) -> v1::Worker = |api, m| api.drain(&m.claimant_id);
     }
 }
 
-#[tonic::async_trait]
-impl Stats for Api {
-    async fn get_stats(
-        &self,
-        _request: Request<v1::GetStatsRequest>,
-    ) -> Result<Response<v1::StatsResponse>, Status> {
-        respond(self.stats().await)
+service! {
+    impl Stats {
+        rpc get_stats(GetStatsRequest) -> v1::StatsResponse = |api, _m| api.stats();
     }
 }
