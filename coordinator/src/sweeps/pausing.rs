@@ -16,13 +16,13 @@ pub async fn run_once(pass: Pass<'_>) -> Result<PausingOutcome, store::Error> {
         now: Some(now),
         limit: pass.config.batch_limit,
     };
-    let mut pause = Vec::new();
-    for view in pass.store.expired_pausing(&params).await? {
-        match settle(&view, now) {
-            Settle::Leave => {}
-            Settle::Pause => pause.push(view),
-        }
-    }
+    let pause: Vec<LeaseView> = pass
+        .store
+        .expired_pausing(&params)
+        .await?
+        .into_iter()
+        .filter(|view| settle(view, now) == Settle::Pause)
+        .collect();
     let paused = pass
         .store
         .settle_expired_pausing(pass.leader, &pause, &params)

@@ -17,13 +17,14 @@ pub async fn run_once(pass: Pass<'_>) -> Result<StaleGatesOutcome, store::Error>
         after: pass.config.stale_gate_after,
         limit: pass.config.batch_limit,
     };
-    let mut mark = Vec::new();
-    for gate in pass.store.stale_gate_candidates(&params).await? {
-        match staleness(&gate, now, params.after) {
-            Staleness::Fresh | Staleness::AlreadyMarked => {}
-            Staleness::MarkStale => mark.push(gate),
-        }
-    }
+    // A gate marked before stays as it is: a gate is marked once.
+    let mark: Vec<PendingGateView> = pass
+        .store
+        .stale_gate_candidates(&params)
+        .await?
+        .into_iter()
+        .filter(|gate| staleness(gate, now, params.after) == Staleness::MarkStale)
+        .collect();
     let marked = pass
         .store
         .mark_gates_stale(pass.leader, &mark, &params)

@@ -54,14 +54,4 @@ impl FenceError {
     }
 }
 
-impl From<tokio_postgres::Error> for FenceError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for FenceError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Store(e.into())
-    }
-}
+super::carries_store_failures!(FenceError);

@@ -10,6 +10,25 @@
 mod fence;
 mod request;
 
+/// The driver's and the pool's errors convert into `$error` as the store's failure
+/// (`$error::Store`), so that `?` works on database calls in methods that return `$error`.
+macro_rules! carries_store_failures {
+    ($error:ident) => {
+        impl From<tokio_postgres::Error> for $error {
+            fn from(e: tokio_postgres::Error) -> Self {
+                Self::Store(e.into())
+            }
+        }
+
+        impl From<deadpool_postgres::PoolError> for $error {
+            fn from(e: deadpool_postgres::PoolError) -> Self {
+                Self::Store(e.into())
+            }
+        }
+    };
+}
+use carries_store_failures;
+
 use tokio_postgres::error::SqlState;
 
 use crate::ids::{AutomationId, RunId};

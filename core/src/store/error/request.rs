@@ -84,14 +84,4 @@ pub enum RequestError {
     Store(#[from] Error),
 }
 
-impl From<tokio_postgres::Error> for RequestError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for RequestError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Store(e.into())
-    }
-}
+super::carries_store_failures!(RequestError);
