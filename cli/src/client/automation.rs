@@ -10,7 +10,7 @@ use leasehold_proto::v1;
 use serde_json::Value;
 
 use super::Global;
-use super::connect::Coordinator;
+use super::connect::{Coordinator, all_pages};
 use super::json;
 use super::render::{self, Table, emit, emit_json, fields};
 
@@ -156,9 +156,7 @@ fn read_spec(file: &Path) -> anyhow::Result<String> {
 }
 
 async fn list_all(c: &Coordinator) -> anyhow::Result<Vec<v1::Automation>> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    all_pages(|page_token| async move {
         let page = c.check(
             c.automations()
                 .list_automations(v1::ListAutomationsRequest {
@@ -167,12 +165,9 @@ async fn list_all(c: &Coordinator) -> anyhow::Result<Vec<v1::Automation>> {
                 })
                 .await,
         )?;
-        all.extend(page.automations);
-        if page.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        page_token = page.next_page_token;
-    }
+        Ok((page.automations, page.next_page_token))
+    })
+    .await
 }
 
 fn report_status(automation: &v1::Automation, global: &Global) -> anyhow::Result<()> {

@@ -90,6 +90,25 @@ impl Coordinator {
     }
 }
 
+/// Every item of a listing, page after page: `fetch` asks for the page after a token (empty for
+/// the first) and answers with its items and the next token (empty after the last page).
+pub async fn all_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (items, next) = fetch(page_token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        page_token = next;
+    }
+}
+
 /// A status made by the client for a call that never reached the coordinator (refused, reset,
 /// timed out) rather than sent by it: tonic keeps the transport error as its source.
 pub fn is_local_transport_failure(status: &Status) -> bool {

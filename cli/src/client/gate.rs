@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::Global;
 use super::automation::PAGE_SIZE_MAX;
-use super::connect::Coordinator;
+use super::connect::{Coordinator, all_pages};
 use super::json;
 use super::render::{self, Table, emit, emit_json};
 
@@ -109,9 +109,7 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
 }
 
 async fn list(c: &Coordinator, include_decided: bool, global: &Global) -> anyhow::Result<()> {
-    let mut gates = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    let gates = all_pages(|page_token| async move {
         let page = c.check(
             c.gates()
                 .list_gates(v1::ListGatesRequest {
@@ -121,12 +119,9 @@ async fn list(c: &Coordinator, include_decided: bool, global: &Global) -> anyhow
                 })
                 .await,
         )?;
-        gates.extend(page.gates);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+        Ok((page.gates, page.next_page_token))
+    })
+    .await?;
     if global.json {
         return emit_json(&Value::Array(gates.iter().map(json::gate).collect()));
     }
