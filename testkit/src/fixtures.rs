@@ -119,11 +119,16 @@ pub fn spec(yaml: &str) -> Spec {
 
 /// a → {b, c} → d, all `noop`.
 pub fn diamond(id: &str) -> Spec {
+    diamond_with(id, "")
+}
+
+/// The diamond, with `b_fields` (starting with a comma) added to node `b`.
+fn diamond_with(id: &str, b_fields: &str) -> Spec {
     spec(&format!(
         "id: {id}
 nodes:
   - {{id: a, kind: noop}}
-  - {{id: b, kind: noop, depends_on: [a]}}
+  - {{id: b, kind: noop, depends_on: [a]{b_fields}}}
   - {{id: c, kind: noop, depends_on: [a]}}
   - {{id: d, kind: noop, depends_on: [b, c]}}
 "
@@ -146,15 +151,7 @@ nodes:
 
 /// The diamond, with `b` allowed a single attempt.
 pub fn fragile(id: &str) -> Spec {
-    spec(&format!(
-        "id: {id}
-nodes:
-  - {{id: a, kind: noop}}
-  - {{id: b, kind: noop, depends_on: [a], max_attempts: 1}}
-  - {{id: c, kind: noop, depends_on: [a]}}
-  - {{id: d, kind: noop, depends_on: [b, c]}}
-"
-    ))
+    diamond_with(id, ", max_attempts: 1")
 }
 
 /// A node id.

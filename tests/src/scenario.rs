@@ -62,18 +62,27 @@ pub struct Line {
     pub took: Duration,
 }
 
+impl Line {
+    /// The recovery, its bound and the wall time, in seconds.
+    fn seconds(&self) -> (f64, f64, f64) {
+        (secs(self.recovery), secs(self.bound), secs(self.took))
+    }
+}
+
 impl std::fmt::Display for Line {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Line {
+            scenario,
+            runs,
+            lost,
+            double_completed,
+            ..
+        } = self;
+        let (recovery, bound, took) = self.seconds();
         write!(
             f,
-            "scenario {}: runs={} lost={} double-completed={} recovery={:.1}s (bound {:.1}s) took={:.1}s",
-            self.scenario,
-            self.runs,
-            self.lost,
-            self.double_completed,
-            self.recovery.as_secs_f64(),
-            self.bound.as_secs_f64(),
-            self.took.as_secs_f64()
+            "scenario {scenario}: runs={runs} lost={lost} double-completed={double_completed} \
+             recovery={recovery:.1}s (bound {bound:.1}s) took={took:.1}s"
         )
     }
 }
@@ -127,15 +136,10 @@ pub fn summary(lines: &[Line]) -> String {
         "took"
     );
     for l in lines {
+        let (recovery, bound, took) = l.seconds();
         out.push_str(&format!(
-            "{:<16} {:>5} {:>5} {:>17} {:>8.1}s {:>7.1}s {:>6.1}s\n",
-            l.scenario,
-            l.runs,
-            l.lost,
-            l.double_completed,
-            l.recovery.as_secs_f64(),
-            l.bound.as_secs_f64(),
-            l.took.as_secs_f64()
+            "{:<16} {:>5} {:>5} {:>17} {recovery:>8.1}s {bound:>7.1}s {took:>6.1}s\n",
+            l.scenario, l.runs, l.lost, l.double_completed
         ));
     }
     out
