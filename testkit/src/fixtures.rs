@@ -154,6 +154,20 @@ pub fn fragile(id: &str) -> Spec {
     diamond_with(id, ", max_attempts: 1")
 }
 
+/// A request to start a run of `tenant`'s `automation` with no inputs, keys or priority, by the
+/// API.
+pub fn start_request(tenant: &TenantId, automation: &AutomationId) -> StartRun {
+    StartRun {
+        tenant: tenant.clone(),
+        automation_id: automation.clone(),
+        inputs: serde_json::json!({}),
+        priority: 0,
+        concurrency_key: None,
+        idempotency_key: None,
+        trigger: Trigger::Api,
+    }
+}
+
 /// A node id.
 pub fn node(id: &str) -> NodeId {
     NodeId::from(id)
@@ -201,15 +215,7 @@ impl Bundle {
 
     /// A request to start a run of `automation` with no inputs, keys or priority.
     pub fn start_request(&self, automation: &AutomationId) -> StartRun {
-        StartRun {
-            tenant: self.tenant.clone(),
-            automation_id: automation.clone(),
-            inputs: serde_json::json!({}),
-            priority: 0,
-            concurrency_key: None,
-            idempotency_key: None,
-            trigger: Trigger::Api,
-        }
+        start_request(&self.tenant, automation)
     }
 
     /// Starts a run of `automation`.

@@ -7,10 +7,9 @@ use leasehold_core::ids::{AutomationId, TenantId};
 use leasehold_core::run::RunStatus;
 use leasehold_core::spec;
 use leasehold_core::store::{StartRun, Store, Trigger};
-use leasehold_testkit::{TestDb, wait_for};
+use leasehold_testkit::{TestDb, fixtures, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -32,13 +31,8 @@ async fn store_with_slow_runs(
     for _ in 0..runs {
         let started = store
             .start_run(&StartRun {
-                tenant: tenant.clone(),
-                automation_id: AutomationId::from("slow"),
-                inputs: json!({}),
-                priority: 0,
-                concurrency_key: None,
-                idempotency_key: None,
                 trigger: Trigger::Manual,
+                ..fixtures::start_request(&tenant, &AutomationId::from("slow"))
             })
             .await
             .expect("start");
