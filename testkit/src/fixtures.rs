@@ -50,11 +50,16 @@ pub async fn setup() -> Bundle {
     setup_with(|url| Store::connect_unchecked(url, 16)).await
 }
 
-/// [`setup`], with the [`diamond`] named `automation` stored and one run of it queued: where most
-/// store tests start.
-pub async fn setup_run(automation: &str) -> (Bundle, AutomationId, RunId) {
+/// [`setup`], with the [`diamond`] named `automation` stored.
+pub async fn setup_diamond(automation: &str) -> (Bundle, AutomationId) {
     let b = setup().await;
     let automation = b.diamond(automation).await;
+    (b, automation)
+}
+
+/// [`setup_diamond`], with one run of it queued: where most store tests start.
+pub async fn setup_run(automation: &str) -> (Bundle, AutomationId, RunId) {
+    let (b, automation) = setup_diamond(automation).await;
     let run_id = b.start(&automation).await;
     (b, automation, run_id)
 }
@@ -227,6 +232,15 @@ impl Bundle {
             .run_id
     }
 
+    /// Starts `n` runs of `automation`, one after another; their ids in that order.
+    pub async fn start_many(&self, automation: &AutomationId, n: usize) -> Vec<RunId> {
+        let mut run_ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            run_ids.push(self.start(automation).await);
+        }
+        run_ids
+    }
+
     /// Queues `n` runs in one statement; starting them one by one would dominate the test.
     pub async fn queue_many(&self, automation: &AutomationId, n: i64) {
         self.sql
@@ -362,6 +376,15 @@ impl Bundle {
     /// The run's last event.
     pub async fn last_event(&self, run_id: RunId) -> Event {
         self.events(run_id).await.pop().expect("an event")
+    }
+
+    /// The count a `SELECT count(*) …` statement without parameters returns.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.sql
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("count: {sql}: {e}"))
+            .get(0)
     }
 
     /// The holder and epoch of the role `name`, and when its lease runs out, if anyone took it.

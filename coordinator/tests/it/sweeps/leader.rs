@@ -135,12 +135,9 @@ async fn two_coordinators_reap_each_expired_run_once() {
     b.expire_all_leases(Duration::from_secs(60)).await;
 
     wait_for(DEADLINE, "every expired run reaped", || async {
-        let held: i64 = b
-            .sql
-            .query_one("SELECT count(*) FROM runs WHERE status = 'running'", &[])
-            .await
-            .expect("count")
-            .get(0);
+        let held = b
+            .count("SELECT count(*) FROM runs WHERE status = 'running'")
+            .await;
         (held == 0).then_some(())
     })
     .await;

@@ -181,15 +181,9 @@ async fn deleting_an_automation_takes_its_finished_runs_and_their_history() {
     ] {
         assert_eq!(count(&b, sql, &gone).await, 0, "{sql}");
     }
-    let versions: i64 = b
-        .sql
-        .query_one(
-            "SELECT count(*) FROM automation_versions WHERE automation_id = 'done'",
-            &[],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let versions = b
+        .count("SELECT count(*) FROM automation_versions WHERE automation_id = 'done'")
+        .await;
     assert_eq!(versions, 0);
     assert!(matches!(
         b.store.automation(&b.tenant, &automation).await,

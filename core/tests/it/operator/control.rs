@@ -5,7 +5,7 @@ use std::time::Duration;
 use leasehold_core::ids::{RunId, TenantId};
 use leasehold_core::run::{self, RunStatus, Transition};
 use leasehold_core::store::{ReapParams, RequestError};
-use leasehold_testkit::fixtures::{diamond, fragile, node, setup, setup_run};
+use leasehold_testkit::fixtures::{diamond, fragile, node, setup, setup_diamond, setup_run};
 
 use super::{check_step, checkpoint_nodes, complete, fail, ready_now};
 
@@ -204,8 +204,7 @@ async fn recover_requeues_a_blocked_run_and_clears_the_poison_count() {
 
 #[tokio::test]
 async fn recover_refuses_runs_that_neither_failed_nor_blocked() {
-    let b = setup().await;
-    let automation = b.diamond("fine").await;
+    let (b, automation) = setup_diamond("fine").await;
     let completed = b.start(&automation).await;
     let claimed = b.claim_one("w1").await;
     for id in ["a", "b", "c", "d"] {
