@@ -33,10 +33,7 @@ async fn stale_reaped_run(
 ) -> (RunId, DateTime<Utc>) {
     let run_id = b.progressed(automation, "frozen").await.claim.run_id();
     b.expire_lease(run_id, Duration::from_secs(1)).await;
-    let reaped = sweeps::Reaper
-        .run_once(Pass::new(&b.store, leader, &config(), None))
-        .await
-        .expect("reap");
+    let reaped = pass(b, sweeps::Reaper, leader, None).await;
     assert_eq!(reaped.stale_reaped, 1);
     let row = b.row(run_id).await;
     assert_eq!(
@@ -89,6 +86,20 @@ where
     for now in [horizon - ms(1), horizon] {
         assert_eq!(pass(now).await, O::default(), "{what}at {now}");
     }
+}
+
+/// One pass of `sweep` under `leader` with the default settings, at `now` (the database's clock
+/// when `None`), which must not fail.
+async fn pass<S: Sweep>(
+    b: &Bundle,
+    sweep: S,
+    leader: &Leadership,
+    now: Option<DateTime<Utc>>,
+) -> S::Outcome {
+    sweep
+        .run_once(Pass::new(&b.store, leader, &config(), now))
+        .await
+        .unwrap_or_else(|e| panic!("{} pass: {e}", S::NAME))
 }
 
 /// The default sweep settings, checked.

@@ -12,7 +12,7 @@ use leasehold_core::run::NodeStatus;
 use leasehold_core::store::ReapParams;
 use leasehold_testkit::fixtures::LEASE;
 
-use super::{REQUEUED, STALE_REAPED, config, crowd, idle_until, ms, setup_leading};
+use super::{REQUEUED, STALE_REAPED, config, crowd, idle_until, ms, pass, setup_leading};
 
 #[tokio::test]
 async fn reaper_acts_only_once_a_lease_has_expired() {
@@ -41,21 +41,10 @@ async fn reaper_acts_only_once_a_lease_has_expired() {
     for (run_id, want) in [(idle, requeued), (busy, stale_reaped)] {
         let expires = b.lease_expiry(run_id).await;
         idle_until(expires, &format!("{run_id} "), async |now| {
-            Reaper
-                .run_once(Pass::new(&b.store, &leader, &config(), Some(now)))
-                .await
-                .expect("reap")
+            pass(&b, Reaper, &leader, Some(now)).await
         })
         .await;
-        let outcome = Reaper
-            .run_once(Pass::new(
-                &b.store,
-                &leader,
-                &config(),
-                Some(expires + ms(1)),
-            ))
-            .await
-            .expect("reap");
+        let outcome = pass(&b, Reaper, &leader, Some(expires + ms(1))).await;
         assert_eq!(outcome, want, "{run_id} expired by 1 ms");
     }
     let row = b.row(idle).await;
@@ -110,10 +99,7 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
     assert!(moved.is_empty());
 
     let later = Utc::now() + chrono::TimeDelta::seconds(5);
-    let outcome = Reaper
-        .run_once(Pass::new(&b.store, &leader, &config(), Some(later)))
-        .await
-        .expect("reap");
+    let outcome = pass(&b, Reaper, &leader, Some(later)).await;
     assert_eq!(outcome, ReapOutcome::default());
     assert_eq!(b.row(live).await.status, "running");
     assert_eq!(b.row(live).await.claimant_id.as_deref(), Some("w"));
