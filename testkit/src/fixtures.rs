@@ -20,7 +20,7 @@ use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, RunId, TenantId};
 use leasehold_core::run::{self, Checkpoint, RunStatus};
 use leasehold_core::spec::{self, Spec};
 use leasehold_core::store::{
-    ClaimedRun, Event, Leadership, NodeRecord, RunRecord, StartRun, Store, Trigger,
+    ClaimedRun, Event, Leadership, NodeRecord, RunRecord, StartRun, Store, Trigger, WorkerInfo,
 };
 use tokio::net::TcpListener;
 use tokio_postgres::NoTls;
@@ -170,6 +170,19 @@ pub fn start_request(tenant: &TenantId, automation: &AutomationId) -> StartRun {
         concurrency_key: None,
         idempotency_key: None,
         trigger: Trigger::Api,
+    }
+}
+
+/// A worker's registration: `claimant` on `host`, pid 42, running `version`, with capacity 4
+/// and the `noop` kind.
+pub fn worker_info(claimant: &str, host: &str, version: &str) -> WorkerInfo {
+    WorkerInfo {
+        claimant_id: ClaimantId::from(claimant),
+        host: host.into(),
+        pid: 42,
+        version: version.into(),
+        capacity: 4,
+        handlers: vec!["noop".into()],
     }
 }
 

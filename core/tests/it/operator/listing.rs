@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leasehold_core::ids::{ClaimantId, TenantId};
+use leasehold_core::ids::TenantId;
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Cursor, PageRequest, RequestError, RunFilter, RunRecord, WorkerInfo};
-use leasehold_testkit::fixtures::{Bundle, diamond, setup, setup_diamond, setup_run};
+use leasehold_core::store::{Cursor, PageRequest, RequestError, RunFilter, RunRecord};
+use leasehold_testkit::fixtures::{Bundle, diamond, setup, setup_diamond, setup_run, worker_info};
 use uuid::Uuid;
 
 fn ids(runs: &[RunRecord]) -> Vec<Uuid> {
@@ -325,14 +325,7 @@ async fn workers_are_alive_only_within_the_window() {
     let (b, automation) = setup_diamond("workers").await;
     for name in ["w-fresh", "w-silent"] {
         b.store
-            .register_worker(&WorkerInfo {
-                claimant_id: ClaimantId::from(name),
-                host: "host-1".into(),
-                pid: 42,
-                version: "0.1.0".into(),
-                capacity: 4,
-                handlers: vec!["noop".into()],
-            })
+            .register_worker(&worker_info(name, "host-1", "0.1.0"))
             .await
             .expect("register");
     }
