@@ -14,6 +14,15 @@ use leasehold_testkit::fixtures::LEASE;
 
 use super::{REQUEUED, STALE_REAPED, config, crowd, idle_until, ms, pass, setup_leading};
 
+/// A pass's outcome: how many runs it requeued, stale-reaped and blocked.
+fn reaped(requeued: u64, stale_reaped: u64, blocked: u64) -> ReapOutcome {
+    ReapOutcome {
+        requeued,
+        stale_reaped,
+        blocked,
+    }
+}
+
 #[tokio::test]
 async fn reaper_acts_only_once_a_lease_has_expired() {
     let (b, leader, automation) = setup_leading("horizon").await;
@@ -30,15 +39,7 @@ async fn reaper_acts_only_once_a_lease_has_expired() {
         .await
         .expect("push the lease out");
 
-    let requeued = ReapOutcome {
-        requeued: 1,
-        ..ReapOutcome::default()
-    };
-    let stale_reaped = ReapOutcome {
-        stale_reaped: 1,
-        ..ReapOutcome::default()
-    };
-    for (run_id, want) in [(idle, requeued), (busy, stale_reaped)] {
+    for (run_id, want) in [(idle, reaped(1, 0, 0)), (busy, reaped(0, 1, 0))] {
         let expires = b.lease_expiry(run_id).await;
         idle_until(expires, &format!("{run_id} "), async |now| {
             pass(&b, Reaper, &leader, Some(now)).await
@@ -128,15 +129,7 @@ async fn reaper_blocks_a_run_whose_claims_keep_expiring() {
                 .expect("reap"),
         );
     }
-    let requeued = ReapOutcome {
-        requeued: 1,
-        ..ReapOutcome::default()
-    };
-    let blocked = ReapOutcome {
-        blocked: 1,
-        ..ReapOutcome::default()
-    };
-    assert_eq!(outcomes, vec![requeued, blocked]);
+    assert_eq!(outcomes, vec![reaped(1, 0, 0), reaped(0, 0, 1)]);
     let row = b.row(run_id).await;
     assert_eq!(
         (row.status.as_str(), row.stop_kind.as_deref()),
