@@ -11,7 +11,7 @@ use leasehold_testkit::fixtures::{Bundle, LEASE, gated, node, setup};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{check_step, checkpoint_nodes, complete, decision, ready_now, to_gate};
+use super::{check_step, checkpoint_nodes, complete, decision, ready_now, stepped, to_gate};
 
 /// [`setup`] with one run of a `gated` automation named `automation` taken to its gate; returns
 /// the run and the gate.
@@ -222,14 +222,7 @@ async fn approving_a_gate_requeues_its_run_and_a_repeat_gets_the_same_answer() {
         approved
     );
 
-    let run = b.run(run_id).await;
-    let event = b.last_event(run_id).await;
-    check_step(
-        RunStatus::AwaitingApproval,
-        Transition::Approve,
-        run.status,
-        &event.event,
-    );
+    let (run, event) = stepped(&b, run_id, RunStatus::AwaitingApproval, Transition::Approve).await;
     assert_eq!(run.queue_reason.as_deref(), Some("gate_approved"));
     assert_eq!(event.node_id, Some(node("gate")));
     assert_eq!(event.metadata["gate_id"], gate_id.to_string());
@@ -469,14 +462,7 @@ async fn a_cancel_decision_cancels_the_run() {
         .expect("cancel");
     assert_eq!(gate.status, GateStatus::Cancelled);
 
-    let run = b.run(run_id).await;
-    let event = b.last_event(run_id).await;
-    check_step(
-        RunStatus::AwaitingApproval,
-        Transition::Cancel,
-        run.status,
-        &event.event,
-    );
+    let (run, event) = stepped(&b, run_id, RunStatus::AwaitingApproval, Transition::Cancel).await;
     assert_eq!(run.stop_kind.as_deref(), Some("cancelled"));
     assert_eq!(run.stop_reason.as_deref(), Some("wrong customer"));
     assert!(run.finished_at.is_some());
