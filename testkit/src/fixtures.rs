@@ -291,6 +291,22 @@ impl Bundle {
         claimed
     }
 
+    /// Pauses a run of the bundle's tenant, as an operator does, for `reason`.
+    pub async fn pause(&self, run_id: RunId, reason: &str) {
+        self.store
+            .pause_run(&self.tenant, run_id, reason)
+            .await
+            .expect("pause");
+    }
+
+    /// Cancels a run of the bundle's tenant, as an operator does, for `reason`.
+    pub async fn cancel(&self, run_id: RunId, reason: &str) {
+        self.store
+            .cancel_run(&self.tenant, run_id, reason)
+            .await
+            .expect("cancel");
+    }
+
     /// Takes the role `name` for `holder`, asserting that it was free.
     pub async fn leader_of(&self, name: &str, holder: &str) -> Leadership {
         self.store

@@ -41,14 +41,8 @@ async fn one_batch_answers_each_start_by_its_own_claim() {
     let other = b.claim_one("w").await.claim;
     let cancelled = b.claim_one("w").await.claim;
     let pausing = b.claim_one("w").await.claim;
-    b.store
-        .cancel_run(&b.tenant, cancelled.run_id(), "test")
-        .await
-        .expect("cancel");
-    b.store
-        .pause_run(&b.tenant, pausing.run_id(), "test")
-        .await
-        .expect("pause");
+    b.cancel(cancelled.run_id(), "test").await;
+    b.pause(pausing.run_id(), "test").await;
 
     let answers = b
         .store
@@ -180,10 +174,7 @@ async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_
         assert_eq!(answer.expect("start"), 1);
     }
     let stale = claims[2];
-    b.store
-        .cancel_run(&b.tenant, stale.run_id(), "test")
-        .await
-        .expect("cancel");
+    b.cancel(stale.run_id(), "test").await;
 
     let completions: Vec<NodeCompletion> =
         claims.iter().map(|c| completion(*c, "a", false)).collect();

@@ -418,10 +418,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
         .await
         .expect("start");
 
-    b.store
-        .cancel_run(&b.tenant, run_id, "user asked")
-        .await
-        .expect("cancel");
+    b.cancel(run_id, "user asked").await;
     assert_lease_lost(
         &b.store
             .node_failed(&claim, &node("a"), "timeout", true)
@@ -505,10 +502,7 @@ async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
         .map(|c| c.claim)
         .collect();
     let cancelled = claims[1].run_id();
-    b.store
-        .cancel_run(&b.tenant, cancelled, "stop")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled, "stop").await;
 
     let beat = b.store.heartbeat(&claims, LEASE).await.expect("heartbeat");
     assert_eq!(beat.lost, vec![claims[1]]);
@@ -713,10 +707,7 @@ async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
         .await
         .expect("claim");
     b.expire_lease(cancelled, Duration::from_secs(60)).await;
-    b.store
-        .cancel_run(&b.tenant, cancelled, "stop")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled, "stop").await;
 
     let now = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
     assert_eq!(reap(&b, now).await, (vec![], vec![], vec![]));
@@ -838,10 +829,7 @@ async fn runs_sharing_a_concurrency_key_are_never_held_at_once() {
     );
 
     // Once the holder finishes, the next run of the key is claimable.
-    b.store
-        .cancel_run(&b.tenant, started[0], "done")
-        .await
-        .expect("end");
+    b.cancel(started[0], "done").await;
     let next = b.claim_one("w").await;
     assert_eq!(next.claim.run_id(), started[1]);
 }

@@ -30,10 +30,7 @@ async fn a_paused_former_leader_changes_nothing() {
     b.claim_one("idle").await;
     let busy = b.progressed(&automation, "busy").await.claim.run_id();
     let pausing = b.progressed(&automation, "pauser").await;
-    b.store
-        .pause_run(&b.tenant, pausing.claim.run_id(), "hold on")
-        .await
-        .expect("pause");
+    b.pause(pausing.claim.run_id(), "hold on").await;
     let gated = b.progressed(&automation, "gated").await;
     b.store
         .node_completed(&gated.claim, &NodeId::from("a"), &serde_json::json!(1))

@@ -10,10 +10,7 @@ use super::{idle_until, ms, pass, setup_leading};
 async fn a_pausing_run_whose_holder_died_is_settled_into_paused() {
     let (b, leader, automation) = setup_leading("pausing").await;
     let run_id = b.progressed(&automation, "dying").await.claim.run_id();
-    b.store
-        .pause_run(&b.tenant, run_id, "maintenance")
-        .await
-        .expect("pause");
+    b.pause(run_id, "maintenance").await;
     assert_eq!(b.row(run_id).await.status, "pausing");
     let expires = b.lease_expiry(run_id).await;
 

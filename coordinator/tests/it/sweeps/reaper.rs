@@ -72,10 +72,7 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
         .await;
     b.expire_lease(cancelled_meanwhile, Duration::from_secs(60))
         .await;
-    b.store
-        .cancel_run(&b.tenant, cancelled_before, "stop")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled_before, "stop").await;
 
     // Cancelled between the reaper's read and its write: the write re-checks and changes nothing.
     let params = ReapParams {
@@ -88,10 +85,7 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
         expired.iter().map(|v| v.run_id).collect::<Vec<_>>(),
         vec![cancelled_meanwhile]
     );
-    b.store
-        .cancel_run(&b.tenant, cancelled_meanwhile, "stop")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled_meanwhile, "stop").await;
     let moved = b
         .store
         .requeue_expired_as_leader(&leader, &expired, &params)

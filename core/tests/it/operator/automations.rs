@@ -159,10 +159,7 @@ async fn deleting_an_automation_takes_its_finished_runs_and_their_history() {
         .await
         .expect("cancel at the gate");
     let cancelled = b.start(&automation).await;
-    b.store
-        .cancel_run(&b.tenant, cancelled, "not needed")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled, "not needed").await;
     let kept = b.start(&keep).await;
 
     let deleted = b

@@ -12,10 +12,7 @@ use super::{checkpoint_nodes, complete, fail, ready_now, stepped};
 #[tokio::test]
 async fn resume_requeues_an_operator_paused_run() {
     let (b, _, run_id) = setup_run("pausable").await;
-    b.store
-        .pause_run(&b.tenant, run_id, "hold on")
-        .await
-        .expect("pause");
+    b.pause(run_id, "hold on").await;
     assert_eq!(
         b.run(run_id).await.stop_kind.as_deref(),
         Some("operator_paused")

@@ -479,10 +479,7 @@ async fn a_cancel_decision_cancels_the_run() {
 #[tokio::test]
 async fn a_gate_of_a_paused_run_is_refused_and_asked_again_after_resume() {
     let (b, run_id, gate_id) = setup_gate("paused-gate").await;
-    b.store
-        .pause_run(&b.tenant, run_id, "wait")
-        .await
-        .expect("pause");
+    b.pause(run_id, "wait").await;
     let refused = b
         .store
         .decide_gate(&b.tenant, &decision(gate_id, DecisionKind::Approve, "a-1"))
@@ -524,10 +521,7 @@ async fn a_gate_of_a_paused_run_is_refused_and_asked_again_after_resume() {
     assert_ne!(asked, gate_id);
 
     // A cancel decision also settles a run paused at its gate.
-    b.store
-        .pause_run(&b.tenant, run_id, "wait again")
-        .await
-        .expect("pause");
+    b.pause(run_id, "wait again").await;
     b.store
         .decide_gate(&b.tenant, &decision(asked, DecisionKind::Cancel, "c-1"))
         .await

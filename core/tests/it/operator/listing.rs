@@ -254,10 +254,7 @@ async fn stats_count_one_tenants_runs_and_its_due_backlog() {
     let backoff = b.start(&automation).await;
     let paused = b.start(&automation).await;
     assert_eq!(b.claim_one("w1").await.claim.run_id(), held);
-    b.store
-        .pause_run(&b.tenant, paused, "hold")
-        .await
-        .expect("pause");
+    b.pause(paused, "hold").await;
     b.update_run(waiting, "queued_at = now() - interval '90 seconds'")
         .await;
     // Waiting in backoff for an hour: queued but not due.
