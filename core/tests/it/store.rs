@@ -110,32 +110,16 @@ async fn automation_versions_are_immutable_and_runs_pin_theirs() {
     let automation = AutomationId::from("report");
     let pinned_v1 = b.start(&automation).await;
 
-    // Re-applying the same spec, keys in any order, adds no version.
-    let same = b
-        .store
-        .apply_automation(&b.tenant, &v1)
-        .await
-        .expect("apply");
-    assert_eq!(
-        same,
-        Stored {
-            version: 1,
-            created: false
-        }
-    );
     let v2 = spec("id: report\nnodes:\n  - {id: only, kind: echo, input: {x: 1}}\n");
-    let stored = b
-        .store
-        .apply_automation(&b.tenant, &v2)
-        .await
-        .expect("apply v2");
-    assert_eq!(
-        stored,
-        Stored {
-            version: 2,
-            created: true
-        }
-    );
+    // Re-applying the same spec, keys in any order, adds no version; a new spec adds one.
+    for (spec, version, created) in [(&v1, 1, false), (&v2, 2, true)] {
+        let stored = b
+            .store
+            .apply_automation(&b.tenant, spec)
+            .await
+            .expect("apply");
+        assert_eq!(stored, Stored { version, created });
+    }
     let pinned_v2 = b.start(&automation).await;
 
     let run1 = b.run(pinned_v1).await;
