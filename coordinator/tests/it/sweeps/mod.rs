@@ -135,6 +135,14 @@ struct Coordinator {
     task: tokio::task::JoinHandle<Result<(), sweeps::ConfigError>>,
 }
 
+impl Coordinator {
+    /// Stops the coordinator and waits for its loop, which must end without an error.
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.expect("coordinator task").expect("valid");
+    }
+}
+
 fn spawn_coordinator(b: &Bundle, holder: &str, config: Config) -> Coordinator {
     let cancel = CancellationToken::new();
     let task = tokio::spawn(sweeps::run(
