@@ -20,7 +20,8 @@ use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, RunId, TenantId};
 use leasehold_core::run::{self, Checkpoint, RunStatus};
 use leasehold_core::spec::{self, Spec};
 use leasehold_core::store::{
-    ClaimedRun, Event, Leadership, NodeRecord, RunRecord, StartRun, Store, Trigger, WorkerInfo,
+    AutomationRecord, ClaimedRun, Event, Leadership, NodeRecord, RunRecord, StartRun, Store,
+    Trigger, WorkerInfo,
 };
 use tokio::net::TcpListener;
 use tokio_postgres::NoTls;
@@ -229,6 +230,18 @@ impl Bundle {
     /// Stores the [`diamond`] named `id`.
     pub async fn diamond(&self, id: &str) -> AutomationId {
         self.create(&diamond(id)).await
+    }
+
+    /// Pauses (or activates) `automation`; returns it as stored.
+    pub async fn set_automation_paused(
+        &self,
+        automation: &AutomationId,
+        paused: bool,
+    ) -> AutomationRecord {
+        self.store
+            .set_automation_status(&self.tenant, automation, paused)
+            .await
+            .expect("set the automation's status")
     }
 
     /// A request to start a run of `automation` with no inputs, keys or priority.

@@ -99,10 +99,7 @@ async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
     assert_eq!(b.count("SELECT count(*) FROM runs").await, 3);
 
     // A repeated key still returns its run after the automation was paused.
-    b.store
-        .set_automation_status(&b.tenant, &automation, true)
-        .await
-        .expect("pause");
+    b.set_automation_paused(&automation, true).await;
     let again = b
         .store
         .start_runs(&[keyed(&b, &automation, "k-new", 2)])
@@ -130,32 +127,31 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         other => panic!("{what}: expected InBatch, got {other:?}"),
     };
 
-    let conflict = b
-        .store
-        .start_runs(&[
-            b.start_request(&automation),
-            keyed(&b, &automation, "used", 2),
-        ])
-        .await;
-    let source = check(conflict, 1, "a key used with another request");
-    assert!(
-        matches!(source, RequestError::IdempotencyConflict { .. }),
-        "{source}"
-    );
-
-    let in_batch = b
-        .store
-        .start_runs(&[
-            keyed(&b, &automation, "twice", 1),
-            b.start_request(&automation),
-            keyed(&b, &automation, "twice", 2),
-        ])
-        .await;
-    let source = check(in_batch, 2, "one key, two requests, one batch");
-    assert!(
-        matches!(source, RequestError::IdempotencyConflict { .. }),
-        "{source}"
-    );
+    for (requests, index, what) in [
+        (
+            vec![
+                b.start_request(&automation),
+                keyed(&b, &automation, "used", 2),
+            ],
+            1,
+            "a key used with another request",
+        ),
+        (
+            vec![
+                keyed(&b, &automation, "twice", 1),
+                b.start_request(&automation),
+                keyed(&b, &automation, "twice", 2),
+            ],
+            2,
+            "one key, two requests, one batch",
+        ),
+    ] {
+        let source = check(b.store.start_runs(&requests).await, index, what);
+        assert!(
+            matches!(source, RequestError::IdempotencyConflict { .. }),
+            "{source}"
+        );
+    }
 
     let missing = b
         .store
@@ -171,10 +167,7 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
     );
 
     let paused = b.diamond("paused").await;
-    b.store
-        .set_automation_status(&b.tenant, &paused, true)
-        .await
-        .expect("pause");
+    b.set_automation_paused(&paused, true).await;
     let held = b
         .store
         .start_runs(&[b.start_request(&automation), b.start_request(&paused)])

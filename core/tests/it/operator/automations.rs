@@ -2,21 +2,11 @@
 
 use leasehold_core::ids::{AutomationId, TenantId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{
-    AutomationRecord, AutomationStatus, DecisionKind, PageRequest, RequestError,
-};
+use leasehold_core::store::{AutomationStatus, DecisionKind, PageRequest, RequestError};
 use leasehold_testkit::fixtures::{Bundle, diamond, gated, setup, spec};
 use uuid::Uuid;
 
 use super::{complete, decision, fail, to_gate};
-
-/// Pauses (or activates) the automation `id`; returns it as stored.
-async fn set_paused(b: &Bundle, id: &AutomationId, paused: bool) -> AutomationRecord {
-    b.store
-        .set_automation_status(&b.tenant, id, paused)
-        .await
-        .expect("set the automation's status")
-}
 
 async fn count(b: &Bundle, sql: &str, run_ids: &[Uuid]) -> i64 {
     b.sql
@@ -74,16 +64,16 @@ async fn automations_are_read_listed_and_paused() {
     assert!(second.next.is_none(), "the last page says so");
 
     // Paused: starts no runs; pausing again changes nothing; activating starts runs again.
-    let paused = set_paused(&b, &beta, true).await;
+    let paused = b.set_automation_paused(&beta, true).await;
     assert_eq!(paused.status, AutomationStatus::Paused);
     assert!(paused.updated_at >= read.updated_at);
     assert!(matches!(
         b.store.start_run(&b.start_request(&beta)).await,
         Err(RequestError::AutomationPaused(_))
     ));
-    let again = set_paused(&b, &beta, true).await;
+    let again = b.set_automation_paused(&beta, true).await;
     assert_eq!(again, paused, "a repeated pause is a no-op");
-    let active = set_paused(&b, &beta, false).await;
+    let active = b.set_automation_paused(&beta, false).await;
     assert_eq!(active.status, AutomationStatus::Active);
     b.start(&beta).await;
 
