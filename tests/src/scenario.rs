@@ -165,9 +165,44 @@ pub async fn bounded<F: Future>(scenario: &str, limit: Duration, body: F) -> F::
     }
 }
 
+/// The spec `id`: a chain of `nodes` nodes (`a`, `b`, …, at most 26), each of `kind` with
+/// `input` (a YAML flow mapping), each depending on the one before.
+///
+/// # Panics
+/// If `nodes` is more than 26.
+pub fn chain(id: &str, nodes: u8, kind: &str, input: &str) -> String {
+    assert!(nodes <= 26, "a chain has at most 26 nodes");
+    let mut yaml = format!("id: {id}\nnodes:\n");
+    let mut before = None;
+    for node in (b'a'..b'a' + nodes).map(char::from) {
+        let depends = before
+            .map(|b| format!(", depends_on: [{b}]"))
+            .unwrap_or_default();
+        yaml.push_str(&format!(
+            "  - {{id: {node}, kind: {kind}, input: {input}{depends}}}\n"
+        ));
+        before = Some(node);
+    }
+    yaml
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_depends_on_the_node_before() {
+        assert_eq!(
+            chain("crash", 3, "sleep", "{ms: 1500}"),
+            "\
+id: crash
+nodes:
+  - {id: a, kind: sleep, input: {ms: 1500}}
+  - {id: b, kind: sleep, input: {ms: 1500}, depends_on: [a]}
+  - {id: c, kind: sleep, input: {ms: 1500}, depends_on: [b]}
+"
+        );
+    }
 
     #[test]
     fn a_line_reads_like_the_issue_asks() {
