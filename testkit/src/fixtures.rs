@@ -279,6 +279,14 @@ impl Bundle {
             .expect("queue runs");
     }
 
+    /// Claims up to `n` due runs for `claimant`, for [`LEASE`].
+    pub async fn claim(&self, claimant: &str, n: usize) -> Vec<ClaimedRun> {
+        self.store
+            .claim_runs(&ClaimantId::from(claimant), n, LEASE)
+            .await
+            .expect("claim")
+    }
+
     /// Claims exactly one run, asserting that one was due.
     pub async fn claim_one(&self, claimant: &str) -> ClaimedRun {
         claim_one(&self.store, claimant).await

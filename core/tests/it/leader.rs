@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use leasehold_core::ids::{ClaimantId, RunId};
+use leasehold_core::ids::RunId;
 use leasehold_core::lease::{self, LeaseView};
 use leasehold_core::store::{LeaderEpoch, Leadership, ReapParams};
-use leasehold_testkit::fixtures::{Bundle, LEADER_LEASE, LEASE, setup, setup_run};
+use leasehold_testkit::fixtures::{Bundle, LEADER_LEASE, setup, setup_run};
 
 const ROLE: &str = "sweeps";
 
@@ -104,10 +104,7 @@ async fn roles_are_independent() {
 #[tokio::test]
 async fn sweep_writes_of_a_superseded_or_lapsed_leadership_change_nothing() {
     let (b, _, run_id) = setup_run("fenced-sweeps").await;
-    b.store
-        .claim_runs(&ClaimantId::from("dead"), 1, LEASE)
-        .await
-        .expect("claim");
+    b.claim("dead", 1).await;
     b.expire_lease(run_id, Duration::from_secs(60)).await;
     let params = ReapParams {
         now: None,

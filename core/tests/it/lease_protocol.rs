@@ -93,10 +93,8 @@ async fn claims_take_highest_priority_then_oldest() {
     let low_new = b.start(&automation).await;
 
     let order: Vec<RunId> = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), 10, LEASE)
+        .claim("w", 10)
         .await
-        .expect("claim")
         .iter()
         .map(|c| c.claim.run_id())
         .collect();
@@ -432,11 +430,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
     let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Cancelled);
     assert_eq!(run.retry_after, None);
-    let claimed = b
-        .store
-        .claim_runs(&ClaimantId::from("w2"), 10, LEASE)
-        .await
-        .expect("claim");
+    let claimed = b.claim("w2", 10).await;
     assert!(claimed.is_empty());
 }
 
@@ -702,10 +696,7 @@ async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attem
 async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
     let (b, automation, live) = setup_run("alive").await;
     let cancelled = b.start(&automation).await;
-    b.store
-        .claim_runs(&ClaimantId::from("w"), 2, LEASE)
-        .await
-        .expect("claim");
+    b.claim("w", 2).await;
     b.expire_lease(cancelled, Duration::from_secs(60)).await;
     b.cancel(cancelled, "stop").await;
 
@@ -734,13 +725,7 @@ async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
     let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Blocked);
     assert_eq!(run.stop_kind.as_deref(), Some("poisoned"));
-    assert!(
-        b.store
-            .claim_runs(&ClaimantId::from("w"), 1, LEASE)
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    assert!(b.claim("w", 1).await.is_empty());
 }
 
 /// A repeat of `node_started` that waited behind the first (still in flight when its

@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use leasehold_coordinator::sweeps::{self, Config};
 use leasehold_coordinator::sweeps::{Pass, Sweep};
-use leasehold_core::ids::{AutomationId, ClaimantId, RunId};
+use leasehold_core::ids::{AutomationId, RunId};
 use leasehold_core::store::Leadership;
-use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup};
+use leasehold_testkit::fixtures::{Bundle, node, setup};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -61,11 +61,7 @@ async fn crowd(automation: &str, n: usize) -> (Bundle, Vec<RunId>) {
     for _ in 0..n {
         runs.push(b.start(&automation).await);
     }
-    let claimed = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), n, LEASE)
-        .await
-        .expect("claim");
+    let claimed = b.claim("w", n).await;
     assert_eq!(claimed.len(), n);
     for c in claimed.iter().step_by(2) {
         b.store

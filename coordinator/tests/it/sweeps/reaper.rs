@@ -6,11 +6,9 @@ use std::time::Duration;
 use chrono::Utc;
 use leasehold_coordinator::sweeps::{Config, ReapOutcome};
 use leasehold_coordinator::sweeps::{Pass, Reaper, Sweep};
-use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
 use leasehold_core::run::NodeStatus;
 use leasehold_core::store::ReapParams;
-use leasehold_testkit::fixtures::LEASE;
 
 use super::{REQUEUED, STALE_REAPED, config, crowd, idle_until, ms, pass, setup_leading};
 
@@ -64,10 +62,7 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
     let live = b.start(&automation).await;
     let cancelled_before = b.start(&automation).await;
     let cancelled_meanwhile = b.start(&automation).await;
-    b.store
-        .claim_runs(&ClaimantId::from("w"), 3, LEASE)
-        .await
-        .expect("claim");
+    b.claim("w", 3).await;
     b.expire_lease(cancelled_before, Duration::from_secs(60))
         .await;
     b.expire_lease(cancelled_meanwhile, Duration::from_secs(60))

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use leasehold_core::ids::{ClaimantId, RunId, TenantId};
+use leasehold_core::ids::{RunId, TenantId};
 use leasehold_core::run::{self, RunStatus, Transition};
 use leasehold_core::store::{
     Decision, DecisionKind, GateRecord, GateStatus, PageRequest, RequestError,
 };
-use leasehold_testkit::fixtures::{Bundle, LEASE, gated, node, setup};
+use leasehold_testkit::fixtures::{Bundle, gated, node, setup};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -467,13 +467,7 @@ async fn a_cancel_decision_cancels_the_run() {
     assert_eq!(run.stop_reason.as_deref(), Some("wrong customer"));
     assert!(run.finished_at.is_some());
     assert_eq!(event.stop_kind.as_deref(), Some("cancelled"));
-    assert!(
-        b.store
-            .claim_runs(&ClaimantId::from("w2"), 10, LEASE)
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    assert!(b.claim("w2", 10).await.is_empty());
 }
 
 #[tokio::test]
