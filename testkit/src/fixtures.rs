@@ -20,7 +20,8 @@ use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, RunId, TenantId};
 use leasehold_core::run::{self, Checkpoint, RunStatus};
 use leasehold_core::spec::{self, Spec};
 use leasehold_core::store::{
-    ClaimedRun, Event, Leadership, NodeRecord, RunRecord, StartRun, Store, Trigger,
+    AutomationRecord, ClaimedRun, Event, Leadership, NodeRecord, RunRecord, StartRun, Store,
+    Trigger, WorkerInfo,
 };
 use tokio::net::TcpListener;
 use tokio_postgres::NoTls;
@@ -50,11 +51,16 @@ pub async fn setup() -> Bundle {
     setup_with(|url| Store::connect_unchecked(url, 16)).await
 }
 
-/// [`setup`], with the [`diamond`] named `automation` stored and one run of it queued: where most
-/// store tests start.
-pub async fn setup_run(automation: &str) -> (Bundle, AutomationId, RunId) {
+/// [`setup`], with the [`diamond`] named `automation` stored.
+pub async fn setup_diamond(automation: &str) -> (Bundle, AutomationId) {
     let b = setup().await;
     let automation = b.diamond(automation).await;
+    (b, automation)
+}
+
+/// [`setup_diamond`], with one run of it queued: where most store tests start.
+pub async fn setup_run(automation: &str) -> (Bundle, AutomationId, RunId) {
+    let (b, automation) = setup_diamond(automation).await;
     let run_id = b.start(&automation).await;
     (b, automation, run_id)
 }
@@ -119,11 +125,16 @@ pub fn spec(yaml: &str) -> Spec {
 
 /// a → {b, c} → d, all `noop`.
 pub fn diamond(id: &str) -> Spec {
+    diamond_with(id, "")
+}
+
+/// The diamond, with `b_fields` (starting with a comma) added to node `b`.
+fn diamond_with(id: &str, b_fields: &str) -> Spec {
     spec(&format!(
         "id: {id}
 nodes:
   - {{id: a, kind: noop}}
-  - {{id: b, kind: noop, depends_on: [a]}}
+  - {{id: b, kind: noop, depends_on: [a]{b_fields}}}
   - {{id: c, kind: noop, depends_on: [a]}}
   - {{id: d, kind: noop, depends_on: [b, c]}}
 "
@@ -146,15 +157,34 @@ nodes:
 
 /// The diamond, with `b` allowed a single attempt.
 pub fn fragile(id: &str) -> Spec {
-    spec(&format!(
-        "id: {id}
-nodes:
-  - {{id: a, kind: noop}}
-  - {{id: b, kind: noop, depends_on: [a], max_attempts: 1}}
-  - {{id: c, kind: noop, depends_on: [a]}}
-  - {{id: d, kind: noop, depends_on: [b, c]}}
-"
-    ))
+    diamond_with(id, ", max_attempts: 1")
+}
+
+/// A request to start a run of `tenant`'s `automation` with no inputs, keys or priority, by the
+/// API.
+pub fn start_request(tenant: &TenantId, automation: &AutomationId) -> StartRun {
+    StartRun {
+        tenant: tenant.clone(),
+        automation_id: automation.clone(),
+        inputs: serde_json::json!({}),
+        priority: 0,
+        concurrency_key: None,
+        idempotency_key: None,
+        trigger: Trigger::Api,
+    }
+}
+
+/// A worker's registration: `claimant` on `host`, pid 42, running `version`, with capacity 4
+/// and the `noop` kind.
+pub fn worker_info(claimant: &str, host: &str, version: &str) -> WorkerInfo {
+    WorkerInfo {
+        claimant_id: ClaimantId::from(claimant),
+        host: host.into(),
+        pid: 42,
+        version: version.into(),
+        capacity: 4,
+        handlers: vec!["noop".into()],
+    }
 }
 
 /// A node id.
@@ -202,17 +232,21 @@ impl Bundle {
         self.create(&diamond(id)).await
     }
 
+    /// Pauses (or activates) `automation`; returns it as stored.
+    pub async fn set_automation_paused(
+        &self,
+        automation: &AutomationId,
+        paused: bool,
+    ) -> AutomationRecord {
+        self.store
+            .set_automation_status(&self.tenant, automation, paused)
+            .await
+            .expect("set the automation's status")
+    }
+
     /// A request to start a run of `automation` with no inputs, keys or priority.
     pub fn start_request(&self, automation: &AutomationId) -> StartRun {
-        StartRun {
-            tenant: self.tenant.clone(),
-            automation_id: automation.clone(),
-            inputs: serde_json::json!({}),
-            priority: 0,
-            concurrency_key: None,
-            idempotency_key: None,
-            trigger: Trigger::Api,
-        }
+        start_request(&self.tenant, automation)
     }
 
     /// Starts a run of `automation`.
@@ -222,6 +256,15 @@ impl Bundle {
             .await
             .expect("start run")
             .run_id
+    }
+
+    /// Starts `n` runs of `automation`, one after another; their ids in that order.
+    pub async fn start_many(&self, automation: &AutomationId, n: usize) -> Vec<RunId> {
+        let mut run_ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            run_ids.push(self.start(automation).await);
+        }
+        run_ids
     }
 
     /// Queues `n` runs in one statement; starting them one by one would dominate the test.
@@ -234,6 +277,14 @@ impl Bundle {
             )
             .await
             .expect("queue runs");
+    }
+
+    /// Claims up to `n` due runs for `claimant`, for [`LEASE`].
+    pub async fn claim(&self, claimant: &str, n: usize) -> Vec<ClaimedRun> {
+        self.store
+            .claim_runs(&ClaimantId::from(claimant), n, LEASE)
+            .await
+            .expect("claim")
     }
 
     /// Claims exactly one run, asserting that one was due.
@@ -259,6 +310,22 @@ impl Bundle {
             .await
             .expect("start node a");
         claimed
+    }
+
+    /// Pauses a run of the bundle's tenant, as an operator does, for `reason`.
+    pub async fn pause(&self, run_id: RunId, reason: &str) {
+        self.store
+            .pause_run(&self.tenant, run_id, reason)
+            .await
+            .expect("pause");
+    }
+
+    /// Cancels a run of the bundle's tenant, as an operator does, for `reason`.
+    pub async fn cancel(&self, run_id: RunId, reason: &str) {
+        self.store
+            .cancel_run(&self.tenant, run_id, reason)
+            .await
+            .expect("cancel");
     }
 
     /// Takes the role `name` for `holder`, asserting that it was free.
@@ -359,6 +426,15 @@ impl Bundle {
     /// The run's last event.
     pub async fn last_event(&self, run_id: RunId) -> Event {
         self.events(run_id).await.pop().expect("an event")
+    }
+
+    /// The count a `SELECT count(*) …` statement without parameters returns.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.sql
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("count: {sql}: {e}"))
+            .get(0)
     }
 
     /// The holder and epoch of the role `name`, and when its lease runs out, if anyone took it.

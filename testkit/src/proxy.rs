@@ -463,6 +463,17 @@ mod tests {
         assert_eq!(framer.first_result(&message(b'2', b"")[..1]), Some(0));
     }
 
+    /// Waits, polling every 10 ms for up to 5 s, until `count` is one.
+    async fn wait_for_one(what: &str, count: impl Fn() -> usize) {
+        crate::wait_for_every(
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            what,
+            || async { (count() == 1).then_some(()) },
+        )
+        .await;
+    }
+
     #[tokio::test]
     async fn holds_results_and_a_cut_loses_them() {
         let proxy = Proxy::start(echo().await).await;
@@ -481,13 +492,7 @@ mod tests {
         let mut got = vec![0u8; described.len()];
         s.read_exact(&mut got).await.expect("read");
         assert_eq!(got, described);
-        crate::wait_for_every(
-            Duration::from_secs(5),
-            Duration::from_millis(10),
-            "the result to be held",
-            || async { (proxy.held_chunks() == 1).then_some(()) },
-        )
-        .await;
+        wait_for_one("the result to be held", || proxy.held_chunks()).await;
         assert_eq!(proxy.dropped_chunks(), 0);
 
         proxy.cut();
@@ -498,13 +503,7 @@ mod tests {
             matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
             "the held result never arrives: {closed:?} {rest:?}"
         );
-        crate::wait_for_every(
-            Duration::from_secs(5),
-            Duration::from_millis(10),
-            "the held result to be dropped",
-            || async { (proxy.dropped_chunks() == 1).then_some(()) },
-        )
-        .await;
+        wait_for_one("the held result to be dropped", || proxy.dropped_chunks()).await;
         assert_eq!(proxy.held_chunks(), 0);
     }
 

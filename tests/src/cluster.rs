@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use leasehold_core::ids::{AutomationId, ClaimantId, RunId, TenantId};
 use leasehold_core::spec;
-use leasehold_core::store::{StartRun, Store, Trigger};
+use leasehold_core::store::Store;
 use leasehold_proto::v1::runs_client::RunsClient;
-use leasehold_testkit::TestDb;
+use leasehold_testkit::{TestDb, fixtures};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use serde_json::json;
 use tokio_postgres::Client;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -505,15 +504,7 @@ impl Cluster {
         for _ in 0..n {
             let started = self
                 .store
-                .start_run(&StartRun {
-                    tenant: self.tenant.clone(),
-                    automation_id: automation.clone(),
-                    inputs: json!({}),
-                    priority: 0,
-                    concurrency_key: None,
-                    idempotency_key: None,
-                    trigger: Trigger::Api,
-                })
+                .start_run(&fixtures::start_request(&self.tenant, automation))
                 .await
                 .expect("start run");
             ids.push(started.run_id);

@@ -62,18 +62,27 @@ pub struct Line {
     pub took: Duration,
 }
 
+impl Line {
+    /// The recovery, its bound and the wall time, in seconds.
+    fn seconds(&self) -> (f64, f64, f64) {
+        (secs(self.recovery), secs(self.bound), secs(self.took))
+    }
+}
+
 impl std::fmt::Display for Line {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Line {
+            scenario,
+            runs,
+            lost,
+            double_completed,
+            ..
+        } = self;
+        let (recovery, bound, took) = self.seconds();
         write!(
             f,
-            "scenario {}: runs={} lost={} double-completed={} recovery={:.1}s (bound {:.1}s) took={:.1}s",
-            self.scenario,
-            self.runs,
-            self.lost,
-            self.double_completed,
-            self.recovery.as_secs_f64(),
-            self.bound.as_secs_f64(),
-            self.took.as_secs_f64()
+            "scenario {scenario}: runs={runs} lost={lost} double-completed={double_completed} \
+             recovery={recovery:.1}s (bound {bound:.1}s) took={took:.1}s"
         )
     }
 }
@@ -127,15 +136,10 @@ pub fn summary(lines: &[Line]) -> String {
         "took"
     );
     for l in lines {
+        let (recovery, bound, took) = l.seconds();
         out.push_str(&format!(
-            "{:<16} {:>5} {:>5} {:>17} {:>8.1}s {:>7.1}s {:>6.1}s\n",
-            l.scenario,
-            l.runs,
-            l.lost,
-            l.double_completed,
-            l.recovery.as_secs_f64(),
-            l.bound.as_secs_f64(),
-            l.took.as_secs_f64()
+            "{:<16} {:>5} {:>5} {:>17} {recovery:>8.1}s {bound:>7.1}s {took:>6.1}s\n",
+            l.scenario, l.runs, l.lost, l.double_completed
         ));
     }
     out
@@ -161,9 +165,44 @@ pub async fn bounded<F: Future>(scenario: &str, limit: Duration, body: F) -> F::
     }
 }
 
+/// The spec `id`: a chain of `nodes` nodes (`a`, `b`, …, at most 26), each of `kind` with
+/// `input` (a YAML flow mapping), each depending on the one before.
+///
+/// # Panics
+/// If `nodes` is more than 26.
+pub fn chain(id: &str, nodes: u8, kind: &str, input: &str) -> String {
+    assert!(nodes <= 26, "a chain has at most 26 nodes");
+    let mut yaml = format!("id: {id}\nnodes:\n");
+    let mut before = None;
+    for node in (b'a'..b'a' + nodes).map(char::from) {
+        let depends = before
+            .map(|b| format!(", depends_on: [{b}]"))
+            .unwrap_or_default();
+        yaml.push_str(&format!(
+            "  - {{id: {node}, kind: {kind}, input: {input}{depends}}}\n"
+        ));
+        before = Some(node);
+    }
+    yaml
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_depends_on_the_node_before() {
+        assert_eq!(
+            chain("crash", 3, "sleep", "{ms: 1500}"),
+            "\
+id: crash
+nodes:
+  - {id: a, kind: sleep, input: {ms: 1500}}
+  - {id: b, kind: sleep, input: {ms: 1500}, depends_on: [a]}
+  - {id: c, kind: sleep, input: {ms: 1500}, depends_on: [b]}
+"
+        );
+    }
 
     #[test]
     fn a_line_reads_like_the_issue_asks() {

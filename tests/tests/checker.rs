@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId, RunId, TenantId};
 use leasehold_core::spec;
-use leasehold_core::store::{ClaimedRun, StartRun, Store, Trigger};
+use leasehold_core::store::{ClaimedRun, Store};
 use leasehold_fault_tests::{invariants, ledger};
-use leasehold_testkit::TestDb;
+use leasehold_testkit::{TestDb, fixtures};
 use serde_json::json;
 use tokio_postgres::Client;
 
@@ -47,15 +47,10 @@ impl Bundle {
     /// takes it.
     async fn claimed(&self, claimant: &str) -> ClaimedRun {
         self.store
-            .start_run(&StartRun {
-                tenant: TenantId::default(),
-                automation_id: "checked".into(),
-                inputs: json!({}),
-                priority: 0,
-                concurrency_key: None,
-                idempotency_key: None,
-                trigger: Trigger::Api,
-            })
+            .start_run(&fixtures::start_request(
+                &TenantId::default(),
+                &"checked".into(),
+            ))
             .await
             .expect("start");
         let mut claimed = self

@@ -28,14 +28,9 @@ const CRASH_RUNS: usize = 40;
 /// Long enough nodes that every run is mid-chain across the outage. The built-in `sleep` kind,
 /// not `ledger`: the scenario watches the product's own reconnection, without the ledger's
 /// extra connection in the way.
-const CRASH_SPEC: &str = "\
-id: crash
-nodes:
-  - {id: a, kind: sleep, input: {ms: 1500}}
-  - {id: b, kind: sleep, input: {ms: 1500}, depends_on: [a]}
-  - {id: c, kind: sleep, input: {ms: 1500}, depends_on: [b]}
-  - {id: d, kind: sleep, input: {ms: 1500}, depends_on: [c]}
-";
+fn crash_spec() -> String {
+    scenario::chain("crash", 4, "sleep", "{ms: 1500}")
+}
 
 /// Two coordinators and three workers hold 40 runs; the server is crashed (`pg_ctl stop -m
 /// immediate`), stays down until a coordinator's overall health says NOT_SERVING, and is
@@ -78,7 +73,7 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
         .query_one(TERMINATE, &[])
         .await
         .expect("end the sessions that commit asynchronously");
-    let automation = c.automation(CRASH_SPEC).await;
+    let automation = c.automation(&crash_spec()).await;
     let runs = c.start_runs(&automation, CRASH_RUNS).await;
     c.wait_all(&runs, "running", FINISH_DEADLINE).await;
     let coordinator = c.coordinators()[0];
@@ -161,19 +156,9 @@ const KILLING: Duration = Duration::from_secs(20);
 const KILL_EVERY: Duration = Duration::from_millis(500);
 
 /// Chains long enough to keep every run busy through the killing.
-const KILLED_SPEC: &str = "\
-id: killed
-nodes:
-  - {id: a, kind: ledger, input: {sleep_ms: 2500}}
-  - {id: b, kind: ledger, input: {sleep_ms: 2500}, depends_on: [a]}
-  - {id: c, kind: ledger, input: {sleep_ms: 2500}, depends_on: [b]}
-  - {id: d, kind: ledger, input: {sleep_ms: 2500}, depends_on: [c]}
-  - {id: e, kind: ledger, input: {sleep_ms: 2500}, depends_on: [d]}
-  - {id: f, kind: ledger, input: {sleep_ms: 2500}, depends_on: [e]}
-  - {id: g, kind: ledger, input: {sleep_ms: 2500}, depends_on: [f]}
-  - {id: h, kind: ledger, input: {sleep_ms: 2500}, depends_on: [g]}
-  - {id: i, kind: ledger, input: {sleep_ms: 2500}, depends_on: [h]}
-";
+fn killed_spec() -> String {
+    scenario::chain("killed", 9, "ledger", "{sleep_ms: 2500}")
+}
 
 /// Started once the killing stops, into the free capacity: claimed within a poll even if the
 /// workers' listeners have not come back yet.
@@ -234,7 +219,7 @@ async fn terminated_backends_delay_work_by_a_poll() {
 
 async fn backends_killed(c: &mut Cluster) -> Line {
     let t = c.timings;
-    let automation = c.automation(KILLED_SPEC).await;
+    let automation = c.automation(&killed_spec()).await;
     let late_automation = c.automation(LATE_SPEC).await;
     let mut runs = c.start_runs(&automation, KILLED_RUNS).await;
     c.wait_all(&runs, "running", FINISH_DEADLINE).await;

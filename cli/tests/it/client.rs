@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId, RunId, TenantId};
-use leasehold_core::store::{PageRequest, RunFilter, Store, WorkerInfo};
-use leasehold_testkit::fixtures::{claim_one, serve_in_process};
+use leasehold_core::store::{PageRequest, RunFilter, Store};
+use leasehold_testkit::fixtures::{claim_one, serve_in_process, worker_info};
 use leasehold_testkit::{TestDb, wait_for};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -712,14 +712,7 @@ async fn gates_are_listed_approved_and_rejected() {
 async fn workers_are_listed_and_drained_and_stats_count_runs() {
     let b = setup("workers").await;
     b.store
-        .register_worker(&WorkerInfo {
-            claimant_id: ClaimantId::from("w-1"),
-            host: "box".into(),
-            pid: 42,
-            version: "test".into(),
-            capacity: 4,
-            handlers: vec!["noop".into()],
-        })
+        .register_worker(&worker_info("w-1", "box", "test"))
         .await
         .expect("register");
     // `worker list` and `worker drain` talk to the coordinator only: no database URL needed.

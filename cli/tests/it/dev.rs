@@ -38,9 +38,7 @@ async fn the_hello_example_completes_and_leaves_nothing_running() {
 
 #[tokio::test]
 async fn a_second_start_reuses_the_cluster_and_its_data() {
-    let dir = TestDir::new("reuse");
-    let mut first = Dev::spawn(&dir, &[]);
-    first.wait_ready().await;
+    let (dir, mut first) = Dev::ready_in("reuse").await;
     assert!(first.stderr().contains("initdb"), "{}", first.stderr());
     let store = Store::connect(&first.database_url(), 1)
         .await
@@ -54,8 +52,7 @@ async fn a_second_start_reuses_the_cluster_and_its_data() {
     first.signal(Signal::SIGINT);
     assert!(first.wait_exit().await.success(), "{}", first.stderr());
 
-    let mut second = Dev::spawn(&dir, &[]);
-    second.wait_ready().await;
+    let mut second = Dev::ready(&dir).await;
     let stderr = second.stderr();
     assert!(
         stderr.contains("reusing the PostgreSQL cluster"),
@@ -102,9 +99,7 @@ async fn without_postgresql_binaries_it_says_what_to_install() {
 
 #[tokio::test]
 async fn sigint_stops_postgres_and_exits_zero() {
-    let dir = TestDir::new("sigint");
-    let mut dev = Dev::spawn(&dir, &[]);
-    dev.wait_ready().await;
+    let (dir, mut dev) = Dev::ready_in("sigint").await;
     let postmaster = dir.postmaster_pid().expect("a running server");
 
     dev.signal(Signal::SIGINT);
@@ -133,9 +128,7 @@ fn example_file(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_retry_and_approval_examples_complete_through_the_cli() {
-    let dir = TestDir::new("examples");
-    let mut dev = Dev::spawn(&dir, &[]);
-    dev.wait_ready().await;
+    let (_dir, mut dev) = Dev::ready_in("examples").await;
 
     let (status, _) = client(&dev, &["automation", "apply", "-f", &example_file("retry")]).await;
     assert!(status.success());
@@ -187,9 +180,7 @@ async fn the_retry_and_approval_examples_complete_through_the_cli() {
 
 #[tokio::test]
 async fn a_server_left_by_a_killed_dev_is_stopped_by_the_next_start() {
-    let dir = TestDir::new("killed");
-    let mut first = Dev::spawn(&dir, &[]);
-    first.wait_ready().await;
+    let (dir, mut first) = Dev::ready_in("killed").await;
     let leftover = dir.postmaster_pid().expect("a running server");
     first.signal(Signal::SIGKILL);
     first.wait_exit().await;
@@ -198,8 +189,7 @@ async fn a_server_left_by_a_killed_dev_is_stopped_by_the_next_start() {
         "pg_ctl detaches the server, so SIGKILL leaves it"
     );
 
-    let mut second = Dev::spawn(&dir, &[]);
-    second.wait_ready().await;
+    let mut second = Dev::ready(&dir).await;
     assert!(
         second.stderr().contains("left running"),
         "{}",
@@ -270,6 +260,20 @@ impl Dev {
 
     fn stderr(&self) -> String {
         self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// Spawns `leasehold dev` without extra arguments and waits for its banner.
+    async fn ready(dir: &TestDir) -> Dev {
+        let dev = Dev::spawn(dir, &[]);
+        dev.wait_ready().await;
+        dev
+    }
+
+    /// [`Dev::ready`] in a fresh [`TestDir`] named `name`.
+    async fn ready_in(name: &str) -> (TestDir, Dev) {
+        let dir = TestDir::new(name);
+        let dev = Dev::ready(&dir).await;
+        (dir, dev)
     }
 
     /// Waits for the banner; fails early, with the output, if dev exits first.

@@ -3,21 +3,17 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use leasehold_core::ids::{AutomationId, TenantId};
+use leasehold_core::ids::{AutomationId, RunId, TenantId};
 use leasehold_core::run::RunStatus;
 use leasehold_core::spec;
 use leasehold_core::store::{StartRun, Store, Trigger};
-use leasehold_testkit::{TestDb, wait_for};
+use leasehold_testkit::{TestDb, fixtures, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-async fn store_with_slow_runs(
-    db: &TestDb,
-    runs: usize,
-) -> (Store, Vec<leasehold_core::ids::RunId>) {
+async fn store_with_slow_runs(db: &TestDb, runs: usize) -> (Store, Vec<RunId>) {
     let store = Store::connect_unchecked(db.url(), 2).expect("pool");
     store.migrate().await.expect("migrate");
     let tenant = TenantId::default();
@@ -32,13 +28,8 @@ async fn store_with_slow_runs(
     for _ in 0..runs {
         let started = store
             .start_run(&StartRun {
-                tenant: tenant.clone(),
-                automation_id: AutomationId::from("slow"),
-                inputs: json!({}),
-                priority: 0,
-                concurrency_key: None,
-                idempotency_key: None,
                 trigger: Trigger::Manual,
+                ..fixtures::start_request(&tenant, &AutomationId::from("slow"))
             })
             .await
             .expect("start");
@@ -64,7 +55,7 @@ fn worker(db: &TestDb, grace: &str) -> Child {
         .expect("spawn leasehold worker")
 }
 
-async fn wait_running(store: &Store, ids: &[leasehold_core::ids::RunId]) {
+async fn wait_running(store: &Store, ids: &[RunId]) {
     let tenant = TenantId::default();
     for id in ids {
         wait_for(DEADLINE, "the worker to claim the run", || async {
@@ -82,6 +73,16 @@ async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     .await
 }
 
+/// A migrated database with `runs` slow runs, and `leasehold worker` (with a shutdown grace of
+/// `grace`) once it holds them all.
+async fn running_worker(runs: usize, grace: &str) -> (TestDb, Store, Vec<RunId>, Child) {
+    let db = TestDb::new().await;
+    let (store, ids) = store_with_slow_runs(&db, runs).await;
+    let child = worker(&db, grace);
+    wait_running(&store, &ids).await;
+    (db, store, ids, child)
+}
+
 fn signal(child: &Child, signal: Signal) {
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     kill(pid, signal).expect("signal");
@@ -89,10 +90,7 @@ fn signal(child: &Child, signal: Signal) {
 
 #[tokio::test]
 async fn sigterm_hands_held_runs_back_and_exits_zero() {
-    let db = TestDb::new().await;
-    let (store, ids) = store_with_slow_runs(&db, 2).await;
-    let mut child = worker(&db, "200ms");
-    wait_running(&store, &ids).await;
+    let (_db, store, ids, mut child) = running_worker(2, "200ms").await;
 
     signal(&child, Signal::SIGTERM);
     let status = wait_exit(&mut child).await;
@@ -111,10 +109,7 @@ async fn sigterm_hands_held_runs_back_and_exits_zero() {
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let db = TestDb::new().await;
-    let (store, ids) = store_with_slow_runs(&db, 1).await;
-    let mut child = worker(&db, "10m");
-    wait_running(&store, &ids).await;
+    let (_db, _store, _ids, mut child) = running_worker(1, "10m").await;
 
     // The first signal starts a ten-minute grace period; the second cuts it short. They are
     // different signals, so the kernel delivers both even when they arrive together.

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId, RunId};
-use leasehold_core::store::{Failure, Store, WorkerInfo};
+use leasehold_core::store::{Failure, Store};
 use leasehold_proto::v1;
 use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::runs_client::RunsClient;
 use leasehold_proto::v1::stats_client::StatsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
-use leasehold_testkit::fixtures::{claim_one, serve_in_process};
+use leasehold_testkit::fixtures::{claim_one, serve_in_process, worker_info};
 use leasehold_testkit::{TestDb, wait_for};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -790,14 +790,7 @@ async fn eight_concurrent_gate_decisions_produce_one() {
 async fn workers_list_and_drain_and_stats_count() {
     let b = setup().await;
     b.store
-        .register_worker(&WorkerInfo {
-            claimant_id: ClaimantId::from("w-1"),
-            host: "box".into(),
-            pid: 42,
-            version: "test".into(),
-            capacity: 4,
-            handlers: vec!["noop".into()],
-        })
+        .register_worker(&worker_info("w-1", "box", "test"))
         .await
         .expect("register");
     let mut workers = WorkersClient::new(b.channel.clone());

@@ -4,7 +4,7 @@
 use leasehold_core::ids::{NodeId, RunId};
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::{Claim, FenceError, NodeCompletion, NodeStart};
-use leasehold_testkit::fixtures::{Bundle, setup, setup_run};
+use leasehold_testkit::fixtures::{Bundle, setup_diamond, setup_run};
 use serde_json::json;
 
 fn start(claim: Claim, node: &str) -> NodeStart {
@@ -35,23 +35,14 @@ async fn seqs(b: &Bundle, run_id: RunId) -> Vec<i64> {
 
 #[tokio::test]
 async fn one_batch_answers_each_start_by_its_own_claim() {
-    let b = setup().await;
-    let automation = b.diamond("diamond").await;
-    for _ in 0..4 {
-        b.start(&automation).await;
-    }
+    let (b, automation) = setup_diamond("diamond").await;
+    b.start_many(&automation, 4).await;
     let fresh = b.claim_one("w").await.claim;
     let other = b.claim_one("w").await.claim;
     let cancelled = b.claim_one("w").await.claim;
     let pausing = b.claim_one("w").await.claim;
-    b.store
-        .cancel_run(&b.tenant, cancelled.run_id(), "test")
-        .await
-        .expect("cancel");
-    b.store
-        .pause_run(&b.tenant, pausing.run_id(), "test")
-        .await
-        .expect("pause");
+    b.cancel(cancelled.run_id(), "test").await;
+    b.pause(pausing.run_id(), "test").await;
 
     let answers = b
         .store
@@ -169,15 +160,8 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
 
 #[tokio::test]
 async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_nothing() {
-    let b = setup().await;
-    let automation = b.diamond("diamond").await;
-    let runs: Vec<RunId> = {
-        let mut runs = Vec::new();
-        for _ in 0..3 {
-            runs.push(b.start(&automation).await);
-        }
-        runs
-    };
+    let (b, automation) = setup_diamond("diamond").await;
+    let runs = b.start_many(&automation, 3).await;
     let claims: Vec<Claim> = {
         let mut claims = Vec::new();
         for _ in &runs {
@@ -190,10 +174,7 @@ async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_
         assert_eq!(answer.expect("start"), 1);
     }
     let stale = claims[2];
-    b.store
-        .cancel_run(&b.tenant, stale.run_id(), "test")
-        .await
-        .expect("cancel");
+    b.cancel(stale.run_id(), "test").await;
 
     let completions: Vec<NodeCompletion> =
         claims.iter().map(|c| completion(*c, "a", false)).collect();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId, RunId};
 use leasehold_core::store::{FenceError, ReapParams};
-use leasehold_testkit::fixtures::{Bundle, setup};
+use leasehold_testkit::fixtures::{Bundle, setup_diamond};
 use proptest::prelude::*;
 
 /// What a claimer does with a run it claimed.
@@ -60,12 +60,8 @@ const LETTING_GO: [&str; 3] = [
 ];
 
 async fn scenario(claimers: Vec<Claimer>, runs: usize) {
-    let b = setup().await;
-    let automation = b.diamond("exclusive").await;
-    let mut run_ids = Vec::new();
-    for _ in 0..runs {
-        run_ids.push(b.start(&automation).await);
-    }
+    let (b, automation) = setup_diamond("exclusive").await;
+    let run_ids = b.start_many(&automation, runs).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let reaper = {
         let store = b.store.clone();

@@ -7,7 +7,7 @@ use leasehold_core::ids::{ClaimantId, LeaseEpoch, RunId};
 use leasehold_core::lease::{self, LeaseView, Reap};
 use leasehold_core::run::{self, NodeStatus, RunStatus, Transition};
 use leasehold_core::store::{Failure, FenceError, ReapParams, Store};
-use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup, setup_run};
+use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup_diamond, setup_run};
 use serde_json::json;
 
 fn ms(n: u64) -> Duration {
@@ -23,8 +23,7 @@ fn assert_lease_lost<T: std::fmt::Debug>(result: &Result<T, FenceError>, what: &
 
 #[tokio::test]
 async fn eight_claimers_claim_each_of_ten_thousand_runs_exactly_once() {
-    let b = setup().await;
-    let automation = b.diamond("bulk").await;
+    let (b, automation) = setup_diamond("bulk").await;
     b.queue_many(&automation, 10_000).await;
 
     let mut claimers = Vec::new();
@@ -81,9 +80,7 @@ async fn eight_claimers_claim_each_of_ten_thousand_runs_exactly_once() {
 
 #[tokio::test]
 async fn claims_take_highest_priority_then_oldest() {
-    let b = setup().await;
-    let automation = b.diamond("order").await;
-    let low_old = b.start(&automation).await;
+    let (b, automation, low_old) = setup_run("order").await;
     let high = b
         .store
         .start_run(&leasehold_core::store::StartRun {
@@ -96,10 +93,8 @@ async fn claims_take_highest_priority_then_oldest() {
     let low_new = b.start(&automation).await;
 
     let order: Vec<RunId> = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), 10, LEASE)
+        .claim("w", 10)
         .await
-        .expect("claim")
         .iter()
         .map(|c| c.claim.run_id())
         .collect();
@@ -293,8 +288,7 @@ async fn repeating_a_write_that_landed_succeeds_quietly() {
 /// would otherwise wait for one more connection until the worker self-fences.
 #[tokio::test]
 async fn a_repeat_that_landed_needs_no_second_connection() {
-    let b = setup().await;
-    let automation = b.diamond("repeat-one").await;
+    let (b, automation) = setup_diamond("repeat-one").await;
     b.start(&automation).await;
     let store = Store::connect(b.db.url(), 1).await.expect("a pool of one");
     let claim = store
@@ -335,8 +329,7 @@ async fn a_repeat_that_landed_needs_no_second_connection() {
 
 #[tokio::test]
 async fn a_run_is_not_completed_while_a_node_runs() {
-    let b = setup().await;
-    let automation = b.diamond("busy").await;
+    let (b, automation) = setup_diamond("busy").await;
     b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
     b.store
@@ -423,10 +416,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
         .await
         .expect("start");
 
-    b.store
-        .cancel_run(&b.tenant, run_id, "user asked")
-        .await
-        .expect("cancel");
+    b.cancel(run_id, "user asked").await;
     assert_lease_lost(
         &b.store
             .node_failed(&claim, &node("a"), "timeout", true)
@@ -440,11 +430,7 @@ async fn a_scheduled_retry_never_revives_a_cancelled_run() {
     let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Cancelled);
     assert_eq!(run.retry_after, None);
-    let claimed = b
-        .store
-        .claim_runs(&ClaimantId::from("w2"), 10, LEASE)
-        .await
-        .expect("claim");
+    let claimed = b.claim("w2", 10).await;
     assert!(claimed.is_empty());
 }
 
@@ -499,11 +485,8 @@ async fn a_failed_node_fails_the_run_and_skips_its_dependants() {
 
 #[tokio::test]
 async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
-    let b = setup().await;
-    let automation = b.diamond("beats").await;
-    for _ in 0..3 {
-        b.start(&automation).await;
-    }
+    let (b, automation) = setup_diamond("beats").await;
+    b.start_many(&automation, 3).await;
     let claims: Vec<_> = b
         .store
         .claim_runs(&ClaimantId::from("w"), 3, Duration::from_secs(5))
@@ -513,10 +496,7 @@ async fn heartbeat_renews_many_claims_in_one_round_and_reports_the_lost() {
         .map(|c| c.claim)
         .collect();
     let cancelled = claims[1].run_id();
-    b.store
-        .cancel_run(&b.tenant, cancelled, "stop")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled, "stop").await;
 
     let beat = b.store.heartbeat(&claims, LEASE).await.expect("heartbeat");
     assert_eq!(beat.lost, vec![claims[1]]);
@@ -714,19 +694,11 @@ async fn reaper_stale_reaps_an_expired_claim_after_progress_and_counts_the_attem
 
 #[tokio::test]
 async fn reaper_leaves_live_leases_and_cancelled_runs_alone() {
-    let b = setup().await;
-    let automation = b.diamond("alive").await;
-    let live = b.start(&automation).await;
+    let (b, automation, live) = setup_run("alive").await;
     let cancelled = b.start(&automation).await;
-    b.store
-        .claim_runs(&ClaimantId::from("w"), 2, LEASE)
-        .await
-        .expect("claim");
+    b.claim("w", 2).await;
     b.expire_lease(cancelled, Duration::from_secs(60)).await;
-    b.store
-        .cancel_run(&b.tenant, cancelled, "stop")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled, "stop").await;
 
     let now = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
     assert_eq!(reap(&b, now).await, (vec![], vec![], vec![]));
@@ -753,13 +725,7 @@ async fn a_run_whose_claims_keep_expiring_is_blocked_as_poison() {
     let run = b.run(run_id).await;
     assert_eq!(run.status, RunStatus::Blocked);
     assert_eq!(run.stop_kind.as_deref(), Some("poisoned"));
-    assert!(
-        b.store
-            .claim_runs(&ClaimantId::from("w"), 1, LEASE)
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    assert!(b.claim("w", 1).await.is_empty());
 }
 
 /// A repeat of `node_started` that waited behind the first (still in flight when its
@@ -819,8 +785,7 @@ async fn a_repeat_that_waited_behind_the_first_write_counts_one_attempt() {
 
 #[tokio::test]
 async fn runs_sharing_a_concurrency_key_are_never_held_at_once() {
-    let b = setup().await;
-    let automation = b.diamond("keyed").await;
+    let (b, automation) = setup_diamond("keyed").await;
     let keyed = |key: &str| leasehold_core::store::StartRun {
         concurrency_key: Some(key.into()),
         ..b.start_request(&automation)
@@ -849,18 +814,14 @@ async fn runs_sharing_a_concurrency_key_are_never_held_at_once() {
     );
 
     // Once the holder finishes, the next run of the key is claimable.
-    b.store
-        .cancel_run(&b.tenant, started[0], "done")
-        .await
-        .expect("end");
+    b.cancel(started[0], "done").await;
     let next = b.claim_one("w").await;
     assert_eq!(next.claim.run_id(), started[1]);
 }
 
 #[tokio::test]
 async fn concurrent_claimers_never_hold_one_key_twice() {
-    let b = setup().await;
-    let automation = b.diamond("keyed-race").await;
+    let (b, automation) = setup_diamond("keyed-race").await;
     for i in 0..60 {
         let request = leasehold_core::store::StartRun {
             concurrency_key: Some(format!("key-{}", i % 3)),

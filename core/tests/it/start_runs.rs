@@ -3,14 +3,12 @@
 use futures_util::StreamExt;
 use leasehold_core::ids::AutomationId;
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Error, QUEUED_CHANNEL, RequestError, StartRun};
-use leasehold_testkit::fixtures::{Bundle, LEASE, setup};
+use leasehold_core::store::{QUEUED_CHANNEL, RequestError, StartRun};
+use leasehold_testkit::fixtures::{Bundle, LEASE, setup_diamond};
 use serde_json::json;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-async fn count(b: &Bundle, sql: &str) -> i64 {
-    b.sql.query_one(sql, &[]).await.expect("count").get(0)
-}
+use crate::store::assert_priority_out_of_range;
 
 fn keyed(b: &Bundle, automation: &AutomationId, key: &str, n: i64) -> StartRun {
     StartRun {
@@ -22,8 +20,7 @@ fn keyed(b: &Bundle, automation: &AutomationId, key: &str, n: i64) -> StartRun {
 
 #[tokio::test]
 async fn a_batch_queues_every_run_in_request_order_and_wakes_workers() {
-    let b = setup().await;
-    let automation = b.diamond("batch").await;
+    let (b, automation) = setup_diamond("batch").await;
     let (listener, mut connection) = tokio_postgres::connect(b.db.url(), NoTls)
         .await
         .expect("listener");
@@ -73,8 +70,7 @@ async fn a_batch_queues_every_run_in_request_order_and_wakes_workers() {
 
 #[tokio::test]
 async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
-    let b = setup().await;
-    let automation = b.diamond("keys").await;
+    let (b, automation) = setup_diamond("keys").await;
     let earlier = b
         .store
         .start_run(&keyed(&b, &automation, "k-earlier", 1))
@@ -100,13 +96,10 @@ async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
     );
     assert!(!started[2].created);
     assert!(started[3].created);
-    assert_eq!(count(&b, "SELECT count(*) FROM runs").await, 3);
+    assert_eq!(b.count("SELECT count(*) FROM runs").await, 3);
 
     // A repeated key still returns its run after the automation was paused.
-    b.store
-        .set_automation_status(&b.tenant, &automation, true)
-        .await
-        .expect("pause");
+    b.set_automation_paused(&automation, true).await;
     let again = b
         .store
         .start_runs(&[keyed(&b, &automation, "k-new", 2)])
@@ -118,14 +111,13 @@ async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
 
 #[tokio::test]
 async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
-    let b = setup().await;
-    let automation = b.diamond("refused").await;
+    let (b, automation) = setup_diamond("refused").await;
     b.store
         .start_run(&keyed(&b, &automation, "used", 1))
         .await
         .expect("earlier run");
-    let before = count(&b, "SELECT count(*) FROM runs").await;
-    let events_before = count(&b, "SELECT count(*) FROM run_events").await;
+    let before = b.count("SELECT count(*) FROM runs").await;
+    let events_before = b.count("SELECT count(*) FROM run_events").await;
 
     let check = |result: Result<_, RequestError>, want_index: usize, what: &str| match result {
         Err(RequestError::InBatch { index, source }) => {
@@ -135,32 +127,31 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
         other => panic!("{what}: expected InBatch, got {other:?}"),
     };
 
-    let conflict = b
-        .store
-        .start_runs(&[
-            b.start_request(&automation),
-            keyed(&b, &automation, "used", 2),
-        ])
-        .await;
-    let source = check(conflict, 1, "a key used with another request");
-    assert!(
-        matches!(source, RequestError::IdempotencyConflict { .. }),
-        "{source}"
-    );
-
-    let in_batch = b
-        .store
-        .start_runs(&[
-            keyed(&b, &automation, "twice", 1),
-            b.start_request(&automation),
-            keyed(&b, &automation, "twice", 2),
-        ])
-        .await;
-    let source = check(in_batch, 2, "one key, two requests, one batch");
-    assert!(
-        matches!(source, RequestError::IdempotencyConflict { .. }),
-        "{source}"
-    );
+    for (requests, index, what) in [
+        (
+            vec![
+                b.start_request(&automation),
+                keyed(&b, &automation, "used", 2),
+            ],
+            1,
+            "a key used with another request",
+        ),
+        (
+            vec![
+                keyed(&b, &automation, "twice", 1),
+                b.start_request(&automation),
+                keyed(&b, &automation, "twice", 2),
+            ],
+            2,
+            "one key, two requests, one batch",
+        ),
+    ] {
+        let source = check(b.store.start_runs(&requests).await, index, what);
+        assert!(
+            matches!(source, RequestError::IdempotencyConflict { .. }),
+            "{source}"
+        );
+    }
 
     let missing = b
         .store
@@ -176,10 +167,7 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
     );
 
     let paused = b.diamond("paused").await;
-    b.store
-        .set_automation_status(&b.tenant, &paused, true)
-        .await
-        .expect("pause");
+    b.set_automation_paused(&paused, true).await;
     let held = b
         .store
         .start_runs(&[b.start_request(&automation), b.start_request(&paused)])
@@ -200,24 +188,18 @@ async fn a_refused_request_names_its_index_and_the_batch_stores_nothing() {
             },
         ])
         .await;
-    match out_of_range {
-        Err(RequestError::Store(Error::OutOfRange { constraint })) => {
-            assert!(constraint.contains("priority"), "{constraint}");
-        }
-        other => panic!("expected OutOfRange, got {other:?}"),
-    }
+    assert_priority_out_of_range(out_of_range);
 
-    assert_eq!(count(&b, "SELECT count(*) FROM runs").await, before);
+    assert_eq!(b.count("SELECT count(*) FROM runs").await, before);
     assert_eq!(
-        count(&b, "SELECT count(*) FROM run_events").await,
+        b.count("SELECT count(*) FROM run_events").await,
         events_before
     );
 }
 
 #[tokio::test]
 async fn concurrent_batches_sharing_a_key_start_one_run() {
-    let b = setup().await;
-    let automation = b.diamond("race").await;
+    let (b, automation) = setup_diamond("race").await;
     let batch = vec![
         b.start_request(&automation),
         keyed(&b, &automation, "shared", 1),
@@ -229,5 +211,5 @@ async fn concurrent_batches_sharing_a_key_start_one_run() {
         .collect();
     assert!(shared.iter().all(|s| s.run_id == shared[0].run_id));
     assert_eq!(shared.iter().filter(|s| s.created).count(), 1);
-    assert_eq!(count(&b, "SELECT count(*) FROM runs").await, 8 + 1);
+    assert_eq!(b.count("SELECT count(*) FROM runs").await, 8 + 1);
 }

@@ -4,7 +4,7 @@ use leasehold_core::ids::{AutomationId, NodeId};
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::{self, Error, RequestError, StartRun, Store, Stored};
 use leasehold_testkit::TestDb;
-use leasehold_testkit::fixtures::{diamond, setup, spec};
+use leasehold_testkit::fixtures::{diamond, setup, setup_diamond, setup_run, spec};
 use serde_json::json;
 
 #[tokio::test]
@@ -72,8 +72,7 @@ async fn every_named_query_prepares() {
 /// migration that drops that constraint must change this test on purpose.
 #[tokio::test]
 async fn the_previous_release_can_still_start_runs_after_migrating() {
-    let b = setup().await;
-    let automation = b.diamond("hello").await;
+    let (b, automation) = setup_diamond("hello").await;
     let v1_start = "INSERT INTO runs (run_id, tenant_id, automation_id, automation_version,
                                       trigger, idempotency_key, status, event_seq)
                     VALUES (gen_random_uuid(), $1, $2, 1, 'api', $3, 'queued', 1)
@@ -111,32 +110,16 @@ async fn automation_versions_are_immutable_and_runs_pin_theirs() {
     let automation = AutomationId::from("report");
     let pinned_v1 = b.start(&automation).await;
 
-    // Re-applying the same spec, keys in any order, adds no version.
-    let same = b
-        .store
-        .apply_automation(&b.tenant, &v1)
-        .await
-        .expect("apply");
-    assert_eq!(
-        same,
-        Stored {
-            version: 1,
-            created: false
-        }
-    );
     let v2 = spec("id: report\nnodes:\n  - {id: only, kind: echo, input: {x: 1}}\n");
-    let stored = b
-        .store
-        .apply_automation(&b.tenant, &v2)
-        .await
-        .expect("apply v2");
-    assert_eq!(
-        stored,
-        Stored {
-            version: 2,
-            created: true
-        }
-    );
+    // Re-applying the same spec, keys in any order, adds no version; a new spec adds one.
+    for (spec, version, created) in [(&v1, 1, false), (&v2, 2, true)] {
+        let stored = b
+            .store
+            .apply_automation(&b.tenant, spec)
+            .await
+            .expect("apply");
+        assert_eq!(stored, Stored { version, created });
+    }
     let pinned_v2 = b.start(&automation).await;
 
     let run1 = b.run(pinned_v1).await;
@@ -158,8 +141,7 @@ async fn automation_versions_are_immutable_and_runs_pin_theirs() {
 
 #[tokio::test]
 async fn an_unreadable_stored_spec_is_an_error_not_a_panic() {
-    let b = setup().await;
-    let automation = b.diamond("corrupt").await;
+    let (b, automation) = setup_diamond("corrupt").await;
     b.corrupt_spec(&automation).await;
     let result = b
         .store
@@ -179,8 +161,7 @@ async fn an_unreadable_stored_spec_is_an_error_not_a_panic() {
 
 #[tokio::test]
 async fn starting_a_run_is_idempotent_on_its_key() {
-    let b = setup().await;
-    let automation = b.diamond("idem").await;
+    let (b, automation) = setup_diamond("idem").await;
     let request = StartRun {
         idempotency_key: Some("req-1".into()),
         inputs: json!({"b": 2, "a": 1}),
@@ -202,12 +183,7 @@ async fn starting_a_run_is_idempotent_on_its_key() {
         "{refused:?}"
     );
 
-    let runs: i64 = b
-        .sql
-        .query_one("SELECT count(*) FROM runs", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let runs = b.count("SELECT count(*) FROM runs").await;
     assert_eq!(runs, 1, "the refused request changed nothing");
     let run = b.store.run(&b.tenant, first.run_id).await.expect("run");
     assert_eq!(run.status, RunStatus::Queued);
@@ -227,10 +203,19 @@ async fn starting_a_run_of_a_missing_automation_is_refused() {
     );
 }
 
+/// Asserts that `result` is the store's refusal of a priority out of range, naming the constraint.
+pub(crate) fn assert_priority_out_of_range<T: std::fmt::Debug>(result: Result<T, RequestError>) {
+    match result {
+        Err(RequestError::Store(Error::OutOfRange { constraint })) => {
+            assert!(constraint.contains("priority"), "{constraint}");
+        }
+        other => panic!("expected OutOfRange, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn out_of_range_values_name_the_constraint_and_store_nothing() {
-    let b = setup().await;
-    let automation = b.diamond("range").await;
+    let (b, automation) = setup_diamond("range").await;
     let result = b
         .store
         .start_run(&StartRun {
@@ -238,26 +223,14 @@ async fn out_of_range_values_name_the_constraint_and_store_nothing() {
             ..b.start_request(&automation)
         })
         .await;
-    match result {
-        Err(RequestError::Store(Error::OutOfRange { constraint })) => {
-            assert!(constraint.contains("priority"), "{constraint}");
-        }
-        other => panic!("expected OutOfRange, got {other:?}"),
-    }
-    let runs: i64 = b
-        .sql
-        .query_one("SELECT count(*) FROM runs", &[])
-        .await
-        .expect("count")
-        .get(0);
+    assert_priority_out_of_range(result);
+    let runs = b.count("SELECT count(*) FROM runs").await;
     assert_eq!(runs, 0);
 }
 
 #[tokio::test]
 async fn each_runs_events_have_gap_free_sequences_and_resume_after_a_seen_one() {
-    let b = setup().await;
-    let automation = b.diamond("events").await;
-    let one = b.start(&automation).await;
+    let (b, automation, one) = setup_run("events").await;
     let two = b.start(&automation).await;
     let claim = b.claim_one("w").await.claim;
     assert_eq!(claim.run_id(), one, "the oldest run is claimed first");

@@ -154,24 +154,20 @@ fn cancelled() -> HandlerError {
     HandlerError::Retryable("cancelled".into())
 }
 
+/// The number `key` of the node's input; zero when it is absent.
+fn input_u64(ctx: &Context, key: &str) -> u64 {
+    ctx.input.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
 impl Handler for Ledger {
     async fn run(&self, ctx: Context) -> Result<Value, HandlerError> {
         self.record(&ctx).await?;
-        let sleep_ms = ctx
-            .input
-            .get("sleep_ms")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        let sleep_ms = input_u64(&ctx, "sleep_ms");
         tokio::select! {
             () = ctx.cancel.cancelled() => return Err(cancelled()),
             () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
         }
-        let fail_first = ctx
-            .input
-            .get("fail_first")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        if u64::from(ctx.attempt) <= fail_first {
+        if u64::from(ctx.attempt) <= input_u64(&ctx, "fail_first") {
             return Err(HandlerError::Retryable(format!(
                 "planned failure of attempt {}",
                 ctx.attempt

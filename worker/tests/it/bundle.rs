@@ -81,6 +81,11 @@ impl Ledger {
 #[derive(Clone)]
 pub struct Record(pub Ledger);
 
+/// The number `key` of the node's input; zero when it is absent.
+fn input_u64(ctx: &Context, key: &str) -> u64 {
+    ctx.input.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
 impl Handler for Record {
     async fn run(&self, ctx: Context) -> Result<Value, HandlerError> {
         let index = {
@@ -95,11 +100,7 @@ impl Handler for Record {
             });
             ledger.len() - 1
         };
-        let sleep_ms = ctx
-            .input
-            .get("sleep_ms")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        let sleep_ms = input_u64(&ctx, "sleep_ms");
         let cancelled = tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => false,
             () = ctx.cancel.cancelled() => true,
@@ -119,12 +120,7 @@ impl Handler for Record {
         if ctx.input.get("terminal").is_some() {
             return Err(HandlerError::Terminal("told to fail for good".into()));
         }
-        let fail_first = ctx
-            .input
-            .get("fail_first")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        if u64::from(ctx.attempt) <= fail_first {
+        if u64::from(ctx.attempt) <= input_u64(&ctx, "fail_first") {
             return Err(HandlerError::Retryable(format!(
                 "planned failure {}",
                 ctx.attempt

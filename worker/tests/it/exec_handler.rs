@@ -4,27 +4,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
+use leasehold_core::ids::NodeId;
 use leasehold_worker::handlers::{Exec, ExecPolicy, builtin};
 use leasehold_worker::{Context, Handler};
 
-use crate::handler_errors::{assert_retryable, assert_terminal};
+use crate::handler_errors::{assert_retryable, assert_terminal, context};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 fn ctx(input: Value) -> Context {
-    let run_id = RunId::new();
-    let node_id = NodeId::from("script");
     Context {
-        idempotency_key: Context::idempotency_key_for(run_id, &node_id),
-        run_id,
-        node_id,
-        attempt: 2,
-        epoch: LeaseEpoch(1),
-        input,
         run_inputs: json!({ "customer": "c-1" }),
         upstream: BTreeMap::from([(NodeId::from("fetch"), json!({ "price": 10 }))]),
-        cancel: CancellationToken::new(),
+        ..context("script", 2, input)
     }
 }
 

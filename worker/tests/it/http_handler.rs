@@ -1,34 +1,19 @@
 //! The `http` handler against tiny HTTP/1.1 servers on loopback.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
 use leasehold_worker::handlers::Http;
 use leasehold_worker::{Context, Handler};
 
-use crate::handler_errors::{assert_retryable, assert_terminal};
+use crate::handler_errors::{assert_retryable, assert_terminal, context};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 fn ctx(input: Value) -> Context {
-    let run_id = RunId::new();
-    let node_id = NodeId::from("call");
-    Context {
-        idempotency_key: Context::idempotency_key_for(run_id, &node_id),
-        run_id,
-        node_id,
-        attempt: 1,
-        epoch: LeaseEpoch(1),
-        input,
-        run_inputs: Value::Null,
-        upstream: BTreeMap::new(),
-        cancel: CancellationToken::new(),
-    }
+    context("call", 1, input)
 }
 
 /// A request as the server saw it.

@@ -258,10 +258,7 @@ async fn cancelling_a_running_exec_node_kills_its_process_group() {
     let run_id = b.start(&automation).await;
     let pids = read_pids(&pid_file).await;
 
-    b.store
-        .cancel_run(&b.tenant, run_id, "user asked")
-        .await
-        .expect("cancel");
+    b.cancel(run_id, "user asked").await;
     wait_for(DEADLINE, "the process group to be killed", || async {
         pids.iter().all(|p| !pid_alive(*p)).then_some(())
     })
@@ -455,10 +452,7 @@ nodes:
         (!b.ledger.of("a").is_empty()).then_some(())
     })
     .await;
-    b.store
-        .pause_run(&b.tenant, run_id, "hold on")
-        .await
-        .expect("pause");
+    b.pause(run_id, "hold on").await;
     b.wait_status(run_id, RunStatus::Paused).await;
     worker.stop().await;
 
@@ -734,10 +728,7 @@ nodes:
         (!b.ledger.of("a").is_empty()).then_some(())
     })
     .await;
-    b.store
-        .pause_run(&b.tenant, run_id, "hold on")
-        .await
-        .expect("pause");
+    b.pause(run_id, "hold on").await;
     b.wait_status(run_id, RunStatus::Paused).await;
     worker.stop().await;
     let node = &b.checkpoint(run_id).await[0];

@@ -8,7 +8,7 @@ use leasehold_core::ids::RunId;
 use leasehold_core::store::Leadership;
 use leasehold_testkit::fixtures::{Bundle, setup};
 
-use super::{config, lead, ms, setup_leading, stale_reaped_run};
+use super::{config, lead, ms, pass, setup_leading, stale_reaped_run};
 
 /// Runs one auto-resume pass with the default settings; asserts its outcome, and that the run
 /// stayed paused.
@@ -32,10 +32,7 @@ async fn a_recent_stale_reap_with_budget_is_auto_resumed() {
     let (b, leader, automation) = setup_leading("resume").await;
     let (run_id, reaped_at) = stale_reaped_run(&b, &automation, &leader).await;
 
-    let outcome = AutoResume
-        .run_once(Pass::new(&b.store, &leader, &config(), None))
-        .await
-        .expect("resume");
+    let outcome = pass(&b, AutoResume, &leader, None).await;
     assert_eq!(
         outcome,
         AutoResumeOutcome {
@@ -60,10 +57,7 @@ async fn a_recent_stale_reap_with_budget_is_auto_resumed() {
     assert_eq!(recorded, reaped_at);
 
     // Nothing twice; and a worker picks it up from its checkpoint.
-    let again = AutoResume
-        .run_once(Pass::new(&b.store, &leader, &config(), None))
-        .await
-        .expect("resume");
+    let again = pass(&b, AutoResume, &leader, None).await;
     assert_eq!(again, AutoResumeOutcome::default());
     let claimed = b.claim_one("rescuer").await;
     assert_eq!(claimed.claim.run_id(), run_id);
@@ -76,27 +70,11 @@ async fn auto_resume_on_both_sides_of_the_window() {
     let (run_id, reaped_at) = stale_reaped_run(&b, &automation, &leader).await;
     let window = chrono::TimeDelta::from_std(sweeps::AUTO_RESUME_WINDOW_DEFAULT).expect("small");
 
-    let late = AutoResume
-        .run_once(Pass::new(
-            &b.store,
-            &leader,
-            &config(),
-            Some(reaped_at + window + ms(1)),
-        ))
-        .await
-        .expect("resume");
+    let late = pass(&b, AutoResume, &leader, Some(reaped_at + window + ms(1))).await;
     assert_eq!(late, AutoResumeOutcome::default(), "window passed by 1 ms");
     assert_eq!(b.row(run_id).await.status, "paused");
 
-    let at_horizon = AutoResume
-        .run_once(Pass::new(
-            &b.store,
-            &leader,
-            &config(),
-            Some(reaped_at + window),
-        ))
-        .await
-        .expect("resume");
+    let at_horizon = pass(&b, AutoResume, &leader, Some(reaped_at + window)).await;
     assert_eq!(at_horizon.resumed, 1, "at the window's last instant");
     assert_eq!(b.row(run_id).await.status, "queued");
 }

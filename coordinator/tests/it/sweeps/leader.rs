@@ -30,10 +30,7 @@ async fn a_paused_former_leader_changes_nothing() {
     b.claim_one("idle").await;
     let busy = b.progressed(&automation, "busy").await.claim.run_id();
     let pausing = b.progressed(&automation, "pauser").await;
-    b.store
-        .pause_run(&b.tenant, pausing.claim.run_id(), "hold on")
-        .await
-        .expect("pause");
+    b.pause(pausing.claim.run_id(), "hold on").await;
     let gated = b.progressed(&automation, "gated").await;
     b.store
         .node_completed(&gated.claim, &NodeId::from("a"), &serde_json::json!(1))
@@ -135,12 +132,9 @@ async fn two_coordinators_reap_each_expired_run_once() {
     b.expire_all_leases(Duration::from_secs(60)).await;
 
     wait_for(DEADLINE, "every expired run reaped", || async {
-        let held: i64 = b
-            .sql
-            .query_one("SELECT count(*) FROM runs WHERE status = 'running'", &[])
-            .await
-            .expect("count")
-            .get(0);
+        let held = b
+            .count("SELECT count(*) FROM runs WHERE status = 'running'")
+            .await;
         (held == 0).then_some(())
     })
     .await;
@@ -221,12 +215,7 @@ async fn one_coordinator_leads_and_stopping_it_hands_the_sweeps_over_within_a_le
     })
     .await;
     let remaining = coordinators.remove(&successor).expect("successor");
-    remaining.cancel.cancel();
-    remaining
-        .task
-        .await
-        .expect("coordinator task")
-        .expect("valid");
+    remaining.stop().await;
 }
 
 #[tokio::test]
@@ -293,12 +282,7 @@ async fn a_leader_that_loses_its_lease_stops_and_leads_again_in_a_new_term() {
     );
     assert_eq!(b.event_count(run_id, REQUEUED).await, 1);
 
-    coordinator.cancel.cancel();
-    coordinator
-        .task
-        .await
-        .expect("coordinator task")
-        .expect("valid");
+    coordinator.stop().await;
 }
 
 #[tokio::test]
@@ -308,13 +292,15 @@ async fn a_bad_config_or_holder_is_refused_before_anything_runs() {
         leader_lease: Duration::from_millis(10),
         ..config()
     };
-    let refused = sweeps::run(
-        b.store.clone(),
-        bad,
-        "c1".to_owned(),
-        CancellationToken::new(),
-    )
-    .await;
+    let run = |config, holder: &str| {
+        sweeps::run(
+            b.store.clone(),
+            config,
+            holder.to_owned(),
+            CancellationToken::new(),
+        )
+    };
+    let refused = run(bad, "c1").await;
     assert!(
         matches!(
             refused,
@@ -325,13 +311,7 @@ async fn a_bad_config_or_holder_is_refused_before_anything_runs() {
         ),
         "{refused:?}"
     );
-    let refused = sweeps::run(
-        b.store.clone(),
-        config(),
-        String::new(),
-        CancellationToken::new(),
-    )
-    .await;
+    let refused = run(config(), "").await;
     assert!(
         matches!(
             refused,

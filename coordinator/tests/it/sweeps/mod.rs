@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use leasehold_coordinator::sweeps::{self, Config};
 use leasehold_coordinator::sweeps::{Pass, Sweep};
-use leasehold_core::ids::{AutomationId, ClaimantId, RunId};
+use leasehold_core::ids::{AutomationId, RunId};
 use leasehold_core::store::Leadership;
-use leasehold_testkit::fixtures::{Bundle, LEASE, node, setup};
+use leasehold_testkit::fixtures::{Bundle, node, setup};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -33,10 +33,7 @@ async fn stale_reaped_run(
 ) -> (RunId, DateTime<Utc>) {
     let run_id = b.progressed(automation, "frozen").await.claim.run_id();
     b.expire_lease(run_id, Duration::from_secs(1)).await;
-    let reaped = sweeps::Reaper
-        .run_once(Pass::new(&b.store, leader, &config(), None))
-        .await
-        .expect("reap");
+    let reaped = pass(b, sweeps::Reaper, leader, None).await;
     assert_eq!(reaped.stale_reaped, 1);
     let row = b.row(run_id).await;
     assert_eq!(
@@ -64,11 +61,7 @@ async fn crowd(automation: &str, n: usize) -> (Bundle, Vec<RunId>) {
     for _ in 0..n {
         runs.push(b.start(&automation).await);
     }
-    let claimed = b
-        .store
-        .claim_runs(&ClaimantId::from("w"), n, LEASE)
-        .await
-        .expect("claim");
+    let claimed = b.claim("w", n).await;
     assert_eq!(claimed.len(), n);
     for c in claimed.iter().step_by(2) {
         b.store
@@ -89,6 +82,20 @@ where
     for now in [horizon - ms(1), horizon] {
         assert_eq!(pass(now).await, O::default(), "{what}at {now}");
     }
+}
+
+/// One pass of `sweep` under `leader` with the default settings, at `now` (the database's clock
+/// when `None`), which must not fail.
+async fn pass<S: Sweep>(
+    b: &Bundle,
+    sweep: S,
+    leader: &Leadership,
+    now: Option<DateTime<Utc>>,
+) -> S::Outcome {
+    sweep
+        .run_once(Pass::new(&b.store, leader, &config(), now))
+        .await
+        .unwrap_or_else(|e| panic!("{} pass: {e}", S::NAME))
 }
 
 /// The default sweep settings, checked.
@@ -122,6 +129,14 @@ fn fast_config() -> Config {
 struct Coordinator {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), sweeps::ConfigError>>,
+}
+
+impl Coordinator {
+    /// Stops the coordinator and waits for its loop, which must end without an error.
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.expect("coordinator task").expect("valid");
+    }
 }
 
 fn spawn_coordinator(b: &Bundle, holder: &str, config: Config) -> Coordinator {

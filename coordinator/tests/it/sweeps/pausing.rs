@@ -1,59 +1,29 @@
 //! Pausing settlement: a pausing run whose holder died settles into paused.
 
-use leasehold_coordinator::sweeps::{Pass, Pausing, Reaper, Sweep};
+use leasehold_coordinator::sweeps::{Pausing, Reaper};
 use leasehold_coordinator::sweeps::{PausingOutcome, ReapOutcome};
 use leasehold_core::run::NodeStatus;
 
-use super::{config, idle_until, ms, setup_leading};
+use super::{idle_until, ms, pass, setup_leading};
 
 #[tokio::test]
 async fn a_pausing_run_whose_holder_died_is_settled_into_paused() {
     let (b, leader, automation) = setup_leading("pausing").await;
     let run_id = b.progressed(&automation, "dying").await.claim.run_id();
-    b.store
-        .pause_run(&b.tenant, run_id, "maintenance")
-        .await
-        .expect("pause");
+    b.pause(run_id, "maintenance").await;
     assert_eq!(b.row(run_id).await.status, "pausing");
     let expires = b.lease_expiry(run_id).await;
 
     idle_until(expires, "", async |now| {
-        Pausing
-            .run_once(Pass::new(&b.store, &leader, &config(), Some(now)))
-            .await
-            .expect("settle")
+        pass(&b, Pausing, &leader, Some(now)).await
     })
     .await;
     // The reaper leaves pausing runs to this sweep.
-    let reaped = Reaper
-        .run_once(Pass::new(
-            &b.store,
-            &leader,
-            &config(),
-            Some(expires + ms(1)),
-        ))
-        .await
-        .expect("reap");
+    let reaped = pass(&b, Reaper, &leader, Some(expires + ms(1))).await;
     assert_eq!(reaped, ReapOutcome::default());
-    let outcome = Pausing
-        .run_once(Pass::new(
-            &b.store,
-            &leader,
-            &config(),
-            Some(expires + ms(1)),
-        ))
-        .await
-        .expect("settle");
+    let outcome = pass(&b, Pausing, &leader, Some(expires + ms(1))).await;
     assert_eq!(outcome, PausingOutcome { paused: 1 });
-    let again = Pausing
-        .run_once(Pass::new(
-            &b.store,
-            &leader,
-            &config(),
-            Some(expires + ms(1)),
-        ))
-        .await
-        .expect("settle");
+    let again = pass(&b, Pausing, &leader, Some(expires + ms(1))).await;
     assert_eq!(again, PausingOutcome::default());
 
     let row = b.row(run_id).await;

@@ -6,13 +6,20 @@ use std::time::Duration;
 use chrono::Utc;
 use leasehold_coordinator::sweeps::{Config, ReapOutcome};
 use leasehold_coordinator::sweeps::{Pass, Reaper, Sweep};
-use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
 use leasehold_core::run::NodeStatus;
 use leasehold_core::store::ReapParams;
-use leasehold_testkit::fixtures::LEASE;
 
-use super::{REQUEUED, STALE_REAPED, config, crowd, idle_until, ms, setup_leading};
+use super::{REQUEUED, STALE_REAPED, config, crowd, idle_until, ms, pass, setup_leading};
+
+/// A pass's outcome: how many runs it requeued, stale-reaped and blocked.
+fn reaped(requeued: u64, stale_reaped: u64, blocked: u64) -> ReapOutcome {
+    ReapOutcome {
+        requeued,
+        stale_reaped,
+        blocked,
+    }
+}
 
 #[tokio::test]
 async fn reaper_acts_only_once_a_lease_has_expired() {
@@ -30,32 +37,13 @@ async fn reaper_acts_only_once_a_lease_has_expired() {
         .await
         .expect("push the lease out");
 
-    let requeued = ReapOutcome {
-        requeued: 1,
-        ..ReapOutcome::default()
-    };
-    let stale_reaped = ReapOutcome {
-        stale_reaped: 1,
-        ..ReapOutcome::default()
-    };
-    for (run_id, want) in [(idle, requeued), (busy, stale_reaped)] {
+    for (run_id, want) in [(idle, reaped(1, 0, 0)), (busy, reaped(0, 1, 0))] {
         let expires = b.lease_expiry(run_id).await;
         idle_until(expires, &format!("{run_id} "), async |now| {
-            Reaper
-                .run_once(Pass::new(&b.store, &leader, &config(), Some(now)))
-                .await
-                .expect("reap")
+            pass(&b, Reaper, &leader, Some(now)).await
         })
         .await;
-        let outcome = Reaper
-            .run_once(Pass::new(
-                &b.store,
-                &leader,
-                &config(),
-                Some(expires + ms(1)),
-            ))
-            .await
-            .expect("reap");
+        let outcome = pass(&b, Reaper, &leader, Some(expires + ms(1))).await;
         assert_eq!(outcome, want, "{run_id} expired by 1 ms");
     }
     let row = b.row(idle).await;
@@ -74,18 +62,12 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
     let live = b.start(&automation).await;
     let cancelled_before = b.start(&automation).await;
     let cancelled_meanwhile = b.start(&automation).await;
-    b.store
-        .claim_runs(&ClaimantId::from("w"), 3, LEASE)
-        .await
-        .expect("claim");
+    b.claim("w", 3).await;
     b.expire_lease(cancelled_before, Duration::from_secs(60))
         .await;
     b.expire_lease(cancelled_meanwhile, Duration::from_secs(60))
         .await;
-    b.store
-        .cancel_run(&b.tenant, cancelled_before, "stop")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled_before, "stop").await;
 
     // Cancelled between the reaper's read and its write: the write re-checks and changes nothing.
     let params = ReapParams {
@@ -98,10 +80,7 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
         expired.iter().map(|v| v.run_id).collect::<Vec<_>>(),
         vec![cancelled_meanwhile]
     );
-    b.store
-        .cancel_run(&b.tenant, cancelled_meanwhile, "stop")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled_meanwhile, "stop").await;
     let moved = b
         .store
         .requeue_expired_as_leader(&leader, &expired, &params)
@@ -110,10 +89,7 @@ async fn reaper_never_touches_a_live_lease_nor_a_run_cancelled_meanwhile() {
     assert!(moved.is_empty());
 
     let later = Utc::now() + chrono::TimeDelta::seconds(5);
-    let outcome = Reaper
-        .run_once(Pass::new(&b.store, &leader, &config(), Some(later)))
-        .await
-        .expect("reap");
+    let outcome = pass(&b, Reaper, &leader, Some(later)).await;
     assert_eq!(outcome, ReapOutcome::default());
     assert_eq!(b.row(live).await.status, "running");
     assert_eq!(b.row(live).await.claimant_id.as_deref(), Some("w"));
@@ -142,15 +118,7 @@ async fn reaper_blocks_a_run_whose_claims_keep_expiring() {
                 .expect("reap"),
         );
     }
-    let requeued = ReapOutcome {
-        requeued: 1,
-        ..ReapOutcome::default()
-    };
-    let blocked = ReapOutcome {
-        blocked: 1,
-        ..ReapOutcome::default()
-    };
-    assert_eq!(outcomes, vec![requeued, blocked]);
+    assert_eq!(outcomes, vec![reaped(1, 0, 0), reaped(0, 0, 1)]);
     let row = b.row(run_id).await;
     assert_eq!(
         (row.status.as_str(), row.stop_kind.as_deref()),

@@ -1,11 +1,11 @@
 //! Stale gates: a gate pending too long is marked stale once.
 
 use chrono::{DateTime, Utc};
+use leasehold_coordinator::sweeps::StaleGates;
 use leasehold_coordinator::sweeps::{self, StaleGatesOutcome};
-use leasehold_coordinator::sweeps::{Pass, StaleGates, Sweep};
 use leasehold_core::ids::NodeId;
 
-use super::{config, idle_until, ms, setup_leading};
+use super::{idle_until, ms, pass, setup_leading};
 
 #[tokio::test]
 async fn a_gate_pending_too_long_is_marked_stale_once() {
@@ -29,22 +29,13 @@ async fn a_gate_pending_too_long_is_marked_stale_once() {
     let after = chrono::TimeDelta::from_std(sweeps::STALE_GATE_AFTER_DEFAULT).expect("small");
 
     idle_until(requested_at + after, "", async |now| {
-        StaleGates
-            .run_once(Pass::new(&b.store, &leader, &config(), Some(now)))
-            .await
-            .expect("gates")
+        pass(&b, StaleGates, &leader, Some(now)).await
     })
     .await;
     let past = requested_at + after + ms(1);
-    let outcome = StaleGates
-        .run_once(Pass::new(&b.store, &leader, &config(), Some(past)))
-        .await
-        .expect("gates");
+    let outcome = pass(&b, StaleGates, &leader, Some(past)).await;
     assert_eq!(outcome, StaleGatesOutcome { marked: 1 });
-    let again = StaleGates
-        .run_once(Pass::new(&b.store, &leader, &config(), Some(past + after)))
-        .await
-        .expect("gates");
+    let again = pass(&b, StaleGates, &leader, Some(past + after)).await;
     assert_eq!(again, StaleGatesOutcome::default(), "marked once");
 
     let gate = b
@@ -102,10 +93,7 @@ async fn stale_gates_of_one_run_get_consecutive_events() {
         .await
         .expect("backdate gates");
 
-    let outcome = StaleGates
-        .run_once(Pass::new(&b.store, &leader, &config(), None))
-        .await
-        .expect("gates");
+    let outcome = pass(&b, StaleGates, &leader, None).await;
     assert_eq!(outcome, StaleGatesOutcome { marked: 2 });
     let events = b.events(run_id).await;
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();

@@ -64,28 +64,16 @@ async fn automations_are_read_listed_and_paused() {
     assert!(second.next.is_none(), "the last page says so");
 
     // Paused: starts no runs; pausing again changes nothing; activating starts runs again.
-    let paused = b
-        .store
-        .set_automation_status(&b.tenant, &beta, true)
-        .await
-        .expect("pause");
+    let paused = b.set_automation_paused(&beta, true).await;
     assert_eq!(paused.status, AutomationStatus::Paused);
     assert!(paused.updated_at >= read.updated_at);
     assert!(matches!(
         b.store.start_run(&b.start_request(&beta)).await,
         Err(RequestError::AutomationPaused(_))
     ));
-    let again = b
-        .store
-        .set_automation_status(&b.tenant, &beta, true)
-        .await
-        .expect("pause again");
+    let again = b.set_automation_paused(&beta, true).await;
     assert_eq!(again, paused, "a repeated pause is a no-op");
-    let active = b
-        .store
-        .set_automation_status(&b.tenant, &beta, false)
-        .await
-        .expect("activate");
+    let active = b.set_automation_paused(&beta, false).await;
     assert_eq!(active.status, AutomationStatus::Active);
     b.start(&beta).await;
 
@@ -159,10 +147,7 @@ async fn deleting_an_automation_takes_its_finished_runs_and_their_history() {
         .await
         .expect("cancel at the gate");
     let cancelled = b.start(&automation).await;
-    b.store
-        .cancel_run(&b.tenant, cancelled, "not needed")
-        .await
-        .expect("cancel");
+    b.cancel(cancelled, "not needed").await;
     let kept = b.start(&keep).await;
 
     let deleted = b
@@ -181,15 +166,9 @@ async fn deleting_an_automation_takes_its_finished_runs_and_their_history() {
     ] {
         assert_eq!(count(&b, sql, &gone).await, 0, "{sql}");
     }
-    let versions: i64 = b
-        .sql
-        .query_one(
-            "SELECT count(*) FROM automation_versions WHERE automation_id = 'done'",
-            &[],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let versions = b
+        .count("SELECT count(*) FROM automation_versions WHERE automation_id = 'done'")
+        .await;
     assert_eq!(versions, 0);
     assert!(matches!(
         b.store.automation(&b.tenant, &automation).await,

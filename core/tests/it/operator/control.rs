@@ -5,17 +5,14 @@ use std::time::Duration;
 use leasehold_core::ids::{RunId, TenantId};
 use leasehold_core::run::{self, RunStatus, Transition};
 use leasehold_core::store::{ReapParams, RequestError};
-use leasehold_testkit::fixtures::{diamond, fragile, node, setup, setup_run};
+use leasehold_testkit::fixtures::{diamond, fragile, node, setup, setup_diamond, setup_run};
 
-use super::{check_step, checkpoint_nodes, complete, fail, ready_now};
+use super::{checkpoint_nodes, complete, fail, ready_now, stepped};
 
 #[tokio::test]
 async fn resume_requeues_an_operator_paused_run() {
     let (b, _, run_id) = setup_run("pausable").await;
-    b.store
-        .pause_run(&b.tenant, run_id, "hold on")
-        .await
-        .expect("pause");
+    b.pause(run_id, "hold on").await;
     assert_eq!(
         b.run(run_id).await.stop_kind.as_deref(),
         Some("operator_paused")
@@ -25,16 +22,9 @@ async fn resume_requeues_an_operator_paused_run() {
         .resume_run(&b.tenant, run_id, "go on")
         .await
         .expect("resume");
-    let run = b.run(run_id).await;
-    check_step(
-        RunStatus::Paused,
-        Transition::Resume,
-        run.status,
-        &b.last_event(run_id).await.event,
-    );
+    let (run, event) = stepped(&b, run_id, RunStatus::Paused, Transition::Resume).await;
     assert_eq!(run.queue_reason.as_deref(), Some("resumed"));
     assert_eq!(run.stop_kind, None);
-    let event = b.last_event(run_id).await;
     assert_eq!(event.reason.as_deref(), Some("go on"));
     assert_eq!(event.metadata["stop_kind"], "operator_paused");
     assert_eq!(event.seq, run.event_seq);
@@ -73,14 +63,7 @@ async fn resume_requeues_a_stale_reaped_run_whose_interrupted_node_is_ready_agai
         .resume_run(&b.tenant, run_id, "the worker is gone")
         .await
         .expect("resume");
-    let run = b.run(run_id).await;
-    let event = b.last_event(run_id).await;
-    check_step(
-        RunStatus::Paused,
-        Transition::Resume,
-        run.status,
-        &event.event,
-    );
+    let (_, event) = stepped(&b, run_id, RunStatus::Paused, Transition::Resume).await;
     assert_eq!(event.metadata["stop_kind"], "stale_reaped");
     b.claim_one("w2").await;
     assert_eq!(
@@ -136,14 +119,7 @@ async fn recover_requeues_a_failed_run_and_its_failed_node_runs_again() {
         .recover_run(&b.tenant, run_id, "fixed the upstream")
         .await
         .expect("recover");
-    let run = b.run(run_id).await;
-    let event = b.last_event(run_id).await;
-    check_step(
-        RunStatus::Failed,
-        Transition::Recover,
-        run.status,
-        &event.event,
-    );
+    let (run, event) = stepped(&b, run_id, RunStatus::Failed, Transition::Recover).await;
     assert_eq!(run.queue_reason.as_deref(), Some("recovered"));
     assert_eq!(
         (
@@ -187,14 +163,7 @@ async fn recover_requeues_a_blocked_run_and_clears_the_poison_count() {
         .recover_run(&b.tenant, run_id, "repaired")
         .await
         .expect("recover");
-    let run = b.run(run_id).await;
-    let event = b.last_event(run_id).await;
-    check_step(
-        RunStatus::Blocked,
-        Transition::Recover,
-        run.status,
-        &event.event,
-    );
+    let (run, event) = stepped(&b, run_id, RunStatus::Blocked, Transition::Recover).await;
     assert_eq!(run.expired_claims, 0);
     assert_eq!((run.stop_kind, run.stop_reason), (None, None));
     assert_eq!(event.metadata["stop_kind"], "unreadable");
@@ -204,8 +173,7 @@ async fn recover_requeues_a_blocked_run_and_clears_the_poison_count() {
 
 #[tokio::test]
 async fn recover_refuses_runs_that_neither_failed_nor_blocked() {
-    let b = setup().await;
-    let automation = b.diamond("fine").await;
+    let (b, automation) = setup_diamond("fine").await;
     let completed = b.start(&automation).await;
     let claimed = b.claim_one("w1").await;
     for id in ["a", "b", "c", "d"] {

@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use leasehold_core::ids::{ClaimantId, RunId, TenantId};
+use leasehold_core::ids::{RunId, TenantId};
 use leasehold_core::run::{self, RunStatus, Transition};
 use leasehold_core::store::{
     Decision, DecisionKind, GateRecord, GateStatus, PageRequest, RequestError,
 };
-use leasehold_testkit::fixtures::{Bundle, LEASE, gated, node, setup};
+use leasehold_testkit::fixtures::{Bundle, gated, node, setup};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{check_step, checkpoint_nodes, complete, decision, ready_now, to_gate};
+use super::{check_step, checkpoint_nodes, complete, decision, ready_now, stepped, to_gate};
 
 /// [`setup`] with one run of a `gated` automation named `automation` taken to its gate; returns
 /// the run and the gate.
@@ -222,14 +222,7 @@ async fn approving_a_gate_requeues_its_run_and_a_repeat_gets_the_same_answer() {
         approved
     );
 
-    let run = b.run(run_id).await;
-    let event = b.last_event(run_id).await;
-    check_step(
-        RunStatus::AwaitingApproval,
-        Transition::Approve,
-        run.status,
-        &event.event,
-    );
+    let (run, event) = stepped(&b, run_id, RunStatus::AwaitingApproval, Transition::Approve).await;
     assert_eq!(run.queue_reason.as_deref(), Some("gate_approved"));
     assert_eq!(event.node_id, Some(node("gate")));
     assert_eq!(event.metadata["gate_id"], gate_id.to_string());
@@ -469,34 +462,18 @@ async fn a_cancel_decision_cancels_the_run() {
         .expect("cancel");
     assert_eq!(gate.status, GateStatus::Cancelled);
 
-    let run = b.run(run_id).await;
-    let event = b.last_event(run_id).await;
-    check_step(
-        RunStatus::AwaitingApproval,
-        Transition::Cancel,
-        run.status,
-        &event.event,
-    );
+    let (run, event) = stepped(&b, run_id, RunStatus::AwaitingApproval, Transition::Cancel).await;
     assert_eq!(run.stop_kind.as_deref(), Some("cancelled"));
     assert_eq!(run.stop_reason.as_deref(), Some("wrong customer"));
     assert!(run.finished_at.is_some());
     assert_eq!(event.stop_kind.as_deref(), Some("cancelled"));
-    assert!(
-        b.store
-            .claim_runs(&ClaimantId::from("w2"), 10, LEASE)
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    assert!(b.claim("w2", 10).await.is_empty());
 }
 
 #[tokio::test]
 async fn a_gate_of_a_paused_run_is_refused_and_asked_again_after_resume() {
     let (b, run_id, gate_id) = setup_gate("paused-gate").await;
-    b.store
-        .pause_run(&b.tenant, run_id, "wait")
-        .await
-        .expect("pause");
+    b.pause(run_id, "wait").await;
     let refused = b
         .store
         .decide_gate(&b.tenant, &decision(gate_id, DecisionKind::Approve, "a-1"))
@@ -538,10 +515,7 @@ async fn a_gate_of_a_paused_run_is_refused_and_asked_again_after_resume() {
     assert_ne!(asked, gate_id);
 
     // A cancel decision also settles a run paused at its gate.
-    b.store
-        .pause_run(&b.tenant, run_id, "wait again")
-        .await
-        .expect("pause");
+    b.pause(run_id, "wait again").await;
     b.store
         .decide_gate(&b.tenant, &decision(asked, DecisionKind::Cancel, "c-1"))
         .await

@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leasehold_core::ids::{ClaimantId, TenantId};
+use leasehold_core::ids::TenantId;
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Cursor, PageRequest, RequestError, RunFilter, RunRecord, WorkerInfo};
-use leasehold_testkit::fixtures::{Bundle, diamond, setup};
+use leasehold_core::store::{Cursor, PageRequest, RequestError, RunFilter, RunRecord};
+use leasehold_testkit::fixtures::{Bundle, diamond, setup, setup_diamond, setup_run, worker_info};
 use uuid::Uuid;
 
 fn ids(runs: &[RunRecord]) -> Vec<Uuid> {
@@ -54,8 +54,7 @@ async fn expected_runs(b: &Bundle, condition: &str) -> Vec<Uuid> {
 
 #[tokio::test]
 async fn runs_are_paged_newest_first_without_duplicates_or_gaps() {
-    let b = setup().await;
-    let automation = b.diamond("paged").await;
+    let (b, automation) = setup_diamond("paged").await;
     b.queue_many(&automation, 120).await;
     // Spread creation times, three runs to a second: ties are broken by run id.
     b.sql
@@ -200,8 +199,7 @@ async fn run_filters_apply_on_every_page() {
 
 #[tokio::test]
 async fn bad_page_tokens_are_refused() {
-    let b = setup().await;
-    let automation = b.diamond("tokens").await;
+    let (b, automation) = setup_diamond("tokens").await;
     b.queue_many(&automation, 3).await;
     for garbage in ["", "garbage", "v1:runs:notanumber:x", "v9:runs:1:x"] {
         assert!(
@@ -251,17 +249,12 @@ async fn bad_page_tokens_are_refused() {
 
 #[tokio::test]
 async fn stats_count_one_tenants_runs_and_its_due_backlog() {
-    let b = setup().await;
-    let automation = b.diamond("stats").await;
-    let held = b.start(&automation).await;
+    let (b, automation, held) = setup_run("stats").await;
     let waiting = b.start(&automation).await;
     let backoff = b.start(&automation).await;
     let paused = b.start(&automation).await;
     assert_eq!(b.claim_one("w1").await.claim.run_id(), held);
-    b.store
-        .pause_run(&b.tenant, paused, "hold")
-        .await
-        .expect("pause");
+    b.pause(paused, "hold").await;
     b.update_run(waiting, "queued_at = now() - interval '90 seconds'")
         .await;
     // Waiting in backoff for an hour: queued but not due.
@@ -326,18 +319,10 @@ async fn stats_count_one_tenants_runs_and_its_due_backlog() {
 
 #[tokio::test]
 async fn workers_are_alive_only_within_the_window() {
-    let b = setup().await;
-    let automation = b.diamond("workers").await;
+    let (b, automation) = setup_diamond("workers").await;
     for name in ["w-fresh", "w-silent"] {
         b.store
-            .register_worker(&WorkerInfo {
-                claimant_id: ClaimantId::from(name),
-                host: "host-1".into(),
-                pid: 42,
-                version: "0.1.0".into(),
-                capacity: 4,
-                handlers: vec!["noop".into()],
-            })
+            .register_worker(&worker_info(name, "host-1", "0.1.0"))
             .await
             .expect("register");
     }

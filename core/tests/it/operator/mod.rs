@@ -9,7 +9,7 @@ mod listing;
 use leasehold_core::ids::{AutomationId, NodeId, RunId};
 use leasehold_core::run::{self, RunStatus, Transition};
 use leasehold_core::spec::Spec;
-use leasehold_core::store::{Claim, Decision, DecisionKind, Failure};
+use leasehold_core::store::{Claim, Decision, DecisionKind, Event, Failure, RunRecord};
 use leasehold_testkit::fixtures::{Bundle, node};
 use serde_json::json;
 use uuid::Uuid;
@@ -32,6 +32,20 @@ fn check_step(from: RunStatus, transition: Transition, status: RunStatus, event:
         (status, event),
         "{from} + {transition:?}"
     );
+}
+
+/// The run and its last event, once asserted that the state machine takes `from` by `transition`
+/// to the run's status, recording that event.
+async fn stepped(
+    b: &Bundle,
+    run_id: RunId,
+    from: RunStatus,
+    transition: Transition,
+) -> (RunRecord, Event) {
+    let run = b.run(run_id).await;
+    let event = b.last_event(run_id).await;
+    check_step(from, transition, run.status, &event.event);
+    (run, event)
 }
 
 async fn complete(b: &Bundle, claim: &Claim, id: &str) {
