@@ -14,7 +14,8 @@ use leasehold_core::ids::{AutomationId, ClaimantId, RunId, TenantId};
 use leasehold_core::spec;
 use leasehold_core::store::Store;
 use leasehold_proto::v1::runs_client::RunsClient;
-use leasehold_testkit::{TestDb, fixtures};
+use leasehold_testkit::proxy::{self, Proxy};
+use leasehold_testkit::{TestDb, fixtures, wait_for_every};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio_postgres::Client;
@@ -22,10 +23,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::invariants::{self, Report};
-use crate::proxy::{self, Proxy};
 use crate::scenario::{self, Line};
 use crate::supervisor::{ProcId, Supervisor};
-use crate::{api, ledger, wait};
+use crate::{api, ledger};
 
 /// The timings every process of a cluster runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -561,10 +561,10 @@ impl Cluster {
     /// # Panics
     /// If they are not by `deadline`.
     pub async fn wait_all(&self, runs: &[RunId], status: &str, deadline: Duration) {
-        wait::until(
-            &format!("{} runs to be {status}", runs.len()),
+        wait_for_every(
             deadline,
             Duration::from_millis(100),
+            &format!("{} runs to be {status}", runs.len()),
             || async { (self.count_status(runs, status).await == runs.len()).then_some(()) },
         )
         .await;
@@ -638,10 +638,10 @@ impl Cluster {
 
     /// Waits until some coordinator leads, and returns it with its holder id and epoch.
     pub async fn wait_leader(&self, deadline: Duration) -> (CoordinatorId, String, i64) {
-        wait::until(
-            "a coordinator to lead",
+        wait_for_every(
             deadline,
             Duration::from_millis(50),
+            "a coordinator to lead",
             || async {
                 let (holder, epoch) = self.leader().await?;
                 Some((self.coordinator_of(&holder)?, holder, epoch))

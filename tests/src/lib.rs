@@ -11,12 +11,10 @@
 //! - [`cluster`]: one scenario's database, coordinators and workers, their readiness, the
 //!   timings they run with and the bounds computed from them, and the reads scenarios observe.
 //! - [`binaries`]: finds (and builds, with the test's own profile) the real `leasehold` binary.
-//! - [`proxy`]: the testkit's loopback TCP proxy, under the path `cluster` uses.
 //! - [`ledger`]: the effects ledger table the `ledger` kind writes every execution to.
 //! - [`invariants`]: the checker run after every scenario, returning a [`invariants::Report`].
 //! - [`scenario`]: one scenario at a time, a hard time bound each, result lines and the summary
 //!   table.
-//! - [`wait`]: the testkit's `wait_for_every` under the name `cluster` calls.
 
 pub mod api;
 pub mod binaries;
@@ -24,7 +22,5 @@ pub mod cluster;
 pub mod invariants;
 pub mod ledger;
 pub mod pg_server;
-pub mod proxy;
 pub mod scenario;
 pub mod supervisor;
-pub mod wait;
