@@ -293,7 +293,14 @@ impl Cluster {
     }
 
     fn spawn_coordinator(&mut self) -> CoordinatorId {
-        let n = self.coordinators.len() + 1;
+        let name = format!("coordinator-{}", self.coordinators.len() + 1);
+        let coordinator = self.start_coordinator_process(&name);
+        self.coordinators.push(coordinator);
+        CoordinatorId(self.coordinators.len() - 1)
+    }
+
+    /// Starts a coordinator named `name` on a loopback port free now.
+    fn start_coordinator_process(&mut self, name: &str) -> CoordinatorProc {
         let listen = free_port();
         let t = self.timings;
         let mut cmd = command(&self.bins.leasehold);
@@ -305,12 +312,11 @@ impl Cluster {
             .args(["--pausing-interval", &duration_arg(t.sweep)])
             .args(["--auto-resume-interval", &duration_arg(t.sweep)])
             .env("LEASEHOLD_LOG", "info");
-        let proc = self.sup.spawn(&format!("coordinator-{n}"), cmd);
-        self.coordinators.push(CoordinatorProc {
+        let proc = self.sup.spawn(name, cmd);
+        CoordinatorProc {
             proc,
             endpoint: format!("http://{listen}"),
-        });
-        CoordinatorId(self.coordinators.len() - 1)
+        }
     }
 
     async fn spawn_worker(&mut self, opts: WorkerOpts) -> WorkerId {
@@ -361,11 +367,24 @@ impl Cluster {
     }
 
     async fn wait_coordinator_ready(&mut self, id: CoordinatorId) {
-        let proc = self.coordinators[id.0].proc;
-        let endpoint = self.coordinators[id.0].endpoint.clone();
+        let mut proc = self.coordinators[id.0].proc;
+        let mut endpoint = self.coordinators[id.0].endpoint.clone();
+        let mut port_retries = PORT_RETRIES;
         let start = Instant::now();
         loop {
             if let Some(status) = self.sup.try_exit(proc) {
+                // The port was free when picked, but anything on the machine (an outgoing
+                // connection's ephemeral port, another test) may take it before the coordinator
+                // binds it: start it again on another port.
+                if port_retries > 0 && self.sup.log_tail(proc).contains("Address already in use") {
+                    port_retries -= 1;
+                    let again = PORT_RETRIES - port_retries;
+                    let name = format!("coordinator-{}-again-{again}", id.0 + 1);
+                    self.coordinators[id.0] = self.start_coordinator_process(&name);
+                    proc = self.coordinators[id.0].proc;
+                    endpoint = self.coordinators[id.0].endpoint.clone();
+                    continue;
+                }
                 panic!(
                     "{} exited before serving: {status}\n{}",
                     self.sup.name(proc),
@@ -726,6 +745,9 @@ fn command(program: &std::path::Path) -> Command {
 fn duration_arg(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
+
+/// Times a coordinator is started again because its port was taken before it could bind it.
+const PORT_RETRIES: u32 = 3;
 
 /// A loopback port free now.
 fn free_port() -> SocketAddr {
