@@ -1,11 +1,11 @@
 //! Leasehold's store, with the domain it stores.
 //!
 //! # Layout
-//! - [`ids`], [`spec`], [`run`], [`retry`], [`lease`]: the pure domain, re-exported from
+//! - [`ids`], [`spec`], [`kinds`], [`run`], [`retry`], [`lease`]: the pure domain, re-exported from
 //!   `leasehold-domain` so that callers name one crate.
 //! - [`store`]: the PostgreSQL store, the one place where SQL lives.
 #![warn(missing_docs)]
 
-pub use leasehold_domain::{ids, lease, retry, run, spec};
+pub use leasehold_domain::{ids, kinds, lease, retry, run, spec};
 
 pub mod store;

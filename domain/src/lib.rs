@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`ids`]: newtypes for run, node, automation, tenant and claimant ids, and the lease epoch.
 //! - [`spec`]: automation specs: parsing from YAML or JSON, and validation.
+//! - [`kinds`]: node kinds' input schemas, the built-in kinds' own, and checking a spec's node
+//!   inputs against them.
 //! - [`run`]: the run state machine and the ready nodes of a run's checkpoint.
 //! - [`retry`]: the backoff between attempts.
 //! - [`lease`]: lease bounds, expiry and reap decisions.
@@ -12,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod ids;
+pub mod kinds;
 pub mod lease;
 pub mod retry;
 pub mod run;
