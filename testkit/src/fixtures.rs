@@ -20,8 +20,8 @@ use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, RunId, TenantId};
 use leasehold_core::run::{self, Checkpoint, RunStatus};
 use leasehold_core::spec::{self, Spec};
 use leasehold_core::store::{
-    AutomationRecord, ClaimedRun, Event, Leadership, NodeRecord, RunRecord, StartRun, Store,
-    Trigger, WorkerInfo,
+    AdvertisedKind, AutomationRecord, ClaimedRun, Event, Leadership, NodeRecord, RunRecord,
+    StartRun, Store, Trigger, WorkerInfo,
 };
 use tokio::net::TcpListener;
 use tokio_postgres::NoTls;
@@ -174,8 +174,8 @@ pub fn start_request(tenant: &TenantId, automation: &AutomationId) -> StartRun {
     }
 }
 
-/// A worker's registration: `claimant` on `host`, pid 42, running `version`, with capacity 4
-/// and the `noop` kind.
+/// A worker's registration: `claimant` on `host`, pid 42, running `version`, with capacity 4,
+/// the default lease, and the `noop` kind with its built-in schema.
 pub fn worker_info(claimant: &str, host: &str, version: &str) -> WorkerInfo {
     WorkerInfo {
         claimant_id: ClaimantId::from(claimant),
@@ -183,7 +183,11 @@ pub fn worker_info(claimant: &str, host: &str, version: &str) -> WorkerInfo {
         pid: 42,
         version: version.into(),
         capacity: 4,
-        handlers: vec!["noop".into()],
+        lease: leasehold_core::lease::LEASE_DEFAULT,
+        kinds: vec![AdvertisedKind {
+            kind: "noop".into(),
+            input_schema: leasehold_core::kinds::builtin_input_schema("noop"),
+        }],
     }
 }
 

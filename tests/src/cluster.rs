@@ -416,11 +416,7 @@ impl Cluster {
                     self.sup.log_tail(proc)
                 );
             }
-            let workers = self
-                .store
-                .list_workers(Duration::from_secs(60))
-                .await
-                .expect("list workers");
+            let workers = self.store.list_workers(None).await.expect("list workers");
             if workers.iter().any(|w| w.claimant_id == claimant) {
                 return;
             }

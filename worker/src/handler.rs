@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
+use leasehold_core::kinds::{Schema, SchemaError};
+use leasehold_core::store::AdvertisedKind;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +89,17 @@ impl<T, E: std::fmt::Display> ResultExt<T> for Result<T, E> {
 pub trait Handler: Send + Sync + 'static {
     /// Runs one attempt and returns the node's output.
     fn run(&self, ctx: Context) -> impl Future<Output = Result<Value, HandlerError>> + Send;
+
+    /// The inputs this kind accepts, as a schema of the subset of JSON Schema that
+    /// [`leasehold_core::kinds::schema`] describes; `None` (the default) accepts any input.
+    ///
+    /// The worker advertises it when it registers, and the coordinator then refuses automations
+    /// whose nodes of this kind have inputs it does not accept, naming node and field. Declare
+    /// what [`Handler::run`] accepts, no more and no less: a stricter schema refuses specs the
+    /// handler would run, a looser one lets through specs whose nodes fail at run time.
+    fn input_schema(&self) -> Option<Value> {
+        None
+    }
 }
 
 type BoxedRun<'a> = Pin<Box<dyn Future<Output = Result<Value, HandlerError>> + Send + 'a>>;
@@ -102,10 +115,27 @@ impl<H: Handler> ErasedHandler for H {
     }
 }
 
+/// A registered kind: its handler and the schema it declared, checked when it was registered.
+#[derive(Clone)]
+struct Entry {
+    handler: Arc<dyn ErasedHandler>,
+    schema: Option<Schema>,
+}
+
+/// A handler whose declared input schema is not one of the supported subset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node kind {kind:?} declares an input schema that cannot be used: {source}")]
+pub struct RegisterError {
+    /// The kind.
+    pub kind: String,
+    /// What is wrong with its schema.
+    pub source: SchemaError,
+}
+
 /// The node kinds a worker executes, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
-    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    handlers: HashMap<String, Entry>,
 }
 
 impl Registry {
@@ -115,9 +145,32 @@ impl Registry {
     }
 
     /// Adds (or replaces) the handler of `kind`.
+    ///
+    /// # Panics
+    /// If the handler's [`Handler::input_schema`] is not a schema of the supported subset: a
+    /// mistake in the handler's code, found when the worker starts. [`Registry::try_register`]
+    /// returns it instead, for schemas read at run time.
     pub fn register(&mut self, kind: impl Into<String>, handler: impl Handler) -> &mut Self {
-        self.handlers.insert(kind.into(), Arc::new(handler));
-        self
+        match self.try_register(kind, handler) {
+            Ok(registry) => registry,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Adds (or replaces) the handler of `kind`, once its input schema is checked.
+    pub fn try_register(
+        &mut self,
+        kind: impl Into<String>,
+        handler: impl Handler,
+    ) -> Result<&mut Self, RegisterError> {
+        let kind = kind.into();
+        let schema = match handler.input_schema().map(Schema::new).transpose() {
+            Ok(schema) => schema,
+            Err(source) => return Err(RegisterError { kind, source }),
+        };
+        let handler = Arc::new(handler);
+        self.handlers.insert(kind, Entry { handler, schema });
+        Ok(self)
     }
 
     /// The kinds registered, sorted.
@@ -127,10 +180,26 @@ impl Registry {
         kinds
     }
 
+    /// The kinds registered, sorted, with the schemas they declared: what the worker advertises.
+    pub fn advertised(&self) -> Vec<AdvertisedKind> {
+        self.kinds()
+            .into_iter()
+            .map(|kind| {
+                let input_schema = self.handlers[&kind].schema.clone();
+                AdvertisedKind { kind, input_schema }
+            })
+            .collect()
+    }
+
+    /// The input schema `kind` declared, if it is registered and declared one.
+    pub fn input_schema(&self, kind: &str) -> Option<&Schema> {
+        self.handlers.get(kind)?.schema.as_ref()
+    }
+
     /// Runs `kind` for `ctx`; an unknown kind is a terminal failure naming it.
     pub async fn run(&self, kind: &str, ctx: Context) -> Result<Value, HandlerError> {
         match self.handlers.get(kind) {
-            Some(handler) => handler.run_boxed(ctx).await,
+            Some(entry) => entry.handler.run_boxed(ctx).await,
             None => Err(HandlerError::Terminal(format!(
                 "no handler for node kind {kind:?} on this worker (it has: {})",
                 self.kinds().join(", ")
@@ -144,5 +213,63 @@ impl std::fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("kinds", &self.kinds())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    struct Declares(Option<Value>);
+
+    impl Handler for Declares {
+        async fn run(&self, _ctx: Context) -> Result<Value, HandlerError> {
+            Ok(Value::Null)
+        }
+
+        fn input_schema(&self) -> Option<Value> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn registered_kinds_are_advertised_with_their_checked_schemas() {
+        let schema = json!({"type": "object", "required": ["from"]});
+        let mut registry = Registry::new();
+        registry
+            .register("shout", Declares(Some(schema.clone())))
+            .register("any", Declares(None));
+        let advertised = registry.advertised();
+        let view: Vec<(&str, Option<&Value>)> = advertised
+            .iter()
+            .map(|k| {
+                (
+                    k.kind.as_str(),
+                    k.input_schema.as_ref().map(Schema::as_value),
+                )
+            })
+            .collect();
+        assert_eq!(view, [("any", None), ("shout", Some(&schema))]);
+    }
+
+    #[test]
+    fn a_schema_outside_the_subset_is_refused_with_its_kind_and_path() {
+        let mut registry = Registry::new();
+        let refused = registry
+            .try_register(
+                "shout",
+                Declares(Some(json!({"properties": {"from": {"pattern": "x"}}}))),
+            )
+            .expect_err("refused");
+        assert_eq!(refused.kind, "shout");
+        let message = refused.to_string();
+        assert!(
+            message.contains("\"shout\"")
+                && message.contains("input_schema.properties.from.pattern"),
+            "{message}"
+        );
+        assert!(registry.kinds().is_empty(), "nothing registered");
     }
 }

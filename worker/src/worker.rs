@@ -53,7 +53,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<Report, store::Error> {
         let info = self.info();
         self.store.register_worker(&info).await?;
-        tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?info.handlers, "worker started");
+        tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?self.registry.kinds(), "worker started");
 
         let drain_requested = CancellationToken::new();
         let keeper = LeaseKeeper::new(self.store.clone(), &self.config, drain_requested.clone());
@@ -95,7 +95,8 @@ impl Worker {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capacity: u32::try_from(self.config.capacity).unwrap_or(u32::MAX),
-            handlers: self.registry.kinds(),
+            lease: self.config.lease,
+            kinds: self.registry.advertised(),
         }
     }
 

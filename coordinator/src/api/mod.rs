@@ -21,7 +21,6 @@ use tonic_health::server::HealthReporter;
 
 pub use error::{ApiError, ApiResult};
 pub use runs::MAX_START_RUNS;
-pub use workers::WORKER_ALIVE_WITHIN;
 
 /// Largest request a client may send. Specs of 1,000 nodes with 256 KiB inputs each are refused
 /// by validation long before this; anything larger is RESOURCE_EXHAUSTED.

@@ -1,7 +1,5 @@
 //! The `Workers` and `Stats` services.
 
-use std::time::Duration;
-
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::store::WorkerRecord;
 use leasehold_proto::v1;
@@ -11,10 +9,6 @@ use leasehold_proto::v1::workers_server::Workers;
 use super::convert::timestamp;
 use super::error::{ApiError, ApiResult};
 use super::{Api, respond, service};
-
-/// A worker whose last heartbeat is older than this is shown as not alive: several heartbeat
-/// intervals of the default 30 s lease.
-pub const WORKER_ALIVE_WITHIN: Duration = Duration::from_secs(60);
 
 fn worker_message(worker: &WorkerRecord) -> v1::Worker {
     v1::Worker {
@@ -34,7 +28,7 @@ fn worker_message(worker: &WorkerRecord) -> v1::Worker {
 
 impl Api {
     async fn workers(&self) -> ApiResult<v1::ListWorkersResponse> {
-        let workers = self.store.list_workers(WORKER_ALIVE_WITHIN).await?;
+        let workers = self.store.list_workers(None).await?;
         Ok(v1::ListWorkersResponse {
             workers: workers.iter().map(worker_message).collect(),
         })
@@ -53,7 +47,7 @@ impl Api {
                 leasehold_core::store::RequestError::WorkerNotFound(claimant),
             ));
         }
-        let workers = self.store.list_workers(WORKER_ALIVE_WITHIN).await?;
+        let workers = self.store.list_workers(None).await?;
         workers
             .iter()
             .find(|w| w.claimant_id == claimant)

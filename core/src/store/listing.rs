@@ -232,13 +232,18 @@ pub struct WorkerRecord {
     pub capacity: u32,
     /// The node kinds it executes.
     pub handlers: Vec<String>,
+    /// The lease it takes on runs, as it stated when it registered; `None` for a worker of a
+    /// release that did not state it.
+    pub lease: Option<Duration>,
     /// When it registered.
     pub started_at: DateTime<Utc>,
     /// Its last heartbeat, by the database's clock.
     pub last_heartbeat: DateTime<Utc>,
     /// Asked to stop claiming and hand its runs back.
     pub draining: bool,
-    /// It heartbeat within the window asked for, by the database's now.
+    /// Its last heartbeat is younger than its lease (or, without one,
+    /// [`ALIVE_WITHOUT_STATED_LEASE`](super::ALIVE_WITHOUT_STATED_LEASE)), by the database's now:
+    /// a worker that stopped beating is shown dead once the runs it held could have been reaped.
     pub alive: bool,
     /// Runs it holds a lease on now (running or pausing), in every tenant.
     pub held_runs: i64,
@@ -310,16 +315,17 @@ ORDER BY r.created_at DESC, r.run_id DESC
 LIMIT $8::int",
 };
 
-// Every registered worker, with liveness judged by the database's clock and the runs each holds
-// now. Workers are few (one row per process); the held counts are one aggregate over the held
+// Every registered worker, with liveness judged by its own lease on the database's clock (tests
+// pin now) and the runs each holds now. Workers are few (one row per process); the held counts are one aggregate over the held
 // runs, which runs_held_idx keeps to the runs being executed, not all runs. Not tenant-scoped:
 // workers claim across tenants.
 const LIST_WORKERS: Query = Query {
     name: "list_workers",
     sql: "\
 SELECT w.claimant_id, w.host, w.pid, w.version, w.capacity, w.handlers, w.started_at,
-       w.last_heartbeat, w.draining,
-       w.last_heartbeat > now() - $1::bigint * interval '1 millisecond' AS alive,
+       w.last_heartbeat, w.draining, w.lease_ms,
+       w.last_heartbeat + coalesce(w.lease_ms, $1::bigint) * interval '1 millisecond'
+           > coalesce($2::timestamptz, now()) AS alive,
        coalesce(held.n, 0) AS held_runs
 FROM workers w
 LEFT JOIN (
@@ -421,13 +427,15 @@ impl Store {
         }))
     }
 
-    /// Every registered worker; `alive` says whether it heartbeat within `alive_within` of the
-    /// database's now.
-    pub async fn list_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRecord>, Error> {
+    /// Every registered worker; `alive` says whether its last heartbeat is younger than its
+    /// lease at `now` (the database's now when `None`; tests pin it).
+    pub async fn list_workers(
+        &self,
+        now: Option<DateTime<Utc>>,
+    ) -> Result<Vec<WorkerRecord>, Error> {
         let client = self.client().await?;
-        let rows = LIST_WORKERS
-            .query(&client, &[&millis(alive_within)])
-            .await?;
+        let unstated = millis(super::ALIVE_WITHOUT_STATED_LEASE);
+        let rows = LIST_WORKERS.query(&client, &[&unstated, &now]).await?;
         Ok(rows
             .iter()
             .map(|row| WorkerRecord {
@@ -437,6 +445,9 @@ impl Store {
                 version: row.get("version"),
                 capacity: row.get::<_, i32>("capacity").unsigned_abs(),
                 handlers: row.get("handlers"),
+                lease: row
+                    .get::<_, Option<i64>>("lease_ms")
+                    .map(|ms| Duration::from_millis(ms.unsigned_abs())),
                 started_at: row.get("started_at"),
                 last_heartbeat: row.get("last_heartbeat"),
                 draining: row.get("draining"),

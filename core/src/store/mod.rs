@@ -46,7 +46,9 @@ pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use runs::{RunRecord, StartRun, Started, Trigger};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
-pub use workers::{QUEUED_CHANNEL, Wakeups, WorkerInfo};
+pub use workers::{
+    ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, Wakeups, WorkerInfo,
+};
 
 /// Time to establish a connection before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

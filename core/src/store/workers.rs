@@ -3,14 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::query::Query;
-use super::{Error, Store};
+use super::{Error, Store, millis};
 use crate::ids::ClaimantId;
+use crate::kinds::Schema;
 
 /// The channel a NOTIFY on it wakes idle workers through. It carries no payload: it is a hint
 /// that runs are due, never the queue itself.
@@ -25,8 +28,12 @@ const LISTEN_QUEUED: Query = Query {
 /// Delay before listening again after the listening connection dropped.
 const RELISTEN_DELAY: Duration = Duration::from_secs(1);
 
+/// How long after its last heartbeat a worker that did not state its lease (one of a release
+/// before leases were stated) is still shown alive: a few heartbeats of the default lease.
+pub const ALIVE_WITHOUT_STATED_LEASE: Duration = Duration::from_secs(60);
+
 /// A worker process as it registers itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerInfo {
     /// Unique per process start.
     pub claimant_id: ClaimantId,
@@ -38,19 +45,68 @@ pub struct WorkerInfo {
     pub version: String,
     /// Runs it holds at most at once.
     pub capacity: u32,
-    /// The node kinds it executes.
-    pub handlers: Vec<String>,
+    /// The lease it takes on runs: it is shown alive while its last heartbeat is younger.
+    pub lease: Duration,
+    /// The node kinds it executes, with the input schemas they declared.
+    pub kinds: Vec<AdvertisedKind>,
 }
 
-// Upsert: a worker that lost its row (deleted by an operator) registers again on its next beat.
+/// A node kind as a worker advertises it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdvertisedKind {
+    /// The kind's name, as specs write it.
+    pub kind: String,
+    /// The inputs it accepts; `None` accepts any.
+    pub input_schema: Option<Schema>,
+}
+
+/// A node kind some worker has advertised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeKindRecord {
+    /// The kind.
+    pub kind: String,
+    /// The schema the latest worker to advertise it declared, as stored: a newer build's may use
+    /// keywords this one cannot read, so it is checked where it is used. `None`: it declared none.
+    pub input_schema: Option<Value>,
+    /// When a worker first advertised it.
+    pub first_advertised_at: DateTime<Utc>,
+    /// When a worker last advertised it.
+    pub last_advertised_at: DateTime<Utc>,
+}
+
+// Upsert: a worker that lost its row (deleted by an operator) registers again when it restarts.
+// The kinds are advertised in the same statement, the latest worker's schema replacing the
+// previous one (during a rolling deploy the newest build registers last). Kinds are upserted in
+// name order, so two workers registering at once lock the rows in the same order and never
+// deadlock; DISTINCT ON keeps a repeated kind from updating its row twice.
 const REGISTER_WORKER: Query = Query {
     name: "register_worker",
     sql: "\
-INSERT INTO workers (claimant_id, host, pid, version, capacity, handlers)
-VALUES ($1::text, $2::text, $3::int, $4::text, $5::int, $6::text[])
-ON CONFLICT (claimant_id) DO UPDATE
-SET host = excluded.host, pid = excluded.pid, version = excluded.version,
-    capacity = excluded.capacity, handlers = excluded.handlers, last_heartbeat = now()",
+WITH worker AS (
+    INSERT INTO workers (claimant_id, host, pid, version, capacity, handlers, lease_ms)
+    VALUES ($1::text, $2::text, $3::int, $4::text, $5::int, $6::text[], $8::bigint)
+    ON CONFLICT (claimant_id) DO UPDATE
+    SET host = excluded.host, pid = excluded.pid, version = excluded.version,
+        capacity = excluded.capacity, handlers = excluded.handlers,
+        lease_ms = excluded.lease_ms, last_heartbeat = now()
+)
+INSERT INTO node_kinds (kind, input_schema)
+SELECT DISTINCT ON (a.kind) a.kind, a.input_schema
+FROM unnest($6::text[], $7::jsonb[]) AS a(kind, input_schema)
+ORDER BY a.kind
+ON CONFLICT (kind) DO UPDATE
+SET input_schema = excluded.input_schema, last_advertised_at = now()",
+};
+
+// For ListNodeKinds (every kind) and for checking a spec's inputs (the kinds it uses). The table
+// holds a row per kind ever advertised: a few dozen at most.
+const NODE_KINDS: Query = Query {
+    name: "node_kinds",
+    sql: "\
+SELECT kind, input_schema, first_advertised_at, last_advertised_at
+FROM node_kinds
+WHERE $1::text[] IS NULL OR kind = ANY($1::text[])
+ORDER BY kind",
 };
 
 // Liveness for `worker list`, and the draining flag an operator may have set since the last beat.
@@ -75,6 +131,7 @@ const DEREGISTER_WORKER: Query = Query {
 
 pub(super) const QUERIES: &[Query] = &[
     REGISTER_WORKER,
+    NODE_KINDS,
     WORKER_HEARTBEAT,
     SET_WORKER_DRAINING,
     DEREGISTER_WORKER,
@@ -104,10 +161,16 @@ impl Drop for Wakeups {
 }
 
 impl Store {
-    /// Adds or refreshes the worker's row.
+    /// Adds or refreshes the worker's row, and advertises its kinds with their schemas.
     pub async fn register_worker(&self, info: &WorkerInfo) -> Result<(), Error> {
         let pid = i32::try_from(info.pid).unwrap_or(i32::MAX);
         let capacity = i32::try_from(info.capacity).unwrap_or(i32::MAX);
+        let kinds: Vec<&str> = info.kinds.iter().map(|k| k.kind.as_str()).collect();
+        let schemas: Vec<Option<&Value>> = info
+            .kinds
+            .iter()
+            .map(|k| k.input_schema.as_ref().map(Schema::as_value))
+            .collect();
         let client = self.client().await?;
         REGISTER_WORKER
             .execute(
@@ -118,11 +181,28 @@ impl Store {
                     &pid,
                     &info.version,
                     &capacity,
-                    &info.handlers,
+                    &kinds,
+                    &schemas,
+                    &millis(info.lease),
                 ],
             )
             .await?;
         Ok(())
+    }
+
+    /// The node kinds workers have advertised, sorted by kind: those named in `only`, or all.
+    pub async fn node_kinds(&self, only: Option<&[String]>) -> Result<Vec<NodeKindRecord>, Error> {
+        let client = self.client().await?;
+        let rows = NODE_KINDS.query(&client, &[&only]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| NodeKindRecord {
+                kind: row.get("kind"),
+                input_schema: row.get("input_schema"),
+                first_advertised_at: row.get("first_advertised_at"),
+                last_advertised_at: row.get("last_advertised_at"),
+            })
+            .collect())
     }
 
     /// Records the worker as alive; returns whether it was asked to drain, or `None` when its

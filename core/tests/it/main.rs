@@ -10,3 +10,4 @@ mod operator;
 mod protocol_doc;
 mod start_runs;
 mod store;
+mod workers;

@@ -38,6 +38,18 @@ impl Handler for Shout {
             .terminal()?;
         Ok(json!({ "text": text.to_uppercase() }))
     }
+    /// Advertised when the worker registers: coordinators then refuse a `shout` node without
+    /// `from` when its automation is stored, instead of the node failing when it runs.
+    fn input_schema(&self) -> Option<Value> {
+        Some(json!({
+            "description": "Upper-cases the text output of an upstream node.",
+            "type": "object",
+            "properties": {
+                "from": {"description": "The upstream node whose text to shout.", "type": "string"}
+            },
+            "required": ["from"]
+        }))
+    }
 }
 
 /// A worker with the built-in kinds and `shout`.
@@ -99,6 +111,29 @@ mod tests {
             )
             .await;
         assert_eq!(out, Ok(json!({"text": "HELLO"})));
+    }
+
+    #[tokio::test]
+    async fn the_schema_accepts_exactly_the_inputs_shout_reads() {
+        let mut registry = handlers::builtin(ExecPolicy::default());
+        registry.register("shout", Shout);
+        let schema = registry.input_schema("shout").expect("declared");
+        let upstream = [("greet", json!({"text": "hello"}))];
+        for input in [
+            json!({"from": "greet"}),
+            json!({"from": "greet", "note": "ignored"}),
+            json!({}),
+            json!({"from": 1}),
+            json!("greet"),
+            Value::Null,
+        ] {
+            let ran = Shout.run(ctx(input.clone(), &upstream)).await;
+            assert_eq!(
+                schema.validate(&input).is_empty(),
+                ran.is_ok(),
+                "{input}: {ran:?}"
+            );
+        }
     }
 
     #[test]

@@ -174,6 +174,9 @@ impl Handler for Exec {
             status.map_err(|e| HandlerError::Retryable(format!("waiting for {program:?}: {e}")))?;
         outcome(status, &input.terminal_exit_codes, &stdout, &stderr)
     }
+    fn input_schema(&self) -> Option<Value> {
+        super::schema_of("exec")
+    }
 }
 
 impl Exec {
@@ -442,6 +445,32 @@ impl Input {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handler_and_its_schema_accept_the_same_inputs() {
+        super::super::tests::agree(
+            &Exec::new(ExecPolicy::default()),
+            |input| Input::parse(input).is_ok(),
+            &[
+                json!({"argv": ["sh"]}),
+                json!({"argv": ["sh", "-c", "true"], "terminal_exit_codes": [2, -1], "timeout_ms": 1}),
+                json!({"argv": ["sh"], "terminal_exit_codes": [2_147_483_647, -2_147_483_648]}),
+                json!({"argv": ["sh"], "terminal_exit_codes": []}),
+                json!({}),
+                json!(null),
+                json!(["sh"]),
+                json!({"argv": "sh -c true"}),
+                json!({"argv": []}),
+                json!({"argv": ["sh", 1]}),
+                json!({"argv": ["sh"], "terminal_exit_codes": [1.5]}),
+                json!({"argv": ["sh"], "terminal_exit_codes": [2_147_483_648_i64]}),
+                json!({"argv": ["sh"], "terminal_exit_codes": 2}),
+                json!({"argv": ["sh"], "timeout_ms": 0}),
+                json!({"argv": ["sh"], "timeout_ms": -1}),
+                json!({"argv": ["sh"], "cmd": "x"}),
+            ],
+        );
+    }
 
     #[test]
     fn bad_input_names_the_field() {

@@ -7,16 +7,16 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method, Response, StatusCode, Url};
 use serde_json::{Map, Value, json};
 
+use leasehold_core::kinds::{HTTP_MAX_RESPONSE_BYTES, HTTP_METHODS};
+
 use crate::handler::{Context, Handler, HandlerError};
 
 /// The default, and the largest allowed, `max_response_bytes`: node outputs are stored in
 /// Postgres with the run, so they stay small.
-const MAX_RESPONSE_BYTES_DEFAULT: usize = 1024 * 1024;
+const MAX_RESPONSE_BYTES_DEFAULT: usize = HTTP_MAX_RESPONSE_BYTES as usize;
 
 /// How much of an error response's body goes into the error message.
 const ERROR_EXCERPT_BYTES: usize = 512;
-
-const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 const FIELDS: [&str; 6] = [
     "method",
@@ -42,7 +42,7 @@ const FIELDS: [&str; 6] = [
 /// }
 /// ```
 ///
-/// Only `url` is required. `method` defaults to `GET`. `body`, when present, is sent as JSON with
+/// Only `url` is required. `method` defaults to `GET`, and is written in upper or lower case. `body`, when present, is sent as JSON with
 /// `content-type: application/json`. Every request carries `Idempotency-Key: <key>`, replacing
 /// any such header in the input, so that the server can tell a retried attempt from a new request.
 /// Without `timeout_ms` the attempt is bounded only by the node's own timeout.
@@ -142,6 +142,10 @@ impl Handler for Http {
             HandlerError::Retryable(m) => HandlerError::Retryable(format!("{what}: {m}")),
             HandlerError::Terminal(m) => HandlerError::Terminal(format!("{what}: {m}")),
         })
+    }
+
+    fn input_schema(&self) -> Option<Value> {
+        super::schema_of("http")
     }
 }
 
@@ -289,15 +293,22 @@ impl Request {
 
         let method = match input.get("method") {
             None => Method::GET,
+            // Upper or lower case, as the schema's enum lists them.
             Some(v) => v
                 .as_str()
-                .map(str::to_ascii_uppercase)
-                .filter(|m| METHODS.contains(&m.as_str()))
+                .and_then(|m| {
+                    HTTP_METHODS
+                        .iter()
+                        .find(|known| **known == m || known.to_ascii_lowercase() == m)
+                })
                 .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
                 .ok_or_else(|| {
                     bad(
                         "method",
-                        format!("must be one of {}, not {v}", METHODS.join(", ")),
+                        format!(
+                            "must be one of {} (or in lower case), not {v}",
+                            HTTP_METHODS.join(", ")
+                        ),
                     )
                 })?,
         };
@@ -413,6 +424,38 @@ mod tests {
         check(429, Outcome::Retry);
         check(500, Outcome::Retry);
         check(503, Outcome::Retry);
+    }
+
+    #[test]
+    fn the_handler_and_its_schema_accept_the_same_inputs() {
+        let url = "http://example.com/";
+        super::super::tests::agree(
+            &Http::new(),
+            |input| Request::parse(input).is_ok(),
+            &[
+                json!({"url": url}),
+                json!({"url": url, "method": "POST", "body": {"a": [1]}}),
+                json!({"url": url, "method": "delete", "headers": {"Accept": "text/plain"}}),
+                json!({"url": url, "timeout_ms": 1, "max_response_bytes": 0}),
+                json!({"url": url, "max_response_bytes": 1_048_576, "body": null}),
+                json!({}),
+                json!(null),
+                json!(url),
+                json!({"url": ""}),
+                json!({"url": 3}),
+                json!({"uri": url}),
+                json!({"url": url, "method": "FETCH"}),
+                json!({"url": url, "method": "Post"}),
+                json!({"url": url, "method": 1}),
+                json!({"url": url, "headers": []}),
+                json!({"url": url, "headers": {"Accept": 1}}),
+                json!({"url": url, "timeout_ms": 0}),
+                json!({"url": url, "timeout_ms": "5"}),
+                json!({"url": url, "timeout_ms": 1.5}),
+                json!({"url": url, "max_response_bytes": 1_048_577}),
+                json!({"url": url, "max_response_bytes": -1}),
+            ],
+        );
     }
 
     #[test]

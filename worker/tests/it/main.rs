@@ -6,4 +6,5 @@ mod bundle;
 mod exec_handler;
 mod handler_errors;
 mod http_handler;
+mod registration;
 mod worker;

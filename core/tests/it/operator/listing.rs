@@ -318,7 +318,7 @@ async fn stats_count_one_tenants_runs_and_its_due_backlog() {
 }
 
 #[tokio::test]
-async fn workers_are_alive_only_within_the_window() {
+async fn workers_are_alive_only_within_their_lease() {
     let (b, automation) = setup_diamond("workers").await;
     for name in ["w-fresh", "w-silent"] {
         b.store
@@ -328,7 +328,8 @@ async fn workers_are_alive_only_within_the_window() {
     }
     b.start(&automation).await;
     b.claim_one("w-fresh").await;
-    for (name, ago) in [("w-fresh", "59 seconds"), ("w-silent", "61 seconds")] {
+    // Both state the default lease of 30 s.
+    for (name, ago) in [("w-fresh", "29 seconds"), ("w-silent", "31 seconds")] {
         b.sql
             .execute(
                 &format!(
@@ -341,11 +342,7 @@ async fn workers_are_alive_only_within_the_window() {
             .expect("backdate heartbeat");
     }
 
-    let workers = b
-        .store
-        .list_workers(Duration::from_secs(60))
-        .await
-        .expect("workers");
+    let workers = b.store.list_workers(None).await.expect("workers");
     let view: Vec<(&str, bool, i64)> = workers
         .iter()
         .map(|w| (w.claimant_id.as_str(), w.alive, w.held_runs))
@@ -357,16 +354,17 @@ async fn workers_are_alive_only_within_the_window() {
             fresh.host.as_str(),
             fresh.pid,
             fresh.capacity,
-            fresh.draining
+            fresh.draining,
+            fresh.lease
         ),
-        ("host-1", 42, 4, false)
+        ("host-1", 42, 4, false, Some(Duration::from_secs(30)))
     );
     assert_eq!(fresh.handlers, vec!["noop"]);
 
-    // A wider window takes both in.
+    // At the fresh worker's last heartbeat, the silent one was still within its lease.
     let all_alive = b
         .store
-        .list_workers(Duration::from_secs(120))
+        .list_workers(Some(fresh.last_heartbeat))
         .await
         .expect("workers")
         .iter()
