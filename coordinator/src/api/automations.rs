@@ -1,7 +1,10 @@
 //! The `Automations` service.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use leasehold_core::ids::AutomationId;
-use leasehold_core::spec::Spec;
+use leasehold_core::kinds;
+use leasehold_core::spec::{Spec, SpecError};
 use leasehold_core::store::{AutomationRecord, Stored};
 use leasehold_proto::v1;
 use leasehold_proto::v1::automations_server::Automations;
@@ -23,44 +26,102 @@ fn automation_message(record: &AutomationRecord, version_created: bool) -> v1::A
     }
 }
 
+/// A spec whose every node input its kind accepts, or may accept (see the warnings).
+struct Checked {
+    spec: Spec,
+    warnings: Vec<v1::SpecWarning>,
+}
+
 impl Api {
-    async fn stored(&self, spec: &Spec, stored: Stored) -> ApiResult<v1::Automation> {
-        let record = self.store.automation(&self.tenant, &spec.id).await?;
-        Ok(automation_message(&record, stored.created))
+    /// The request's spec, once its nodes' inputs are checked against their kinds' schemas: the
+    /// built-in schema, else the latest one a worker advertised. A spec with any input its kind
+    /// refuses is refused with every violation, and nothing is stored; a kind nobody advertised
+    /// is a warning.
+    async fn checked_spec(&self, source: Option<&v1::SpecSource>) -> ApiResult<Checked> {
+        let spec = convert::spec_from_source(source)?;
+        let others: BTreeSet<&str> = spec
+            .nodes
+            .iter()
+            .map(|n| n.kind.as_str())
+            .filter(|k| !kinds::is_builtin(k))
+            .collect();
+        let advertised: BTreeMap<String, Option<serde_json::Value>> = if others.is_empty() {
+            BTreeMap::new()
+        } else {
+            let others: Vec<String> = others.into_iter().map(str::to_owned).collect();
+            self.store
+                .node_kinds(Some(&others))
+                .await?
+                .into_iter()
+                .map(|k| (k.kind, k.input_schema))
+                .collect()
+        };
+        let checked = kinds::check_inputs(&spec, &advertised);
+        if !checked.violations.is_empty() {
+            return Err(ApiError::Spec(SpecError {
+                violations: checked.violations,
+            }));
+        }
+        let warnings = checked
+            .warnings
+            .into_iter()
+            .map(|w| v1::SpecWarning {
+                field: format!("spec.{}", w.field),
+                message: w.message,
+            })
+            .collect();
+        Ok(Checked { spec, warnings })
+    }
+
+    async fn stored(&self, checked: Checked, stored: Stored) -> ApiResult<v1::Automation> {
+        let record = self
+            .store
+            .automation(&self.tenant, &checked.spec.id)
+            .await?;
+        Ok(v1::Automation {
+            warnings: checked.warnings,
+            ..automation_message(&record, stored.created)
+        })
     }
 
     async fn automation_create(
         &self,
         request: v1::CreateAutomationRequest,
     ) -> ApiResult<v1::Automation> {
-        let spec = convert::spec_from_source(request.spec.as_ref())?;
-        let version = self.store.create_automation(&self.tenant, &spec).await?;
+        let checked = self.checked_spec(request.spec.as_ref()).await?;
+        let version = self
+            .store
+            .create_automation(&self.tenant, &checked.spec)
+            .await?;
         let stored = Stored {
             version,
             created: true,
         };
-        self.stored(&spec, stored).await
+        self.stored(checked, stored).await
     }
 
     async fn automation_update(
         &self,
         request: v1::UpdateAutomationRequest,
     ) -> ApiResult<v1::Automation> {
-        let spec = convert::spec_from_source(request.spec.as_ref())?;
+        let checked = self.checked_spec(request.spec.as_ref()).await?;
         let stored = self
             .store
-            .create_automation_version(&self.tenant, &spec)
+            .create_automation_version(&self.tenant, &checked.spec)
             .await?;
-        self.stored(&spec, stored).await
+        self.stored(checked, stored).await
     }
 
     async fn automation_apply(
         &self,
         request: v1::ApplyAutomationRequest,
     ) -> ApiResult<v1::Automation> {
-        let spec = convert::spec_from_source(request.spec.as_ref())?;
-        let stored = self.store.apply_automation(&self.tenant, &spec).await?;
-        self.stored(&spec, stored).await
+        let checked = self.checked_spec(request.spec.as_ref()).await?;
+        let stored = self
+            .store
+            .apply_automation(&self.tenant, &checked.spec)
+            .await?;
+        self.stored(checked, stored).await
     }
 
     async fn automation_get(&self, request: v1::GetAutomationRequest) -> ApiResult<v1::Automation> {

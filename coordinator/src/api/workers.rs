@@ -1,13 +1,16 @@
 //! The `Workers` and `Stats` services.
 
+use std::collections::BTreeMap;
+
 use leasehold_core::ids::ClaimantId;
+use leasehold_core::kinds::{BUILTIN_KINDS, builtin_input_schema};
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::WorkerRecord;
 use leasehold_proto::v1;
 use leasehold_proto::v1::stats_server::Stats;
 use leasehold_proto::v1::workers_server::Workers;
 
-use super::convert::timestamp;
+use super::convert::{timestamp, to_struct};
 use super::error::{ApiError, ApiResult};
 use super::{Api, respond, service, states};
 
@@ -24,7 +27,9 @@ fn worker_message(worker: &WorkerRecord) -> v1::Worker {
         draining: worker.draining,
         alive: worker.alive,
         held_runs: worker.held_runs,
-        lease_ms: 0,
+        lease_ms: worker
+            .lease
+            .map_or(0, |l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
@@ -59,6 +64,39 @@ impl Api {
             ))
     }
 
+    /// The built-in kinds, with their schemas whether or not a worker advertised them (the
+    /// coordinator checks inputs against these), and every kind a worker advertised, with the
+    /// schema the latest one declared.
+    async fn node_kinds(&self) -> ApiResult<v1::ListNodeKindsResponse> {
+        let mut kinds: BTreeMap<String, v1::NodeKind> = BUILTIN_KINDS
+            .iter()
+            .map(|kind| {
+                let message = v1::NodeKind {
+                    kind: (*kind).to_owned(),
+                    input_schema: builtin_input_schema(kind).map(|s| to_struct(s.as_value())),
+                    builtin: true,
+                    last_advertised_at: None,
+                };
+                ((*kind).to_owned(), message)
+            })
+            .collect();
+        for advertised in self.store.node_kinds(None).await? {
+            let last = Some(timestamp(advertised.last_advertised_at));
+            kinds
+                .entry(advertised.kind.clone())
+                .and_modify(|builtin| builtin.last_advertised_at = last)
+                .or_insert_with(|| v1::NodeKind {
+                    kind: advertised.kind,
+                    input_schema: advertised.input_schema.as_ref().map(to_struct),
+                    builtin: false,
+                    last_advertised_at: last,
+                });
+        }
+        Ok(v1::ListNodeKindsResponse {
+            kinds: kinds.into_values().collect(),
+        })
+    }
+
     async fn stats(&self) -> ApiResult<v1::StatsResponse> {
         let stats = self.store.stats(&self.tenant).await?;
         Ok(v1::StatsResponse {
@@ -84,13 +122,8 @@ service! {
     impl Workers {
         rpc list_workers(ListWorkersRequest) -> v1::ListWorkersResponse = |api, _m| api.workers();
         rpc drain_worker(DrainWorkerRequest) -> v1::Worker = |api, m| api.drain(&m.claimant_id);
-    }
-
-    async fn list_node_kinds(
-        &self,
-        _request: tonic::Request<v1::ListNodeKindsRequest>,
-    ) -> Result<tonic::Response<v1::ListNodeKindsResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("ListNodeKinds is not served by this build yet"))
+        rpc list_node_kinds(ListNodeKindsRequest) -> v1::ListNodeKindsResponse =
+            |api, _m| api.node_kinds();
     }
 }
 

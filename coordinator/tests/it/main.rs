@@ -5,4 +5,5 @@
 
 mod answers;
 mod api;
+mod kinds;
 mod sweeps;
