@@ -1,5 +1,5 @@
-//! Listings for operators: runs, workers and per-tenant counts, and the keyset pagination every
-//! list of the store shares.
+//! Listings for operators: runs and per-tenant counts, and the keyset pagination every list of
+//! the store shares. Workers are listed by `workers`.
 //!
 //! Pages are keyset pages, never `OFFSET`: a page token names the last item's sort key and id,
 //! and the next page starts strictly after it, so a page costs the same however deep it is and
@@ -13,11 +13,11 @@ use uuid::Uuid;
 
 use super::query::Query;
 use super::runs::{read_run, run_columns};
-use super::{Error, RequestError, RunRecord, Store, millis};
+use super::{Error, RequestError, RunRecord, Store};
 
 // `mod.rs` re-exports this module's public items, so the automation records the listing serves
 // are re-exported from here as well.
-use crate::ids::{AutomationId, ClaimantId, TenantId};
+use crate::ids::{AutomationId, TenantId};
 use crate::run::RunStatus;
 
 /// Items in a page when the caller asks for none in particular (size 0).
@@ -219,38 +219,6 @@ pub struct RunFilter {
     pub created_before: Option<DateTime<Utc>>,
 }
 
-/// A registered worker process, with what the database knows of it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerRecord {
-    /// Unique per process start.
-    pub claimant_id: ClaimantId,
-    /// The machine.
-    pub host: String,
-    /// The process.
-    pub pid: u32,
-    /// The build.
-    pub version: String,
-    /// Runs it holds at most at once.
-    pub capacity: u32,
-    /// The node kinds it executes.
-    pub handlers: Vec<String>,
-    /// The lease it takes on runs, as it stated when it registered; `None` for a worker of a
-    /// release that did not state it.
-    pub lease: Option<Duration>,
-    /// When it registered.
-    pub started_at: DateTime<Utc>,
-    /// Its last heartbeat, by the database's clock.
-    pub last_heartbeat: DateTime<Utc>,
-    /// Asked to stop claiming and hand its runs back.
-    pub draining: bool,
-    /// Its last heartbeat is younger than its lease (or, without one,
-    /// [`ALIVE_WITHOUT_STATED_LEASE`](super::ALIVE_WITHOUT_STATED_LEASE)), by the database's now:
-    /// a worker that stopped beating is shown dead once the runs it held could have been reaped.
-    pub alive: bool,
-    /// Runs it holds a lease on now (running or pausing), in every tenant.
-    pub held_runs: i64,
-}
-
 /// A tenant's runs at a glance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
@@ -318,27 +286,6 @@ LIMIT $8::int"
     ),
 };
 
-// Every registered worker, with liveness judged by its own lease on the database's clock (tests
-// pin now) and the runs each holds now. Workers are few (one row per process); the held counts are one aggregate over the held
-// runs, which runs_held_idx keeps to the runs being executed, not all runs. Not tenant-scoped:
-// workers claim across tenants.
-const LIST_WORKERS: Query = Query {
-    name: "list_workers",
-    sql: "\
-SELECT w.claimant_id, w.host, w.pid, w.version, w.capacity, w.handlers, w.started_at,
-       w.last_heartbeat, w.draining, w.lease_ms,
-       w.last_heartbeat + coalesce(w.lease_ms, $1::bigint) * interval '1 millisecond'
-           > coalesce($2::timestamptz, now()) AS alive,
-       coalesce(held.n, 0) AS held_runs
-FROM workers w
-LEFT JOIN (
-    SELECT claimant_id, count(*) AS n FROM runs
-    WHERE status IN ('running', 'pausing')
-    GROUP BY claimant_id
-) AS held ON held.claimant_id = w.claimant_id
-ORDER BY w.started_at, w.claimant_id",
-};
-
 // One tenant's counts in one statement. The per-status count reads the tenant's entries of
 // runs_status_idx (an index-only scan once vacuumed); the due count and the oldest due queued
 // time read only its queued entries. Age is measured from queued_at, which a retry moves to its
@@ -360,12 +307,7 @@ SELECT coalesce((SELECT jsonb_object_agg(status, n) FROM by_status), '{}'::jsonb
 FROM due",
 };
 
-pub(super) const QUERIES: &[Query] = &[
-    LIST_RUNS_BY_STATUS,
-    LIST_RUNS_OF_AUTOMATION,
-    LIST_WORKERS,
-    TENANT_STATS,
-];
+pub(super) const QUERIES: &[Query] = &[LIST_RUNS_BY_STATUS, LIST_RUNS_OF_AUTOMATION, TENANT_STATS];
 
 impl Store {
     /// A page of the tenant's runs that match `filter`, newest first.
@@ -436,36 +378,6 @@ impl Store {
         Ok(Page::cut(runs, page, |run| {
             Cursor::new(Listing::Runs, run.created_at, run.run_id.to_string())
         }))
-    }
-
-    /// Every registered worker; `alive` says whether its last heartbeat is younger than its
-    /// lease at `now` (the database's now when `None`; tests pin it).
-    pub async fn list_workers(
-        &self,
-        now: Option<DateTime<Utc>>,
-    ) -> Result<Vec<WorkerRecord>, Error> {
-        let client = self.client().await?;
-        let unstated = millis(super::ALIVE_WITHOUT_STATED_LEASE);
-        let rows = LIST_WORKERS.query(&client, &[&unstated, &now]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| WorkerRecord {
-                claimant_id: ClaimantId(row.get("claimant_id")),
-                host: row.get("host"),
-                pid: row.get::<_, i32>("pid").unsigned_abs(),
-                version: row.get("version"),
-                capacity: row.get::<_, i32>("capacity").unsigned_abs(),
-                handlers: row.get("handlers"),
-                lease: row
-                    .get::<_, Option<i64>>("lease_ms")
-                    .map(|ms| Duration::from_millis(ms.unsigned_abs())),
-                started_at: row.get("started_at"),
-                last_heartbeat: row.get("last_heartbeat"),
-                draining: row.get("draining"),
-                alive: row.get("alive"),
-                held_runs: row.get("held_runs"),
-            })
-            .collect())
     }
 
     /// The tenant's runs by state, its queue's backlog, and its held leases.

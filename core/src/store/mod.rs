@@ -38,8 +38,7 @@ pub use events::Event;
 pub use gates::{Decision, DecisionKind, GateRecord, GateStatus};
 pub use leader::{LeaderEpoch, Leadership};
 pub use listing::{
-    Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest, RunFilter, Stats, WorkerRecord,
-    page_size,
+    Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest, RunFilter, Stats, page_size,
 };
 pub use migrate::{SchemaStatus, known_version};
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
@@ -47,7 +46,8 @@ pub use outcomes::Failure;
 pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
 pub use workers::{
-    ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, Wakeups, WorkerInfo,
+    ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, Wakeups,
+    WorkerInfo, WorkerRecord,
 };
 
 /// Time to establish a connection before giving up.

@@ -1,4 +1,5 @@
-//! The registry of worker processes, and the wake-up channel they listen on.
+//! The registry of worker processes (with their liveness and the node kinds they advertise), and
+//! the wake-up channel they listen on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,38 @@ pub struct WorkerInfo {
     pub kinds: Vec<AdvertisedKind>,
 }
 
+/// A registered worker process, with what the database knows of it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// Unique per process start.
+    pub claimant_id: ClaimantId,
+    /// The machine.
+    pub host: String,
+    /// The process.
+    pub pid: u32,
+    /// The build.
+    pub version: String,
+    /// Runs it holds at most at once.
+    pub capacity: u32,
+    /// The node kinds it executes.
+    pub handlers: Vec<String>,
+    /// The lease it takes on runs, as it stated when it registered; `None` for a worker of a
+    /// release that did not state it.
+    pub lease: Option<Duration>,
+    /// When it registered.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat, by the database's clock.
+    pub last_heartbeat: DateTime<Utc>,
+    /// Asked to stop claiming and hand its runs back.
+    pub draining: bool,
+    /// Its last heartbeat is younger than its lease (or, without one,
+    /// [`ALIVE_WITHOUT_STATED_LEASE`]), by the database's now:
+    /// a worker that stopped beating is shown dead once the runs it held could have been reaped.
+    pub alive: bool,
+    /// Runs it holds a lease on now (running or pausing), in every tenant.
+    pub held_runs: i64,
+}
+
 /// A node kind as a worker advertises it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdvertisedKind {
@@ -98,6 +131,27 @@ ON CONFLICT (kind) DO UPDATE
 SET input_schema = excluded.input_schema, last_advertised_at = now()",
 };
 
+// Every registered worker, with liveness judged by its own lease on the database's clock (tests
+// pin now) and the runs each holds now. Workers are few (one row per process); the held counts
+// are one aggregate over the held runs, which runs_held_idx keeps to the runs being executed,
+// not all runs. Not tenant-scoped: workers claim across tenants.
+const LIST_WORKERS: Query = Query {
+    name: "list_workers",
+    sql: "\
+SELECT w.claimant_id, w.host, w.pid, w.version, w.capacity, w.handlers, w.started_at,
+       w.last_heartbeat, w.draining, w.lease_ms,
+       w.last_heartbeat + coalesce(w.lease_ms, $1::bigint) * interval '1 millisecond'
+           > coalesce($2::timestamptz, now()) AS alive,
+       coalesce(held.n, 0) AS held_runs
+FROM workers w
+LEFT JOIN (
+    SELECT claimant_id, count(*) AS n FROM runs
+    WHERE status IN ('running', 'pausing')
+    GROUP BY claimant_id
+) AS held ON held.claimant_id = w.claimant_id
+ORDER BY w.started_at, w.claimant_id",
+};
+
 // For ListNodeKinds (every kind) and for checking a spec's inputs (the kinds it uses). The table
 // holds a row per kind ever advertised: a few dozen at most.
 const NODE_KINDS: Query = Query {
@@ -131,6 +185,7 @@ const DEREGISTER_WORKER: Query = Query {
 
 pub(super) const QUERIES: &[Query] = &[
     REGISTER_WORKER,
+    LIST_WORKERS,
     NODE_KINDS,
     WORKER_HEARTBEAT,
     SET_WORKER_DRAINING,
@@ -188,6 +243,36 @@ impl Store {
             )
             .await?;
         Ok(())
+    }
+
+    /// Every registered worker; `alive` says whether its last heartbeat is younger than its
+    /// lease at `now` (the database's now when `None`; tests pin it).
+    pub async fn list_workers(
+        &self,
+        now: Option<DateTime<Utc>>,
+    ) -> Result<Vec<WorkerRecord>, Error> {
+        let client = self.client().await?;
+        let unstated = millis(ALIVE_WITHOUT_STATED_LEASE);
+        let rows = LIST_WORKERS.query(&client, &[&unstated, &now]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| WorkerRecord {
+                claimant_id: ClaimantId(row.get("claimant_id")),
+                host: row.get("host"),
+                pid: row.get::<_, i32>("pid").unsigned_abs(),
+                version: row.get("version"),
+                capacity: row.get::<_, i32>("capacity").unsigned_abs(),
+                handlers: row.get("handlers"),
+                lease: row
+                    .get::<_, Option<i64>>("lease_ms")
+                    .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+                started_at: row.get("started_at"),
+                last_heartbeat: row.get("last_heartbeat"),
+                draining: row.get("draining"),
+                alive: row.get("alive"),
+                held_runs: row.get("held_runs"),
+            })
+            .collect())
     }
 
     /// The node kinds workers have advertised, sorted by kind: those named in `only`, or all.
