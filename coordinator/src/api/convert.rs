@@ -8,7 +8,7 @@ use leasehold_proto::v1;
 use prost_types::value::Kind;
 use serde_json::Value;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, SpecSource};
 
 /// Longest id, name or reason accepted in a request, in characters.
 pub const MAX_TEXT_CHARS: usize = 4_096;
@@ -94,10 +94,12 @@ pub fn spec_from_source(source: Option<&v1::SpecSource>) -> ApiResult<Spec> {
         ApiError::field("spec", "required: a structured spec or its YAML/JSON text")
     })?;
     match source {
-        v1::spec_source::Source::Text(text) => Ok(spec::parse(text)?),
+        v1::spec_source::Source::Text(text) => {
+            spec::parse(text).map_err(|e| ApiError::spec(SpecSource::Text, e))
+        }
         v1::spec_source::Source::Structured(message) => {
             let spec = spec_from_message(message);
-            spec::validate(&spec)?;
+            spec::validate(&spec).map_err(|e| ApiError::spec(SpecSource::Structured, e))?;
             Ok(spec)
         }
     }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Response, Status};
 use tonic_health::server::HealthReporter;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, SpecSource};
 pub use runs::MAX_START_RUNS;
 pub use workers::WORKER_ALIVE_WITHIN;
 
