@@ -4,4 +4,5 @@
 //! [`fixtures`](leasehold_testkit::fixtures).
 
 mod api;
+mod contract;
 mod sweeps;
