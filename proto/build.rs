@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use heck::{ToSnakeCase, ToUpperCamelCase};
 use prost::Message as _;
 use prost_types::field_descriptor_proto::{Label, Type};
-use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
+use prost_types::{
+    DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorSet, MessageOptions,
+};
 
 /// The package whose messages get checks; its Rust module is `crate::v1`.
 const PACKAGE: &str = "leasehold.v1";
@@ -148,14 +150,14 @@ fn map_check(out: &mut String, name: &str, access: &str, entry: &DescriptorProto
     if value_check_kind != Check::Nothing {
         each.push_str(&value_check(value_check_kind, "x", "field.key(k)"));
     }
-    let pattern = if value_check_kind == Check::Nothing {
-        "(k, _)"
+    let each_entry = if value_check_kind == Check::Nothing {
+        format!("k in {access}.keys()")
     } else {
-        "(k, x)"
+        format!("(k, x) in &{access}")
     };
     writeln!(
         out,
-        "        {{ let field = at.field({name:?}); for {pattern} in &{access} {{ {each} }} }}"
+        "        {{ let field = at.field({name:?}); for {each_entry} {{ {each} }} }}"
     )
     .expect("writing to a String");
 }
@@ -174,8 +176,8 @@ fn oneof_check(
     let conflict = message
         .nested_type
         .iter()
-        .map(|m| m.name())
-        .chain(message.enum_type.iter().map(|e| e.name()))
+        .map(DescriptorProto::name)
+        .chain(message.enum_type.iter().map(EnumDescriptorProto::name))
         .any(|n| n.to_upper_camel_case() == type_name);
     if conflict {
         type_name.push_str("OneOf");
@@ -259,7 +261,10 @@ fn message_check(type_name: &str) -> Check {
 }
 
 fn is_map_entry(message: &DescriptorProto) -> bool {
-    message.options.as_ref().is_some_and(|o| o.map_entry())
+    message
+        .options
+        .as_ref()
+        .is_some_and(MessageOptions::map_entry)
 }
 
 /// The map entry type of `field`, if it is a map field.

@@ -232,7 +232,10 @@ fn walk_messages<'m>(
     scope: &str,
     out: &mut Vec<(String, &'m DescriptorProto)>,
 ) {
-    if m.options.as_ref().is_some_and(|o| o.map_entry()) {
+    if m.options
+        .as_ref()
+        .is_some_and(prost_types::MessageOptions::map_entry)
+    {
         return;
     }
     let name = if scope.is_empty() {
@@ -414,23 +417,23 @@ mod checker {
     #[test]
     fn each_rule_flags_a_bad_api() {
         check("PACKAGE_DIRECTORY_MATCH", |f| {
-            f.name = Some("shop/shop.proto".into())
+            f.name = Some("shop/shop.proto".into());
         });
         check("FILE_LOWER_SNAKE_CASE", |f| {
-            f.name = Some("shop/v1/Shop.proto".into())
+            f.name = Some("shop/v1/Shop.proto".into());
         });
         check("IMPORT_NO_PUBLIC", |f| f.public_dependency = vec![0]);
         check("IMPORT_NO_WEAK", |f| f.weak_dependency = vec![0]);
         check("MESSAGE_PASCAL_CASE", |f| {
             f.message_type[0]
                 .nested_type
-                .push(message("line_item", &[]))
+                .push(message("line_item", &[]));
         });
         check("FIELD_LOWER_SNAKE_CASE", |f| {
-            f.message_type[0].field[0].name = Some("orderId".into())
+            f.message_type[0].field[0].name = Some("orderId".into());
         });
         check("FIELD_LOWER_SNAKE_CASE", |f| {
-            f.message_type[0].field[0].name = Some("order__id".into())
+            f.message_type[0].field[0].name = Some("order__id".into());
         });
         check("ONEOF_LOWER_SNAKE_CASE", |f| {
             f.message_type[0].oneof_decl.push(OneofDescriptorProto {
@@ -444,40 +447,40 @@ mod checker {
             f.message_type[0].enum_type.push(e);
         });
         check("ENUM_VALUE_UPPER_SNAKE_CASE", |f| {
-            f.enum_type[0].value[1].name = Some("HTTP_ORDER_STATE_Open".into())
+            f.enum_type[0].value[1].name = Some("HTTP_ORDER_STATE_Open".into());
         });
         check("ENUM_VALUE_PREFIX", |f| {
-            f.enum_type[0].value[1].name = Some("ORDER_STATE_OPEN".into())
+            f.enum_type[0].value[1].name = Some("ORDER_STATE_OPEN".into());
         });
         check("ENUM_ZERO_VALUE_SUFFIX", |f| {
-            f.enum_type[0].value[0].name = Some("HTTP_ORDER_STATE_NONE".into())
+            f.enum_type[0].value[0].name = Some("HTTP_ORDER_STATE_NONE".into());
         });
         check("ENUM_FIRST_VALUE_ZERO", |f| f.enum_type[0].value.swap(0, 1));
         check("SERVICE_PASCAL_CASE", |f| {
-            f.service[0].name = Some("orders".into())
+            f.service[0].name = Some("orders".into());
         });
         check("RPC_PASCAL_CASE", |f| {
             f.service[0].method[1].name = Some("cancel_Order".into());
             f.message_type[2].name = Some("cancel_OrderRequest".into());
         });
         check("RPC_REQUEST_STANDARD_NAME", |f| {
-            f.service[0].method[1].input_type = Some(".shop.v1.GetOrderRequest".into())
+            f.service[0].method[1].input_type = Some(".shop.v1.GetOrderRequest".into());
         });
         check("RPC_REQUEST_STANDARD_NAME", |f| {
-            f.service[0].method[1].input_type = Some(".google.protobuf.Empty".into())
+            f.service[0].method[1].input_type = Some(".google.protobuf.Empty".into());
         });
         check("RPC_RESPONSE_STANDARD_NAME", |f| {
-            f.service[0].method[2].output_type = Some(".shop.v1.Order".into())
+            f.service[0].method[2].output_type = Some(".shop.v1.Order".into());
         });
         check("RPC_RESPONSE_STANDARD_NAME", |f| {
-            f.service[0].method[0].output_type = Some(".shop.v1.ListOrdersResponse".into())
+            f.service[0].method[0].output_type = Some(".shop.v1.ListOrdersResponse".into());
         });
         check("RPC_RESPONSE_STANDARD_NAME", |f| {
             f.service[0].method[0].server_streaming = Some(true);
             f.service[0].method[0].output_type = Some(".shop.v1.ListOrdersResponse".into());
         });
         check("RPC_REQUEST_RESPONSE_UNIQUE", |f| {
-            f.message_type.push(message("ShipOrderRequest", &[]))
+            f.message_type.push(message("ShipOrderRequest", &[]));
         });
     }
 

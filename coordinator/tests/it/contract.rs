@@ -141,7 +141,7 @@ impl Messages {
         entry
             .options
             .as_ref()
-            .is_some_and(|o| o.map_entry())
+            .is_some_and(prost_types::MessageOptions::map_entry)
             .then_some(entry)
     }
 
@@ -204,32 +204,31 @@ fn well_known(type_name: &str, fault: Fault) -> Option<Vec<Found>> {
         fields: [(k.to_owned(), v)].into(),
     };
     let nul_key = object(NUL_TEXT, value(Kind::NullValue(0)));
-    let found = |m: &dyn Fn() -> Vec<u8>, path: &str| Found {
-        body: m(),
-        path: path.to_owned(),
-    };
+    fn found(message: &impl prost::Message, path: &str) -> Found {
+        Found {
+            body: message.encode_to_vec(),
+            path: path.to_owned(),
+        }
+    }
+    let nul = matches!(fault, Fault::Nul);
     let mut all = Vec::new();
     match type_name {
         ".google.protobuf.Value" => {
-            all.push(found(&|| bad.encode_to_vec(), ""));
-            let in_list = value(Kind::ListValue(list(bad.clone())));
-            all.push(found(&|| in_list.encode_to_vec(), "[0]"));
-            if matches!(fault, Fault::Nul) {
-                let keyed = value(Kind::StructValue(nul_key.clone()));
-                all.push(found(&|| keyed.encode_to_vec(), ""));
+            all.push(found(&bad, ""));
+            all.push(found(&value(Kind::ListValue(list(bad.clone()))), "[0]"));
+            if nul {
+                all.push(found(&value(Kind::StructValue(nul_key)), ""));
             }
         }
         ".google.protobuf.Struct" => {
-            all.push(found(&|| object("k", bad.clone()).encode_to_vec(), "k"));
-            let nested = object("k", value(Kind::ListValue(list(bad.clone()))));
-            all.push(found(&|| nested.encode_to_vec(), "k[0]"));
-            if matches!(fault, Fault::Nul) {
-                all.push(found(&|| nul_key.encode_to_vec(), ""));
+            all.push(found(&object("k", bad.clone()), "k"));
+            let nested = object("k", value(Kind::ListValue(list(bad))));
+            all.push(found(&nested, "k[0]"));
+            if nul {
+                all.push(found(&nul_key, ""));
             }
         }
-        ".google.protobuf.ListValue" => {
-            all.push(found(&|| list(bad.clone()).encode_to_vec(), "[0]"))
-        }
+        ".google.protobuf.ListValue" => all.push(found(&list(bad), "[0]")),
         other if other.starts_with(".google.protobuf.") => {}
         _ => return None,
     }
