@@ -72,22 +72,25 @@ fn checks(set: &FileDescriptorSet) -> String {
 /// nested messages.
 fn message_checks(out: &mut String, outer: &[&str], message: &DescriptorProto) {
     let mut body = String::new();
+    // Fields in declaration order, a oneof where its first member is declared: the violation
+    // reported is the first one a reader of the .proto would find.
+    let mut oneofs_done = Vec::new();
     for field in &message.field {
-        if field.oneof_index.is_some() && !field.proto3_optional() {
-            continue;
+        let oneof = field.oneof_index.filter(|_| !field.proto3_optional());
+        match oneof {
+            None => field_check(&mut body, message, field),
+            Some(index) if !oneofs_done.contains(&index) => {
+                oneofs_done.push(index);
+                let members: Vec<&FieldDescriptorProto> = message
+                    .field
+                    .iter()
+                    .filter(|f| f.oneof_index == Some(index) && !f.proto3_optional())
+                    .collect();
+                let name = message.oneof_decl[usize::try_from(index).expect("an index")].name();
+                oneof_check(&mut body, outer, message, name, &members);
+            }
+            Some(_) => {}
         }
-        field_check(&mut body, message, field);
-    }
-    for (index, oneof) in message.oneof_decl.iter().enumerate() {
-        let members: Vec<&FieldDescriptorProto> = message
-            .field
-            .iter()
-            .filter(|f| f.oneof_index == i32::try_from(index).ok() && !f.proto3_optional())
-            .collect();
-        if members.is_empty() {
-            continue;
-        }
-        oneof_check(&mut body, outer, message, oneof.name(), &members);
     }
     let rust_type = rust_path(outer, message.name());
     let at = if body.is_empty() { "_at" } else { "at" };

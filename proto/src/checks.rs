@@ -36,7 +36,7 @@ impl std::error::Error for Violation {}
 
 /// The door check of a message: its text can be stored and its numbers are finite.
 pub trait CheckInput {
-    /// The first field, in field order, that breaks the rules.
+    /// The first field, in declaration order, that breaks the rules.
     fn check_input(&self) -> Result<(), Violation> {
         self.check_at(&Path::Root)
     }
@@ -319,5 +319,15 @@ mod tests {
             ],
         };
         assert_eq!(failure(&batch).0, "requests[1].request_id");
+        let both = v1::StartRunRequest {
+            automation_id: "\0".into(),
+            request_id: "\0".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            failure(&both).0,
+            "automation_id",
+            "the first field declared"
+        );
     }
 }
