@@ -166,19 +166,17 @@ impl Messages {
         }
         for inner in self.field_found(value, fault, stack) {
             let mut e = Vec::new();
-            // A key of the map's key type that reads as a field name: `k` or 1.
-            if key.r#type() == Type::String {
-                prost::encoding::string::encode(1, &"k".to_owned(), &mut e);
-            } else {
-                encode_key(1, WireType::Varint, &mut e);
-                encode_varint(1, &mut e);
-            }
-            e.extend_from_slice(&inner.body);
-            let shown = if key.r#type() == Type::String {
-                "k"
-            } else {
-                "[\"1\"]"
+            // A text key that reads as a field name; any other key is left out, so that it is
+            // its type's default, which the path quotes.
+            let shown = match key.r#type() {
+                Type::String => {
+                    prost::encoding::string::encode(1, &"k".to_owned(), &mut e);
+                    "k"
+                }
+                Type::Bool => "[\"false\"]",
+                _ => "[\"0\"]",
             };
+            e.extend_from_slice(&inner.body);
             let rest = inner.path.strip_prefix(value.name()).unwrap_or(&inner.path);
             let rest = rest.strip_prefix('.').unwrap_or(rest);
             all.push(Found {
