@@ -69,7 +69,9 @@ pub fn from_value(value: &prost_types::Value) -> Value {
 }
 
 /// JSON numbers travel as doubles in a `Value`; whole ones come back as integers, as a user who
-/// wrote `3` expects. Non-finite doubles have no JSON form and become null.
+/// wrote `3` expects. Non-finite doubles have no JSON form, and no request carrying one gets
+/// here: the door check (`leasehold_proto::checks`) refuses it naming the field, so the null
+/// below is never reached.
 fn number(n: f64) -> Value {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every whole double below is exact.
     if n.fract() == 0.0 && n.abs() < EXACT {

@@ -403,6 +403,6 @@ service! {
         &self,
         request: Request<v1::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        respond(self.run_watch(request.into_inner()).await)
+        respond(self.run_watch(super::checked(request)?).await)
     }
 }

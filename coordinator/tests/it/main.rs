@@ -5,4 +5,5 @@
 
 mod answers;
 mod api;
+mod contract;
 mod sweeps;
