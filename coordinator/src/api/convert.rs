@@ -189,10 +189,17 @@ pub fn gate_id(field: &str, text: &str) -> ApiResult<uuid::Uuid> {
     uuid::Uuid::parse_str(text).map_err(|e| ApiError::field(field, format!("not a gate id: {e}")))
 }
 
-/// A name-like id: required, at most 128 characters of `[A-Za-z0-9_.-]`.
+/// A name-like id: required, at most 128 characters of `[A-Za-z0-9_.-]`, starting with a letter
+/// or digit, as the spec's names (a name that no spec can hold cannot name anything).
 pub fn name(field: &str, text: &str) -> ApiResult<String> {
-    if text.is_empty() {
+    let Some(first) = text.chars().next() else {
         return Err(ApiError::field(field, "required"));
+    };
+    if !first.is_ascii_alphanumeric() {
+        return Err(ApiError::field(
+            field,
+            format!("must start with a letter or digit, not {first:?}"),
+        ));
     }
     if text.chars().count() > 128 {
         return Err(ApiError::field(field, "longer than 128 characters"));
@@ -207,6 +214,23 @@ pub fn name(field: &str, text: &str) -> ApiResult<String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// Longest request id or concurrency key, in characters.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// A key that may be left empty (a request id, a concurrency key): at most [`MAX_KEY_CHARS`].
+pub fn optional_key(field: &str, text: &str) -> ApiResult<Option<String>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > MAX_KEY_CHARS {
+        return Err(ApiError::field(
+            field,
+            format!("longer than {MAX_KEY_CHARS} characters"),
+        ));
+    }
+    Ok(Some(text.to_owned()))
 }
 
 /// Free text: at most [`MAX_TEXT_CHARS`] characters.
