@@ -14,6 +14,8 @@
 //!   write never landed.
 //! - **No node completed twice**, a completed or cancelled run never changed again, and each
 //!   stale reap was auto-resumed at most once (a sweep decision applied twice would show here).
+//! - **Events say where the run is:** every event records a run status, and the last one's is
+//!   the status the run is in.
 //! - **Executions are accounted for:** every execution in the ledger ran under a claim held by
 //!   the process that ran it, as an attempt the store counted before it ran (rule 8), no
 //!   attempt ran twice, and no node ran more often than its attempts, nor more attempts than its
@@ -44,7 +46,8 @@ const NODES: &str = "SELECT run_id, node_id, status, attempts, epoch FROM run_no
 // name: check_events
 // Every event of every run, in each run's order.
 const EVENTS: &str = "\
-SELECT run_id, seq, event, epoch, node_id, attempt, metadata->>'claimant_id' AS claimant
+SELECT run_id, seq, event, run_status, epoch, node_id, attempt,
+       metadata->>'claimant_id' AS claimant
 FROM run_events ORDER BY run_id, seq";
 
 // name: check_specs
@@ -181,6 +184,7 @@ struct Node {
 struct Event {
     seq: i64,
     event: String,
+    run_status: Option<String>,
     epoch: i64,
     node_id: Option<String>,
     attempt: Option<i32>,
@@ -228,6 +232,7 @@ pub async fn check(sql: &Client) -> Report {
             .push(Event {
                 seq: row.get("seq"),
                 event: row.get("event"),
+                run_status: row.get("run_status"),
                 epoch: row.get("epoch"),
                 node_id: row.get("node_id"),
                 attempt: row.get("attempt"),
@@ -301,6 +306,20 @@ fn check_history(run: &Run, events: &[Event], report: &mut Report) {
         v.push(format!(
             "run {id}: event sequence {seqs:?} is not 1..={}",
             run.event_seq
+        ));
+    }
+    if let Some(e) = events.iter().find(|e| e.run_status.is_none()) {
+        v.push(format!(
+            "run {id} seq {} {}: no run status recorded",
+            e.seq, e.event
+        ));
+    }
+    if let Some(last) = events.last()
+        && last.run_status.as_deref() != Some(run.status.as_str())
+    {
+        v.push(format!(
+            "run {id}: the last event ({} seq {}) records status {:?}, the run is {}",
+            last.event, last.seq, last.run_status, run.status
         ));
     }
     let mut held: Option<(i64, Option<String>)> = None;

@@ -351,11 +351,20 @@ impl Ask {
     }
 
     /// The gate's status after this decision.
-    fn gate_status(self) -> &'static str {
+    /// The gate's status as `gates.status` stores it.
+    fn stored_gate_status(self) -> &'static str {
         match self {
             Self::Approve => "approved",
             Self::Rework => "rejected",
             Self::Cancel => "cancelled",
+        }
+    }
+
+    fn gate_status(self) -> v1::GateStatus {
+        match self {
+            Self::Approve => v1::GateStatus::Approved,
+            Self::Rework => v1::GateStatus::Rework,
+            Self::Cancel => v1::GateStatus::Cancelled,
         }
     }
 }
@@ -435,7 +444,7 @@ async fn gate_races(c: &mut Cluster) -> Line {
             match answer {
                 Ok(gate) => {
                     let gate = gate.into_inner();
-                    assert_eq!(gate.status, ask.gate_status(), "the winner's answer");
+                    assert_eq!(gate.status(), ask.gate_status(), "the winner's answer");
                     let earlier = winners.insert(*run, (gate_id.clone(), ask, who, via, gate));
                     assert!(earlier.is_none(), "run {run}: two decisions won its gate");
                 }
@@ -473,7 +482,7 @@ async fn gate_races(c: &mut Cluster) -> Line {
                 row.get::<_, &str>("status"),
                 row.get::<_, Option<&str>>("decided_by")
             ),
-            (ask.gate_status(), Some(who.as_str())),
+            (ask.stored_gate_status(), Some(who.as_str())),
             "run {run}: the stored gate names the winner"
         );
     }
@@ -939,10 +948,13 @@ async fn bad_input(c: &mut Cluster) -> Line {
             .expect("GetRun of a blocked run")
             .into_inner();
         assert_eq!(
-            (shown.status.as_str(), shown.stop_reason),
-            ("blocked", reason)
+            (shown.status(), shown.stop_reason.as_str()),
+            (v1::RunStatus::Blocked, reason.as_str())
         );
-        eprintln!("bad-input: run {run} blocked: {}", shown.stop_kind);
+        eprintln!(
+            "bad-input: run {run} blocked: {}",
+            shown.stop_kind().as_str_name()
+        );
     }
 
     // Everything else goes on: every other run completes, every process serves.

@@ -935,7 +935,7 @@ async fn cancel_exec(c: &mut Cluster) -> Line {
             .await
             .expect("cancel")
             .into_inner();
-        assert_eq!(reply.status, "cancelled");
+        assert_eq!(reply.status(), leasehold_proto::v1::RunStatus::Cancelled);
     }
     killpg(group_dies, Signal::SIGKILL).expect("kill the second program");
 

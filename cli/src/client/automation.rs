@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::Global;
 use super::connect::{Coordinator, all_pages};
-use super::json;
 use super::render::{self, Table, emit, emit_json, fields};
+use super::{json, names};
 
 /// Largest page asked for; the API coerces larger sizes to it anyway.
 pub(super) const PAGE_SIZE_MAX: i32 = 1000;
@@ -112,7 +112,7 @@ async fn apply(c: &Coordinator, file: &Path, global: &Global) -> anyhow::Result<
         ("automation", automation.id.clone()),
         ("version", automation.current_version.to_string()),
         ("applied", outcome.to_owned()),
-        ("status", automation.status.clone()),
+        ("status", names::automation_status(automation.status)),
     ]))
 }
 
@@ -134,7 +134,7 @@ async fn list(c: &Coordinator, global: &Global) -> anyhow::Result<()> {
         table.row(vec![
             a.id.clone(),
             a.current_version.to_string(),
-            a.status.clone(),
+            names::automation_status(a.status),
             a.spec.as_ref().map_or(0, |s| s.nodes.len()).to_string(),
             render::time(a.updated_at.as_ref())
                 .map(|t| format!("{} ago", render::age(t, now)))
@@ -176,7 +176,8 @@ fn report_status(automation: &v1::Automation, global: &Global) -> anyhow::Result
     } else {
         emit(&format!(
             "automation {}: {}\n",
-            automation.id, automation.status
+            automation.id,
+            names::automation_status(automation.status)
         ))
     }
 }
@@ -192,7 +193,7 @@ fn show(a: &v1::Automation, shown: i32) -> String {
     let mut out = fields(&[
         ("automation", a.id.clone()),
         ("version", version),
-        ("status", a.status.clone()),
+        ("status", names::automation_status(a.status)),
         ("description", spec.description.clone()),
         ("created", render::when(a.created_at.as_ref(), now)),
         ("updated", render::when(a.updated_at.as_ref(), now)),

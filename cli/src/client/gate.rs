@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::Global;
 use super::automation::PAGE_SIZE_MAX;
 use super::connect::{Coordinator, all_pages};
-use super::json;
 use super::render::{self, Table, emit, emit_json};
+use super::{json, names};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -102,7 +102,10 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
         };
         emit(&format!(
             "gate {} ({} of run {}): {}: {outcome}\n",
-            gate.gate_id, gate.node_id, gate.run_id, gate.status
+            gate.gate_id,
+            gate.node_id,
+            gate.run_id,
+            names::gate_status(gate.status)
         ))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -133,25 +136,21 @@ async fn list(c: &Coordinator, include_decided: bool, global: &Global) -> anyhow
         });
     }
     let now = SystemTime::now();
-    let mut header = vec!["GATE", "RUN", "NODE", "PROMPT", "AGE", "STALE"];
-    if include_decided {
-        header.insert(3, "STATUS");
-    }
-    let mut table = Table::new(&header);
+    // Without --all the list still holds suspended gates (their runs are paused) beside
+    // pending ones, so the status is always shown.
+    let mut table = Table::new(&["GATE", "RUN", "NODE", "STATUS", "PROMPT", "AGE", "STALE"]);
     for g in &gates {
-        let mut row = vec![
+        let row = vec![
             g.gate_id.clone(),
             g.run_id.clone(),
             g.node_id.clone(),
+            names::gate_status(g.status),
             g.prompt.clone(),
             render::time(g.requested_at.as_ref())
                 .map(|t| render::age(t, now))
                 .unwrap_or_default(),
             if g.stale { "stale" } else { "no" }.to_owned(),
         ];
-        if include_decided {
-            row.insert(3, g.status.clone());
-        }
         table.row(row);
     }
     emit(&table.render())

@@ -6,10 +6,20 @@ use leasehold_proto::v1;
 use prost_types::value::Kind;
 use serde_json::{Map, Value, json};
 
-use super::render;
+use super::{names, render};
 
 fn time(ts: Option<&prost_types::Timestamp>) -> Value {
     render::time(ts).map_or(Value::Null, |t| Value::String(render::rfc3339(t)))
+}
+
+/// An enum's name, or `null` for its UNSPECIFIED zero (a run that is not queued has no queue
+/// reason).
+fn unless_unspecified(value: i32, name: fn(i32) -> String) -> Value {
+    if value == 0 {
+        Value::Null
+    } else {
+        Value::String(name(value))
+    }
 }
 
 fn text(s: &str) -> Value {
@@ -86,7 +96,7 @@ pub fn automation(a: &v1::Automation, version: i32) -> Value {
         "id": a.id,
         "version": version,
         "current_version": a.current_version,
-        "status": a.status,
+        "status": names::automation_status(a.status),
         "version_created": a.version_created,
         "created_at": time(a.created_at.as_ref()),
         "updated_at": time(a.updated_at.as_ref()),
@@ -122,20 +132,23 @@ pub fn run(r: &v1::Run, detail: bool) -> Value {
         "run_id": r.run_id,
         "automation_id": r.automation_id,
         "automation_version": r.automation_version,
-        "status": r.status,
+        "status": names::run_status(r.status),
         "priority": r.priority,
         "inputs": opt_object(r.inputs.as_ref()),
-        "queue_reason": text(&r.queue_reason),
-        "retry_after": time(r.retry_after.as_ref()),
-        "retry_node_id": text(&r.retry_node_id),
-        "retry_attempt": if r.retry_node_id.is_empty() { Value::Null } else { r.retry_attempt.into() },
+        "concurrency_key": text(&r.concurrency_key),
+        "queue_reason": unless_unspecified(r.queue_reason, names::queue_reason),
+        "waiting_retry": r.waiting_retry.as_ref().map(|w| json!({
+            "node_id": w.node_id,
+            "next_attempt": w.next_attempt,
+            "error": w.error,
+            "due_at": time(w.due_at.as_ref()),
+        })),
         "lease": r.lease.as_ref().map(|l| json!({
             "claimant_id": l.claimant_id,
-            "epoch": l.epoch,
             "expires_at": time(l.expires_at.as_ref()),
         })),
         "lease_epoch": r.lease_epoch,
-        "stop_kind": text(&r.stop_kind),
+        "stop_kind": unless_unspecified(r.stop_kind, names::stop_kind),
         "stop_reason": text(&r.stop_reason),
         "last_failure": r.last_failure.as_ref().map(|f| json!({
             "node_id": f.node_id,
@@ -166,7 +179,7 @@ fn node_state(n: &v1::NodeState) -> Value {
     };
     json!({
         "node_id": n.node_id,
-        "status": n.status,
+        "status": names::node_status(n.status),
         "attempts": n.attempts,
         "output": n.output.as_ref().map_or(Value::Null, value),
         "last_error": text(&n.last_error),
@@ -182,7 +195,7 @@ pub fn gate(g: &v1::Gate) -> Value {
         "run_id": g.run_id,
         "node_id": g.node_id,
         "prompt": g.prompt,
-        "status": g.status,
+        "status": names::gate_status(g.status),
         "requested_at": time(g.requested_at.as_ref()),
         "decided_at": time(g.decided_at.as_ref()),
         "decided_by": text(&g.decided_by),
@@ -212,13 +225,10 @@ pub fn worker(w: &v1::Worker) -> Value {
 pub fn stats(s: &v1::StatsResponse) -> Value {
     let mut by_status = Map::new();
     for status in RunStatus::ALL {
-        let count = s.runs_by_status.get(status.as_str()).copied().unwrap_or(0);
-        by_status.insert(status.as_str().to_owned(), count.into());
+        by_status.insert(status.as_str().to_owned(), 0.into());
     }
-    for (status, count) in &s.runs_by_status {
-        by_status
-            .entry(status.clone())
-            .or_insert_with(|| (*count).into());
+    for count in &s.run_counts {
+        by_status.insert(names::run_status(count.status), count.runs.into());
     }
     json!({
         "runs_by_status": by_status,
@@ -234,11 +244,13 @@ pub fn event(e: &v1::RunEvent) -> Value {
         "seq": e.seq,
         "event": e.event,
         "occurred_at": time(e.occurred_at.as_ref()),
-        "epoch": e.epoch,
+        "lease_epoch": e.lease_epoch,
+        "run_status": unless_unspecified(e.run_status, names::run_status),
+        "node_status": unless_unspecified(e.node_status, names::node_status),
         "node_id": text(&e.node_id),
         "attempt": if e.attempt == 0 { Value::Null } else { e.attempt.into() },
         "reason": text(&e.reason),
-        "stop_kind": text(&e.stop_kind),
+        "stop_kind": unless_unspecified(e.stop_kind, names::stop_kind),
         "metadata": opt_object(e.metadata.as_ref()),
         "terminal": e.terminal,
     })

@@ -13,6 +13,7 @@ pub mod automation;
 mod connect;
 pub mod gate;
 mod json;
+mod names;
 mod render;
 pub mod run;
 pub mod stats;

@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 use super::Global;
 use super::automation::PAGE_SIZE_MAX;
 use super::connect::Coordinator;
-use super::json;
 use super::render::{self, Table, emit, emit_json, fields};
 use super::watch::{self, Mode};
+use super::{json, names};
 
 /// Runs `run list` shows unless told otherwise.
 const LIST_LIMIT_DEFAULT: u32 = 50;
@@ -24,9 +24,9 @@ pub enum Command {
     Start(StartArgs),
     /// List runs, newest first, optionally filtered.
     List {
-        /// Only runs in this status.
+        /// Only runs in this status; repeat it for runs in any of several.
         #[arg(long, value_name = "STATUS", value_parser = clap::builder::PossibleValuesParser::new(RunStatus::ALL.map(RunStatus::as_str)))]
-        status: Option<String>,
+        status: Vec<String>,
         /// Only runs of this automation.
         #[arg(long, value_name = "AUTOMATION")]
         automation: Option<String>,
@@ -205,7 +205,10 @@ async fn start(c: &Coordinator, args: StartArgs, global: &Global) -> anyhow::Res
     } else if started.created {
         emit(&format!(
             "started run {} of {}@{} ({})\n",
-            run.run_id, run.automation_id, run.automation_version, run.status
+            run.run_id,
+            run.automation_id,
+            run.automation_version,
+            names::run_status(run.status)
         ))?;
     } else {
         emit(&format!(
@@ -214,7 +217,7 @@ async fn start(c: &Coordinator, args: StartArgs, global: &Global) -> anyhow::Res
             run.run_id,
             run.automation_id,
             run.automation_version,
-            run.status
+            names::run_status(run.status)
         ))?;
     }
     if args.watch {
@@ -225,7 +228,7 @@ async fn start(c: &Coordinator, args: StartArgs, global: &Global) -> anyhow::Res
 
 async fn list(
     c: &Coordinator,
-    status: Option<String>,
+    status: Vec<String>,
     automation: Option<String>,
     limit: u32,
     global: &Global,
@@ -240,7 +243,11 @@ async fn list(
             c.runs()
                 .list_runs(v1::ListRunsRequest {
                     automation_id: automation.clone().unwrap_or_default(),
-                    status: status.clone().unwrap_or_default(),
+                    statuses: status
+                        .iter()
+                        .filter_map(|s| names::parse_run_status(s))
+                        .map(i32::from)
+                        .collect(),
                     page_size: want,
                     page_token,
                     ..Default::default()
@@ -289,7 +296,7 @@ fn print_runs(runs: &[v1::Run], cut_at: Option<usize>, global: &Global) -> anyho
         table.row(vec![
             run.run_id.clone(),
             format!("{}@{}", run.automation_id, run.automation_version),
-            run.status.clone(),
+            names::run_status(run.status),
             run.priority.to_string(),
             created
                 .map(|t| format!("{} ago", render::age(t, now)))
@@ -318,17 +325,29 @@ fn note(run: &v1::Run) -> String {
     if let Some(failure) = &run.last_failure {
         return format!("{}: {}", failure.node_id, failure.reason);
     }
-    if !run.stop_kind.is_empty() {
+    if run.stop_kind != i32::from(v1::StopKind::Unspecified) {
         return stop(run);
     }
-    run.queue_reason.clone()
+    if let Some(waiting) = &run.waiting_retry {
+        return format!(
+            "{}: attempt {} waits for its backoff",
+            waiting.node_id, waiting.next_attempt
+        );
+    }
+    if run.queue_reason == i32::from(v1::QueueReason::Unspecified) {
+        return String::new();
+    }
+    names::queue_reason(run.queue_reason)
 }
 
 fn stop(run: &v1::Run) -> String {
-    match (run.stop_kind.as_str(), run.stop_reason.as_str()) {
-        ("", _) => String::new(),
-        (kind, "") => kind.to_owned(),
-        (kind, reason) => format!("{kind}: {reason}"),
+    if run.stop_kind == i32::from(v1::StopKind::Unspecified) {
+        return String::new();
+    }
+    let kind = names::stop_kind(run.stop_kind);
+    match run.stop_reason.as_str() {
+        "" => kind,
+        reason => format!("{kind}: {reason}"),
     }
 }
 
@@ -360,7 +379,7 @@ fn summary(run: &v1::Run, now: SystemTime) -> String {
             "automation",
             format!("{}@{}", run.automation_id, run.automation_version),
         ),
-        ("status", run.status.clone()),
+        ("status", names::run_status(run.status)),
         ("priority", run.priority.to_string()),
         ("created", render::when(run.created_at.as_ref(), now)),
         ("finished", render::when(run.finished_at.as_ref(), now)),
@@ -373,7 +392,14 @@ fn summary(run: &v1::Run, now: SystemTime) -> String {
             },
         ),
         ("lease", lease(run, now)),
-        ("queued because", run.queue_reason.clone()),
+        (
+            "queued because",
+            if run.queue_reason == i32::from(v1::QueueReason::Unspecified) {
+                String::new()
+            } else {
+                names::queue_reason(run.queue_reason)
+            },
+        ),
         ("retry", retry(run, now)),
         ("stopped", stop(run)),
         (
@@ -395,7 +421,10 @@ fn lease(run: &v1::Run, now: SystemTime) -> String {
             let expiry = render::time(l.expires_at.as_ref())
                 .map(|t| format!(", expires {}", render::relative(t, now)))
                 .unwrap_or_default();
-            format!("held by {} (epoch {}){expiry}", l.claimant_id, l.epoch)
+            format!(
+                "held by {} (epoch {}){expiry}",
+                l.claimant_id, run.lease_epoch
+            )
         }
         None if run.lease_epoch > 0 => format!("not held (last epoch {})", run.lease_epoch),
         None => "never claimed".to_owned(),
@@ -404,15 +433,17 @@ fn lease(run: &v1::Run, now: SystemTime) -> String {
 
 /// The retry the run waits for, if it waits for one.
 fn retry(run: &v1::Run, now: SystemTime) -> String {
-    if run.retry_node_id.is_empty() {
+    let Some(waiting) = &run.waiting_retry else {
         return String::new();
-    }
-    let due = render::time(run.retry_after.as_ref())
+    };
+    let due = render::time(waiting.due_at.as_ref())
         .map(|t| format!(", due {}", render::relative(t, now)))
         .unwrap_or_default();
     format!(
-        "node {} attempt {}{due}",
-        run.retry_node_id, run.retry_attempt
+        "node {} attempt {}{due} (the last failed: {})",
+        waiting.node_id,
+        waiting.next_attempt,
+        render::truncate(&waiting.error, 200)
     )
 }
 
@@ -434,12 +465,12 @@ fn node_table(run: &v1::Run, now: SystemTime) -> String {
             .rfind(|g| g.node_id == node.node_id)
             .map(|g| {
                 let stale = if g.stale { ", stale" } else { "" };
-                format!("{}{stale}", g.status)
+                format!("{}{stale}", names::gate_status(g.status))
             })
             .unwrap_or_default();
         nodes.row(vec![
             node.node_id.clone(),
-            node.status.clone(),
+            names::node_status(node.status),
             node.attempts.to_string(),
             render::span(
                 render::time(node.started_at.as_ref()),
@@ -466,9 +497,9 @@ fn gate_table(run: &v1::Run, now: SystemTime) -> String {
             g.gate_id.clone(),
             g.node_id.clone(),
             if g.stale {
-                format!("{} (stale)", g.status)
+                format!("{} (stale)", names::gate_status(g.status))
             } else {
-                g.status.clone()
+                names::gate_status(g.status)
             },
             g.prompt.clone(),
             render::time(g.requested_at.as_ref())
@@ -484,12 +515,17 @@ fn acted(run: &v1::Run, global: &Global) -> anyhow::Result<()> {
     if global.json {
         return emit_json(&json::run(run, true));
     }
-    let hint = match run.status.as_str() {
-        "pausing" => " (it pauses once its running nodes finish)",
-        "queued" => " (back in the queue)",
+    let hint = match v1::RunStatus::try_from(run.status) {
+        Ok(v1::RunStatus::Pausing) => " (it pauses once its running nodes finish)",
+        Ok(v1::RunStatus::Queued) => " (back in the queue)",
+        Ok(v1::RunStatus::AwaitingApproval) => " (awaiting its gate's decision again)",
         _ => "",
     };
-    emit(&format!("run {}: {}{hint}\n", run.run_id, run.status))
+    emit(&format!(
+        "run {}: {}{hint}\n",
+        run.run_id,
+        names::run_status(run.status)
+    ))
 }
 
 #[cfg(test)]

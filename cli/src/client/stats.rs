@@ -3,13 +3,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use leasehold_core::run::RunStatus;
 use leasehold_proto::v1;
 
 use super::Global;
 use super::connect::Coordinator;
-use super::json;
 use super::render::{self, Table, emit, emit_json, fields};
+use super::{json, names};
 
 pub async fn run(global: &Global) -> anyhow::Result<ExitCode> {
     let coordinator = Coordinator::connect(global).await?;
@@ -33,21 +32,11 @@ pub async fn run(global: &Global) -> anyhow::Result<ExitCode> {
     ]);
     out.push('\n');
     let mut table = Table::new(&["STATUS", "RUNS"]);
-    let count = |status: &str| stats.runs_by_status.get(status).copied().unwrap_or(0);
-    for status in RunStatus::ALL {
+    for count in &stats.run_counts {
         table.row(vec![
-            status.as_str().to_owned(),
-            count(status.as_str()).to_string(),
+            names::run_status(count.status),
+            count.runs.to_string(),
         ]);
-    }
-    let mut others: Vec<_> = stats
-        .runs_by_status
-        .iter()
-        .filter(|(s, _)| s.parse::<RunStatus>().is_err())
-        .collect();
-    others.sort();
-    for (status, n) in others {
-        table.row(vec![status.clone(), n.to_string()]);
     }
     out.push_str(&table.render());
     emit(&out)?;

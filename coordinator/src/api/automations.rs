@@ -8,17 +8,18 @@ use leasehold_proto::v1::automations_server::Automations;
 
 use super::convert::{self, spec_message, timestamp};
 use super::error::{ApiError, ApiResult};
-use super::{Api, page_request, page_token, respond, service};
+use super::{Api, page_request, page_token, respond, service, states};
 
 fn automation_message(record: &AutomationRecord, version_created: bool) -> v1::Automation {
     v1::Automation {
         id: record.id.0.clone(),
         current_version: record.current_version,
-        status: record.status.as_str().to_owned(),
+        status: states::automation_status(record.status).into(),
         spec: Some(spec_message(&record.spec)),
         created_at: Some(timestamp(record.created_at)),
         updated_at: Some(timestamp(record.updated_at)),
         version_created,
+        warnings: Vec::new(),
     }
 }
 

@@ -82,6 +82,7 @@ fn refusal(refused: store::RequestError) -> Status {
         }
         R::RunNotFound(_)
         | R::AutomationNotFound(_)
+        | R::AutomationVersionNotFound { .. }
         | R::GateNotFound(_)
         | R::WorkerNotFound(_) => Status::not_found(message),
         R::AutomationExists(_) => Status::already_exists(message),

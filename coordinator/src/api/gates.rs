@@ -7,7 +7,7 @@ use leasehold_proto::v1::gates_server::Gates;
 
 use super::convert::{self, opt_timestamp, timestamp};
 use super::error::{ApiError, ApiResult};
-use super::{Api, page_request, page_token, respond, service};
+use super::{Api, page_request, page_token, respond, service, states};
 
 pub(super) fn gate_message(gate: &GateRecord) -> v1::Gate {
     v1::Gate {
@@ -15,7 +15,7 @@ pub(super) fn gate_message(gate: &GateRecord) -> v1::Gate {
         run_id: gate.run_id.to_string(),
         node_id: gate.node_id.0.clone(),
         prompt: gate.prompt.clone(),
-        status: gate.status.as_str().to_owned(),
+        status: states::gate_status(gate.status).into(),
         requested_at: Some(timestamp(gate.requested_at)),
         decided_at: opt_timestamp(gate.decided_at),
         decided_by: gate.decided_by.clone().unwrap_or_default(),

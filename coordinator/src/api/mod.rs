@@ -6,6 +6,7 @@ mod error;
 mod gates;
 mod limits;
 mod runs;
+mod states;
 mod workers;
 
 use std::time::Duration;

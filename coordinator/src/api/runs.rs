@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, opt_timestamp, timestamp, to_struct, to_value};
 use super::error::{ApiError, ApiResult};
 use super::gates::gate_message;
-use super::{Api, page_request, page_token, respond, service};
+use super::{Api, page_request, page_token, respond, service, states};
 
 /// How often a watch that has caught up looks for new events.
 const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -30,19 +30,11 @@ const MAX_INPUTS_BYTES: usize = MAX_NODE_OUTPUT_BYTES;
 /// the statement's time and memory, and the message, in check.
 pub const MAX_START_RUNS: usize = 1_000;
 
-/// The events after which a run does not change again (but for an operator's recover).
-const TERMINAL_EVENTS: [&str; 5] = [
-    "run_completed",
-    "run_failed",
-    "run_cancelled",
-    "run_blocked_unreadable",
-    "run_blocked_claims_keep_expiring",
-];
-
-fn node_message(node: &NodeRecord) -> v1::NodeState {
+/// A node as recorded; `waiting_retry` when the run waits to retry it.
+fn node_message(node: &NodeRecord, waiting_retry: bool) -> v1::NodeState {
     v1::NodeState {
         node_id: node.node_id.0.clone(),
-        status: node.status.as_str().to_owned(),
+        status: states::node_status(node.status, waiting_retry).into(),
         attempts: node.attempts,
         output: node.output.as_ref().map(to_value),
         last_error: node.last_error.clone().unwrap_or_default(),
@@ -54,7 +46,7 @@ fn node_message(node: &NodeRecord) -> v1::NodeState {
 fn pending_node(node_id: &str) -> v1::NodeState {
     v1::NodeState {
         node_id: node_id.to_owned(),
-        status: "pending".to_owned(),
+        status: v1::NodeStatus::Pending.into(),
         ..v1::NodeState::default()
     }
 }
@@ -69,24 +61,26 @@ pub(super) fn run_message(
         run_id: run.run_id.to_string(),
         automation_id: run.automation_id.0.clone(),
         automation_version: run.automation_version,
-        status: run.status.as_str().to_owned(),
+        status: states::run_status(run.status).into(),
         priority: i32::from(run.priority),
         inputs: Some(to_struct(&run.inputs)),
-        queue_reason: run.queue_reason.clone().unwrap_or_default(),
-        retry_after: opt_timestamp(run.retry_after),
-        retry_node_id: run
-            .retry_node_id
-            .as_ref()
-            .map(|n| n.0.clone())
-            .unwrap_or_default(),
-        retry_attempt: run.retry_attempt.unwrap_or_default(),
+        queue_reason: if run.status == RunStatus::Queued {
+            states::queue_reason(run.queue_reason.as_deref()).into()
+        } else {
+            v1::QueueReason::Unspecified.into()
+        },
+        waiting_retry: states::retrying_node(run).map(|node| v1::WaitingRetry {
+            node_id: node.0.clone(),
+            next_attempt: run.retry_attempt.unwrap_or_default(),
+            error: run.retry_error.clone().unwrap_or_default(),
+            due_at: opt_timestamp(run.retry_after),
+        }),
         lease: run.claimant_id.as_ref().map(|claimant| v1::Lease {
             claimant_id: claimant.0.clone(),
-            epoch: run.lease_epoch.0,
             expires_at: opt_timestamp(run.lease_expires_at),
         }),
         lease_epoch: run.lease_epoch.0,
-        stop_kind: run.stop_kind.clone().unwrap_or_default(),
+        stop_kind: states::stop_kind(run.stop_kind.as_deref()).into(),
         stop_reason: run.stop_reason.clone().unwrap_or_default(),
         last_failure: run.failed_node_id.as_ref().map(|node| v1::Failure {
             node_id: node.0.clone(),
@@ -98,6 +92,7 @@ pub(super) fn run_message(
         event_seq: run.event_seq,
         created_at: Some(timestamp(run.created_at)),
         finished_at: opt_timestamp(run.finished_at),
+        concurrency_key: run.concurrency_key.clone().unwrap_or_default(),
     }
 }
 
@@ -107,7 +102,7 @@ fn event_message(event: &Event) -> v1::RunEvent {
         seq: event.seq,
         event: event.event.clone(),
         occurred_at: Some(timestamp(event.occurred_at)),
-        epoch: event.epoch.0,
+        lease_epoch: event.epoch.0,
         node_id: event
             .node_id
             .as_ref()
@@ -115,9 +110,14 @@ fn event_message(event: &Event) -> v1::RunEvent {
             .unwrap_or_default(),
         attempt: event.attempt.unwrap_or_default(),
         reason: event.reason.clone().unwrap_or_default(),
-        stop_kind: event.stop_kind.clone().unwrap_or_default(),
+        stop_kind: states::stop_kind(event.stop_kind.as_deref()).into(),
         metadata: Some(to_struct(&event.metadata)),
-        terminal: TERMINAL_EVENTS.contains(&event.event.as_str()),
+        terminal: event.run_status.is_some_and(RunStatus::is_terminal),
+        run_status: event
+            .run_status
+            .map_or(v1::RunStatus::Unspecified, states::run_status)
+            .into(),
+        node_status: states::event_node_status(&event.event).into(),
     }
 }
 
@@ -156,6 +156,8 @@ impl Api {
             )
             .await
             .ok();
+        let retrying = states::retrying_node(&run);
+        let message = |node: &NodeRecord| node_message(node, Some(&node.node_id) == retrying);
         let nodes = match spec {
             Some(version) => version
                 .spec
@@ -165,10 +167,10 @@ impl Api {
                     recorded
                         .iter()
                         .find(|r| r.node_id == n.id)
-                        .map_or_else(|| pending_node(n.id.as_str()), node_message)
+                        .map_or_else(|| pending_node(n.id.as_str()), message)
                 })
                 .collect(),
-            None => recorded.iter().map(node_message).collect(),
+            None => recorded.iter().map(message).collect(),
         };
         let gates: Vec<GateRecord> = self.store.gates_of_run(&self.tenant, run_id).await?;
         Ok(run_message(
@@ -243,8 +245,8 @@ impl Api {
         Ok(v1::StartRunsResponse {
             runs: started
                 .iter()
-                .map(|s| v1::StartedRun {
-                    run_id: s.run_id.to_string(),
+                .map(|s| v1::StartRunResponse {
+                    run: Some(run_message(&s.run, Vec::new(), Vec::new())),
                     created: s.created,
                 })
                 .collect(),
@@ -261,16 +263,23 @@ impl Api {
                     &request.automation_id,
                 )?))
             },
-            status: if request.status.is_empty() {
-                None
-            } else {
-                Some(
-                    request
-                        .status
-                        .parse::<RunStatus>()
-                        .map_err(|e| ApiError::field("status", e.to_string()))?,
-                )
-            },
+            statuses: request
+                .statuses
+                .iter()
+                .enumerate()
+                .map(|(i, value)| {
+                    v1::RunStatus::try_from(*value)
+                        .ok()
+                        .and_then(states::run_status_from)
+                        .ok_or_else(|| {
+                            ApiError::field(
+                                format!("statuses[{i}]"),
+                                format!("{value} is not a RunStatus other than UNSPECIFIED"),
+                            )
+                        })
+                })
+                .collect::<ApiResult<_>>()?,
+            concurrency_key: optional_key("concurrency_key", &request.concurrency_key)?,
             created_after: request
                 .created_after
                 .as_ref()

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use leasehold_core::ids::ClaimantId;
+use leasehold_core::run::RunStatus;
 use leasehold_core::store::WorkerRecord;
 use leasehold_proto::v1;
 use leasehold_proto::v1::stats_server::Stats;
@@ -10,7 +11,7 @@ use leasehold_proto::v1::workers_server::Workers;
 
 use super::convert::timestamp;
 use super::error::{ApiError, ApiResult};
-use super::{Api, respond, service};
+use super::{Api, respond, service, states};
 
 /// A worker whose last heartbeat is older than this is shown as not alive: several heartbeat
 /// intervals of the default 30 s lease.
@@ -29,6 +30,7 @@ fn worker_message(worker: &WorkerRecord) -> v1::Worker {
         draining: worker.draining,
         alive: worker.alive,
         held_runs: worker.held_runs,
+        lease_ms: 0,
     }
 }
 
@@ -66,7 +68,17 @@ impl Api {
     async fn stats(&self) -> ApiResult<v1::StatsResponse> {
         let stats = self.store.stats(&self.tenant).await?;
         Ok(v1::StatsResponse {
-            runs_by_status: stats.runs_by_status.into_iter().collect(),
+            run_counts: RunStatus::ALL
+                .into_iter()
+                .map(|status| v1::StatusCount {
+                    status: states::run_status(status).into(),
+                    runs: stats
+                        .runs_by_status
+                        .get(status.as_str())
+                        .copied()
+                        .unwrap_or(0),
+                })
+                .collect(),
             oldest_queued_age_seconds: stats.oldest_queued_age.map_or(0.0, |d| d.as_secs_f64()),
             claimable_now: stats.claimable_now,
             held_leases: stats.held_leases,
@@ -78,6 +90,13 @@ service! {
     impl Workers {
         rpc list_workers(ListWorkersRequest) -> v1::ListWorkersResponse = |api, _m| api.workers();
         rpc drain_worker(DrainWorkerRequest) -> v1::Worker = |api, m| api.drain(&m.claimant_id);
+    }
+
+    async fn list_node_kinds(
+        &self,
+        _request: tonic::Request<v1::ListNodeKindsRequest>,
+    ) -> Result<tonic::Response<v1::ListNodeKindsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("ListNodeKinds is not served by this build yet"))
     }
 }
 

@@ -18,12 +18,12 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+pub(super) const DEADLINE: Duration = Duration::from_secs(20);
 const LEASE: Duration = Duration::from_secs(60);
 
-struct Bundle {
-    store: Store,
-    channel: Channel,
+pub(super) struct Bundle {
+    pub(super) store: Store,
+    pub(super) channel: Channel,
     cancel: CancellationToken,
     _db: TestDb,
 }
@@ -34,7 +34,7 @@ impl Drop for Bundle {
     }
 }
 
-async fn setup() -> Bundle {
+pub(super) async fn setup() -> Bundle {
     let db = TestDb::new().await;
     let store = Store::connect_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
@@ -56,17 +56,17 @@ async fn setup() -> Bundle {
 }
 
 impl Bundle {
-    fn automations(&self) -> AutomationsClient<Channel> {
+    pub(super) fn automations(&self) -> AutomationsClient<Channel> {
         AutomationsClient::new(self.channel.clone())
     }
-    fn runs(&self) -> RunsClient<Channel> {
+    pub(super) fn runs(&self) -> RunsClient<Channel> {
         RunsClient::new(self.channel.clone())
     }
-    fn gates(&self) -> GatesClient<Channel> {
+    pub(super) fn gates(&self) -> GatesClient<Channel> {
         GatesClient::new(self.channel.clone())
     }
 
-    async fn apply(&self, yaml: &str) -> v1::Automation {
+    pub(super) async fn apply(&self, yaml: &str) -> v1::Automation {
         self.automations()
             .apply_automation(v1::ApplyAutomationRequest {
                 spec: Some(text(yaml)),
@@ -76,7 +76,7 @@ impl Bundle {
             .into_inner()
     }
 
-    async fn start(&self, automation: &str, request_id: &str) -> v1::StartRunResponse {
+    pub(super) async fn start(&self, automation: &str, request_id: &str) -> v1::StartRunResponse {
         self.runs()
             .start_run(v1::StartRunRequest {
                 automation_id: automation.into(),
@@ -98,7 +98,7 @@ fn text(yaml: &str) -> v1::SpecSource {
 const HELLO: &str =
     "id: hello\nnodes:\n  - {id: a, kind: echo}\n  - {id: b, kind: noop, depends_on: [a]}\n";
 
-fn violations(status: &tonic::Status) -> Vec<String> {
+pub(super) fn violations(status: &tonic::Status) -> Vec<String> {
     status
         .get_details_bad_request()
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
@@ -128,8 +128,8 @@ async fn automations_create_get_list_update_pause_activate_delete() {
         .expect("create")
         .into_inner();
     assert_eq!(
-        (created.current_version, created.status.as_str()),
-        (1, "active")
+        (created.current_version, created.status()),
+        (1, v1::AutomationStatus::Active)
     );
     assert_eq!(
         created.spec.expect("spec").nodes[0].max_attempts,
@@ -200,7 +200,7 @@ async fn automations_create_get_list_update_pause_activate_delete() {
         .await
         .expect("pause")
         .into_inner();
-    assert_eq!(paused.status, "paused");
+    assert_eq!(paused.status(), v1::AutomationStatus::Paused);
     let refused = b
         .runs()
         .start_run(v1::StartRunRequest {
@@ -339,12 +339,21 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_stores_nothing() {
     let status = b
         .runs()
         .list_runs(v1::ListRunsRequest {
-            status: "zombie".into(),
+            statuses: vec![v1::RunStatus::Failed.into(), 77],
             ..Default::default()
         })
         .await
         .expect_err("bad status");
-    assert_eq!(violations(&status), vec!["status"]);
+    assert_eq!(violations(&status), vec!["statuses[1]"]);
+    let unspecified = b
+        .runs()
+        .list_runs(v1::ListRunsRequest {
+            statuses: vec![v1::RunStatus::Unspecified.into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("UNSPECIFIED is no status");
+    assert_eq!(violations(&unspecified), vec!["statuses[0]"]);
     // A page size of a million is coerced to the maximum, not refused.
     b.runs()
         .list_runs(v1::ListRunsRequest {
@@ -380,17 +389,18 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
     let first = b.start("hello", "req-1").await;
     assert!(first.created);
     let run = first.run.expect("run");
-    assert_eq!(run.status, "queued");
-    let nodes: Vec<(String, String)> = run
+    assert_eq!(run.status(), v1::RunStatus::Queued);
+    assert_eq!(run.queue_reason(), v1::QueueReason::Started);
+    let nodes: Vec<(String, v1::NodeStatus)> = run
         .nodes
         .iter()
-        .map(|n| (n.node_id.clone(), n.status.clone()))
+        .map(|n| (n.node_id.clone(), n.status()))
         .collect();
     assert_eq!(
         nodes,
         vec![
-            ("a".into(), "pending".into()),
-            ("b".into(), "pending".into())
+            ("a".into(), v1::NodeStatus::Pending),
+            ("b".into(), v1::NodeStatus::Pending)
         ]
     );
     let repeat = b.start("hello", "req-1").await;
@@ -419,8 +429,8 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .expect("pause")
         .into_inner();
     assert_eq!(
-        (paused.status.as_str(), paused.stop_kind.as_str()),
-        ("paused", "operator_paused")
+        (paused.status(), paused.stop_kind()),
+        (v1::RunStatus::Paused, v1::StopKind::OperatorPaused)
     );
     let resumed = b
         .runs()
@@ -431,7 +441,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .await
         .expect("resume")
         .into_inner();
-    assert_eq!(resumed.status, "queued");
+    assert_eq!(resumed.status(), v1::RunStatus::Queued);
     let not_paused = b
         .runs()
         .resume_run(v1::ResumeRunRequest {
@@ -468,7 +478,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .await
         .expect("get")
         .into_inner();
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status(), v1::RunStatus::Failed);
     assert_eq!(failed.last_failure.expect("failure").reason, "boom");
     let recovered = b
         .runs()
@@ -479,7 +489,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .await
         .expect("recover")
         .into_inner();
-    assert_eq!(recovered.status, "queued");
+    assert_eq!(recovered.status(), v1::RunStatus::Queued);
 
     let cancelled = b
         .runs()
@@ -490,7 +500,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .await
         .expect("cancel")
         .into_inner();
-    assert_eq!(cancelled.status, "cancelled");
+    assert_eq!(cancelled.status(), v1::RunStatus::Cancelled);
     let again = b
         .runs()
         .cancel_run(v1::CancelRunRequest {
@@ -505,7 +515,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .runs()
         .list_runs(v1::ListRunsRequest {
             automation_id: "hello".into(),
-            status: "cancelled".into(),
+            statuses: vec![v1::RunStatus::Cancelled.into()],
             ..Default::default()
         })
         .await
@@ -537,16 +547,30 @@ async fn runs_start_in_batches_all_or_nothing_naming_the_refused_request() {
         .runs;
     let created: Vec<bool> = started.iter().map(|s| s.created).collect();
     assert_eq!(created, vec![true, true, false]);
+    let started: Vec<v1::Run> = started
+        .into_iter()
+        .map(|s| s.run.expect("each answer carries its run"))
+        .collect();
     assert_eq!(started[2].run_id, started[0].run_id);
-    let second = b
-        .runs()
-        .get_run(v1::GetRunRequest {
-            run_id: started[1].run_id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
-    assert_eq!((second.status.as_str(), second.priority), ("queued", 3));
+    // Each answer is the run as GetRun shows it, without its nodes and gates.
+    for run in &started {
+        let mut shown = b
+            .runs()
+            .get_run(v1::GetRunRequest {
+                run_id: run.run_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(shown.nodes.len(), 2);
+        shown.nodes.clear();
+        shown.gates.clear();
+        assert_eq!(&shown, run);
+    }
+    assert_eq!(
+        (started[1].status(), started[1].priority),
+        (v1::RunStatus::Queued, 3)
+    );
     let repeat = b
         .runs()
         .start_runs(v1::StartRunsRequest {
@@ -556,7 +580,10 @@ async fn runs_start_in_batches_all_or_nothing_naming_the_refused_request() {
         .expect("repeat")
         .into_inner()
         .runs;
-    assert_eq!(repeat[0].run_id, started[0].run_id);
+    assert_eq!(
+        repeat[0].run.as_ref().expect("run").run_id,
+        started[0].run_id
+    );
     assert!(!repeat[0].created);
 
     let stored = || async {
@@ -653,15 +680,28 @@ async fn watch_resumed_from_a_middle_sequence_yields_exactly_the_rest_and_ends()
         .expect("the stream ends by itself")
         .expect("event")
     {
-        seen.push((event.seq, event.event, event.terminal));
+        seen.push((
+            event.seq,
+            event.event.clone(),
+            event.terminal,
+            event.run_status(),
+            event.node_status(),
+        ));
     }
+    use v1::{NodeStatus as N, RunStatus as R};
     assert_eq!(
         seen,
         vec![
-            (4, "node_completed".into(), false),
-            (5, "node_started".into(), false),
-            (6, "node_completed".into(), false),
-            (7, "run_completed".into(), true),
+            (4, "node_completed".into(), false, R::Running, N::Completed),
+            (5, "node_started".into(), false, R::Running, N::Running),
+            (6, "node_completed".into(), false, R::Running, N::Completed),
+            (
+                7,
+                "run_completed".into(),
+                true,
+                R::Completed,
+                N::Unspecified
+            ),
         ]
     );
 }
@@ -775,13 +815,13 @@ async fn eight_concurrent_gate_decisions_produce_one() {
         .await
         .expect("get")
         .into_inner()
-        .status;
+        .status();
     assert_eq!(
         status,
         if winner % 2 == 0 {
-            "queued"
+            v1::RunStatus::Queued
         } else {
-            "cancelled"
+            v1::RunStatus::Cancelled
         }
     );
 }
@@ -829,8 +869,17 @@ async fn workers_list_and_drain_and_stats_count() {
         .await
         .expect("stats")
         .into_inner();
-    assert_eq!(stats.runs_by_status.get("queued"), Some(&1));
-    assert_eq!(stats.runs_by_status.get("running"), Some(&1));
+    let counts: Vec<(v1::RunStatus, i64)> = stats
+        .run_counts
+        .iter()
+        .map(|c| (c.status(), c.runs))
+        .filter(|(_, runs)| *runs > 0)
+        .collect();
+    assert_eq!(
+        counts,
+        vec![(v1::RunStatus::Queued, 1), (v1::RunStatus::Running, 1)]
+    );
+    assert_eq!(stats.run_counts.len(), 9, "every status is counted");
     assert_eq!((stats.claimable_now, stats.held_leases), (1, 1));
 }
 

@@ -3,5 +3,6 @@
 //! compiles and links them once. Their setup and time travel are the testkit's
 //! [`fixtures`](leasehold_testkit::fixtures).
 
+mod answers;
 mod api;
 mod sweeps;

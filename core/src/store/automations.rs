@@ -326,9 +326,23 @@ impl Store {
                 &client,
                 &[&tenant.as_str(), &automation_id.as_str(), &version],
             )
-            .await?
-            .ok_or_else(|| RequestError::AutomationNotFound(automation_id.clone()))?;
-        Ok(read_version(automation_id, &row)?)
+            .await?;
+        match (row, version) {
+            (Some(row), _) => Ok(read_version(automation_id, &row)?),
+            (None, None) => Err(RequestError::AutomationNotFound(automation_id.clone())),
+            // Tell a missing version of an existing automation from a missing automation.
+            (None, Some(version)) => {
+                let current = self
+                    .automation(tenant, automation_id)
+                    .await?
+                    .current_version;
+                Err(RequestError::AutomationVersionNotFound {
+                    automation_id: automation_id.clone(),
+                    version,
+                    current,
+                })
+            }
+        }
     }
 }
 

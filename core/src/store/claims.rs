@@ -127,8 +127,8 @@ claimed AS (
               r.progress_epoch > 0 AS resumed, picked.retry_node_id
 ),
 event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, metadata)
-    SELECT run_id, event_seq, tenant_id, 'run_claimed', lease_epoch,
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
+    SELECT run_id, event_seq, tenant_id, 'run_claimed', 'running', lease_epoch,
            jsonb_build_object('claimant_id', $1::text, 'claim_id', claim_id)
     FROM claimed
 )
@@ -199,8 +199,9 @@ interrupted AS (
     WHERE n.run_id = released.run_id AND n.status = 'running'
 ),
 event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
-    SELECT run_id, event_seq, tenant_id, 'run_released_shutdown', lease_epoch FROM released
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch)
+    SELECT run_id, event_seq, tenant_id, 'run_released_shutdown', 'queued', lease_epoch
+    FROM released
 )
 SELECT run_id, (SELECT ",
         notify_queued!(),

@@ -29,8 +29,10 @@ gate AS (
     SELECT $5::uuid, tenant_id, run_id, $3::text, left($4::text, 4096), lease_epoch FROM fenced
     RETURNING gate_id
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, reason, metadata)
-SELECT fenced.run_id, event_seq, tenant_id, 'run_awaiting_approval', lease_epoch, $3::text,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, reason,
+                        metadata)
+SELECT fenced.run_id, event_seq, tenant_id, 'run_awaiting_approval', 'awaiting_approval',
+       lease_epoch, $3::text,
        left($4::text, 4096), jsonb_build_object('gate_id', gate.gate_id)
 FROM fenced, gate
 RETURNING run_id"
@@ -75,8 +77,9 @@ WITH fenced AS (
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'pausing'
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.pause_reason
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
-SELECT run_id, event_seq, tenant_id, 'run_paused', lease_epoch, pause_reason, 'operator_paused'
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind)
+SELECT run_id, event_seq, tenant_id, 'run_paused', 'paused', lease_epoch, pause_reason,
+       'operator_paused'
 FROM fenced
 RETURNING run_id"
     ),
@@ -102,9 +105,9 @@ paused AS (
     WHERE r.run_id = target.run_id
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.status
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind)
 SELECT run_id, event_seq, tenant_id,
-       CASE WHEN status = 'pausing' THEN 'run_pause_requested' ELSE 'run_paused' END,
+       CASE WHEN status = 'pausing' THEN 'run_pause_requested' ELSE 'run_paused' END, status,
        lease_epoch, left($3::text, 4096),
        CASE WHEN status = 'paused' THEN 'operator_paused' END
 FROM paused
@@ -127,22 +130,26 @@ WITH fenced AS (
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
-SELECT run_id, event_seq, tenant_id, 'run_blocked_unreadable', lease_epoch, left($3::text, 4096),
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind)
+SELECT run_id, event_seq, tenant_id, 'run_blocked_unreadable', 'blocked', lease_epoch,
+       left($3::text, 4096),
        'unreadable'
 FROM fenced
 RETURNING run_id"
     ),
 };
 
-// An operator resumes a paused run, whatever stopped it (a pause, a stale reap, a guardrail):
-// back to `queued` with its checkpoint, in one statement under the row lock, waking idle
-// workers. stop_kind and stop_reason are cleared because the run no longer stands stopped; the
-// event keeps the stop it resumed from. queued_at moves to now (or to a pending retry's due
-// time), so the time it spent paused does not count as time waiting in the queue. A gate left
-// pending by a pause from awaiting_approval is cancelled: the worker that reaches the gated node
-// asks again, and one pending gate per node is all the schema allows. The runs row is locked
-// before the gates rows, the order decide_gate takes them in too.
+// An operator resumes a paused run, whatever stopped it (a pause, a stale reap, a guardrail),
+// in one statement under the row lock. stop_kind and stop_reason are cleared because the run no
+// longer stands stopped; the event keeps the stop it resumed from.
+// - A run paused while it awaited approval still has its pending gate (suspended while paused):
+//   it goes back to awaiting_approval with that same gate, so a person, or a UI holding the
+//   gate's id, decides it as before. No worker is involved, so none is woken.
+// - Any other run goes back to `queued` with its checkpoint, waking idle workers. queued_at
+//   moves to now (or to a pending retry's due time), so the time it spent paused does not count
+//   as time waiting in the queue.
+// A gate changes only under its run's lock (decide_gate and await_approval take it first), so
+// the pending gate read here cannot change before this statement commits.
 const RESUME_RUN: Query = Query {
     name: "resume_run",
     sql: concat!(
@@ -152,32 +159,30 @@ WITH target AS (
     WHERE run_id = $1::uuid AND tenant_id = $2::text AND status = 'paused'
     FOR UPDATE
 ),
+gate AS (
+    SELECT g.gate_id FROM gates g JOIN target USING (run_id) WHERE g.status = 'pending'
+),
 resumed AS (
     UPDATE runs r
-    SET status = 'queued', queue_reason = 'resumed', resume_reason = left($3::text, 4096),
-        queued_at = greatest(now(), coalesce(r.retry_after, now())),
+    SET status = CASE WHEN EXISTS (SELECT 1 FROM gate) THEN 'awaiting_approval' ELSE 'queued' END,
+        queue_reason = CASE WHEN EXISTS (SELECT 1 FROM gate) THEN NULL ELSE 'resumed' END,
+        resume_reason = left($3::text, 4096),
+        queued_at = CASE WHEN EXISTS (SELECT 1 FROM gate) THEN r.queued_at
+                         ELSE greatest(now(), coalesce(r.retry_after, now())) END,
         stop_kind = NULL, stop_reason = NULL, event_seq = r.event_seq + 1, updated_at = now()
     FROM target
     WHERE r.run_id = target.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, target.stop_kind AS was_stop_kind
-),
-asked_again AS (
-    UPDATE gates g
-    SET status = 'cancelled', decided_at = now(),
-        decision_reason = 'the run was resumed; its worker asks for approval again'
-    FROM resumed
-    WHERE g.run_id = resumed.run_id AND g.status = 'pending'
-    RETURNING g.gate_id
+    RETURNING r.run_id, r.tenant_id, r.status, r.lease_epoch, r.event_seq,
+              target.stop_kind AS was_stop_kind
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, metadata)
-SELECT run_id, event_seq, tenant_id, 'run_resumed', lease_epoch, left($3::text, 4096),
-       jsonb_build_object(
-           'stop_kind', was_stop_kind,
-           'gates_cancelled', (SELECT coalesce(jsonb_agg(gate_id), '[]'::jsonb) FROM asked_again))
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_resumed', status, lease_epoch, left($3::text, 4096),
+       jsonb_build_object('stop_kind', was_stop_kind)
+       || coalesce((SELECT jsonb_build_object('gate_id', gate_id) FROM gate), '{}'::jsonb)
 FROM resumed
 RETURNING run_id, (SELECT ",
         notify_queued!(),
-        ") AS notified"
+        " WHERE run_status = 'queued') AS notified"
     ),
 };
 
@@ -215,8 +220,9 @@ recovered AS (
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, target.was,
               target.stop_kind AS was_stop_kind, target.stop_reason AS was_stop_reason
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, metadata)
-SELECT run_id, event_seq, tenant_id, 'run_recovered', lease_epoch, left($3::text, 4096),
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_recovered', 'queued', lease_epoch,
+       left($3::text, 4096),
        jsonb_build_object(
            'from', was, 'stop_kind', was_stop_kind, 'stop_reason', was_stop_reason,
            'reset', (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -312,8 +318,9 @@ impl Store {
             .await
     }
 
-    /// Resumes a paused run (whatever stopped it): `queued` with its checkpoint, due at once
-    /// (or when a retry it waited for is due). A run in another state is [`RequestError::Transition`].
+    /// Resumes a paused run (whatever stopped it): back to `awaiting_approval` with the same
+    /// gate if it was paused there, else `queued` with its checkpoint, due at once (or when a
+    /// retry it waited for is due). A run in another state is [`RequestError::Transition`].
     pub async fn resume_run(
         &self,
         tenant: &TenantId,

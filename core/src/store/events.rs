@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use super::query::Query;
 use super::{Error, Store};
 use crate::ids::{LeaseEpoch, NodeId, RunId};
+use crate::run::RunStatus;
 
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +17,9 @@ pub struct Event {
     pub seq: i64,
     /// Its name.
     pub event: String,
+    /// The run's status right after it; `None` for events recorded before the status was, or
+    /// with a status this build does not know.
+    pub run_status: Option<RunStatus>,
     /// When, by the database's clock.
     pub occurred_at: DateTime<Utc>,
     /// The epoch it happened under.
@@ -36,7 +40,8 @@ pub struct Event {
 const EVENTS_AFTER: Query = Query {
     name: "events_after",
     sql: "\
-SELECT run_id, seq, event, occurred_at, epoch, node_id, attempt, reason, stop_kind, metadata
+SELECT run_id, seq, event, run_status, occurred_at, epoch, node_id, attempt, reason, stop_kind,
+       metadata
 FROM run_events WHERE run_id = $1::uuid AND seq > $2::bigint
 ORDER BY seq LIMIT $3::int",
 };
@@ -62,6 +67,9 @@ impl Store {
                 run_id: RunId(row.get("run_id")),
                 seq: row.get("seq"),
                 event: row.get("event"),
+                run_status: row
+                    .get::<_, Option<&str>>("run_status")
+                    .and_then(|s| s.parse().ok()),
                 occurred_at: row.get("occurred_at"),
                 epoch: LeaseEpoch(row.get("epoch")),
                 node_id: row.get::<_, Option<String>>("node_id").map(NodeId),

@@ -22,11 +22,15 @@ use crate::run::{self, RunStatus, Transition};
 pub enum GateStatus {
     /// Waiting for a decision.
     Pending,
+    /// Pending, but its run was paused: only a cancel decision is taken until the run is
+    /// resumed and awaits the same gate again. Stored as `pending`; shown so that nobody is
+    /// asked to approve a run that is not waiting.
+    Suspended,
     /// Approved: the gated node runs.
     Approved,
     /// Sent back for rework: the named nodes run again, and the gate is asked again.
     Rejected,
-    /// Cancelled with its run, or superseded when its paused run was resumed.
+    /// Cancelled with its run.
     Cancelled,
 }
 
@@ -35,13 +39,19 @@ impl GateStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Suspended => "suspended",
             Self::Approved => "approved",
             Self::Rejected => "rejected",
             Self::Cancelled => "cancelled",
         }
     }
 
-    /// The status stored as `s`, if this build knows it.
+    /// Not decided yet.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Suspended)
+    }
+
+    /// The status stored as `s`, if this build knows it; `suspended` is never stored.
     pub fn parse(s: &str) -> Option<Self> {
         [
             Self::Pending,
@@ -155,10 +165,14 @@ pub struct Decision {
 }
 
 /// The columns of a gate record, `g` being the gates row; every query that reads one uses them.
+/// A pending gate whose run is paused is shown suspended.
 macro_rules! gate_columns {
     () => {
         "g.gate_id, g.run_id, g.node_id, g.prompt, g.status, g.requested_at, g.decided_at,
-       g.decided_by, g.decision_reason, g.request_id, g.stale_marked_at IS NOT NULL AS stale"
+       g.decided_by, g.decision_reason, g.request_id, g.stale_marked_at IS NOT NULL AS stale,
+       g.status = 'pending' AND EXISTS (
+           SELECT 1 FROM runs paused WHERE paused.run_id = g.run_id AND paused.status = 'paused'
+       ) AS suspended"
     };
 }
 
@@ -305,12 +319,13 @@ reworked AS (
     WHERE $3::text = 'rework' AND n.run_id = moved.run_id AND n.node_id = ANY($8::text[])
 ),
 event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, reason, stop_kind,
-                            metadata)
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, reason,
+                            stop_kind, metadata)
     SELECT moved.run_id, moved.event_seq, moved.tenant_id,
            CASE $3::text WHEN 'approve' THEN 'run_gate_approved'
                          WHEN 'rework' THEN 'run_rework_requested'
                          ELSE 'run_cancelled' END,
+           moved.status,
            moved.lease_epoch, decided.node_id, left($4::text, 4096),
            CASE WHEN $3::text = 'cancel' THEN 'cancelled' END,
            jsonb_build_object('gate_id', decided.gate_id, 'decided_by', $5::text,
@@ -419,7 +434,7 @@ impl Store {
         let (named, reset) = match &decision.kind {
             DecisionKind::Rework { nodes } => {
                 let found = self.gate_in_run(tenant, decision.gate_id).await?;
-                if found.gate.status != GateStatus::Pending {
+                if !found.gate.status.is_open() {
                     return settled(found, decision);
                 }
                 let reset = self.rework_reset(tenant, &found, nodes).await?;
@@ -516,7 +531,7 @@ impl Store {
 /// The answer for a decision that did not land, from the gate and run as they stand now.
 fn settled(found: GateInRun, decision: &Decision) -> Result<GateRecord, RequestError> {
     let gate = found.gate;
-    if gate.status != GateStatus::Pending {
+    if !gate.status.is_open() {
         return match &decision.request_id {
             Some(key) if gate.request_id.as_ref() == Some(key) => {
                 if gate.status == decision.kind.gate_status() {
@@ -551,8 +566,11 @@ fn read_gate(row: &Row) -> Result<GateRecord, Error> {
     let run_id = RunId(row.get("run_id"));
     let unreadable = |reason: String| Error::UnreadableRun { run_id, reason };
     let status_text: &str = row.get("status");
-    let status = GateStatus::parse(status_text)
-        .ok_or_else(|| unreadable(format!("unknown gate status {status_text:?}")))?;
+    let status = match GateStatus::parse(status_text) {
+        Some(GateStatus::Pending) if row.get::<_, bool>("suspended") => GateStatus::Suspended,
+        Some(status) => status,
+        None => return Err(unreadable(format!("unknown gate status {status_text:?}"))),
+    };
     let rework_nodes = match row.get::<_, Option<serde_json::Value>>("rework_nodes") {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(value) => serde_json::from_value(value)

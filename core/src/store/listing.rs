@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::query::Query;
-use super::runs::read_run;
+use super::runs::{read_run, run_columns};
 use super::{Error, RequestError, RunRecord, Store, millis};
 
 // `mod.rs` re-exports this module's public items, so the automation records the listing serves
@@ -209,8 +209,10 @@ impl<T> Page<T> {
 pub struct RunFilter {
     /// Only runs of this automation.
     pub automation_id: Option<AutomationId>,
-    /// Only runs in this state.
-    pub status: Option<RunStatus>,
+    /// Only runs in one of these states; empty means any state.
+    pub statuses: Vec<RunStatus>,
+    /// Only runs with this concurrency key.
+    pub concurrency_key: Option<String>,
     /// Only runs created strictly after this instant.
     pub created_after: Option<DateTime<Utc>>,
     /// Only runs created strictly before this instant.
@@ -258,8 +260,8 @@ pub struct Stats {
     pub held_leases: i64,
 }
 
-// A page of a tenant's runs, newest first, in any of the statuses in $2 (one for a status
-// filter, all of them otherwise). The lateral subquery walks runs_status_idx once per status, in
+// A page of a tenant's runs, newest first, in any of the statuses in $2 (those of the status
+// filter, all of them without one), with the concurrency key $8 if it is set. The lateral subquery walks runs_status_idx once per status, in
 // created_at order, and stops after a page; the outer sort merges the few pages. Written so
 // because the schema has no (tenant_id, created_at) index, and a plain scan of the tenant's runs
 // would read all of them to sort. The keyset condition is split so its created_at half is an
@@ -267,16 +269,16 @@ pub struct Stats {
 // not set become infinities, so a generic plan keeps the same index bounds.
 const LIST_RUNS_BY_STATUS: Query = Query {
     name: "list_runs_by_status",
-    sql: "\
+    sql: concat!(
+        "\
 SELECT page.* FROM unnest($2::text[]) AS wanted(status)
 CROSS JOIN LATERAL (
-    SELECT r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
-           r.priority, r.queue_reason, r.retry_after, r.retry_node_id, r.retry_attempt,
-           r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.stop_kind,
-           r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq, r.created_at,
-           r.finished_at
+    SELECT ",
+        run_columns!(),
+        "
     FROM runs r
     WHERE r.tenant_id = $1::text AND r.status = wanted.status
+      AND ($8::text IS NULL OR r.concurrency_key = $8::text)
       AND r.created_at > coalesce($3::timestamptz, '-infinity')
       AND r.created_at < coalesce($4::timestamptz, 'infinity')
       AND r.created_at <= coalesce($5::timestamptz, 'infinity')
@@ -285,29 +287,30 @@ CROSS JOIN LATERAL (
     LIMIT $7::int
 ) AS page
 ORDER BY page.created_at DESC, page.run_id DESC
-LIMIT $7::int",
+LIMIT $7::int"
+    ),
 };
 
 // A page of one automation's runs, newest first, walking runs_automation_idx in created_at
-// order; the optional status is a filter on that walk. Keyset and bounds as in
+// order; the optional statuses and concurrency key filter that walk. Keyset and bounds as in
 // list_runs_by_status.
 const LIST_RUNS_OF_AUTOMATION: Query = Query {
     name: "list_runs_of_automation",
-    sql: "\
-SELECT r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
-       r.priority, r.queue_reason, r.retry_after, r.retry_node_id, r.retry_attempt,
-       r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.stop_kind,
-       r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq, r.created_at,
-       r.finished_at
+    sql: concat!(
+        "SELECT ",
+        run_columns!(),
+        "
 FROM runs r
 WHERE r.tenant_id = $1::text AND r.automation_id = $2::text
-  AND ($3::text IS NULL OR r.status = $3::text)
+  AND ($3::text[] IS NULL OR r.status = ANY($3::text[]))
+  AND ($9::text IS NULL OR r.concurrency_key = $9::text)
   AND r.created_at > coalesce($4::timestamptz, '-infinity')
   AND r.created_at < coalesce($5::timestamptz, 'infinity')
   AND r.created_at <= coalesce($6::timestamptz, 'infinity')
   AND (r.created_at < coalesce($6::timestamptz, 'infinity') OR r.run_id < $7::uuid)
 ORDER BY r.created_at DESC, r.run_id DESC
-LIMIT $8::int",
+LIMIT $8::int"
+    ),
 };
 
 // Every registered worker, with liveness judged by the database's clock and the runs each holds
@@ -377,28 +380,35 @@ impl Store {
         let client = self.client().await?;
         let rows = match &filter.automation_id {
             Some(automation_id) => {
-                let status = filter.status.map(RunStatus::as_str);
+                let statuses: Option<Vec<&str>> = (!filter.statuses.is_empty())
+                    .then(|| filter.statuses.iter().map(|s| s.as_str()).collect());
                 LIST_RUNS_OF_AUTOMATION
                     .query(
                         &client,
                         &[
                             &tenant.as_str(),
                             &automation_id.as_str(),
-                            &status,
+                            &statuses,
                             &filter.created_after,
                             &filter.created_before,
                             &at,
                             &id,
                             &fetch,
+                            &filter.concurrency_key,
                         ],
                     )
                     .await?
             }
             None => {
-                let statuses: Vec<&str> = match filter.status {
-                    Some(status) => vec![status.as_str()],
-                    None => RunStatus::ALL.iter().map(|s| s.as_str()).collect(),
+                let wanted = if filter.statuses.is_empty() {
+                    &RunStatus::ALL[..]
+                } else {
+                    &filter.statuses[..]
                 };
+                // Each status is one walk of the index: name each once.
+                let mut statuses: Vec<&str> = wanted.iter().map(|s| s.as_str()).collect();
+                statuses.sort_unstable();
+                statuses.dedup();
                 LIST_RUNS_BY_STATUS
                     .query(
                         &client,
@@ -410,6 +420,7 @@ impl Store {
                             &at,
                             &id,
                             &fetch,
+                            &filter.concurrency_key,
                         ],
                     )
                     .await?
@@ -542,27 +553,28 @@ mod tests {
         let cases = [
             (
                 LIST_RUNS_BY_STATUS,
-                "'default', ARRAY['failed'], NULL, NULL, NULL, NULL, 51".to_owned(),
+                "'default', ARRAY['failed'], NULL, NULL, NULL, NULL, 51, NULL".to_owned(),
             ),
             (
                 LIST_RUNS_BY_STATUS,
-                format!("'default', ARRAY['queued'], NULL, NULL, {cursor}, 51"),
+                format!("'default', ARRAY['queued'], NULL, NULL, {cursor}, 51, 'k'"),
             ),
             (
                 LIST_RUNS_BY_STATUS,
                 format!(
                     "'default', ARRAY['queued','running','pausing','paused','awaiting_approval',\
-                     'completed','failed','blocked','cancelled'], NULL, NULL, {cursor}, 51"
+                     'completed','failed','blocked','cancelled'], NULL, NULL, {cursor}, 51, NULL"
                 ),
             ),
             (
                 LIST_RUNS_OF_AUTOMATION,
-                "'default', 'auto-3', NULL, NULL, NULL, NULL, NULL, 51".to_owned(),
+                "'default', 'auto-3', NULL, NULL, NULL, NULL, NULL, 51, NULL".to_owned(),
             ),
             (
                 LIST_RUNS_OF_AUTOMATION,
                 format!(
-                    "'default', 'auto-3', 'failed', now() - interval '1 day', NULL, {cursor}, 51"
+                    "'default', 'auto-3', ARRAY['failed','paused'], now() - interval '1 day', NULL, \
+                     {cursor}, 51, NULL"
                 ),
             ),
         ];

@@ -44,7 +44,7 @@ pub use listing::{
 pub use migrate::{SchemaStatus, known_version};
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
-pub use runs::{RunRecord, StartRun, Started, Trigger};
+pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
 pub use workers::{QUEUED_CHANNEL, Wakeups, WorkerInfo};
 

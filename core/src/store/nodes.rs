@@ -118,13 +118,13 @@ fenced AS (
         event_seq = r.event_seq + counted.started, updated_at = now()
     FROM counted
     WHERE r.run_id = counted.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq - counted.started AS seq_before,
-              counted.nodes, counted.attempts
+    RETURNING r.run_id, r.tenant_id, r.status, r.lease_epoch,
+              r.event_seq - counted.started AS seq_before, counted.nodes, counted.attempts
 ),
 event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt)
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, attempt)
     SELECT fenced.run_id, fenced.seq_before + started.nth, fenced.tenant_id, 'node_started',
-           fenced.lease_epoch, started.node_id, started.attempt
+           fenced.status, fenced.lease_epoch, started.node_id, started.attempt
     FROM fenced, unnest(fenced.nodes, fenced.attempts) WITH ORDINALITY AS started(node_id, attempt, nth)
 )
 SELECT run_id, epoch, node_id, attempts FROM node",
@@ -141,11 +141,11 @@ const NODES_COMPLETED: Query = Query {
     name: "nodes_completed",
     sql: "\
 WITH held AS (
-    SELECT done.run_id, done.epoch, done.node_id, done.output, done.finish
+    SELECT done.run_id, done.epoch, done.node_id, done.output, done.finish, locked.status
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::boolean[])
              AS done(run_id, epoch, node_id, output, finish),
     LATERAL (
-        SELECT 1 FROM runs r
+        SELECT r.status FROM runs r
         WHERE r.run_id = done.run_id AND r.lease_epoch = done.epoch
           AND r.status IN ('running', 'pausing')
         FOR UPDATE
@@ -157,18 +157,19 @@ node AS (
     FROM held
     WHERE n.run_id = held.run_id AND n.node_id = held.node_id
       AND n.status = 'running' AND n.epoch = held.epoch
-    RETURNING n.run_id, n.node_id, n.attempts, held.finish
+    RETURNING n.run_id, n.node_id, n.attempts, held.finish, held.status AS run_status
 ),
 -- Per run, its completed nodes in one row, and whether it completes: MATERIALIZED so the
 -- NOT EXISTS is evaluated once per run, not once per column that reads it.
 finishing AS MATERIALIZED (
-    SELECT c.run_id, c.done, c.nodes, c.attempts, c.finish AND NOT EXISTS (
+    SELECT c.run_id, c.done, c.nodes, c.attempts, c.run_status, c.finish AND NOT EXISTS (
         SELECT 1 FROM run_nodes other
         WHERE other.run_id = c.run_id AND other.status = 'running'
           AND other.node_id <> ALL (c.nodes)) AS finish
     FROM (
         SELECT run_id, count(*) AS done, array_agg(node_id ORDER BY node_id) AS nodes,
-               array_agg(attempts ORDER BY node_id) AS attempts, bool_or(finish) AS finish
+               array_agg(attempts ORDER BY node_id) AS attempts, bool_or(finish) AS finish,
+               min(run_status) AS run_status
         FROM node GROUP BY run_id
     ) c
 ),
@@ -185,17 +186,19 @@ fenced AS (
     FROM finishing f
     WHERE r.run_id = f.run_id
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq - f.done - f.finish::int AS seq_before,
-              f.nodes, f.attempts, f.finish
+              f.nodes, f.attempts, f.finish, f.run_status
 ),
+-- A run that completes here was still running (or pausing) right after its nodes' events.
 node_event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt)
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, attempt)
     SELECT fenced.run_id, fenced.seq_before + done.nth, fenced.tenant_id, 'node_completed',
-           fenced.lease_epoch, done.node_id, done.attempt
+           fenced.run_status, fenced.lease_epoch, done.node_id, done.attempt
     FROM fenced, unnest(fenced.nodes, fenced.attempts) WITH ORDINALITY AS done(node_id, attempt, nth)
 ),
 run_event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
-    SELECT run_id, seq_before + cardinality(nodes) + 1, tenant_id, 'run_completed', lease_epoch
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch)
+    SELECT run_id, seq_before + cardinality(nodes) + 1, tenant_id, 'run_completed', 'completed',
+           lease_epoch
     FROM fenced WHERE finish
 )
 SELECT fenced.run_id, fenced.lease_epoch AS epoch, done.node_id, fenced.finish
@@ -226,11 +229,13 @@ fenced AS (
     SET event_seq = r.event_seq + 1, updated_at = now()
     FROM node
     WHERE r.run_id = node.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+    RETURNING r.run_id, r.tenant_id, r.status, r.lease_epoch, r.event_seq
 ),
 event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, reason, metadata)
-    SELECT fenced.run_id, fenced.event_seq, fenced.tenant_id, 'node_failed', fenced.lease_epoch,
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, attempt,
+                            reason, metadata)
+    SELECT fenced.run_id, fenced.event_seq, fenced.tenant_id, 'node_failed', fenced.status,
+           fenced.lease_epoch,
            $3::text, node.attempts, left($4::text, 4096), jsonb_build_object('retryable', $5::boolean)
     FROM fenced, node
 )

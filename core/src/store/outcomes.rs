@@ -38,8 +38,9 @@ WITH fenced AS (
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'running'
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.retry_after
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, metadata)
-SELECT run_id, event_seq, tenant_id, 'node_retry_backoff_scheduled', lease_epoch, $3::text,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, attempt,
+                        metadata)
+SELECT run_id, event_seq, tenant_id, 'node_retry_backoff_scheduled', 'queued', lease_epoch, $3::text,
        $4::int, jsonb_build_object('retry_after', retry_after, 'backoff_ms', $5::bigint)
 FROM fenced
 RETURNING run_id"
@@ -63,8 +64,8 @@ WITH fenced AS (
       AND NOT EXISTS (SELECT 1 FROM run_nodes n WHERE n.run_id = $1::uuid AND n.status = 'running')
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch)
-SELECT run_id, event_seq, tenant_id, 'run_completed', lease_epoch FROM fenced
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch)
+SELECT run_id, event_seq, tenant_id, 'run_completed', 'completed', lease_epoch FROM fenced
 RETURNING run_id"
     ),
 };
@@ -74,12 +75,14 @@ RETURNING run_id"
 const FAIL_RUN: Query = Query {
     name: "fail_run",
     sql: concat!(
-    "\
+        "\
 WITH fenced AS (
     UPDATE runs r
     SET status = 'failed', stop_kind = 'node_failed', stop_reason = left($5::text, 4096),
         failed_node_id = $3::text, failed_attempt = $4::int, finished_at = now(),
-        ", clear_lease!(), ",
+        ",
+        clear_lease!(),
+        ",
         event_seq = r.event_seq + 1, updated_at = now()
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status IN ('running', 'pausing')
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
@@ -90,12 +93,13 @@ skipped AS (
     FROM fenced, unnest($6::text[]) AS skip(node_id)
     ON CONFLICT (run_id, node_id) DO NOTHING
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, attempt, reason, stop_kind, metadata)
-SELECT run_id, event_seq, tenant_id, 'run_failed', lease_epoch, $3::text, $4::int,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, attempt,
+                        reason, stop_kind, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_failed', 'failed', lease_epoch, $3::text, $4::int,
        left($5::text, 4096), 'node_failed', jsonb_build_object('skipped', $6::text[])
 FROM fenced
 RETURNING run_id"
-),
+    ),
 };
 
 // Read only when a fenced run write changed nothing: did the same write land before (a lost

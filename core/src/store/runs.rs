@@ -2,6 +2,8 @@
 
 mod batch;
 
+pub use batch::StartedRun;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
@@ -84,6 +86,8 @@ pub struct RunRecord {
     pub retry_node_id: Option<NodeId>,
     /// The attempt that will run at `retry_after`.
     pub retry_attempt: Option<i32>,
+    /// Why the attempt before it failed.
+    pub retry_error: Option<String>,
     /// The holder, while held.
     pub claimant_id: Option<ClaimantId>,
     /// The current (or last) claim's epoch.
@@ -92,6 +96,8 @@ pub struct RunRecord {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Claims in a row that expired before any progress.
     pub expired_claims: i32,
+    /// Runs sharing it are never held at once.
+    pub concurrency_key: Option<String>,
     /// Why the run stopped (`stale_reaped`, `node_failed`, …), when it did.
     pub stop_kind: Option<String>,
     /// The reason given with the stop.
@@ -131,8 +137,8 @@ inserted AS (
     RETURNING run_id, automation_version
 ),
 event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, metadata)
-    SELECT run_id, 1, $1::text, 'run_started', 0,
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
+    SELECT run_id, 1, $1::text, 'run_started', 'queued', 0,
            jsonb_build_object('trigger', $4::text, 'automation_version', automation_version)
     FROM inserted
 )
@@ -152,15 +158,32 @@ SELECT run_id, automation_id, inputs, priority, concurrency_key, trigger
 FROM runs WHERE tenant_id = $1::text AND idempotency_key = $2::text",
 };
 
+/// The columns of a [`RunRecord`], `r` being the runs row; every query that reads one uses them.
+/// A run waiting out a retry backoff carries the error of the attempt that failed, from the
+/// node's row (one primary-key lookup, and only for such a run).
+macro_rules! run_columns {
+    () => {
+        "r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
+       r.priority, r.queue_reason, r.retry_after, r.retry_node_id, r.retry_attempt,
+       CASE WHEN r.retry_node_id IS NOT NULL THEN (
+           SELECT n.last_error FROM run_nodes n
+           WHERE n.run_id = r.run_id AND n.node_id = r.retry_node_id) END AS retry_error,
+       r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.concurrency_key,
+       r.stop_kind, r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq,
+       r.created_at, r.finished_at"
+    };
+}
+pub(super) use run_columns;
+
 // One run by id, scoped to its tenant.
 const RUN: Query = Query {
     name: "run",
-    sql: "\
-SELECT run_id, tenant_id, automation_id, automation_version, inputs, status, priority,
-       queue_reason, retry_after, retry_node_id, retry_attempt, claimant_id, lease_epoch,
-       lease_expires_at, expired_claims, stop_kind, stop_reason, failed_node_id, failed_attempt,
-       event_seq, created_at, finished_at
-FROM runs WHERE run_id = $1::uuid AND tenant_id = $2::text",
+    sql: concat!(
+        "SELECT ",
+        run_columns!(),
+        "
+FROM runs r WHERE r.run_id = $1::uuid AND r.tenant_id = $2::text"
+    ),
 };
 
 // Cancels a run that has not ended, wherever it is. A held run loses its lease here: the
@@ -202,8 +225,9 @@ gates_closed AS (
     FROM cancelled
     WHERE g.run_id = cancelled.run_id AND g.status = 'pending'
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind)
-SELECT run_id, event_seq, tenant_id, 'run_cancelled', lease_epoch, left($3::text, 4096), 'cancelled'
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind)
+SELECT run_id, event_seq, tenant_id, 'run_cancelled', 'cancelled', lease_epoch,
+       left($3::text, 4096), 'cancelled'
 FROM cancelled
 RETURNING run_id"
     ),
@@ -316,10 +340,12 @@ pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
         retry_after: row.get("retry_after"),
         retry_node_id: row.get::<_, Option<String>>("retry_node_id").map(NodeId),
         retry_attempt: row.get("retry_attempt"),
+        retry_error: row.get("retry_error"),
         claimant_id: row.get::<_, Option<String>>("claimant_id").map(ClaimantId),
         lease_epoch: LeaseEpoch(row.get("lease_epoch")),
         lease_expires_at: row.get("lease_expires_at"),
         expired_claims: row.get("expired_claims"),
+        concurrency_key: row.get("concurrency_key"),
         stop_kind: row.get("stop_kind"),
         stop_reason: row.get("stop_reason"),
         failed_node_id: row.get::<_, Option<String>>("failed_node_id").map(NodeId),

@@ -49,7 +49,7 @@ async fn a_batch_queues_every_run_in_request_order_and_wakes_workers() {
     assert_eq!(started.len(), 5);
     assert!(started.iter().all(|s| s.created));
     for (n, s) in started.iter().enumerate() {
-        let run = b.store.run(&b.tenant, s.run_id).await.expect("run");
+        let run = b.store.run(&b.tenant, s.run.run_id).await.expect("run");
         assert_eq!(run.status, RunStatus::Queued);
         assert_eq!(
             run.inputs,
@@ -58,7 +58,7 @@ async fn a_batch_queues_every_run_in_request_order_and_wakes_workers() {
         );
         assert_eq!(run.priority, i16::try_from(n).expect("small"));
         assert_eq!(run.automation_version, 1);
-        assert_eq!(b.event_names(s.run_id).await, vec!["run_started"]);
+        assert_eq!(b.event_names(s.run.run_id).await, vec!["run_started"]);
     }
     let woken = tokio::time::timeout(LEASE, notifications.recv())
         .await
@@ -88,10 +88,10 @@ async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
         .await
         .expect("batch");
     assert!(started[0].created);
-    assert_eq!(started[1].run_id, earlier.run_id);
+    assert_eq!(started[1].run.run_id, earlier.run_id);
     assert!(!started[1].created);
     assert_eq!(
-        started[2].run_id, started[0].run_id,
+        started[2].run.run_id, started[0].run.run_id,
         "a key repeated within the batch is one run"
     );
     assert!(!started[2].created);
@@ -105,7 +105,7 @@ async fn keys_resolve_against_earlier_runs_and_within_the_batch() {
         .start_runs(&[keyed(&b, &automation, "k-new", 2)])
         .await
         .expect("repeat while paused");
-    assert_eq!(again[0].run_id, started[0].run_id);
+    assert_eq!(again[0].run.run_id, started[0].run.run_id);
     assert!(!again[0].created);
 }
 
@@ -207,9 +207,9 @@ async fn concurrent_batches_sharing_a_key_start_one_run() {
     let results = futures_util::future::join_all((0..8).map(|_| b.store.start_runs(&batch))).await;
     let shared: Vec<_> = results
         .into_iter()
-        .map(|r| r.expect("a raced key is resolved, not refused")[1])
+        .map(|r| r.expect("a raced key is resolved, not refused")[1].clone())
         .collect();
-    assert!(shared.iter().all(|s| s.run_id == shared[0].run_id));
+    assert!(shared.iter().all(|s| s.run.run_id == shared[0].run.run_id));
     assert_eq!(shared.iter().filter(|s| s.created).count(), 1);
     assert_eq!(b.count("SELECT count(*) FROM runs").await, 8 + 1);
 }

@@ -132,6 +132,8 @@ pub enum Transition {
     Rework,
     /// A user resumes a paused run.
     Resume,
+    /// A user resumes a run that was paused while it awaited approval: it awaits the same gate.
+    ResumeAtGate,
     /// The auto-resume sweep requeues a stale-reaped run.
     AutoResume,
     /// An operator requeues a failed or blocked run from its checkpoint.
@@ -140,7 +142,7 @@ pub enum Transition {
 
 impl Transition {
     /// Every transition.
-    pub const ALL: [Transition; 19] = [
+    pub const ALL: [Transition; 20] = [
         Self::Claim,
         Self::ScheduleRetry,
         Self::RequeueExpiredClaim,
@@ -158,6 +160,7 @@ impl Transition {
         Self::Approve,
         Self::Rework,
         Self::Resume,
+        Self::ResumeAtGate,
         Self::AutoResume,
         Self::Recover,
     ];
@@ -180,7 +183,7 @@ impl Transition {
             Self::AwaitApproval => "run_awaiting_approval",
             Self::Approve => "run_gate_approved",
             Self::Rework => "run_rework_requested",
-            Self::Resume => "run_resumed",
+            Self::Resume | Self::ResumeAtGate => "run_resumed",
             Self::AutoResume => "run_auto_resumed",
             Self::Recover => "run_recovered",
         }
@@ -204,7 +207,7 @@ impl Transition {
             Self::Pause => matches!(from, S::Queued | S::AwaitingApproval),
             Self::SettlePause => from == S::Pausing,
             Self::Approve | Self::Rework => from == S::AwaitingApproval,
-            Self::Resume | Self::AutoResume => from == S::Paused,
+            Self::Resume | Self::ResumeAtGate | Self::AutoResume => from == S::Paused,
             Self::Recover => matches!(from, S::Failed | S::Blocked),
         }
     }
@@ -228,7 +231,7 @@ impl Transition {
             Self::Fail => S::Failed,
             Self::Cancel => S::Cancelled,
             Self::RequestPause => S::Pausing,
-            Self::AwaitApproval => S::AwaitingApproval,
+            Self::AwaitApproval | Self::ResumeAtGate => S::AwaitingApproval,
         }
     }
 }

@@ -13,8 +13,8 @@ use leasehold_proto::v1;
 use tonic::Code;
 
 use super::connect::{Coordinator, status_line};
-use super::json;
 use super::render::{self, emit};
+use super::{json, names};
 
 mod view;
 
@@ -289,15 +289,15 @@ fn summary(run: &v1::Run) -> String {
         format!(": node {} attempt {}: {}", f.node_id, f.attempt, f.reason)
     } else if !run.stop_reason.is_empty() {
         format!(": {}", run.stop_reason)
-    } else if run.status != "completed" && !run.stop_kind.is_empty() {
-        format!(": {}", run.stop_kind)
+    } else if run.stop_kind != i32::from(v1::StopKind::Unspecified) {
+        format!(": {}", names::stop_kind(run.stop_kind))
     } else {
         String::new()
     };
     format!(
         "run {} {}{took}{}",
         run.run_id,
-        run.status,
+        names::run_status(run.status),
         render::truncate(&why, 500)
     )
 }

@@ -7,32 +7,8 @@ use leasehold_proto::v1;
 use serde_json::Value;
 
 use super::{LIVE_NODE_ROWS_MAX, LIVE_RECENT_EVENTS};
-use crate::client::json;
 use crate::client::render::{self, Table};
-
-/// The run's status after `event`, for the events that change it (`docs/run_states.md`).
-fn status_after(event: &str) -> Option<&'static str> {
-    Some(match event {
-        "run_started"
-        | "node_retry_backoff_scheduled"
-        | "run_execution_claim_expired_requeued"
-        | "run_released_shutdown"
-        | "run_gate_approved"
-        | "run_rework_requested"
-        | "run_resumed"
-        | "run_auto_resumed"
-        | "run_recovered" => "queued",
-        "run_claimed" => "running",
-        "run_pause_requested" => "pausing",
-        "run_paused" | "run_stale_reaped" => "paused",
-        "run_awaiting_approval" => "awaiting_approval",
-        "run_completed" => "completed",
-        "run_failed" => "failed",
-        "run_cancelled" => "cancelled",
-        "run_blocked_unreadable" | "run_blocked_claims_keep_expiring" => "blocked",
-        _ => return None,
-    })
-}
+use crate::client::{json, names};
 
 /// A run's nodes as the events so far leave them.
 pub(super) struct View {
@@ -111,7 +87,7 @@ impl View {
         Self {
             run_id: run.run_id.clone(),
             automation: format!("{}@{}", run.automation_id, run.automation_version),
-            status: run.status.clone(),
+            status: names::run_status(run.status),
             created: render::time(run.created_at.as_ref()),
             finished: None,
             nodes: run
@@ -156,14 +132,16 @@ impl View {
 
     pub(super) fn apply(&mut self, event: &v1::RunEvent) {
         let at = render::time(event.occurred_at.as_ref());
-        if let Some(status) = status_after(&event.event) {
-            status.clone_into(&mut self.status);
+        // Every event says where the run stands after it (events recorded before it did say
+        // nothing, and leave the status as it was).
+        if event.run_status != i32::from(v1::RunStatus::Unspecified) {
+            self.status = names::run_status(event.run_status);
         }
         self.ended = event.terminal;
         self.finished = if event.terminal { at } else { None };
         if event.terminal {
             self.stop = match (event.node_id.as_str(), event.reason.as_str()) {
-                (_, "") => event.stop_kind.clone(),
+                (_, "") => names::stop_kind(event.stop_kind),
                 ("", reason) => reason.to_owned(),
                 (node, reason) => format!("node {node} attempt {}: {reason}", event.attempt),
             };
@@ -226,14 +204,14 @@ impl View {
 
     /// Takes the node states from the run itself, once it has ended.
     pub(super) fn settle(&mut self, run: &v1::Run) {
-        run.status.clone_into(&mut self.status);
+        self.status = names::run_status(run.status);
         self.finished = render::time(run.finished_at.as_ref());
         self.nodes = run
             .nodes
             .iter()
             .map(|n| NodeView {
                 id: n.node_id.clone(),
-                status: n.status.clone(),
+                status: names::node_status(n.status),
                 attempt: n.attempts.into(),
                 started: render::time(n.started_at.as_ref()),
                 finished: render::time(n.finished_at.as_ref()),
@@ -341,7 +319,7 @@ pub(super) fn event_line(event: &v1::RunEvent) -> String {
             .map(json::value)
     };
     if event.event == "run_claimed" {
-        parts.push(format!("epoch {}", event.epoch));
+        parts.push(format!("epoch {}", event.lease_epoch));
         if let Some(Value::String(claimant)) = metadata("claimant_id") {
             parts.push(format!("by {claimant}"));
         }
@@ -363,8 +341,17 @@ pub(super) fn event_line(event: &v1::RunEvent) -> String {
 mod tests {
     use super::*;
 
+    /// An event as the coordinator sends it, with the run's status after it.
     fn event(seq: i64, name: &str, node: &str, attempt: i32) -> v1::RunEvent {
+        use v1::RunStatus as S;
+        let run_status = match name {
+            "run_claimed" | "node_started" | "node_failed" => S::Running,
+            "run_cancelled" => S::Cancelled,
+            "run_started" | "node_retry_backoff_scheduled" => S::Queued,
+            _ => S::Unspecified,
+        };
         v1::RunEvent {
+            run_status: run_status.into(),
             run_id: "r".into(),
             seq,
             event: name.into(),
@@ -384,12 +371,12 @@ mod tests {
             run_id: "r".into(),
             automation_id: "hello".into(),
             automation_version: 1,
-            status: "queued".into(),
+            status: v1::RunStatus::Queued.into(),
             nodes: ["a", "b"]
                 .iter()
                 .map(|id| v1::NodeState {
                     node_id: (*id).into(),
-                    status: "pending".into(),
+                    status: v1::NodeStatus::Pending.into(),
                     ..Default::default()
                 })
                 .collect(),
@@ -425,7 +412,10 @@ mod tests {
             ("running", 2)
         );
         assert!(!view.ended);
-        view.apply(&event(8, "run_cancelled", "", 0));
+        // An event recorded before events carried the run's status leaves it as it was.
+        view.apply(&event(8, "gate_marked_stale", "a", 0));
+        assert_eq!(view.status, "running");
+        view.apply(&event(9, "run_cancelled", "", 0));
         assert!(view.ended);
         assert_eq!(view.status, "cancelled");
     }

@@ -13,9 +13,19 @@ pub enum RequestError {
     /// No such run (in this tenant).
     #[error("run {0} not found")]
     RunNotFound(RunId),
-    /// No such automation (or version) in this tenant.
+    /// No such automation in this tenant.
     #[error("automation {0} not found")]
     AutomationNotFound(AutomationId),
+    /// The automation exists, without this version.
+    #[error("automation {automation_id} has no version {version}; its versions are 1 to {current}")]
+    AutomationVersionNotFound {
+        /// The automation.
+        automation_id: AutomationId,
+        /// The version asked for.
+        version: i32,
+        /// Its current (latest) version.
+        current: i32,
+    },
     /// An automation with this id exists already.
     #[error("automation {0} already exists")]
     AutomationExists(AutomationId),

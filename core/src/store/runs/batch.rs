@@ -3,12 +3,24 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
-use super::{StartRun, Started, same_request};
-use crate::ids::RunId;
+use super::{RunRecord, StartRun, read_run, run_columns, same_request};
+use crate::ids::{LeaseEpoch, RunId};
+use crate::run::RunStatus;
 use crate::store::query::{Query, notify_queued};
 use crate::store::{Error, RequestError, Store};
+
+/// A run of a batch, as the batch left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartedRun {
+    /// The run: as inserted, or as it stands for a key that returned an earlier run.
+    pub run: RunRecord,
+    /// False when the idempotency key returned an earlier run, or repeats a key earlier in the
+    /// same batch.
+    pub created: bool,
+}
 
 // Inserts a batch of runs queued, each pinned to its automation's current version, with its
 // first event, in one statement. If any request's automation is missing or paused the statement
@@ -45,13 +57,13 @@ inserted AS (
     RETURNING run_id, tenant_id, trigger, automation_version
 ),
 event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, metadata)
-    SELECT run_id, 1, tenant_id, 'run_started', 0,
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
+    SELECT run_id, 1, tenant_id, 'run_started', 'queued', 0,
            jsonb_build_object('trigger', trigger, 'automation_version', automation_version)
     FROM inserted
 )
-SELECT q.tenant_id, q.automation_id, a.status AS automation_status,
-       (SELECT count(*) FROM inserted) AS inserted,
+SELECT q.tenant_id, q.automation_id, a.status AS automation_status, a.current_version,
+       now() AS created_at, (SELECT count(*) FROM inserted) AS inserted,
        (SELECT ",
         notify_queued!(),
         " WHERE EXISTS (SELECT 1 FROM inserted))
@@ -61,20 +73,30 @@ LEFT JOIN automation a USING (tenant_id, automation_id)"
     ),
 };
 
-// The earlier runs of repeated keys, with the fields a start request sets, to compare them.
+// The earlier runs of repeated keys, as they stand, with the trigger and key that a start
+// request is compared on.
 pub(super) const RUNS_BY_IDEMPOTENCY_KEYS: Query = Query {
     name: "runs_by_idempotency_keys",
-    sql: "\
-SELECT r.run_id, r.tenant_id, r.idempotency_key, r.automation_id, r.inputs, r.priority,
-       r.concurrency_key, r.trigger
+    sql: concat!(
+        "SELECT ",
+        run_columns!(),
+        ", r.idempotency_key, r.trigger
 FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key)
-  ON r.tenant_id = k.tenant_id AND r.idempotency_key = k.idempotency_key",
+  ON r.tenant_id = k.tenant_id AND r.idempotency_key = k.idempotency_key"
+    ),
 };
+
+/// What the insert statement says of the runs it inserted: each automation's pinned version,
+/// and the statement's time, which every inserted run was created at.
+struct Inserted {
+    versions: HashMap<(String, String), i32>,
+    created_at: DateTime<Utc>,
+}
 
 /// Where each request of a batch stands before the insert.
 enum Resolved {
     /// The key's earlier run; nothing to insert.
-    Earlier(Started),
+    Earlier(Box<RunRecord>),
     /// Repeats, with the same request, the key of an earlier request of the batch that starts
     /// this new run.
     Repeat(RunId),
@@ -91,7 +113,10 @@ impl Store {
     /// request; a value out of range is [`Error::OutOfRange`] for the batch, which is not stored
     /// either. A key repeated within the batch with the same request returns the same run,
     /// `created` only for its first occurrence. Idle workers are woken once.
-    pub async fn start_runs(&self, requests: &[StartRun]) -> Result<Vec<Started>, RequestError> {
+    ///
+    /// Each run is answered as the batch left it: a new run as that statement inserted it, an
+    /// earlier run of a key as it stands now.
+    pub async fn start_runs(&self, requests: &[StartRun]) -> Result<Vec<StartedRun>, RequestError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -107,7 +132,7 @@ impl Store {
             match self.insert_new(requests, &resolved).await {
                 Err(e) if lost_key_race(&e) && retries_left > 0 => retries_left -= 1,
                 Err(e) => return Err(e),
-                Ok(()) => return Ok(started(&resolved)),
+                Ok(inserted) => return Ok(started(requests, resolved, &inserted)),
             }
         }
     }
@@ -143,8 +168,8 @@ impl Store {
                 source: Box::new(source),
             };
             if let Some(row) = earlier.get(&(tenant.to_owned(), key.to_owned())) {
-                let started = same_request(request, key, row).map_err(in_batch)?;
-                resolved.push(Resolved::Earlier(started));
+                same_request(request, key, row).map_err(in_batch)?;
+                resolved.push(Resolved::Earlier(Box::new(read_run(row)?)));
             } else if let Some(&(first, run_id)) = first_of_key.get(&(tenant, key)) {
                 if !same_fields(&requests[first], request) {
                     return Err(in_batch(RequestError::IdempotencyConflict {
@@ -166,7 +191,7 @@ impl Store {
         &self,
         requests: &[StartRun],
         resolved: &[Resolved],
-    ) -> Result<(), RequestError> {
+    ) -> Result<Inserted, RequestError> {
         let new: Vec<(usize, &StartRun, RunId)> = requests
             .iter()
             .zip(resolved)
@@ -177,7 +202,11 @@ impl Store {
             })
             .collect();
         if new.is_empty() {
-            return Ok(());
+            // No run is new, so nothing reads these.
+            return Ok(Inserted {
+                versions: HashMap::new(),
+                created_at: Utc::now(),
+            });
         }
         let column =
             |f: fn(&StartRun) -> &str| -> Vec<&str> { new.iter().map(|(_, r, _)| f(r)).collect() };
@@ -213,7 +242,18 @@ impl Store {
             .await?;
         let inserted = rows.first().map_or(0, |row| row.get::<_, i64>("inserted"));
         if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
-            return Ok(());
+            let versions = rows
+                .iter()
+                .map(|row| {
+                    let tenant: String = row.get("tenant_id");
+                    let automation: String = row.get("automation_id");
+                    ((tenant, automation), row.get("current_version"))
+                })
+                .collect();
+            return Ok(Inserted {
+                versions,
+                created_at: rows[0].get("created_at"),
+            });
         }
         // Nothing was stored: name the first request whose automation refused it.
         for (index, request, _) in &new {
@@ -244,21 +284,68 @@ impl Store {
     }
 }
 
-fn started(resolved: &[Resolved]) -> Vec<Started> {
-    resolved
-        .iter()
-        .map(|r| match r {
-            Resolved::Earlier(started) => *started,
-            Resolved::New(run_id) => Started {
-                run_id: *run_id,
-                created: true,
-            },
-            Resolved::Repeat(run_id) => Started {
-                run_id: *run_id,
+/// The batch's answer, in request order.
+fn started(requests: &[StartRun], resolved: Vec<Resolved>, inserted: &Inserted) -> Vec<StartedRun> {
+    let mut new_runs: HashMap<RunId, RunRecord> = HashMap::new();
+    let mut answer = Vec::with_capacity(requests.len());
+    for (request, resolved) in requests.iter().zip(resolved) {
+        let started = match resolved {
+            Resolved::Earlier(run) => StartedRun {
+                run: *run,
                 created: false,
             },
-        })
-        .collect()
+            Resolved::New(run_id) => {
+                let run = inserted_run(request, run_id, inserted);
+                new_runs.insert(run_id, run.clone());
+                StartedRun { run, created: true }
+            }
+            Resolved::Repeat(run_id) => StartedRun {
+                run: new_runs
+                    .get(&run_id)
+                    .cloned()
+                    .unwrap_or_else(|| inserted_run(request, run_id, inserted)),
+                created: false,
+            },
+        };
+        answer.push(started);
+    }
+    answer
+}
+
+/// A new run as START_RUNS inserted it: the request's fields, the version the statement pinned,
+/// and what every new run starts with (queued, its `run_started` event, no lease yet).
+fn inserted_run(request: &StartRun, run_id: RunId, inserted: &Inserted) -> RunRecord {
+    let key = (
+        request.tenant.as_str().to_owned(),
+        request.automation_id.as_str().to_owned(),
+    );
+    RunRecord {
+        run_id,
+        tenant: request.tenant.clone(),
+        automation_id: request.automation_id.clone(),
+        // The statement answers one row per automation of the batch.
+        automation_version: inserted.versions.get(&key).copied().unwrap_or_default(),
+        inputs: request.inputs.clone(),
+        status: RunStatus::Queued,
+        priority: request.priority,
+        queue_reason: Some("started".to_owned()),
+        retry_after: None,
+        retry_node_id: None,
+        retry_attempt: None,
+        retry_error: None,
+        claimant_id: None,
+        lease_epoch: LeaseEpoch(0),
+        lease_expires_at: None,
+        expired_claims: 0,
+        concurrency_key: request.concurrency_key.clone(),
+        stop_kind: None,
+        stop_reason: None,
+        failed_node_id: None,
+        failed_attempt: None,
+        event_seq: 1,
+        created_at: inserted.created_at,
+        finished_at: None,
+    }
 }
 
 /// Whether two requests of one batch ask for the same run: the rule `same_request` applies to a

@@ -88,8 +88,8 @@ resumed AS (
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.auto_resumes, r.resume_reason,
               target.stale_reaped_at
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, metadata)
-SELECT run_id, event_seq, tenant_id, 'run_auto_resumed', lease_epoch, resume_reason,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_auto_resumed', 'queued', lease_epoch, resume_reason,
        jsonb_build_object('window_ms', $4::bigint, 'stale_reaped_at', stale_reaped_at,
                           'auto_resumes', auto_resumes)
 FROM resumed

@@ -71,8 +71,9 @@ interrupted AS (
     WHERE n.run_id = paused.run_id AND n.status = 'running'
     RETURNING n.run_id, n.node_id, n.attempts
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind, metadata)
-SELECT paused.run_id, event_seq, tenant_id, 'run_paused', lease_epoch, pause_reason,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
+                        metadata)
+SELECT paused.run_id, event_seq, tenant_id, 'run_paused', 'paused', lease_epoch, pause_reason,
        'operator_paused',
        jsonb_build_object(
            'settled_by', 'lease_expired',

@@ -68,8 +68,9 @@ requeued AS (
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.expired_claims,
               target.claimant_id, target.lease_expires_at
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, metadata)
-SELECT run_id, event_seq, tenant_id, 'run_execution_claim_expired_requeued', lease_epoch,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_execution_claim_expired_requeued', 'queued',
+       lease_epoch,
        jsonb_build_object('claimant_id', claimant_id, 'lease_expired_at', lease_expires_at,
                           'expired_claims', expired_claims)
 FROM requeued
@@ -111,8 +112,9 @@ blocked AS (
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.stop_reason,
               target.claimant_id, target.lease_expires_at
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind, metadata)
-SELECT run_id, event_seq, tenant_id, 'run_blocked_claims_keep_expiring', lease_epoch,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
+                        metadata)
+SELECT run_id, event_seq, tenant_id, 'run_blocked_claims_keep_expiring', 'blocked', lease_epoch,
        stop_reason, 'poisoned',
        jsonb_build_object('claimant_id', claimant_id, 'lease_expired_at', lease_expires_at)
 FROM blocked
@@ -161,8 +163,10 @@ interrupted AS (
     WHERE n.run_id = reaped.run_id AND n.status = 'running'
     RETURNING n.run_id, n.node_id, n.attempts
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, reason, stop_kind, metadata)
-SELECT reaped.run_id, event_seq, tenant_id, 'run_stale_reaped', lease_epoch, stop_reason,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
+                        metadata)
+SELECT reaped.run_id, event_seq, tenant_id, 'run_stale_reaped', 'paused', lease_epoch,
+       stop_reason,
        'stale_reaped',
        jsonb_build_object(
            'claimant_id', claimant_id, 'lease_expired_at', lease_expires_at,

@@ -102,11 +102,12 @@ bumped AS (
     SET detail = per_run.detail, event_seq = r.event_seq + per_run.n, updated_at = now()
     FROM per_run
     WHERE r.run_id = per_run.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq - per_run.n AS base
+    RETURNING r.run_id, r.tenant_id, r.status, r.lease_epoch, r.event_seq - per_run.n AS base
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, epoch, node_id, reason, metadata)
-SELECT b.run_id, b.base + nb.k, b.tenant_id, 'gate_marked_stale', b.lease_epoch, nb.node_id,
-       nb.sentence,
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, reason,
+                        metadata)
+SELECT b.run_id, b.base + nb.k, b.tenant_id, 'gate_marked_stale', b.status, b.lease_epoch,
+       nb.node_id, nb.sentence,
        jsonb_build_object('gate_id', nb.gate_id, 'requested_at', nb.requested_at,
                           'stale_after_ms', $3::bigint)
 FROM numbered nb JOIN bumped b ON b.run_id = nb.run_id

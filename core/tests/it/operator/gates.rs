@@ -471,9 +471,13 @@ async fn a_cancel_decision_cancels_the_run() {
 }
 
 #[tokio::test]
-async fn a_gate_of_a_paused_run_is_refused_and_asked_again_after_resume() {
+async fn a_gate_of_a_paused_run_is_suspended_and_the_same_gate_awaits_after_resume() {
     let (b, run_id, gate_id) = setup_gate("paused-gate").await;
     b.pause(run_id, "wait").await;
+    assert_eq!(
+        b.store.gate(&b.tenant, gate_id).await.expect("gate").status,
+        GateStatus::Suspended
+    );
     let refused = b
         .store
         .decide_gate(&b.tenant, &decision(gate_id, DecisionKind::Approve, "a-1"))
@@ -490,35 +494,45 @@ async fn a_gate_of_a_paused_run_is_refused_and_asked_again_after_resume() {
     );
     assert_eq!(
         b.store.gate(&b.tenant, gate_id).await.expect("gate").status,
-        GateStatus::Pending
+        GateStatus::Suspended
     );
 
-    // Resuming cancels the dangling gate, so the worker asks again without a conflict.
+    // Resuming goes back to the same gate: nothing to claim, the gate pending again.
     b.store
         .resume_run(&b.tenant, run_id, "go")
         .await
         .expect("resume");
+    let (_, event) = stepped(&b, run_id, RunStatus::Paused, Transition::ResumeAtGate).await;
+    assert_eq!(event.metadata["gate_id"], json!(gate_id));
+    assert_eq!(event.run_status, Some(RunStatus::AwaitingApproval));
+    assert_eq!(
+        b.store.gate(&b.tenant, gate_id).await.expect("gate").status,
+        GateStatus::Pending
+    );
+    assert!(
+        b.claim("w2", 10).await.is_empty(),
+        "nothing to run before the decision"
+    );
+    b.store
+        .decide_gate(&b.tenant, &decision(gate_id, DecisionKind::Approve, "a-2"))
+        .await
+        .expect("the same gate is decided after the resume");
+    assert_eq!(b.run(run_id).await.status, RunStatus::Queued);
+
+    assert_eq!(b.claim_one("w2").await.claim.run_id(), run_id);
+}
+
+#[tokio::test]
+async fn a_cancel_decision_settles_a_run_paused_at_its_gate() {
+    let (b, run_id, gate_id) = setup_gate("paused-cancel").await;
+    b.pause(run_id, "wait").await;
+    b.store
+        .decide_gate(&b.tenant, &decision(gate_id, DecisionKind::Cancel, "c-1"))
+        .await
+        .expect("cancel a paused run at its gate");
+    assert_eq!(b.run(run_id).await.status, RunStatus::Cancelled);
     assert_eq!(
         b.store.gate(&b.tenant, gate_id).await.expect("gate").status,
         GateStatus::Cancelled
     );
-    assert_eq!(
-        b.last_event(run_id).await.metadata["gates_cancelled"],
-        json!([gate_id])
-    );
-    let claimed = b.claim_one("w2").await;
-    let asked = b
-        .store
-        .await_approval(&claimed.claim, &node("gate"), "Ship it?")
-        .await
-        .expect("asked again");
-    assert_ne!(asked, gate_id);
-
-    // A cancel decision also settles a run paused at its gate.
-    b.pause(run_id, "wait again").await;
-    b.store
-        .decide_gate(&b.tenant, &decision(asked, DecisionKind::Cancel, "c-1"))
-        .await
-        .expect("cancel a paused run at its gate");
-    assert_eq!(b.run(run_id).await.status, RunStatus::Cancelled);
 }

@@ -100,7 +100,8 @@ async fn run_filters_apply_on_every_page() {
     b.sql
         .batch_execute(
             "UPDATE runs r SET created_at = r.created_at - (s.i / 2) * interval '1 second',
-                    status = CASE WHEN s.i % 3 = 0 THEN 'cancelled' ELSE 'queued' END
+                    status = CASE WHEN s.i % 3 = 0 THEN 'cancelled' ELSE 'queued' END,
+                    concurrency_key = CASE WHEN s.i % 4 = 0 THEN 'k' END
              FROM (SELECT run_id, row_number() OVER (ORDER BY run_id) AS i FROM runs) s
              WHERE s.run_id = r.run_id",
         )
@@ -141,7 +142,7 @@ async fn run_filters_apply_on_every_page() {
         ),
         (
             RunFilter {
-                status: Some(RunStatus::Cancelled),
+                statuses: vec![RunStatus::Cancelled],
                 ..RunFilter::default()
             },
             "status = 'cancelled'".to_owned(),
@@ -149,7 +150,7 @@ async fn run_filters_apply_on_every_page() {
         (
             RunFilter {
                 automation_id: Some(beta.clone()),
-                status: Some(RunStatus::Queued),
+                statuses: vec![RunStatus::Queued],
                 ..RunFilter::default()
             },
             "automation_id = 'beta' AND status = 'queued'".to_owned(),
@@ -174,10 +175,41 @@ async fn run_filters_apply_on_every_page() {
         ),
         (
             RunFilter {
-                status: Some(RunStatus::Failed),
+                statuses: vec![RunStatus::Failed],
                 ..RunFilter::default()
             },
             "status = 'failed'".to_owned(),
+        ),
+        (
+            RunFilter {
+                statuses: vec![RunStatus::Failed, RunStatus::Cancelled, RunStatus::Failed],
+                ..RunFilter::default()
+            },
+            "status IN ('failed', 'cancelled')".to_owned(),
+        ),
+        (
+            RunFilter {
+                automation_id: Some(alpha.clone()),
+                statuses: vec![RunStatus::Queued, RunStatus::Cancelled],
+                ..RunFilter::default()
+            },
+            "automation_id = 'alpha' AND status IN ('queued', 'cancelled')".to_owned(),
+        ),
+        (
+            RunFilter {
+                concurrency_key: Some("k".to_owned()),
+                statuses: vec![RunStatus::Queued],
+                ..RunFilter::default()
+            },
+            "concurrency_key = 'k' AND status = 'queued'".to_owned(),
+        ),
+        (
+            RunFilter {
+                automation_id: Some(beta.clone()),
+                concurrency_key: Some("k".to_owned()),
+                ..RunFilter::default()
+            },
+            "automation_id = 'beta' AND concurrency_key = 'k'".to_owned(),
         ),
     ];
     for (filter, condition) in cases {

@@ -45,6 +45,12 @@ async fn stepped(
     let run = b.run(run_id).await;
     let event = b.last_event(run_id).await;
     check_step(from, transition, run.status, &event.event);
+    assert_eq!(
+        event.run_status,
+        Some(run.status),
+        "{} records the status the run is in after it",
+        event.event
+    );
     (run, event)
 }
 
