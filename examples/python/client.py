@@ -101,7 +101,9 @@ def field_violations(error):
 def show(event):
     line = f"  seq {event.seq:>3}  {event.event:<28} run {name(pb.RunStatus, event.run_status)}"
     if event.node_id:
-        line += f", node {event.node_id} {name(pb.NodeStatus, event.node_status)}"
+        line += f", node {event.node_id}"
+    if event.node_status != pb.NODE_STATUS_UNSPECIFIED:
+        line += f" {name(pb.NodeStatus, event.node_status)}"
     if event.terminal:
         line += " (terminal)"
     print(line, flush=True)
