@@ -148,8 +148,8 @@ async fn python_env(dir: &TestDir) -> PathBuf {
     let status = pip.wait_exit(INSTALL_DEADLINE).await;
     assert!(
         status.success(),
-        "pip could not install {} ({status}); it needs pip in the venv ({INSTALL_PYTHON}) and \
-         the package index (PyPI, or the one PIP_INDEX_URL names)\n{}{}",
+        "pip could not install {} ({status}); it needs the package index (PyPI, or the one \
+         PIP_INDEX_URL names)\n{}{}",
         requirements_file.display(),
         pip.stdout(),
         pip.stderr()
