@@ -197,7 +197,10 @@ impl Api {
             automation_id,
             inputs,
             priority,
-            concurrency_key: convert::optional_key(&field("concurrency_key"), &request.concurrency_key)?,
+            concurrency_key: convert::optional_key(
+                &field("concurrency_key"),
+                &request.concurrency_key,
+            )?,
             idempotency_key: convert::optional_key(&field("request_id"), &request.request_id)?,
             trigger: Trigger::Api,
         })

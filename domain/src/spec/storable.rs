@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn nul_in_a_description_prompt_input_string_or_key_is_named() {
         let cases = [
-            ("id: a\ndescription: \"x\\0y\"\nnodes: [{id: n, kind: noop}]\n", "description"),
+            (
+                "id: a\ndescription: \"x\\0y\"\nnodes: [{id: n, kind: noop}]\n",
+                "description",
+            ),
             (
                 "id: a\nnodes: [{id: n, kind: noop, approval: {prompt: \"ok\\0?\"}}]\n",
                 "nodes[0].approval.prompt",
