@@ -7,5 +7,7 @@ pub mod v1 {
     tonic::include_proto!("leasehold.v1");
 }
 
+pub mod checks;
+
 /// The encoded file descriptor set, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("leasehold_descriptor");

@@ -222,7 +222,7 @@ pub fn worker(w: &v1::Worker) -> Value {
 }
 
 /// The stats, with every known status counted (zero when the coordinator left it out).
-pub fn stats(s: &v1::StatsResponse) -> Value {
+pub fn stats(s: &v1::GetStatsResponse) -> Value {
     let mut by_status = Map::new();
     for status in RunStatus::ALL {
         by_status.insert(status.as_str().to_owned(), 0.into());

@@ -769,7 +769,7 @@ async fn server_errors_are_one_line_naming_the_code_and_the_field() {
     assert!(refused.stdout.is_empty(), "{}", refused.stdout);
     assert_eq!(
         refused.stderr,
-        "error: INVALID_ARGUMENT: spec.nodes[1].depends_on[0] (node \"b\"): unknown node \"zz\"\n"
+        "error: INVALID_ARGUMENT: spec.text: nodes[1].depends_on[0] (node \"b\"): unknown node \"zz\"\n"
     );
 
     let unknown = b

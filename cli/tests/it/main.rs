@@ -6,4 +6,5 @@ mod client;
 mod coordinator;
 mod dev;
 mod migrate;
+mod python_client;
 mod worker;

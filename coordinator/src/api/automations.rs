@@ -10,7 +10,7 @@ use leasehold_proto::v1;
 use leasehold_proto::v1::automations_server::Automations;
 
 use super::convert::{self, spec_message, timestamp};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, SpecSource};
 use super::{Api, page_request, page_token, respond, service, states};
 
 fn automation_message(record: &AutomationRecord, version_created: bool) -> v1::Automation {
@@ -39,6 +39,12 @@ impl Api {
     /// is a warning.
     async fn checked_spec(&self, source: Option<&v1::SpecSource>) -> ApiResult<Checked> {
         let spec = convert::spec_from_source(source)?;
+        // Violations and warnings name the request field that carried the spec, as every other
+        // spec violation does.
+        let carried_in = match source.and_then(|s| s.source.as_ref()) {
+            Some(v1::spec_source::Source::Text(_)) => SpecSource::Text,
+            _ => SpecSource::Structured,
+        };
         let others: BTreeSet<&str> = spec
             .nodes
             .iter()
@@ -58,16 +64,20 @@ impl Api {
         };
         let checked = kinds::check_inputs(&spec, &advertised);
         if !checked.violations.is_empty() {
-            return Err(ApiError::Spec(SpecError {
+            let error = SpecError {
                 violations: checked.violations,
-            }));
+            };
+            return Err(ApiError::spec(carried_in, error));
         }
         let warnings = checked
             .warnings
-            .into_iter()
+            .iter()
             .map(|w| v1::SpecWarning {
-                field: format!("spec.{}", w.field),
-                message: w.message,
+                field: match carried_in {
+                    SpecSource::Structured => format!("spec.structured.{}", w.field),
+                    SpecSource::Text => "spec.text".to_owned(),
+                },
+                message: w.to_string(),
             })
             .collect();
         Ok(Checked { spec, warnings })

@@ -8,7 +8,7 @@ use leasehold_proto::v1;
 use prost_types::value::Kind;
 use serde_json::Value;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, SpecSource};
 
 /// Longest id, name or reason accepted in a request, in characters.
 pub const MAX_TEXT_CHARS: usize = 4_096;
@@ -69,7 +69,9 @@ pub fn from_value(value: &prost_types::Value) -> Value {
 }
 
 /// JSON numbers travel as doubles in a `Value`; whole ones come back as integers, as a user who
-/// wrote `3` expects. Non-finite doubles have no JSON form and become null.
+/// wrote `3` expects. Non-finite doubles have no JSON form, and no request carrying one gets
+/// here: the door check (`leasehold_proto::checks`) refuses it naming the field, so the null
+/// below is never reached.
 fn number(n: f64) -> Value {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every whole double below is exact.
     if n.fract() == 0.0 && n.abs() < EXACT {
@@ -94,10 +96,12 @@ pub fn spec_from_source(source: Option<&v1::SpecSource>) -> ApiResult<Spec> {
         ApiError::field("spec", "required: a structured spec or its YAML/JSON text")
     })?;
     match source {
-        v1::spec_source::Source::Text(text) => Ok(spec::parse(text)?),
+        v1::spec_source::Source::Text(text) => {
+            spec::parse(text).map_err(|e| ApiError::spec(SpecSource::Text, e))
+        }
         v1::spec_source::Source::Structured(message) => {
             let spec = spec_from_message(message);
-            spec::validate(&spec)?;
+            spec::validate(&spec).map_err(|e| ApiError::spec(SpecSource::Structured, e))?;
             Ok(spec)
         }
     }
@@ -185,10 +189,17 @@ pub fn gate_id(field: &str, text: &str) -> ApiResult<uuid::Uuid> {
     uuid::Uuid::parse_str(text).map_err(|e| ApiError::field(field, format!("not a gate id: {e}")))
 }
 
-/// A name-like id: required, at most 128 characters of `[A-Za-z0-9_.-]`.
+/// A name-like id: required, at most 128 characters of `[A-Za-z0-9_.-]`, starting with a letter
+/// or digit, as the spec's names (a name that no spec can hold cannot name anything).
 pub fn name(field: &str, text: &str) -> ApiResult<String> {
-    if text.is_empty() {
+    let Some(first) = text.chars().next() else {
         return Err(ApiError::field(field, "required"));
+    };
+    if !first.is_ascii_alphanumeric() {
+        return Err(ApiError::field(
+            field,
+            format!("must start with a letter or digit, not {first:?}"),
+        ));
     }
     if text.chars().count() > 128 {
         return Err(ApiError::field(field, "longer than 128 characters"));
@@ -203,6 +214,23 @@ pub fn name(field: &str, text: &str) -> ApiResult<String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// Longest request id or concurrency key, in characters.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// A key that may be left empty (a request id, a concurrency key): at most [`MAX_KEY_CHARS`].
+pub fn optional_key(field: &str, text: &str) -> ApiResult<Option<String>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > MAX_KEY_CHARS {
+        return Err(ApiError::field(
+            field,
+            format!("longer than {MAX_KEY_CHARS} characters"),
+        ));
+    }
+    Ok(Some(text.to_owned()))
 }
 
 /// Free text: at most [`MAX_TEXT_CHARS`] characters.

@@ -16,9 +16,14 @@ pub enum ApiError {
         /// What is wrong with it.
         message: String,
     },
-    /// The spec broke one or more rules; each violation names its field.
-    #[error("invalid spec: {0}")]
-    Spec(#[from] SpecError),
+    /// The spec broke one or more rules; each violation names its field within the spec.
+    #[error("invalid spec: {error}")]
+    Spec {
+        /// How the request carried the spec.
+        carried_in: SpecSource,
+        /// What is wrong with it.
+        error: SpecError,
+    },
     /// The store refused the request.
     #[error(transparent)]
     Refused(#[from] store::RequestError),
@@ -27,7 +32,22 @@ pub enum ApiError {
     Store(#[from] store::Error),
 }
 
+/// Where a request carried its spec, which decides how a violation's field is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecSource {
+    /// `spec.structured`: a violation names the message's field, `spec.structured.nodes[2].id`.
+    Structured,
+    /// `spec.text`: a violation names `spec.text`, and its description the place in the text,
+    /// `nodes[2].id (node "a"): ...`.
+    Text,
+}
+
 impl ApiError {
+    /// A spec that broke its rules.
+    pub fn spec(carried_in: SpecSource, error: SpecError) -> Self {
+        Self::Spec { carried_in, error }
+    }
+
     /// A bad field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidField {
@@ -49,15 +69,22 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::InvalidField { field, message } => invalid(&field, &message),
-            ApiError::Spec(spec) => {
-                let violations: Vec<FieldViolation> = spec
+            ApiError::Spec { carried_in, error } => {
+                let violations: Vec<FieldViolation> = error
                     .violations
                     .iter()
-                    .map(|v| FieldViolation::new(format!("spec.{}", v.field), v.to_string()))
+                    .map(|v| match carried_in {
+                        SpecSource::Structured => FieldViolation::new(
+                            format!("spec.structured.{}", v.field),
+                            v.to_string(),
+                        ),
+                        // The violation's text names the place in the spec text.
+                        SpecSource::Text => FieldViolation::new("spec.text", v.to_string()),
+                    })
                     .collect();
                 Status::with_error_details(
                     Code::InvalidArgument,
-                    format!("invalid spec: {spec}"),
+                    format!("invalid spec: {error}"),
                     ErrorDetails::with_bad_request(violations),
                 )
             }

@@ -84,7 +84,7 @@ impl Api {
             reason: text("reason", &request.reason)?,
             decided_by: text("decided_by", &request.decided_by)?
                 .unwrap_or_else(|| "anonymous".to_owned()),
-            request_id: text("request_id", &request.request_id)?,
+            request_id: convert::optional_key("request_id", &request.request_id)?,
         };
         let gate = self.store.decide_gate(&self.tenant, &decision).await?;
         Ok(gate_message(&gate))

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::TenantId;
 use leasehold_core::store::{self, Cursor, PageRequest, Store};
+use leasehold_proto::checks::CheckInput;
 use leasehold_proto::v1;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Response, Status};
 use tonic_health::server::HealthReporter;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, SpecSource};
 pub use runs::MAX_START_RUNS;
 
 /// Largest request a client may send. Specs of 1,000 nodes with 256 KiB inputs each are refused
@@ -55,7 +56,8 @@ impl Api {
 
 /// Implements a gRPC service for [`Api`], one line per unary RPC: its name, its request message,
 /// its response, and the body that answers the request `$message` with `$api` (the [`Api`]).
-/// Every answer goes through [`respond`], so every error maps to a status in one place. Items
+/// Every request passes [`checked`] before its body runs, and every answer goes through
+/// [`respond`], so every error maps to a status in one place. Items
 /// that are not unary (a streaming RPC and its stream type) follow the RPCs as they are.
 macro_rules! service {
     (
@@ -72,7 +74,7 @@ macro_rules! service {
                     request: tonic::Request<leasehold_proto::v1::$request>,
                 ) -> Result<tonic::Response<$response>, tonic::Status> {
                     let $api = self;
-                    let $message = request.into_inner();
+                    let $message = $crate::api::checked(request)?;
                     respond($body.await)
                 }
             )+
@@ -81,6 +83,17 @@ macro_rules! service {
     };
 }
 use service;
+
+/// The request, if its text can be stored and its numbers are finite: checked before anything
+/// else, so that no other answer (NOT_FOUND, FAILED_PRECONDITION, INTERNAL from a database that
+/// refuses the text) stands in for INVALID_ARGUMENT naming the field, and nothing is stored.
+fn checked<T: CheckInput>(request: tonic::Request<T>) -> ApiResult<T> {
+    let message = request.into_inner();
+    message
+        .check_input()
+        .map_err(|v| ApiError::field(v.field, v.message))?;
+    Ok(message)
+}
 
 fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)

@@ -125,16 +125,6 @@ fn reason(field: &str, text: &str) -> ApiResult<String> {
     Ok(convert::text(field, text)?.to_owned())
 }
 
-fn optional_key(field: &str, text: &str) -> ApiResult<Option<String>> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    if text.chars().count() > 256 {
-        return Err(ApiError::field(field, "longer than 256 characters"));
-    }
-    Ok(Some(text.to_owned()))
-}
-
 impl Api {
     /// The run `run_id` names, as [`Api::run_view`] shows it.
     async fn run_get(&self, run_id: &str) -> ApiResult<v1::Run> {
@@ -207,8 +197,11 @@ impl Api {
             automation_id,
             inputs,
             priority,
-            concurrency_key: optional_key(&field("concurrency_key"), &request.concurrency_key)?,
-            idempotency_key: optional_key(&field("request_id"), &request.request_id)?,
+            concurrency_key: convert::optional_key(
+                &field("concurrency_key"),
+                &request.concurrency_key,
+            )?,
+            idempotency_key: convert::optional_key(&field("request_id"), &request.request_id)?,
             trigger: Trigger::Api,
         })
     }
@@ -279,7 +272,7 @@ impl Api {
                         })
                 })
                 .collect::<ApiResult<_>>()?,
-            concurrency_key: optional_key("concurrency_key", &request.concurrency_key)?,
+            concurrency_key: convert::optional_key("concurrency_key", &request.concurrency_key)?,
             created_after: request
                 .created_after
                 .as_ref()
@@ -403,6 +396,6 @@ service! {
         &self,
         request: Request<v1::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        respond(self.run_watch(request.into_inner()).await)
+        respond(self.run_watch(super::checked(request)?).await)
     }
 }

@@ -97,9 +97,9 @@ impl Api {
         })
     }
 
-    async fn stats(&self) -> ApiResult<v1::StatsResponse> {
+    async fn stats(&self) -> ApiResult<v1::GetStatsResponse> {
         let stats = self.store.stats(&self.tenant).await?;
-        Ok(v1::StatsResponse {
+        Ok(v1::GetStatsResponse {
             run_counts: RunStatus::ALL
                 .into_iter()
                 .map(|status| v1::StatusCount {
@@ -129,6 +129,6 @@ service! {
 
 service! {
     impl Stats {
-        rpc get_stats(GetStatsRequest) -> v1::StatsResponse = |api, _m| api.stats();
+        rpc get_stats(GetStatsRequest) -> v1::GetStatsResponse = |api, _m| api.stats();
     }
 }

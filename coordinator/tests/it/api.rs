@@ -256,8 +256,12 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_stores_nothing() {
         .await
         .expect_err("cycle");
     assert_eq!(cyclic.code(), Code::InvalidArgument);
+    let cycle = cyclic.get_details_bad_request().expect("bad request");
+    assert_eq!(cycle.field_violations[0].field, "spec.text");
     assert!(
-        violations(&cyclic).iter().any(|f| f.contains("depends_on")),
+        cycle.field_violations[0]
+            .description
+            .starts_with("nodes[0].depends_on"),
         "{cyclic:?}"
     );
 
@@ -270,7 +274,38 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_stores_nothing() {
         })
         .await
         .expect_err("dangling");
-    assert_eq!(violations(&dangling), vec!["spec.nodes[0].depends_on[0]"]);
+    assert_eq!(violations(&dangling), vec!["spec.text"]);
+    let message = &dangling
+        .get_details_bad_request()
+        .expect("bad request")
+        .field_violations[0]
+        .description;
+    assert!(
+        message.starts_with("nodes[0].depends_on[0] (node \"a\"): "),
+        "the place in the text: {message}"
+    );
+    let structured = b
+        .automations()
+        .create_automation(v1::CreateAutomationRequest {
+            spec: Some(v1::SpecSource {
+                source: Some(v1::spec_source::Source::Structured(v1::AutomationSpec {
+                    id: "d".into(),
+                    nodes: vec![v1::NodeSpec {
+                        id: "a".into(),
+                        kind: "noop".into(),
+                        depends_on: vec!["zz".into()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+            }),
+        })
+        .await
+        .expect_err("dangling");
+    assert_eq!(
+        violations(&structured),
+        vec!["spec.structured.nodes[0].depends_on[0]"]
+    );
 
     let missing = b
         .automations()

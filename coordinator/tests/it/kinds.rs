@@ -120,16 +120,18 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// The one violation of a refused spec: its field, and that its description names `node`.
-async fn refused(b: &Bundle, yaml: &str, id: &str, field: &str, node: &str, says: &str) {
+/// The one violation of a refused spec text: `spec.text`, with the place in the spec, the node
+/// and what is wrong in its description.
+async fn refused(b: &Bundle, yaml: &str, id: &str, place: &str, node: &str, says: &str) {
     let status = b.create(yaml).await.expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let found = violations(&status);
     assert_eq!(found.len(), 1, "{found:?}");
-    let (got, description) = &found[0];
-    assert_eq!(got, field);
+    let (field, description) = &found[0];
+    assert_eq!(field, "spec.text");
     assert!(
-        description.contains(&format!("node {node:?}")) && description.contains(says),
+        description.starts_with(&format!("{place} (node {node:?}): "))
+            && description.contains(says),
         "{description}"
     );
     assert!(status.message().contains(says), "{}", status.message());
@@ -143,7 +145,7 @@ async fn builtin_inputs_are_checked_on_a_fresh_system_and_nothing_bad_is_stored(
         &b,
         "id: s1\nnodes:\n  - {id: wait, kind: sleep, input: {ms: \"100\"}}\n",
         "s1",
-        "spec.nodes[0].input.ms",
+        "nodes[0].input.ms",
         "wait",
         r#"must be an integer, not "100""#,
     )
@@ -152,7 +154,7 @@ async fn builtin_inputs_are_checked_on_a_fresh_system_and_nothing_bad_is_stored(
         &b,
         "id: s2\nnodes:\n  - {id: first, kind: noop}\n  - {id: wait, kind: sleep, input: {ms: -5}}\n",
         "s2",
-        "spec.nodes[1].input.ms",
+        "nodes[1].input.ms",
         "wait",
         "must be at least 0, not -5",
     )
@@ -161,7 +163,7 @@ async fn builtin_inputs_are_checked_on_a_fresh_system_and_nothing_bad_is_stored(
         &b,
         "id: h1\nnodes:\n  - {id: fetch, kind: http, input: {method: GET}}\n",
         "h1",
-        "spec.nodes[0].input.url",
+        "nodes[0].input.url",
         "fetch",
         "required",
     )
@@ -172,13 +174,16 @@ async fn builtin_inputs_are_checked_on_a_fresh_system_and_nothing_bad_is_stored(
         .create("id: many\nnodes:\n  - {id: a, kind: sleep, input: {ms: 1.5, msec: 3}}\n  - {id: b, kind: exec, input: {argv: []}}\n")
         .await
         .expect_err("refused");
-    let fields: Vec<String> = violations(&status).into_iter().map(|(f, _)| f).collect();
+    let places: Vec<String> = violations(&status)
+        .into_iter()
+        .map(|(_, d)| d.split(' ').next().unwrap_or_default().to_owned())
+        .collect();
     assert_eq!(
-        fields,
+        places,
         [
-            "spec.nodes[0].input.ms",
-            "spec.nodes[0].input.msec",
-            "spec.nodes[1].input.argv"
+            "nodes[0].input.ms",
+            "nodes[0].input.msec",
+            "nodes[1].input.argv"
         ]
     );
 
@@ -221,7 +226,7 @@ async fn structured_specs_updates_and_applies_are_checked_too() {
         })
         .await
         .expect_err("a string ms");
-    assert_eq!(violations(&bad)[0].0, "spec.nodes[0].input.ms");
+    assert_eq!(violations(&bad)[0].0, "spec.structured.nodes[0].input.ms");
     assert!(!b.stored("st").await);
 
     // A whole double arrives as an integer.
@@ -238,7 +243,10 @@ async fn structured_specs_updates_and_applies_are_checked_too() {
         })
         .await
         .expect_err("negative");
-    assert_eq!(violations(&update)[0].0, "spec.nodes[0].input.ms");
+    assert_eq!(
+        violations(&update)[0].0,
+        "spec.structured.nodes[0].input.ms"
+    );
     let apply = b
         .automations()
         .apply_automation(v1::ApplyAutomationRequest {
@@ -248,7 +256,12 @@ async fn structured_specs_updates_and_applies_are_checked_too() {
         })
         .await
         .expect_err("not written as a whole number");
-    assert_eq!(violations(&apply)[0].0, "spec.nodes[0].input.ms");
+    let (field, description) = &violations(&apply)[0];
+    assert_eq!(field, "spec.text");
+    assert!(
+        description.starts_with("nodes[0].input.ms (node \"wait\"): must be an integer"),
+        "{description}"
+    );
     let current = b
         .automations()
         .get_automation(v1::GetAutomationRequest {
@@ -259,6 +272,27 @@ async fn structured_specs_updates_and_applies_are_checked_too() {
         .expect("get")
         .into_inner();
     assert_eq!(current.current_version, 1, "no refused version was stored");
+
+    let unknown = b
+        .automations()
+        .create_automation(v1::CreateAutomationRequest {
+            spec: Some(v1::SpecSource {
+                source: Some(v1::spec_source::Source::Structured(v1::AutomationSpec {
+                    id: "odd".into(),
+                    nodes: vec![v1::NodeSpec {
+                        id: "x".into(),
+                        kind: "mystery".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+            }),
+        })
+        .await
+        .expect("stored")
+        .into_inner();
+    let fields: Vec<&str> = unknown.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(fields, ["spec.structured.nodes[0].kind"]);
 }
 
 #[tokio::test]
@@ -269,10 +303,11 @@ async fn a_kind_nobody_advertised_is_stored_with_a_warning() {
         .await
         .expect("stored");
     assert_eq!(created.warnings.len(), 1, "{:?}", created.warnings);
-    assert_eq!(created.warnings[0].field, "spec.nodes[1].kind");
+    assert_eq!(created.warnings[0].field, "spec.text");
     assert!(
-        created.warnings[0].message.contains("\"b\"")
-            && created.warnings[0].message.contains("\"shout\""),
+        created.warnings[0]
+            .message
+            .starts_with("nodes[1].kind (node \"b\"): no worker has advertised kind \"shout\""),
         "{}",
         created.warnings[0].message
     );
@@ -306,7 +341,7 @@ async fn a_schema_a_registered_worker_advertised_is_enforced() {
         &b,
         "id: loud\nnodes:\n  - {id: greet, kind: echo}\n  - {id: yell, kind: shout, input: {}}\n",
         "loud",
-        "spec.nodes[1].input.from",
+        "nodes[1].input.from",
         "yell",
         "required",
     )
@@ -326,7 +361,7 @@ async fn a_schema_a_registered_worker_advertised_is_enforced() {
         &b,
         "id: again\nnodes:\n  - {id: yell, kind: shout, input: {from: \"\"}}\n",
         "again",
-        "spec.nodes[0].input.from",
+        "nodes[0].input.from",
         "yell",
         "at least 1 character",
     )

@@ -5,5 +5,6 @@
 
 mod answers;
 mod api;
+mod contract;
 mod kinds;
 mod sweeps;

@@ -9,9 +9,11 @@
 //!   latest one a worker advertised; a kind neither built in nor advertised gets a warning.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 use serde_json::Value;
 
+use crate::ids::NodeId;
 use crate::spec::{Spec, Violation};
 
 mod builtin;
@@ -30,8 +32,26 @@ pub use validate::{InputViolation, MAX_VIOLATIONS};
 pub struct Warning {
     /// Where in the spec: `nodes[2].kind`.
     pub field: String,
+    /// The node, when its id is not empty.
+    pub node: Option<NodeId>,
     /// What may go wrong, for people.
     pub message: String,
+}
+
+/// Like a [`Violation`]: `nodes[2].kind (node "b"): no worker has advertised …`.
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Some(node) => write!(
+                f,
+                "{} (node {:?}): {}",
+                self.field,
+                node.as_str(),
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
 }
 
 /// What [`check_inputs`] found.
@@ -57,9 +77,12 @@ pub fn check_inputs(spec: &Spec, advertised: &BTreeMap<String, Option<Value>>) -
         let lookup = schemas
             .entry(kind)
             .or_insert_with(|| lookup(kind, advertised));
+        // An empty id names nothing; the field still places the node.
+        let node_ref = (!node.id.as_str().is_empty()).then(|| node.id.clone());
         let warn = |message: String| Warning {
             field: format!("nodes[{i}].kind"),
-            message: format!("node {:?}: {message}", node.id.as_str()),
+            node: node_ref.clone(),
+            message,
         };
         match lookup {
             Lookup::Schema(schema) => {
@@ -67,7 +90,7 @@ pub fn check_inputs(spec: &Spec, advertised: &BTreeMap<String, Option<Value>>) -
                     .violations
                     .extend(schema.validate(&node.input).into_iter().map(|v| Violation {
                         field: format!("nodes[{i}].{}", v.path),
-                        node: (!node.id.as_str().is_empty()).then(|| node.id.clone()),
+                        node: node_ref.clone(),
                         message: v.message,
                     }));
             }
@@ -165,9 +188,9 @@ mod tests {
         let fields: Vec<&str> = checked.warnings.iter().map(|w| w.field.as_str()).collect();
         assert_eq!(fields, ["nodes[2].kind", "nodes[3].kind"]);
         assert!(
-            checked.warnings[0]
-                .message
-                .starts_with("node \"new\": no worker has advertised kind \"mystery\""),
+            checked.warnings[0].to_string().starts_with(
+                "nodes[2].kind (node \"new\"): no worker has advertised kind \"mystery\""
+            ),
             "{:?}",
             checked.warnings
         );

@@ -6,6 +6,7 @@ use crate::ids::{AutomationId, NodeId};
 use crate::retry;
 
 mod parse;
+mod storable;
 mod validate;
 
 pub use parse::{MAX_TEXT_BYTES, from_stored, parse, parse_json, parse_yaml};

@@ -2,8 +2,8 @@
 //!
 //! Every entry point validates what it read, so a [`Spec`] that comes out of here is always valid.
 
-use super::Spec;
 use super::validate::{SpecError, validate};
+use super::{Spec, storable};
 
 /// Largest spec text accepted, in bytes: 64 MiB.
 ///
@@ -27,6 +27,12 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
 /// Parses and validates a spec written in YAML.
 pub fn parse_yaml(text: &str) -> Result<Spec, SpecError> {
     check_size(text)?;
+    if let Some((field, number)) = storable::first_non_finite_yaml(text) {
+        return Err(SpecError::one(
+            field,
+            format!("must be a finite number, not {number}"),
+        ));
+    }
     finish(serde_path_to_error::deserialize(
         serde_yaml_ng::Deserializer::from_str(text),
     ))

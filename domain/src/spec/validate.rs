@@ -156,6 +156,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
         check_node(i, node, &mut out);
         deps.push(check_depends_on(i, node, &first_index, &mut out));
     }
+    out.extend(super::storable::nul_violations(spec));
 
     for cycle in find_cycles(&deps) {
         let first = cycle[0];
