@@ -33,6 +33,8 @@ use crate::TestDb;
 pub const LEASE: Duration = Duration::from_secs(60);
 /// A leader lease long enough never to expire by itself during a test.
 pub const LEADER_LEASE: Duration = Duration::from_secs(60);
+/// The operator the fixtures' pauses and cancels are recorded as.
+pub const OPERATOR: &str = "fixture-operator";
 
 /// What every test that talks to the store starts from: a fresh, migrated database.
 pub struct Bundle {
@@ -171,6 +173,7 @@ pub fn start_request(tenant: &TenantId, automation: &AutomationId) -> StartRun {
         concurrency_key: None,
         idempotency_key: None,
         trigger: Trigger::Api,
+        actor: None,
     }
 }
 
@@ -316,18 +319,18 @@ impl Bundle {
         claimed
     }
 
-    /// Pauses a run of the bundle's tenant, as an operator does, for `reason`.
+    /// Pauses a run of the bundle's tenant, as the operator [`OPERATOR`] does, for `reason`.
     pub async fn pause(&self, run_id: RunId, reason: &str) {
         self.store
-            .pause_run(&self.tenant, run_id, reason)
+            .pause_run(&self.tenant, run_id, reason, OPERATOR)
             .await
             .expect("pause");
     }
 
-    /// Cancels a run of the bundle's tenant, as an operator does, for `reason`.
+    /// Cancels a run of the bundle's tenant, as the operator [`OPERATOR`] does, for `reason`.
     pub async fn cancel(&self, run_id: RunId, reason: &str) {
         self.store
-            .cancel_run(&self.tenant, run_id, reason)
+            .cancel_run(&self.tenant, run_id, reason, OPERATOR)
             .await
             .expect("cancel");
     }

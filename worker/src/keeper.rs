@@ -224,6 +224,7 @@ mod tests {
                 tenant,
                 automation_id: spec.id.clone(),
                 trigger: Trigger::Api,
+                actor: None,
                 inputs: serde_json::json!({}),
                 idempotency_key: None,
                 priority: 0,

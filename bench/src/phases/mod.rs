@@ -242,6 +242,7 @@ pub fn start_request(automation: &str) -> StartRun {
         concurrency_key: None,
         idempotency_key: None,
         trigger: Trigger::Api,
+        actor: None,
     }
 }
 

@@ -34,6 +34,7 @@ pub async fn start(store: &Store, spec: &Spec) -> anyhow::Result<RunId> {
             concurrency_key: None,
             idempotency_key: None,
             trigger: Trigger::Manual,
+            actor: None,
         })
         .await
         .with_context(|| format!("starting a run of {}", spec.id))?;

@@ -29,6 +29,7 @@ async fn store_with_slow_runs(db: &TestDb, runs: usize) -> (Store, Vec<RunId>) {
         let started = store
             .start_run(&StartRun {
                 trigger: Trigger::Manual,
+                actor: None,
                 ..fixtures::start_request(&tenant, &AutomationId::from("slow"))
             })
             .await

@@ -86,7 +86,8 @@ RETURNING run_id"
 };
 
 // A user pauses a run. One no worker holds stops at once; a held one becomes pausing, which its
-// holder learns from its next heartbeat and settles once its running nodes finish.
+// holder learns from its next heartbeat and settles once its running nodes finish. The event
+// records the actor ($4), as every operator's move does.
 const PAUSE_RUN: Query = Query {
     name: "pause_run",
     sql: "\
@@ -105,11 +106,13 @@ paused AS (
     WHERE r.run_id = target.run_id
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.status
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind)
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
+                        metadata)
 SELECT run_id, event_seq, tenant_id,
        CASE WHEN status = 'pausing' THEN 'run_pause_requested' ELSE 'run_paused' END, status,
        lease_epoch, left($3::text, 4096),
-       CASE WHEN status = 'paused' THEN 'operator_paused' END
+       CASE WHEN status = 'paused' THEN 'operator_paused' END,
+       jsonb_build_object('actor', $4::text)
 FROM paused
 RETURNING run_id",
 };
@@ -177,7 +180,7 @@ resumed AS (
 )
 INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, metadata)
 SELECT run_id, event_seq, tenant_id, 'run_resumed', status, lease_epoch, left($3::text, 4096),
-       jsonb_build_object('stop_kind', was_stop_kind)
+       jsonb_build_object('stop_kind', was_stop_kind, 'actor', $4::text)
        || coalesce((SELECT jsonb_build_object('gate_id', gate_id) FROM gate), '{}'::jsonb)
 FROM resumed
 RETURNING run_id, (SELECT ",
@@ -225,6 +228,7 @@ SELECT run_id, event_seq, tenant_id, 'run_recovered', 'queued', lease_epoch,
        left($3::text, 4096),
        jsonb_build_object(
            'from', was, 'stop_kind', was_stop_kind, 'stop_reason', was_stop_reason,
+           'actor', $4::text,
            'reset', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                                 'node_id', node_id, 'status', status, 'attempts', attempts)
                             ORDER BY node_id), '[]'::jsonb)
@@ -313,9 +317,16 @@ impl Store {
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
+        actor: &str,
     ) -> Result<(), RequestError> {
-        self.operator_move(PAUSE_RUN, tenant, run_id, reason, Transition::RequestPause)
-            .await
+        self.operator_move(
+            PAUSE_RUN,
+            tenant,
+            run_id,
+            (reason, actor),
+            Transition::RequestPause,
+        )
+        .await
     }
 
     /// Resumes a paused run (whatever stopped it): back to `awaiting_approval` with the same
@@ -326,9 +337,16 @@ impl Store {
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
+        actor: &str,
     ) -> Result<(), RequestError> {
-        self.operator_move(RESUME_RUN, tenant, run_id, reason, Transition::Resume)
-            .await
+        self.operator_move(
+            RESUME_RUN,
+            tenant,
+            run_id,
+            (reason, actor),
+            Transition::Resume,
+        )
+        .await
     }
 
     /// Requeues a failed or blocked run from its checkpoint: completed nodes stay done, and every
@@ -339,24 +357,32 @@ impl Store {
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
+        actor: &str,
     ) -> Result<(), RequestError> {
-        self.operator_move(RECOVER_RUN, tenant, run_id, reason, Transition::Recover)
-            .await
+        self.operator_move(
+            RECOVER_RUN,
+            tenant,
+            run_id,
+            (reason, actor),
+            Transition::Recover,
+        )
+        .await
     }
 
-    /// Runs an operator's conditional statement; zero rows is the transition the run's state
-    /// forbids, read back, or [`RequestError::RunNotFound`].
+    /// Runs an operator's conditional statement with the operator's reason and name (the
+    /// actor its event records); zero rows is the transition the run's state forbids, read
+    /// back, or [`RequestError::RunNotFound`].
     pub(super) async fn operator_move(
         &self,
         sql: Query,
         tenant: &TenantId,
         run_id: RunId,
-        reason: &str,
+        (reason, actor): (&str, &str),
         transition: Transition,
     ) -> Result<(), RequestError> {
         let client = self.client().await?;
         let rows = sql
-            .query(&client, &[&run_id.0, &tenant.as_str(), &reason])
+            .query(&client, &[&run_id.0, &tenant.as_str(), &reason, &actor])
             .await?;
         if !rows.is_empty() {
             return Ok(());

@@ -22,6 +22,7 @@ mod outcomes;
 mod query;
 mod runs;
 mod sweeps;
+mod tokens;
 mod workers;
 
 use std::time::Duration;
@@ -45,6 +46,10 @@ pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
+pub use tokens::{
+    MalformedToken, NewToken, Role, Secret, TOKEN_PREFIX, TokenError, TokenId, TokenRecord,
+    UnknownRole,
+};
 pub use workers::{
     ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, Wakeups,
     WorkerInfo, WorkerRecord,
@@ -187,6 +192,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         nodes::QUERIES,
         outcomes::QUERIES,
         runs::QUERIES,
+        tokens::QUERIES,
         workers::QUERIES,
     ]
     .into_iter()

@@ -50,6 +50,9 @@ pub struct StartRun {
     pub idempotency_key: Option<String>,
     /// What set it going.
     pub trigger: Trigger,
+    /// Who asked (the calling token's name), recorded on the run's first event; `None` when no
+    /// person or program asked, as for a schedule.
+    pub actor: Option<String>,
 }
 
 /// The run a start request produced.
@@ -139,7 +142,9 @@ inserted AS (
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
     SELECT run_id, 1, $1::text, 'run_started', 'queued', 0,
-           jsonb_build_object('trigger', $4::text, 'automation_version', automation_version)
+           jsonb_strip_nulls(jsonb_build_object(
+               'trigger', $4::text, 'automation_version', automation_version,
+               'actor', $9::text))
     FROM inserted
 )
 SELECT (SELECT status FROM automation) AS automation_status,
@@ -189,7 +194,7 @@ FROM runs r WHERE r.run_id = $1::uuid AND r.tenant_id = $2::text"
 // Cancels a run that has not ended, wherever it is. A held run loses its lease here: the
 // holder's next fenced write or heartbeat finds the run no longer running and stops it. A run
 // waiting in backoff loses its retry_after, so nothing revives it; a pending gate is closed, so
-// nobody is asked to approve a run that will never continue.
+// nobody is asked to approve a run that will never continue. The event records the actor ($4).
 const CANCEL_RUN: Query = Query {
     name: "cancel_run",
     sql: concat!(
@@ -225,9 +230,10 @@ gates_closed AS (
     FROM cancelled
     WHERE g.run_id = cancelled.run_id AND g.status = 'pending'
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind)
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
+                        metadata)
 SELECT run_id, event_seq, tenant_id, 'run_cancelled', 'cancelled', lease_epoch,
-       left($3::text, 4096), 'cancelled'
+       left($3::text, 4096), 'cancelled', jsonb_build_object('actor', $4::text)
 FROM cancelled
 RETURNING run_id"
     ),
@@ -252,6 +258,7 @@ impl Store {
                     &request.idempotency_key,
                     &request.priority,
                     &request.concurrency_key,
+                    &request.actor,
                 ],
             )
             .await?;
@@ -285,9 +292,16 @@ impl Store {
         tenant: &TenantId,
         run_id: RunId,
         reason: &str,
+        actor: &str,
     ) -> Result<(), RequestError> {
-        self.operator_move(CANCEL_RUN, tenant, run_id, reason, Transition::Cancel)
-            .await
+        self.operator_move(
+            CANCEL_RUN,
+            tenant,
+            run_id,
+            (reason, actor),
+            Transition::Cancel,
+        )
+        .await
     }
 
     /// A run, read back; a stored value this build cannot read is [`Error::UnreadableRun`].

@@ -226,7 +226,12 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
     );
     assert_eq!(run.event_seq, 11);
     // A completed run never changes again.
-    assert!(b.store.cancel_run(&b.tenant, run_id, "late").await.is_err());
+    assert!(
+        b.store
+            .cancel_run(&b.tenant, run_id, "late", "ops")
+            .await
+            .is_err()
+    );
     assert_eq!(b.run(run_id).await, run);
 }
 

@@ -34,9 +34,9 @@ pub(super) const START_RUNS: Query = Query {
         "\
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
-                         $7::smallint[], $8::text[])
+                         $7::smallint[], $8::text[], $9::text[])
         AS r(tenant_id, run_id, automation_id, trigger, inputs, idempotency_key, priority,
-             concurrency_key)
+             concurrency_key, actor)
 ),
 automation AS (
     SELECT tenant_id, automation_id, current_version, status FROM automations
@@ -58,9 +58,11 @@ inserted AS (
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
-    SELECT run_id, 1, tenant_id, 'run_started', 'queued', 0,
-           jsonb_build_object('trigger', trigger, 'automation_version', automation_version)
-    FROM inserted
+    SELECT i.run_id, 1, i.tenant_id, 'run_started', 'queued', 0,
+           jsonb_strip_nulls(jsonb_build_object(
+               'trigger', i.trigger, 'automation_version', i.automation_version,
+               'actor', q.actor))
+    FROM inserted i JOIN request q USING (run_id)
 )
 SELECT q.tenant_id, q.automation_id, a.status AS automation_status, a.current_version,
        now() AS created_at, (SELECT count(*) FROM inserted) AS inserted,
@@ -224,6 +226,7 @@ impl Store {
             .iter()
             .map(|(_, r, _)| r.concurrency_key.as_deref())
             .collect();
+        let actors: Vec<Option<&str>> = new.iter().map(|(_, r, _)| r.actor.as_deref()).collect();
         let client = self.client().await?;
         let rows = START_RUNS
             .query(
@@ -237,6 +240,7 @@ impl Store {
                     &keys,
                     &priorities,
                     &concurrency_keys,
+                    &actors,
                 ],
             )
             .await?;

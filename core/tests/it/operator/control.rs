@@ -19,7 +19,7 @@ async fn resume_requeues_an_operator_paused_run() {
     );
 
     b.store
-        .resume_run(&b.tenant, run_id, "go on")
+        .resume_run(&b.tenant, run_id, "go on", "ops")
         .await
         .expect("resume");
     let (run, event) = stepped(&b, run_id, RunStatus::Paused, Transition::Resume).await;
@@ -60,7 +60,7 @@ async fn resume_requeues_a_stale_reaped_run_whose_interrupted_node_is_ready_agai
     );
 
     b.store
-        .resume_run(&b.tenant, run_id, "the worker is gone")
+        .resume_run(&b.tenant, run_id, "the worker is gone", "ops")
         .await
         .expect("resume");
     let (_, event) = stepped(&b, run_id, RunStatus::Paused, Transition::Resume).await;
@@ -76,7 +76,7 @@ async fn resume_requeues_a_stale_reaped_run_whose_interrupted_node_is_ready_agai
 #[tokio::test]
 async fn resume_refuses_runs_that_are_not_paused() {
     let (b, _, run_id) = setup_run("unpaused").await;
-    let refused = b.store.resume_run(&b.tenant, run_id, "why").await;
+    let refused = b.store.resume_run(&b.tenant, run_id, "why", "ops").await;
     assert!(
         matches!(
             refused,
@@ -89,12 +89,14 @@ async fn resume_refuses_runs_that_are_not_paused() {
     );
     assert_eq!(b.event_names(run_id).await, vec!["run_started"]);
     assert!(matches!(
-        b.store.resume_run(&b.tenant, RunId::new(), "why").await,
+        b.store
+            .resume_run(&b.tenant, RunId::new(), "why", "ops")
+            .await,
         Err(RequestError::RunNotFound(_))
     ));
     assert!(matches!(
         b.store
-            .resume_run(&TenantId::from("other"), run_id, "why")
+            .resume_run(&TenantId::from("other"), run_id, "why", "ops")
             .await,
         Err(RequestError::RunNotFound(_))
     ));
@@ -116,7 +118,7 @@ async fn recover_requeues_a_failed_run_and_its_failed_node_runs_again() {
     );
 
     b.store
-        .recover_run(&b.tenant, run_id, "fixed the upstream")
+        .recover_run(&b.tenant, run_id, "fixed the upstream", "ops")
         .await
         .expect("recover");
     let (run, event) = stepped(&b, run_id, RunStatus::Failed, Transition::Recover).await;
@@ -160,7 +162,7 @@ async fn recover_requeues_a_blocked_run_and_clears_the_poison_count() {
     b.update_run(run_id, "expired_claims = 4").await;
 
     b.store
-        .recover_run(&b.tenant, run_id, "repaired")
+        .recover_run(&b.tenant, run_id, "repaired", "ops")
         .await
         .expect("recover");
     let (run, event) = stepped(&b, run_id, RunStatus::Blocked, Transition::Recover).await;
@@ -189,7 +191,7 @@ async fn recover_refuses_runs_that_neither_failed_nor_blocked() {
         (queued, RunStatus::Queued),
     ] {
         let before = b.run(run_id).await;
-        let refused = b.store.recover_run(&b.tenant, run_id, "why").await;
+        let refused = b.store.recover_run(&b.tenant, run_id, "why", "ops").await;
         assert!(
             matches!(
                 refused,
@@ -200,7 +202,9 @@ async fn recover_refuses_runs_that_neither_failed_nor_blocked() {
         assert_eq!(b.run(run_id).await, before, "nothing changed");
     }
     assert!(matches!(
-        b.store.recover_run(&b.tenant, RunId::new(), "why").await,
+        b.store
+            .recover_run(&b.tenant, RunId::new(), "why", "ops")
+            .await,
         Err(RequestError::RunNotFound(_))
     ));
 }
