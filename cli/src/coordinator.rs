@@ -8,8 +8,8 @@ use leasehold_core::store::{self, Store};
 use leasehold_worker::cli::cancel_on_signal;
 use tokio_util::sync::CancellationToken;
 
-/// Where the API listens unless told otherwise: loopback, since the API has no authentication
-/// yet; expose it deliberately with `--listen 0.0.0.0:7233`.
+/// Where the API listens unless told otherwise: loopback; expose it deliberately with
+/// `--listen 0.0.0.0:7233`.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7233";
 
 #[derive(Debug, clap::Args)]
@@ -23,6 +23,10 @@ pub struct Args {
     /// Database connections in the pool.
     #[arg(long, env = "LEASEHOLD_POOL_SIZE", default_value_t = store::POOL_SIZE_DEFAULT)]
     pool_size: usize,
+    /// Serve every call without a token, as the default tenant's admin: only where nothing
+    /// but a trusted, authenticating proxy can reach the API.
+    #[arg(long, env = "LEASEHOLD_NO_AUTH")]
+    no_auth: bool,
     #[command(flatten)]
     sweeps: SweepArgs,
 }
@@ -84,15 +88,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let auth = if args.no_auth {
+        tracing::warn!(
+            "--no-auth: every API call is served without a token, as the default tenant's admin; \
+             anyone who reaches {} can do anything",
+            args.listen
+        );
+        api::Auth::Disabled
+    } else {
+        if store
+            .list_tokens(None)
+            .await
+            .context("reading the API tokens")?
+            .is_empty()
+        {
+            tracing::warn!(
+                "no API token exists yet, so every call will be refused; make one with \
+                 `leasehold token create --tenant default --role admin`"
+            );
+        }
+        api::Auth::Tokens(store.clone())
+    };
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
-    serve(listener, store, config, cancel).await
+    serve(listener, store, auth, config, cancel).await
 }
 
 /// The API and the sweeps until `cancel`; shared with `leasehold dev`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
+    auth: api::Auth,
     config: sweeps::Config,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -100,7 +126,7 @@ pub async fn serve(
     let holder = format!("{}-coordinator", leasehold_worker::default_claimant_id());
     tracing::info!(%addr, %holder, "coordinator serving gRPC");
     let sweeping = tokio::spawn(sweeps::run(store.clone(), config, holder, cancel.clone()));
-    let served = api::serve(listener, store, cancel.clone()).await;
+    let served = api::serve(listener, store, auth, cancel.clone()).await;
     cancel.cancel();
     sweeping.await.context("sweeps task")??;
     served.context("serving gRPC")?;

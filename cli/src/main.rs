@@ -2,9 +2,11 @@
 
 mod client;
 mod coordinator;
+mod credentials;
 mod dev;
 mod examples;
 mod migrate;
+mod token;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -26,6 +28,10 @@ struct Cli {
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The API token client commands send [default: the one `leasehold dev` saved for the
+    /// endpoint, if any].
+    #[arg(long, global = true, env = token::TOKEN_ENV, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +57,9 @@ enum Command {
     Coordinator(coordinator::Args),
     /// Apply the database migrations this build carries.
     Migrate(migrate::Args),
+    /// Create, list and revoke API tokens, straight in the database.
+    #[command(subcommand)]
+    Token(token::Command),
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,9 +73,22 @@ struct WorkerCommand {
     run: Option<worker::Args>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    token::forget_token_variable();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let default_filter = if matches!(cli.command, Command::Dev(_)) {
         // Dev mode shows the run; the machinery's routine lines would drown it.
         "warn"
@@ -80,9 +102,17 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    let token = match cli.token.as_deref().map(token::parse_given).transpose() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let global = client::Global {
         endpoint: cli.endpoint,
         json: cli.json,
+        token,
     };
     let result = match cli.command {
         Command::Dev(args) => dev::run(args, &global).await,
@@ -112,6 +142,9 @@ async fn main() -> ExitCode {
         Command::Stats => client::stats::run(&global).await,
         Command::Coordinator(args) => coordinator::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Token(command) => token::run(command, &global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

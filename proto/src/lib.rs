@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("leasehold.v1");
 }
 
+#[cfg(feature = "client")]
+pub mod bearer;
 pub mod checks;
 
 /// The encoded file descriptor set, for server reflection.

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use leasehold_coordinator::api::MAX_RESPONSE_BYTES;
+use leasehold_proto::bearer::{AuthedChannel, Bearer};
 use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::runs_client::RunsClient;
 use leasehold_proto::v1::stats_client::StatsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt;
 
@@ -28,17 +29,25 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connected coordinator: cheap clients for each service, and the endpoint for messages.
 #[derive(Clone)]
 pub struct Coordinator {
-    channel: Channel,
+    channel: AuthedChannel,
     endpoint: String,
+    /// Whether calls carry a token, for the message of an UNAUTHENTICATED answer.
+    has_token: bool,
 }
 
 impl Coordinator {
-    /// Connects to `--endpoint`; an endpoint without a scheme gets `http://`.
+    /// Connects to `--endpoint`; an endpoint without a scheme gets `http://`. Calls carry the
+    /// token of `--token` or `LEASEHOLD_TOKEN`, else the one the credentials file keeps for the
+    /// endpoint, else none.
     pub async fn connect(global: &Global) -> anyhow::Result<Self> {
-        let endpoint = if global.endpoint.contains("://") {
-            global.endpoint.clone()
-        } else {
-            format!("http://{}", global.endpoint)
+        let endpoint = crate::credentials::endpoint_key(&global.endpoint);
+        let token = match &global.token {
+            Some(token) => Some(token.clone()),
+            None => crate::credentials::lookup(&endpoint)?,
+        };
+        let bearer = match &token {
+            Some(token) => Bearer::new(&token.expose())?,
+            None => Bearer::none(),
         };
         let channel = Endpoint::from_shared(endpoint.clone())
             .with_context(|| format!("--endpoint {endpoint:?} is not a URL like http://host:port"))?
@@ -49,26 +58,30 @@ impl Coordinator {
             .connect()
             .await
             .map_err(|e| unreachable_error(&endpoint, &e))?;
-        Ok(Self { channel, endpoint })
+        Ok(Self {
+            channel: bearer.channel(channel),
+            endpoint,
+            has_token: token.is_some(),
+        })
     }
 
-    pub fn automations(&self) -> AutomationsClient<Channel> {
+    pub fn automations(&self) -> AutomationsClient<AuthedChannel> {
         AutomationsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
-    pub fn runs(&self) -> RunsClient<Channel> {
+    pub fn runs(&self) -> RunsClient<AuthedChannel> {
         RunsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
-    pub fn gates(&self) -> GatesClient<Channel> {
+    pub fn gates(&self) -> GatesClient<AuthedChannel> {
         GatesClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
-    pub fn workers(&self) -> WorkersClient<Channel> {
+    pub fn workers(&self) -> WorkersClient<AuthedChannel> {
         WorkersClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
-    pub fn stats(&self) -> StatsClient<Channel> {
+    pub fn stats(&self) -> StatsClient<AuthedChannel> {
         StatsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
@@ -85,6 +98,14 @@ impl Coordinator {
     pub fn error(&self, status: &Status) -> anyhow::Error {
         if is_local_transport_failure(status) {
             return unreachable_error(&self.endpoint, status);
+        }
+        if status.code() == Code::Unauthenticated && !self.has_token {
+            return anyhow::anyhow!(
+                "{} (no token was given: pass --token or set {}; `leasehold dev` saves its own \
+                 for client commands on this machine)",
+                status_line(status),
+                crate::token::TOKEN_ENV
+            );
         }
         anyhow::anyhow!(status_line(status))
     }

@@ -24,12 +24,9 @@ pub enum Command {
     Approve {
         /// The gate's id (see `leasehold gate list`).
         id: String,
-        /// Why, recorded with the decision.
+        /// Why, recorded with the decision (the decider recorded is the token's name).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
-        /// Who decides [default: $USER or $LOGNAME].
-        #[arg(long, value_name = "NAME")]
-        by: Option<String>,
     },
     /// Reject a gate: cancel the run, or with --rework run nodes again.
     ///
@@ -43,36 +40,28 @@ pub enum Command {
         /// nodes with commas).
         #[arg(long = "rework", value_name = "NODE", value_delimiter = ',')]
         rework: Vec<String>,
-        /// Why, recorded with the decision.
+        /// Why, recorded with the decision (the decider recorded is the token's name).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
-        /// Who decides [default: $USER or $LOGNAME].
-        #[arg(long, value_name = "NAME")]
-        by: Option<String>,
     },
 }
 
 pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
     let coordinator = Coordinator::connect(global).await?;
     let c = &coordinator;
-    let (gate_id, decision, rework_nodes, reason, by) = match command {
+    let (gate_id, decision, rework_nodes, reason) = match command {
         Command::List { all } => {
             list(c, all, global).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Approve { id, reason, by } => (id, v1::Decision::Approve, Vec::new(), reason, by),
-        Command::Reject {
-            id,
-            rework,
-            reason,
-            by,
-        } => {
+        Command::Approve { id, reason } => (id, v1::Decision::Approve, Vec::new(), reason),
+        Command::Reject { id, rework, reason } => {
             let decision = if rework.is_empty() {
                 v1::Decision::Cancel
             } else {
                 v1::Decision::Rework
             };
-            (id, decision, rework, reason, by)
+            (id, decision, rework, reason)
         }
     };
     let gate = c.check(
@@ -82,7 +71,8 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
                 decision: decision.into(),
                 rework_nodes,
                 reason: reason.unwrap_or_default(),
-                decided_by: by.or_else(login_name).unwrap_or_default(),
+                // The coordinator records the token's name as the decider.
+                decided_by: String::new(),
                 // A fresh key per invocation: the coordinator tells a repeat of this very
                 // request (same answer) from another decision (refused).
                 request_id: uuid::Uuid::new_v4().to_string(),
@@ -154,11 +144,4 @@ async fn list(c: &Coordinator, include_decided: bool, global: &Global) -> anyhow
         table.row(row);
     }
     emit(&table.render())
-}
-
-/// Who is deciding, when not told: the login name from the environment.
-fn login_name() -> Option<String> {
-    ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
 }

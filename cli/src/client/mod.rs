@@ -14,7 +14,7 @@ mod connect;
 pub mod gate;
 mod json;
 mod names;
-mod render;
+pub(crate) mod render;
 pub mod run;
 pub mod stats;
 mod watch;
@@ -27,4 +27,7 @@ pub struct Global {
     pub endpoint: String,
     /// Print JSON for scripts instead of tables.
     pub json: bool,
+    /// The token to send, from `--token` or `LEASEHOLD_TOKEN`; without one, the credentials
+    /// file's token for the endpoint, if any.
+    pub token: Option<leasehold_core::store::Secret>,
 }

@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
+use leasehold_core::store::Secret;
+
 use crate::ENDPOINT_DEFAULT;
 
 /// The first line of the banner; tests wait for it.
@@ -22,6 +24,10 @@ pub struct Banner<'a> {
     pub workers: u16,
     /// Programs `exec` nodes may run.
     pub exec_allow: &'a [String],
+    /// The default tenant's admin token: shown, since whoever reads the banner started dev.
+    pub token: &'a Secret,
+    /// The credentials file that client commands find the token in.
+    pub credentials: &'a Path,
 }
 
 impl fmt::Display for Banner<'_> {
@@ -44,6 +50,12 @@ impl fmt::Display for Banner<'_> {
         writeln!(f, "{READY_LINE}")?;
         writeln!(f)?;
         writeln!(f, "  gRPC endpoint  {}", self.endpoint)?;
+        writeln!(f, "  API token      {} (admin)", self.token.expose())?;
+        writeln!(
+            f,
+            "                 saved for client commands in {}",
+            self.credentials.display()
+        )?;
         writeln!(f, "  database       {}", self.database_url)?;
         match self.data_dir {
             Some(dir) => writeln!(f, "  data folder    {}", dir.display())?,
@@ -74,8 +86,8 @@ impl fmt::Display for Banner<'_> {
         }
         writeln!(
             f,
-            "WARNING: dev mode is not for production: the gRPC API has no authentication, and \
-             its settings favour a quick start over safety."
+            "WARNING: dev mode is not for production: the gRPC API is plaintext, its token never \
+             expires, and its settings favour a quick start over safety."
         )
     }
 }
@@ -130,15 +142,22 @@ mod tests {
         assert_eq!(redacted("host=db user=app"), "host=db user=app");
     }
 
+    fn token() -> Secret {
+        Secret::parse(&format!("lh_0123456789abcdef_{}", "5e".repeat(32))).expect("token")
+    }
+
     #[test]
     fn the_banner_says_where_things_are_and_what_to_try() {
         let allow = vec!["/bin/sh".to_owned()];
+        let token = token();
         let banner = Banner {
             endpoint: ENDPOINT_DEFAULT,
             database_url: "postgres://postgres:pw@127.0.0.1:5555/leasehold",
             data_dir: Some(Path::new("/tmp/dev")),
             workers: 2,
             exec_allow: &allow,
+            token: &token,
+            credentials: Path::new("/home/a/.config/leasehold/credentials"),
         }
         .to_string();
         for want in [
@@ -150,6 +169,8 @@ mod tests {
             "  leasehold automation apply -f examples/hello.yaml",
             "  leasehold run start hello --watch",
             "grpcurl -plaintext 127.0.0.1:7233 list",
+            &format!("API token      {} (admin)", token.expose()),
+            "saved for client commands in /home/a/.config/leasehold/credentials",
             "not for production",
         ] {
             assert!(banner.contains(want), "{want:?} missing from:\n{banner}");
@@ -158,12 +179,15 @@ mod tests {
 
     #[test]
     fn client_commands_name_an_endpoint_other_than_the_default() {
+        let token = token();
         let banner = Banner {
             endpoint: "http://127.0.0.1:9000",
             database_url: "postgres://u@db/x",
             data_dir: None,
             workers: 1,
             exec_allow: &[],
+            token: &token,
+            credentials: Path::new("/c"),
         }
         .to_string();
         assert!(

@@ -41,6 +41,11 @@ impl Layout {
         self.root.join("password")
     }
 
+    /// Dev mode's admin API token, readable by its owner only.
+    pub fn token(&self) -> PathBuf {
+        self.root.join("token")
+    }
+
     /// Locked while a `leasehold dev` uses the folder.
     pub fn lock(&self) -> PathBuf {
         self.root.join("dev.lock")

@@ -9,6 +9,8 @@
 //! - `folder`: the data folder's default place and its files.
 //! - `database`: creating and migrating the `leasehold` database.
 //! - `services`: the coordinator and the workers, started and stopped together.
+//! - `token`: the admin API token dev serves with, kept in the data folder and saved in the
+//!   credentials file for client commands.
 //! - `example`: `--example`: register a bundled example and start a run.
 //! - `banner`: what is printed once everything is up.
 //!
@@ -24,6 +26,7 @@ mod example;
 mod folder;
 mod postgres;
 mod services;
+mod token;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use leasehold_coordinator::api::Auth;
 use leasehold_core::ids::RunId;
 use leasehold_core::spec::Spec;
 use leasehold_worker::cli::cancel_on_signal;
@@ -49,9 +53,12 @@ const COORDINATOR_POOL_SIZE: usize = 8;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 The private cluster lives in the data folder: pgdata/ (the cluster), postgres.log, password \
-(of the `postgres` superuser) and dev.lock (held while `leasehold dev` runs). It is created on \
-the first start and reused after. PostgreSQL refuses to run as root: as root, dev runs it as \
-the `postgres` system user and defaults the folder to /var/lib/leasehold/dev.")]
+(of the `postgres` superuser), token (the admin API token, made on the first start) and \
+dev.lock (held while `leasehold dev` runs). It is created on the first start and reused after. \
+PostgreSQL refuses to run as root: as root, dev runs it as the `postgres` system user and \
+defaults the folder to /var/lib/leasehold/dev. The API token is also saved for the endpoint in \
+$XDG_CONFIG_HOME/leasehold/credentials (else ~/.config/leasehold/credentials), where client \
+commands on this machine find it when given no --token.")]
 pub struct Args {
     /// Also register this bundled example, start a run of it and follow it live
     /// (hello, retry, approval).
@@ -185,11 +192,15 @@ impl Session<'_> {
         if self.cancel.is_cancelled() {
             return Ok(ExitCode::SUCCESS);
         }
+        let kept = data_dir.map(|dir| folder::Layout::new(dir.to_path_buf()).token());
+        let token = token::admin_token(&store, kept.as_deref(), &self.endpoint).await?;
         let run_id = match &self.spec {
             Some(spec) => Some(example::start(&store, spec).await?),
             None => None,
         };
-        let mut services = Services::start(self.listener, store, database_url, &self.settings)?;
+        let auth = Auth::Tokens(store.clone());
+        let mut services =
+            Services::start(self.listener, store, auth, database_url, &self.settings)?;
         // The private cluster's password is ours to show; another database's is not.
         let shown_url = match data_dir {
             Some(_) => database_url.to_owned(),
@@ -201,6 +212,8 @@ impl Session<'_> {
             data_dir,
             workers: self.settings.count,
             exec_allow: &self.settings.exec_allow,
+            token: &token.secret,
+            credentials: &token.credentials,
         };
         // With --json, stdout carries only the run's JSON; the banner goes to stderr.
         if self.global.json {
@@ -212,6 +225,7 @@ impl Session<'_> {
         let client = Global {
             endpoint: self.endpoint.clone(),
             json: self.global.json,
+            token: Some(token.secret.clone()),
         };
         let outcome = follow(
             &mut services,

@@ -131,7 +131,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// `--fresh`: deletes the cluster, its password and its log, and nothing else.
+    /// `--fresh`: deletes the cluster, its password, its log and the API token kept for it, and
+    /// nothing else.
     fn delete(&self) -> anyhow::Result<()> {
         eprintln!(
             "dev: --fresh: deleting the cluster in {}",
@@ -140,6 +141,7 @@ impl Cluster {
         remove_dir(&self.layout.pgdata())?;
         remove_dir(&self.layout.pgdata_creating())?;
         remove_file(&self.layout.password())?;
+        remove_file(&self.layout.token())?;
         remove_file(&self.layout.log())
     }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use leasehold_coordinator::api::Auth;
 use leasehold_coordinator::sweeps;
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::store::Store;
@@ -41,11 +42,12 @@ pub struct Services {
 }
 
 impl Services {
-    /// Starts the coordinator on `listener` with `store`, and the workers with their own pools on
-    /// `url`.
+    /// Starts the coordinator on `listener` with `store`, authenticating as `auth` says, and the
+    /// workers with their own pools on `url`.
     pub fn start(
         listener: TcpListener,
         store: Store,
+        auth: Auth,
         url: &str,
         settings: &WorkerSettings,
     ) -> anyhow::Result<Services> {
@@ -68,6 +70,7 @@ impl Services {
         let coordinator = tokio::spawn(crate::coordinator::serve(
             listener,
             store,
+            auth,
             sweeps_config,
             coordinator_cancel.clone(),
         ));

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// The store refused the request.
     #[error(transparent)]
     Refused(#[from] store::RequestError),
+    /// The caller may not (or no longer) make the call.
+    #[error(transparent)]
+    Auth(#[from] super::auth::AuthError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -88,6 +91,7 @@ impl From<ApiError> for Status {
                     ErrorDetails::with_bad_request(violations),
                 )
             }
+            ApiError::Auth(refused) => refused.into(),
             ApiError::Refused(refused) => refusal(refused),
             ApiError::Store(failed) => failure(failed),
         }

@@ -82,8 +82,8 @@ impl Api {
             gate_id,
             kind,
             reason: text("reason", &request.reason)?,
-            decided_by: text("decided_by", &request.decided_by)?
-                .unwrap_or_else(|| "anonymous".to_owned()),
+            // The decider is the caller; the request's decided_by is ignored (the proto says so).
+            decided_by: self.caller.name.clone(),
             request_id: convert::optional_key("request_id", &request.request_id)?,
         };
         let gate = self.store.decide_gate(&self.tenant, &decision).await?;

@@ -1,5 +1,6 @@
 //! The gRPC API: one service per resource, every error mapped to a status in `error.rs`.
 
+pub mod auth;
 mod automations;
 mod convert;
 mod error;
@@ -9,6 +10,7 @@ mod runs;
 mod states;
 mod workers;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::ids::TenantId;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Response, Status};
 use tonic_health::server::HealthReporter;
 
+pub use auth::{Auth, Caller};
 pub use error::{ApiError, ApiResult, SpecSource};
 pub use runs::MAX_START_RUNS;
 
@@ -33,31 +36,54 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// How often the health service checks the database.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The state every service shares.
+/// The services, as the server holds them: what every call shares.
 #[derive(Clone)]
-pub struct Api {
+pub struct Services {
     store: Store,
-    tenant: TenantId,
     /// Cancelled when the server stops: open watch streams end with UNAVAILABLE so that their
     /// clients reconnect to another coordinator instead of holding this one open.
     shutdown: CancellationToken,
 }
 
-impl Api {
-    /// Serves the default tenant from `store` until `shutdown`.
+impl Services {
+    /// Serves from `store` until `shutdown`.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
-        Self {
-            store,
-            tenant: TenantId::default(),
-            shutdown,
-        }
+        Self { store, shutdown }
+    }
+
+    /// The API as one call sees it: scoped to its caller, whom [`auth::AuthLayer`] put in the
+    /// request's extensions. A request without one never passed the layer, and is refused.
+    fn api<T>(&self, request: &tonic::Request<T>) -> Result<Api, Status> {
+        let caller = request
+            .extensions()
+            .get::<Arc<Caller>>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+        Ok(Api {
+            store: self.store.clone(),
+            tenant: caller.tenant.clone(),
+            caller,
+            shutdown: self.shutdown.clone(),
+        })
     }
 }
 
-/// Implements a gRPC service for [`Api`], one line per unary RPC: its name, its request message,
-/// its response, and the body that answers the request `$message` with `$api` (the [`Api`]).
-/// Every request passes [`checked`] before its body runs, and every answer goes through
-/// [`respond`], so every error maps to a status in one place. Items
+/// The state a call's body works with: the store, and who is calling. Every body reads and
+/// writes in `tenant`, its caller's, so another tenant's automations, runs and gates are not
+/// found, and records `caller.name` as the actor of what it does.
+#[derive(Clone)]
+pub struct Api {
+    store: Store,
+    /// The caller's tenant.
+    tenant: TenantId,
+    caller: Arc<Caller>,
+    shutdown: CancellationToken,
+}
+
+/// Implements a gRPC service for [`Services`], one line per unary RPC: its name, its request
+/// message, its response, and the body that answers the request `$message` with `$api` (the
+/// [`Api`] scoped to the call's caller). Every request passes [`checked`] before its body runs,
+/// and every answer goes through [`respond`], so every error maps to a status in one place. Items
 /// that are not unary (a streaming RPC and its stream type) follow the RPCs as they are.
 macro_rules! service {
     (
@@ -67,13 +93,13 @@ macro_rules! service {
         $($other:tt)*
     ) => {
         #[tonic::async_trait]
-        impl $service for Api {
+        impl $service for $crate::api::Services {
             $(
                 async fn $rpc(
                     &self,
                     request: tonic::Request<leasehold_proto::v1::$request>,
                 ) -> Result<tonic::Response<$response>, tonic::Status> {
-                    let $api = self;
+                    let $api = &self.api(&request)?;
                     let $message = $crate::api::checked(request)?;
                     respond($body.await)
                 }
@@ -122,10 +148,12 @@ fn page_token(next: Option<&Cursor>) -> String {
     next.map(Cursor::encode).unwrap_or_default()
 }
 
-/// Serves the API, health and reflection on `listener` until `cancel` is cancelled.
+/// Serves the API, health and reflection on `listener` until `cancel` is cancelled; every API
+/// call is authenticated as `auth` says.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
+    auth: Auth,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     use v1::automations_server::AutomationsServer;
@@ -134,7 +162,7 @@ pub async fn serve(
     use v1::stats_server::StatsServer;
     use v1::workers_server::WorkersServer;
 
-    let api = Api::new(store.clone(), cancel.clone());
+    let api = Services::new(store.clone(), cancel.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     // The reporter starts the server as a whole SERVING; nothing is known until the database
     // has answered once.
@@ -162,6 +190,7 @@ pub async fn serve(
     }
     tonic::transport::Server::builder()
         .layer(limits::oversize_is_resource_exhausted())
+        .layer(auth::AuthLayer::new(auth))
         // Half-dead watch streams are noticed instead of held open forever.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -199,11 +228,11 @@ async fn report_health(store: Store, health: HealthReporter, cancel: Cancellatio
             tracing::info!("database reachable: serving");
             // The services first and the server as a whole last, so that a client that saw the
             // server SERVING finds every service SERVING too.
-            health.set_serving::<AutomationsServer<Api>>().await;
-            health.set_serving::<RunsServer<Api>>().await;
-            health.set_serving::<GatesServer<Api>>().await;
-            health.set_serving::<WorkersServer<Api>>().await;
-            health.set_serving::<StatsServer<Api>>().await;
+            health.set_serving::<AutomationsServer<Services>>().await;
+            health.set_serving::<RunsServer<Services>>().await;
+            health.set_serving::<GatesServer<Services>>().await;
+            health.set_serving::<WorkersServer<Services>>().await;
+            health.set_serving::<StatsServer<Services>>().await;
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
@@ -212,11 +241,13 @@ async fn report_health(store: Store, health: HealthReporter, cancel: Cancellatio
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
-            health.set_not_serving::<AutomationsServer<Api>>().await;
-            health.set_not_serving::<RunsServer<Api>>().await;
-            health.set_not_serving::<GatesServer<Api>>().await;
-            health.set_not_serving::<WorkersServer<Api>>().await;
-            health.set_not_serving::<StatsServer<Api>>().await;
+            health
+                .set_not_serving::<AutomationsServer<Services>>()
+                .await;
+            health.set_not_serving::<RunsServer<Services>>().await;
+            health.set_not_serving::<GatesServer<Services>>().await;
+            health.set_not_serving::<WorkersServer<Services>>().await;
+            health.set_not_serving::<StatsServer<Services>>().await;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The `Runs` service, and the watch stream.
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use leasehold_core::ids::{AutomationId, RunId};
 use leasehold_core::run::{MAX_NODE_OUTPUT_BYTES, RunStatus};
@@ -22,6 +22,9 @@ use super::{Api, page_request, page_token, respond, service, states};
 
 /// How often a watch that has caught up looks for new events.
 const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often an open watch checks its token again, so that revoking a token also ends its
+/// watches: within this long.
+const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Events read per query while a watch catches up.
 const WATCH_BATCH: usize = 500;
 /// Largest inputs a run may be started with, as JSON; the same bound as a node's output.
@@ -203,6 +206,7 @@ impl Api {
             )?,
             idempotency_key: convert::optional_key(&field("request_id"), &request.request_id)?,
             trigger: Trigger::Api,
+            actor: Some(self.caller.name.clone()),
         })
     }
 
@@ -300,11 +304,12 @@ impl Api {
         let run_id = convert::run_id("run_id", run_id)?;
         let reason = reason("reason", reason_text)?;
         let store = &self.store;
+        let (tenant, actor) = (&self.tenant, self.caller.name.as_str());
         match action {
-            Action::Cancel => store.cancel_run(&self.tenant, run_id, &reason).await?,
-            Action::Pause => store.pause_run(&self.tenant, run_id, &reason).await?,
-            Action::Resume => store.resume_run(&self.tenant, run_id, &reason).await?,
-            Action::Recover => store.recover_run(&self.tenant, run_id, &reason).await?,
+            Action::Cancel => store.cancel_run(tenant, run_id, &reason, actor).await?,
+            Action::Pause => store.pause_run(tenant, run_id, &reason, actor).await?,
+            Action::Resume => store.resume_run(tenant, run_id, &reason, actor).await?,
+            Action::Recover => store.recover_run(tenant, run_id, &reason, actor).await?,
         }
         self.run_view(run_id).await
     }
@@ -327,14 +332,21 @@ impl Api {
     }
 
     /// Sends the run's events after `after`, then new ones as they are recorded, until the run
-    /// has ended and everything up to its last event was sent, or the client went away.
+    /// has ended and everything up to its last event was sent, or the client went away, or its
+    /// token was revoked or expired (UNAUTHENTICATED).
     async fn pump_events(
         &self,
         run_id: RunId,
         mut after: i64,
         tx: &mpsc::Sender<Result<v1::RunEvent, Status>>,
     ) -> ApiResult<()> {
+        // The layer checked the token as the call came in.
+        let mut checked_at = Instant::now();
         loop {
+            if checked_at.elapsed() >= WATCH_RECHECK_INTERVAL {
+                self.caller.recheck(&self.store).await?;
+                checked_at = Instant::now();
+            }
             let events = self.store.events_after(run_id, after, WATCH_BATCH).await?;
             for event in &events {
                 if tx.send(Ok(event_message(event))).await.is_err() {
@@ -396,6 +408,7 @@ service! {
         &self,
         request: Request<v1::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        respond(self.run_watch(super::checked(request)?).await)
+        let api = self.api(&request)?;
+        respond(api.run_watch(super::checked(request)?).await)
     }
 }

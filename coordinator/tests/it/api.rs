@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
-use leasehold_core::ids::{ClaimantId, NodeId, RunId};
-use leasehold_core::store::{Failure, Store};
+use std::net::SocketAddr;
+
+use leasehold_coordinator::api::Auth;
+use leasehold_core::ids::{ClaimantId, NodeId, RunId, TenantId};
+use leasehold_core::store::{Failure, NewToken, Role, Store};
+use leasehold_proto::bearer::{AuthedChannel, Bearer};
 use leasehold_proto::v1;
 use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::gates_client::GatesClient;
@@ -23,9 +27,57 @@ const LEASE: Duration = Duration::from_secs(60);
 
 pub(super) struct Bundle {
     pub(super) store: Store,
-    pub(super) channel: Channel,
+    /// Calls carry an admin token of the default tenant named [`ADMIN`].
+    pub(super) channel: AuthedChannel,
+    /// Calls carry no token.
+    pub(super) plain: Channel,
+    /// Where the API listens.
+    pub(super) addr: SocketAddr,
     cancel: CancellationToken,
     _db: TestDb,
+}
+
+/// The name of the token [`setup`]'s channel carries.
+pub(super) const ADMIN: &str = "test-admin";
+
+/// Serves the API on `store` with tokens required, as `leasehold coordinator` does.
+pub(super) async fn serve_with_tokens(store: &Store) -> (SocketAddr, CancellationToken) {
+    let store = store.clone();
+    serve_in_process(|listener, cancel| {
+        leasehold_coordinator::api::serve(listener, store.clone(), Auth::Tokens(store), cancel)
+    })
+    .await
+}
+
+/// A connection to `addr` without a token.
+pub(super) async fn plain_channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// A connection to `addr` whose calls carry a new token of `role` in `tenant`, named `name`.
+pub(super) async fn channel_as(
+    store: &Store,
+    addr: SocketAddr,
+    tenant: &str,
+    role: Role,
+    name: &str,
+) -> AuthedChannel {
+    let (_, secret) = store
+        .create_token(&NewToken {
+            tenant: TenantId::from(tenant),
+            role,
+            name: Some(name.to_owned()),
+            expires_in: None,
+        })
+        .await
+        .expect("token");
+    Bearer::new(&secret.expose())
+        .expect("a header value")
+        .channel(plain_channel(addr).await)
 }
 
 impl Drop for Bundle {
@@ -38,31 +90,26 @@ pub(super) async fn setup() -> Bundle {
     let db = TestDb::new().await;
     let store = Store::connect_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
-    let (addr, cancel) = serve_in_process(|listener, cancel| {
-        leasehold_coordinator::api::serve(listener, store.clone(), cancel)
-    })
-    .await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let (addr, cancel) = serve_with_tokens(&store).await;
+    let channel = channel_as(&store, addr, "default", Role::Admin, ADMIN).await;
     Bundle {
         store,
         channel,
+        plain: plain_channel(addr).await,
+        addr,
         cancel,
         _db: db,
     }
 }
 
 impl Bundle {
-    pub(super) fn automations(&self) -> AutomationsClient<Channel> {
+    pub(super) fn automations(&self) -> AutomationsClient<AuthedChannel> {
         AutomationsClient::new(self.channel.clone())
     }
-    pub(super) fn runs(&self) -> RunsClient<Channel> {
+    pub(super) fn runs(&self) -> RunsClient<AuthedChannel> {
         RunsClient::new(self.channel.clone())
     }
-    pub(super) fn gates(&self) -> GatesClient<Channel> {
+    pub(super) fn gates(&self) -> GatesClient<AuthedChannel> {
         GatesClient::new(self.channel.clone())
     }
 
@@ -89,7 +136,7 @@ impl Bundle {
     }
 }
 
-fn text(yaml: &str) -> v1::SpecSource {
+pub(super) fn text(yaml: &str) -> v1::SpecSource {
     v1::SpecSource {
         source: Some(v1::spec_source::Source::Text(yaml.into())),
     }
@@ -921,7 +968,8 @@ async fn workers_list_and_drain_and_stats_count() {
 #[tokio::test]
 async fn health_serves_and_reflection_lists_the_services_in_both_versions() {
     let b = setup().await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(b.channel.clone());
+    // Both are open: probes and tools call them without a token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(b.plain.clone());
     wait_for(DEADLINE, "the health service to report SERVING", || {
         let mut health = health.clone();
         async move {
@@ -957,7 +1005,7 @@ async fn health_serves_and_reflection_lists_the_services_in_both_versions() {
             String::new(),
         )),
     };
-    let mut client = r1::server_reflection_client::ServerReflectionClient::new(b.channel.clone());
+    let mut client = r1::server_reflection_client::ServerReflectionClient::new(b.plain.clone());
     let mut replies = client
         .server_reflection_info(tokio_stream::iter([request]))
         .await
@@ -985,7 +1033,7 @@ async fn health_serves_and_reflection_lists_the_services_in_both_versions() {
             r1a::server_reflection_request::MessageRequest::ListServices(String::new()),
         ),
     };
-    let mut client = r1a::server_reflection_client::ServerReflectionClient::new(b.channel.clone());
+    let mut client = r1a::server_reflection_client::ServerReflectionClient::new(b.plain.clone());
     let reply = client
         .server_reflection_info(tokio_stream::iter([request]))
         .await

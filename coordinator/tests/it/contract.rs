@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 
 use leasehold_core::ids::NodeId;
+use leasehold_core::store::Role;
+use leasehold_proto::bearer::AuthedChannel;
 use leasehold_proto::v1;
 use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::runs_client::RunsClient;
-use leasehold_testkit::fixtures::{self, Bundle, serve_in_process, worker_info};
+use leasehold_testkit::fixtures::{self, Bundle, worker_info};
 use prost::Message as _;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{WireType, encode_key, encode_varint};
@@ -19,9 +21,10 @@ use prost_types::value::Kind;
 use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
+
+use super::api::{channel_as, serve_with_tokens};
 
 /// The text every string case sends: a NUL between ordinary characters.
 const NUL_TEXT: &str = "a\0b";
@@ -317,7 +320,7 @@ impl Decoder for Raw {
 }
 
 /// Sends a case's request; a streaming RPC's refusal arrives as the call's status.
-async fn call(channel: &Channel, case: &Case) -> Result<(), Status> {
+async fn call(channel: &AuthedChannel, case: &Case) -> Result<(), Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready()
         .await
@@ -360,7 +363,7 @@ async fn snapshot(sql: &tokio_postgres::Client) -> Vec<(String, String)> {
 
 struct Served {
     b: Bundle,
-    channel: Channel,
+    channel: AuthedChannel,
     cancel: CancellationToken,
 }
 
@@ -390,16 +393,8 @@ async fn setup() -> (Served, v1::Run, String) {
         .register_worker(&worker_info("w", "box", "test"))
         .await
         .expect("worker");
-    let store = b.store.clone();
-    let (addr, cancel) = serve_in_process(|listener, cancel| {
-        leasehold_coordinator::api::serve(listener, store, cancel)
-    })
-    .await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let (addr, cancel) = serve_with_tokens(&b.store).await;
+    let channel = channel_as(&b.store, addr, "default", Role::Admin, "contract-test").await;
     let run = RunsClient::new(channel.clone())
         .get_run(v1::GetRunRequest {
             run_id: running.to_string(),

@@ -5,21 +5,24 @@ use std::path::Path;
 use std::time::Duration;
 
 use leasehold_core::kinds::{BUILTIN_KINDS, Schema, builtin_input_schema};
+use leasehold_core::store::Role;
 use leasehold_core::store::{AdvertisedKind, Store, WorkerInfo};
+use leasehold_proto::bearer::AuthedChannel;
 use leasehold_proto::v1;
 use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
 use leasehold_testkit::TestDb;
-use leasehold_testkit::fixtures::{serve_in_process, worker_info};
+use leasehold_testkit::fixtures::worker_info;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
+
+use super::api::{channel_as, serve_with_tokens};
 
 struct Bundle {
     store: Store,
-    channel: Channel,
+    channel: AuthedChannel,
     cancel: CancellationToken,
     _db: TestDb,
 }
@@ -34,15 +37,8 @@ async fn setup() -> Bundle {
     let db = TestDb::new().await;
     let store = Store::connect_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
-    let (addr, cancel) = serve_in_process(|listener, cancel| {
-        leasehold_coordinator::api::serve(listener, store.clone(), cancel)
-    })
-    .await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let (addr, cancel) = serve_with_tokens(&store).await;
+    let channel = channel_as(&store, addr, "default", Role::Admin, "kinds-test").await;
     Bundle {
         store,
         channel,
@@ -52,11 +48,11 @@ async fn setup() -> Bundle {
 }
 
 impl Bundle {
-    fn automations(&self) -> AutomationsClient<Channel> {
+    fn automations(&self) -> AutomationsClient<AuthedChannel> {
         AutomationsClient::new(self.channel.clone())
     }
 
-    fn workers(&self) -> WorkersClient<Channel> {
+    fn workers(&self) -> WorkersClient<AuthedChannel> {
         WorkersClient::new(self.channel.clone())
     }
 

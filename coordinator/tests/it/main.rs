@@ -5,6 +5,7 @@
 
 mod answers;
 mod api;
+mod auth;
 mod contract;
 mod kinds;
 mod sweeps;
