@@ -11,10 +11,16 @@ The stubs are generated, not kept in the repository (see README.md):
 
     python -m grpc_tools.protoc -I proto --python_out=OUT --grpc_python_out=OUT \\
         proto/leasehold/v1/leasehold.proto
-    PYTHONPATH=OUT python examples/python/client.py --endpoint 127.0.0.1:7233
+    LEASEHOLD_TOKEN=lh_... PYTHONPATH=OUT python examples/python/client.py --endpoint 127.0.0.1:7233
+
+Every call carries an API token (`authorization: Bearer lh_...`) of the admin role, since the
+walk-through applies an automation: `leasehold dev` shows its own in its banner, and
+`leasehold token create --role admin` makes others.
 """
 
 import argparse
+import collections
+import os
 import sys
 import time
 import uuid
@@ -39,6 +45,39 @@ CALL_TIMEOUT_S = 10.0
 # First wait before reconnecting a watch that broke; it doubles up to the maximum.
 RECONNECT_DELAY_S = 0.2
 RECONNECT_DELAY_MAX_S = 5.0
+
+
+class _Details(
+    collections.namedtuple(
+        "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = list(details.metadata or []) + [self._header]
+        return _Details(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
 
 
 class Unexpected(Exception):
@@ -229,7 +268,7 @@ def approve(runs, gates, run_id):
         gate_id=gate.gate_id,
         decision=pb.DECISION_APPROVE,
         reason="looks good",
-        decided_by="python-example",
+        # decided_by is left empty: the coordinator records the token's name.
         request_id=f"python-example-{uuid.uuid4()}",
     )
     decided = gates.DecideGate(request, timeout=CALL_TIMEOUT_S)
@@ -255,15 +294,24 @@ def main():
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds the whole walk-through may take"
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("LEASEHOLD_TOKEN"),
+        help="the API token (default: $LEASEHOLD_TOKEN)",
+    )
     args = parser.parse_args()
+    if not args.token:
+        print("give an API token with --token or LEASEHOLD_TOKEN", file=sys.stderr)
+        return 1
     deadline = time.monotonic() + args.timeout
 
-    with grpc.insecure_channel(args.endpoint) as channel:
+    with grpc.insecure_channel(args.endpoint) as plain:
         try:
-            grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT_S)
+            grpc.channel_ready_future(plain).result(timeout=CALL_TIMEOUT_S)
         except grpc.FutureTimeoutError:
             print(f"cannot reach a coordinator at {args.endpoint}", file=sys.stderr)
             return 1
+        channel = grpc.intercept_channel(plain, Bearer(args.token))
         automations = rpc.AutomationsStub(channel)
         runs = rpc.RunsStub(channel)
         gates = rpc.GatesStub(channel)

@@ -8,8 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use leasehold_coordinator::api::Auth;
 use leasehold_core::ids::{ClaimantId, NodeId, RunId, TenantId};
-use leasehold_core::store::{PageRequest, RunFilter, Store};
+use leasehold_core::store::{NewToken, PageRequest, Role, RunFilter, Store};
 use leasehold_testkit::fixtures::{claim_one, serve_in_process, worker_info};
 use leasehold_testkit::{TestDb, wait_for};
 use serde_json::Value;
@@ -29,6 +30,9 @@ nodes:
 struct Bundle {
     store: Store,
     endpoint: String,
+    /// An admin token of the default tenant, which every command of [`Bundle::leasehold`]
+    /// sends through `LEASEHOLD_TOKEN`.
+    token: String,
     cancel: CancellationToken,
     dir: PathBuf,
     _db: TestDb,
@@ -46,9 +50,15 @@ async fn setup(name: &str) -> Bundle {
     let store = Store::connect_unchecked(db.url(), 8).expect("pool");
     store.migrate().await.expect("migrate");
     let (addr, cancel) = serve_in_process(|listener, cancel| {
-        leasehold_coordinator::api::serve(listener, store.clone(), cancel)
+        leasehold_coordinator::api::serve(
+            listener,
+            store.clone(),
+            Auth::Tokens(store.clone()),
+            cancel,
+        )
     })
     .await;
+    let token = admin_token(&store, "cli-test").await;
     let dir = std::env::temp_dir().join(format!(
         "leasehold-cli-test-{}-{name}-{}",
         std::process::id(),
@@ -58,6 +68,7 @@ async fn setup(name: &str) -> Bundle {
     Bundle {
         store,
         endpoint: format!("http://{addr}"),
+        token,
         cancel,
         dir,
         _db: db,
@@ -83,13 +94,37 @@ impl Ran {
     }
 }
 
-fn command(endpoint: &str, args: &[&str]) -> Command {
+/// A new admin token of the default tenant named `name`, as its text.
+async fn admin_token(store: &Store, name: &str) -> String {
+    let (_, secret) = store
+        .create_token(&NewToken {
+            tenant: TenantId::default(),
+            role: Role::Admin,
+            name: Some(name.to_owned()),
+            expires_in: None,
+        })
+        .await
+        .expect("token");
+    secret.expose()
+}
+
+/// The binary against `endpoint`, sending `token` through `LEASEHOLD_TOKEN` if given, and
+/// blind to any credentials file of the machine's user.
+fn command(endpoint: &str, token: Option<&str>, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
     command
         .args(["--endpoint", endpoint])
         .args(args)
         .env_remove("LEASEHOLD_ENDPOINT")
+        .env_remove("LEASEHOLD_TOKEN")
+        .env(
+            "XDG_CONFIG_HOME",
+            std::env::temp_dir().join("leasehold-cli-test-no-credentials"),
+        )
         .stdin(Stdio::null());
+    if let Some(token) = token {
+        command.env("LEASEHOLD_TOKEN", token);
+    }
     command
 }
 
@@ -103,8 +138,8 @@ fn finished(output: Output) -> Ran {
 
 /// Runs the binary to the end off the runtime's threads: the coordinator it talks to runs on
 /// them.
-async fn leasehold_at(endpoint: &str, args: &[&str]) -> Ran {
-    let mut command = command(endpoint, args);
+async fn leasehold_at(endpoint: &str, token: Option<&str>, args: &[&str]) -> Ran {
+    let mut command = command(endpoint, token, args);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("join")
@@ -113,8 +148,12 @@ async fn leasehold_at(endpoint: &str, args: &[&str]) -> Ran {
 }
 
 /// Starts the binary in the background; the handle gives what it printed once it exits.
-fn spawn_leasehold(endpoint: &str, args: &[&str]) -> tokio::task::JoinHandle<Ran> {
-    let mut command = command(endpoint, args);
+fn spawn_leasehold(
+    endpoint: &str,
+    token: Option<&str>,
+    args: &[&str],
+) -> tokio::task::JoinHandle<Ran> {
+    let mut command = command(endpoint, token, args);
     tokio::task::spawn_blocking(move || finished(command.output().expect("run leasehold")))
 }
 
@@ -122,12 +161,13 @@ fn spawn_leasehold(endpoint: &str, args: &[&str]) -> tokio::task::JoinHandle<Ran
 /// The handle gives the exit status and what it printed on stderr.
 fn spawn_reading_lines(
     endpoint: &str,
+    token: Option<&str>,
     args: &[&str],
 ) -> (
     tokio::sync::mpsc::UnboundedReceiver<String>,
     tokio::task::JoinHandle<(std::process::ExitStatus, String)>,
 ) {
-    let mut command = command(endpoint, args);
+    let mut command = command(endpoint, token, args);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let handle = tokio::task::spawn_blocking(move || {
         let mut child = command
@@ -203,7 +243,7 @@ async fn exited(handle: tokio::task::JoinHandle<Ran>) -> Ran {
 
 impl Bundle {
     async fn leasehold(&self, args: &[&str]) -> Ran {
-        leasehold_at(&self.endpoint, args).await
+        leasehold_at(&self.endpoint, Some(&self.token), args).await
     }
 
     fn file(&self, name: &str, text: &str) -> String {
@@ -443,7 +483,8 @@ async fn a_watch_follows_a_run_live_until_it_completes() {
     let b = setup("watch-live").await;
     b.apply_hello().await;
     let run_id = b.start("hello").await;
-    let (mut lines, watch) = spawn_reading_lines(&b.endpoint, &["run", "watch", &run_id]);
+    let (mut lines, watch) =
+        spawn_reading_lines(&b.endpoint, Some(&b.token), &["run", "watch", &run_id]);
     // The watch has caught up with the history and waits for the run to move.
     let first = tokio::time::timeout(DEADLINE, lines.recv())
         .await
@@ -481,7 +522,8 @@ async fn a_dropped_watch_reconnects_and_misses_and_repeats_nothing() {
     b.store.node_started(&claim, &a).await.expect("a started");
 
     let proxy = Proxy::start(&b.endpoint).await;
-    let (mut lines, watch) = spawn_reading_lines(&proxy.endpoint, &["run", "watch", &run_id]);
+    let (mut lines, watch) =
+        spawn_reading_lines(&proxy.endpoint, Some(&b.token), &["run", "watch", &run_id]);
     let mut out = Vec::new();
     while !out.iter().any(|l: &String| l.contains("node_started  a")) {
         let line = tokio::time::timeout(DEADLINE, lines.recv())
@@ -588,7 +630,11 @@ async fn run_pause_resume_and_start_with_watch() {
     );
 
     // Cancelled from outside while `run start --watch` follows it.
-    let watch = spawn_leasehold(&b.endpoint, &["run", "start", "hello", "--watch"]);
+    let watch = spawn_leasehold(
+        &b.endpoint,
+        Some(&b.token),
+        &["run", "start", "hello", "--watch"],
+    );
     let store = b.store.clone();
     let second = wait_for(DEADLINE, "the second run to start", || {
         let store = store.clone();
@@ -667,15 +713,7 @@ async fn gates_are_listed_approved_and_rejected() {
     assert_eq!(listed[0]["stale"], false);
 
     let approved = b
-        .leasehold(&[
-            "gate",
-            "approve",
-            &gates[0],
-            "--reason",
-            "looks good",
-            "--by",
-            "ann",
-        ])
+        .leasehold(&["gate", "approve", &gates[0], "--reason", "looks good"])
         .await
         .ok();
     assert!(approved.contains("approved"), "{approved}");
@@ -697,7 +735,10 @@ async fn gates_are_listed_approved_and_rejected() {
         .await
         .json();
     assert_eq!(first["status"], "queued");
-    assert_eq!(first["gates"][0]["decided_by"], "ann");
+    assert_eq!(
+        first["gates"][0]["decided_by"], "cli-test",
+        "the token's name"
+    );
     assert_eq!(first["gates"][0]["reason"], "looks good");
     let second = b
         .leasehold(&["run", "show", &runs[1], "--json"])
@@ -833,7 +874,7 @@ async fn bad_local_input_names_the_flag() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_coordinator_is_reported_with_the_endpoint_tried() {
     for args in [&["stats"][..], &["run", "watch", "x"], &["gate", "list"]] {
-        let ran = leasehold_at("http://127.0.0.1:1", args).await;
+        let ran = leasehold_at("http://127.0.0.1:1", None, args).await;
         assert_eq!(ran.code, Some(1));
         assert!(
             ran.stderr

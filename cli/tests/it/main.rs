@@ -2,6 +2,7 @@
 //! coordinator, `coordinator`, `dev`, `migrate` and `worker`, each run as the real binary. They are
 //! one test binary, so that a change to the crates compiles and links them once.
 
+mod auth;
 mod client;
 mod coordinator;
 mod dev;

@@ -62,13 +62,24 @@ async fn the_python_example_takes_a_gated_run_to_completion() {
         leasehold(&db).args(["worker", "--poll-interval", "50ms"]),
     );
 
+    // The token is made as a user makes one: with `leasehold token create`.
+    let maker = Proc::spawn(
+        &dir,
+        "token",
+        leasehold(&db).args(["token", "create", "--tenant", "default", "--role", "admin"]),
+    );
+    let made = maker.wait_exit(DEADLINE).await;
+    assert!(made.success(), "token create: {}", maker.stderr());
+    let token = maker.stdout().trim().to_owned();
+
     let client = Proc::spawn(
         &dir,
         "client",
         Command::new(&python)
             .arg(repository().join("examples/python/client.py"))
             .args(["--endpoint", &address, "--timeout", CLIENT_TIMEOUT_S])
-            .env("PYTHONPATH", &stubs),
+            .env("PYTHONPATH", &stubs)
+            .env("LEASEHOLD_TOKEN", &token),
     );
     let status = client.wait_exit(DEADLINE).await;
     let stdout = client.stdout();
@@ -86,7 +97,7 @@ async fn the_python_example_takes_a_gated_run_to_completion() {
         "same request_id again: run",
         "field violation: requests[1].priority",
         "run RUN_STATUS_AWAITING_APPROVAL",
-        "decided: GATE_STATUS_APPROVED",
+        "decided: GATE_STATUS_APPROVED by token-",
         "run RUN_STATUS_COMPLETED (terminal)",
     ] {
         assert!(stdout.contains(shown), "no {shown:?} in {}", report());
