@@ -12,6 +12,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use leasehold_core::store::Secret;
 use leasehold_worker::cli as worker;
 use tracing_subscriber::EnvFilter;
 
@@ -102,17 +103,12 @@ async fn run(cli: Cli) -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let token = match cli.token.as_deref().map(token::parse_given).transpose() {
-        Ok(token) => token,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
     let global = client::Global {
         endpoint: cli.endpoint,
         json: cli.json,
-        token,
+        // Checked by the commands that send it, so that a token meant for another coordinator
+        // does not stop `dev`, `migrate` or a worker.
+        token: cli.token.as_deref().map(|t| Secret::parse(t.trim())),
     };
     let result = match cli.command {
         Command::Dev(args) => dev::run(args, &global).await,

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use leasehold_core::ids::TenantId;
-use leasehold_core::store::{NewToken, Role, Secret, Store, TokenId, TokenRecord};
+use leasehold_core::store::{NewToken, Role, Store, TokenId, TokenRecord};
 use serde_json::{Value, json};
 
 use crate::client::Global;
@@ -79,12 +79,6 @@ pub fn forget_token_variable() {
             std::env::remove_var(TOKEN_ENV);
         }
     }
-}
-
-/// The token given with `--token` or [`TOKEN_ENV`]; a malformed one is refused without being
-/// shown.
-pub fn parse_given(text: &str) -> anyhow::Result<Secret> {
-    Secret::parse(text.trim()).map_err(|e| anyhow::anyhow!("--token (or {TOKEN_ENV}): {e}"))
 }
 
 pub async fn run(command: Command, global: &Global) -> anyhow::Result<()> {

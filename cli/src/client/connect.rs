@@ -42,7 +42,8 @@ impl Coordinator {
     pub async fn connect(global: &Global) -> anyhow::Result<Self> {
         let endpoint = crate::credentials::endpoint_key(&global.endpoint);
         let token = match &global.token {
-            Some(token) => Some(token.clone()),
+            Some(Ok(token)) => Some(token.clone()),
+            Some(Err(e)) => anyhow::bail!("--token (or {}): {e}", crate::token::TOKEN_ENV),
             None => crate::credentials::lookup(&endpoint)?,
         };
         let bearer = match &token {

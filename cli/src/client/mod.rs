@@ -20,6 +20,8 @@ pub mod stats;
 mod watch;
 pub mod workers;
 
+use leasehold_core::store::{MalformedToken, Secret};
+
 /// Options every client command shares.
 #[derive(Debug, Clone)]
 pub struct Global {
@@ -27,7 +29,8 @@ pub struct Global {
     pub endpoint: String,
     /// Print JSON for scripts instead of tables.
     pub json: bool,
-    /// The token to send, from `--token` or `LEASEHOLD_TOKEN`; without one, the credentials
-    /// file's token for the endpoint, if any.
-    pub token: Option<leasehold_core::store::Secret>,
+    /// The token to send, from `--token` or `LEASEHOLD_TOKEN` (refused when malformed, by the
+    /// commands that send it); without one, the credentials file's token for the endpoint, if
+    /// any.
+    pub token: Option<Result<Secret, MalformedToken>>,
 }

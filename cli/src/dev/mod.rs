@@ -225,7 +225,7 @@ impl Session<'_> {
         let client = Global {
             endpoint: self.endpoint.clone(),
             json: self.global.json,
-            token: Some(token.secret.clone()),
+            token: Some(Ok(token.secret.clone())),
         };
         let outcome = follow(
             &mut services,

@@ -108,10 +108,85 @@ async fn sigint_stops_postgres_and_exits_zero() {
     assert_nothing_left(&dir, Some(postmaster)).await;
 }
 
-/// Runs a client command against `dev`; returns its exit status and stdout.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_requires_a_token_and_client_commands_on_the_machine_find_its_own() {
+    let dir = TestDir::new("token");
+    // A token in dev's own environment must not reach the PostgreSQL it starts.
+    let inherited = format!("lh_00000000000000aa_{}", "0f".repeat(32));
+    let mut dev = Dev::spawn_with(&dir, &[], &[("LEASEHOLD_TOKEN", &inherited)]);
+    dev.wait_ready().await;
+    let token = dev.token();
+    assert!(token.starts_with("lh_"), "{token}");
+
+    // Kept in the data folder and in the credentials file, each for its owner only.
+    let mode = |path: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    };
+    let kept = dir.data().join("token");
+    assert_eq!(fs::read_to_string(&kept).expect("kept").trim(), token);
+    assert_eq!(mode(&kept), 0o600);
+    let credentials = dir.config_home().join("leasehold/credentials");
+    let saved: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&credentials).expect("saved")).expect("json");
+    assert_eq!(saved["tokens"][dev.endpoint.as_str()], token.as_str());
+    assert_eq!(mode(&credentials), 0o600);
+
+    // Another shell: no flag but where dev listens (LEASEHOLD_ENDPOINT), no token.
+    let mut shell = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    shell
+        .args(["stats", "--json"])
+        .env("LEASEHOLD_ENDPOINT", &dev.endpoint)
+        .env_remove("LEASEHOLD_TOKEN")
+        .env("XDG_CONFIG_HOME", dir.config_home());
+    let output = tokio::task::spawn_blocking(move || shell.output())
+        .await
+        .expect("join")
+        .expect("run leasehold");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Without the credentials file, dev refuses the call: authentication is on.
+    let mut stranger = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    stranger
+        .args(["--endpoint", &dev.endpoint, "stats"])
+        .env_remove("LEASEHOLD_TOKEN")
+        .env("XDG_CONFIG_HOME", dir.path.join("elsewhere"));
+    let output = tokio::task::spawn_blocking(move || stranger.output())
+        .await
+        .expect("join")
+        .expect("run leasehold");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+
+    let postmaster = dir.postmaster_pid().expect("a running server");
+    let environ =
+        fs::read(format!("/proc/{postmaster}/environ")).expect("the server's environment");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains("PATH="), "the environment was read");
+    assert!(!environ.contains("LEASEHOLD_TOKEN"), "{environ}");
+
+    // The next start keeps the token.
+    dev.signal(Signal::SIGINT);
+    assert!(dev.wait_exit().await.success(), "{}", dev.stderr());
+    let mut second = Dev::ready(&dir).await;
+    assert_eq!(second.token(), token);
+    second.signal(Signal::SIGINT);
+    assert!(second.wait_exit().await.success(), "{}", second.stderr());
+}
+
+/// Runs a client command against `dev` as another shell of the same user would: with no token
+/// given, so that it finds dev's in the credentials file; returns its exit status and stdout.
 async fn client(dev: &Dev, args: &[&str]) -> (ExitStatus, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
-    command.args(["--endpoint", &dev.endpoint]).args(args);
+    command
+        .args(["--endpoint", &dev.endpoint])
+        .args(args)
+        .env_remove("LEASEHOLD_TOKEN")
+        .env("XDG_CONFIG_HOME", &dev.config_home);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("join")
@@ -226,6 +301,9 @@ async fn a_taken_listen_port_is_named_with_its_flag() {
 /// A running `leasehold dev` whose output is collected as it comes.
 struct Dev {
     endpoint: String,
+    /// Its `XDG_CONFIG_HOME`, where it saves the credentials file: the test folder's, so that
+    /// the machine's own stays untouched.
+    config_home: PathBuf,
     child: Mutex<Child>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
@@ -233,12 +311,21 @@ struct Dev {
 
 impl Dev {
     fn spawn(dir: &TestDir, extra: &[&str]) -> Dev {
+        Dev::spawn_with(dir, extra, &[])
+    }
+
+    /// [`Dev::spawn`] with more variables in its environment.
+    fn spawn_with(dir: &TestDir, extra: &[&str], vars: &[(&str, &str)]) -> Dev {
         let listen = format!("127.0.0.1:{}", free_port());
+        let config_home = dir.config_home();
         let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
             .args(["dev", "--listen", &listen])
             .arg("--data-dir")
             .arg(dir.data())
             .args(extra)
+            .env_remove("LEASEHOLD_TOKEN")
+            .env("XDG_CONFIG_HOME", &config_home)
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -248,6 +335,7 @@ impl Dev {
         let stderr = collect(child.stderr.take().expect("stderr"));
         Dev {
             endpoint: format!("http://{listen}"),
+            config_home,
             child: Mutex::new(child),
             stdout,
             stderr,
@@ -292,6 +380,16 @@ impl Dev {
             None
         })
         .await;
+    }
+
+    /// The API token from the banner.
+    fn token(&self) -> String {
+        self.stdout()
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("API token"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .expect("an API token line in the banner")
     }
 
     /// The database URL from the banner.
@@ -369,6 +467,11 @@ impl TestDir {
 
     fn data(&self) -> PathBuf {
         self.path.join("data")
+    }
+
+    /// The `XDG_CONFIG_HOME` of the processes the test starts.
+    fn config_home(&self) -> PathBuf {
+        self.path.join("config")
     }
 
     /// The server's pid from `postmaster.pid`, while it has one.
