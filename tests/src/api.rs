@@ -6,16 +6,17 @@
 
 use std::time::Duration;
 
+use leasehold_proto::bearer::AuthedChannel;
 use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::runs_client::RunsClient;
 use nix::unistd::Pid;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::cluster::{Cluster, CoordinatorId};
+use crate::cluster::{Cluster, CoordinatorId, bearer};
 
 /// The most a client of these helpers sends or accepts: above the coordinators' own request
 /// limit, so that an oversize request reaches the server and the server is the one refusing it.
@@ -26,15 +27,15 @@ pub const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 /// The service whose health says a coordinator serves the API.
 pub const RUNS_SERVICE: &str = "leasehold.v1.Runs";
 
-/// One coordinator's services, each on the same connection.
+/// One coordinator's services, each on the same connection, each call carrying one token.
 #[derive(Clone)]
 pub struct Clients {
     /// `leasehold.v1.Runs`.
-    pub runs: RunsClient<Channel>,
+    pub runs: RunsClient<AuthedChannel>,
     /// `leasehold.v1.Automations`.
-    pub automations: AutomationsClient<Channel>,
+    pub automations: AutomationsClient<AuthedChannel>,
     /// `leasehold.v1.Gates`.
-    pub gates: GatesClient<Channel>,
+    pub gates: GatesClient<AuthedChannel>,
 }
 
 /// The `http://host:port` a coordinator serves on, from its `--listen` flag.
@@ -64,16 +65,27 @@ pub fn listen_endpoint(pid: Pid) -> String {
 }
 
 /// Connects to a coordinator and returns a client of each of its services, each allowed to send
-/// and receive [`CLIENT_MESSAGE_LIMIT_BYTES`].
+/// and receive [`CLIENT_MESSAGE_LIMIT_BYTES`], and each sending the cluster's token.
 ///
 /// # Panics
 /// If it cannot connect.
 pub async fn clients(c: &Cluster, id: CoordinatorId) -> Clients {
+    clients_with(c, id, &c.token).await
+}
+
+/// [`clients`] sending a token of its own named `name`, which the coordinator records as the
+/// decider of the gates it decides.
+pub async fn clients_as(c: &Cluster, id: CoordinatorId, name: &str) -> Clients {
+    clients_with(c, id, &c.token_named(name).await).await
+}
+
+async fn clients_with(c: &Cluster, id: CoordinatorId, token: &str) -> Clients {
     let channel = Endpoint::from_shared(endpoint(c, id))
         .expect("endpoint")
         .connect()
         .await
         .expect("connect to the coordinator");
+    let channel = bearer(token).channel(channel);
     Clients {
         runs: RunsClient::new(channel.clone())
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT_BYTES)

@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use leasehold_core::ids::{AutomationId, ClaimantId, RunId, TenantId};
 use leasehold_core::spec;
-use leasehold_core::store::Store;
+use leasehold_core::store::{NewToken, Role, Store};
+use leasehold_proto::bearer::{AuthedChannel, Bearer};
 use leasehold_proto::v1::runs_client::RunsClient;
 use leasehold_testkit::proxy::{self, Proxy};
 use leasehold_testkit::{TestDb, fixtures, wait_for_every};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio_postgres::Client;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::invariants::{self, Report};
@@ -152,6 +153,9 @@ pub struct Cluster {
     pub sql: Client,
     /// The tenant every run is started in.
     pub tenant: TenantId,
+    /// An admin token of [`Cluster::tenant`], which the suite's API clients send: the
+    /// coordinators require tokens, as they do for users.
+    pub token: String,
     /// The timings every process runs with.
     pub timings: Timings,
     bins: Binaries,
@@ -262,13 +266,16 @@ impl Cluster {
             .expect("connect for the suite's reads");
         tokio::spawn(connection);
         ledger::create(&sql).await;
+        let tenant = TenantId::default();
+        let token = new_token(&store, &tenant, "fault-suite").await;
         let mut cluster = Self {
             sup,
             coordinators: Vec::new(),
             workers: Vec::new(),
             store,
             sql,
-            tenant: TenantId::default(),
+            tenant,
+            token,
             timings: TIMINGS,
             bins,
             started,
@@ -474,17 +481,23 @@ impl Cluster {
         self.coordinators[id.0].proc
     }
 
-    /// A gRPC client of the coordinator's `Runs` service.
+    /// A gRPC client of the coordinator's `Runs` service, sending [`Cluster::token`].
     ///
     /// # Panics
     /// If it cannot connect.
-    pub async fn runs_client(&self, id: CoordinatorId) -> RunsClient<Channel> {
+    pub async fn runs_client(&self, id: CoordinatorId) -> RunsClient<AuthedChannel> {
         let channel = Endpoint::from_shared(self.coordinators[id.0].endpoint.clone())
             .expect("endpoint")
             .connect()
             .await
             .expect("connect to the coordinator");
-        RunsClient::new(channel)
+        RunsClient::new(bearer(&self.token).channel(channel))
+    }
+
+    /// A new admin token of [`Cluster::tenant`] named `name`: the decider and actor its calls
+    /// record.
+    pub async fn token_named(&self, name: &str) -> String {
+        new_token(&self.store, &self.tenant, name).await
     }
 
     /// Sends `signal` to a worker.
@@ -740,6 +753,25 @@ fn command(program: &std::path::Path) -> Command {
 /// A duration as the binaries' flags take it.
 fn duration_arg(d: Duration) -> String {
     format!("{}ms", d.as_millis())
+}
+
+/// A new admin token of `tenant` named `name`, as its text.
+async fn new_token(store: &Store, tenant: &TenantId, name: &str) -> String {
+    let (_, secret) = store
+        .create_token(&NewToken {
+            tenant: tenant.clone(),
+            role: Role::Admin,
+            name: Some(name.to_owned()),
+            expires_in: None,
+        })
+        .await
+        .expect("create an API token");
+    secret.expose()
+}
+
+/// Sends `token` on every call.
+pub fn bearer(token: &str) -> Bearer {
+    Bearer::new(token).expect("a token is ASCII")
 }
 
 /// Times a coordinator is started again because its port was taken before it could bind it.

@@ -425,11 +425,22 @@ async fn gate_races(c: &mut Cluster) -> Line {
     let race = Instant::now();
     let mut winners: HashMap<RunId, (String, Ask, String, usize, v1::Gate)> = HashMap::new();
     let mut losers = 0;
+    // Each contender decides with a token of its own, whose name the coordinator records as
+    // the decider; through both coordinators, so that the winner's repeat can go through the
+    // other one.
+    let mut contenders: Vec<[api::Clients; 2]> = Vec::new();
+    for i in 0..CONTENDERS.len() {
+        let who = format!("client-{i}");
+        contenders.push([
+            api::clients_as(c, coordinators[0], &who).await,
+            api::clients_as(c, coordinators[1], &who).await,
+        ]);
+    }
     for (run, gate_id) in &gates {
         let barrier = Arc::new(tokio::sync::Barrier::new(CONTENDERS.len()));
         let mut tasks = tokio::task::JoinSet::new();
         for (i, ask) in CONTENDERS.iter().copied().enumerate() {
-            let mut gates_api = clients[i % 2].gates.clone();
+            let mut gates_api = contenders[i][i % 2].gates.clone();
             let barrier = Arc::clone(&barrier);
             let gate_id = gate_id.clone();
             tasks.spawn(async move {
@@ -465,7 +476,8 @@ async fn gate_races(c: &mut Cluster) -> Line {
     // The winner's repeat, through the other coordinator, gets the same answer; the stored gate
     // names the winner.
     for (run, (gate_id, ask, who, via, gate)) in &winners {
-        let mut other = clients[1 - via].gates.clone();
+        let i: usize = who["client-".len()..].parse().expect("a contender's name");
+        let mut other = contenders[i][1 - via].gates.clone();
         let again = other
             .decide_gate(ask.request(gate_id, who))
             .await
