@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use anyhow::bail;
 use futures_util::future::try_join_all;
+use leasehold_core::ids::TenantId;
+use leasehold_core::store::{NewToken, Role};
+use leasehold_proto::bearer::{AuthedChannel, Bearer};
 use leasehold_proto::v1;
 use leasehold_proto::v1::runs_client::RunsClient;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -158,7 +161,7 @@ fn measure(
 
 /// `n` runs through StartRuns, `batch` per call, `lanes` calls in flight.
 async fn start_batches(
-    runs: &RunsClient<Channel>,
+    runs: &RunsClient<AuthedChannel>,
     n: usize,
     batch: usize,
     lanes: usize,
@@ -181,7 +184,11 @@ async fn start_batches(
 }
 
 /// `n` runs through StartRun, `lanes` calls in flight.
-async fn start_singles(runs: &RunsClient<Channel>, n: usize, lanes: usize) -> anyhow::Result<()> {
+async fn start_singles(
+    runs: &RunsClient<AuthedChannel>,
+    n: usize,
+    lanes: usize,
+) -> anyhow::Result<()> {
     let next = AtomicUsize::new(0);
     let lane = async || -> anyhow::Result<()> {
         let mut client = runs.clone();
@@ -201,8 +208,20 @@ fn single_request() -> v1::StartRunRequest {
     }
 }
 
-/// A coordinator on a free loopback port, once its health service says the Runs API serves.
-async fn start_coordinator(bench: &Bench) -> anyhow::Result<(Proc, Channel)> {
+/// A coordinator on a free loopback port, once its health service says the Runs API serves,
+/// and a channel whose calls carry an operator's token, as a user's client's do.
+async fn start_coordinator(bench: &Bench) -> anyhow::Result<(Proc, AuthedChannel)> {
+    let (_, token) = bench
+        .store(1)
+        .await?
+        .create_token(&NewToken {
+            tenant: TenantId::default(),
+            role: Role::Operator,
+            name: Some("bench".to_owned()),
+            expires_in: None,
+        })
+        .await?;
+    let bearer = Bearer::new(&token.expose())?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -227,7 +246,7 @@ async fn start_coordinator(bench: &Bench) -> anyhow::Result<(Proc, Channel)> {
                 })
                 .await;
             if health.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
-                return Ok((coordinator, channel));
+                return Ok((coordinator, bearer.channel(channel)));
             }
         }
         if Instant::now() >= deadline {

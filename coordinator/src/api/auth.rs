@@ -60,6 +60,9 @@ const OPEN_SERVICES: &[&str] = &[
 pub const NO_AUTH_NAME: &str = "anonymous";
 
 /// How the API authenticates its callers.
+// One value per server, behind an `Arc`: its size does not matter, and boxing the store would
+// only cost its callers a `Box::new`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Auth {
     /// Every call needs a token of the store's `api_tokens`.

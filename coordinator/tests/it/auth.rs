@@ -224,7 +224,7 @@ async fn another_tenants_runs_automations_and_gates_are_not_found_nor_counted() 
         .into_iter()
         .map(|r| r.run_id)
         .collect();
-    assert_eq!(listed, [ours.clone()]);
+    assert_eq!(listed, [ours]);
     let gates = GatesClient::new(a.clone())
         .list_gates(v1::ListGatesRequest::default())
         .await
