@@ -87,6 +87,17 @@ pub enum Error {
     /// The database URL could not be used.
     #[error("bad database URL: {0}")]
     BadDatabaseUrl(String),
+    /// The TLS parameters of the database URL, or the files they name, could not be used.
+    #[error("database URL: {0}")]
+    TlsSettings(#[from] super::connect::TlsSettingsError),
+    /// The server refused TLS, or its certificate was refused: no connection was made.
+    #[error("database {server}: TLS: {reason}")]
+    Tls {
+        /// `host:port` as in the URL (several, comma-separated, when the failing one is unknown).
+        server: String,
+        /// What went wrong, such as `certificate not valid for name "db.example.com"`.
+        reason: String,
+    },
     /// A named query failed to prepare.
     #[error("query {name} does not prepare: {source}")]
     BadQuery {
@@ -111,7 +122,9 @@ impl Error {
     /// later. Errors Postgres answered with (a constraint, a lost lease) are not transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Pool(_) => true,
+            // A certificate may be renewed and a server restarted with TLS: like a refused
+            // connection, trying again later may succeed.
+            Self::Pool(_) | Self::Tls { .. } => true,
             Self::Db(e) => match e.code() {
                 None => true,
                 Some(code) => [
