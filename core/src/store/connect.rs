@@ -542,16 +542,32 @@ fn describe(error: &(dyn StdError + 'static), host: &str, trust: &str) -> String
         Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
             presented,
             ..
-        })) => format!(
-            "certificate not valid for name {host:?}; it is valid for {}",
-            presented.join(", ")
-        ),
+        })) => {
+            let names: Vec<&str> = presented.iter().map(|n| plain_name(n)).collect();
+            format!(
+                "certificate not valid for name {host:?}; it is valid for {}",
+                names.join(", ")
+            )
+        }
         Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
             format!("certificate not issued by a CA in {trust}")
         }
         Some(other) => other.to_string(),
         None => error.to_string(),
     }
+}
+
+/// A name from a certificate as webpki shows it (`DnsName("db")`, `IpAddress(10.0.0.1)`), plain.
+fn plain_name(shown: &str) -> &str {
+    shown
+        .strip_prefix("DnsName(\"")
+        .and_then(|rest| rest.strip_suffix("\")"))
+        .or_else(|| {
+            shown
+                .strip_prefix("IpAddress(")
+                .and_then(|rest| rest.strip_suffix(')'))
+        })
+        .unwrap_or(shown)
 }
 
 /// The stream of a connection made by [`Connector::connect`].
@@ -570,9 +586,14 @@ impl Connector {
     /// parameters name. Sends nothing.
     pub(super) fn from_url(url: &str) -> Result<Self, Error> {
         let (rest, params) = split_url(url)?;
-        let mut config: Config = rest
-            .parse()
-            .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))?;
+        // tokio-postgres names the parameter it refused only in the cause (never a value, so
+        // never the password).
+        let mut config: Config = rest.parse().map_err(|e: tokio_postgres::Error| {
+            Error::BadDatabaseUrl(match e.source() {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            })
+        })?;
         let params = params.unwrap_or_else(|| Params {
             mode: Some(match config.get_ssl_mode() {
                 WireMode::Disable => SslMode::Disable,
@@ -868,7 +889,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_files_are_named_with_their_parameter() {
+    fn unusable_settings_are_named_with_their_parameter() {
         let refused = |url: &str| match Connector::from_url(url) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("{url} was accepted"),
@@ -878,11 +899,24 @@ mod tests {
             message.starts_with("database URL: sslrootcert=/nonexistent/ca.pem: No such file"),
             "{message}"
         );
+        assert_eq!(
+            refused("postgres://u:secret@h/d?sslcrl=/crl.pem"),
+            "bad database URL: invalid connection string: unknown option `sslcrl`"
+        );
         let message = refused("postgres://h/d?sslmode=require&sslcert=/nonexistent/c&sslkey=/k");
         assert!(
             message.starts_with("database URL: sslcert=/nonexistent/c: No such file"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn certificate_names_are_shown_plain() {
+        assert_eq!(plain_name("DnsName(\"db.example.com\")"), "db.example.com");
+        assert_eq!(plain_name("DnsName(\"*.example.com\")"), "*.example.com");
+        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(plain_name("IpAddress(::1)"), "::1");
+        assert_eq!(plain_name("Unsupported(0x87)"), "Unsupported(0x87)");
     }
 
     #[test]

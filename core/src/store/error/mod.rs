@@ -88,8 +88,9 @@ pub enum Error {
     #[error("bad database URL: {0}")]
     BadDatabaseUrl(String),
     /// The TLS parameters of the database URL, or the files they name, could not be used.
+    // Not a `source`: the message says it all, and a printed cause chain would repeat it.
     #[error("database URL: {0}")]
-    TlsSettings(#[from] super::connect::TlsSettingsError),
+    TlsSettings(super::connect::TlsSettingsError),
     /// The server refused TLS, or its certificate was refused: no connection was made.
     #[error("database {server}: TLS: {reason}")]
     Tls {
@@ -138,6 +139,12 @@ impl Error {
             },
             _ => false,
         }
+    }
+}
+
+impl From<super::connect::TlsSettingsError> for Error {
+    fn from(e: super::connect::TlsSettingsError) -> Self {
+        Self::TlsSettings(e)
     }
 }
 
