@@ -10,4 +10,5 @@ mod operator;
 mod protocol_doc;
 mod start_runs;
 mod store;
+mod tls;
 mod workers;
