@@ -89,7 +89,7 @@ impl Bundle {
     }
 }
 
-fn text(yaml: &str) -> v1::SpecSource {
+pub(super) fn text(yaml: &str) -> v1::SpecSource {
     v1::SpecSource {
         source: Some(v1::spec_source::Source::Text(yaml.into())),
     }

@@ -5,57 +5,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use leasehold_core::kinds::{BUILTIN_KINDS, Schema, builtin_input_schema};
-use leasehold_core::store::{AdvertisedKind, Store, WorkerInfo};
+use leasehold_core::store::{AdvertisedKind, WorkerInfo};
 use leasehold_proto::v1;
-use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
-use leasehold_testkit::TestDb;
-use leasehold_testkit::fixtures::{serve_in_process, worker_info};
+use leasehold_testkit::fixtures::worker_info;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-struct Bundle {
-    store: Store,
-    channel: Channel,
-    cancel: CancellationToken,
-    _db: TestDb,
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn setup() -> Bundle {
-    let db = TestDb::new().await;
-    let store = Store::connect_unchecked(db.url(), 8).expect("pool");
-    store.migrate().await.expect("migrate");
-    let (addr, cancel) = serve_in_process(|listener, cancel| {
-        leasehold_coordinator::api::serve(listener, store.clone(), cancel)
-    })
-    .await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    Bundle {
-        store,
-        channel,
-        cancel,
-        _db: db,
-    }
-}
+use super::api::{Bundle, setup, text};
 
 impl Bundle {
-    fn automations(&self) -> AutomationsClient<Channel> {
-        AutomationsClient::new(self.channel.clone())
-    }
-
     fn workers(&self) -> WorkersClient<Channel> {
         WorkersClient::new(self.channel.clone())
     }
@@ -101,11 +62,6 @@ impl Bundle {
     }
 }
 
-fn text(yaml: &str) -> v1::SpecSource {
-    v1::SpecSource {
-        source: Some(v1::spec_source::Source::Text(yaml.into())),
-    }
-}
 
 /// Every field violation of a refusal, as `(field, description)`.
 fn violations(status: &tonic::Status) -> Vec<(String, String)> {
