@@ -62,7 +62,6 @@ impl Bundle {
     }
 }
 
-
 /// Every field violation of a refusal, as `(field, description)`.
 fn violations(status: &tonic::Status) -> Vec<(String, String)> {
     status
