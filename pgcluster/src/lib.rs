@@ -27,6 +27,8 @@
 //! - `run_as`: [`RunAs`]: ourselves, or the `postgres` user through `runuser` when we are root
 //!   (PostgreSQL refuses to run as root), and handing it the folders it needs.
 //! - `server`: [`Server`]: one data folder: `initdb`, start, restart, stop, status.
+//! - `tls`: [`Tls`]: a server certificate and key (and a client CA) installed with
+//!   [`Server::install_tls`], for a cluster reached over TLS only.
 //! - `error`: [`Error`], what went wrong, worded for the person who can fix it.
 
 #![warn(missing_docs)]
@@ -35,8 +37,10 @@ mod bindir;
 mod error;
 mod run_as;
 mod server;
+mod tls;
 
 pub use bindir::{Bindir, INSTALL_HINT, SEARCHED};
 pub use error::Error;
 pub use run_as::RunAs;
 pub use server::{Auth, Init, Port, Server, StopMode, pgdata_version};
+pub use tls::Tls;

@@ -9,7 +9,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use leasehold_pgcluster::{self as pgcluster, Auth, Bindir, Init, Port, RunAs, Server, StopMode};
+use leasehold_pgcluster::{
+    self as pgcluster, Auth, Bindir, Init, Port, RunAs, Server, StopMode, Tls,
+};
 
 /// Prefix of every cluster directory in the temp dir, followed by `<pid>-<random>`; the sweep
 /// relies on it.
@@ -40,6 +42,14 @@ impl Cluster {
 
     /// The same, with other server settings (`name`, `value` pairs).
     pub(crate) fn start_with(settings: &[(&str, &str)]) -> Result<Cluster, String> {
+        Self::start_with_tls(settings, None)
+    }
+
+    /// The same, serving TLS only when `tls` is given (see [`Server::install_tls`]).
+    pub(crate) fn start_with_tls(
+        settings: &[(&str, &str)],
+        tls: Option<&Tls>,
+    ) -> Result<Cluster, String> {
         let bindir = Bindir::find(None, None).map_err(explain)?;
         let run_as = RunAs::detect().map_err(explain)?;
         let dir = create_dir()
@@ -49,7 +59,7 @@ impl Cluster {
             dir,
             port: 0,
         };
-        match cluster.init_and_run(settings) {
+        match cluster.init_and_run(settings, tls) {
             Ok(()) => Ok(cluster),
             Err(message) => {
                 cluster.destroy();
@@ -63,6 +73,11 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The port it listens on, on 127.0.0.1.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Stops the server, if it runs, and removes the directory. Never panics: it runs in the
     /// `atexit` hook.
     pub(crate) fn destroy(&self) {
@@ -71,7 +86,7 @@ impl Cluster {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
-    fn init_and_run(&mut self, settings: &[(&str, &str)]) -> Result<(), String> {
+    fn init_and_run(&mut self, settings: &[(&str, &str)], tls: Option<&Tls>) -> Result<(), String> {
         self.server.run_as().give(&self.dir).map_err(explain)?;
         sweep(&self.server);
         let init = Init {
@@ -81,6 +96,9 @@ impl Cluster {
         self.server
             .initdb(self.server.pgdata(), &init)
             .map_err(explain)?;
+        if let Some(tls) = tls {
+            self.server.install_tls(tls).map_err(explain)?;
+        }
         self.port = self
             .server
             .start(Port::Free, &self.dir.join("log"), settings)

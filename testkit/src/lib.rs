@@ -51,7 +51,8 @@
 //!   started and claimed, and test-only SQL that moves rows in time.
 //! - [`proxy`]: a loopback TCP proxy that passes, delays, black-holes or cuts connections to
 //!   PostgreSQL, to fault the network between a process and the server.
-//! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings, for the benchmark.
+//! - `owned`: [`OwnedCluster`], a throwaway cluster with the caller's settings (TLS among them),
+//!   for the benchmark and for tests that need a server of their own.
 
 mod built;
 mod cluster;
@@ -64,6 +65,7 @@ mod wait;
 
 pub use built::{Built, Rebuild, workspace_binary};
 pub use db::TestDb;
+pub use leasehold_pgcluster::Tls;
 pub use owned::OwnedCluster;
 pub use server::{DATABASE_URL_ENV, admin_url, with_database};
 pub use wait::{wait_for, wait_for_every};

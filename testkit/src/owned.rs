@@ -1,5 +1,8 @@
-//! A throwaway cluster its caller owns and configures, for the benchmark: the tests' cluster
-//! trades durability for speed, and a benchmark must not.
+//! A throwaway cluster its caller owns and configures: for the benchmark (the tests' cluster
+//! trades durability for speed, and a benchmark must not), and for tests that need a server of
+//! their own, such as one that serves TLS only.
+
+use leasehold_pgcluster::Tls;
 
 use crate::cluster::Cluster;
 
@@ -17,6 +20,18 @@ impl OwnedCluster {
     /// when running as root) or quotes the server log.
     pub fn start(settings: &[(&str, &str)]) -> Result<Self, String> {
         Cluster::start_with(settings).map(Self)
+    }
+
+    /// [`OwnedCluster::start`], serving TLS with `tls`: TCP connections without TLS are refused,
+    /// and with [`Tls::client_ca_pem`] so are those without a client certificate issued by that
+    /// CA for the user (`postgres`).
+    pub fn start_tls(settings: &[(&str, &str)], tls: &Tls) -> Result<Self, String> {
+        Cluster::start_with_tls(settings, Some(tls)).map(Self)
+    }
+
+    /// The port it listens on, on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.0.port()
     }
 
     /// The URL of the `postgres` database, as the `postgres` superuser (trust authentication).

@@ -195,13 +195,21 @@ impl Proxy {
         self.counts.dropped.load(Ordering::SeqCst)
     }
 
-    /// `url` (a `postgres://` URL of a loopback server) with its port replaced by the proxy's.
+    /// `url` (a `postgres://` URL of a loopback server) with its port replaced by the proxy's,
+    /// and `sslmode=disable`: [`Mode::HoldResults`] reads the protocol's messages, which TLS
+    /// would hide (the store's default, `prefer`, encrypts whenever the server offers TLS).
     ///
     /// # Panics
-    /// If the URL names no port.
+    /// If the URL names no port, or already names an `sslmode`.
     pub fn url_for(&self, url: &str) -> String {
+        assert!(
+            !url.contains("sslmode="),
+            "the proxy needs plain connections: {url}"
+        );
         let port = server_addr(url).port();
-        url.replacen(&format!(":{port}/"), &format!(":{}/", self.addr.port()), 1)
+        let proxied = url.replacen(&format!(":{port}/"), &format!(":{}/", self.addr.port()), 1);
+        let separator = if proxied.contains('?') { '&' } else { '?' };
+        format!("{proxied}{separator}sslmode=disable")
     }
 }
 
@@ -508,16 +516,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn url_for_swaps_only_the_port() {
+    async fn url_for_swaps_the_port_and_turns_tls_off() {
         let url = "postgres://postgres@127.0.0.1:5432/db?connect_timeout=5";
         assert_eq!(server_addr(url), SocketAddr::from(([127, 0, 0, 1], 5432)));
         let proxy = Proxy::start(server_addr(url)).await;
+        let port = proxy.addr().port();
         assert_eq!(
             proxy.url_for(url),
-            format!(
-                "postgres://postgres@127.0.0.1:{}/db?connect_timeout=5",
-                proxy.addr().port()
-            )
+            format!("postgres://postgres@127.0.0.1:{port}/db?connect_timeout=5&sslmode=disable")
+        );
+        assert_eq!(
+            proxy.url_for("postgres://postgres@127.0.0.1:5432/db"),
+            format!("postgres://postgres@127.0.0.1:{port}/db?sslmode=disable")
         );
     }
 }

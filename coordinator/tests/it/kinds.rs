@@ -5,53 +5,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use leasehold_core::kinds::{BUILTIN_KINDS, Schema, builtin_input_schema};
-use leasehold_core::store::Role;
-use leasehold_core::store::{AdvertisedKind, Store, WorkerInfo};
+use leasehold_core::store::{AdvertisedKind, WorkerInfo};
 use leasehold_proto::bearer::AuthedChannel;
 use leasehold_proto::v1;
-use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
-use leasehold_testkit::TestDb;
 use leasehold_testkit::fixtures::worker_info;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use super::api::{channel_as, serve_with_tokens};
-
-struct Bundle {
-    store: Store,
-    channel: AuthedChannel,
-    cancel: CancellationToken,
-    _db: TestDb,
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn setup() -> Bundle {
-    let db = TestDb::new().await;
-    let store = Store::connect_unchecked(db.url(), 8).expect("pool");
-    store.migrate().await.expect("migrate");
-    let (addr, cancel) = serve_with_tokens(&store).await;
-    let channel = channel_as(&store, addr, "default", Role::Admin, "kinds-test").await;
-    Bundle {
-        store,
-        channel,
-        cancel,
-        _db: db,
-    }
-}
+use super::api::{Bundle, setup, text};
 
 impl Bundle {
-    fn automations(&self) -> AutomationsClient<AuthedChannel> {
-        AutomationsClient::new(self.channel.clone())
-    }
-
     fn workers(&self) -> WorkersClient<AuthedChannel> {
         WorkersClient::new(self.channel.clone())
     }
@@ -94,12 +59,6 @@ impl Bundle {
             ..worker_info(claimant, "box", "test")
         };
         self.store.register_worker(&info).await.expect("register");
-    }
-}
-
-fn text(yaml: &str) -> v1::SpecSource {
-    v1::SpecSource {
-        source: Some(v1::spec_source::Source::Text(yaml.into())),
     }
 }
 

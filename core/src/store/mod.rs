@@ -10,6 +10,7 @@
 
 mod automations;
 mod claims;
+mod connect;
 mod control;
 mod error;
 mod events;
@@ -27,13 +28,14 @@ mod workers;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 
+use connect::Connector;
 use query::Query;
 
 pub use automations::{AutomationRecord, AutomationStatus, AutomationVersion, Stored};
 pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed};
+pub use connect::{SslMode, TlsSettingsError};
 pub use error::{Error, FenceError, RequestError};
 pub use events::Event;
 pub use gates::{Decision, DecisionKind, GateRecord, GateStatus};
@@ -73,13 +75,17 @@ pub const POOL_SIZE_DEFAULT: usize = 16;
 pub struct Store {
     pool: Pool,
     /// Kept for connections outside the pool, such as the one that listens for wake-ups.
-    config: tokio_postgres::Config,
+    connector: Connector,
 }
 
 impl Store {
     /// Connects to `url` without checking the schema: for `migrate` and for tests that migrate.
+    ///
+    /// `url` is a `postgres://` URL with libpq's TLS parameters (`sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey`; see `connect.rs`), or a `key=value` string. The files it names are
+    /// read here, once; nothing is sent until the first call.
     pub fn connect_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
-        Self::with_config(parse_url(url)?, pool_size)
+        Self::with_connector(Connector::from_url(url)?, pool_size)
     }
 
     /// Connects a worker's store to `url` and refuses a database whose schema this build cannot
@@ -95,16 +101,18 @@ impl Store {
 
     /// [`Store::connect_worker`] without checking the schema: for a caller that migrated it.
     pub fn connect_worker_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
-        let mut config = parse_url(url)?;
+        let mut connector = Connector::from_url(url)?;
+        let config = connector.config_mut();
         let options = match config.get_options() {
             Some(theirs) => format!("-c {GENERIC_PLANS} {theirs}"),
             None => format!("-c {GENERIC_PLANS}"),
         };
         config.options(options);
-        Self::with_config(config, pool_size)
+        Self::with_connector(connector, pool_size)
     }
 
-    fn with_config(mut config: tokio_postgres::Config, pool_size: usize) -> Result<Self, Error> {
+    fn with_connector(mut connector: Connector, pool_size: usize) -> Result<Self, Error> {
+        let config = connector.config_mut();
         // A black-holed database must fail calls in seconds, not after the kernel's 15-minute
         // retransmission timeout: the worker retries writes only while its lease lasts, and a
         // shutdown must not hang on a dead socket. The URL's own settings win.
@@ -116,8 +124,8 @@ impl Store {
         }
         config.keepalives_idle(KEEPALIVE_IDLE);
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            connector.config().clone(),
+            connector.tls(),
             ManagerConfig {
                 // A pooled connection is checked with a round trip only when it is taken back
                 // after an error; a dead one surfaces on first use and the pool replaces it.
@@ -131,7 +139,7 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| Error::BadDatabaseUrl(e.to_string()))?;
-        Ok(Self { pool, config })
+        Ok(Self { pool, connector })
     }
 
     /// Connects to `url` and refuses a database whose schema this build cannot serve.
@@ -142,7 +150,14 @@ impl Store {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
-        Ok(self.pool.get().await?)
+        self.pool.get().await.map_err(|e| match e {
+            // A refused certificate or a server without TLS is said in one line naming the
+            // server, not as the pool's nested "error occurred while creating a new object".
+            PoolError::Backend(e) if self.connector.tls_failure(&e).is_some() => {
+                self.connector.explain(e)
+            }
+            e => e.into(),
+        })
     }
 
     /// Answers when the database does: for health checks.
@@ -150,6 +165,17 @@ impl Store {
         let client = self.client().await?;
         PING.query_one(&client, &[]).await?;
         Ok(())
+    }
+
+    /// The TLS version of a pooled connection as the server reports it (`TLSv1.3`), or `None`
+    /// when the connection is not encrypted: for a startup log line, and for the tests that
+    /// must tell an encrypted connection from a plain one.
+    pub async fn tls_version(&self) -> Result<Option<String>, Error> {
+        let client = self.client().await?;
+        Ok(SESSION_TLS
+            .query_opt(&client, &[])
+            .await?
+            .map(|row| row.get(0)))
     }
 
     /// Prepares every named query against the database, so that a typo or a schema mismatch
@@ -178,9 +204,15 @@ const PING: Query = Query {
     sql: "SELECT 1",
 };
 
+// The server's view of this session's encryption; `pg_stat_ssl` has a row for every backend.
+const SESSION_TLS: Query = Query {
+    name: "session_tls",
+    sql: "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+};
+
 fn all_queries() -> impl Iterator<Item = Query> {
     [
-        &[PING][..],
+        &[PING, SESSION_TLS][..],
         automations::QUERIES,
         claims::QUERIES,
         control::QUERIES,
@@ -199,11 +231,6 @@ fn all_queries() -> impl Iterator<Item = Query> {
     .flatten()
     .chain(sweeps::queries())
     .copied()
-}
-
-fn parse_url(url: &str) -> Result<tokio_postgres::Config, Error> {
-    url.parse()
-        .map_err(|e: tokio_postgres::Error| Error::BadDatabaseUrl(e.to_string()))
 }
 
 fn millis(d: Duration) -> i64 {

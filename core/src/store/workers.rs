@@ -9,8 +9,9 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
+use super::connect::Connector;
 use super::query::Query;
 use super::{Error, Store, millis};
 use crate::ids::ClaimantId;
@@ -321,11 +322,11 @@ impl Store {
     /// Listens on [`QUEUED_CHANNEL`] on a dedicated connection, listening again after it drops.
     pub fn listen_queued(&self) -> Wakeups {
         let notify = Arc::new(Notify::new());
-        let config = self.config.clone();
+        let connector = self.connector.clone();
         let wake = Arc::clone(&notify);
         let task = tokio::spawn(async move {
             loop {
-                if let Err(e) = listen_once(&config, &wake).await {
+                if let Err(e) = listen_once(&connector, &wake).await {
                     tracing::debug!(error = %e, "listening connection dropped; polling covers the gap");
                 }
                 // A missed notification delays work by one poll interval at most; wake the
@@ -338,8 +339,8 @@ impl Store {
     }
 }
 
-async fn listen_once(config: &tokio_postgres::Config, wake: &Notify) -> Result<(), Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+async fn listen_once(connector: &Connector, wake: &Notify) -> Result<(), Error> {
+    let (client, mut connection) = connector.connect().await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listen = client.batch_execute(LISTEN_QUEUED.sql);
     tokio::pin!(listen);

@@ -10,5 +10,6 @@ mod operator;
 mod protocol_doc;
 mod start_runs;
 mod store;
+mod tls;
 mod tokens;
 mod workers;

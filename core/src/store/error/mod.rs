@@ -87,6 +87,18 @@ pub enum Error {
     /// The database URL could not be used.
     #[error("bad database URL: {0}")]
     BadDatabaseUrl(String),
+    /// The TLS parameters of the database URL, or the files they name, could not be used.
+    // Not a `source`: the message says it all, and a printed cause chain would repeat it.
+    #[error("database URL: {0}")]
+    TlsSettings(super::connect::TlsSettingsError),
+    /// The server refused TLS, or its certificate was refused: no connection was made.
+    #[error("database {server}: TLS: {reason}")]
+    Tls {
+        /// `host:port` as in the URL (several, comma-separated, when the failing one is unknown).
+        server: String,
+        /// What went wrong, such as `certificate not valid for name "db.example.com"`.
+        reason: String,
+    },
     /// A named query failed to prepare.
     #[error("query {name} does not prepare: {source}")]
     BadQuery {
@@ -111,7 +123,9 @@ impl Error {
     /// later. Errors Postgres answered with (a constraint, a lost lease) are not transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Pool(_) => true,
+            // A certificate may be renewed and a server restarted with TLS: like a refused
+            // connection, trying again later may succeed.
+            Self::Pool(_) | Self::Tls { .. } => true,
             Self::Db(e) => match e.code() {
                 None => true,
                 Some(code) => [
@@ -125,6 +139,12 @@ impl Error {
             },
             _ => false,
         }
+    }
+}
+
+impl From<super::connect::TlsSettingsError> for Error {
+    fn from(e: super::connect::TlsSettingsError) -> Self {
+        Self::TlsSettings(e)
     }
 }
 
