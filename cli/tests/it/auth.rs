@@ -285,3 +285,56 @@ async fn a_malformed_token_is_refused_without_being_shown() {
     assert!(help.stdout.contains("--token"), "{}", help.stdout);
     assert!(!help.stdout.contains(secret), "{}", help.stdout);
 }
+
+#[tokio::test]
+async fn token_commands_refuse_bad_input_by_name() {
+    let db = TestDb::new().await;
+    Store::connect_unchecked(db.url(), 1)
+        .expect("pool")
+        .migrate()
+        .await
+        .expect("migrate");
+    let url = db.url();
+    for (args, wanted) in [
+        (
+            vec!["create", "--tenant", "t", "--role", "root"],
+            "not a role",
+        ),
+        (
+            vec![
+                "create",
+                "--tenant",
+                "t",
+                "--role",
+                "viewer",
+                "--expires",
+                "0s",
+            ],
+            "--expires",
+        ),
+        (
+            vec!["create", "--tenant", "a b", "--role", "viewer"],
+            "tenant",
+        ),
+        (
+            vec!["revoke", "00000000000000ff"],
+            "no token 00000000000000ff",
+        ),
+        (vec!["revoke", "nope"], "not a token id"),
+    ] {
+        let mut command = leasehold(&["token"]);
+        command.args(&args).args(["--database-url", url]);
+        let refused = ran(command).await;
+        assert!(!refused.ok, "{args:?}");
+        assert!(
+            refused.stderr.contains(wanted),
+            "{args:?}: {}",
+            refused.stderr
+        );
+    }
+    let mut list = leasehold(&["token", "list", "--database-url", url]);
+    list.stdin(Stdio::null());
+    let listed = ran(list).await;
+    assert!(listed.ok, "{}", listed.stderr);
+    assert!(listed.stdout.starts_with("No tokens"), "{}", listed.stdout);
+}
