@@ -32,6 +32,10 @@ pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a client may take over its handshake before its connection is closed, so that
 /// connections that never speak do not pile up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused client may take to close its side after the alert, and how many of its
+/// bytes are read meanwhile (see `close_refused`).
+const REFUSED_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+const REFUSED_DRAIN_BYTES: usize = 64 * 1024;
 /// gRPC is HTTP/2, and HTTP/2 over TLS is negotiated by ALPN.
 const ALPN_H2: &[u8] = b"h2";
 
@@ -297,11 +301,14 @@ async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Option<TlsStream<TcpStream>> {
-    let accept = TlsAcceptor::from(acceptor.server_config()).accept(tcp);
+    let accept = TlsAcceptor::from(acceptor.server_config())
+        .accept(tcp)
+        .into_fallible();
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
+        Ok(Err((e, tcp))) => {
             tracing::info!(%peer, "TLS handshake failed: {e}");
+            close_refused(tcp).await;
             None
         }
         Err(_) => {
@@ -309,6 +316,30 @@ async fn handshake(
             None
         }
     }
+}
+
+/// Closes a connection whose handshake failed so that the client reads the alert saying why.
+/// Under TLS 1.3 the client sends its first request right after its certificate, before the
+/// refusal comes back, and a socket closed with unread input makes the kernel send a reset,
+/// which can destroy the alert before the client reads it. So this side is shut first, and the
+/// client's bytes are read and dropped until it closes, for a bounded time and size.
+async fn close_refused(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let drain = async {
+        tcp.shutdown().await?;
+        let mut sink = [0; 4096];
+        let mut left = REFUSED_DRAIN_BYTES;
+        loop {
+            let n = tcp.read(&mut sink).await?;
+            if n == 0 || n >= left {
+                return Ok::<_, io::Error>(());
+            }
+            left -= n;
+        }
+    };
+    // Either way the connection is closed; a client that keeps sending only loses its alert.
+    let _ = tokio::time::timeout(REFUSED_CLOSE_TIMEOUT, drain).await;
 }
 
 fn read(config: &Config) -> Result<Contents, Error> {
@@ -340,8 +371,14 @@ fn build(config: &Config, contents: &Contents) -> Result<ServerConfig, Error> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(Error::Rustls)?;
-    let builder = match config.client_ca.as_deref().zip(contents.client_ca.as_deref()) {
-        Some((path, pem)) => builder.with_client_cert_verifier(client_verifier(path, pem, provider)?),
+    let builder = match config
+        .client_ca
+        .as_deref()
+        .zip(contents.client_ca.as_deref())
+    {
+        Some((path, pem)) => {
+            builder.with_client_cert_verifier(client_verifier(path, pem, provider)?)
+        }
         None => builder.with_no_client_auth(),
     };
     let mut server = builder
@@ -431,10 +468,8 @@ mod tests {
 
     impl Files {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "leasehold-tls-unit-{}-{name}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("leasehold-tls-unit-{}-{name}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("dir");
             let config = Config {
                 cert: dir.join("tls.crt"),
@@ -525,7 +560,10 @@ mod tests {
 
         let second = ca.leaf("localhost");
         files.serve(&second);
-        assert_eq!(handshake_with(&acceptor, &ca, None).await.unwrap(), second.2);
+        assert_eq!(
+            handshake_with(&acceptor, &ca, None).await.unwrap(),
+            second.2
+        );
         assert_eq!(acceptor.refresh(), Refresh::Unchanged);
     }
 
@@ -552,7 +590,10 @@ mod tests {
         // The rotation completes.
         files.write(&files.config.key, &second.1);
         assert_eq!(acceptor.refresh(), Refresh::Reloaded);
-        assert_eq!(handshake_with(&acceptor, &ca, None).await.unwrap(), second.2);
+        assert_eq!(
+            handshake_with(&acceptor, &ca, None).await.unwrap(),
+            second.2
+        );
     }
 
     #[tokio::test]
