@@ -66,7 +66,7 @@ struct Client<C: Subcommand> {
 struct WorkerCommand {
     #[command(subcommand)]
     action: Option<client::workers::Command>,
-    /// For `worker list` and `worker drain`.
+    // For `worker list` and `worker drain`; running a worker does not talk to the coordinator.
     #[command(flatten)]
     tls: client::Tls,
     // Optional so that `worker list` needs no database URL: clap builds the flattened

@@ -112,7 +112,7 @@ impl Tls {
 
 fn certificates(flag: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certificates = CertificateDer::pem_file_iter(path)
-        .and_then(|pems| pems.collect::<Result<Vec<_>, _>>())
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .with_context(|| format!("reading {flag} {}", path.display()))?;
     if certificates.is_empty() {
         anyhow::bail!("{flag} {}: no PEM certificate in it", path.display());
@@ -149,13 +149,15 @@ impl Connector {
             .connect(name, tcp)
             .await
             .inspect_err(|e| self.record(e))?;
+        // A failure belongs to the connection it ended: a later one that works forgets it.
+        *self.lock() = None;
         Ok(TokioIo::new(Recorded {
             stream,
             connector: self.clone(),
         }))
     }
 
-    /// Why the last TLS connection failed, if one did.
+    /// Why the last TLS connection failed, if it did.
     pub(super) fn failure(&self) -> Option<rustls::Error> {
         self.lock().clone()
     }
