@@ -6,6 +6,7 @@
 //! - `automation`, `run`, `gate`, `workers`, `stats`: one file per command group.
 //! - `watch`: following a run's event stream, resumed from the last sequence seen.
 //! - `connect`: the channel to the coordinator, and a failed call as one error line.
+//! - `tls`: TLS to the coordinator, and why a handshake failed.
 //! - `json`: the API's messages as JSON values.
 //! - `render`: tables, `key: value` views, times, ages and durations, and writing to stdout.
 
@@ -17,8 +18,11 @@ mod names;
 mod render;
 pub mod run;
 pub mod stats;
+mod tls;
 mod watch;
 pub mod workers;
+
+pub use tls::Tls;
 
 /// Options every client command shares.
 #[derive(Debug, Clone)]
@@ -27,4 +31,6 @@ pub struct Global {
     pub endpoint: String,
     /// Print JSON for scripts instead of tables.
     pub json: bool,
+    /// How to reach a coordinator that serves TLS.
+    pub tls: Tls,
 }

@@ -212,6 +212,8 @@ impl Session<'_> {
         let client = Global {
             endpoint: self.endpoint.clone(),
             json: self.global.json,
+            // The dev coordinator serves plaintext on loopback.
+            tls: crate::client::Tls::default(),
         };
         let outcome = follow(
             &mut services,
