@@ -8,3 +8,4 @@ mod dev;
 mod migrate;
 mod python_client;
 mod worker;
+mod worker_handlers;
