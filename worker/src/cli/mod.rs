@@ -190,6 +190,20 @@ impl Args {
         )
     }
 
+    /// The database URL, from `--database-url` (or its variable), `--database-url-file`, or the
+    /// pipe the worker's previous image left when it executed itself again ([`run_with`]). A
+    /// pipe can be read once: the URL is kept here, so that a worker binary that needs the URL
+    /// itself calls this before [`run_with`], which then uses the same.
+    pub fn database_url(&mut self) -> Result<String, SecretsError> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        let url = secrets::read_url(&self.url_source()?)?;
+        self.database_url_fd = None;
+        self.database_url = Some(url.clone());
+        Ok(url)
+    }
+
     /// Where the database URL comes from.
     fn url_source(&self) -> Result<UrlSource, SecretsError> {
         match (
@@ -232,7 +246,7 @@ impl Args {
 /// Then the process makes itself non-dumpable, so that programs of the same user cannot read
 /// its memory.
 pub async fn run_with(mut args: Args, registry: Registry) -> Result<Report, Error> {
-    let url = secrets::read_url(&args.url_source()?)?;
+    let url = args.database_url()?;
     secrets::hide(&url)?;
     secrets::harden();
     for entry in &args.exec_allow {
@@ -333,6 +347,9 @@ mod tests {
             UrlSource::Inherited(5)
         );
         assert!(matches!(parse(&[]).unwrap(), Err(SecretsError::Missing)));
+        let mut args = args(&[]);
+        assert_eq!(args.database_url().unwrap(), "postgres://x");
+        assert_eq!(args.database_url().unwrap(), "postgres://x");
         assert!(parse(&["--database-url", "x", "--database-url-file", "/f"]).is_err());
     }
 

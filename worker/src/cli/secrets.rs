@@ -35,6 +35,9 @@ pub const SECRET_VARS: [&str; 4] = [
 /// worker. Internal: set only by the worker for itself.
 pub const DATABASE_URL_FD_VAR: &str = "LEASEHOLD_DATABASE_URL_FD";
 
+/// An environment, as name and value pairs.
+type Vars = Vec<(OsString, OsString)>;
+
 /// The flag whose value must leave the command line.
 const DATABASE_URL_FLAG: &str = "--database-url";
 
@@ -125,7 +128,7 @@ fn take_inherited_pipe(fd: RawFd) -> Result<OwnedFd, SecretsError> {
 /// Returns only if there was nothing to hide.
 pub(super) fn hide(url: &str) -> Result<(), SecretsError> {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let env: Vars = std::env::vars_os().collect();
     let Some((argv, env)) = cleaned(&argv, &env) else {
         return Ok(());
     };
@@ -137,10 +140,7 @@ pub(super) fn hide(url: &str) -> Result<(), SecretsError> {
 
 /// The command line and environment to execute the worker with, without its secrets; `None`
 /// if neither holds one.
-fn cleaned(
-    argv: &[OsString],
-    env: &[(OsString, OsString)],
-) -> Option<(Vec<OsString>, Vec<(OsString, OsString)>)> {
+fn cleaned(argv: &[OsString], env: &[(OsString, OsString)]) -> Option<(Vec<OsString>, Vars)> {
     let is_secret = |name: &OsStr| SECRET_VARS.iter().any(|s| OsStr::new(s) == name);
     let clean_argv = without_database_url_flag(argv);
     if clean_argv.len() == argv.len() && !env.iter().any(|(name, _)| is_secret(name)) {
@@ -182,11 +182,7 @@ fn without_database_url_flag(argv: &[OsString]) -> Vec<OsString> {
 
 /// Replaces this process's image with the same program, `argv` and `env`, and `url` in an
 /// inherited pipe named by [`DATABASE_URL_FD_VAR`]. Returns only on failure.
-fn reexec(
-    url: &str,
-    argv: &[OsString],
-    mut env: Vec<(OsString, OsString)>,
-) -> io::Result<Infallible> {
+fn reexec(url: &str, argv: &[OsString], mut env: Vars) -> io::Result<Infallible> {
     // Both ends are close-on-exec, so no child another thread might start holds them; only the
     // read end is then opened to the new image. The URL fits the pipe's buffer (64 KiB on
     // Linux) many times over, so writing it before anyone reads cannot block.
@@ -248,7 +244,7 @@ mod tests {
         words.iter().map(OsString::from).collect()
     }
 
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+    fn vars(pairs: &[(&str, &str)]) -> Vars {
         pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
     }
 
