@@ -21,7 +21,7 @@
 //! # }
 //! ```
 //!
-//! [`run_with`] keeps the worker's secrets from the programs it runs ([`secrets`]): a worker
+//! [`run_with`] keeps the worker's secrets from the programs it runs: a worker
 //! given its database URL in its environment or on its command line executes itself again at
 //! start, under the same pid, without them.
 

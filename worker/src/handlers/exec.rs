@@ -131,7 +131,7 @@ impl Exec {
             if self.allowed.iter().any(|entry| entry.program == *program) {
                 format!(
                     "program {program:?} is allowed only with the arguments the worker's \
-                 --exec-allow names after it, and argv does not start with them"
+                     --exec-allow names after it, and argv does not start with them"
                 )
             } else {
                 format!(
