@@ -124,7 +124,7 @@ async fn main() -> ExitCode {
             run: None,
             ..
         }) => Err(anyhow::anyhow!(
-            "--database-url (or LEASEHOLD_DATABASE_URL) is required to run a worker"
+            "--database-url, LEASEHOLD_DATABASE_URL or --database-url-file is required to run a worker"
         )),
         Command::Stats(tls) => client::stats::run(&global(tls)).await,
         Command::Coordinator(args) => coordinator::run(args).await.map(|()| ExitCode::SUCCESS),

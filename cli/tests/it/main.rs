@@ -9,3 +9,4 @@ mod migrate;
 mod python_client;
 mod tls;
 mod worker;
+mod worker_handlers;
