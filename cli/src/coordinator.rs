@@ -1,15 +1,16 @@
 //! `leasehold coordinator`: the gRPC API and, while it holds the leader lease, the sweeps.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
-use leasehold_coordinator::{api, sweeps};
+use leasehold_coordinator::{api, sweeps, tls};
 use leasehold_core::store::{self, Store};
 use leasehold_worker::cli::cancel_on_signal;
 use tokio_util::sync::CancellationToken;
 
-/// Where the API listens unless told otherwise: loopback; expose it deliberately with
-/// `--listen 0.0.0.0:7233`.
+/// Where the API listens unless told otherwise: loopback. Any other address needs TLS
+/// (`--tls-cert`, `--tls-key`) or `--allow-insecure`.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7233";
 
 #[derive(Debug, clap::Args)]
@@ -28,7 +29,88 @@ pub struct Args {
     #[arg(long, env = "LEASEHOLD_NO_AUTH")]
     no_auth: bool,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     sweeps: SweepArgs,
+}
+
+/// TLS for the API, and the one way to go without it off loopback.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Serve TLS with this certificate chain (PEM); re-read when the file changes.
+    #[arg(
+        long,
+        env = "LEASEHOLD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); re-read when the file changes.
+    #[arg(
+        long,
+        env = "LEASEHOLD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM); re-read when the file changes.
+    #[arg(
+        long,
+        env = "LEASEHOLD_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback address, for a service mesh or proxy that terminates
+    /// TLS in front of the coordinator.
+    #[arg(long, env = "LEASEHOLD_ALLOW_INSECURE", conflicts_with = "tls_cert")]
+    allow_insecure: bool,
+}
+
+impl TlsArgs {
+    /// The TLS files, read now, if TLS was asked for.
+    fn acceptor(&self) -> anyhow::Result<Option<tls::Acceptor>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let acceptor = tls::Acceptor::load(tls::Config {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        })
+        .context("loading --tls-cert, --tls-key and --tls-client-ca")?;
+        Ok(Some(acceptor))
+    }
+}
+
+/// Whether the API may serve on an address, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exposure {
+    /// TLS, wherever it listens.
+    Tls,
+    /// Plaintext on loopback: only this machine can connect.
+    Loopback,
+    /// Plaintext elsewhere, allowed by `--allow-insecure`.
+    Insecure,
+}
+
+/// Plaintext off loopback would hand the API to anyone on the network: it needs TLS, or
+/// `--allow-insecure` for a service mesh that terminates TLS in front of the coordinator.
+fn exposure(listen: SocketAddr, tls: bool, allow_insecure: bool) -> anyhow::Result<Exposure> {
+    if tls {
+        return Ok(Exposure::Tls);
+    }
+    if listen.ip().is_loopback() {
+        return Ok(Exposure::Loopback);
+    }
+    if allow_insecure {
+        return Ok(Exposure::Insecure);
+    }
+    anyhow::bail!(
+        "refusing to serve the API without TLS on {listen}, which is not a loopback address: \
+         pass --tls-cert and --tls-key, or add --allow-insecure if a service mesh or proxy \
+         terminates TLS in front of the coordinator"
+    )
 }
 
 /// The sweeps' settings; bounds are checked when the coordinator starts.
@@ -82,12 +164,21 @@ impl SweepArgs {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.sweeps.config().validated()?;
+    let tls = args.tls.acceptor()?;
+    let exposure = exposure(args.listen, tls.is_some(), args.tls.allow_insecure)?;
     let store = Store::connect(&args.database_url, args.pool_size)
         .await
         .context("connecting to the database")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    if exposure == Exposure::Insecure {
+        tracing::warn!(
+            listen = %args.listen,
+            "serving the API without TLS on a non-loopback address (--allow-insecure): \
+             only a service mesh or proxy that terminates TLS may reach this port"
+        );
+    }
     let auth = if args.no_auth {
         tracing::warn!(
             "--no-auth: every API call is served without a token, as the default tenant's admin; \
@@ -111,10 +202,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
-    serve(listener, store, auth, config, cancel).await
+    serve_with(listener, tls, store, auth, config, cancel).await
 }
 
-/// The API and the sweeps until `cancel`; shared with `leasehold dev`.
+/// The API in plaintext, authenticated as `auth` says, and the sweeps until `cancel`; shared
+/// with `leasehold dev`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
@@ -122,13 +214,61 @@ pub async fn serve(
     config: sweeps::Config,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(listener, None, store, auth, config, cancel).await
+}
+
+/// As [`serve`], over TLS when `tls` is given.
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tls: Option<tls::Acceptor>,
+    store: Store,
+    auth: api::Auth,
+    config: sweeps::Config,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let holder = format!("{}-coordinator", leasehold_worker::default_claimant_id());
-    tracing::info!(%addr, %holder, "coordinator serving gRPC");
+    let client_certificates = tls
+        .as_ref()
+        .is_some_and(tls::Acceptor::requires_client_certificates);
+    tracing::info!(
+        %addr,
+        %holder,
+        tls = tls.is_some(),
+        client_certificates,
+        "coordinator serving gRPC"
+    );
     let sweeping = tokio::spawn(sweeps::run(store.clone(), config, holder, cancel.clone()));
-    let served = api::serve(listener, store, auth, cancel.clone()).await;
+    let served = api::serve_with(listener, tls, store, auth, cancel.clone()).await;
     cancel.cancel();
     sweeping.await.context("sweeps task")??;
     served.context("serving gRPC")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_refused_off_loopback_unless_allowed() {
+        let check = |listen: &str, tls: bool, allow_insecure: bool| {
+            exposure(listen.parse().unwrap(), tls, allow_insecure).map_err(|e| e.to_string())
+        };
+        // All of 127/8 is loopback, and ::1.
+        for listen in ["127.0.0.1:7233", "127.0.0.2:1", "[::1]:7233"] {
+            assert_eq!(
+                check(listen, false, false),
+                Ok(Exposure::Loopback),
+                "{listen}"
+            );
+        }
+        assert_eq!(check("0.0.0.0:7233", true, false), Ok(Exposure::Tls));
+        assert_eq!(check("10.1.2.3:7233", false, true), Ok(Exposure::Insecure));
+        for listen in ["0.0.0.0:7233", "[::]:7233", "10.1.2.3:7233"] {
+            let message = check(listen, false, false).expect_err(listen);
+            assert!(message.contains("--allow-insecure"), "{message}");
+            assert!(message.contains("--tls-cert"), "{message}");
+        }
+    }
 }

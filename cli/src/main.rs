@@ -42,18 +42,15 @@ enum Command {
     /// Start everything on this machine: a private Postgres, a coordinator and workers.
     Dev(dev::Args),
     /// Register and manage automations.
-    #[command(subcommand)]
-    Automation(client::automation::Command),
+    Automation(Client<client::automation::Command>),
     /// Start, inspect, watch and steer runs.
-    #[command(subcommand)]
-    Run(client::run::Command),
+    Run(Client<client::run::Command>),
     /// List and decide approval gates.
-    #[command(subcommand)]
-    Gate(client::gate::Command),
+    Gate(Client<client::gate::Command>),
     /// Run a worker (no subcommand), or list and drain workers.
     Worker(WorkerCommand),
     /// Runs by status, queue age, claimable runs and held leases.
-    Stats,
+    Stats(client::Tls),
     /// Serve the gRPC API and, while leader, run the sweeps.
     Coordinator(coordinator::Args),
     /// Apply the database migrations this build carries.
@@ -63,11 +60,25 @@ enum Command {
     Token(token::Command),
 }
 
+/// A group of client commands, and the TLS options they take. The options belong to each
+/// group rather than to `leasehold` itself because `coordinator` has its own `--tls-cert` and
+/// `--tls-key`: the server's certificate, not a client's.
+#[derive(Debug, clap::Args)]
+struct Client<C: Subcommand> {
+    #[command(subcommand)]
+    command: C,
+    #[command(flatten)]
+    tls: client::Tls,
+}
+
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct WorkerCommand {
     #[command(subcommand)]
     action: Option<client::workers::Command>,
+    // For `worker list` and `worker drain`; running a worker does not talk to the coordinator.
+    #[command(flatten)]
+    tls: client::Tls,
     // Optional so that `worker list` needs no database URL: clap builds the flattened
     // arguments only when no subcommand was given.
     #[command(flatten)]
@@ -103,25 +114,30 @@ async fn run(cli: Cli) -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let global = client::Global {
-        endpoint: cli.endpoint,
+    let global = |tls: client::Tls| client::Global {
+        endpoint: cli.endpoint.clone(),
         json: cli.json,
         // Checked by the commands that send it, so that a token meant for another coordinator
         // does not stop `dev`, `migrate` or a worker.
         token: cli.token.as_deref().map(|t| Secret::parse(t.trim())),
+        tls,
     };
     let result = match cli.command {
-        Command::Dev(args) => dev::run(args, &global).await,
-        Command::Automation(command) => client::automation::run(command, &global).await,
-        Command::Run(command) => client::run::run(command, &global).await,
-        Command::Gate(command) => client::gate::run(command, &global).await,
+        Command::Dev(args) => dev::run(args, &global(client::Tls::default())).await,
+        Command::Automation(Client { command, tls }) => {
+            client::automation::run(command, &global(tls)).await
+        }
+        Command::Run(Client { command, tls }) => client::run::run(command, &global(tls)).await,
+        Command::Gate(Client { command, tls }) => client::gate::run(command, &global(tls)).await,
         Command::Worker(WorkerCommand {
             action: Some(action),
+            tls,
             ..
-        }) => client::workers::run(action, &global).await,
+        }) => client::workers::run(action, &global(tls)).await,
         Command::Worker(WorkerCommand {
             action: None,
             run: Some(run),
+            ..
         }) => {
             let registry = run.registry();
             worker::run_with(run, registry)
@@ -132,13 +148,14 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Worker(WorkerCommand {
             action: None,
             run: None,
+            ..
         }) => Err(anyhow::anyhow!(
-            "--database-url (or LEASEHOLD_DATABASE_URL) is required to run a worker"
+            "--database-url, LEASEHOLD_DATABASE_URL or --database-url-file is required to run a worker"
         )),
-        Command::Stats => client::stats::run(&global).await,
+        Command::Stats(tls) => client::stats::run(&global(tls)).await,
         Command::Coordinator(args) => coordinator::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Token(command) => token::run(command, &global)
+        Command::Token(command) => token::run(command, &global(client::Tls::default()))
             .await
             .map(|()| ExitCode::SUCCESS),
     };

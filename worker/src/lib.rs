@@ -6,7 +6,7 @@
 //! - [`handlers`]: the built-in kinds.
 //! - [`config`]: the worker's settings and their defaults.
 //! - [`cli`]: the worker command (`leasehold worker`, or a worker binary of one's own with more
-//!   kinds): flags, signals, entry point.
+//!   kinds): flags, signals, entry point, and keeping its secrets from the programs it runs.
 //! - `worker`: the claim loop and the shutdown hand-back ([`Worker`]).
 //! - `keeper`: batched heartbeats and the self-fence.
 //! - `execute`: one run: ready nodes, fenced checkpoints, retries, gates, pauses.

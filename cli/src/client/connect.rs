@@ -16,6 +16,7 @@ use tonic::{Code, Response, Status};
 use tonic_types::StatusExt;
 
 use super::Global;
+use super::tls::{self, Connector, Tls};
 
 /// How long connecting may take before the coordinator counts as unreachable; without it a
 /// dropped SYN waits for the operating system's timeout (minutes).
@@ -26,21 +27,39 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a ping may go unanswered before the connection counts as dead.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The endpoint as a URL: one without a scheme gets `https://` when TLS options are given and
+/// `http://` otherwise; TLS options with an `http://` endpoint are a mistake worth naming.
+fn endpoint_url(endpoint: &str, tls: &Tls) -> anyhow::Result<String> {
+    if !endpoint.contains("://") {
+        let scheme = if tls.given() { "https" } else { "http" };
+        return Ok(format!("{scheme}://{endpoint}"));
+    }
+    if tls.given() && !endpoint.starts_with("https://") {
+        anyhow::bail!(
+            "--tls-ca, --tls-cert and --tls-key need an https:// endpoint, and the endpoint is \
+             {endpoint}"
+        );
+    }
+    Ok(endpoint.to_owned())
+}
+
 /// A connected coordinator: cheap clients for each service, and the endpoint for messages.
 #[derive(Clone)]
 pub struct Coordinator {
     channel: AuthedChannel,
     endpoint: String,
+    /// For an `https://` endpoint: why its last TLS connection failed.
+    tls: Option<Connector>,
     /// Whether calls carry a token, for the message of an UNAUTHENTICATED answer.
     has_token: bool,
 }
 
 impl Coordinator {
-    /// Connects to `--endpoint`; an endpoint without a scheme gets `http://`. Calls carry the
-    /// token of `--token` or `LEASEHOLD_TOKEN`, else the one the credentials file keeps for the
-    /// endpoint, else none.
+    /// Connects to `--endpoint`, over TLS for an `https://` one. Calls carry the token of
+    /// `--token` or `LEASEHOLD_TOKEN`, else the one the credentials file keeps for the endpoint,
+    /// else none.
     pub async fn connect(global: &Global) -> anyhow::Result<Self> {
-        let endpoint = crate::credentials::endpoint_key(&global.endpoint);
+        let endpoint = endpoint_url(&global.endpoint, &global.tls)?;
         let token = match &global.token {
             Some(Ok(token)) => Some(token.clone()),
             Some(Err(e)) => anyhow::bail!("--token (or {}): {e}", crate::token::TOKEN_ENV),
@@ -50,18 +69,36 @@ impl Coordinator {
             Some(token) => Bearer::new(&token.expose())?,
             None => Bearer::none(),
         };
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .with_context(|| format!("--endpoint {endpoint:?} is not a URL like http://host:port"))?
+        let invalid = || format!("--endpoint {endpoint:?} is not a URL like http://host:port");
+        // tonic dials the plain-scheme address, through the TLS connector for `https://`; the
+        // requests still name the `https://` origin.
+        let (dial, tls) = match endpoint.strip_prefix("https://") {
+            Some(address) => (format!("http://{address}"), Some(global.tls.connector()?)),
+            None => (endpoint.clone(), None),
+        };
+        let dial = Endpoint::from_shared(dial)
+            .with_context(invalid)?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .map_err(|e| unreachable_error(&endpoint, &e))?;
+            .keep_alive_while_idle(true);
+        let connected = match &tls {
+            None => dial.connect().await,
+            Some(connector) => {
+                let connector = connector.clone();
+                dial.origin(endpoint.parse().with_context(invalid)?)
+                    .connect_with_connector(tower::service_fn(move |uri| {
+                        let connector = connector.clone();
+                        async move { connector.connect(uri).await }
+                    }))
+                    .await
+            }
+        };
+        let channel = connected.map_err(|e| unreachable_error(&endpoint, &e, tls.as_ref()))?;
         Ok(Self {
             channel: bearer.channel(channel),
             endpoint,
+            tls,
             has_token: token.is_some(),
         })
     }
@@ -97,8 +134,12 @@ impl Coordinator {
     /// fields at fault for INVALID_ARGUMENT), or, when the call never got an answer, that the
     /// coordinator could not be reached.
     pub fn error(&self, status: &Status) -> anyhow::Error {
-        if is_local_transport_failure(status) {
-            return unreachable_error(&self.endpoint, status);
+        // A refused TLS connection may end a call with any code: hyper reports only that the
+        // connection closed, and the connector kept why.
+        let refused_tls =
+            status.source().is_some() && self.tls.as_ref().and_then(Connector::failure).is_some();
+        if refused_tls || is_local_transport_failure(status) {
+            return unreachable_error(&self.endpoint, status, self.tls.as_ref());
         }
         if status.code() == Code::Unauthenticated && !self.has_token {
             return anyhow::anyhow!(
@@ -137,7 +178,23 @@ pub fn is_local_transport_failure(status: &Status) -> bool {
     status.code() == Code::Unavailable && status.source().is_some()
 }
 
-fn unreachable_error(endpoint: &str, error: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+/// A call that never got an answer: a TLS handshake that failed, said as why (from `error`, or
+/// as `tls` kept it when the connection reported only that it closed), or a coordinator that
+/// could not be reached.
+fn unreachable_error(
+    endpoint: &str,
+    error: &(dyn std::error::Error + 'static),
+    tls: Option<&Connector>,
+) -> anyhow::Error {
+    let failure = tls::rustls_error(error)
+        .cloned()
+        .or_else(|| tls.and_then(Connector::failure));
+    if let Some(failure) = failure {
+        return anyhow::anyhow!(
+            "TLS handshake with the coordinator at {endpoint} failed: {}",
+            tls::reason(&failure)
+        );
+    }
     anyhow::anyhow!(
         "cannot reach the coordinator at {endpoint} (is it running? start one with `leasehold dev`): {}",
         cause_chain(error)

@@ -6,6 +6,7 @@
 //! - `automation`, `run`, `gate`, `workers`, `stats`: one file per command group.
 //! - `watch`: following a run's event stream, resumed from the last sequence seen.
 //! - `connect`: the channel to the coordinator, and a failed call as one error line.
+//! - `tls`: TLS to the coordinator, and why a handshake failed.
 //! - `json`: the API's messages as JSON values.
 //! - `render`: tables, `key: value` views, times, ages and durations, and writing to stdout.
 
@@ -17,10 +18,12 @@ mod names;
 pub(crate) mod render;
 pub mod run;
 pub mod stats;
+mod tls;
 mod watch;
 pub mod workers;
 
 use leasehold_core::store::{MalformedToken, Secret};
+pub use tls::Tls;
 
 /// Options every client command shares.
 #[derive(Debug, Clone)]
@@ -33,4 +36,6 @@ pub struct Global {
     /// commands that send it); without one, the credentials file's token for the endpoint, if
     /// any.
     pub token: Option<Result<Secret, MalformedToken>>,
+    /// How to reach a coordinator that serves TLS.
+    pub tls: Tls,
 }

@@ -226,6 +226,8 @@ impl Session<'_> {
             endpoint: self.endpoint.clone(),
             json: self.global.json,
             token: Some(Ok(token.secret.clone())),
+            // The dev coordinator serves plaintext on loopback.
+            tls: crate::client::Tls::default(),
         };
         let outcome = follow(
             &mut services,

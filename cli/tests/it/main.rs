@@ -1,5 +1,5 @@
 //! The `leasehold` binary's integration tests: the client commands against an in-process
-//! coordinator, `coordinator`, `dev`, `migrate` and `worker`, each run as the real binary. They are
+//! coordinator, `coordinator` (with TLS too), `dev`, `migrate` and `worker`, each run as the real binary. They are
 //! one test binary, so that a change to the crates compiles and links them once.
 
 mod auth;
@@ -8,4 +8,6 @@ mod coordinator;
 mod dev;
 mod migrate;
 mod python_client;
+mod tls;
 mod worker;
+mod worker_handlers;

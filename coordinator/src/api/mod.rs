@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Response, Status};
 use tonic_health::server::HealthReporter;
 
+use crate::tls;
 pub use auth::{Auth, Caller};
+
 pub use error::{ApiError, ApiResult, SpecSource};
 pub use runs::MAX_START_RUNS;
 
@@ -148,10 +150,21 @@ fn page_token(next: Option<&Cursor>) -> String {
     next.map(Cursor::encode).unwrap_or_default()
 }
 
-/// Serves the API, health and reflection on `listener` until `cancel` is cancelled; every API
-/// call is authenticated as `auth` says.
+/// Serves the API, health and reflection on `listener` in plaintext until `cancel` is
+/// cancelled; every API call is authenticated as `auth` says.
 pub async fn serve(
     listener: TcpListener,
+    store: Store,
+    auth: Auth,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    serve_with(listener, None, store, auth, cancel).await
+}
+
+/// As [`serve`], over TLS when `tls` is given.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<tls::Acceptor>,
     store: Store,
     auth: Auth,
     cancel: CancellationToken,
@@ -188,7 +201,7 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_RESPONSE_BYTES)
         };
     }
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(limits::oversize_is_resource_exhausted())
         .layer(auth::AuthLayer::new(auth))
         // Half-dead watch streams are noticed instead of held open forever.
@@ -201,9 +214,20 @@ pub async fn serve(
         .add_service(limited!(RunsServer))
         .add_service(limited!(GatesServer))
         .add_service(limited!(WorkersServer))
-        .add_service(limited!(StatsServer))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned())
-        .await
+        .add_service(limited!(StatsServer));
+    let stop = cancel.cancelled_owned();
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+        }
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), stop)
+                .await
+        }
+    }
 }
 
 /// SERVING while the database answers, NOT_SERVING while it does not.

@@ -40,11 +40,15 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let mut args = Command::parse().worker;
+    let url = match args.database_url() {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let mut registry = args.registry();
-    registry.register(
-        "ledger",
-        Ledger::new(args.database_url.clone(), args.claimant_id().0),
-    );
+    registry.register("ledger", Ledger::new(url, args.claimant_id().0));
     match cli::run_with(args, registry).await {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -20,26 +20,49 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`run_with`] keeps the worker's secrets from the programs it runs: a worker
+//! given its database URL in its environment or on its command line executes itself again at
+//! start, under the same pid, without them.
 
+mod secrets;
 mod signals;
+
+use std::path::PathBuf;
 
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
 use leasehold_core::store::{self, Store};
 use tokio_util::sync::CancellationToken;
 
+use self::secrets::UrlSource;
+pub use self::secrets::{DATABASE_URL_FD_VAR, SECRET_VARS, SecretsError};
 pub use self::signals::{EXIT_ON_SECOND_SIGNAL, cancel_on_signal};
 use crate::config::{self, Config, ConfigError};
 use crate::handler::Registry;
-use crate::handlers::{self, ExecPolicy};
+use crate::handlers::{
+    self, ExecAllow, ExecAllowError, ExecPolicy, ExecUser, HttpAllow, HttpPolicy,
+};
 use crate::worker::{Report, Worker};
 
 /// The worker command's settings, each a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// PostgreSQL connection URL. Exec children never see it.
-    #[arg(long, env = "LEASEHOLD_DATABASE_URL")]
-    pub database_url: String,
+    /// PostgreSQL connection URL. The worker removes it from its environment and command line
+    /// at start; prefer --database-url-file, since any user can read a command line.
+    #[arg(
+        long,
+        env = "LEASEHOLD_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "database_url_file"
+    )]
+    pub database_url: Option<String>,
+    /// A file holding the PostgreSQL connection URL, such as a mounted secret.
+    #[arg(long, env = "LEASEHOLD_DATABASE_URL_FILE", value_name = "FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// The pipe carrying the URL across the worker's execution of itself; set by the worker.
+    #[arg(long, env = DATABASE_URL_FD_VAR, hide = true)]
+    pub database_url_fd: Option<i32>,
     /// Runs held at once.
     #[arg(long, env = "LEASEHOLD_CAPACITY", default_value_t = config::CAPACITY_DEFAULT)]
     pub capacity: usize,
@@ -64,19 +87,59 @@ pub struct Args {
     /// Time running nodes get to finish after SIGTERM before their runs are handed back.
     #[arg(long, env = "LEASEHOLD_SHUTDOWN_GRACE", default_value_t = config::SHUTDOWN_GRACE_DEFAULT.into())]
     pub shutdown_grace: humantime::Duration,
-    /// A program `exec` nodes may run (repeat the flag); `exec` is off without one.
+    /// What `exec` nodes may run (repeat the flag): a program, and optionally the arguments it
+    /// must start with, shell-quoted ('/usr/bin/python3 /opt/jobs/report.py'); `exec` is off
+    /// without one.
     #[arg(
         long = "exec-allow",
         env = "LEASEHOLD_EXEC_ALLOW",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_name = "PROGRAM [ARG…]",
+        value_parser = exec_allow_entry
     )]
     pub exec_allow: Vec<String>,
     /// An environment variable passed through to `exec` children (repeat the flag).
-    #[arg(long = "exec-env", env = "LEASEHOLD_EXEC_ENV", value_delimiter = ',')]
+    #[arg(
+        long = "exec-env",
+        env = "LEASEHOLD_EXEC_ENV",
+        value_delimiter = ',',
+        value_parser = exec_env_name
+    )]
     pub exec_env: Vec<String>,
+    /// The user `exec` children run as (a name or uid; the worker must run as root).
+    #[arg(long = "exec-user", env = "LEASEHOLD_EXEC_USER", value_name = "USER", value_parser = ExecUser::lookup)]
+    pub exec_user: Option<ExecUser>,
+    /// An address, network (CIDR) or host name `http` nodes may reach beyond the public
+    /// internet (repeat the flag): loopback, link-local, private and other local addresses are
+    /// refused without it.
+    #[arg(
+        long = "http-allow",
+        env = "LEASEHOLD_HTTP_ALLOW",
+        value_delimiter = ',',
+        value_name = "CIDR|HOST"
+    )]
+    pub http_allow: Vec<HttpAllow>,
     /// Database connections in the pool.
     #[arg(long, env = "LEASEHOLD_POOL_SIZE", default_value_t = config::POOL_SIZE_DEFAULT)]
     pub pool_size: usize,
+}
+
+/// An `--exec-allow` entry, checked; an empty one (`LEASEHOLD_EXEC_ALLOW=`) allows nothing.
+fn exec_allow_entry(entry: &str) -> Result<String, ExecAllowError> {
+    if entry.is_empty() {
+        return Ok(String::new());
+    }
+    entry.parse::<ExecAllow>().map(|_| entry.to_owned())
+}
+
+/// An `--exec-env` name, which may not be one of the worker's secrets.
+fn exec_env_name(name: &str) -> Result<String, String> {
+    if SECRET_VARS.contains(&name) {
+        return Err(format!(
+            "{name} holds a secret of the worker, which never reaches exec children"
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// Why the worker command failed.
@@ -85,6 +148,9 @@ pub enum Error {
     /// A setting is out of its bounds.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The database URL could not be read, or kept from the programs the worker runs.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     /// The database could not be reached, or its schema is not this build's.
     #[error("connecting to the database")]
     Connect(#[source] store::Error),
@@ -103,13 +169,53 @@ impl Args {
         ClaimantId(id.clone())
     }
 
-    /// The built-in node kinds, `exec` allowed the programs and variables the flags name.
+    /// The built-in node kinds: `exec` allowed the programs, variables and user the flags name,
+    /// `http` the destinations.
     pub fn registry(&self) -> Registry {
-        handlers::builtin(ExecPolicy {
-            allowed_programs: self.exec_allow.clone(),
-            allowed_env: self.exec_env.clone(),
-            ..ExecPolicy::default()
-        })
+        handlers::builtin_with(
+            ExecPolicy {
+                allowed_programs: self
+                    .exec_allow
+                    .iter()
+                    .filter(|entry| !entry.is_empty())
+                    .cloned()
+                    .collect(),
+                allowed_env: self.exec_env.clone(),
+                user: self.exec_user.clone(),
+                ..ExecPolicy::default()
+            },
+            HttpPolicy {
+                allow: self.http_allow.clone(),
+            },
+        )
+    }
+
+    /// The database URL, from `--database-url` (or its variable), `--database-url-file`, or the
+    /// pipe the worker's previous image left when it executed itself again ([`run_with`]). A
+    /// pipe can be read once: the URL is kept here, so that a worker binary that needs the URL
+    /// itself calls this before [`run_with`], which then uses the same.
+    pub fn database_url(&mut self) -> Result<String, SecretsError> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        let url = secrets::read_url(&self.url_source()?)?;
+        self.database_url_fd = None;
+        self.database_url = Some(url.clone());
+        Ok(url)
+    }
+
+    /// Where the database URL comes from.
+    fn url_source(&self) -> Result<UrlSource, SecretsError> {
+        match (
+            &self.database_url_fd,
+            &self.database_url,
+            &self.database_url_file,
+        ) {
+            (Some(fd), ..) => Ok(UrlSource::Inherited(*fd)),
+            (None, Some(url), _) => Ok(UrlSource::Given(url.clone())),
+            (None, None, Some(file)) => Ok(UrlSource::File(file.clone())),
+            (None, None, None) => Err(SecretsError::Missing),
+        }
     }
 
     /// The worker's settings, checked.
@@ -130,9 +236,32 @@ impl Args {
 /// Runs a worker with `registry`'s node kinds until the first SIGTERM or SIGINT, or an
 /// operator's drain, and returns once its runs are handed back; a second signal exits the
 /// process at once ([`cancel_on_signal`]).
+///
+/// First it keeps its secrets from the programs it runs: if the database URL or another of
+/// [`SECRET_VARS`] is in the process's environment, or the URL on its command line, it
+/// executes the process's program again, under the same pid, with the same arguments and
+/// environment less those, and the URL in an inherited pipe ([`DATABASE_URL_FD_VAR`]); the
+/// program's `main` runs again and calls this function again, which then goes on. A program
+/// embedding the worker must therefore call this before it does anything it would not do twice.
+/// Then the process makes itself non-dumpable, so that programs of the same user cannot read
+/// its memory.
 pub async fn run_with(mut args: Args, registry: Registry) -> Result<Report, Error> {
+    let url = args.database_url()?;
+    secrets::hide(&url)?;
+    secrets::harden();
+    for entry in &args.exec_allow {
+        if entry
+            .parse::<ExecAllow>()
+            .is_ok_and(|e| e.is_bare_interpreter())
+        {
+            tracing::warn!(
+                "--exec-allow {entry:?} lets any node run any code on this host: name the script \
+                 too, as in --exec-allow '{entry} /path/to/script'"
+            );
+        }
+    }
     let config = args.config()?;
-    let store = Store::connect_worker(&args.database_url, args.pool_size)
+    let store = Store::connect_worker(&url, args.pool_size)
         .await
         .map_err(Error::Connect)?;
     let shutdown = CancellationToken::new();
@@ -195,5 +324,85 @@ mod tests {
         let drawn = args.claimant_id();
         assert_eq!(args.claimant_id(), drawn);
         assert_eq!(args.config().expect("valid").claimant_id, drawn);
+    }
+
+    #[test]
+    fn the_database_url_comes_from_the_flag_the_file_or_the_inherited_pipe() {
+        let parse = |flags: &[&str]| {
+            Command::try_parse_from(std::iter::once(&"worker").chain(flags))
+                .map(|c| c.worker.url_source())
+        };
+        assert_eq!(
+            parse(&["--database-url", "postgres://x"]).unwrap().unwrap(),
+            UrlSource::Given("postgres://x".into())
+        );
+        assert_eq!(
+            parse(&["--database-url-file", "/run/url"])
+                .unwrap()
+                .unwrap(),
+            UrlSource::File("/run/url".into())
+        );
+        assert_eq!(
+            parse(&["--database-url-fd", "5"]).unwrap().unwrap(),
+            UrlSource::Inherited(5)
+        );
+        assert!(matches!(parse(&[]).unwrap(), Err(SecretsError::Missing)));
+        let mut args = args(&[]);
+        assert_eq!(args.database_url().unwrap(), "postgres://x");
+        assert_eq!(args.database_url().unwrap(), "postgres://x");
+        assert!(parse(&["--database-url", "x", "--database-url-file", "/f"]).is_err());
+    }
+
+    #[test]
+    fn flags_shape_the_handlers_policies() {
+        let args = args(&[
+            "--exec-allow",
+            "/usr/bin/python3 /opt/jobs/report.py,sh",
+            "--exec-allow",
+            "",
+            "--http-allow",
+            "127.0.0.1,10.0.0.0/8",
+            "--http-allow",
+            "metadata.internal",
+        ]);
+        assert_eq!(
+            args.exec_allow,
+            ["/usr/bin/python3 /opt/jobs/report.py", "sh", ""]
+        );
+        assert_eq!(
+            args.http_allow,
+            ["127.0.0.1", "10.0.0.0/8", "metadata.internal"]
+                .map(|a| a.parse::<HttpAllow>().unwrap())
+        );
+        assert!(args.registry().kinds().contains(&"exec".to_owned()));
+        // An empty entry allows nothing: alone, it leaves exec off.
+        assert!(
+            !self::args(&["--exec-allow", ""])
+                .registry()
+                .kinds()
+                .contains(&"exec".to_owned())
+        );
+    }
+
+    #[test]
+    fn bad_handler_flags_are_refused_at_start() {
+        let refused = |flags: &[&str]| {
+            let argv = ["worker", "--database-url", "postgres://x"]
+                .iter()
+                .chain(flags);
+            Command::try_parse_from(argv).is_err()
+        };
+        assert!(refused(&["--exec-allow", "'unclosed"]));
+        assert!(refused(&["--http-allow", "10.0.0.1/8"]));
+        assert!(refused(&["--http-allow", "not a host"]));
+        assert!(refused(&["--exec-env", "LEASEHOLD_DATABASE_URL"]));
+        assert!(refused(&["--exec-env", "PGPASSWORD"]));
+        assert!(refused(&["--exec-user", "leasehold-no-such-user"]));
+        assert!(!refused(&[
+            "--exec-env",
+            "PATH",
+            "--exec-allow",
+            "'/opt/my jobs/run' --x"
+        ]));
     }
 }

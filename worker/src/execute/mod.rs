@@ -2,9 +2,11 @@
 //! runs and its outcome checkpointed after, every write fenced on the claim.
 //!
 //! - `nodes`: starting ready nodes, running their handlers, checkpointing their attempts.
+//! - `output`: whether an output fits the checkpoint, measured as PostgreSQL measures it.
 //! - `settle`: what happens to the run once nothing runs: end, queue, pause, gate, hand back.
 
 mod nodes;
+mod output;
 mod settle;
 
 use std::collections::{HashMap, HashSet};

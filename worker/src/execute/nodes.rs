@@ -9,12 +9,12 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use leasehold_core::ids::NodeId;
 use leasehold_core::retry;
-use leasehold_core::run::{self, MAX_NODE_OUTPUT_BYTES, NodeState, NodeStatus};
+use leasehold_core::run::{self, NodeState, NodeStatus};
 use leasehold_core::spec::NodeSpec;
 use leasehold_core::store::{Failure, NodeCompletion};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::output::storable;
 use super::{Execution, NodeDone, Stop, fenced};
 use crate::handler::{Context, HandlerError};
 
@@ -222,62 +222,7 @@ impl Execution<'_> {
     }
 }
 
-/// A handler's output as the checkpoint can hold it: within the size limit, and without the NUL
-/// character, which Postgres' jsonb refuses (a write carrying one would fail, and the run with
-/// it). Either is the handler's failure, for good.
-fn storable(output: Value) -> Result<Value, HandlerError> {
-    let Ok(bytes) = serde_json::to_vec(&output) else {
-        return Err(HandlerError::Terminal("output is not serialisable".into()));
-    };
-    if bytes.len() > MAX_NODE_OUTPUT_BYTES {
-        return Err(HandlerError::Terminal(format!(
-            "output of {} bytes is larger than {MAX_NODE_OUTPUT_BYTES}",
-            bytes.len()
-        )));
-    }
-    if contains_nul(&output) {
-        return Err(HandlerError::Terminal(
-            "output contains a NUL character (\\u0000), which the checkpoint cannot store".into(),
-        ));
-    }
-    Ok(output)
-}
-
-fn contains_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
-}
-
 /// A node that needs a person's approval before it runs.
 pub(super) fn needs_gate(node: &NodeSpec) -> bool {
     node.approval.is_some() || node.kind == crate::handler::APPROVAL_KIND
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn outputs_postgres_cannot_store_fail_their_node_for_good() {
-        assert!(storable(json!({"ok": [1, "two", null]})).is_ok());
-        // A backslash followed by "u0000" is text, not NUL.
-        assert!(storable(json!({"path": "C:\\u0000"})).is_ok());
-        for bad in [
-            json!({"text": "a\u{0}b"}),
-            json!([{"deep": ["\u{0}"]}]),
-            json!({"key\u{0}": 1}),
-            json!("x".repeat(MAX_NODE_OUTPUT_BYTES + 1)),
-        ] {
-            assert!(
-                matches!(storable(bad.clone()), Err(HandlerError::Terminal(_))),
-                "{bad}"
-            );
-        }
-    }
 }

@@ -1,5 +1,8 @@
 //! `exec`: runs an allow-listed program per attempt, JSON on stdin, JSON on stdout.
 
+mod allow;
+mod child;
+
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +18,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+pub use self::allow::{ExecAllow, ExecAllowError};
+pub use self::child::{ExecUser, ExecUserError};
 use crate::handler::{Context, Handler, HandlerError};
 
 /// The default [`ExecPolicy::max_output_bytes`].
@@ -31,17 +36,22 @@ const FIELDS: [&str; 3] = ["argv", "terminal_exit_codes", "timeout_ms"];
 /// What [`Exec`] may run, and with what. The default allows nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecPolicy {
-    /// The programs `argv[0]` may name, compared as exact strings: `sh` allows `sh`, not
-    /// `/bin/sh`. A bare name is looked up on the worker's `PATH` before the child's environment
-    /// is cleared, so the child does not need `PATH` to be started. The worker's `--exec-allow`.
+    /// What nodes may run: each entry a program, which `argv[0]` must name as an exact string
+    /// (`sh` allows `sh`, not `/bin/sh`), optionally followed by the arguments `argv` must go on
+    /// with ([`ExecAllow`] has the syntax). A bare name is looked up on the worker's `PATH`
+    /// before the child's environment is cleared, so the child does not need `PATH` to be
+    /// started. The worker's `--exec-allow`. An entry that does not parse allows nothing, and
+    /// [`Exec::new`] logs why.
     pub allowed_programs: Vec<String>,
     /// The variables of the worker's environment passed on to the child, by name; the child gets
-    /// no others. Keep secrets the program does not need out of it: the worker's own
-    /// `LEASEHOLD_DATABASE_URL` reaches a child only if an operator names it here.
+    /// no others. The worker command removes its own secrets (the database URL among them) from
+    /// its environment at start ([`crate::cli`]), so naming them here passes nothing.
     pub allowed_env: Vec<String>,
     /// How much of stdout, and separately of stderr, is kept. The child may write more; the rest
     /// is read and discarded so that the child never blocks on a full pipe.
     pub max_output_bytes: usize,
+    /// The user children run as; the worker's by default. The worker's `--exec-user`.
+    pub user: Option<ExecUser>,
 }
 
 impl Default for ExecPolicy {
@@ -50,6 +60,7 @@ impl Default for ExecPolicy {
             allowed_programs: Vec::new(),
             allowed_env: Vec::new(),
             max_output_bytes: MAX_OUTPUT_BYTES_DEFAULT,
+            user: None,
         }
     }
 }
@@ -63,18 +74,24 @@ impl Default for ExecPolicy {
 /// ```
 ///
 /// `argv` is the program and its arguments, passed as they are: there is no shell, so nothing in
-/// them is expanded or split. `argv[0]` must be on the worker's allow-list ([`ExecPolicy`]).
+/// them is expanded or split. An entry of the worker's allow-list ([`ExecPolicy`]) must permit
+/// it: name `argv[0]`, and the arguments `argv` goes on with, if the entry names any.
 ///
 /// # The child's side
 /// - stdin: `{"run_id", "node_id", "attempt", "input", "run_inputs", "upstream"}`, then end of file.
 /// - stdout: the node's output as JSON; empty stdout is `null`.
 /// - environment: only the variables [`ExecPolicy::allowed_env`] names that are set in the worker's
 ///   own environment, plus `LEASEHOLD_RUN_ID`, `LEASEHOLD_NODE_ID`, `LEASEHOLD_ATTEMPT` and
-///   `LEASEHOLD_IDEMPOTENCY_KEY`.
+///   `LEASEHOLD_IDEMPOTENCY_KEY`, and with [`ExecPolicy::user`], that user's `HOME`, `USER` and
+///   `LOGNAME`.
+/// - user: the worker's, or [`ExecPolicy::user`].
 /// - process group: its own. When the attempt ends, for any reason (exit, timeout, cancellation,
 ///   the worker dropping the attempt), the whole group is killed with `SIGKILL`, so that nothing
 ///   the program started outlives the attempt. A grandchild that moves to another group or
 ///   session escapes this.
+/// - parent death: the child gets `SIGKILL` when the worker dies, even by `SIGKILL` or the OOM
+///   killer, when nothing is left to kill the group. What the program started itself is not
+///   reached then; a program that starts others should have them die with it in turn.
 ///
 /// # Outcomes
 /// - exit 0: the parsed stdout; stdout that is not JSON, or longer than the cap, is terminal.
@@ -85,12 +102,43 @@ impl Default for ExecPolicy {
 #[derive(Debug, Clone)]
 pub struct Exec {
     policy: ExecPolicy,
+    allowed: Vec<ExecAllow>,
 }
 
 impl Exec {
     /// A handler that runs what `policy` allows.
     pub fn new(policy: ExecPolicy) -> Self {
-        Self { policy }
+        let allowed = policy
+            .allowed_programs
+            .iter()
+            .filter_map(|entry| {
+                entry
+                    .parse()
+                    .inspect_err(|e| tracing::error!("{e}; the entry allows nothing"))
+                    .ok()
+            })
+            .collect();
+        Self { policy, allowed }
+    }
+
+    /// Why `argv` may not run, if it may not.
+    fn refusal(&self, argv: &[String]) -> Option<String> {
+        if self.allowed.iter().any(|entry| entry.permits(argv)) {
+            return None;
+        }
+        let program = &argv[0];
+        Some(
+            if self.allowed.iter().any(|entry| entry.program == *program) {
+                format!(
+                    "program {program:?} is allowed only with the arguments the worker's \
+                     --exec-allow names after it, and argv does not start with them"
+                )
+            } else {
+                format!(
+                    "program {program:?} is not allowed: the worker's --exec-allow list does not include it"
+                )
+            },
+        )
     }
 }
 
@@ -98,10 +146,8 @@ impl Handler for Exec {
     async fn run(&self, ctx: Context) -> Result<Value, HandlerError> {
         let input = Input::parse(&ctx.input)?;
         let program = &input.argv[0];
-        if !self.policy.allowed_programs.contains(program) {
-            return Err(HandlerError::Terminal(format!(
-                "program {program:?} is not allowed: the worker's --exec-allow list does not include it"
-            )));
+        if let Some(refusal) = self.refusal(&input.argv) {
+            return Err(HandlerError::Terminal(refusal));
         }
         let path = resolve(program, std::env::var_os("PATH")).ok_or_else(|| {
             HandlerError::Terminal(format!(
@@ -124,6 +170,10 @@ impl Handler for Exec {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(user) = &self.policy.user {
+            user.apply(&mut command);
+        }
+        child::die_with_worker(&mut command);
         let mut child = command
             .spawn()
             .map_err(|e| HandlerError::Terminal(format!("cannot start {program:?}: {e}")))?;
@@ -174,6 +224,7 @@ impl Handler for Exec {
             status.map_err(|e| HandlerError::Retryable(format!("waiting for {program:?}: {e}")))?;
         outcome(status, &input.terminal_exit_codes, &stdout, &stderr)
     }
+
     fn input_schema(&self) -> Option<Value> {
         super::schema_of("exec")
     }

@@ -1,11 +1,18 @@
-//! `http`: one HTTP request per attempt, with the attempt's idempotency key attached.
+//! `http`: one HTTP request per attempt, with the attempt's idempotency key attached, to the
+//! destinations the worker's [`HttpPolicy`] allows.
+
+mod destination;
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Client, Method, Response, StatusCode, Url};
+use reqwest::{Client, Method, Response, StatusCode, Url, redirect};
 use serde_json::{Map, Value, json};
+
+pub use self::destination::{AddressClass, HttpAllow, HttpAllowError, HttpPolicy, Refused};
 
 use leasehold_core::kinds::{HTTP_MAX_RESPONSE_BYTES, HTTP_METHODS};
 
@@ -17,6 +24,9 @@ const MAX_RESPONSE_BYTES_DEFAULT: usize = HTTP_MAX_RESPONSE_BYTES as usize;
 
 /// How much of an error response's body goes into the error message.
 const ERROR_EXCERPT_BYTES: usize = 512;
+
+/// Redirects followed per request: enough for the usual canonical-host and trailing-slash hops.
+pub const MAX_REDIRECTS: usize = 5;
 
 const FIELDS: [&str; 6] = [
     "method",
@@ -49,12 +59,26 @@ const FIELDS: [&str; 6] = [
 ///
 /// The output of a 2xx response is `{"status": 200, "body": …}`, where `body` is the parsed JSON
 /// if the response parses as JSON, the text as a JSON string if it does not, and `null` if it is
-/// empty. Redirects are followed.
+/// empty. Up to [`MAX_REDIRECTS`] redirects are followed.
+///
+/// # Destinations
+/// Every address the handler connects to is checked against its [`HttpPolicy`]: an address in
+/// the URL before the request, a host name's addresses as they are resolved (the connection uses
+/// only the addresses checked, so a name cannot resolve to one address for the check and another
+/// for the connection), and each redirect's target again. By default only public addresses may
+/// be reached: loopback, link-local (cloud metadata), private, shared (CGNAT), unspecified,
+/// multicast, broadcast and reserved addresses, and their IPv6 forms, are refused
+/// ([`AddressClass`]) unless the worker's `--http-allow` opens them. A name that resolves to
+/// some refused addresses and some allowed ones is connected to through the allowed ones only.
+/// Proxies from the environment (`HTTP_PROXY`, …) are not used: a proxy would connect on the
+/// handler's behalf, past these checks.
 ///
 /// # Failures
 /// - Retryable: 5xx, 408 and 429 responses, connection failures, resets, timeouts, cancellation.
-/// - Terminal: bad input (the message names the field), other 4xx and 3xx responses, and a
-///   response larger than `max_response_bytes` (default and maximum 1 MiB).
+/// - Terminal: bad input (the message names the field), other 4xx and 3xx responses, a
+///   response larger than `max_response_bytes` (default and maximum 1 MiB), a refused
+///   destination (the message names the address and its class), and more than
+///   [`MAX_REDIRECTS`] redirects.
 ///
 /// # TLS
 /// HTTPS uses rustls with the ring provider and the platform's trust store (on Linux, the system
@@ -63,19 +87,28 @@ const FIELDS: [&str; 6] = [
 #[derive(Debug, Clone)]
 pub struct Http {
     client: Client,
+    policy: Arc<HttpPolicy>,
     /// Why HTTPS is unavailable, when the client had to be built without the platform's roots.
     https_unavailable: Option<String>,
 }
 
 impl Http {
-    /// A handler with its own connection pool.
+    /// A handler with its own connection pool that reaches public addresses only.
     pub fn new() -> Self {
+        Self::with_policy(HttpPolicy::default())
+    }
+
+    /// A handler with its own connection pool that reaches public addresses and what `policy`
+    /// allows.
+    pub fn with_policy(policy: HttpPolicy) -> Self {
         // reqwest is built without a crypto provider so that the whole workspace uses ring; the
         // error only says that a provider is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        match Self::builder().build() {
+        let policy = Arc::new(policy);
+        match Self::builder(&policy).build() {
             Ok(client) => Self {
                 client,
+                policy,
                 https_unavailable: None,
             },
             // The platform verifier refuses to start without any trusted roots. An empty root
@@ -83,20 +116,52 @@ impl Http {
             Err(e) => {
                 let reason = error_chain(&e);
                 tracing::warn!(error = %reason, "http handler: HTTPS unavailable");
-                let client = Self::builder()
+                let client = Self::builder(&policy)
                     .tls_certs_only([])
                     .build()
                     .expect("a client without TLS roots needs nothing from the platform");
                 Self {
                     client,
+                    policy,
                     https_unavailable: Some(reason),
                 }
             }
         }
     }
 
-    fn builder() -> reqwest::ClientBuilder {
-        Client::builder().user_agent(concat!("leasehold-worker/", env!("CARGO_PKG_VERSION")))
+    fn builder(policy: &Arc<HttpPolicy>) -> reqwest::ClientBuilder {
+        let redirects = Arc::clone(policy);
+        Client::builder()
+            .user_agent(concat!("leasehold-worker/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(CheckedResolver(Arc::clone(policy)))
+            // A redirect to an address in the URL reaches no resolver: it is checked here. One to
+            // a name is checked when the name is resolved.
+            .redirect(redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    let error = format!("more than {MAX_REDIRECTS} redirects");
+                    return attempt.error(error);
+                }
+                match redirects.check_url(attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(refused) => attempt.error(refused),
+                }
+            }))
+            .no_proxy()
+    }
+}
+
+/// Resolves host names with the system's resolver and hands the connector only the addresses
+/// the policy allows, so that what was checked is what is connected to.
+struct CheckedResolver(Arc<HttpPolicy>);
+
+impl Resolve for CheckedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = Arc::clone(&self.0);
+        Box::pin(async move {
+            let resolved = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let allowed = policy.filter(&name, resolved)?;
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
     }
 }
 
@@ -109,6 +174,13 @@ impl Default for Http {
 impl Handler for Http {
     async fn run(&self, ctx: Context) -> Result<Value, HandlerError> {
         let req = Request::parse(&ctx.input)?;
+        if let Err(refused) = self.policy.check_url(&req.url) {
+            return Err(HandlerError::Terminal(format!(
+                "{} {}: {refused}",
+                req.method,
+                redacted(&req.url)
+            )));
+        }
         if req.url.scheme() == "https"
             && let Some(reason) = &self.https_unavailable
         {
@@ -196,8 +268,12 @@ fn classify(status: StatusCode) -> Outcome {
 }
 
 /// A request that failed before a response arrived. Only a request that could never be sent is
-/// terminal; anything on the wire (connect, reset, TLS handshake, timeout) may go better next time.
+/// terminal, or one to a refused destination; anything on the wire (connect, reset, TLS
+/// handshake, timeout) may go better next time.
 fn send_error(e: reqwest::Error) -> HandlerError {
+    if let Some(refused) = find_source::<Refused>(&e) {
+        return HandlerError::Terminal(refused.to_string());
+    }
     let (terminal, e) = (e.is_builder() || e.is_redirect(), e.without_url());
     let message = error_chain(&e);
     if terminal {
@@ -205,6 +281,18 @@ fn send_error(e: reqwest::Error) -> HandlerError {
     } else {
         HandlerError::Retryable(message)
     }
+}
+
+/// The first error of type `T` in `e`'s chain of sources, `e` included.
+fn find_source<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
 }
 
 /// reqwest's own message is vague ("error sending request"); the cause is in its sources. Callers

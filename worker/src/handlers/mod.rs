@@ -5,26 +5,32 @@ mod exec;
 mod http;
 
 pub use basic::{Approved, Echo, Noop, Sleep};
-pub use exec::{Exec, ExecPolicy};
-pub use http::Http;
+pub use exec::{Exec, ExecAllow, ExecAllowError, ExecPolicy, ExecUser, ExecUserError};
+pub use http::{AddressClass, Http, HttpAllow, HttpAllowError, HttpPolicy, MAX_REDIRECTS, Refused};
 
 use serde_json::{Map, Value};
 
 use crate::handler::{HandlerError, Registry};
 
-/// A registry with the built-in kinds: `noop`, `echo`, `sleep`, `approval`, `http`, and `exec`.
+/// A registry with the built-in kinds: `noop`, `echo`, `sleep`, `approval`, `http` (public
+/// addresses only), and `exec`; [`builtin_with`] sets what `http` may reach.
 ///
 /// `exec` runs programs on the worker's host, so it is registered only when `exec` allows at
 /// least one program (the worker's `--exec-allow`); without an allow-list, `exec` nodes fail as an
 /// unknown kind. `http` is always there.
 pub fn builtin(exec: ExecPolicy) -> Registry {
+    builtin_with(exec, HttpPolicy::default())
+}
+
+/// [`builtin`], with `http` reaching public addresses and what `http` allows.
+pub fn builtin_with(exec: ExecPolicy, http: HttpPolicy) -> Registry {
     let mut registry = Registry::new();
     registry
         .register("noop", Noop)
         .register("echo", Echo)
         .register("sleep", Sleep)
         .register(crate::handler::APPROVAL_KIND, Approved)
-        .register("http", Http::new());
+        .register("http", Http::with_policy(http));
     if !exec.allowed_programs.is_empty() {
         registry.register("exec", Exec::new(exec));
     }

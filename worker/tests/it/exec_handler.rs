@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use leasehold_core::ids::NodeId;
-use leasehold_worker::handlers::{Exec, ExecPolicy, builtin};
+use leasehold_worker::handlers::{Exec, ExecPolicy, ExecUser, ExecUserError, builtin};
 use leasehold_worker::{Context, Handler};
 
 use crate::handler_errors::{assert_retryable, assert_terminal, context};
@@ -325,6 +325,7 @@ async fn huge_stdout_is_truncated_without_hanging() {
         allowed_programs: vec!["sh".into()],
         allowed_env: vec!["PATH".into()],
         max_output_bytes: 1000,
+        ..ExecPolicy::default()
     });
 
     let result = tokio::time::timeout(
@@ -343,6 +344,7 @@ async fn huge_stderr_is_truncated_in_the_message() {
         allowed_programs: vec!["sh".into()],
         allowed_env: vec!["PATH".into()],
         max_output_bytes: 1000,
+        ..ExecPolicy::default()
     });
 
     let result = handler
@@ -366,4 +368,88 @@ async fn exec_is_registered_only_with_an_allow_list() {
 
     assert!(without.contains(&"http".to_owned()) && !without.contains(&"exec".to_owned()));
     assert!(with.contains(&"http".to_owned()) && with.contains(&"exec".to_owned()));
+}
+
+#[tokio::test]
+async fn an_entry_with_arguments_allows_only_argv_that_starts_with_them() {
+    let handler = Exec::new(ExecPolicy {
+        allowed_programs: vec!["sh -c 'echo 1'".into()],
+        ..ExecPolicy::default()
+    });
+
+    let exact = handler.run(ctx(sh("echo 1"))).await;
+    let other_script = handler.run(ctx(sh("echo 2"))).await;
+    let bare = handler.run(ctx(json!({ "argv": ["sh"] }))).await;
+
+    assert_eq!(exact, Ok(json!(1)));
+    assert_terminal(&other_script, "allowed only with the arguments");
+    assert_terminal(&bare, "allowed only with the arguments");
+}
+
+#[tokio::test]
+async fn more_arguments_may_follow_the_allowed_ones() {
+    let handler = Exec::new(ExecPolicy {
+        allowed_programs: vec!["sh -c 'echo $#'".into()],
+        ..ExecPolicy::default()
+    });
+
+    let result = handler
+        .run(ctx(
+            json!({ "argv": ["sh", "-c", "echo $#", "zero", "a", "b"] }),
+        ))
+        .await;
+
+    assert_eq!(result, Ok(json!(2)));
+}
+
+#[tokio::test]
+async fn a_malformed_entry_allows_nothing() {
+    let handler = Exec::new(ExecPolicy {
+        allowed_programs: vec!["'sh".into()],
+        ..ExecPolicy::default()
+    });
+
+    let result = handler.run(ctx(sh("true"))).await;
+
+    assert_terminal(&result, "--exec-allow");
+}
+
+#[tokio::test]
+async fn exec_user_runs_children_as_that_user_and_needs_root() {
+    let lookup = ExecUser::lookup("nobody");
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            matches!(lookup, Err(ExecUserError::NotRoot { .. })),
+            "{lookup:?}"
+        );
+        return;
+    }
+    let nobody = lookup.expect("the nobody user");
+    assert_ne!(nobody.uid, 0);
+    assert!(matches!(
+        ExecUser::lookup("root"),
+        Err(ExecUserError::Root(_))
+    ));
+    assert!(matches!(ExecUser::lookup("0"), Err(ExecUserError::Root(_))));
+    let handler = Exec::new(ExecPolicy {
+        allowed_programs: vec!["sh".into()],
+        user: Some(nobody.clone()),
+        ..ExecPolicy::default()
+    });
+    // The real, effective and saved ids, every group, and the user's variables.
+    let script = r#"set -- $(sed -n 's/^Uid:\t//p; s/^Gid:\t//p; s/^Groups:\t*//p' /proc/self/status)
+        printf '{"ids": "%s", "home": "%s", "user": "%s"}' "$*" "$HOME" "$USER""#;
+
+    let output = handler.run(ctx(sh(script))).await.unwrap();
+
+    let (u, g) = (nobody.uid, nobody.gid);
+    assert_eq!(
+        output,
+        json!({
+            "ids": format!("{u} {u} {u} {u} {g} {g} {g} {g}"),
+            "home": nobody.home.display().to_string(),
+            "user": nobody.name,
+        }),
+        "no supplementary groups are left"
+    );
 }
