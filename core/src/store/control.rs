@@ -158,30 +158,31 @@ const RESUME_RUN: Query = Query {
     sql: concat!(
         "\
 WITH target AS (
-    SELECT run_id, stop_kind FROM runs
+    SELECT run_id, stop_kind,
+           (SELECT g.gate_id FROM gates g WHERE g.run_id = runs.run_id AND g.status = 'pending')
+               AS gate_id
+    FROM runs
     WHERE run_id = $1::uuid AND tenant_id = $2::text AND status = 'paused'
     FOR UPDATE
 ),
-gate AS (
-    SELECT g.gate_id FROM gates g JOIN target USING (run_id) WHERE g.status = 'pending'
-),
 resumed AS (
     UPDATE runs r
-    SET status = CASE WHEN EXISTS (SELECT 1 FROM gate) THEN 'awaiting_approval' ELSE 'queued' END,
-        queue_reason = CASE WHEN EXISTS (SELECT 1 FROM gate) THEN NULL ELSE 'resumed' END,
+    SET status = CASE WHEN target.gate_id IS NULL THEN 'queued' ELSE 'awaiting_approval' END,
+        queue_reason = CASE WHEN target.gate_id IS NULL THEN 'resumed' END,
         resume_reason = left($3::text, 4096),
-        queued_at = CASE WHEN EXISTS (SELECT 1 FROM gate) THEN r.queued_at
-                         ELSE greatest(now(), coalesce(r.retry_after, now())) END,
+        queued_at = CASE WHEN target.gate_id IS NULL
+                         THEN greatest(now(), coalesce(r.retry_after, now())) ELSE r.queued_at END,
         stop_kind = NULL, stop_reason = NULL, event_seq = r.event_seq + 1, updated_at = now()
     FROM target
     WHERE r.run_id = target.run_id
     RETURNING r.run_id, r.tenant_id, r.status, r.lease_epoch, r.event_seq,
-              target.stop_kind AS was_stop_kind
+              target.stop_kind AS was_stop_kind, target.gate_id
 )
 INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, metadata)
 SELECT run_id, event_seq, tenant_id, 'run_resumed', status, lease_epoch, left($3::text, 4096),
        jsonb_build_object('stop_kind', was_stop_kind, 'actor', $4::text)
-       || coalesce((SELECT jsonb_build_object('gate_id', gate_id) FROM gate), '{}'::jsonb)
+       || CASE WHEN gate_id IS NULL THEN '{}'::jsonb
+               ELSE jsonb_build_object('gate_id', gate_id) END
 FROM resumed
 RETURNING run_id, (SELECT ",
         notify_queued!(),

@@ -9,11 +9,9 @@
 //!   latest one a worker advertised; a kind neither built in nor advertised gets a warning.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
 use serde_json::Value;
 
-use crate::ids::NodeId;
 use crate::spec::{Spec, Violation};
 
 mod builtin;
@@ -27,32 +25,9 @@ pub use builtin::{
 pub use schema::{Problem, Schema, SchemaError};
 pub use validate::{InputViolation, MAX_VIOLATIONS};
 
-/// Something a spec may not do as written, though it was accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warning {
-    /// Where in the spec: `nodes[2].kind`.
-    pub field: String,
-    /// The node, when its id is not empty.
-    pub node: Option<NodeId>,
-    /// What may go wrong, for people.
-    pub message: String,
-}
-
-/// Like a [`Violation`]: `nodes[2].kind (node "b"): no worker has advertised …`.
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.node {
-            Some(node) => write!(
-                f,
-                "{} (node {:?}): {}",
-                self.field,
-                node.as_str(),
-                self.message
-            ),
-            None => write!(f, "{}: {}", self.field, self.message),
-        }
-    }
-}
+/// Something a spec may not do as written, though it was accepted: placed and shown as a
+/// [`Violation`] is (`nodes[2].kind (node "b"): no worker has advertised …`), but not refused.
+pub type Warning = Violation;
 
 /// What [`check_inputs`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
