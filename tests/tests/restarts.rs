@@ -73,6 +73,14 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
         .query_one(TERMINATE, &[])
         .await
         .expect("end the sessions that commit asynchronously");
+    // The harness's own pool held some of the sessions just ended, and hands one out until it
+    // has seen it close: wait until the pool answers again before using it.
+    leasehold_testkit::wait_for(
+        FINISH_DEADLINE,
+        "the harness's pool to reconnect",
+        || async { c.store.ping().await.ok() },
+    )
+    .await;
     let automation = c.automation(&crash_spec()).await;
     let runs = c.start_runs(&automation, CRASH_RUNS).await;
     c.wait_all(&runs, "running", FINISH_DEADLINE).await;
