@@ -238,6 +238,10 @@ async fn serve_with(
         client_certificates,
         "coordinator serving gRPC"
     );
+    let store = store.with_session(
+        leasehold_coordinator::APPLICATION_NAME,
+        leasehold_coordinator::STATEMENT_TIMEOUT,
+    )?;
     let sweeping = tokio::spawn(sweeps::run(store.clone(), config, holder, cancel.clone()));
     let served = api::serve_with(listener, tls, store, auth, cancel.clone()).await;
     cancel.cancel();

@@ -12,3 +12,14 @@ pub mod api;
 
 pub mod sweeps;
 pub mod tls;
+
+use std::time::Duration;
+
+/// The name of the coordinator's database sessions, as `pg_stat_activity` shows them.
+pub const APPLICATION_NAME: &str = "leasehold-coordinator";
+
+/// The bound on each of the coordinator's statements. Every statement it makes reads or writes
+/// rows by key or by an indexed page; one that runs longer is stuck behind a lock or a loaded
+/// server, and holding its connection longer only starves the others. The database URL's own
+/// `options=-c statement_timeout=…` wins.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -17,6 +17,9 @@ pub const POOL_SIZE_DEFAULT: usize = 8;
 /// 30 s termination grace, so the hand-back happens before SIGKILL.
 pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(25);
 
+/// The shortest bound on a worker's statements, whatever its lease.
+pub const STATEMENT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+
 /// How a worker claims, keeps and gives back runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -87,6 +90,18 @@ impl Config {
         self.lease = lease::clamp(lease);
         self.heartbeat_interval = self.lease / 3;
         self
+    }
+
+    /// The name of the worker's database sessions, as `pg_stat_activity` shows them.
+    pub fn application_name(&self) -> String {
+        format!("leasehold-worker/{}", self.claimant_id)
+    }
+
+    /// The bound on each of the worker's statements: a third of the lease, so that a statement
+    /// stuck behind a lock fails while the lease still leaves time to retry it, and at least
+    /// [`STATEMENT_TIMEOUT_MIN`] so that a short lease does not cut off ordinary writes.
+    pub fn statement_timeout(&self) -> Duration {
+        (self.lease / 3).max(STATEMENT_TIMEOUT_MIN)
     }
 
     /// Clamps the lease and checks every bound.

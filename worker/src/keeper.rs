@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, RunId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Claim, Store};
+use leasehold_core::store::{Claim, Store, outage};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -172,27 +172,28 @@ impl LeaseKeeper {
     async fn beat(&self) {
         let claims = self.handle.claims();
         let sent_at = Instant::now();
-        match self.store.heartbeat(&claims, self.handle.lease).await {
-            Ok(round) => {
-                let mut held = self.handle.lock();
-                for renewed in round.renewed {
-                    let current = held
-                        .get_mut(&renewed.claim.run_id())
-                        .filter(|h| h.claim == renewed.claim);
-                    if let Some(h) = current {
-                        h.fence_at = sent_at + self.handle.lease - self.handle.margin;
-                        h.pausing.send_replace(renewed.status == RunStatus::Pausing);
-                    }
-                }
-                for lost in round.lost {
-                    let current = held.get(&lost.run_id()).is_some_and(|h| h.claim == lost);
-                    if let Some(h) = current.then(|| held.remove(&lost.run_id())).flatten() {
-                        tracing::info!(run_id = %lost.run_id(), "lease lost; stopping the run");
-                        h.stop.cancel();
-                    }
+        let beaten = self.store.heartbeat(&claims, self.handle.lease).await;
+        if let Some(e) = outage::DATABASE.record(&beaten) {
+            tracing::warn!(error = %e, "heartbeat failed; leases run on until renewed");
+        }
+        if let Ok(round) = beaten {
+            let mut held = self.handle.lock();
+            for renewed in round.renewed {
+                let current = held
+                    .get_mut(&renewed.claim.run_id())
+                    .filter(|h| h.claim == renewed.claim);
+                if let Some(h) = current {
+                    h.fence_at = sent_at + self.handle.lease - self.handle.margin;
+                    h.pausing.send_replace(renewed.status == RunStatus::Pausing);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; leases run on until renewed"),
+            for lost in round.lost {
+                let current = held.get(&lost.run_id()).is_some_and(|h| h.claim == lost);
+                if let Some(h) = current.then(|| held.remove(&lost.run_id())).flatten() {
+                    tracing::info!(run_id = %lost.run_id(), "lease lost; stopping the run");
+                    h.stop.cancel();
+                }
+            }
         }
         match self.store.worker_heartbeat(&self.claimant).await {
             Ok(Some(true)) => self.drain_requested.cancel(),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::store::{self, ClaimedRun, Store, WorkerInfo};
+use leasehold_core::store::{self, ClaimedRun, Store, WorkerInfo, outage};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -120,6 +120,9 @@ impl Worker {
                 let Some(claimed) = self.claim(free, stopping).await else {
                     break;
                 };
+                if let Some(e) = outage::DATABASE.record(&claimed) {
+                    tracing::warn!(error = %e, "claim failed");
+                }
                 match claimed {
                     Ok((claimed, requested_at)) => {
                         queue_had_more = claimed.len() == free;
@@ -129,10 +132,7 @@ impl Worker {
                             held.start(&shared, run, lease);
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claim failed");
-                        claim_failed = true;
-                    }
+                    Err(_) => claim_failed = true,
                 }
                 next_poll = Instant::now()
                     + if claim_failed {

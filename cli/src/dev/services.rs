@@ -60,11 +60,15 @@ impl Services {
                 Config::new(ClaimantId(format!("{}-w{index}", prefix.0))).with_lease(WORKER_LEASE);
             config.poll_interval = WORKER_POLL_INTERVAL;
             config.shutdown_grace = WORKER_SHUTDOWN_GRACE;
-            configs.push(config.validated()?);
+            let config = config.validated()?;
             stores.push(
                 Store::connect_worker_unchecked(url, WORKER_POOL_SIZE)
+                    .and_then(|store| {
+                        store.with_session(&config.application_name(), config.statement_timeout())
+                    })
                     .context("connecting a worker to the database")?,
             );
+            configs.push(config);
         }
         let coordinator_cancel = CancellationToken::new();
         let coordinator = tokio::spawn(crate::coordinator::serve(

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::store::{self, Leadership, Store};
+use leasehold_core::store::{self, Leadership, Store, outage};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,21 +50,20 @@ pub(super) async fn run(store: Store, config: Config, holder: String, cancel: Ca
             () = cancel.cancelled() => return,
             acquired = store.try_acquire_leadership(&config.leader_name, &holder, config.leader_lease) => acquired,
         };
-        match acquired {
-            Ok(Some(leadership)) => {
-                tracing::info!(
-                    role = leadership.name(),
-                    epoch = %leadership.epoch(),
-                    "took the leader lease; sweeping"
-                );
-                let valid_until = sent + config.leader_lease;
-                let end = lead(&store, &config, leadership, valid_until, &cancel).await;
-                if end == TermEnd::Stopped {
-                    return;
-                }
+        if let Some(e) = outage::DATABASE.record(&acquired) {
+            tracing::warn!(error = %e, "could not try for the leader lease");
+        }
+        if let Ok(Some(leadership)) = acquired {
+            tracing::info!(
+                role = leadership.name(),
+                epoch = %leadership.epoch(),
+                "took the leader lease; sweeping"
+            );
+            let valid_until = sent + config.leader_lease;
+            let end = lead(&store, &config, leadership, valid_until, &cancel).await;
+            if end == TermEnd::Stopped {
+                return;
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "could not try for the leader lease"),
         }
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -146,10 +145,15 @@ async fn keep(term: &Term, valid_until: &mut Instant, cancel: &CancellationToken
                 store.renew_leadership(leadership, config.leader_lease),
             ) => renewed,
         };
+        if let Ok(result) = &renewed
+            && let Some(e) = outage::DATABASE.record(result)
+        {
+            tracing::warn!(error = %e, "could not renew the leader lease");
+        }
         match renewed {
             Ok(Ok(true)) => *valid_until = sent + config.leader_lease,
             Ok(Ok(false)) => return TermEnd::Lost,
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the leader lease"),
+            Ok(Err(_)) => {}
             Err(_elapsed) => return TermEnd::Expiring,
         }
     }
@@ -203,10 +207,11 @@ async fn every(sweep: &'static dyn AnySweep, term: Arc<Term>, stop: Cancellation
             () = stop.cancelled() => return,
             result = sweep.pass(&term) => result,
         };
-        match result {
-            Ok(Some(outcome)) => tracing::info!(sweep = name, ?outcome, "sweep pass"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(sweep = name, error = %e, "sweep pass failed"),
+        if let Some(e) = outage::DATABASE.record(&result) {
+            tracing::warn!(sweep = name, error = %e, "sweep pass failed");
+        }
+        if let Ok(Some(outcome)) = result {
+            tracing::info!(sweep = name, ?outcome, "sweep pass");
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -19,6 +19,7 @@ mod leader;
 mod listing;
 mod migrate;
 mod nodes;
+pub mod outage;
 mod outcomes;
 mod query;
 mod runs;
@@ -147,6 +148,29 @@ impl Store {
         let store = Self::connect_unchecked(url, pool_size)?;
         store.check_schema().await?;
         Ok(store)
+    }
+
+    /// This store with its sessions named `application_name` (as `pg_stat_activity` and the
+    /// server's log show them) and every statement bounded by `statement_timeout`, so that a
+    /// statement stuck behind a lock fails and is retried instead of holding a connection for
+    /// good. The URL's own `application_name` and `options` win. No connection is made here.
+    pub fn with_session(
+        &self,
+        application_name: &str,
+        statement_timeout: Duration,
+    ) -> Result<Self, Error> {
+        let mut connector = self.connector.clone();
+        let config = connector.config_mut();
+        if config.get_application_name().is_none() {
+            config.application_name(application_name);
+        }
+        let timeout = format!("-c statement_timeout={}", millis(statement_timeout));
+        let options = match config.get_options() {
+            Some(theirs) => format!("{timeout} {theirs}"),
+            None => timeout,
+        };
+        config.options(options);
+        Self::with_connector(connector, self.pool.status().max_size)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {

@@ -263,6 +263,9 @@ pub async fn run_with(mut args: Args, registry: Registry) -> Result<Report, Erro
     let config = args.config()?;
     let store = Store::connect_worker(&url, args.pool_size)
         .await
+        .and_then(|store| {
+            store.with_session(&config.application_name(), config.statement_timeout())
+        })
         .map_err(Error::Connect)?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());

@@ -16,7 +16,7 @@ use std::time::Duration;
 use leasehold_core::ids::{AutomationId, NodeId, TenantId};
 use leasehold_core::run::Checkpoint;
 use leasehold_core::spec::Spec;
-use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store};
+use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store, outage};
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -222,13 +222,16 @@ where
         };
         match result {
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "store write failed; retrying while the lease lasts");
+                outage::DATABASE.failed(&e);
                 tokio::select! {
                     () = stop.cancelled() => return Err(Stop::LeaseLost),
                     () = tokio::time::sleep(WRITE_RETRY_DELAY) => {}
                 }
             }
-            other => return other.map_err(Stop::from),
+            other => {
+                outage::DATABASE.succeeded();
+                return other.map_err(Stop::from);
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`RequestError`]: a request of a client or an operator was refused: what it names does not
 //!   exist, exists already, or is in a state that forbids it.
 
+mod describe;
 mod fence;
 mod request;
 
@@ -100,7 +101,7 @@ pub enum Error {
         reason: String,
     },
     /// A named query failed to prepare.
-    #[error("query {name} does not prepare: {source}")]
+    #[error("query {name} does not prepare: {}", describe::driver_error(.source))]
     BadQuery {
         /// The query's name.
         name: &'static str,
@@ -111,10 +112,10 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(String),
     /// No connection could be had from the pool.
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable: {}", describe::pool_error(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    /// Postgres answered with an error.
-    #[error("database error: {0}")]
+    /// Postgres answered with an error, or the connection failed mid-call.
+    #[error("database error: {}", describe::driver_error(.0))]
     Db(tokio_postgres::Error),
 }
 
@@ -134,6 +135,9 @@ impl Error {
                     SqlState::CANNOT_CONNECT_NOW,
                     SqlState::T_R_SERIALIZATION_FAILURE,
                     SqlState::T_R_DEADLOCK_DETECTED,
+                    // The session's statement_timeout: the statement waited on a lock or a
+                    // loaded server, and the same call may land once that passes.
+                    SqlState::QUERY_CANCELED,
                 ]
                 .contains(code),
             },
