@@ -322,7 +322,7 @@ impl Bundle {
     /// Pauses a run of the bundle's tenant, as the operator [`OPERATOR`] does, for `reason`.
     pub async fn pause(&self, run_id: RunId, reason: &str) {
         self.store
-            .pause_run(&self.tenant, run_id, reason, OPERATOR)
+            .pause_run(&self.tenant, run_id, reason, OPERATOR, None)
             .await
             .expect("pause");
     }
@@ -330,7 +330,7 @@ impl Bundle {
     /// Cancels a run of the bundle's tenant, as the operator [`OPERATOR`] does, for `reason`.
     pub async fn cancel(&self, run_id: RunId, reason: &str) {
         self.store
-            .cancel_run(&self.tenant, run_id, reason, OPERATOR)
+            .cancel_run(&self.tenant, run_id, reason, OPERATOR, None)
             .await
             .expect("cancel");
     }

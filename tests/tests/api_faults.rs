@@ -825,6 +825,7 @@ async fn bad_input(c: &mut Cluster) -> Line {
         .cancel_run(v1::CancelRunRequest {
             run_id: "'; DROP TABLE runs; --".into(),
             reason: String::new(),
+            ..Default::default()
         })
         .await;
     refused(

@@ -931,6 +931,7 @@ async fn cancel_exec(c: &mut Cluster) -> Line {
             .cancel_run(CancelRunRequest {
                 run_id: run.to_string(),
                 reason: "fault suite: cancel a running exec node".into(),
+                ..CancelRunRequest::default()
             })
             .await
             .expect("cancel")
@@ -1010,6 +1011,7 @@ async fn cancel_exec(c: &mut Cluster) -> Line {
     api.cancel_run(CancelRunRequest {
         run_id: sentinel_run.to_string(),
         reason: "fault suite: done".into(),
+        ..CancelRunRequest::default()
     })
     .await
     .expect("cancel the sentinel");

@@ -89,6 +89,11 @@ pub struct ActArgs {
     /// Why, recorded in the run's history.
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
+    /// Your id for this call (at most 256 characters). Run the command again with the same id
+    /// after an answer was lost, and it succeeds if the first call landed, instead of being
+    /// refused for the state that call put the run in.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
 }
 
 pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
@@ -114,6 +119,7 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
             let request = v1::CancelRunRequest {
                 run_id: a.id,
                 reason: a.reason.unwrap_or_default(),
+                request_id: a.request_id.unwrap_or_default(),
             };
             acted(&c.check(c.runs().cancel_run(request).await)?, global)?;
         }
@@ -121,6 +127,7 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
             let request = v1::PauseRunRequest {
                 run_id: a.id,
                 reason: a.reason.unwrap_or_default(),
+                request_id: a.request_id.unwrap_or_default(),
             };
             acted(&c.check(c.runs().pause_run(request).await)?, global)?;
         }
@@ -128,6 +135,7 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
             let request = v1::ResumeRunRequest {
                 run_id: a.id,
                 reason: a.reason.unwrap_or_default(),
+                request_id: a.request_id.unwrap_or_default(),
             };
             acted(&c.check(c.runs().resume_run(request).await)?, global)?;
         }
@@ -135,6 +143,7 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
             let request = v1::RecoverRunRequest {
                 run_id: a.id,
                 reason: a.reason.unwrap_or_default(),
+                request_id: a.request_id.unwrap_or_default(),
             };
             acted(&c.check(c.runs().recover_run(request).await)?, global)?;
         }

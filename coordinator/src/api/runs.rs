@@ -300,16 +300,40 @@ impl Api {
         })
     }
 
-    async fn run_act(&self, run_id: &str, reason_text: &str, action: Action) -> ApiResult<v1::Run> {
+    async fn run_act(
+        &self,
+        run_id: &str,
+        reason_text: &str,
+        request_id: &str,
+        action: Action,
+    ) -> ApiResult<v1::Run> {
         let run_id = convert::run_id("run_id", run_id)?;
         let reason = reason("reason", reason_text)?;
+        let request_id = convert::optional_key("request_id", request_id)?;
+        let request_id = request_id.as_deref();
         let store = &self.store;
         let (tenant, actor) = (&self.tenant, self.caller.name.as_str());
         match action {
-            Action::Cancel => store.cancel_run(tenant, run_id, &reason, actor).await?,
-            Action::Pause => store.pause_run(tenant, run_id, &reason, actor).await?,
-            Action::Resume => store.resume_run(tenant, run_id, &reason, actor).await?,
-            Action::Recover => store.recover_run(tenant, run_id, &reason, actor).await?,
+            Action::Cancel => {
+                store
+                    .cancel_run(tenant, run_id, &reason, actor, request_id)
+                    .await?;
+            }
+            Action::Pause => {
+                store
+                    .pause_run(tenant, run_id, &reason, actor, request_id)
+                    .await?;
+            }
+            Action::Resume => {
+                store
+                    .resume_run(tenant, run_id, &reason, actor, request_id)
+                    .await?;
+            }
+            Action::Recover => {
+                store
+                    .recover_run(tenant, run_id, &reason, actor, request_id)
+                    .await?;
+            }
         }
         self.run_view(run_id).await
     }
@@ -393,13 +417,13 @@ service! {
         rpc get_run(GetRunRequest) -> v1::Run = |api, m| api.run_get(&m.run_id);
         rpc list_runs(ListRunsRequest) -> v1::ListRunsResponse = |api, m| api.run_list(m);
         rpc cancel_run(CancelRunRequest) -> v1::Run =
-            |api, m| api.run_act(&m.run_id, &m.reason, Action::Cancel);
+            |api, m| api.run_act(&m.run_id, &m.reason, &m.request_id, Action::Cancel);
         rpc pause_run(PauseRunRequest) -> v1::Run =
-            |api, m| api.run_act(&m.run_id, &m.reason, Action::Pause);
+            |api, m| api.run_act(&m.run_id, &m.reason, &m.request_id, Action::Pause);
         rpc resume_run(ResumeRunRequest) -> v1::Run =
-            |api, m| api.run_act(&m.run_id, &m.reason, Action::Resume);
+            |api, m| api.run_act(&m.run_id, &m.reason, &m.request_id, Action::Resume);
         rpc recover_run(RecoverRunRequest) -> v1::Run =
-            |api, m| api.run_act(&m.run_id, &m.reason, Action::Recover);
+            |api, m| api.run_act(&m.run_id, &m.reason, &m.request_id, Action::Recover);
     }
 
     type WatchRunStream = WatchStream;

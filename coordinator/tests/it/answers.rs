@@ -115,6 +115,7 @@ async fn a_paused_runs_gate_is_suspended_and_the_same_gate_is_decided_after_resu
         .pause_run(v1::PauseRunRequest {
             run_id: run_id.clone(),
             reason: "wait for Monday".into(),
+            ..Default::default()
         })
         .await
         .expect("pause");
@@ -147,6 +148,7 @@ async fn a_paused_runs_gate_is_suspended_and_the_same_gate_is_decided_after_resu
         .resume_run(v1::ResumeRunRequest {
             run_id: run_id.clone(),
             reason: "Monday".into(),
+            ..Default::default()
         })
         .await
         .expect("resume")
@@ -204,4 +206,31 @@ async fn a_missing_version_of_an_existing_automation_is_named_as_such() {
         (unknown.code(), unknown.message()),
         (Code::NotFound, "automation nope not found")
     );
+}
+
+#[tokio::test]
+async fn a_retried_cancel_with_its_request_id_is_answered_as_the_first() {
+    let b = setup().await;
+    b.apply(FLAKY).await;
+    let run = b.start("flaky", "").await.run.expect("run");
+    let cancel = async |request_id: String| {
+        b.runs()
+            .cancel_run(v1::CancelRunRequest {
+                run_id: run.run_id.clone(),
+                reason: "no longer needed".into(),
+                request_id,
+            })
+            .await
+    };
+
+    let too_long = cancel("r".repeat(257)).await.expect_err("too long");
+    assert_eq!(too_long.code(), Code::InvalidArgument);
+    assert!(too_long.message().contains("request_id"), "{too_long:?}");
+
+    for attempt in ["first", "retry after a lost answer"] {
+        let answer = cancel("cancel-1".into()).await.expect(attempt).into_inner();
+        assert_eq!(answer.status(), v1::RunStatus::Cancelled, "{attempt}");
+    }
+    let fresh = cancel("cancel-2".into()).await.expect_err("another call");
+    assert_eq!(fresh.code(), Code::FailedPrecondition);
 }

@@ -272,6 +272,7 @@ async fn automations_create_get_list_update_pause_activate_delete() {
         .cancel_run(v1::CancelRunRequest {
             run_id: run.run_id,
             reason: "done".into(),
+            ..Default::default()
         })
         .await
         .expect("cancel");
@@ -506,6 +507,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .pause_run(v1::PauseRunRequest {
             run_id: id(),
             reason: "wait".into(),
+            ..Default::default()
         })
         .await
         .expect("pause")
@@ -519,6 +521,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .resume_run(v1::ResumeRunRequest {
             run_id: id(),
             reason: "go".into(),
+            ..Default::default()
         })
         .await
         .expect("resume")
@@ -529,6 +532,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .resume_run(v1::ResumeRunRequest {
             run_id: id(),
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("not paused");
@@ -567,6 +571,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .recover_run(v1::RecoverRunRequest {
             run_id: id(),
             reason: "fixed upstream".into(),
+            ..Default::default()
         })
         .await
         .expect("recover")
@@ -578,6 +583,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .cancel_run(v1::CancelRunRequest {
             run_id: id(),
             reason: "enough".into(),
+            ..Default::default()
         })
         .await
         .expect("cancel")
@@ -588,6 +594,7 @@ async fn runs_start_idempotently_and_move_through_their_operator_actions() {
         .cancel_run(v1::CancelRunRequest {
             run_id: id(),
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("already cancelled");
@@ -808,6 +815,7 @@ async fn a_live_watch_sees_events_as_they_happen() {
         .cancel_run(v1::CancelRunRequest {
             run_id: run.run_id,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect("cancel");

@@ -158,6 +158,7 @@ async fn each_role_may_do_what_it_names_and_no_more() {
             .cancel_run(v1::CancelRunRequest {
                 run_id: run_id.clone(),
                 reason: String::new(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -193,6 +194,7 @@ async fn another_tenants_runs_automations_and_gates_are_not_found_nor_counted() 
         runs.cancel_run(v1::CancelRunRequest {
             run_id: theirs.clone(),
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("theirs"),
@@ -357,6 +359,7 @@ async fn the_decider_and_the_actor_are_the_tokens_name_never_the_requests() {
     runs.pause_run(v1::PauseRunRequest {
         run_id: run_id.clone(),
         reason: "hold".into(),
+        ..Default::default()
     })
     .await
     .expect("pause");
@@ -364,6 +367,7 @@ async fn the_decider_and_the_actor_are_the_tokens_name_never_the_requests() {
         .cancel_run(v1::CancelRunRequest {
             run_id: run_id.clone(),
             reason: "stop".into(),
+            ..Default::default()
         })
         .await
         .expect("cancel");

@@ -505,6 +505,7 @@ async fn resume_of_a_running_run_with_a_nul_reason_is_invalid_argument() {
     let resume = |reason: &str| v1::ResumeRunRequest {
         run_id: run.run_id.clone(),
         reason: reason.into(),
+        ..Default::default()
     };
     let clean = runs.resume_run(resume("go")).await.expect_err("running");
     assert_eq!(clean.code(), Code::FailedPrecondition, "{clean:?}");

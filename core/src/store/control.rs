@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::query::{Query, clear_lease, notify_queued};
+use super::query::{Query, clear_lease, notify_queued, operator_request_id};
 use super::{Claim, Error, FenceError, RequestError, Store};
 use crate::ids::{NodeId, RunId, TenantId};
 use crate::run::{IllegalTransition, Transition};
@@ -90,7 +90,8 @@ RETURNING run_id"
 // records the actor ($4), as every operator's move does.
 const PAUSE_RUN: Query = Query {
     name: "pause_run",
-    sql: "\
+    sql: concat!(
+        "\
 WITH target AS (
     SELECT run_id, status AS was FROM runs
     WHERE run_id = $1::uuid AND tenant_id = $2::text
@@ -112,9 +113,12 @@ SELECT run_id, event_seq, tenant_id,
        CASE WHEN status = 'pausing' THEN 'run_pause_requested' ELSE 'run_paused' END, status,
        lease_epoch, left($3::text, 4096),
        CASE WHEN status = 'paused' THEN 'operator_paused' END,
-       jsonb_build_object('actor', $4::text)
+       jsonb_build_object('actor', $4::text) || ",
+        operator_request_id!(5),
+        "
 FROM paused
-RETURNING run_id",
+RETURNING run_id"
+    ),
 };
 
 // The holder cannot read the run's stored data (its spec, its checkpoint): the run is blocked
@@ -181,6 +185,9 @@ resumed AS (
 INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, metadata)
 SELECT run_id, event_seq, tenant_id, 'run_resumed', status, lease_epoch, left($3::text, 4096),
        jsonb_build_object('stop_kind', was_stop_kind, 'actor', $4::text)
+       || ",
+        operator_request_id!(5),
+        "
        || CASE WHEN gate_id IS NULL THEN '{}'::jsonb
                ELSE jsonb_build_object('gate_id', gate_id) END
 FROM resumed
@@ -234,6 +241,9 @@ SELECT run_id, event_seq, tenant_id, 'run_recovered', 'queued', lease_epoch,
                                 'node_id', node_id, 'status', status, 'attempts', attempts)
                             ORDER BY node_id), '[]'::jsonb)
                      FROM reset))
+       || ",
+        operator_request_id!(5),
+        "
 FROM recovered
 RETURNING run_id, (SELECT ",
         notify_queued!(),
@@ -241,7 +251,21 @@ RETURNING run_id, (SELECT ",
     ),
 };
 
+// Whether an operator's move carrying this request id ($4) landed on the run: one of the move's
+// events ($3) records the id. A retry of a call whose answer was lost is then answered as the
+// first was, not refused for the state the first call put the run in. The run's events are
+// read by their key; a run has few operator moves.
+const OPERATOR_REQUEST_LANDED: Query = Query {
+    name: "operator_request_landed",
+    sql: "\
+SELECT EXISTS (
+    SELECT 1 FROM run_events e
+    WHERE e.run_id = $1::uuid AND e.tenant_id = $2::text AND e.event = ANY($3::text[])
+      AND e.metadata->>'request_id' = $4::text)",
+};
+
 pub(super) const QUERIES: &[Query] = &[
+    OPERATOR_REQUEST_LANDED,
     AWAIT_APPROVAL,
     PENDING_GATE,
     APPROVED_GATES,
@@ -251,6 +275,17 @@ pub(super) const QUERIES: &[Query] = &[
     RESUME_RUN,
     RECOVER_RUN,
 ];
+
+/// Who asks for an operator's move, why, and under which request id.
+pub(super) struct OperatorRequest<'a> {
+    /// Recorded in the run's stop or resume reason and in the event.
+    pub reason: &'a str,
+    /// The caller's name, recorded in the event.
+    pub actor: &'a str,
+    /// The client's id for this call, recorded in the event, so that a retry of it is answered
+    /// as the first call was.
+    pub request_id: Option<&'a str>,
+}
 
 impl Store {
     /// Stops the run at the gate of `node_id`, releasing the lease; returns the gate's id.
@@ -319,13 +354,20 @@ impl Store {
         run_id: RunId,
         reason: &str,
         actor: &str,
+        request_id: Option<&str>,
     ) -> Result<(), RequestError> {
+        let request = OperatorRequest {
+            reason,
+            actor,
+            request_id,
+        };
         self.operator_move(
             PAUSE_RUN,
             tenant,
             run_id,
-            (reason, actor),
+            &request,
             Transition::RequestPause,
+            &["run_pause_requested", "run_paused"],
         )
         .await
     }
@@ -339,13 +381,20 @@ impl Store {
         run_id: RunId,
         reason: &str,
         actor: &str,
+        request_id: Option<&str>,
     ) -> Result<(), RequestError> {
+        let request = OperatorRequest {
+            reason,
+            actor,
+            request_id,
+        };
         self.operator_move(
             RESUME_RUN,
             tenant,
             run_id,
-            (reason, actor),
+            &request,
             Transition::Resume,
+            &["run_resumed"],
         )
         .await
     }
@@ -359,33 +408,64 @@ impl Store {
         run_id: RunId,
         reason: &str,
         actor: &str,
+        request_id: Option<&str>,
     ) -> Result<(), RequestError> {
+        let request = OperatorRequest {
+            reason,
+            actor,
+            request_id,
+        };
         self.operator_move(
             RECOVER_RUN,
             tenant,
             run_id,
-            (reason, actor),
+            &request,
             Transition::Recover,
+            &["run_recovered"],
         )
         .await
     }
 
-    /// Runs an operator's conditional statement with the operator's reason and name (the
-    /// actor its event records); zero rows is the transition the run's state forbids, read
-    /// back, or [`RequestError::RunNotFound`].
+    /// Runs an operator's conditional statement with the operator's reason, name (the actor
+    /// its event records) and request id; zero rows is the transition the run's state forbids,
+    /// read back, or [`RequestError::RunNotFound`]. A call whose request id is on one of the
+    /// move's `events` already landed (a retry after a lost answer), and succeeds without
+    /// moving the run again; so does one that lost a race to its own twin.
     pub(super) async fn operator_move(
         &self,
         sql: Query,
         tenant: &TenantId,
         run_id: RunId,
-        (reason, actor): (&str, &str),
+        request: &OperatorRequest<'_>,
         transition: Transition,
+        events: &[&str],
     ) -> Result<(), RequestError> {
         let client = self.client().await?;
+        let landed = async |client: &deadpool_postgres::Object| -> Result<bool, Error> {
+            let Some(request_id) = request.request_id else {
+                return Ok(false);
+            };
+            let row = OPERATOR_REQUEST_LANDED
+                .query_one(client, &[&run_id.0, &tenant.as_str(), &events, &request_id])
+                .await?;
+            Ok(row.get(0))
+        };
+        if landed(&client).await? {
+            return Ok(());
+        }
         let rows = sql
-            .query(&client, &[&run_id.0, &tenant.as_str(), &reason, &actor])
+            .query(
+                &client,
+                &[
+                    &run_id.0,
+                    &tenant.as_str(),
+                    &request.reason,
+                    &request.actor,
+                    &request.request_id,
+                ],
+            )
             .await?;
-        if !rows.is_empty() {
+        if !rows.is_empty() || landed(&client).await? {
             return Ok(());
         }
         let run = self.run(tenant, run_id).await?;

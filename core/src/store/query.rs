@@ -104,3 +104,16 @@ macro_rules! notify_queued {
     };
 }
 pub(super) use notify_queued;
+
+/// The request id of an operator's move, `$n`, as a fragment of the move's event metadata: absent
+/// when the call carried none. `operator_request_landed` finds it there when the call is retried.
+macro_rules! operator_request_id {
+    ($n:literal) => {
+        concat!(
+            "jsonb_strip_nulls(jsonb_build_object('request_id', $",
+            $n,
+            "::text))"
+        )
+    };
+}
+pub(super) use operator_request_id;

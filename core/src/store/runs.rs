@@ -7,7 +7,8 @@ pub use batch::StartedRun;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
-use super::query::{Query, clear_lease, notify_queued};
+use super::control::OperatorRequest;
+use super::query::{Query, clear_lease, notify_queued, operator_request_id};
 use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::{RunStatus, Transition};
@@ -233,7 +234,10 @@ gates_closed AS (
 INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
                         metadata)
 SELECT run_id, event_seq, tenant_id, 'run_cancelled', 'cancelled', lease_epoch,
-       left($3::text, 4096), 'cancelled', jsonb_build_object('actor', $4::text)
+       left($3::text, 4096), 'cancelled',
+       jsonb_build_object('actor', $4::text) || ",
+        operator_request_id!(5),
+        "
 FROM cancelled
 RETURNING run_id"
     ),
@@ -293,13 +297,20 @@ impl Store {
         run_id: RunId,
         reason: &str,
         actor: &str,
+        request_id: Option<&str>,
     ) -> Result<(), RequestError> {
+        let request = OperatorRequest {
+            reason,
+            actor,
+            request_id,
+        };
         self.operator_move(
             CANCEL_RUN,
             tenant,
             run_id,
-            (reason, actor),
+            &request,
             Transition::Cancel,
+            &["run_cancelled"],
         )
         .await
     }

@@ -46,7 +46,7 @@ async fn sessions_are_named_and_their_statements_bounded() {
         .await
         .expect("lock the run");
     let stuck = store
-        .cancel_run(&b.tenant, run_id, "diagnostics", OPERATOR)
+        .cancel_run(&b.tenant, run_id, "diagnostics", OPERATOR, None)
         .await
         .expect_err("the statement is bounded");
     b.sql.batch_execute("ROLLBACK").await.expect("unlock");

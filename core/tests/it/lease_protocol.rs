@@ -228,7 +228,7 @@ async fn a_diamond_checkpoints_to_completion_with_gap_free_events() {
     // A completed run never changes again.
     assert!(
         b.store
-            .cancel_run(&b.tenant, run_id, "late", "ops")
+            .cancel_run(&b.tenant, run_id, "late", "ops", None)
             .await
             .is_err()
     );

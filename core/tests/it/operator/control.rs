@@ -19,7 +19,7 @@ async fn resume_requeues_an_operator_paused_run() {
     );
 
     b.store
-        .resume_run(&b.tenant, run_id, "go on", "ops")
+        .resume_run(&b.tenant, run_id, "go on", "ops", None)
         .await
         .expect("resume");
     let (run, event) = stepped(&b, run_id, RunStatus::Paused, Transition::Resume).await;
@@ -60,7 +60,7 @@ async fn resume_requeues_a_stale_reaped_run_whose_interrupted_node_is_ready_agai
     );
 
     b.store
-        .resume_run(&b.tenant, run_id, "the worker is gone", "ops")
+        .resume_run(&b.tenant, run_id, "the worker is gone", "ops", None)
         .await
         .expect("resume");
     let (_, event) = stepped(&b, run_id, RunStatus::Paused, Transition::Resume).await;
@@ -76,7 +76,10 @@ async fn resume_requeues_a_stale_reaped_run_whose_interrupted_node_is_ready_agai
 #[tokio::test]
 async fn resume_refuses_runs_that_are_not_paused() {
     let (b, _, run_id) = setup_run("unpaused").await;
-    let refused = b.store.resume_run(&b.tenant, run_id, "why", "ops").await;
+    let refused = b
+        .store
+        .resume_run(&b.tenant, run_id, "why", "ops", None)
+        .await;
     assert!(
         matches!(
             refused,
@@ -90,13 +93,13 @@ async fn resume_refuses_runs_that_are_not_paused() {
     assert_eq!(b.event_names(run_id).await, vec!["run_started"]);
     assert!(matches!(
         b.store
-            .resume_run(&b.tenant, RunId::new(), "why", "ops")
+            .resume_run(&b.tenant, RunId::new(), "why", "ops", None)
             .await,
         Err(RequestError::RunNotFound(_))
     ));
     assert!(matches!(
         b.store
-            .resume_run(&TenantId::from("other"), run_id, "why", "ops")
+            .resume_run(&TenantId::from("other"), run_id, "why", "ops", None)
             .await,
         Err(RequestError::RunNotFound(_))
     ));
@@ -118,7 +121,7 @@ async fn recover_requeues_a_failed_run_and_its_failed_node_runs_again() {
     );
 
     b.store
-        .recover_run(&b.tenant, run_id, "fixed the upstream", "ops")
+        .recover_run(&b.tenant, run_id, "fixed the upstream", "ops", None)
         .await
         .expect("recover");
     let (run, event) = stepped(&b, run_id, RunStatus::Failed, Transition::Recover).await;
@@ -162,7 +165,7 @@ async fn recover_requeues_a_blocked_run_and_clears_the_poison_count() {
     b.update_run(run_id, "expired_claims = 4").await;
 
     b.store
-        .recover_run(&b.tenant, run_id, "repaired", "ops")
+        .recover_run(&b.tenant, run_id, "repaired", "ops", None)
         .await
         .expect("recover");
     let (run, event) = stepped(&b, run_id, RunStatus::Blocked, Transition::Recover).await;
@@ -191,7 +194,10 @@ async fn recover_refuses_runs_that_neither_failed_nor_blocked() {
         (queued, RunStatus::Queued),
     ] {
         let before = b.run(run_id).await;
-        let refused = b.store.recover_run(&b.tenant, run_id, "why", "ops").await;
+        let refused = b
+            .store
+            .recover_run(&b.tenant, run_id, "why", "ops", None)
+            .await;
         assert!(
             matches!(
                 refused,
@@ -203,7 +209,7 @@ async fn recover_refuses_runs_that_neither_failed_nor_blocked() {
     }
     assert!(matches!(
         b.store
-            .recover_run(&b.tenant, RunId::new(), "why", "ops")
+            .recover_run(&b.tenant, RunId::new(), "why", "ops", None)
             .await,
         Err(RequestError::RunNotFound(_))
     ));

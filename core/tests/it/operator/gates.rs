@@ -499,7 +499,7 @@ async fn a_gate_of_a_paused_run_is_suspended_and_the_same_gate_awaits_after_resu
 
     // Resuming goes back to the same gate: nothing to claim, the gate pending again.
     b.store
-        .resume_run(&b.tenant, run_id, "go", "ops")
+        .resume_run(&b.tenant, run_id, "go", "ops", None)
         .await
         .expect("resume");
     let (_, event) = stepped(&b, run_id, RunStatus::Paused, Transition::ResumeAtGate).await;

@@ -5,6 +5,7 @@ mod automations;
 mod control;
 mod gates;
 mod listing;
+mod retries;
 
 use leasehold_core::ids::{AutomationId, NodeId, RunId};
 use leasehold_core::run::{self, RunStatus, Transition};
