@@ -121,6 +121,22 @@ pub enum AutoResume {
     UnreadableSpec,
 }
 
+impl AutoResume {
+    /// Why the sweep leaves the run for an operator for good (until it is stale-reaped again),
+    /// as its history records it; `None` when it resumes the run, or when the window passed
+    /// (runs past the window are not read at all).
+    pub fn declined_reason(self) -> Option<&'static str> {
+        match self {
+            Self::Resume | Self::WindowPassed => None,
+            Self::CapReached => {
+                Some("auto-resume declined: the run was auto-resumed as often as the cap allows")
+            }
+            Self::NoBudget => Some("auto-resume declined: no unfinished node has an attempt left"),
+            Self::UnreadableSpec => Some("auto-resume declined: the run's spec cannot be read"),
+        }
+    }
+}
+
 /// The auto-resume decision for `view` at `now`: resume while `now` is at most `window` after
 /// the stale reap, the run has had fewer than `cap` auto-resumes, and an unfinished node has an
 /// attempt left (or every node finished, and only settling the run is left).
@@ -152,6 +168,24 @@ mod tests {
     use chrono::TimeDelta;
 
     use super::*;
+
+    #[test]
+    fn only_a_decision_that_stands_until_the_next_reap_is_declined_with_a_reason() {
+        assert_eq!(AutoResume::Resume.declined_reason(), None);
+        assert_eq!(
+            AutoResume::WindowPassed.declined_reason(),
+            None,
+            "past the window a run is not read at all"
+        );
+        for decision in [
+            AutoResume::CapReached,
+            AutoResume::NoBudget,
+            AutoResume::UnreadableSpec,
+        ] {
+            let reason = decision.declined_reason().expect("declined");
+            assert!(reason.starts_with("auto-resume declined: "), "{reason}");
+        }
+    }
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).expect("valid timestamp")

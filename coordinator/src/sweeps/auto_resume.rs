@@ -21,21 +21,33 @@ pub async fn run_once(pass: Pass<'_>) -> Result<AutoResumeOutcome, store::Error>
         cap: pass.config.auto_resume_cap,
         limit: pass.config.batch_limit,
     };
+    let views = pass.store.stale_reaped_runs(&params).await?;
     let mut resume = Vec::new();
-    for view in pass.store.stale_reaped_runs(&params).await? {
-        match lease::auto_resume(&view, now, params.window, params.cap) {
-            lease::AutoResume::Resume => resume.push(view),
+    let mut declined = Vec::new();
+    for view in &views {
+        let decision = lease::auto_resume(view, now, params.window, params.cap);
+        match decision {
+            lease::AutoResume::Resume => resume.push(view.clone()),
             lease::AutoResume::WindowPassed => outcome.window_passed += 1,
             lease::AutoResume::CapReached => outcome.cap_reached += 1,
             lease::AutoResume::NoBudget => outcome.no_budget += 1,
             lease::AutoResume::UnreadableSpec => {
                 if let Err(reason) = &view.nodes {
-                    tracing::debug!(run_id = %view.run_id, reason, "spec unreadable; not resuming");
+                    tracing::warn!(run_id = %view.run_id, reason, "spec unreadable; not resuming");
                 }
                 outcome.unreadable_spec += 1;
             }
         }
+        if let Some(reason) = decision.declined_reason() {
+            declined.push((view, reason));
+        }
     }
+    outcome.declined = count(
+        &pass
+            .store
+            .decline_auto_resume(pass.leader, &declined)
+            .await?,
+    );
     outcome.resumed = count(
         &pass
             .store
@@ -58,12 +70,14 @@ pub struct AutoResumeOutcome {
     pub no_budget: u64,
     /// Left: the pinned spec cannot be read.
     pub unreadable_spec: u64,
+    /// Of those left for the cap, the budget or the spec: marked so that no later pass reads
+    /// them again for this stale reap (fewer than counted when a run changed meanwhile).
+    pub declined: u64,
 }
 
 impl Outcome for AutoResumeOutcome {
-    /// Runs left alone are looked at again every pass while they are in the window; only a
-    /// resume is news.
+    /// A run is looked at once per stale reap: a resume and a decline are news.
     fn is_empty(&self) -> bool {
-        self.resumed == 0
+        self.resumed == 0 && self.declined == 0
     }
 }

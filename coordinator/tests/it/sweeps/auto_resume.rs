@@ -10,8 +10,9 @@ use leasehold_testkit::fixtures::{Bundle, setup};
 
 use super::{config, lead, ms, pass, setup_leading, stale_reaped_run};
 
-/// Runs one auto-resume pass with the default settings; asserts its outcome, and that the run
-/// stayed paused.
+/// Runs one auto-resume pass with the default settings; asserts its outcome, that the run
+/// stayed paused with the decline and its reason in its history, and that the next pass does not
+/// read it again.
 async fn left_paused(
     b: &Bundle,
     leader: &Leadership,
@@ -19,12 +20,35 @@ async fn left_paused(
     want: AutoResumeOutcome,
     what: &str,
 ) {
-    let outcome = AutoResume
-        .run_once(Pass::new(&b.store, leader, &config(), None))
-        .await
-        .expect(what);
-    assert_eq!(outcome, want);
-    assert_eq!(b.row(run_id).await.status, "paused");
+    let config = config();
+    let pass_once = || AutoResume.run_once(Pass::new(&b.store, leader, &config, None));
+    let outcome = pass_once().await.expect(what);
+    assert_eq!(
+        outcome,
+        AutoResumeOutcome {
+            declined: 1,
+            ..want
+        }
+    );
+    let row = b.row(run_id).await;
+    assert_eq!(row.status, "paused");
+    let event = b.last_event(run_id).await;
+    assert_eq!(
+        (event.event.as_str(), event.seq),
+        ("run_auto_resume_declined", row.event_seq)
+    );
+    assert!(
+        event
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("auto-resume declined: ")),
+        "{event:?}"
+    );
+    assert_eq!(
+        pass_once().await.expect("again"),
+        AutoResumeOutcome::default(),
+        "a declined run leaves the candidates"
+    );
 }
 
 #[tokio::test]
@@ -165,4 +189,38 @@ async fn auto_resume_switched_off_leaves_runs_alone() {
         .expect("resume");
     assert_eq!(outcome, AutoResumeOutcome::default());
     assert_eq!(b.row(run_id).await.status, "paused");
+}
+
+#[tokio::test]
+async fn runs_that_can_never_resume_do_not_starve_those_that_can() {
+    let (b, leader, automation) = setup_leading("starve").await;
+    let capped = Config {
+        batch_limit: 2,
+        ..config()
+    };
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let (run_id, _) = stale_reaped_run(&b, &automation, &leader).await;
+        b.update_run(
+            run_id,
+            &format!("auto_resumes = {}", sweeps::AUTO_RESUME_CAP_DEFAULT),
+        )
+        .await;
+        stuck.push(run_id);
+    }
+    // Reaped after the stuck ones, so the oldest-first read reaches it only once they are gone.
+    let (resumable, _) = stale_reaped_run(&b, &automation, &leader).await;
+
+    let pass_once = || AutoResume.run_once(Pass::new(&b.store, &leader, &capped, None));
+    let first = pass_once().await.expect("first pass");
+    assert_eq!(
+        (first.cap_reached, first.declined, first.resumed),
+        (2, 2, 0)
+    );
+    let second = pass_once().await.expect("second pass");
+    assert_eq!(second.resumed, 1, "{second:?}");
+    assert_eq!(b.row(resumable).await.status, "queued");
+    for run_id in stuck {
+        assert_eq!(b.row(run_id).await.status, "paused");
+    }
 }

@@ -32,7 +32,9 @@ pub struct AutoResumeParams {
 
 // Runs paused as stale-reaped within the window, oldest reap first, with their pinned spec and
 // their node rows, from which the sweep works out each node's attempt budget. Runs reaped
-// longer ago are not read at all: they wait for an operator however often the sweep runs.
+// longer ago are not read at all: they wait for an operator however often the sweep runs; nor
+// are runs the sweep declined for this reap, so that runs it can never resume do not fill the
+// pass's limit ahead of those it can.
 const STALE_REAPED_RUNS: Query = Query {
     name: "stale_reaped_runs",
     sql: "\
@@ -51,6 +53,7 @@ LEFT JOIN LATERAL (
 ) n ON true
 WHERE r.status = 'paused' AND r.stop_kind = 'stale_reaped'
   AND r.stale_reaped_at >= coalesce($1::timestamptz, now()) - $2::bigint * interval '1 millisecond'
+  AND r.auto_resume_declined_for IS DISTINCT FROM r.stale_reaped_at
 ORDER BY r.stale_reaped_at
 LIMIT $3::int",
 };
@@ -97,7 +100,42 @@ RETURNING run_id, (SELECT ", notify_queued!(), ") AS notified"
 ),
 };
 
-pub(super) const QUERIES: &[Query] = &[STALE_REAPED_RUNS, AUTO_RESUME];
+// Marks stale-reaped runs the sweep will not resume for this reap, each with the reason its
+// history records, so that the candidate read skips them from now on. Like the resume, only if
+// the run has not changed since it was read, and under the leader lease. The run stays paused.
+const DECLINE_AUTO_RESUME: Query = Query {
+    name: "decline_auto_resume",
+    sql: concat!(
+        "\
+WITH target AS (
+    SELECT r.run_id, c.reason FROM runs r
+    JOIN unnest($1::uuid[], $2::bigint[], $3::text[]) AS c(run_id, event_seq, reason)
+      ON r.run_id = c.run_id AND r.event_seq = c.event_seq
+    WHERE r.status = 'paused' AND r.stop_kind = 'stale_reaped'
+      AND ",
+        leader_fence!(4, 5),
+        "
+    ORDER BY r.run_id
+    FOR UPDATE OF r
+),
+declined AS (
+    UPDATE runs r
+    SET auto_resume_declined_for = r.stale_reaped_at, event_seq = r.event_seq + 1,
+        updated_at = now()
+    FROM target
+    WHERE r.run_id = target.run_id
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.auto_resumes,
+              r.stale_reaped_at, target.reason
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, metadata)
+SELECT run_id, event_seq, tenant_id, 'run_auto_resume_declined', 'paused', lease_epoch, reason,
+       jsonb_build_object('stale_reaped_at', stale_reaped_at, 'auto_resumes', auto_resumes)
+FROM declined
+RETURNING run_id"
+    ),
+};
+
+pub(super) const QUERIES: &[Query] = &[STALE_REAPED_RUNS, AUTO_RESUME, DECLINE_AUTO_RESUME];
 
 impl Store {
     /// Runs paused as stale-reaped within `params.window` of `params.now`, with each node's
@@ -146,6 +184,37 @@ impl Store {
                 &name,
                 &epoch,
             ],
+        )
+        .await
+    }
+}
+
+impl Store {
+    /// Marks, under `leader`, the stale-reaped runs the sweep will not resume, each with its
+    /// reason, unless they changed since they were read; returns those it marked. They stay
+    /// paused for an operator, and the sweep does not read them again until a later stale reap.
+    ///
+    /// # Locks
+    /// As [`Store::auto_resume`].
+    pub async fn decline_auto_resume(
+        &self,
+        leader: &Leadership,
+        declined: &[(&StaleReapedView, &str)],
+    ) -> Result<Vec<RunId>, Error> {
+        let mut run_ids = Vec::with_capacity(declined.len());
+        let mut seqs = Vec::with_capacity(declined.len());
+        let mut reasons = Vec::with_capacity(declined.len());
+        for (view, reason) in declined {
+            run_ids.push(view.run_id.0);
+            seqs.push(view.event_seq);
+            reasons.push(*reason);
+        }
+        let (name, epoch) = (leader.name(), leader.epoch().0);
+        apply_many(
+            self,
+            DECLINE_AUTO_RESUME,
+            declined.len(),
+            &[&run_ids, &seqs, &reasons, &name, &epoch],
         )
         .await
     }
