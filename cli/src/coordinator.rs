@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use leasehold_coordinator::{api, sweeps, tls};
-use leasehold_core::store::{self, Store};
+use leasehold_core::store::{self, Store, WhenUnavailable};
 use leasehold_worker::cli::cancel_on_signal;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,11 @@ pub struct Args {
     /// but a trusted, authenticating proxy can reach the API.
     #[arg(long, env = "LEASEHOLD_NO_AUTH")]
     no_auth: bool,
+    /// Exit at once when the database cannot be reached at start. Without it the coordinator
+    /// keeps trying, with backoff, serving health as NOT_SERVING meanwhile, so that an
+    /// orchestrator does not restart it in a loop while the database fails over.
+    #[arg(long, env = "LEASEHOLD_EXIT_ON_DB_UNAVAILABLE")]
+    exit_on_db_unavailable: bool,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -166,9 +171,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.sweeps.config().validated()?;
     let tls = args.tls.acceptor()?;
     let exposure = exposure(args.listen, tls.is_some(), args.tls.allow_insecure)?;
-    let store = Store::connect(&args.database_url, args.pool_size)
-        .await
+    // No connection is made here: the server starts first, so that its health can say
+    // NOT_SERVING while the database cannot be reached.
+    let store = Store::connect_unchecked(&args.database_url, args.pool_size)
         .context("connecting to the database")?;
+    let when_unavailable = if args.exit_on_db_unavailable {
+        WhenUnavailable::Exit
+    } else {
+        WhenUnavailable::Wait
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -187,23 +198,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         api::Auth::Disabled
     } else {
-        if store
-            .list_tokens(None)
-            .await
-            .context("reading the API tokens")?
-            .is_empty()
-        {
-            tracing::warn!(
-                "no API token exists yet, so every call will be refused; make one with \
-                 `leasehold token create --tenant default --role admin`"
-            );
-        }
         api::Auth::Tokens(store.clone())
+    };
+    let served = {
+        let (store, no_auth) = (store.clone(), args.no_auth);
+        async move {
+            store
+                .wait_until_served(when_unavailable)
+                .await
+                .context("connecting to the database")?;
+            if !no_auth
+                && store
+                    .list_tokens(None)
+                    .await
+                    .context("reading the API tokens")?
+                    .is_empty()
+            {
+                tracing::warn!(
+                    "no API token exists yet, so every call will be refused; make one with \
+                     `leasehold token create --tenant default --role admin`"
+                );
+            }
+            Ok(())
+        }
     };
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
-    serve_with(listener, tls, store, auth, config, cancel).await
+    serve_with(listener, tls, store, auth, config, cancel, Box::pin(served)).await
 }
+
+/// Resolves once the database answers with a schema this build serves; an error stops the
+/// coordinator.
+type DatabaseReady = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// The API in plaintext, authenticated as `auth` says, and the sweeps until `cancel`; shared
 /// with `leasehold dev`.
@@ -214,7 +240,9 @@ pub async fn serve(
     config: sweeps::Config,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_with(listener, None, store, auth, config, cancel).await
+    // Dev mode migrated the database before it serves.
+    let ready: DatabaseReady = Box::pin(async { Ok(()) });
+    serve_with(listener, None, store, auth, config, cancel, ready).await
 }
 
 /// As [`serve`], over TLS when `tls` is given.
@@ -225,6 +253,7 @@ async fn serve_with(
     auth: api::Auth,
     config: sweeps::Config,
     cancel: CancellationToken,
+    ready: DatabaseReady,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let holder = format!("{}-coordinator", leasehold_worker::default_claimant_id());
@@ -242,7 +271,21 @@ async fn serve_with(
         leasehold_coordinator::APPLICATION_NAME,
         leasehold_coordinator::STATEMENT_TIMEOUT,
     )?;
-    let sweeping = tokio::spawn(sweeps::run(store.clone(), config, holder, cancel.clone()));
+    // The sweeps start once the database is known to serve this build; meanwhile the API
+    // serves, and its health says NOT_SERVING while the database does not answer.
+    let sweeping = tokio::spawn({
+        let (store, cancel) = (store.clone(), cancel.clone());
+        async move {
+            let Some(ready) = cancel.run_until_cancelled(ready).await else {
+                return Ok(());
+            };
+            if let Err(e) = ready {
+                cancel.cancel();
+                return Err(e);
+            }
+            Ok(sweeps::run(store, config, holder, cancel).await?)
+        }
+    });
     let served = api::serve_with(listener, tls, store, auth, cancel.clone()).await;
     cancel.cancel();
     sweeping.await.context("sweeps task")??;

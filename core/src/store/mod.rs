@@ -23,6 +23,7 @@ pub mod outage;
 mod outcomes;
 mod query;
 mod runs;
+mod startup;
 mod sweeps;
 mod tokens;
 mod workers;
@@ -48,6 +49,7 @@ pub use migrate::{SchemaStatus, known_version};
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
+pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
 pub use tokens::{
     MalformedToken, NewToken, Role, Secret, TOKEN_PREFIX, TokenError, TokenId, TokenRecord,

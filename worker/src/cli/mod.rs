@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
-use leasehold_core::store::{self, Store};
+use leasehold_core::store::{self, Store, WhenUnavailable};
 use tokio_util::sync::CancellationToken;
 
 use self::secrets::UrlSource;
@@ -122,6 +122,11 @@ pub struct Args {
     /// Database connections in the pool.
     #[arg(long, env = "LEASEHOLD_POOL_SIZE", default_value_t = config::POOL_SIZE_DEFAULT)]
     pub pool_size: usize,
+    /// Exit at once when the database cannot be reached at start. Without it the worker keeps
+    /// trying, with backoff, so that an orchestrator does not restart it in a loop while the
+    /// database fails over.
+    #[arg(long, env = "LEASEHOLD_EXIT_ON_DB_UNAVAILABLE")]
+    pub exit_on_db_unavailable: bool,
 }
 
 /// An `--exec-allow` entry, checked; an empty one (`LEASEHOLD_EXEC_ALLOW=`) allows nothing.
@@ -261,14 +266,26 @@ pub async fn run_with(mut args: Args, registry: Registry) -> Result<Report, Erro
         }
     }
     let config = args.config()?;
-    let store = Store::connect_worker(&url, args.pool_size)
-        .await
+    let store = Store::connect_worker_unchecked(&url, args.pool_size)
         .and_then(|store| {
             store.with_session(&config.application_name(), config.statement_timeout())
         })
         .map_err(Error::Connect)?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    let when_unavailable = if args.exit_on_db_unavailable {
+        WhenUnavailable::Exit
+    } else {
+        WhenUnavailable::Wait
+    };
+    match shutdown
+        .run_until_cancelled(store.wait_until_served(when_unavailable))
+        .await
+    {
+        Some(served) => served.map_err(Error::Connect)?,
+        // Stopped before the database answered: nothing was claimed.
+        None => return Ok(Report::default()),
+    }
     let report = Worker::new(store, registry, config).run(shutdown).await?;
     tracing::info!(claimed = report.claimed, "bye");
     Ok(report)
