@@ -29,7 +29,9 @@ pub struct Context {
     /// The epoch of the claim the attempt runs under.
     pub epoch: LeaseEpoch,
     /// The same for every attempt of this node in this run, on any worker: hand it to external
-    /// services so that a retried or resumed attempt is not applied twice.
+    /// services so that a retried or resumed attempt is not applied twice. It changes when an
+    /// operator resets the node (a recover, a rework), because the node then runs again on
+    /// purpose, and a provider must not answer it with the old execution's result.
     pub idempotency_key: String,
     /// The node's `input` from the spec.
     pub input: Value,
@@ -43,9 +45,15 @@ pub struct Context {
 }
 
 impl Context {
-    /// The key for `run_id` and `node_id`, as [`Context::idempotency_key`] carries it.
-    pub fn idempotency_key_for(run_id: RunId, node_id: &NodeId) -> String {
-        format!("leasehold-{run_id}-{node_id}")
+    /// The key for `node_id` of `run_id` after the node was reset `resets` times, as
+    /// [`Context::idempotency_key`] carries it. A node never reset keeps the key earlier
+    /// releases gave it, so that an attempt retried across a rolling upgrade keeps its key.
+    pub fn idempotency_key_for(run_id: RunId, node_id: &NodeId, resets: u32) -> String {
+        if resets == 0 {
+            format!("leasehold-{run_id}-{node_id}")
+        } else {
+            format!("leasehold-{run_id}-{node_id}-reset{resets}")
+        }
     }
 }
 
@@ -232,6 +240,19 @@ mod tests {
         fn input_schema(&self) -> Option<Value> {
             self.0.clone()
         }
+    }
+
+    #[test]
+    fn a_reset_node_gets_a_new_idempotency_key_and_a_fresh_one_keeps_the_old_form() {
+        let run_id = RunId(uuid::Uuid::nil());
+        let node = NodeId::from("charge");
+        let fresh = Context::idempotency_key_for(run_id, &node, 0);
+        assert_eq!(fresh, format!("leasehold-{run_id}-charge"));
+        let once = Context::idempotency_key_for(run_id, &node, 1);
+        let twice = Context::idempotency_key_for(run_id, &node, 2);
+        assert_ne!(once, fresh);
+        assert_ne!(twice, once);
+        assert!(once.starts_with(&fresh));
     }
 
     #[test]

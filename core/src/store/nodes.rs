@@ -263,12 +263,29 @@ SELECT node_id, status, attempts, output, last_error, last_error_retryable, epoc
 FROM run_nodes WHERE run_id = $1::uuid ORDER BY node_id",
 };
 
+// How often an operator reset each node of a run (a recover, a rework), read from those events'
+// `reset` lists: a recover's lists rows (`{"node_id": …}`), a rework's lists node ids. Read only
+// when a worker resumes a run; a run has few such events.
+const NODE_RESETS: Query = Query {
+    name: "node_resets",
+    sql: "\
+SELECT coalesce(reset.entry->>'node_id', reset.entry #>> '{}') AS node_id,
+       count(*)::int AS resets
+FROM run_events e
+CROSS JOIN LATERAL jsonb_array_elements(
+    CASE WHEN jsonb_typeof(e.metadata->'reset') = 'array' THEN e.metadata->'reset'
+         ELSE '[]'::jsonb END) AS reset(entry)
+WHERE e.run_id = $1::uuid AND e.event IN ('run_recovered', 'run_rework_requested')
+GROUP BY 1",
+};
+
 pub(super) const QUERIES: &[Query] = &[
     NODES_STARTED,
     NODES_COMPLETED,
     NODE_FAILED,
     NODE_FENCE_STATE,
     CHECKPOINT,
+    NODE_RESETS,
 ];
 
 /// A node write that changed nothing: what the row says about why.
@@ -462,6 +479,23 @@ impl Store {
         let client = self.client().await?;
         let rows = CHECKPOINT.query(&client, &[&run_id.0]).await?;
         rows.iter().map(|row| read_node(run_id, row)).collect()
+    }
+
+    /// How often an operator reset each node of the run, by a recover or a rework; nodes never
+    /// reset are absent. A reset node's next attempts are a new execution of it, which outside
+    /// services must not take for a retry of the old one (`Context::idempotency_key`).
+    pub async fn node_resets(&self, run_id: RunId) -> Result<HashMap<NodeId, u32>, Error> {
+        let client = self.client().await?;
+        let rows = NODE_RESETS.query(&client, &[&run_id.0]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    NodeId(row.get("node_id")),
+                    row.get::<_, i32>("resets").unsigned_abs(),
+                )
+            })
+            .collect())
     }
 }
 

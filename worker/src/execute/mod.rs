@@ -150,6 +150,8 @@ struct Execution<'a> {
     approved: HashSet<NodeId>,
     running: JoinSet<NodeDone>,
     running_ids: HashSet<NodeId>,
+    /// How often an operator reset each node (recover, rework): part of its idempotency key.
+    resets: HashMap<NodeId, u32>,
     /// A retryable failure with attempts left: once nothing runs, queue the run for it.
     retry: Option<(NodeId, u32, Duration)>,
     /// A failure for good: once nothing runs, fail the run with it.
@@ -185,6 +187,7 @@ pub(crate) async fn execute(
         approved: HashSet::new(),
         running: JoinSet::new(),
         running_ids: HashSet::new(),
+        resets: HashMap::new(),
         retry: None,
         failure: None,
         pause_requested: false,
@@ -301,6 +304,7 @@ impl Execution<'_> {
             let state = node.state().under_claim(node.epoch, self.run.claim.epoch());
             self.checkpoint.insert(node.node_id.clone(), state);
         }
+        self.resets = fenced(stop, || store.node_resets(run_id)).await?;
         Ok(())
     }
 

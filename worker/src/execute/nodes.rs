@@ -95,7 +95,11 @@ impl Execution<'_> {
             node_id: node.id.clone(),
             attempt,
             epoch: claim.epoch(),
-            idempotency_key: Context::idempotency_key_for(claim.run_id(), &node.id),
+            idempotency_key: Context::idempotency_key_for(
+                claim.run_id(),
+                &node.id,
+                self.resets.get(&node.id).copied().unwrap_or(0),
+            ),
             input: node.input.clone(),
             run_inputs: self.run.inputs.clone(),
             upstream,

@@ -55,6 +55,8 @@ const FIELDS: [&str; 6] = [
 /// Only `url` is required. `method` defaults to `GET`, and is written in upper or lower case. `body`, when present, is sent as JSON with
 /// `content-type: application/json`. Every request carries `Idempotency-Key: <key>`, replacing
 /// any such header in the input, so that the server can tell a retried attempt from a new request.
+/// The key is the node's in the run, and changes when an operator resets the node (a recover, a
+/// rework), so that a deliberate re-run is not answered with the earlier execution's result.
 /// Without `timeout_ms` the attempt is bounded only by the node's own timeout.
 ///
 /// The output of a 2xx response is `{"status": 200, "body": …}`, where `body` is the parsed JSON

@@ -57,6 +57,7 @@ pub struct Execution {
     pub finished: Option<Instant>,
     pub upstream: Value,
     pub cancelled: bool,
+    pub idempotency_key: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -97,6 +98,7 @@ impl Handler for Record {
                 finished: None,
                 upstream: serde_json::to_value(&ctx.upstream).expect("upstream"),
                 cancelled: false,
+                idempotency_key: ctx.idempotency_key.clone(),
             });
             ledger.len() - 1
         };

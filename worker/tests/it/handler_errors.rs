@@ -14,7 +14,7 @@ pub fn context(node: &str, attempt: u32, input: Value) -> Context {
     let run_id = RunId::new();
     let node_id = NodeId::from(node);
     Context {
-        idempotency_key: Context::idempotency_key_for(run_id, &node_id),
+        idempotency_key: Context::idempotency_key_for(run_id, &node_id, 0),
         run_id,
         node_id,
         attempt,

@@ -6,5 +6,6 @@ mod bundle;
 mod exec_handler;
 mod handler_errors;
 mod http_handler;
+mod idempotency;
 mod registration;
 mod worker;
