@@ -9,5 +9,6 @@ mod dev;
 mod migrate;
 mod python_client;
 mod tls;
+mod watch_load;
 mod worker;
 mod worker_handlers;
