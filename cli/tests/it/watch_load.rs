@@ -84,11 +84,17 @@ struct Seen {
 }
 
 /// How many streams have seen `seq`, once what they reported is taken in.
-fn streams_with_seq(seen: &mut [Vec<Seen>], seq: i64, rx: &mut mpsc::UnboundedReceiver<Seen>) -> usize {
+fn streams_with_seq(
+    seen: &mut [Vec<Seen>],
+    seq: i64,
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+) -> usize {
     while let Ok(s) = rx.try_recv() {
         seen[s.stream].push(s);
     }
-    seen.iter().filter(|s| s.iter().any(|e| e.seq == seq)).count()
+    seen.iter()
+        .filter(|s| s.iter().any(|e| e.seq == seq))
+        .count()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -126,7 +132,13 @@ async fn two_thousand_watchers_cost_the_database_little_and_the_leader_keeps_its
     let listen = format!("127.0.0.1:{}", free_port());
     let log = std::env::temp_dir().join(format!("leasehold-watch-load-{}.log", free_port()));
     let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
-        .args(["coordinator", "--listen", &listen, "--leader-lease", LEADER_LEASE])
+        .args([
+            "coordinator",
+            "--listen",
+            &listen,
+            "--leader-lease",
+            LEADER_LEASE,
+        ])
         .env("LEASEHOLD_DATABASE_URL", b.db.url())
         .env_remove("LEASEHOLD_LOG")
         .stdin(Stdio::null())
@@ -204,10 +216,14 @@ async fn two_thousand_watchers_cost_the_database_little_and_the_leader_keeps_its
     drop(seen_tx);
     let mut seen: Vec<Vec<Seen>> = (0..STREAMS).map(|_| Vec::new()).collect();
     let started = Instant::now();
-    wait_for(DEADLINE, "every stream to get the run's first event", || {
-        let n = streams_with_seq(&mut seen, 1, &mut seen_rx);
-        async move { (n == STREAMS).then_some(()) }
-    })
+    wait_for(
+        DEADLINE,
+        "every stream to get the run's first event",
+        || {
+            let n = streams_with_seq(&mut seen, 1, &mut seen_rx);
+            async move { (n == STREAMS).then_some(()) }
+        },
+    )
     .await;
     println!(
         "{STREAMS} streams on {RUNS} runs over {CONNECTIONS} connections opened and caught up \

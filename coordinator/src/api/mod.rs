@@ -207,7 +207,10 @@ pub async fn serve_with(
 
     let config = config.validated()?;
     let background = store.sibling(BACKGROUND_POOL_SIZE);
-    let hub = Hub::new(config.max_watch_streams, config.max_watch_streams_per_tenant);
+    let hub = Hub::new(
+        config.max_watch_streams,
+        config.max_watch_streams_per_tenant,
+    );
     tokio::spawn(hub.clone().run(background.clone(), cancel.clone()));
     let api = Services::new(store, hub, cancel.clone());
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -2,9 +2,7 @@
 
 use leasehold_core::ids::{AutomationId, RunId};
 use leasehold_core::run::{MAX_NODE_OUTPUT_BYTES, RunStatus};
-use leasehold_core::store::{
-    GateRecord, NodeRecord, RunFilter, RunRecord, StartRun, Trigger,
-};
+use leasehold_core::store::{GateRecord, NodeRecord, RunFilter, RunRecord, StartRun, Trigger};
 use leasehold_proto::v1;
 use leasehold_proto::v1::runs_server::Runs;
 use prost::Message as _;
@@ -134,29 +132,22 @@ impl Api {
     pub(super) async fn run_view(&self, run_id: RunId) -> ApiResult<v1::Run> {
         let run = self.store.run(&self.tenant, run_id).await?;
         let recorded = self.store.checkpoint(run_id).await?;
-        // The spec lists the nodes that have not started; a run whose spec is unreadable still
-        // shows what was recorded.
-        let spec = self
+        // The spec lists the nodes that have not started (only their ids are read); a run whose
+        // spec is unreadable still shows what was recorded.
+        let spec_nodes = self
             .store
-            .automation_version(
-                &self.tenant,
-                &run.automation_id,
-                Some(run.automation_version),
-            )
-            .await
-            .ok();
+            .spec_node_ids(&self.tenant, &run.automation_id, run.automation_version)
+            .await?;
         let retrying = states::retrying_node(&run);
         let message = |node: &NodeRecord| node_message(node, Some(&node.node_id) == retrying);
-        let nodes = match spec {
-            Some(version) => version
-                .spec
-                .nodes
+        let nodes = match spec_nodes {
+            Some(ids) => ids
                 .iter()
-                .map(|n| {
+                .map(|id| {
                     recorded
                         .iter()
-                        .find(|r| r.node_id == n.id)
-                        .map_or_else(|| pending_node(n.id.as_str()), message)
+                        .find(|r| r.node_id == *id)
+                        .map_or_else(|| pending_node(id.as_str()), message)
                 })
                 .collect(),
             None => recorded.iter().map(message).collect(),

@@ -92,16 +92,16 @@ async fn a_call_past_the_deadline_is_deadline_exceeded_and_a_watch_outlives_the_
     p.proxy.set(Mode::Pass);
 
     // A watch is bounded only while it opens: its stream lasts past the deadline.
-    let spec = leasehold_testkit::fixtures::spec(
-        "id: hello\nnodes:\n  - {id: a, kind: noop}\n",
-    );
+    let spec = leasehold_testkit::fixtures::spec("id: hello\nnodes:\n  - {id: a, kind: noop}\n");
     let tenant = Default::default();
-    p.store.create_automation(&tenant, &spec).await.expect("create");
+    p.store
+        .create_automation(&tenant, &spec)
+        .await
+        .expect("create");
     let run_id = p
         .store
         .start_run(&leasehold_testkit::fixtures::start_request(
-            &tenant,
-            &spec.id,
+            &tenant, &spec.id,
         ))
         .await
         .expect("start")
@@ -127,7 +127,10 @@ async fn a_call_past_the_deadline_is_deadline_exceeded_and_a_watch_outlives_the_
         .expect("in time")
         .expect("the stream outlived the deadline")
         .expect("some");
-    assert_eq!((last.event.as_str(), last.terminal), ("run_cancelled", true));
+    assert_eq!(
+        (last.event.as_str(), last.terminal),
+        ("run_cancelled", true)
+    );
 }
 
 #[tokio::test]
@@ -275,7 +278,9 @@ async fn an_action_on_a_run_too_large_to_show_succeeds_leaving_out_the_largest_o
     b.apply(&format!("id: big\nnodes:\n{nodes}")).await;
     let run = b.start("big", "").await.run.expect("run");
     let claim = claim_one(&b.store, "w").await.claim;
-    let node_ids: Vec<NodeId> = (0..NODES).map(|i| NodeId::from(format!("n{i:02}").as_str())).collect();
+    let node_ids: Vec<NodeId> = (0..NODES)
+        .map(|i| NodeId::from(format!("n{i:02}").as_str()))
+        .collect();
     let starts: Vec<NodeStart> = node_ids
         .iter()
         .map(|node_id| NodeStart {
@@ -301,7 +306,12 @@ async fn an_action_on_a_run_too_large_to_show_succeeds_leaving_out_the_largest_o
             completes_run: false,
         })
         .collect();
-    for completed in b.store.nodes_completed(&completions).await.expect("complete") {
+    for completed in b
+        .store
+        .nodes_completed(&completions)
+        .await
+        .expect("complete")
+    {
         completed.expect("completed");
     }
 
@@ -334,7 +344,10 @@ async fn an_action_on_a_run_too_large_to_show_succeeds_leaving_out_the_largest_o
         // Only as many as needed, the largest first: the small one and most others stay.
         assert!(!omitted.is_empty(), "some output is left out");
         assert!(omitted.len() < NODES / 2, "{omitted:?}");
-        assert!(omitted.contains(&"n69"), "the largest goes first: {omitted:?}");
+        assert!(
+            omitted.contains(&"n69"),
+            "the largest goes first: {omitted:?}"
+        );
         assert!(!omitted.contains(&"n00"), "{omitted:?}");
         for node in &view.nodes {
             assert_eq!(node.status(), v1::NodeStatus::Completed);

@@ -264,7 +264,10 @@ impl Hub {
                 continue;
             };
             // Only the next event in order: a run re-subscribed between the reads starts over.
-            if watched.sent_through.is_some_and(|sent| event.seq == sent + 1) {
+            if watched
+                .sent_through
+                .is_some_and(|sent| event.seq == sent + 1)
+            {
                 watched.sent_through = Some(event.seq);
                 // No receiver means every subscriber left meanwhile; nothing to do.
                 let _ = watched.events.send(Arc::new(event));
