@@ -64,7 +64,7 @@ pub struct ConfigError {
     pub max: String,
 }
 
-fn within<T: PartialOrd + std::fmt::Debug>(
+fn within<T: PartialOrd + Copy + std::fmt::Debug>(
     field: &'static str,
     value: T,
     min: T,
