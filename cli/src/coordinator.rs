@@ -21,7 +21,8 @@ pub struct Args {
     /// Address the gRPC API listens on.
     #[arg(long, env = "LEASEHOLD_LISTEN", default_value = LISTEN_DEFAULT)]
     listen: SocketAddr,
-    /// Database connections in the pool.
+    /// Database connections in the API's pool. The leader lease, the sweeps, the health check
+    /// and the watch streams' poller have small pools of their own beside it.
     #[arg(long, env = "LEASEHOLD_POOL_SIZE", default_value_t = store::POOL_SIZE_DEFAULT)]
     pool_size: usize,
     /// Serve every call without a token, as the default tenant's admin: only where nothing
@@ -36,7 +37,39 @@ pub struct Args {
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     sweeps: SweepArgs,
+}
+
+/// The API's limits; bounds are checked when the coordinator starts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Deadline of every call: one that has not answered by then (a WatchRun: has not opened
+    /// its stream) is DEADLINE_EXCEEDED.
+    #[arg(long, env = "LEASEHOLD_RPC_TIMEOUT", default_value_t = api::config::RPC_TIMEOUT_DEFAULT.into())]
+    rpc_timeout: humantime::Duration,
+    /// Calls in flight at once; one more is refused with UNAVAILABLE. Health checks do not count.
+    #[arg(long, env = "LEASEHOLD_MAX_CONCURRENT_RPCS", default_value_t = api::config::MAX_CONCURRENT_RPCS_DEFAULT)]
+    max_concurrent_rpcs: usize,
+    /// WatchRun streams open at once; one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LEASEHOLD_MAX_WATCH_STREAMS", default_value_t = api::config::MAX_WATCH_STREAMS_DEFAULT)]
+    max_watch_streams: usize,
+    /// WatchRun streams one tenant may have open at once; one more is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LEASEHOLD_MAX_WATCH_STREAMS_PER_TENANT", default_value_t = api::config::MAX_WATCH_STREAMS_PER_TENANT_DEFAULT)]
+    max_watch_streams_per_tenant: usize,
+}
+
+impl LimitArgs {
+    pub fn config(&self) -> api::Config {
+        api::Config {
+            rpc_timeout: self.rpc_timeout.into(),
+            max_concurrent_rpcs: self.max_concurrent_rpcs,
+            max_watch_streams: self.max_watch_streams,
+            max_watch_streams_per_tenant: self.max_watch_streams_per_tenant,
+        }
+    }
 }
 
 /// TLS for the API, and the one way to go without it off loopback.
@@ -169,6 +202,7 @@ impl SweepArgs {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.sweeps.config().validated()?;
+    let limits = args.limits.config().validated()?;
     let tls = args.tls.acceptor()?;
     let exposure = exposure(args.listen, tls.is_some(), args.tls.allow_insecure)?;
     // No connection is made here: the server starts first, so that its health can say
@@ -224,15 +258,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
-    serve_with(listener, tls, store, auth, config, cancel, Box::pin(served)).await
+    serve_with(
+        listener,
+        tls,
+        store,
+        auth,
+        (limits, config),
+        cancel,
+        Box::pin(served),
+    )
+    .await
 }
 
 /// Resolves once the database answers with a schema this build serves; an error stops the
 /// coordinator.
 type DatabaseReady = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
-/// The API in plaintext, authenticated as `auth` says, and the sweeps until `cancel`; shared
-/// with `leasehold dev`.
+/// The API in plaintext with the default limits, authenticated as `auth` says, and the sweeps
+/// until `cancel`; shared with `leasehold dev`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
@@ -242,16 +285,26 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // Dev mode migrated the database before it serves.
     let ready: DatabaseReady = Box::pin(async { Ok(()) });
-    serve_with(listener, None, store, auth, config, cancel, ready).await
+    serve_with(
+        listener,
+        None,
+        store,
+        auth,
+        (api::Config::default(), config),
+        cancel,
+        ready,
+    )
+    .await
 }
 
-/// As [`serve`], over TLS when `tls` is given.
+/// As [`serve`], over TLS when `tls` is given, within `limits`. `store` is the API's pool; the
+/// leader lease, the sweeps, the health check and the watch hub open their own beside it.
 async fn serve_with(
     listener: tokio::net::TcpListener,
     tls: Option<tls::Acceptor>,
     store: Store,
     auth: api::Auth,
-    config: sweeps::Config,
+    (limits, config): (api::Config, sweeps::Config),
     cancel: CancellationToken,
     ready: DatabaseReady,
 ) -> anyhow::Result<()> {
@@ -286,7 +339,7 @@ async fn serve_with(
             Ok(sweeps::run(store, config, holder, cancel).await?)
         }
     });
-    let served = api::serve_with(listener, tls, store, auth, cancel.clone()).await;
+    let served = api::serve_with(listener, tls, store, auth, limits, cancel.clone()).await;
     cancel.cancel();
     sweeping.await.context("sweeps task")??;
     served.context("serving gRPC")?;

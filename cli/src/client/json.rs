@@ -182,6 +182,8 @@ fn node_state(n: &v1::NodeState) -> Value {
         "status": names::node_status(n.status),
         "attempts": n.attempts,
         "output": n.output.as_ref().map_or(Value::Null, value),
+        // A null output of a completed node may be one the answer left out for its size.
+        "output_omitted": n.output_omitted,
         "last_error": text(&n.last_error),
         "started_at": time(n.started_at.as_ref()),
         "finished_at": time(n.finished_at.as_ref()),

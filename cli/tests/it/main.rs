@@ -10,5 +10,6 @@ mod migrate;
 mod python_client;
 mod startup;
 mod tls;
+mod watch_load;
 mod worker;
 mod worker_handlers;

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use http::HeaderMap;
 use leasehold_core::ids::TenantId;
-use leasehold_core::store::{self, Role, Secret, Store, TokenError};
+use leasehold_core::store::{self, Role, Secret, Store, TokenError, TokenId};
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -96,13 +96,10 @@ impl Caller {
         }
     }
 
-    /// Checks again that the token is neither revoked nor expired: for calls that outlive their
-    /// start, such as a watch.
-    pub async fn recheck(&self, store: &Store) -> Result<(), AuthError> {
-        match &self.token {
-            Some(token) => store.authenticate(token).await.map(drop).map_err(refused),
-            None => Ok(()),
-        }
+    /// The token's id, to check again during a long call (a watch) that the token still
+    /// stands; `None` without authentication.
+    pub fn token_id(&self) -> Option<&TokenId> {
+        self.token.as_ref().map(Secret::id)
     }
 }
 

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// A watch past a cap of open streams.
+    #[error(transparent)]
+    WatchCap(#[from] super::watch::CapReached),
 }
 
 /// Where a request carried its spec, which decides how a violation's field is named.
@@ -94,6 +97,7 @@ impl From<ApiError> for Status {
             ApiError::Auth(refused) => refused.into(),
             ApiError::Refused(refused) => refusal(refused),
             ApiError::Store(failed) => failure(failed),
+            ApiError::WatchCap(cap) => Status::resource_exhausted(cap.to_string()),
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The gRPC API: one service per resource, every error mapped to a status in `error.rs`.
 
+mod admission;
 pub mod auth;
 mod automations;
+pub mod config;
 mod convert;
 mod error;
 mod gates;
 mod limits;
 mod runs;
 mod states;
+mod watch;
 mod workers;
 
 use std::sync::Arc;
@@ -25,6 +28,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::tls;
 pub use auth::{Auth, Caller};
+pub use config::Config;
+pub use watch::{CapReached, Hub};
 
 pub use error::{ApiError, ApiResult, SpecSource};
 pub use runs::MAX_START_RUNS;
@@ -37,20 +42,29 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// How often the health service checks the database.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Connections of the pool the health check and the watch hub share, apart from the API's:
+/// a busy API never keeps a probe or the watches waiting for a connection. One each.
+pub const BACKGROUND_POOL_SIZE: usize = 2;
 
 /// The services, as the server holds them: what every call shares.
 #[derive(Clone)]
 pub struct Services {
     store: Store,
+    /// Feeds every watch stream.
+    hub: Hub,
     /// Cancelled when the server stops: open watch streams end with UNAVAILABLE so that their
     /// clients reconnect to another coordinator instead of holding this one open.
     shutdown: CancellationToken,
 }
 
 impl Services {
-    /// Serves from `store` until `shutdown`.
-    pub fn new(store: Store, shutdown: CancellationToken) -> Self {
-        Self { store, shutdown }
+    /// Serves from `store`, watches through `hub`, until `shutdown`.
+    pub fn new(store: Store, hub: Hub, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            hub,
+            shutdown,
+        }
     }
 
     /// The API as one call sees it: scoped to its caller, whom [`auth::AuthLayer`] put in the
@@ -63,6 +77,7 @@ impl Services {
             .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
         Ok(Api {
             store: self.store.clone(),
+            hub: self.hub.clone(),
             tenant: caller.tenant.clone(),
             caller,
             shutdown: self.shutdown.clone(),
@@ -76,6 +91,7 @@ impl Services {
 #[derive(Clone)]
 pub struct Api {
     store: Store,
+    hub: Hub,
     /// The caller's tenant.
     tenant: TenantId,
     caller: Arc<Caller>,
@@ -150,39 +166,60 @@ fn page_token(next: Option<&Cursor>) -> String {
     next.map(Cursor::encode).unwrap_or_default()
 }
 
-/// Serves the API, health and reflection on `listener` in plaintext until `cancel` is
-/// cancelled; every API call is authenticated as `auth` says.
+/// Serves the API, health and reflection on `listener` in plaintext with the default limits until
+/// `cancel` is cancelled; every API call is authenticated as `auth` says.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
     auth: Auth,
     cancel: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    serve_with(listener, None, store, auth, cancel).await
+) -> Result<(), ServeError> {
+    serve_with(listener, None, store, auth, Config::default(), cancel).await
 }
 
-/// As [`serve`], over TLS when `tls` is given.
+/// Why the API could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A limit out of its bounds.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The server failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// As [`serve`], over TLS when `tls` is given, within the limits of `config`. The API's calls use
+/// `store`'s pool; the health check and the watch hub a pool of their own
+/// ([`BACKGROUND_POOL_SIZE`]), so that neither waits behind the API's callers.
 pub async fn serve_with(
     listener: TcpListener,
     tls: Option<tls::Acceptor>,
     store: Store,
     auth: Auth,
+    config: Config,
     cancel: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     use v1::automations_server::AutomationsServer;
     use v1::gates_server::GatesServer;
     use v1::runs_server::RunsServer;
     use v1::stats_server::StatsServer;
     use v1::workers_server::WorkersServer;
 
-    let api = Services::new(store.clone(), cancel.clone());
+    let config = config.validated()?;
+    let background = store.sibling(BACKGROUND_POOL_SIZE);
+    let hub = Hub::new(
+        config.max_watch_streams,
+        config.max_watch_streams_per_tenant,
+    );
+    tokio::spawn(hub.clone().run(background.clone(), cancel.clone()));
+    let api = Services::new(store, hub, cancel.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     // The reporter starts the server as a whole SERVING; nothing is known until the database
     // has answered once.
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    tokio::spawn(report_health(store, health, cancel.clone()));
+    tokio::spawn(report_health(background, health, cancel.clone()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(leasehold_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -203,6 +240,11 @@ pub async fn serve_with(
     }
     let router = tonic::transport::Server::builder()
         .layer(limits::oversize_is_resource_exhausted())
+        // Before authentication, whose lookup is a call on the database like any other.
+        .layer(admission::AdmissionLayer::new(
+            config.max_concurrent_rpcs,
+            config.rpc_timeout,
+        ))
         .layer(auth::AuthLayer::new(auth))
         // Half-dead watch streams are noticed instead of held open forever.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -220,14 +262,15 @@ pub async fn serve_with(
         None => {
             router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-                .await
+                .await?;
         }
         Some(tls) => {
             router
                 .serve_with_incoming_shutdown(tls.incoming(listener), stop)
-                .await
+                .await?;
         }
     }
+    Ok(())
 }
 
 /// SERVING while the database answers, NOT_SERVING while it does not.

@@ -1,32 +1,18 @@
-//! The `Runs` service, and the watch stream.
-
-use std::pin::Pin;
-use std::time::{Duration, Instant};
+//! The `Runs` service; its watch stream is `watch/`'s.
 
 use leasehold_core::ids::{AutomationId, RunId};
 use leasehold_core::run::{MAX_NODE_OUTPUT_BYTES, RunStatus};
-use leasehold_core::store::{
-    Event, GateRecord, NodeRecord, RunFilter, RunRecord, StartRun, Trigger,
-};
+use leasehold_core::store::{GateRecord, NodeRecord, RunFilter, RunRecord, StartRun, Trigger};
 use leasehold_proto::v1;
 use leasehold_proto::v1::runs_server::Runs;
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, opt_timestamp, timestamp, to_struct, to_value};
 use super::error::{ApiError, ApiResult};
 use super::gates::gate_message;
-use super::{Api, page_request, page_token, respond, service, states};
+use super::{Api, MAX_RESPONSE_BYTES, page_request, page_token, respond, service, states};
 
-/// How often a watch that has caught up looks for new events.
-const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How often an open watch checks its token again, so that revoking a token also ends its
-/// watches: within this long.
-const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Events read per query while a watch catches up.
-const WATCH_BATCH: usize = 500;
 /// Largest inputs a run may be started with, as JSON; the same bound as a node's output.
 const MAX_INPUTS_BYTES: usize = MAX_NODE_OUTPUT_BYTES;
 /// Most runs one StartRuns call may start: a batch is one statement, and a bounded one keeps
@@ -43,6 +29,7 @@ fn node_message(node: &NodeRecord, waiting_retry: bool) -> v1::NodeState {
         last_error: node.last_error.clone().unwrap_or_default(),
         started_at: opt_timestamp(node.started_at),
         finished_at: opt_timestamp(node.finished_at),
+        output_omitted: false,
     }
 }
 
@@ -99,28 +86,35 @@ pub(super) fn run_message(
     }
 }
 
-fn event_message(event: &Event) -> v1::RunEvent {
-    v1::RunEvent {
-        run_id: event.run_id.to_string(),
-        seq: event.seq,
-        event: event.event.clone(),
-        occurred_at: Some(timestamp(event.occurred_at)),
-        lease_epoch: event.epoch.0,
-        node_id: event
-            .node_id
-            .as_ref()
-            .map(|n| n.0.clone())
-            .unwrap_or_default(),
-        attempt: event.attempt.unwrap_or_default(),
-        reason: event.reason.clone().unwrap_or_default(),
-        stop_kind: states::stop_kind(event.stop_kind.as_deref()).into(),
-        metadata: Some(to_struct(&event.metadata)),
-        terminal: event.run_status.is_some_and(RunStatus::is_terminal),
-        run_status: event
-            .run_status
-            .map_or(v1::RunStatus::Unspecified, states::run_status)
-            .into(),
-        node_status: states::event_node_status(&event.event).into(),
+/// Room left in an answer for what wraps a run (a `StartRunResponse`'s tag, length and flag).
+const ANSWER_ENVELOPE_BYTES: usize = 1024;
+
+/// Leaves out the largest node outputs of `view`, each marked `output_omitted`, until it encodes
+/// in at most `budget` bytes; a view that fits is left alone. An answer over the limit would be
+/// refused as a whole after the call did its work, and an operator's call that succeeded must
+/// say so (docs/api.md, "Limits").
+fn fit_answer(view: &mut v1::Run, budget: usize) {
+    let mut size = view.encoded_len();
+    if size <= budget {
+        return;
+    }
+    let mut largest: Vec<(usize, usize)> = view
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.output.as_ref().map(|o| (o.encoded_len(), i)))
+        .collect();
+    largest.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, i) in largest {
+        if size <= budget {
+            break;
+        }
+        let node = &mut view.nodes[i];
+        let before = node.encoded_len();
+        node.output = None;
+        node.output_omitted = true;
+        // The node's length prefix shrinks too, so the true size is at most this.
+        size -= before - node.encoded_len();
     }
 }
 
@@ -138,39 +132,30 @@ impl Api {
     pub(super) async fn run_view(&self, run_id: RunId) -> ApiResult<v1::Run> {
         let run = self.store.run(&self.tenant, run_id).await?;
         let recorded = self.store.checkpoint(run_id).await?;
-        // The spec lists the nodes that have not started; a run whose spec is unreadable still
-        // shows what was recorded.
-        let spec = self
+        // The spec lists the nodes that have not started (only their ids are read); a run whose
+        // spec is unreadable still shows what was recorded.
+        let spec_nodes = self
             .store
-            .automation_version(
-                &self.tenant,
-                &run.automation_id,
-                Some(run.automation_version),
-            )
-            .await
-            .ok();
+            .spec_node_ids(&self.tenant, &run.automation_id, run.automation_version)
+            .await?;
         let retrying = states::retrying_node(&run);
         let message = |node: &NodeRecord| node_message(node, Some(&node.node_id) == retrying);
-        let nodes = match spec {
-            Some(version) => version
-                .spec
-                .nodes
+        let nodes = match spec_nodes {
+            Some(ids) => ids
                 .iter()
-                .map(|n| {
+                .map(|id| {
                     recorded
                         .iter()
-                        .find(|r| r.node_id == n.id)
-                        .map_or_else(|| pending_node(n.id.as_str()), message)
+                        .find(|r| r.node_id == *id)
+                        .map_or_else(|| pending_node(id.as_str()), message)
                 })
                 .collect(),
             None => recorded.iter().map(message).collect(),
         };
         let gates: Vec<GateRecord> = self.store.gates_of_run(&self.tenant, run_id).await?;
-        Ok(run_message(
-            &run,
-            nodes,
-            gates.iter().map(gate_message).collect(),
-        ))
+        let mut view = run_message(&run, nodes, gates.iter().map(gate_message).collect());
+        fit_answer(&mut view, MAX_RESPONSE_BYTES - ANSWER_ENVELOPE_BYTES);
+        Ok(view)
     }
 
     /// A start request checked field by field; `prefix` places the fields in a batch.
@@ -337,68 +322,6 @@ impl Api {
         }
         self.run_view(run_id).await
     }
-
-    async fn run_watch(&self, request: v1::WatchRunRequest) -> ApiResult<WatchStream> {
-        let run_id = convert::run_id("run_id", &request.run_id)?;
-        if request.after_seq < 0 {
-            return Err(ApiError::field("after_seq", "must not be negative"));
-        }
-        // Unknown runs fail the call itself, before any stream is opened.
-        self.store.run(&self.tenant, run_id).await?;
-        let (tx, rx) = mpsc::channel(WATCH_BATCH);
-        let api = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = api.pump_events(run_id, request.after_seq, &tx).await {
-                let _ = tx.send(Err(Status::from(e))).await;
-            }
-        });
-        Ok(Box::pin(ReceiverStream::new(rx)))
-    }
-
-    /// Sends the run's events after `after`, then new ones as they are recorded, until the run
-    /// has ended and everything up to its last event was sent, or the client went away, or its
-    /// token was revoked or expired (UNAUTHENTICATED).
-    async fn pump_events(
-        &self,
-        run_id: RunId,
-        mut after: i64,
-        tx: &mpsc::Sender<Result<v1::RunEvent, Status>>,
-    ) -> ApiResult<()> {
-        // The layer checked the token as the call came in.
-        let mut checked_at = Instant::now();
-        loop {
-            if checked_at.elapsed() >= WATCH_RECHECK_INTERVAL {
-                self.caller.recheck(&self.store).await?;
-                checked_at = Instant::now();
-            }
-            let events = self.store.events_after(run_id, after, WATCH_BATCH).await?;
-            for event in &events {
-                if tx.send(Ok(event_message(event))).await.is_err() {
-                    return Ok(());
-                }
-                after = event.seq;
-            }
-            if events.len() == WATCH_BATCH {
-                continue;
-            }
-            let run = self.store.run(&self.tenant, run_id).await?;
-            if run.status.is_terminal() && run.event_seq <= after {
-                return Ok(());
-            }
-            tokio::select! {
-                () = tx.closed() => return Ok(()),
-                () = self.shutdown.cancelled() => {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the coordinator is shutting down; watch again with after_seq",
-                        )))
-                        .await;
-                    return Ok(());
-                }
-                () = tokio::time::sleep(WATCH_POLL_INTERVAL) => {}
-            }
-        }
-    }
 }
 
 enum Action {
@@ -407,8 +330,6 @@ enum Action {
     Resume,
     Recover,
 }
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::RunEvent, Status>> + Send>>;
 
 service! {
     impl Runs {
@@ -426,7 +347,7 @@ service! {
             |api, m| api.run_act(&m.run_id, &m.reason, &m.request_id, Action::Recover);
     }
 
-    type WatchRunStream = WatchStream;
+    type WatchRunStream = super::watch::WatchStream;
 
     async fn watch_run(
         &self,

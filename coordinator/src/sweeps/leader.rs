@@ -34,6 +34,15 @@ enum TermEnd {
     Expiring,
 }
 
+/// The leader loop's connections, apart from the API's and from each other's: a renewal never
+/// waits for a connection behind a sweep or a call.
+pub(super) struct Stores {
+    /// Acquires, renews and resigns the lease.
+    pub(super) lease: Store,
+    /// Runs the sweeps.
+    pub(super) sweeps: Store,
+}
+
 /// What the sweeps of one term share.
 pub(crate) struct Term {
     store: Store,
@@ -42,7 +51,8 @@ pub(crate) struct Term {
 }
 
 /// Leads whenever it can until `cancel` fires; see the module docs. `config` must be validated.
-pub(super) async fn run(store: Store, config: Config, holder: String, cancel: CancellationToken) {
+pub(super) async fn run(stores: Stores, config: Config, holder: String, cancel: CancellationToken) {
+    let store = &stores.lease;
     let renew_every = config.leader_renew_interval();
     loop {
         let sent = Instant::now();
@@ -60,7 +70,7 @@ pub(super) async fn run(store: Store, config: Config, holder: String, cancel: Ca
                 "took the leader lease; sweeping"
             );
             let valid_until = sent + config.leader_lease;
-            let end = lead(&store, &config, leadership, valid_until, &cancel).await;
+            let end = lead(&stores, &config, leadership, valid_until, &cancel).await;
             if end == TermEnd::Stopped {
                 return;
             }
@@ -75,20 +85,21 @@ pub(super) async fn run(store: Store, config: Config, holder: String, cancel: Ca
 /// One term: runs the sweeps and renews the lease until the term ends; then stops the sweeps,
 /// waits for them, and resigns unless the lease was lost.
 async fn lead(
-    store: &Store,
+    stores: &Stores,
     config: &Config,
     leadership: Leadership,
     mut valid_until: Instant,
     cancel: &CancellationToken,
 ) -> TermEnd {
+    let store = &stores.lease;
     let term_token = cancel.child_token();
     let term = Arc::new(Term {
-        store: store.clone(),
+        store: stores.sweeps.clone(),
         config: config.clone(),
         leadership,
     });
     let sweeps = spawn_sweeps(&term, &term_token);
-    let end = keep(&term, &mut valid_until, cancel).await;
+    let end = keep(store, &term, &mut valid_until, cancel).await;
     term_token.cancel();
     sweeps.join_all().await;
     let leadership = &term.leadership;
@@ -119,10 +130,16 @@ async fn lead(
     end
 }
 
-/// Renews the lease every renewal interval until the term must end.
-async fn keep(term: &Term, valid_until: &mut Instant, cancel: &CancellationToken) -> TermEnd {
+/// Renews the lease every renewal interval, with `store`, the lease's own connection, until the
+/// term must end.
+async fn keep(
+    store: &Store,
+    term: &Term,
+    valid_until: &mut Instant,
+    cancel: &CancellationToken,
+) -> TermEnd {
     let Term {
-        store,
+        store: _,
         config,
         leadership,
     } = term;

@@ -379,6 +379,10 @@ fn count<T>(moved: &[T]) -> u64 {
 /// leader lease, the sweeps run; when it loses it, they stop at once; on the way out it resigns,
 /// so that another coordinator takes over without waiting for the lease to run out.
 ///
+/// `store` names the database; the loop never uses its pool. The leader lease has a connection
+/// of its own, and the sweeps a pool of one connection each ([`sweep_pool_size`]), so that
+/// neither waits behind the API's callers, nor the lease behind a slow sweep.
+///
 /// `holder_id` must be unique per process start (a restarted coordinator never inherits a
 /// leadership). Fails at once if `config` or `holder_id` is out of bounds.
 pub async fn run(
@@ -389,8 +393,21 @@ pub async fn run(
 ) -> Result<(), ConfigError> {
     let config = config.validated()?;
     name("holder_id", &holder_id, HOLDER_MAX_CHARS)?;
-    leader::run(store, config, holder_id, cancel).await;
+    let stores = leader::Stores {
+        lease: store.sibling(LEADER_POOL_SIZE),
+        sweeps: store.sibling(sweep_pool_size()),
+    };
+    leader::run(stores, config, holder_id, cancel).await;
     Ok(())
+}
+
+/// Connections of the leader lease's own pool: renewals are one statement at a time.
+pub const LEADER_POOL_SIZE: usize = 1;
+
+/// Connections of the sweeps' pool: one per sweep, since each runs as its own task and uses one
+/// connection at a time, so that no sweep waits for another's.
+pub fn sweep_pool_size() -> usize {
+    SWEEPS.len()
 }
 
 #[cfg(test)]

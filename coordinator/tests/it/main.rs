@@ -8,4 +8,5 @@ mod api;
 mod auth;
 mod contract;
 mod kinds;
+mod limits;
 mod sweeps;

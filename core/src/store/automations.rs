@@ -7,7 +7,7 @@ use tokio_postgres::error::SqlState;
 use super::listing::Listing;
 use super::query::Query;
 use super::{Cursor, Error, Page, PageRequest, RequestError, Store};
-use crate::ids::{AutomationId, TenantId};
+use crate::ids::{AutomationId, NodeId, TenantId};
 use crate::spec::{self, Spec};
 
 /// What storing a spec did.
@@ -189,7 +189,23 @@ SELECT (SELECT count(*) FROM target) AS found,
        (SELECT count(*) FROM deleted_runs) AS deleted_runs",
 };
 
+// The node ids of one version's spec, in spec order: what a run's view needs of its spec to list
+// the nodes that have not started. The ids are taken out in the database, so a spec whose node
+// inputs are large (256 KiB each) is not sent whole to name its nodes. Null when the spec's nodes
+// are not a list of objects with ids, which only a spec this build cannot read has.
+const SPEC_NODE_IDS: Query = Query {
+    name: "spec_node_ids",
+    sql: "\
+SELECT CASE WHEN jsonb_typeof(v.spec->'nodes') = 'array' THEN (
+           SELECT array_agg(n.node->>'id' ORDER BY n.i)
+           FROM jsonb_array_elements(v.spec->'nodes') WITH ORDINALITY AS n(node, i)
+       ) END AS node_ids
+FROM automation_versions v
+WHERE v.tenant_id = $1::text AND v.automation_id = $2::text AND v.version = $3::int",
+};
+
 pub(super) const QUERIES: &[Query] = &[
+    SPEC_NODE_IDS,
     CREATE_AUTOMATION,
     CREATE_AUTOMATION_VERSION,
     AUTOMATION_VERSION,
@@ -347,6 +363,25 @@ impl Store {
 }
 
 impl Store {
+    /// The node ids of version `version` of `automation_id`'s spec, in spec order; `None` when
+    /// the version does not exist or its spec cannot be read as a list of nodes.
+    pub async fn spec_node_ids(
+        &self,
+        tenant: &TenantId,
+        automation_id: &AutomationId,
+        version: i32,
+    ) -> Result<Option<Vec<NodeId>>, Error> {
+        let client = self.client().await?;
+        let row = SPEC_NODE_IDS
+            .query_opt(
+                &client,
+                &[&tenant.as_str(), &automation_id.as_str(), &version],
+            )
+            .await?;
+        let ids: Option<Vec<Option<String>>> = row.and_then(|row| row.get("node_ids"));
+        Ok(ids.and_then(|ids| ids.into_iter().map(|id| id.map(NodeId)).collect()))
+    }
+
     /// An automation with its current spec. A spec this build cannot read is
     /// [`Error::UnreadableSpec`].
     pub async fn automation(

@@ -61,23 +61,25 @@ impl Store {
         let rows = EVENTS_AFTER
             .query(&client, &[&run_id.0, &after_seq, &limit])
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Event {
-                run_id: RunId(row.get("run_id")),
-                seq: row.get("seq"),
-                event: row.get("event"),
-                run_status: row
-                    .get::<_, Option<&str>>("run_status")
-                    .and_then(|s| s.parse().ok()),
-                occurred_at: row.get("occurred_at"),
-                epoch: LeaseEpoch(row.get("epoch")),
-                node_id: row.get::<_, Option<String>>("node_id").map(NodeId),
-                attempt: row.get("attempt"),
-                reason: row.get("reason"),
-                stop_kind: row.get("stop_kind"),
-                metadata: row.get("metadata"),
-            })
-            .collect())
+        Ok(rows.iter().map(read_event).collect())
+    }
+}
+
+/// An event as a row of [`EVENTS_AFTER`] (or a statement with its columns) holds it.
+pub(super) fn read_event(row: &tokio_postgres::Row) -> Event {
+    Event {
+        run_id: RunId(row.get("run_id")),
+        seq: row.get("seq"),
+        event: row.get("event"),
+        run_status: row
+            .get::<_, Option<&str>>("run_status")
+            .and_then(|s| s.parse().ok()),
+        occurred_at: row.get("occurred_at"),
+        epoch: LeaseEpoch(row.get("epoch")),
+        node_id: row.get::<_, Option<String>>("node_id").map(NodeId),
+        attempt: row.get("attempt"),
+        reason: row.get("reason"),
+        stop_kind: row.get("stop_kind"),
+        metadata: row.get("metadata"),
     }
 }

@@ -26,6 +26,7 @@ mod runs;
 mod startup;
 mod sweeps;
 mod tokens;
+mod watch;
 mod workers;
 
 use std::time::Duration;
@@ -55,6 +56,7 @@ pub use tokens::{
     MalformedToken, NewToken, Role, Secret, TOKEN_PREFIX, TokenError, TokenId, TokenRecord,
     UnknownRole,
 };
+pub use watch::RunHead;
 pub use workers::{
     ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, Wakeups,
     WorkerInfo, WorkerRecord,
@@ -143,6 +145,16 @@ impl Store {
             .build()
             .map_err(|e| Error::BadDatabaseUrl(e.to_string()))?;
         Ok(Self { pool, connector })
+    }
+
+    /// Another pool of `pool_size` connections on the same database, with the same settings:
+    /// for work that must never wait behind this pool's callers (the leader lease, the sweeps,
+    /// the health check, the watch poller behind a busy API). Connects nothing until first used.
+    pub fn sibling(&self, pool_size: usize) -> Self {
+        // The same settings built this store's pool, and only the size differs, which the pool
+        // takes whatever it is: building it again cannot fail.
+        Self::with_connector(self.connector.clone(), pool_size)
+            .expect("a pool with the settings of an existing one")
     }
 
     /// Connects to `url` and refuses a database whose schema this build cannot serve.
@@ -251,6 +263,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         outcomes::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,
+        watch::QUERIES,
         workers::QUERIES,
     ]
     .into_iter()

@@ -13,4 +13,5 @@ mod start_runs;
 mod store;
 mod tls;
 mod tokens;
+mod watch;
 mod workers;
