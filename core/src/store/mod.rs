@@ -53,8 +53,8 @@ pub use tokens::{
     UnknownRole,
 };
 pub use workers::{
-    ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, Wakeups,
-    WorkerInfo, WorkerRecord,
+    ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, STOPPED_CHANNEL,
+    StopNotice, StopNotices, Wakeups, WorkerInfo, WorkerRecord,
 };
 
 /// Time to establish a connection before giving up.

@@ -104,3 +104,15 @@ macro_rules! notify_queued {
     };
 }
 pub(super) use notify_queued;
+
+/// The call that tells the worker holding a run that a user cancelled or paused it, carrying
+/// the run's id (the SQL expression given) as text. Delivered at commit, like
+/// [`notify_queued!`]; a hint that makes the holder check its lease at once, never the fence
+/// itself (its heartbeat is the fallback). The channel is
+/// [`STOPPED_CHANNEL`](super::STOPPED_CHANNEL).
+macro_rules! notify_stopped {
+    ($run_id:literal) => {
+        concat!("pg_notify('leasehold_runs_stopped', ", $run_id, "::text)")
+    };
+}
+pub(super) use notify_stopped;

@@ -136,6 +136,8 @@ impl From<Error> for Stop {
 struct NodeDone {
     node_id: NodeId,
     attempt: u32,
+    /// The node's earlier attempts that a clean stop interrupted, which do not count.
+    clean_interruptions: u32,
     result: Result<Value, HandlerError>,
 }
 
@@ -266,6 +268,14 @@ impl Execution<'_> {
             if self.running.is_empty() {
                 return self.settle(&stop, shutdown).await;
             }
+            if self.pausing() && self.failure.is_none() {
+                // A user paused the run: stop its nodes now (an `exec` child's process group is
+                // killed as its handler is dropped); settling the pause records their attempts
+                // as interrupted by a clean stop. A failure for good is settled first instead,
+                // once the other nodes finish, as without a pause.
+                self.stop_nodes().await;
+                return self.settle(&stop, shutdown).await;
+            }
             tokio::select! {
                 () = stop.cancelled() => {
                     self.running.abort_all();
@@ -273,9 +283,8 @@ impl Execution<'_> {
                 }
                 () = shutdown.now.cancelled() => {
                     // The grace period is over: stop the nodes; the hand-back records their
-                    // attempts as interrupted.
-                    self.running.shutdown().await;
-                    self.running_ids.clear();
+                    // attempts as interrupted by a clean stop.
+                    self.stop_nodes().await;
                     return self.release(&stop).await;
                 }
                 _ = self.lease.pausing.changed() => {}
@@ -303,5 +312,11 @@ impl Execution<'_> {
 
     fn pausing(&self) -> bool {
         self.pause_requested || *self.lease.pausing.borrow()
+    }
+
+    /// Stops every running node and waits until their handlers are dropped.
+    async fn stop_nodes(&mut self) {
+        self.running.shutdown().await;
+        self.running_ids.clear();
     }
 }
