@@ -151,6 +151,9 @@ struct Execution<'a> {
     outputs: HashMap<NodeId, Value>,
     approved: HashSet<NodeId>,
     running: JoinSet<NodeDone>,
+    /// Cancelled when the running nodes are stopped (a pause, the end of the grace period);
+    /// a child of the lease's stop token. Every node's context token is a child of it.
+    nodes_stop: CancellationToken,
     running_ids: HashSet<NodeId>,
     /// A retryable failure with attempts left: once nothing runs, queue the run for it.
     retry: Option<(NodeId, u32, Duration)>,
@@ -186,6 +189,7 @@ pub(crate) async fn execute(
         outputs: HashMap::new(),
         approved: HashSet::new(),
         running: JoinSet::new(),
+        nodes_stop: stop.child_token(),
         running_ids: HashSet::new(),
         retry: None,
         failure: None,
@@ -316,6 +320,7 @@ impl Execution<'_> {
 
     /// Stops every running node and waits until their handlers are dropped.
     async fn stop_nodes(&mut self) {
+        self.nodes_stop.cancel();
         self.running.shutdown().await;
         self.running_ids.clear();
     }

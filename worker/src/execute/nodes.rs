@@ -59,7 +59,7 @@ impl Execution<'_> {
         .await;
         for (node, attempt) in to_start.iter().zip(attempts) {
             match attempt {
-                Ok(attempt) => self.spawn(stop, node, attempt),
+                Ok(attempt) => self.spawn(node, attempt),
                 Err(e) if e.is_pause_requested() => self.pause_requested = true,
                 Err(other) => {
                     // Nodes already started stop with the run: the lease is gone or the run is
@@ -73,7 +73,7 @@ impl Execution<'_> {
     }
 
     /// Spawns the handler of `node`, whose attempt `attempt` the store has counted.
-    fn spawn(&mut self, stop: &CancellationToken, node: &NodeSpec, attempt: u32) {
+    fn spawn(&mut self, node: &NodeSpec, attempt: u32) {
         let claim = self.claim();
         // Clean interruptions happen only between claims, so the count loaded with the
         // checkpoint holds for the whole claim.
@@ -96,7 +96,9 @@ impl Execution<'_> {
             .iter()
             .filter_map(|d| self.outputs.get(d).map(|o| (d.clone(), o.clone())))
             .collect::<BTreeMap<_, _>>();
-        let cancel = stop.child_token();
+        // A child of the nodes' token, itself a child of the run's stop: a lost lease, a pause
+        // or a shutdown tells whatever the handler spawned.
+        let cancel = self.nodes_stop.child_token();
         let ctx = Context {
             run_id: claim.run_id(),
             node_id: node.id.clone(),

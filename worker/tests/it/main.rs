@@ -7,4 +7,5 @@ mod exec_handler;
 mod handler_errors;
 mod http_handler;
 mod registration;
+mod stops;
 mod worker;
