@@ -65,7 +65,8 @@ WHERE g.run_id = $1::uuid AND g.status = 'approved'
 // A pausing run settled by its holder: paused, lease given up, checkpoint kept. The holder
 // stopped the nodes still running when it learned of the pause: their rows become failed,
 // retryable attempts interrupted by a clean stop, which do not count toward max_attempts
-// (clean_interruptions, bounded by the domain's cap), listed in the event.
+// (clean_interruptions, bounded by the domain's cap), listed in the event. A row an earlier
+// claim left running (its holder died) is closed too, and its attempt still counts.
 const SETTLE_PAUSE: Query = Query {
     name: "settle_pause",
     sql: concat!(
@@ -84,10 +85,10 @@ interrupted AS (
     UPDATE run_nodes n
     SET status = 'failed', last_error = 'attempt interrupted: paused by an operator',
         last_error_retryable = true, finished_at = now(),
-        clean_interruptions = n.clean_interruptions + 1
+        clean_interruptions = n.clean_interruptions + (n.epoch = fenced.lease_epoch)::int
     FROM fenced
     WHERE n.run_id = fenced.run_id AND n.status = 'running'
-    RETURNING n.node_id, n.attempts, n.clean_interruptions
+    RETURNING n.node_id, n.attempts, n.clean_interruptions, n.epoch
 )
 INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
                         metadata)
@@ -98,7 +99,7 @@ SELECT run_id, event_seq, tenant_id, 'run_paused', 'paused', lease_epoch, pause_
                                 'node_id', i.node_id, 'attempt', i.attempts,
                                 'clean_interruptions', i.clean_interruptions)
                               ORDER BY i.node_id), '[]'::jsonb)
-                           FROM interrupted i))
+                           FROM interrupted i WHERE i.epoch = fenced.lease_epoch))
 FROM fenced
 RETURNING run_id"
     ),
