@@ -18,6 +18,8 @@ pub enum Phase {
     Latency,
     /// Claim latency with large tables.
     Backlog,
+    /// From a cancel or pause of a running `exec` node to its process group gone.
+    CancelLatency,
 }
 
 /// Measures the leasehold binaries against a PostgreSQL on this machine, next to the raw-SQL
@@ -55,6 +57,9 @@ pub struct Args {
     /// Runs started one by one per repetition of each latency [default: 200].
     #[arg(long)]
     pub latency_runs: Option<usize>,
+    /// Runs cancelled (and runs paused) per repetition of cancel-latency [default: 50].
+    #[arg(long)]
+    pub stop_tries: Option<usize>,
     /// Runs in the tables at each backlog step [default: 10000,100000,1000000].
     #[arg(long, value_delimiter = ',')]
     pub backlog: Vec<i64>,
@@ -92,6 +97,7 @@ pub struct Plan {
     pub runs: usize,
     pub dag_runs: usize,
     pub latency_runs: usize,
+    pub stop_tries: usize,
     pub backlog: Vec<i64>,
 }
 
@@ -105,6 +111,7 @@ impl Args {
             runs: scaled(self.runs, 20_000, 2_000),
             dag_runs: scaled(self.dag_runs, 2_000, 200),
             latency_runs: scaled(self.latency_runs, 200, 50),
+            stop_tries: self.stop_tries.unwrap_or(50),
             backlog: if !self.backlog.is_empty() {
                 self.backlog.clone()
             } else if self.quick {
@@ -164,6 +171,7 @@ mod tests {
                 runs: 20_000,
                 dag_runs: 2_000,
                 latency_runs: 200,
+                stop_tries: 50,
                 backlog: vec![10_000, 100_000, 1_000_000],
             }
         );

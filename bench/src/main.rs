@@ -193,6 +193,10 @@ async fn measure(bench: &mut Bench) -> anyhow::Result<()> {
         (Phase::Anatomy, "anatomy: database CPU by statement"),
         (Phase::Latency, "latency"),
         (Phase::Backlog, "backlog"),
+        (
+            Phase::CancelLatency,
+            "cancel-latency: a cancel or pause to the exec group gone",
+        ),
     ] {
         if !bench.args.runs_phase(phase) {
             continue;
@@ -205,6 +209,7 @@ async fn measure(bench: &mut Bench) -> anyhow::Result<()> {
             Phase::Anatomy => phases::anatomy::run(bench).await,
             Phase::Latency => phases::latency::run(bench).await,
             Phase::Backlog => phases::backlog::run(bench).await,
+            Phase::CancelLatency => phases::stops::run(bench).await,
         }
         .with_context(|| format!("phase {label}"))?;
     }

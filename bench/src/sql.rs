@@ -98,12 +98,13 @@ pub async fn client_sessions(admin: &Client, database: &str) -> anyhow::Result<i
     Ok(admin.query_one(CLIENT_SESSIONS, &[&database]).await?.get(0))
 }
 
-// Sessions that listen for wake-ups: a worker's listening connection runs only its LISTEN.
+// Sessions that listen for wake-ups and stop notices: a worker's listening connection runs only
+// its two LISTENs, the stop channel's last.
 const LISTENING: &str = "\
 SELECT count(*) FROM pg_stat_activity WHERE datname = $1::text AND query = $2::text";
 
 pub async fn listening(admin: &Client, database: &str) -> anyhow::Result<i64> {
-    let listen = format!("LISTEN {}", leasehold_core::store::QUEUED_CHANNEL);
+    let listen = format!("LISTEN {}", leasehold_core::store::STOPPED_CHANNEL);
     Ok(admin
         .query_one(LISTENING, &[&database, &listen])
         .await?

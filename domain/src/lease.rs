@@ -74,7 +74,8 @@ pub fn reap(view: &LeaseView, now: DateTime<Utc>, poison_limit: u32) -> Reap {
 /// One node of a stale-reaped run's pinned spec, as the auto-resume rule sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeBudget {
-    /// Attempts started so far, interrupted ones included; 0 for a node without a row.
+    /// Attempts counted so far ([`crate::run::counted_attempts`]: interrupted ones included,
+    /// but for those a clean stop interrupted); 0 for a node without a row.
     pub attempts: u32,
     /// Attempts its spec allows.
     pub max_attempts: u32,

@@ -19,12 +19,14 @@
 //! - **Executions are accounted for:** every execution in the ledger ran under a claim held by
 //!   the process that ran it, as an attempt the store counted before it ran (rule 8), no
 //!   attempt ran twice, and no node ran more often than its attempts, nor more attempts than its
-//!   `max_attempts` (invariant 5).
+//!   `max_attempts` (invariant 5), those a clean stop (a shutdown hand-back, a pause)
+//!   interrupted left out, and these no more often than their cap.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use leasehold_core::ids::RunId;
+use leasehold_core::run::{CLEAN_INTERRUPTIONS_CAP, counted_attempts};
 use leasehold_core::spec;
 use tokio_postgres::Client;
 
@@ -41,7 +43,8 @@ FROM runs r ORDER BY r.run_id";
 
 // name: check_nodes
 // Every node row.
-const NODES: &str = "SELECT run_id, node_id, status, attempts, epoch FROM run_nodes";
+const NODES: &str =
+    "SELECT run_id, node_id, status, attempts, clean_interruptions, epoch FROM run_nodes";
 
 // name: check_events
 // Every event of every run, in each run's order.
@@ -179,6 +182,7 @@ struct Run {
 struct Node {
     status: String,
     attempts: i32,
+    clean_interruptions: i32,
 }
 
 struct Event {
@@ -221,6 +225,7 @@ pub async fn check(sql: &Client) -> Report {
             Node {
                 status: row.get("status"),
                 attempts: row.get("attempts"),
+                clean_interruptions: row.get("clean_interruptions"),
             },
         );
     }
@@ -463,9 +468,16 @@ fn check_nodes(
             .get(run_id)
             .and_then(|a| max_attempts.get(*a))
             .and_then(|m| m.get(node_id));
+        let clean = node.clean_interruptions.unsigned_abs();
+        if clean > CLEAN_INTERRUPTIONS_CAP {
+            report.violations.push(format!(
+                "run {run_id} node {node_id}: {clean} clean interruptions, more than the cap {CLEAN_INTERRUPTIONS_CAP}"
+            ));
+        }
+        let counted = counted_attempts(node.attempts.unsigned_abs(), clean);
         match max {
-            Some(&max) if node.attempts.unsigned_abs() > max => report.violations.push(format!(
-                "run {run_id} node {node_id}: {} attempts, more than max_attempts {max}",
+            Some(&max) if counted > max => report.violations.push(format!(
+                "run {run_id} node {node_id}: {counted} attempts counted ({} started, {clean} interrupted by a clean stop), more than max_attempts {max}",
                 node.attempts
             )),
             Some(_) => {}

@@ -492,7 +492,7 @@ async fn lost_ack(c: &mut Cluster) -> Line {
     let lost = c.settle(&runs, "completed", FINISH_DEADLINE).await;
 
     let log = c.sup.log(c.worker_proc(worker));
-    let retries = log.matches("store write failed; retrying").count();
+    let retries = failed_calls_during_outages(&log);
     eprintln!(
         "lost-ack: held results for {:.2}s ({held_chunks} chunks), dropped {} by the cut; \
          {committed} completions had committed; the worker retried {retries} writes; every run \
@@ -502,7 +502,8 @@ async fn lost_ack(c: &mut Cluster) -> Line {
         secs(recovery)
     );
     // Every completion that committed was waiting for its reply when the connections went: each
-    // was retried.
+    // failed and was retried, and the outage's end counts the failures (heartbeats and claims
+    // that failed meanwhile too, so this is at least the writes retried).
     assert!(
         retries >= committed,
         "the worker retried {retries} writes, fewer than the {committed} lost acknowledgements"
@@ -1027,4 +1028,19 @@ async fn cancel_exec(c: &mut Cluster) -> Line {
         bound: cancel_bound(),
         took: Duration::ZERO,
     }
+}
+
+/// The calls that failed during the database outages a worker's log reports, summed over the
+/// `failures=N` of each "database available again" line.
+fn failed_calls_during_outages(log: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("database available again"))
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("failures=")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
 }

@@ -36,7 +36,9 @@ pub struct Config {
     /// Polling fallback for when LISTEN/NOTIFY misses a wake-up; also the only mechanism when
     /// `listen` is off.
     pub poll_interval: Duration,
-    /// Whether to listen for NOTIFY wake-ups when runs are queued.
+    /// Whether to listen (on one connection of its own) for NOTIFY wake-ups when runs are
+    /// queued, and for a user's cancel or pause of a run the worker holds, which then stops the
+    /// run's nodes at once. Without it, cancels and pauses land at the next heartbeat.
     pub listen: bool,
     /// Time running nodes get to finish after a shutdown signal, before the worker stops them
     /// and hands their runs back.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, RunId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Claim, Store, outage};
+use leasehold_core::store::{Claim, StopNotice, StopNotices, Store, outage};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -100,6 +100,15 @@ impl KeeperHandle {
         self.lock().values().map(|h| h.claim).collect()
     }
 
+    /// The claims held on these runs; runs this worker does not hold are left out.
+    fn claims_of(&self, run_ids: &[RunId]) -> Vec<Claim> {
+        let held = self.lock();
+        run_ids
+            .iter()
+            .filter_map(|run_id| held.get(run_id).map(|h| h.claim))
+            .collect()
+    }
+
     /// Stops every run whose lease may expire within the margin.
     fn fence_overdue(&self, now: Instant) {
         self.lock().retain(|run_id, held| {
@@ -141,8 +150,11 @@ impl LeaseKeeper {
         self.handle.clone()
     }
 
-    /// Beats and fences until `stop` is cancelled.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Beats and fences until `stop` is cancelled. With `notices`, a cancel or pause of a held
+    /// run is acted on at once: its lease is renewed out of turn, which tells the run that its
+    /// lease is lost (a cancel) or that it is pausing, as a heartbeat would. The heartbeat stays
+    /// the fallback for a missed notice.
+    pub async fn run(self, stop: CancellationToken, notices: Option<StopNotices>) {
         let fence = {
             let handle = self.handle.clone();
             let stop = stop.clone();
@@ -166,39 +178,82 @@ impl LeaseKeeper {
                 }
             }
         };
-        tokio::join!(fence, beat);
+        let react = async {
+            let Some(mut notices) = notices else {
+                return;
+            };
+            while let Some(first) = stop.run_until_cancelled(notices.next()).await {
+                let claims = self.noticed(first, &mut notices);
+                if claims.is_empty() {
+                    continue;
+                }
+                if tokio::time::timeout(self.heartbeat_interval, self.renew(&claims))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        runs = claims.len(),
+                        "renewal for stop notices did not answer within a heartbeat interval"
+                    );
+                }
+            }
+        };
+        tokio::join!(fence, beat, react);
+    }
+
+    /// The claims to renew for `first` and every notice already waiting behind it: a burst of
+    /// cancels costs one statement, not one per run. A missed notice renews every claim.
+    fn noticed(&self, first: StopNotice, notices: &mut StopNotices) -> Vec<Claim> {
+        let mut run_ids = Vec::new();
+        let mut notice = Some(first);
+        while let Some(n) = notice {
+            match n {
+                StopNotice::Run(run_id) => run_ids.push(run_id),
+                StopNotice::Missed => return self.handle.claims(),
+            }
+            notice = notices.try_next();
+        }
+        self.handle.claims_of(&run_ids)
     }
 
     async fn beat(&self) {
-        let claims = self.handle.claims();
-        let sent_at = Instant::now();
-        let beaten = self.store.heartbeat(&claims, self.handle.lease).await;
-        if let Some(e) = outage::DATABASE.record(&beaten) {
-            tracing::warn!(error = %e, "heartbeat failed; leases run on until renewed");
-        }
-        if let Ok(round) = beaten {
-            let mut held = self.handle.lock();
-            for renewed in round.renewed {
-                let current = held
-                    .get_mut(&renewed.claim.run_id())
-                    .filter(|h| h.claim == renewed.claim);
-                if let Some(h) = current {
-                    h.fence_at = sent_at + self.handle.lease - self.handle.margin;
-                    h.pausing.send_replace(renewed.status == RunStatus::Pausing);
-                }
-            }
-            for lost in round.lost {
-                let current = held.get(&lost.run_id()).is_some_and(|h| h.claim == lost);
-                if let Some(h) = current.then(|| held.remove(&lost.run_id())).flatten() {
-                    tracing::info!(run_id = %lost.run_id(), "lease lost; stopping the run");
-                    h.stop.cancel();
-                }
-            }
-        }
+        self.renew(&self.handle.claims()).await;
         match self.store.worker_heartbeat(&self.claimant).await {
             Ok(Some(true)) => self.drain_requested.cancel(),
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "worker heartbeat failed"),
+        }
+    }
+
+    /// Renews `claims` in one statement: moves the fence deadline of each renewed one and tells
+    /// its run whether it is pausing, and stops the runs whose claims are lost.
+    async fn renew(&self, claims: &[Claim]) {
+        let sent_at = Instant::now();
+        let beaten = self.store.heartbeat(claims, self.handle.lease).await;
+        if let Some(e) = outage::DATABASE.record(&beaten) {
+            tracing::warn!(error = %e, "heartbeat failed; leases run on until renewed");
+        }
+        let Ok(round) = beaten else { return };
+        let mut held = self.handle.lock();
+        for renewed in round.renewed {
+            let current = held
+                .get_mut(&renewed.claim.run_id())
+                .filter(|h| h.claim == renewed.claim);
+            if let Some(h) = current {
+                h.fence_at = sent_at + self.handle.lease - self.handle.margin;
+                // A claim never leaves pausing but for the run leaving the worker, so the flag
+                // only rises: an older round answering late cannot lower it.
+                if renewed.status == RunStatus::Pausing && !*h.pausing.borrow() {
+                    h.pausing.send_replace(true);
+                }
+            }
+        }
+        for lost in round.lost {
+            let current = held.get(&lost.run_id()).is_some_and(|h| h.claim == lost);
+            if let Some(h) = current.then(|| held.remove(&lost.run_id())).flatten() {
+                tracing::info!(run_id = %lost.run_id(), "lease lost; stopping the run");
+                h.stop.cancel();
+            }
         }
     }
 }

@@ -55,17 +55,27 @@ impl Worker {
         self.store.register_worker(&info).await?;
         tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?self.registry.kinds(), "worker started");
 
+        // One listening connection for both: wake-ups for the claim loop, stop notices for the
+        // keeper. Kept until the keeper stops, so that a cancel or pause still lands at once
+        // during the drain.
+        let (wakeups, notices) = if self.config.listen {
+            let (wakeups, notices) = self.store.listen_worker();
+            (Some(wakeups), Some(notices))
+        } else {
+            (None, None)
+        };
         let drain_requested = CancellationToken::new();
         let keeper = LeaseKeeper::new(self.store.clone(), &self.config, drain_requested.clone());
         let leases = keeper.handle();
         let keeper_stop = CancellationToken::new();
-        let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
+        let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone(), notices));
         let mut held = Held::default();
         let stopping = Stopping {
             shutdown,
             drain_requested,
         };
-        self.claim_loop(&mut held, &leases, &stopping).await;
+        self.claim_loop(&mut held, &leases, &stopping, wakeups.as_ref())
+            .await;
 
         if stopping.drain_requested.is_cancelled() {
             tracing::info!("drain requested by an operator");
@@ -73,6 +83,7 @@ impl Worker {
         self.drain(&mut held).await;
         keeper_stop.cancel();
         let _ = keeper_task.await;
+        drop(wakeups);
         if let Err(e) = self.store.deregister_worker(&self.config.claimant_id).await {
             tracing::warn!(error = %e, "could not remove the worker's row");
         }
@@ -101,8 +112,13 @@ impl Worker {
     }
 
     /// Claims up to free capacity and starts each claimed run, until the worker is stopping.
-    async fn claim_loop(&self, held: &mut Held, leases: &KeeperHandle, stopping: &Stopping) {
-        let wakeups = self.config.listen.then(|| self.store.listen_queued());
+    async fn claim_loop(
+        &self,
+        held: &mut Held,
+        leases: &KeeperHandle,
+        stopping: &Stopping,
+        wakeups: Option<&store::Wakeups>,
+    ) {
         let shared = Arc::new(Shared::new(
             self.store.clone(),
             self.registry.clone(),
@@ -150,7 +166,7 @@ impl Worker {
                         held.collect(done);
                     }
                 }
-                () = wait_for_wakeup(wakeups.as_ref()), if !full && !claim_failed => woken = true,
+                () = wait_for_wakeup(wakeups), if !full && !claim_failed => woken = true,
                 () = tokio::time::sleep_until(next_poll), if !full => woken = true,
             }
         }

@@ -6,12 +6,14 @@
 //! - `anatomy`: the database CPU of each statement of a one-node run, the limit's beside it.
 //! - `latency`: trigger-to-start of runs started one by one, notified and polled.
 //! - `backlog`: the product's claim with large tables.
+//! - `stops`: a cancel or pause of a running `exec` node to its process group gone.
 
 pub mod anatomy;
 pub mod backlog;
 pub mod enqueue;
 pub mod latency;
 pub mod process;
+pub mod stops;
 
 use std::path::PathBuf;
 use std::time::Duration;

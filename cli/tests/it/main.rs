@@ -8,6 +8,7 @@ mod coordinator;
 mod dev;
 mod migrate;
 mod python_client;
+mod rolling_restarts;
 mod startup;
 mod tls;
 mod watch_load;

@@ -165,8 +165,11 @@ RETURNING r.run_id, r.lease_epoch, r.status, r.lease_expires_at",
 
 // A worker shutting down hands its runs back in one statement, fenced per run, so another worker
 // takes them at once instead of waiting for the leases to expire. The checkpoint stays and the
-// run keeps its place in the queue; a node still running past the grace period is recorded as
-// an interrupted attempt, which counts.
+// run keeps its place in the queue. A node still running past the grace period was stopped by
+// the worker: it is recorded as an attempt interrupted by a clean stop (clean_interruptions),
+// which does not count toward max_attempts, and listed in the event. A crash never comes here:
+// the reaper's stale reap records its interrupted attempts, and those count; so does a row an
+// earlier claim left running (its holder died), which this closes without counting it clean.
 const RELEASE_ON_SHUTDOWN: Query = Query {
     name: "release_on_shutdown",
     sql: concat!(
@@ -194,13 +197,22 @@ released AS (
 interrupted AS (
     UPDATE run_nodes n
     SET status = 'failed', last_error = 'attempt interrupted: the worker shut down',
-        last_error_retryable = true, finished_at = now()
+        last_error_retryable = true, finished_at = now(),
+        clean_interruptions = n.clean_interruptions + (n.epoch = released.lease_epoch)::int
     FROM released
     WHERE n.run_id = released.run_id AND n.status = 'running'
+    RETURNING n.run_id, n.node_id, n.attempts, n.clean_interruptions, n.epoch
 ),
 event AS (
-    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch)
-    SELECT run_id, event_seq, tenant_id, 'run_released_shutdown', 'queued', lease_epoch
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
+    SELECT run_id, event_seq, tenant_id, 'run_released_shutdown', 'queued', lease_epoch,
+           jsonb_build_object(
+               'interrupted', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                    'node_id', i.node_id, 'attempt', i.attempts,
+                                    'clean_interruptions', i.clean_interruptions)
+                                  ORDER BY i.node_id), '[]'::jsonb)
+                               FROM interrupted i
+                               WHERE i.run_id = released.run_id AND i.epoch = released.lease_epoch))
     FROM released
 )
 SELECT run_id, (SELECT ",

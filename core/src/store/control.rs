@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::query::{Query, clear_lease, notify_queued, operator_request_id};
+use super::query::{Query, clear_lease, notify_queued, notify_stopped, operator_request_id};
 use super::{Claim, Error, FenceError, RequestError, Store};
 use crate::ids::{NodeId, RunId, TenantId};
 use crate::run::{IllegalTransition, Transition};
@@ -62,7 +62,11 @@ WHERE g.run_id = $1::uuid AND g.status = 'approved'
         AND e.occurred_at >= g.decided_at AND e.metadata->'reset' ? g.node_id)",
 };
 
-// A pausing run whose running nodes finished: paused, lease given up, checkpoint kept.
+// A pausing run settled by its holder: paused, lease given up, checkpoint kept. The holder
+// stopped the nodes still running when it learned of the pause: their rows become failed,
+// retryable attempts interrupted by a clean stop, which do not count toward max_attempts
+// (clean_interruptions, bounded by the domain's cap), listed in the event. A row an earlier
+// claim left running (its holder died) is closed too, and its attempt still counts.
 const SETTLE_PAUSE: Query = Query {
     name: "settle_pause",
     sql: concat!(
@@ -76,18 +80,35 @@ WITH fenced AS (
         event_seq = r.event_seq + 1, updated_at = now()
     WHERE r.run_id = $1::uuid AND r.lease_epoch = $2::bigint AND r.status = 'pausing'
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.pause_reason
+),
+interrupted AS (
+    UPDATE run_nodes n
+    SET status = 'failed', last_error = 'attempt interrupted: paused by an operator',
+        last_error_retryable = true, finished_at = now(),
+        clean_interruptions = n.clean_interruptions + (n.epoch = fenced.lease_epoch)::int
+    FROM fenced
+    WHERE n.run_id = fenced.run_id AND n.status = 'running'
+    RETURNING n.node_id, n.attempts, n.clean_interruptions, n.epoch
 )
-INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind)
+INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
+                        metadata)
 SELECT run_id, event_seq, tenant_id, 'run_paused', 'paused', lease_epoch, pause_reason,
-       'operator_paused'
+       'operator_paused',
+       jsonb_build_object(
+           'interrupted', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                'node_id', i.node_id, 'attempt', i.attempts,
+                                'clean_interruptions', i.clean_interruptions)
+                              ORDER BY i.node_id), '[]'::jsonb)
+                           FROM interrupted i WHERE i.epoch = fenced.lease_epoch))
 FROM fenced
 RETURNING run_id"
     ),
 };
 
-// A user pauses a run. One no worker holds stops at once; a held one becomes pausing, which its
-// holder learns from its next heartbeat and settles once its running nodes finish. The event
-// records the actor ($4), as every operator's move does.
+// A user pauses a run. One no worker holds stops at once; a held one becomes pausing, and its
+// holder is told at commit (a NOTIFY on the stopped channel, its next heartbeat if that is
+// missed): it stops the running nodes and settles the pause. The event records the actor ($4),
+// as every operator's move does.
 const PAUSE_RUN: Query = Query {
     name: "pause_run",
     sql: concat!(
@@ -117,7 +138,9 @@ SELECT run_id, event_seq, tenant_id,
         operator_request_id!(5),
         "
 FROM paused
-RETURNING run_id"
+RETURNING run_id, (SELECT ",
+        notify_stopped!("run_id"),
+        " WHERE run_status = 'pausing') AS notified"
     ),
 };
 

@@ -58,8 +58,8 @@ pub use tokens::{
 };
 pub use watch::RunHead;
 pub use workers::{
-    ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, Wakeups,
-    WorkerInfo, WorkerRecord,
+    ALIVE_WITHOUT_STATED_LEASE, AdvertisedKind, NodeKindRecord, QUEUED_CHANNEL, STOPPED_CHANNEL,
+    StopNotice, StopNotices, Wakeups, WorkerInfo, WorkerRecord,
 };
 
 /// Time to establish a connection before giving up.

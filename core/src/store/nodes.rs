@@ -42,6 +42,9 @@ pub struct NodeRecord {
     pub status: NodeStatus,
     /// Attempts started, interrupted ones included.
     pub attempts: u32,
+    /// Of those, the attempts a clean stop (a shutdown hand-back, a pause) interrupted, which do
+    /// not count toward `max_attempts`.
+    pub clean_interruptions: u32,
     /// Its output, once completed.
     pub output: Option<serde_json::Value>,
     /// The last failure's message.
@@ -63,6 +66,7 @@ impl NodeRecord {
             status: self.status,
             attempts: self.attempts,
             retryable: self.last_error_retryable.unwrap_or(true),
+            clean_interruptions: self.clean_interruptions,
         }
     }
 }
@@ -258,8 +262,8 @@ WHERE r.run_id = $1::uuid",
 const CHECKPOINT: Query = Query {
     name: "checkpoint",
     sql: "\
-SELECT node_id, status, attempts, output, last_error, last_error_retryable, epoch, started_at,
-       finished_at
+SELECT node_id, status, attempts, clean_interruptions, output, last_error, last_error_retryable,
+       epoch, started_at, finished_at
 FROM run_nodes WHERE run_id = $1::uuid ORDER BY node_id",
 };
 
@@ -570,6 +574,7 @@ fn read_node(run_id: RunId, row: &Row) -> Result<NodeRecord, Error> {
         node_id: NodeId(row.get("node_id")),
         status,
         attempts: row.get::<_, i32>("attempts").unsigned_abs(),
+        clean_interruptions: row.get::<_, i32>("clean_interruptions").unsigned_abs(),
         output: row.get("output"),
         last_error: row.get("last_error"),
         last_error_retryable: row.get("last_error_retryable"),

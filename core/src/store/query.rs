@@ -117,3 +117,15 @@ macro_rules! operator_request_id {
     };
 }
 pub(super) use operator_request_id;
+
+/// The call that tells the worker holding a run that a user cancelled or paused it, carrying
+/// the run's id (the SQL expression given) as text. Delivered at commit, like
+/// [`notify_queued!`]; a hint that makes the holder check its lease at once, never the fence
+/// itself (its heartbeat is the fallback). The channel is
+/// [`STOPPED_CHANNEL`](super::STOPPED_CHANNEL).
+macro_rules! notify_stopped {
+    ($run_id:literal) => {
+        concat!("pg_notify('leasehold_runs_stopped', ", $run_id, "::text)")
+    };
+}
+pub(super) use notify_stopped;

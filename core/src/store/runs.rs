@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::control::OperatorRequest;
-use super::query::{Query, clear_lease, notify_queued, operator_request_id};
+use super::query::{Query, clear_lease, notify_queued, notify_stopped, operator_request_id};
 use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::{RunStatus, Transition};
@@ -192,8 +192,10 @@ FROM runs r WHERE r.run_id = $1::uuid AND r.tenant_id = $2::text"
     ),
 };
 
-// Cancels a run that has not ended, wherever it is. A held run loses its lease here: the
-// holder's next fenced write or heartbeat finds the run no longer running and stops it. A run
+// Cancels a run that has not ended, wherever it is. A held run loses its lease here, and its
+// holder is told at commit (a NOTIFY on the stopped channel), so that it checks its lease at once
+// and stops the run's nodes; its next fenced write or heartbeat finds the run no longer running
+// if the notification is missed. A run that nobody holds needs no notification. A run
 // waiting in backoff loses its retry_after, so nothing revives it; a pending gate is closed, so
 // nobody is asked to approve a run that will never continue. The event records the actor ($4).
 const CANCEL_RUN: Query = Query {
@@ -201,7 +203,7 @@ const CANCEL_RUN: Query = Query {
     sql: concat!(
         "\
 WITH target AS (
-    SELECT run_id FROM runs
+    SELECT run_id, status AS was FROM runs
     WHERE run_id = $1::uuid AND tenant_id = $2::text
       AND status NOT IN ('completed', 'failed', 'blocked', 'cancelled')
     FOR UPDATE
@@ -216,7 +218,7 @@ cancelled AS (
         event_seq = r.event_seq + 1, updated_at = now()
     FROM target
     WHERE r.run_id = target.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, target.was
 ),
 interrupted AS (
     UPDATE run_nodes n
@@ -239,7 +241,9 @@ SELECT run_id, event_seq, tenant_id, 'run_cancelled', 'cancelled', lease_epoch,
         operator_request_id!(5),
         "
 FROM cancelled
-RETURNING run_id"
+RETURNING run_id, (SELECT ",
+        notify_stopped!("c.run_id"),
+        " FROM cancelled c WHERE c.was IN ('running', 'pausing')) AS notified"
     ),
 };
 

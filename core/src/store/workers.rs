@@ -1,5 +1,5 @@
 //! The registry of worker processes (with their liveness and the node kinds they advertise), and
-//! the wake-up channel they listen on.
+//! the channels they listen on: wake-ups for queued runs, and stop notices for held ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,14 +7,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 
 use super::connect::Connector;
 use super::query::Query;
 use super::{Error, Store, millis};
-use crate::ids::ClaimantId;
+use crate::ids::{ClaimantId, RunId};
 use crate::kinds::Schema;
 
 /// The channel a NOTIFY on it wakes idle workers through. It carries no payload: it is a hint
@@ -26,6 +26,22 @@ const LISTEN_QUEUED: Query = Query {
     name: "listen_queued",
     sql: "LISTEN leasehold_runs_queued",
 };
+
+/// The channel on which a user's cancel or pause of a held run tells its holder, with the run's
+/// id as the payload, so that the holder checks its lease at once instead of at its next
+/// heartbeat. A hint like [`QUEUED_CHANNEL`]: the heartbeat still learns of every cancel and
+/// pause when a notification is missed.
+pub const STOPPED_CHANNEL: &str = "leasehold_runs_stopped";
+
+// On the same connection as LISTEN_QUEUED: a worker costs the database one listening session.
+const LISTEN_STOPPED: Query = Query {
+    name: "listen_stopped",
+    sql: "LISTEN leasehold_runs_stopped",
+};
+
+/// Stop notices a listener keeps for a receiver that has not read them yet. A receiver that
+/// falls further behind reads [`StopNotice::Missed`] and checks every lease it holds.
+const STOP_NOTICES_BUFFERED: usize = 1024;
 
 /// Delay before listening again after the listening connection dropped.
 const RELISTEN_DELAY: Duration = Duration::from_secs(1);
@@ -192,7 +208,43 @@ pub(super) const QUERIES: &[Query] = &[
     SET_WORKER_DRAINING,
     DEREGISTER_WORKER,
     LISTEN_QUEUED,
+    LISTEN_STOPPED,
 ];
+
+/// What a worker hears on [`STOPPED_CHANNEL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopNotice {
+    /// A user cancelled or paused this run while a worker held it.
+    Run(RunId),
+    /// Notices may have been missed: the listening connection was (re)established, or the
+    /// receiver fell behind. Check every lease held.
+    Missed,
+}
+
+/// Stop notices from [`STOPPED_CHANNEL`], from the listener [`Store::listen_worker`] started.
+pub struct StopNotices {
+    notices: broadcast::Receiver<StopNotice>,
+}
+
+impl StopNotices {
+    /// The next notice; waits for ever once the listener is gone.
+    pub async fn next(&mut self) -> StopNotice {
+        match self.notices.recv().await {
+            Ok(notice) => notice,
+            Err(broadcast::error::RecvError::Lagged(_)) => StopNotice::Missed,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+
+    /// A notice that is already waiting, without waiting for one.
+    pub fn try_next(&mut self) -> Option<StopNotice> {
+        match self.notices.try_recv() {
+            Ok(notice) => Some(notice),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => Some(StopNotice::Missed),
+            Err(_) => None,
+        }
+    }
+}
 
 /// Wake-ups from [`QUEUED_CHANNEL`], on a connection of their own.
 ///
@@ -321,12 +373,25 @@ impl Store {
 
     /// Listens on [`QUEUED_CHANNEL`] on a dedicated connection, listening again after it drops.
     pub fn listen_queued(&self) -> Wakeups {
+        self.listen(None)
+    }
+
+    /// Listens on [`QUEUED_CHANNEL`] and [`STOPPED_CHANNEL`] on one dedicated connection,
+    /// listening again after it drops. The stop notices say [`StopNotice::Missed`] each time
+    /// the channel is listened to, the first time included, since a notice sent meanwhile was
+    /// lost. Both end when the [`Wakeups`] are dropped.
+    pub fn listen_worker(&self) -> (Wakeups, StopNotices) {
+        let (sender, notices) = broadcast::channel(STOP_NOTICES_BUFFERED);
+        (self.listen(Some(sender)), StopNotices { notices })
+    }
+
+    fn listen(&self, stops: Option<broadcast::Sender<StopNotice>>) -> Wakeups {
         let notify = Arc::new(Notify::new());
         let connector = self.connector.clone();
         let wake = Arc::clone(&notify);
         let task = tokio::spawn(async move {
             loop {
-                if let Err(e) = listen_once(&connector, &wake).await {
+                if let Err(e) = listen_once(&connector, &wake, stops.as_ref()).await {
                     tracing::debug!(error = %e, "listening connection dropped; polling covers the gap");
                 }
                 // A missed notification delays work by one poll interval at most; wake the
@@ -339,10 +404,22 @@ impl Store {
     }
 }
 
-async fn listen_once(connector: &Connector, wake: &Notify) -> Result<(), Error> {
+async fn listen_once(
+    connector: &Connector,
+    wake: &Notify,
+    stops: Option<&broadcast::Sender<StopNotice>>,
+) -> Result<(), Error> {
     let (client, mut connection) = connector.connect().await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let listen = client.batch_execute(LISTEN_QUEUED.sql);
+    // The connection delivers the answers only while `messages` is polled, so the LISTENs run
+    // beside it rather than before it.
+    let listen = async {
+        client.batch_execute(LISTEN_QUEUED.sql).await?;
+        if stops.is_some() {
+            client.batch_execute(LISTEN_STOPPED.sql).await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    };
     tokio::pin!(listen);
     let mut listening = false;
     loop {
@@ -350,8 +427,23 @@ async fn listen_once(connector: &Connector, wake: &Notify) -> Result<(), Error> 
             result = &mut listen, if !listening => {
                 result?;
                 listening = true;
+                if let Some(stops) = stops {
+                    // Nobody listening is not an error: the worker is stopping.
+                    let _ = stops.send(StopNotice::Missed);
+                }
             }
             message = messages.next() => match message {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == STOPPED_CHANNEL => {
+                    match (stops, n.payload().parse::<uuid::Uuid>()) {
+                        (Some(stops), Ok(run_id)) => {
+                            let _ = stops.send(StopNotice::Run(RunId(run_id)));
+                        }
+                        (Some(_), Err(_)) => {
+                            tracing::debug!(payload = n.payload(), "a stop notice without a run id");
+                        }
+                        (None, _) => {}
+                    }
+                }
                 Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),

@@ -1,8 +1,11 @@
-//! Runs: the state machine every transition follows, and which nodes of a run are ready.
+//! Runs: the state machine every transition follows, which nodes of a run are ready, and which
+//! of a node's attempts count.
 
+mod attempts;
 mod ready;
 mod state;
 
+pub use attempts::{Budget, CLEAN_INTERRUPTIONS_CAP, counted_attempts};
 pub use ready::{Checkpoint, NodeState, NodeStatus, downstream, ready_nodes};
 
 /// Largest node output stored, as JSON: larger outputs fail the node rather than the database.

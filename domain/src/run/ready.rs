@@ -42,11 +42,14 @@ impl NodeStatus {
 pub struct NodeState {
     /// Where it stands.
     pub status: NodeStatus,
-    /// Attempts started so far, interrupted ones included.
+    /// Attempts started so far, interrupted ones included: the attempt number of the latest.
     pub attempts: u32,
     /// For a failed node: whether another attempt may succeed. A terminal failure is final even
     /// when attempts remain, also after the run moved to another worker.
     pub retryable: bool,
+    /// Of the attempts started, those a clean stop (a shutdown hand-back, a pause) interrupted:
+    /// they do not count toward `max_attempts` (see [`NodeState::budget`]).
+    pub clean_interruptions: u32,
 }
 
 impl NodeState {
@@ -64,9 +67,10 @@ impl NodeState {
         }
     }
 
-    /// Failed for good: terminally, or with every attempt used.
+    /// Failed for good: terminally, with every counted attempt used, or interrupted by clean
+    /// stops as often as the cap allows ([`NodeState::budget`] says which).
     pub fn failed_for_good(self, max_attempts: u32) -> bool {
-        self.status == NodeStatus::Failed && (!self.retryable || self.attempts >= max_attempts)
+        self.status == NodeStatus::Failed && !self.budget(max_attempts).allows_another()
     }
 }
 
@@ -164,6 +168,7 @@ mod tests {
                         status: *status,
                         attempts: *attempts,
                         retryable: true,
+                        clean_interruptions: 0,
                     },
                 )
             })
@@ -206,6 +211,26 @@ mod tests {
     }
 
     #[test]
+    fn attempts_a_clean_stop_interrupted_leave_a_failed_node_ready() {
+        let spec = diamond();
+        let handed_back = NodeState {
+            status: Failed,
+            attempts: 2,
+            retryable: true,
+            clean_interruptions: 1,
+        };
+        let checkpoint: Checkpoint = [(NodeId::from("a"), handed_back)].into();
+        assert_eq!(ready_nodes(&spec, &checkpoint), vec![&NodeId::from("a")]);
+        let capped = NodeState {
+            attempts: crate::run::CLEAN_INTERRUPTIONS_CAP,
+            clean_interruptions: crate::run::CLEAN_INTERRUPTIONS_CAP,
+            ..handed_back
+        };
+        let checkpoint: Checkpoint = [(NodeId::from("a"), capped)].into();
+        assert!(ready_nodes(&spec, &checkpoint).is_empty());
+    }
+
+    #[test]
     fn downstream_follows_dependencies_transitively() {
         let spec = diamond();
         let ids = |failed: &str| -> Vec<&str> {
@@ -226,6 +251,7 @@ mod tests {
             status: Failed,
             attempts: 1,
             retryable: false,
+            clean_interruptions: 0,
         };
         let checkpoint: Checkpoint = [(NodeId::from("a"), failed)].into();
         assert!(ready_nodes(&spec, &checkpoint).is_empty());
@@ -238,6 +264,7 @@ mod tests {
             status: Running,
             attempts: 1,
             retryable: true,
+            clean_interruptions: 0,
         };
         let seen = running.under_claim(LeaseEpoch(1), LeaseEpoch(2));
         assert_eq!((seen.status, seen.attempts), (Failed, 1));

@@ -136,6 +136,8 @@ impl From<Error> for Stop {
 struct NodeDone {
     node_id: NodeId,
     attempt: u32,
+    /// The node's earlier attempts that a clean stop interrupted, which do not count.
+    clean_interruptions: u32,
     result: Result<Value, HandlerError>,
 }
 
@@ -149,6 +151,9 @@ struct Execution<'a> {
     outputs: HashMap<NodeId, Value>,
     approved: HashSet<NodeId>,
     running: JoinSet<NodeDone>,
+    /// Cancelled when the running nodes are stopped (a pause, the end of the grace period);
+    /// a child of the lease's stop token. Every node's context token is a child of it.
+    nodes_stop: CancellationToken,
     running_ids: HashSet<NodeId>,
     /// How often an operator reset each node (recover, rework): part of its idempotency key.
     resets: HashMap<NodeId, u32>,
@@ -186,6 +191,7 @@ pub(crate) async fn execute(
         outputs: HashMap::new(),
         approved: HashSet::new(),
         running: JoinSet::new(),
+        nodes_stop: stop.child_token(),
         running_ids: HashSet::new(),
         resets: HashMap::new(),
         retry: None,
@@ -272,6 +278,14 @@ impl Execution<'_> {
             if self.running.is_empty() {
                 return self.settle(&stop, shutdown).await;
             }
+            if self.pausing() && self.failure.is_none() {
+                // A user paused the run: stop its nodes now (an `exec` child's process group is
+                // killed as its handler is dropped); settling the pause records their attempts
+                // as interrupted by a clean stop. A failure for good is settled first instead,
+                // once the other nodes finish, as without a pause.
+                self.stop_nodes().await;
+                return self.settle(&stop, shutdown).await;
+            }
             tokio::select! {
                 () = stop.cancelled() => {
                     self.running.abort_all();
@@ -279,9 +293,8 @@ impl Execution<'_> {
                 }
                 () = shutdown.now.cancelled() => {
                     // The grace period is over: stop the nodes; the hand-back records their
-                    // attempts as interrupted.
-                    self.running.shutdown().await;
-                    self.running_ids.clear();
+                    // attempts as interrupted by a clean stop.
+                    self.stop_nodes().await;
                     return self.release(&stop).await;
                 }
                 _ = self.lease.pausing.changed() => {}
@@ -310,5 +323,12 @@ impl Execution<'_> {
 
     fn pausing(&self) -> bool {
         self.pause_requested || *self.lease.pausing.borrow()
+    }
+
+    /// Stops every running node and waits until their handlers are dropped.
+    async fn stop_nodes(&mut self) {
+        self.nodes_stop.cancel();
+        self.running.shutdown().await;
+        self.running_ids.clear();
     }
 }

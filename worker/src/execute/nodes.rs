@@ -59,7 +59,7 @@ impl Execution<'_> {
         .await;
         for (node, attempt) in to_start.iter().zip(attempts) {
             match attempt {
-                Ok(attempt) => self.spawn(stop, node, attempt),
+                Ok(attempt) => self.spawn(node, attempt),
                 Err(e) if e.is_pause_requested() => self.pause_requested = true,
                 Err(other) => {
                     // Nodes already started stop with the run: the lease is gone or the run is
@@ -73,14 +73,21 @@ impl Execution<'_> {
     }
 
     /// Spawns the handler of `node`, whose attempt `attempt` the store has counted.
-    fn spawn(&mut self, stop: &CancellationToken, node: &NodeSpec, attempt: u32) {
+    fn spawn(&mut self, node: &NodeSpec, attempt: u32) {
         let claim = self.claim();
+        // Clean interruptions happen only between claims, so the count loaded with the
+        // checkpoint holds for the whole claim.
+        let clean_interruptions = self
+            .checkpoint
+            .get(&node.id)
+            .map_or(0, |s| s.clean_interruptions);
         self.checkpoint.insert(
             node.id.clone(),
             NodeState {
                 status: NodeStatus::Running,
                 attempts: attempt,
                 retryable: true,
+                clean_interruptions,
             },
         );
         self.running_ids.insert(node.id.clone());
@@ -89,7 +96,9 @@ impl Execution<'_> {
             .iter()
             .filter_map(|d| self.outputs.get(d).map(|o| (d.clone(), o.clone())))
             .collect::<BTreeMap<_, _>>();
-        let cancel = stop.child_token();
+        // A child of the nodes' token, itself a child of the run's stop: a lost lease, a pause
+        // or a shutdown tells whatever the handler spawned.
+        let cancel = self.nodes_stop.child_token();
         let ctx = Context {
             run_id: claim.run_id(),
             node_id: node.id.clone(),
@@ -130,6 +139,7 @@ impl Execution<'_> {
             NodeDone {
                 node_id,
                 attempt,
+                clean_interruptions,
                 result,
             }
         });
@@ -161,7 +171,13 @@ impl Execution<'_> {
                     })
                 })
                 .await?;
-                self.set_status(&done.node_id, NodeStatus::Completed, done.attempt, true);
+                self.set_status(
+                    &done.node_id,
+                    done.attempt,
+                    done.clean_interruptions,
+                    NodeStatus::Completed,
+                    true,
+                );
                 self.outputs.insert(done.node_id, output);
             }
             Err(error) => {
@@ -172,17 +188,27 @@ impl Execution<'_> {
                     store.node_failed(&claim, &done.node_id, &message, retryable)
                 })
                 .await?;
-                self.set_status(&done.node_id, NodeStatus::Failed, done.attempt, retryable);
+                let state = self.set_status(
+                    &done.node_id,
+                    done.attempt,
+                    done.clean_interruptions,
+                    NodeStatus::Failed,
+                    retryable,
+                );
                 tracing::info!(run_id = %claim.run_id(), node = %done.node_id, attempt = done.attempt, retryable, error = %message, "node attempt failed");
-                if retryable && done.attempt < node.max_attempts {
-                    let delay = retry::next_delay(&node.backoff, done.attempt, fastrand::f64());
+                if state.budget(node.max_attempts).allows_another() {
+                    // Backoff grows with the attempts that count: one a shutdown interrupted
+                    // did not fail.
+                    let counted = state.counted_attempts();
+                    let delay = retry::next_delay(&node.backoff, counted, fastrand::f64());
                     self.retry
                         .get_or_insert((done.node_id, done.attempt + 1, delay));
                 } else if self.failure.is_none() {
                     let reason = if retryable {
                         format!(
                             "{message} (attempt {} of {})",
-                            done.attempt, node.max_attempts
+                            state.counted_attempts(),
+                            node.max_attempts
                         )
                     } else {
                         message
@@ -214,15 +240,22 @@ impl Execution<'_> {
             })
     }
 
-    fn set_status(&mut self, node_id: &NodeId, status: NodeStatus, attempts: u32, retryable: bool) {
-        self.checkpoint.insert(
-            node_id.clone(),
-            NodeState {
-                status,
-                attempts,
-                retryable,
-            },
-        );
+    fn set_status(
+        &mut self,
+        node_id: &NodeId,
+        attempts: u32,
+        clean_interruptions: u32,
+        status: NodeStatus,
+        retryable: bool,
+    ) -> NodeState {
+        let state = NodeState {
+            status,
+            attempts,
+            retryable,
+            clean_interruptions,
+        };
+        self.checkpoint.insert(node_id.clone(), state);
+        state
     }
 }
 

@@ -2,7 +2,7 @@
 //! retry, pause, wait at a gate, or hand back.
 
 use leasehold_core::ids::NodeId;
-use leasehold_core::run::{self, NodeStatus};
+use leasehold_core::run::{self, Budget, NodeStatus};
 use leasehold_core::spec::NodeSpec;
 use leasehold_core::store::{self, Failure};
 use serde_json::Value;
@@ -71,20 +71,19 @@ impl Execution<'_> {
     }
 
     /// A node that failed for good under an earlier claim (its attempts used up by interrupted
-    /// attempts, or a terminal failure whose run failing was interrupted) fails the run too.
+    /// attempts, a terminal failure whose run failing was interrupted, or clean stops up to
+    /// their cap) fails the run too.
     fn exhausted(&self) -> Option<Failure> {
         self.spec.nodes.iter().find_map(|node| {
             let state = self.checkpoint.get(&node.id)?;
-            state.failed_for_good(node.max_attempts).then(|| Failure {
+            let reason = state.budget(node.max_attempts).reason()?;
+            Some(Failure {
                 node_id: node.id.clone(),
                 attempt: state.attempts,
-                reason: if state.retryable {
-                    format!(
-                        "no attempts left: {} of {} used, the last one interrupted",
-                        state.attempts, node.max_attempts
-                    )
-                } else {
-                    format!("attempt {} failed for good", state.attempts)
+                reason: match state.budget(node.max_attempts) {
+                    Budget::AttemptsUsed { .. } => format!("{reason}, the last one interrupted"),
+                    Budget::Terminal => format!("attempt {} failed for good", state.attempts),
+                    _ => reason,
                 },
             })
         })

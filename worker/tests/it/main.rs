@@ -8,4 +8,5 @@ mod handler_errors;
 mod http_handler;
 mod idempotency;
 mod registration;
+mod stops;
 mod worker;

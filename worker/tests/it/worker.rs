@@ -1,5 +1,6 @@
 //! The worker against a real Postgres, in-process: DAG order, retries, fencing, self-fencing,
-//! shutdown hand-back, cancel, pause, gates, and resume.
+//! shutdown hand-back, cancel, pause, gates, and resume. Cancels and pauses that land at once,
+//! and attempts a clean stop interrupted, are in `stops`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,13 +14,13 @@ use leasehold_testkit::wait_for;
 use leasehold_worker::Outcome;
 use serde_json::json;
 
-fn pid_alive(pid: i32) -> bool {
+pub(crate) fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .is_ok_and(|stat| stat.split_whitespace().nth(2) == Some("Z"))
 }
 
-async fn read_pids(path: &Path) -> Vec<i32> {
+pub(crate) async fn read_pids(path: &Path) -> Vec<i32> {
     wait_for(DEADLINE, "the exec child to write its pids", || async {
         let text = std::fs::read_to_string(path).ok()?;
         let pids: Vec<i32> = text
@@ -419,23 +420,20 @@ nodes:
     assert_eq!(attempts, vec![1, 2], "the interrupted attempt counted");
 }
 
-#[tokio::test]
-async fn a_pause_request_lets_the_running_node_finish_then_pauses() {
-    pause_lets_the_running_node_finish(config("w1")).await;
+/// A worker that hears of a pause neither by a notice (it does not listen) nor by a heartbeat
+/// (the next is 20 s away) before its running node finishes.
+fn deaf_with_rare_heartbeats() -> leasehold_worker::Config {
+    let mut rare = config("w1").with_lease(Duration::from_secs(60));
+    rare.listen = false;
+    rare.validated().expect("config")
 }
 
+/// Pauses a run while its first node runs, unknown to the worker: the node finishes, the
+/// store's refusal to start the next node stops the worker by itself, and the run ends paused
+/// with its lease released.
 #[tokio::test]
 async fn a_pause_requested_between_heartbeats_starts_no_new_node() {
-    // Heartbeats too rare to carry the pause before the running node finishes: the store's
-    // refusal to start the next node must stop the worker by itself.
-    let mut rare = config("w1");
-    rare.heartbeat_interval = Duration::from_millis(1_900);
-    pause_lets_the_running_node_finish(rare.validated().expect("config")).await;
-}
-
-/// Pauses a run while its first node runs: the node finishes, no other starts, the run ends
-/// paused with its lease released.
-async fn pause_lets_the_running_node_finish(settings: leasehold_worker::Config) {
+    let settings = deaf_with_rare_heartbeats();
     let b = setup().await;
     let automation = b
         .automation(
@@ -658,7 +656,7 @@ async fn a_drained_worker_hands_back_and_stops() {
     );
 }
 
-fn tempdir() -> std::path::PathBuf {
+pub(crate) fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("leasehold-worker-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
@@ -719,10 +717,8 @@ nodes:
 ",
         )
         .await;
-    // Heartbeats too rare to carry the pause: scheduling the retry must find it.
-    let mut rare = config("w1");
-    rare.heartbeat_interval = Duration::from_millis(1_900);
-    let worker = b.spawn_worker(rare.validated().expect("config"));
+    // Neither a notice nor a heartbeat carries the pause: scheduling the retry must find it.
+    let worker = b.spawn_worker(deaf_with_rare_heartbeats());
     let run_id = b.start(&automation).await;
     wait_for(DEADLINE, "a to start", || async {
         (!b.ledger.of("a").is_empty()).then_some(())

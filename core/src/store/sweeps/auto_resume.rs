@@ -31,10 +31,11 @@ pub struct AutoResumeParams {
 }
 
 // Runs paused as stale-reaped within the window, oldest reap first, with their pinned spec and
-// their node rows, from which the sweep works out each node's attempt budget. Runs reaped
-// longer ago are not read at all: they wait for an operator however often the sweep runs; nor
-// are runs the sweep declined for this reap, so that runs it can never resume do not fill the
-// pass's limit ahead of those it can.
+// their node rows, from which the sweep works out each node's attempt budget (the attempts that
+// count: those started less those a clean stop interrupted). Runs reaped longer ago are not read
+// at all: they wait for an operator however often the sweep runs; nor are runs the sweep
+// declined for this reap, so that runs it can never resume do not fill the pass's limit ahead
+// of those it can.
 const STALE_REAPED_RUNS: Query = Query {
     name: "stale_reaped_runs",
     sql: "\
@@ -48,7 +49,7 @@ JOIN automation_versions v
 LEFT JOIN LATERAL (
     SELECT array_agg(node_id ORDER BY node_id) AS node_ids,
            array_agg(status ORDER BY node_id) AS statuses,
-           array_agg(attempts ORDER BY node_id) AS attempts
+           array_agg(attempts - clean_interruptions ORDER BY node_id) AS attempts
     FROM run_nodes WHERE run_id = r.run_id
 ) n ON true
 WHERE r.status = 'paused' AND r.stop_kind = 'stale_reaped'
