@@ -6,20 +6,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use leasehold_core::store::Store;
-use leasehold_testkit::{TestDb, wait_for};
+use leasehold_testkit::TestDb;
 use serde_json::Value;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::{free_port, wait_serving};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// The binary with nothing inherited that would change what it authenticates with.
 fn leasehold(args: &[&str]) -> Command {
@@ -87,7 +79,7 @@ impl Setup {
             .spawn()
             .expect("spawn coordinator");
         let endpoint = format!("http://{listen}");
-        wait_serving(&endpoint).await;
+        wait_serving(&endpoint, DEADLINE).await;
         Setup {
             db,
             endpoint,
@@ -129,25 +121,6 @@ impl Setup {
         assert!(done.ok, "{args:?}: {}", done.stderr);
         serde_json::from_str(&done.stdout).expect("json")
     }
-}
-
-async fn wait_serving(endpoint: &str) {
-    wait_for(DEADLINE, "the coordinator to report SERVING", || async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let reply = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: "leasehold.v1.Runs".into(),
-            })
-            .await
-            .ok()?
-            .into_inner();
-        (reply.status == ServingStatus::Serving as i32).then_some(())
-    })
-    .await;
 }
 
 fn hello() -> String {

@@ -18,6 +18,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::support::free_port;
+
 /// Generous: `initdb` and a cold start share two cores with the other tests.
 const DEADLINE: Duration = Duration::from_secs(90);
 /// The banner's first line.
@@ -551,12 +553,4 @@ fn processes_naming(path: &Path) -> Vec<String> {
         .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
         .filter(|cmdline| cmdline.contains(&needle))
         .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
 }

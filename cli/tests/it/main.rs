@@ -10,6 +10,7 @@ mod migrate;
 mod python_client;
 mod rolling_restarts;
 mod startup;
+mod support;
 mod tls;
 mod watch_load;
 mod worker;

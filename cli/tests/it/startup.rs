@@ -5,27 +5,18 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::store::Store;
 use leasehold_testkit::proxy::{Mode, Proxy, server_addr};
 use leasehold_testkit::{TestDb, wait_for};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tonic_health::pb::HealthCheckRequest;
+use nix::sys::signal::Signal;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::{free_port, health, signal, wait_exit};
 
 const DEADLINE: Duration = Duration::from_secs(40);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// A file for a child's log, in the target directory, fresh for this test.
 fn log_file(name: &str) -> PathBuf {
@@ -61,32 +52,13 @@ async fn wait_logged(log: &Path, what: &str) {
     .await;
 }
 
-async fn health(port: u16) -> Option<i32> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let reply = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "leasehold.v1.Runs".into(),
-        })
-        .await
-        .ok()?;
-    Some(reply.into_inner().status)
+async fn health_of(port: u16) -> Option<ServingStatus> {
+    health(&format!("http://127.0.0.1:{port}"), "leasehold.v1.Runs").await
 }
 
 async fn stop(child: &mut Child) -> std::process::ExitStatus {
-    kill(
-        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
-        Signal::SIGTERM,
-    )
-    .expect("signal");
-    let child = Mutex::new(child);
-    wait_for(DEADLINE, "the process to exit", || async {
-        child.lock().expect("child").try_wait().expect("wait")
-    })
-    .await
+    signal(child, Signal::SIGTERM);
+    wait_exit(child, DEADLINE).await
 }
 
 #[tokio::test]
@@ -116,7 +88,7 @@ async fn a_coordinator_and_a_worker_wait_for_the_database_and_then_serve() {
     wait_for(
         DEADLINE,
         "health NOT_SERVING while the database is away",
-        || async { (health(port).await == Some(ServingStatus::NotServing as i32)).then_some(()) },
+        || async { (health_of(port).await == Some(ServingStatus::NotServing)).then_some(()) },
     )
     .await;
     wait_logged(&coordinator_log, "database unavailable; retrying").await;
@@ -128,7 +100,7 @@ async fn a_coordinator_and_a_worker_wait_for_the_database_and_then_serve() {
     wait_for(
         DEADLINE,
         "health SERVING once the database answers",
-        || async { (health(port).await == Some(ServingStatus::Serving as i32)).then_some(()) },
+        || async { (health_of(port).await == Some(ServingStatus::Serving)).then_some(()) },
     )
     .await;
     wait_for(DEADLINE, "the worker to register", || async {
@@ -162,13 +134,7 @@ async fn exit_on_db_unavailable_exits_at_once_with_the_reason() {
         let log = log_file(name);
         let mut args = args;
         args.push("--exit-on-db-unavailable");
-        let child = Mutex::new(spawn(&args, &url, &log));
-        let status = wait_for(
-            DEADLINE,
-            &format!("{name}: the process to exit"),
-            || async { child.lock().expect("child").try_wait().expect("wait") },
-        )
-        .await;
+        let status = wait_exit(&mut spawn(&args, &url, &log), DEADLINE).await;
         assert!(!status.success(), "{name}: {status:?}");
         let said = fs::read_to_string(&log).expect("log");
         assert!(

@@ -30,6 +30,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::support::free_port;
+
 const STREAMS: usize = 2_000;
 /// Streams share runs, so that the hub fans each event out to several of them.
 const RUNS: usize = 100;
@@ -66,13 +68,6 @@ impl Drop for Coordinator {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// An event one stream saw, and when it arrived.

@@ -8,8 +8,9 @@ use leasehold_core::run::RunStatus;
 use leasehold_core::spec;
 use leasehold_core::store::{StartRun, Store, Trigger};
 use leasehold_testkit::{TestDb, fixtures, wait_for};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+
+use crate::support::{signal, wait_exit};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -66,14 +67,6 @@ async fn wait_running(store: &Store, ids: &[RunId]) {
     }
 }
 
-async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let child = std::sync::Mutex::new(child);
-    wait_for(DEADLINE, "the worker to exit", || async {
-        child.lock().expect("child").try_wait().expect("wait")
-    })
-    .await
-}
-
 /// A migrated database with `runs` slow runs, and `leasehold worker` (with a shutdown grace of
 /// `grace`) once it holds them all.
 async fn running_worker(runs: usize, grace: &str) -> (TestDb, Store, Vec<RunId>, Child) {
@@ -84,17 +77,12 @@ async fn running_worker(runs: usize, grace: &str) -> (TestDb, Store, Vec<RunId>,
     (db, store, ids, child)
 }
 
-fn signal(child: &Child, signal: Signal) {
-    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    kill(pid, signal).expect("signal");
-}
-
 #[tokio::test]
 async fn sigterm_hands_held_runs_back_and_exits_zero() {
     let (_db, store, ids, mut child) = running_worker(2, "200ms").await;
 
     signal(&child, Signal::SIGTERM);
-    let status = wait_exit(&mut child).await;
+    let status = wait_exit(&mut child, DEADLINE).await;
     assert!(status.success(), "{status:?}");
     for id in &ids {
         let run = store.run(&TenantId::default(), *id).await.expect("run");
@@ -116,6 +104,6 @@ async fn a_second_signal_exits_at_once() {
     // different signals, so the kernel delivers both even when they arrive together.
     signal(&child, Signal::SIGTERM);
     signal(&child, Signal::SIGINT);
-    let status = wait_exit(&mut child).await;
+    let status = wait_exit(&mut child, DEADLINE).await;
     assert_eq!(status.code(), Some(130));
 }
