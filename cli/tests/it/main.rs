@@ -9,5 +9,6 @@ mod dev;
 mod migrate;
 mod python_client;
 mod tls;
+mod upgrade;
 mod worker;
 mod worker_handlers;

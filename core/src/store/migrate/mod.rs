@@ -153,6 +153,7 @@ pub(super) const GRANT_QUERIES: &[Query] = grants::QUERIES;
 
 /// What the database has recorded: its migrations and its floor.
 struct History {
+    has_history: bool,
     recorded: Vec<Recorded>,
     floor: i32,
 }
@@ -161,6 +162,7 @@ async fn read_recorded(client: &Client) -> Result<History, Error> {
     let exists = BOOKKEEPING_EXISTS.query_one(client, &[]).await?;
     if !exists.get::<_, bool>("history") {
         return Ok(History {
+            has_history: false,
             recorded: Vec::new(),
             floor: 0,
         });
@@ -180,7 +182,11 @@ async fn read_recorded(client: &Client) -> Result<History, Error> {
     } else {
         1
     };
-    Ok(History { recorded, floor })
+    Ok(History {
+        has_history: true,
+        recorded,
+        floor,
+    })
 }
 
 fn status(found: &History, known: i32) -> Result<SchemaStatus, Error> {
@@ -291,7 +297,7 @@ impl Store {
             if status.pending.is_empty() {
                 return Ok(applied);
             }
-            runner::prepare_session(&client).await?;
+            runner::prepare_session(&client, found.has_history).await?;
             for migration in status.pending {
                 let done = runner::apply(&client, migration).await;
                 let done = match done {

@@ -76,14 +76,17 @@ pub(super) const INDEX_IS_INVALID: Query = Query {
     sql: "SELECT NOT indisvalid AS invalid FROM pg_index WHERE indexrelid = to_regclass($1::text)",
 };
 
-/// Prepares the migrator's session: called once before the first migration.
-pub(super) async fn prepare_session(client: &Client) -> Result<(), Error> {
+/// Prepares the migrator's session, and the history table unless it `has_history`: called once
+/// before the first migration.
+pub(super) async fn prepare_session(client: &Client, has_history: bool) -> Result<(), Error> {
     for (name, value) in [("lock_timeout", LOCK_TIMEOUT), ("statement_timeout", "0")] {
         SESSION_SETTING
             .execute(client, &[&name, &value, &false])
             .await?;
     }
-    CREATE_HISTORY.execute(client, &[]).await?;
+    if !has_history {
+        CREATE_HISTORY.execute(client, &[]).await?;
+    }
     Ok(())
 }
 
