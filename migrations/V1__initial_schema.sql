@@ -1,3 +1,4 @@
+-- migration: expand, in a transaction
 -- Leasehold's first schema: automations, runs with their leases, node checkpoints, events, workers.
 -- Statuses and names are text with CHECK constraints rather than enums, so that a later migration
 -- can add a value without rewriting the table.

@@ -1,3 +1,4 @@
+-- migration: expand, in a transaction
 -- Fewer index entries and checks on the per-run hot path (bench/README.md measures it). Every
 -- statement of the build that carries this migration also works on the V1 schema, and every
 -- statement of a V1 build still works on this one, so the migration may run while the

@@ -1,3 +1,4 @@
+-- migration: expand, in a transaction
 -- Every event records the run's status right after it, so that a watcher knows where the run
 -- stands from the event alone (RunEvent.run_status) instead of mapping event names to states.
 -- Events recorded before this migration have none. Adding a nullable column without a default

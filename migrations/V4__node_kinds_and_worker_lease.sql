@@ -1,3 +1,4 @@
+-- migration: expand, in a transaction
 -- Workers state their lease, and advertise the node kinds they run with the input schemas those
 -- declare: liveness then follows each worker's own lease, and coordinators check node inputs
 -- before they store a spec. Only additions: every statement of the previous release still works

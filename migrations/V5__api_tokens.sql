@@ -1,3 +1,4 @@
+-- migration: expand, in a transaction
 -- API tokens: every call to the gRPC API carries one, and it decides the caller's tenant, role and
 -- name. Only an addition: no statement of the previous release touches this table, so the
 -- migration may run while the previous release still serves (it then serves without tokens).

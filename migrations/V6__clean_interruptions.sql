@@ -1,3 +1,4 @@
+-- migration: expand, in a transaction
 -- Attempts that a clean stop interrupted (a worker's shutdown hand-back, an operator's pause) do
 -- not use up a node's attempts: a node longer than a worker's grace period survives rolling
 -- restarts. An expand step: only an addition with a default, so every statement of the previous

@@ -1,3 +1,4 @@
+-- migration: expand, in a transaction
 -- Auto-resume decides once per stale reap. A stale-reaped run that can never be auto-resumed
 -- (its cap reached, no attempt left, its spec unreadable) is marked with the reap it was
 -- declined for, and the sweep's candidate read skips it: before, such runs were read again every

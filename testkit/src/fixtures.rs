@@ -36,7 +36,8 @@ pub const LEADER_LEASE: Duration = Duration::from_secs(60);
 /// The operator the fixtures' pauses and cancels are recorded as.
 pub const OPERATOR: &str = "fixture-operator";
 
-/// What every test that talks to the store starts from: a fresh, migrated database.
+/// What every test that talks to the store starts from: a fresh, migrated database, with the
+/// store and the connection of the runtime role ([`crate::RUNTIME_ROLE`]).
 pub struct Bundle {
     /// The store under test.
     pub store: Store,
@@ -78,7 +79,6 @@ async fn setup_with(
 ) -> Bundle {
     let db = TestDb::new().await;
     let store = connect(db.url()).expect("pool");
-    store.migrate().await.expect("migrate");
     let (sql, connection) = tokio_postgres::connect(db.url(), NoTls)
         .await
         .expect("fixture connection");

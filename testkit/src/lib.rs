@@ -6,8 +6,10 @@
 //! use leasehold_testkit::TestDb;
 //! use tokio_postgres::NoTls;
 //!
+//! // Migrated by its owner; `db.url()` connects as the runtime role, which may not change the
+//! // schema, and `db.owner_url()` as the owner.
 //! let db = TestDb::new().await;
-//! let (client, connection) = tokio_postgres::connect(db.url(), NoTls).await.unwrap();
+//! let (client, connection) = tokio_postgres::connect(db.owner_url(), NoTls).await.unwrap();
 //! tokio::spawn(connection);
 //! client.batch_execute("CREATE TABLE t (id int)").await.unwrap();
 //! // The database is dropped when `db` goes out of scope, unless the test is panicking.
@@ -44,7 +46,8 @@
 //! - `server`: picks the server once per process and hands out its admin URL.
 //! - `cluster`: the throwaway cluster: its directory, its settings, and sweeping leftovers;
 //!   finding the binaries, `initdb`, starting and stopping are `leasehold_pgcluster`'s.
-//! - `db`: [`TestDb`], one database per test.
+//! - `db`: [`TestDb`], one database per test, migrated by its owner and served as the runtime
+//!   role [`RUNTIME_ROLE`], as production runs coordinators and workers.
 //! - `wait`: [`wait_for`] and [`wait_for_every`], polling with a deadline instead of sleeping.
 //! - `built`: [`workspace_binary`], this workspace's binaries, built for harnesses that run them.
 //! - [`fixtures`]: a migrated database with a store ([`fixtures::Bundle`]), shared specs, runs
@@ -64,8 +67,8 @@ mod server;
 mod wait;
 
 pub use built::{Built, Rebuild, workspace_binary};
-pub use db::TestDb;
+pub use db::{RUNTIME_ROLE, TestDb};
 pub use leasehold_pgcluster::Tls;
 pub use owned::OwnedCluster;
-pub use server::{DATABASE_URL_ENV, admin_url, with_database};
+pub use server::{DATABASE_URL_ENV, admin_url, with_database, with_user};
 pub use wait::{wait_for, wait_for_every};

@@ -104,6 +104,23 @@ pub fn with_database(url: &str, database: &str) -> String {
     out
 }
 
+/// Returns `url` with its user and password replaced, keeping host, port, database and query
+/// parameters.
+pub fn with_user(url: &str, user: &str, password: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + "://".len());
+    let rest = &url[authority_start..];
+    let host_start = rest
+        .find(['/', '?'])
+        .map_or(rest, |end| &rest[..end])
+        .rfind('@')
+        .map_or(0, |at| at + 1);
+    format!(
+        "{}{user}:{password}@{}",
+        &url[..authority_start],
+        &rest[host_start..]
+    )
+}
+
 /// Registers [`stop_at_exit`] with the C runtime.
 ///
 /// libtest ends the test process with `exit` (or by returning from `main`), and both run `atexit`
@@ -128,7 +145,25 @@ extern "C" fn stop_at_exit() {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{with_database, with_user};
+
+    #[test]
+    fn with_user_replaces_only_the_credentials() {
+        let check = |url: &str, expected: &str| assert_eq!(with_user(url, "r", "p"), expected);
+        check(
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://r:p@127.0.0.1:5432/postgres",
+        );
+        check(
+            "postgresql://u:s@h:1/db?sslmode=disable",
+            "postgresql://r:p@h:1/db?sslmode=disable",
+        );
+        check("postgres://h:1/db", "postgres://r:p@h:1/db");
+        check(
+            "postgres://u@h/db?application_name=a@b",
+            "postgres://r:p@h/db?application_name=a@b",
+        );
+    }
 
     fn check(url: &str, expected: &str) {
         assert_eq!(with_database(url, "db"), expected, "for {url}");

@@ -151,6 +151,9 @@ pub struct Cluster {
     pub store: Store,
     /// A plain connection, for the suite's own reads and the ledger.
     pub sql: Client,
+    /// A connection as the database's owner, a superuser: for what the runtime role may not do
+    /// (server settings, ending other sessions).
+    pub owner_sql: Client,
     /// The tenant every run is started in.
     pub tenant: TenantId,
     /// An admin token of [`Cluster::tenant`], which the suite's API clients send: the
@@ -248,9 +251,12 @@ impl Cluster {
     ) -> Self {
         let started = Instant::now();
         let mut sup = Supervisor::new(test);
-        let db = TestDb::new().await;
+        // Migrated by its owner, served as the runtime role: the processes own nothing, as in
+        // production (docs/security.md).
+        let db = TestDb::empty().await;
         let mut migrate = command(&bins.leasehold);
-        migrate.args(["migrate", "--database-url", db.url()]);
+        migrate.args(["migrate", "--database-url", db.owner_url()]);
+        migrate.args(["--runtime-role", leasehold_testkit::RUNTIME_ROLE]);
         let migrating = sup.spawn("migrate", migrate);
         let status = sup.wait_exit(migrating, READY_DEADLINE).await;
         assert!(
@@ -265,7 +271,13 @@ impl Cluster {
             .await
             .expect("connect for the suite's reads");
         tokio::spawn(connection);
-        ledger::create(&sql).await;
+        let (owner_sql, connection) =
+            tokio_postgres::connect(db.owner_url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect as the owner");
+        tokio::spawn(connection);
+        // The owner's default privileges give the runtime role the ledger's rows.
+        ledger::create(&owner_sql).await;
         let tenant = TenantId::default();
         let token = new_token(&store, &tenant, "fault-suite").await;
         let mut cluster = Self {
@@ -274,6 +286,7 @@ impl Cluster {
             workers: Vec::new(),
             store,
             sql,
+            owner_sql,
             tenant,
             token,
             timings: TIMINGS,

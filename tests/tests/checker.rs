@@ -29,7 +29,13 @@ async fn setup() -> Bundle {
         .await
         .expect("connect");
     tokio::spawn(connection);
-    ledger::create(&sql).await;
+    // The ledger is a table: the owner's to create; its default privileges give the runtime
+    // role its rows.
+    let (owner, connection) = tokio_postgres::connect(db.owner_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect as the owner");
+    tokio::spawn(connection);
+    ledger::create(&owner).await;
     let spec = spec::parse_yaml(SPEC).expect("spec");
     store
         .create_automation(&TenantId::default(), &spec)

@@ -43,7 +43,7 @@ async fn postgres_crash_restart_reaps_nothing() {
     bounded("pg-restart", SCENARIO_LIMIT, async {
         let opts = vec![WorkerOpts::default(); 3];
         let mut c = Cluster::start("pg-restart", leasehold_fault_tests::bins!(), 2, &opts).await;
-        let Some(server) = Server::own(&c.sql).await else {
+        let Some(server) = Server::own(&c.owner_sql).await else {
             eprintln!(
                 "scenario pg-restart: skipped: {} names a server this test must not crash",
                 leasehold_testkit::DATABASE_URL_ENV
@@ -62,7 +62,7 @@ async fn pg_restart(c: &mut Cluster, server: &Server) -> Line {
     // their WAL is written: a crash forgets the last of them, which no durable store survives.
     // This database commits durably; every session that started before is ended, so that the
     // processes' pools reconnect with the setting.
-    c.sql
+    c.owner_sql
         .batch_execute(&format!(
             "ALTER DATABASE \"{}\" SET synchronous_commit = on",
             server.database()
@@ -178,10 +178,11 @@ nodes:
 const LATE_RUNS: usize = 8;
 
 // name: terminate_backends
-// Every other backend of this database: the processes' pools and listeners, the suite's store.
+// Every other backend of this database as the runtime role: the processes' pools and listeners,
+// the suite's store. The owner's session, a superuser's, is not the runtime role's to end.
 const TERMINATE: &str = "\
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-WHERE datname = current_database() AND pid <> pg_backend_pid()";
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND usename = current_user";
 
 // name: terminate_product_backends
 // As terminate_backends, but sparing the test worker's ledger connections (the suite's own
@@ -190,7 +191,7 @@ WHERE datname = current_database() AND pid <> pg_backend_pid()";
 // so each shows its insert as its query.
 const TERMINATE_PRODUCT: &str = "\
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-WHERE datname = current_database() AND pid <> pg_backend_pid()
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND usename = current_user
   AND query NOT LIKE '%fault_ledger%'";
 
 // name: unclaimed

@@ -12,6 +12,7 @@ mod rolling_restarts;
 mod startup;
 mod support;
 mod tls;
+mod upgrade;
 mod watch_load;
 mod worker;
 mod worker_handlers;

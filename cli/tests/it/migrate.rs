@@ -2,7 +2,8 @@
 
 use std::process::{Command, Output};
 
-use leasehold_testkit::TestDb;
+use leasehold_core::store::{SCHEMA_CEILING_ENV, Store};
+use leasehold_testkit::{RUNTIME_ROLE, TestDb};
 
 fn leasehold(args: &[&str], database_url: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leasehold"))
@@ -18,53 +19,93 @@ fn stdout(output: &Output) -> String {
 
 #[tokio::test]
 async fn dry_run_lists_then_migrate_applies_then_nothing_is_left() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
 
-    // The dry run lists every migration, then the migration applies each.
+    // The dry run lists every migration, then the migration applies each, saying what kind of
+    // step it is and how long it took.
     for (args, says) in [
         (&["migrate", "--dry-run"][..], "would apply"),
         (&["migrate"][..], "applied"),
     ] {
-        let output = leasehold(args, db.url());
+        let output = leasehold(args, db.owner_url());
         assert!(output.status.success(), "{output:?}");
-        for migration in ["V1__initial_schema", "V2__leaner_run_writes"] {
+        for migration in [
+            "V1__initial_schema",
+            "V2__leaner_run_writes",
+            "V10__drop_v1",
+        ] {
             assert!(
                 stdout(&output).contains(&format!("{says} {migration}")),
                 "{}",
                 stdout(&output)
             );
         }
+        for plan in [
+            "V9__runs_concurrency_key_index: expand, outside a transaction",
+            "V10__drop_v1_idempotency_constraint: contract (raises the floor to 2), outside a \
+             transaction",
+        ] {
+            assert!(stdout(&output).contains(plan), "{}", stdout(&output));
+        }
     }
-
-    let again = leasehold(&["migrate", "--dry-run"], db.url());
-    assert!(
-        stdout(&again).contains("nothing to apply"),
-        "{}",
-        stdout(&again)
-    );
+    let applied = stdout(&leasehold(&["migrate", "--dry-run"], db.owner_url()));
+    assert!(applied.contains("nothing to apply"), "{applied}");
+    assert!(applied.contains("version 10, floor 2"), "{applied}");
 }
 
 #[tokio::test]
-async fn a_newer_schema_is_refused_with_a_message_that_says_so() {
-    let db = TestDb::new().await;
-    assert!(leasehold(&["migrate"], db.url()).status.success());
-    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+async fn migrate_grants_the_runtime_role_which_then_serves_but_cannot_migrate() {
+    let db = TestDb::empty().await;
+    let output = leasehold(&["migrate", "--runtime-role", RUNTIME_ROLE], db.owner_url());
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout(&output).contains(&format!("granted the runtime role {RUNTIME_ROLE}")),
+        "{}",
+        stdout(&output)
+    );
+    Store::connect(db.url(), 1)
         .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-        .execute(
-            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
-             VALUES (9999, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
-            &[],
-        )
-        .await
-        .expect("fake a newer migration");
-
-    let refused = leasehold(&["migrate"], db.url());
+        .expect("the runtime role reads the schema's bookkeeping");
+    let refused = leasehold(
+        &["migrate", "--runtime-role", "no_such_role_here"],
+        db.owner_url(),
+    );
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("newer than this build knows"), "{stderr}");
+    assert!(
+        stderr.contains("\"no_such_role_here\" does not exist"),
+        "{stderr}"
+    );
+}
+
+/// A binary rehearsing as a release below the floor refuses, naming both numbers and what to do.
+#[tokio::test]
+async fn a_binary_below_the_floor_refuses_naming_both_numbers() {
+    let db = TestDb::new().await;
+    let refused = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["migrate", "--dry-run"])
+        .env("LEASEHOLD_DATABASE_URL", db.owner_url())
+        .env(SCHEMA_CEILING_ENV, "1")
+        .output()
+        .expect("run leasehold");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    for says in [
+        "knows schema 1",
+        "schema 2 or later",
+        "upgrade this binary to a release that knows schema 2 or later",
+    ] {
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["migrate", "--dry-run"])
+        .env("LEASEHOLD_DATABASE_URL", db.owner_url())
+        .env(SCHEMA_CEILING_ENV, "eleven")
+        .output()
+        .expect("run leasehold");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains(SCHEMA_CEILING_ENV), "{stderr}");
 }
 
 #[tokio::test]

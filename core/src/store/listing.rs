@@ -239,7 +239,9 @@ pub struct Stats {
 // because the schema has no (tenant_id, created_at) index, and a plain scan of the tenant's runs
 // would read all of them to sort. The keyset condition is split so its created_at half is an
 // index bound; run_id breaks ties between runs created in the same transaction. Bounds that are
-// not set become infinities, so a generic plan keeps the same index bounds.
+// not set become infinities, so a generic plan keeps the same index bounds. With a concurrency
+// key, the plan built for the values walks runs_concurrency_key_idx (V9) per status instead, which
+// holds only keyed runs.
 const LIST_RUNS_BY_STATUS: Query = Query {
     name: "list_runs_by_status",
     sql: concat!(
@@ -449,7 +451,8 @@ mod tests {
         let db = leasehold_testkit::TestDb::new().await;
         let store = Store::connect_unchecked(db.url(), 2).expect("pool");
         store.migrate().await.expect("migrate");
-        let (client, connection) = tokio_postgres::connect(db.url(), NoTls)
+        // As the owner: ANALYZE is the owner's, and the plans depend on the statistics.
+        let (client, connection) = tokio_postgres::connect(db.owner_url(), NoTls)
             .await
             .expect("connect");
         tokio::spawn(connection);
@@ -461,11 +464,12 @@ mod tests {
                  INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash)
                  SELECT tenant_id, automation_id, 1, '{}', '\\x00' FROM automations;
                  INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger,
-                                   status, created_at)
+                                   status, concurrency_key, created_at)
                  SELECT gen_random_uuid(), CASE WHEN i % 5 = 0 THEN 'other' ELSE 'default' END,
                         'auto-' || (i % 10), 1, 'api',
                         CASE WHEN i % 50 = 0 THEN 'queued' WHEN i % 50 = 1 THEN 'failed'
                              WHEN i % 50 = 2 THEN 'paused' ELSE 'completed' END,
+                        CASE WHEN i % 20 = 3 THEN 'key-' || (i % 7) END,
                         now() - i * interval '1 second'
                  FROM generate_series(1, 50000) i;
                  ANALYZE runs;",
@@ -510,6 +514,16 @@ mod tests {
                 );
             }
         }
+        // One concurrency key's runs are read from V9's index, not filtered out of every run of
+        // each status (the plan Postgres builds for the values).
+        let keyed = plan(
+            &client,
+            "force_custom_plan",
+            LIST_RUNS_BY_STATUS.sql,
+            "'default', ARRAY['completed','failed','paused'], NULL, NULL, NULL, NULL, 51, 'key-3'",
+        )
+        .await;
+        assert!(keyed.contains("runs_concurrency_key_idx"), "{keyed}");
     }
 
     #[test]

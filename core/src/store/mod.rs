@@ -46,7 +46,10 @@ pub use leader::{LeaderEpoch, Leadership};
 pub use listing::{
     Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest, RunFilter, Stats, page_size,
 };
-pub use migrate::{SchemaStatus, known_version};
+pub use migrate::{
+    Applied, Migration, SCHEMA_CEILING_ENV, SchemaStatus, Step, known_version, migrations,
+    newest_version,
+};
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
@@ -259,6 +262,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         leader::QUERIES,
         listing::QUERIES,
         migrate::QUERIES,
+        migrate::GRANT_QUERIES,
         nodes::QUERIES,
         outcomes::QUERIES,
         runs::QUERIES,

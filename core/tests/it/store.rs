@@ -2,96 +2,15 @@
 
 use leasehold_core::ids::{AutomationId, NodeId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{self, Error, RequestError, StartRun, Store, Stored};
-use leasehold_testkit::TestDb;
+use leasehold_core::store::{Error, RequestError, StartRun, Stored};
 use leasehold_testkit::fixtures::{diamond, setup, setup_diamond, setup_run, spec};
 use serde_json::json;
-
-#[tokio::test]
-async fn migrating_an_empty_database() {
-    let db = TestDb::new().await;
-    let store = Store::connect_unchecked(db.url(), 2).expect("pool");
-    let before = store.schema_status().await.expect("status");
-    assert_eq!(before.database_version, 0);
-    assert_eq!(before.known_version, store::known_version());
-    assert_eq!(
-        before.pending.last().map(|(version, _)| *version),
-        Some(store::known_version()),
-        "every migration is pending, up to the newest"
-    );
-    assert!(before.pending.windows(2).all(|w| w[0].0 < w[1].0));
-    assert!(matches!(
-        Store::connect(db.url(), 2).await,
-        Err(Error::SchemaBehind { database: 0, .. })
-    ));
-
-    let applied = store.migrate().await.expect("migrate");
-    assert_eq!(applied, before.pending);
-    assert!(
-        store.migrate().await.expect("again").is_empty(),
-        "nothing left to apply"
-    );
-    let after = store.schema_status().await.expect("status");
-    assert_eq!(after.database_version, after.known_version);
-    assert!(after.pending.is_empty());
-    Store::connect(db.url(), 2)
-        .await
-        .expect("a migrated database is served");
-}
-
-#[tokio::test]
-async fn a_database_newer_than_this_build_is_refused() {
-    let b = setup().await;
-    let newer = store::known_version() + 1;
-    b.sql
-        .execute(
-            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
-             VALUES ($1, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
-            &[&newer],
-        )
-        .await
-        .expect("fake a newer migration");
-
-    let refused = Store::connect(b.db.url(), 2).await.err().expect("refused");
-    assert!(matches!(refused, Error::SchemaTooNew { .. }), "{refused:?}");
-    let message = refused.to_string();
-    assert!(message.contains("newer than this build knows"), "{message}");
-    assert!(matches!(
-        b.store.migrate().await,
-        Err(Error::SchemaTooNew { .. })
-    ));
-}
 
 #[tokio::test]
 async fn every_named_query_prepares() {
     let b = setup().await;
     let prepared = b.store.check_queries().await.expect("all queries prepare");
     assert!(prepared >= 25, "only {prepared} queries");
-}
-
-/// V2 may be applied while V1 coordinators still run: their start names the idempotency key's
-/// conflict target without V2's predicate, which only V1's unique constraint satisfies. A later
-/// migration that drops that constraint must change this test on purpose.
-#[tokio::test]
-async fn the_previous_release_can_still_start_runs_after_migrating() {
-    let (b, automation) = setup_diamond("hello").await;
-    let v1_start = "INSERT INTO runs (run_id, tenant_id, automation_id, automation_version,
-                                      trigger, idempotency_key, status, event_seq)
-                    VALUES (gen_random_uuid(), $1, $2, 1, 'api', $3, 'queued', 1)
-                    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING";
-    let key = "same-key";
-    let inserted = b
-        .sql
-        .execute(v1_start, &[&b.tenant.as_str(), &automation.as_str(), &key])
-        .await
-        .expect("V1's start plans on this schema");
-    assert_eq!(inserted, 1);
-    let repeated = b
-        .sql
-        .execute(v1_start, &[&b.tenant.as_str(), &automation.as_str(), &key])
-        .await
-        .expect("a repeat is absorbed");
-    assert_eq!(repeated, 0, "the key is still unique per tenant");
 }
 
 #[tokio::test]

@@ -63,15 +63,19 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The database was migrated by a newer build.
+    /// A contract step raised the database's compatibility floor above the schema this build
+    /// knows: the statements of this build may no longer work there.
     #[error(
-        "the database schema is at version {database}, newer than this build knows ({known}); \
-         upgrade leasehold before connecting it to this database"
+        "the database (schema {database}) accepts only releases that know schema {floor} or \
+         later, and this binary knows schema {known}; upgrade this binary to a release that \
+         knows schema {floor} or later"
     )]
     SchemaTooNew {
-        /// Applied version.
+        /// The highest migration version applied.
         database: i32,
-        /// Highest version this build carries.
+        /// The oldest schema a release may know and still run against the database.
+        floor: i32,
+        /// The schema this build knows.
         known: i32,
     },
     /// The database lacks migrations this build needs.
@@ -80,11 +84,14 @@ pub enum Error {
          run `leasehold migrate` first"
     )]
     SchemaBehind {
-        /// Applied version.
+        /// Highest applied version.
         database: i32,
-        /// Highest version this build carries.
+        /// The schema this build knows.
         known: i32,
     },
+    /// The schema ceiling set in the environment cannot be used.
+    #[error("{0}")]
+    BadSchemaCeiling(String),
     /// The database URL could not be used.
     #[error("bad database URL: {0}")]
     BadDatabaseUrl(String),

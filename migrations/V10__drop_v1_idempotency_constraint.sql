@@ -1,0 +1,17 @@
+-- migration: contract to floor 2, outside a transaction
+-- Drops V1's UNIQUE (tenant_id, idempotency_key) constraint on runs. It indexed every run, the
+-- many without a key too, and every status change of a run added an entry for a NULL key. V2's
+-- partial unique index runs_idempotency_key_idx, over the runs that have a key, enforces the
+-- same rule, and every build since V2 resolves keys against it (core/src/store/runs/batch.rs,
+-- RUNS_IDEMPOTENCY_KEY, names both).
+--
+-- A contract step: a V1 build names the constraint's columns in ON CONFLICT without V2's
+-- predicate, which only the constraint satisfies, so its starts would fail here. The runner
+-- raises the floor to 2 before the drop: from then on a binary that knows only schema 1
+-- refuses to start, naming both numbers. Run it once no V1 build is running.
+--
+-- Locks: ALTER TABLE … DROP CONSTRAINT takes ACCESS EXCLUSIVE on runs, the hottest table, which
+-- every claim, heartbeat and checkpoint waits for. It holds it for milliseconds: the drop changes
+-- the catalog and unlinks the index's file, and reads no row. The runner's short lock_timeout
+-- bounds how long statements queue behind it while it waits for its lock, and retries it.
+ALTER TABLE runs DROP CONSTRAINT IF EXISTS runs_tenant_id_idempotency_key_key;
