@@ -31,7 +31,7 @@ fn spawn(args: &[&str], url: &str, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(args)
         .env("LEASEHOLD_DATABASE_URL", url)
-        .env("RUST_LOG", "info")
+        .env("LEASEHOLD_LOG", "info")
         .stdout(Stdio::null())
         .stderr(fs::File::create(log).expect("log file"))
         .spawn()

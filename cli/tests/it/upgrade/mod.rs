@@ -104,13 +104,6 @@ fn worker_args(claimant: &str, lease: &str) -> Vec<String> {
     .to_vec()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// A folder for the processes' logs, kept when the test fails.
 fn log_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

@@ -1,8 +1,8 @@
 //! Partition upkeep: monthly partitions of `run_events`, created ahead and idempotently.
 
 use chrono::{Datelike, Months, NaiveDate, Utc};
-use leasehold_coordinator::sweeps::Partitions;
-use leasehold_coordinator::sweeps::PartitionsOutcome;
+use leasehold_coordinator::sweeps::{Partitions, PartitionsOutcome, Pass, Sweep};
+use leasehold_core::store::Store;
 use leasehold_testkit::fixtures::{setup, setup_diamond};
 
 use super::{config, lead, pass};
@@ -89,6 +89,52 @@ async fn upkeep_after_a_two_month_outage_creates_every_month_and_moves_the_stray
         pass(&b, Partitions, &leader, Some(back)).await,
         PartitionsOutcome::default()
     );
+}
+
+/// A coordinator whose session runs in another time zone creates months with the same bounds as
+/// the migration did: a bound in another zone would overlap its neighbour (and upkeep would fail
+/// for good) or leave a gap.
+#[tokio::test]
+async fn partitions_made_from_a_session_in_another_time_zone_line_up_with_the_others() {
+    let b = setup().await;
+    let leader = lead(&b, "c1").await;
+    let separator = if b.db.url().contains('?') { '&' } else { '?' };
+    // UTC+14: its midnight is the day before's 10:00 in UTC.
+    let far_east = format!(
+        "{}{separator}options=-c%20TimeZone%3DPacific%2FKiritimati",
+        b.db.url()
+    );
+    let store = Store::connect_unchecked(&far_east, 1).expect("pool");
+    let later = Utc::now() + chrono::TimeDelta::days(400);
+    let outcome = Partitions
+        .run_once(Pass::new(&store, &leader, &config(), Some(later)))
+        .await
+        .expect("upkeep from the far east");
+    assert_eq!(outcome, PartitionsOutcome { created: 3 });
+
+    // Every bound, read in the migrating session's zone, is the first of a month at midnight.
+    let bounds: Vec<String> = b
+        .sql
+        .query(
+            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'run_events'::regclass
+               AND c.oid <> 'run_events_default'::regclass",
+            &[],
+        )
+        .await
+        .expect("bounds")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(bounds.len() >= 6, "{bounds:?}");
+    for bound in &bounds {
+        assert_eq!(
+            bound.matches("-01 00:00:00").count(),
+            2,
+            "both ends of {bound} are a month's first midnight"
+        );
+    }
 }
 
 async fn strays(b: &leasehold_testkit::fixtures::Bundle) -> i64 {
