@@ -8,7 +8,10 @@
 
 use std::io::IsTerminal;
 
+use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The variable holding the log filter (`tracing` syntax, such as `leasehold_core=debug`).
 pub const LOG_FILTER_VAR: &str = "LEASEHOLD_LOG";
@@ -42,19 +45,36 @@ pub struct LogArgs {
 /// or else by `default_filter`. Call once, before anything logs.
 pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_env(LOG_FILTER_VAR).unwrap_or_else(|_| default_filter.into());
+    let ansi = std::io::stderr().is_terminal();
+    subscriber(format, filter, std::io::stderr, ansi).init();
+}
+
+/// The logger [`init_logging`] installs, writing to `writer`: colours in the text format only
+/// when `ansi` (a pipe or a file gets none).
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
         // The event's own fields beside `message` at the top level; the spans' fields in
         // `spans` only (the innermost span again under `span` would repeat it on every line).
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .init(),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .finish(),
+        ),
     }
 }
 

@@ -36,7 +36,7 @@ use leasehold_core::lease;
 use leasehold_core::store::{self, Store, WhenUnavailable};
 use tokio_util::sync::CancellationToken;
 
-pub use self::logging::{LOG_FILTER_VAR, LogArgs, LogFormat, init_logging};
+pub use self::logging::{LOG_FILTER_VAR, LogArgs, LogFormat, init_logging, subscriber};
 use self::secrets::UrlSource;
 pub use self::secrets::{DATABASE_URL_FD_VAR, SECRET_VARS, SecretsError};
 pub use self::signals::{EXIT_ON_SECOND_SIGNAL, cancel_on_signal};
