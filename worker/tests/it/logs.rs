@@ -52,17 +52,21 @@ fn span<'a>(line: &'a Map<String, Value>, name: &str) -> &'a Map<String, Value> 
         .unwrap_or_else(|| panic!("no `{name}` span on {line:?}"))
 }
 
-// One thread, so that the default subscriber, set for this thread, sees every task's lines.
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test]
 async fn a_handlers_own_lines_carry_the_run_and_the_attempt() {
     let captured = Captured::default();
     let writer = captured.clone();
-    let _logger = tracing::subscriber::set_default(cli::subscriber(
+    // The process's logger, as a binary installs it, not one scoped to this thread: with a single
+    // scoped logger, tracing decides whether a span is wanted by the default of the thread that
+    // meets it first, and another test's thread, which has none, would switch the run's span off
+    // for good. The other tests' lines land here too; the handler's is told apart by its message.
+    tracing::subscriber::set_global_default(cli::subscriber(
         LogFormat::Json,
         EnvFilter::new("info"),
         move || writer.clone(),
         false,
-    ));
+    ))
+    .expect("the only test that installs a logger");
     let b = setup().await;
     let automation = b
         .automation("id: talk\nnodes:\n  - {id: greet, kind: say, input: {words: hello}}\n")
