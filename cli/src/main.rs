@@ -8,13 +8,11 @@ mod examples;
 mod migrate;
 mod token;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use leasehold_core::store::Secret;
 use leasehold_worker::cli as worker;
-use tracing_subscriber::EnvFilter;
 
 /// The dev coordinator's address, and where client commands look unless told otherwise.
 pub const ENDPOINT_DEFAULT: &str = "http://127.0.0.1:7233";
@@ -33,6 +31,8 @@ struct Cli {
     /// endpoint, if any].
     #[arg(long, global = true, env = token::TOKEN_ENV, hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    log: worker::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,13 +107,7 @@ async fn run(cli: Cli) -> ExitCode {
     } else {
         "info"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("LEASEHOLD_LOG").unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    worker::init_logging(cli.log.log_format, default_filter);
     let global = |tls: client::Tls| client::Global {
         endpoint: cli.endpoint.clone(),
         json: cli.json,

@@ -11,6 +11,7 @@ use leasehold_core::store::{Claim, StopNotice, StopNotices, Store, outage};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 
@@ -115,7 +116,7 @@ impl KeeperHandle {
             if now < held.fence_at {
                 return true;
             }
-            tracing::warn!(%run_id, "lease not renewed in time; stopping the run (self-fence)");
+            tracing::warn!(%run_id, epoch = held.claim.epoch().0, "lease not renewed in time; stopping the run (self-fence)");
             held.stop.cancel();
             false
         });
@@ -155,6 +156,13 @@ impl LeaseKeeper {
     /// lease is lost (a cancel) or that it is pausing, as a heartbeat would. The heartbeat stays
     /// the fallback for a missed notice.
     pub async fn run(self, stop: CancellationToken, notices: Option<StopNotices>) {
+        // Its lines about a run (a lost lease, a self-fence) name the claimant through the span,
+        // and the claim by their own fields.
+        let span = tracing::info_span!("keeper", claimant = %self.claimant);
+        self.keep(stop, notices).instrument(span).await;
+    }
+
+    async fn keep(self, stop: CancellationToken, notices: Option<StopNotices>) {
         let fence = {
             let handle = self.handle.clone();
             let stop = stop.clone();
@@ -251,7 +259,7 @@ impl LeaseKeeper {
         for lost in round.lost {
             let current = held.get(&lost.run_id()).is_some_and(|h| h.claim == lost);
             if let Some(h) = current.then(|| held.remove(&lost.run_id())).flatten() {
-                tracing::info!(run_id = %lost.run_id(), "lease lost; stopping the run");
+                tracing::info!(run_id = %lost.run_id(), epoch = lost.epoch().0, "lease lost; stopping the run");
                 h.stop.cancel();
             }
         }

@@ -123,6 +123,7 @@ impl Worker {
             self.store.clone(),
             self.registry.clone(),
             self.config.node_concurrency,
+            self.config.claimant_id.clone(),
         ));
         let mut woken = true;
         let mut queue_had_more = false;
@@ -259,13 +260,9 @@ impl Held {
     fn start(&mut self, shared: &Arc<Shared>, run: ClaimedRun, lease: RunLease) {
         let shared = Arc::clone(shared);
         let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
-            let claim = run.claim;
-            // The lease is forgotten when `execute` drops it.
-            let outcome = execute::execute(&shared, run, lease, shutdown).await;
-            tracing::debug!(run_id = %claim.run_id(), ?outcome, "run left the worker");
-            outcome
-        });
+        // The lease is forgotten when `execute` drops it.
+        self.tasks
+            .spawn(async move { execute::execute(&shared, run, lease, shutdown).await });
     }
 
     /// Waits for every run to leave; cancel-safe, as each one is collected when it leaves.

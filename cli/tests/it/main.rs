@@ -6,6 +6,7 @@ mod auth;
 mod client;
 mod coordinator;
 mod dev;
+mod logs;
 mod migrate;
 mod python_client;
 mod rolling_restarts;

@@ -58,12 +58,15 @@ impl Handler for Shout {
 struct Command {
     #[command(flatten)]
     worker: cli::Args,
+    #[command(flatten)]
+    log: cli::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().init();
-    let args = Command::parse().worker;
+    let command = Command::parse();
+    cli::init_logging(command.log.log_format, "info");
+    let args = command.worker;
     let mut registry = args.registry();
     registry.register("shout", Shout);
     cli::run_with(args, registry).await?;

@@ -12,14 +12,12 @@
 //! `input.fail_first` attempts, retryably. So the suite can count the executions that happened
 //! against the completions the store recorded.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use leasehold_worker::{Context, Handler, HandlerError, cli};
 use serde_json::{Value, json};
-use tracing_subscriber::EnvFilter;
 
 /// Pause before the ledger tries its connection again after a failure.
 const LEDGER_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -30,16 +28,15 @@ const LEDGER_RETRY_DELAY: Duration = Duration::from_millis(100);
 struct Command {
     #[command(flatten)]
     worker: cli::Args,
+    #[command(flatten)]
+    log: cli::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("LEASEHOLD_LOG").unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    let mut args = Command::parse().worker;
+    let command = Command::parse();
+    cli::init_logging(command.log.log_format, "info");
+    let mut args = command.worker;
     let url = match args.database_url() {
         Ok(url) => url,
         Err(e) => {

@@ -25,6 +25,7 @@
 //! given its database URL in its environment or on its command line executes itself again at
 //! start, under the same pid, without them.
 
+mod logging;
 mod secrets;
 mod signals;
 
@@ -35,6 +36,7 @@ use leasehold_core::lease;
 use leasehold_core::store::{self, Store, WhenUnavailable};
 use tokio_util::sync::CancellationToken;
 
+pub use self::logging::{LOG_FILTER_VAR, LogArgs, LogFormat, init_logging, subscriber};
 use self::secrets::UrlSource;
 pub use self::secrets::{DATABASE_URL_FD_VAR, SECRET_VARS, SecretsError};
 pub use self::signals::{EXIT_ON_SECOND_SIGNAL, cancel_on_signal};

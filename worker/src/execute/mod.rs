@@ -13,13 +13,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use leasehold_core::ids::{AutomationId, NodeId, TenantId};
+use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, TenantId};
 use leasehold_core::run::Checkpoint;
 use leasehold_core::spec::Spec;
 use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store, outage};
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::flusher::Writes;
@@ -57,16 +58,24 @@ pub(crate) struct Shared {
     writes: Writes,
     pub registry: Registry,
     pub node_concurrency: usize,
+    /// This worker's identity in leases, a field of every run's span.
+    claimant: ClaimantId,
     specs: Mutex<HashMap<(TenantId, AutomationId, i32), Arc<Spec>>>,
 }
 
 impl Shared {
-    pub fn new(store: Store, registry: Registry, node_concurrency: usize) -> Self {
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        node_concurrency: usize,
+        claimant: ClaimantId,
+    ) -> Self {
         Self {
             writes: Writes::new(&store),
             store,
             registry,
             node_concurrency,
+            claimant,
             specs: Mutex::default(),
         }
     }
@@ -139,6 +148,8 @@ struct NodeDone {
     /// The node's earlier attempts that a clean stop interrupted, which do not count.
     clean_interruptions: u32,
     result: Result<Value, HandlerError>,
+    /// The attempt's span: its checkpoint is written, and its outcome logged, inside it.
+    span: tracing::Span,
 }
 
 /// The state of one run on this worker.
@@ -168,8 +179,33 @@ struct Execution<'a> {
     run_completed: bool,
 }
 
-/// Executes a claimed run until it leaves this worker, and says how it left.
+/// Executes a claimed run until it leaves this worker, and says how it left. Everything logged
+/// meanwhile, by the store and the handlers too, is inside the run's span, which names the run,
+/// the claim and the claimant.
 pub(crate) async fn execute(
+    shared: &Shared,
+    run: ClaimedRun,
+    lease: RunLease,
+    shutdown: Shutdown,
+) -> Outcome {
+    let span = tracing::info_span!(
+        "run",
+        run_id = %run.claim.run_id(),
+        epoch = run.claim.epoch().0,
+        claimant = %shared.claimant,
+        tenant = %run.tenant,
+        automation = %run.automation_id,
+    );
+    async move {
+        let outcome = execute_claimed(shared, run, lease, shutdown).await;
+        tracing::debug!(?outcome, "run left the worker");
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+async fn execute_claimed(
     shared: &Shared,
     run: ClaimedRun,
     lease: RunLease,
@@ -208,7 +244,7 @@ pub(crate) async fn execute(
 
 /// Blocks a run whose data this worker cannot read, so that it waits for an operator.
 async fn block(shared: &Shared, claim: &Claim, stop: &CancellationToken, reason: &str) -> Outcome {
-    tracing::error!(run_id = %claim.run_id(), reason, "blocking the run");
+    tracing::error!(reason, "blocking the run");
     match fenced(stop, || shared.store.block_unreadable(claim, reason)).await {
         Ok(()) => Outcome::Blocked,
         Err(_) => Outcome::LeaseLost,

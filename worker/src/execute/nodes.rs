@@ -13,6 +13,7 @@ use leasehold_core::run::{self, NodeState, NodeStatus};
 use leasehold_core::spec::NodeSpec;
 use leasehold_core::store::{Failure, NodeCompletion};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::output::storable;
 use super::{Execution, NodeDone, Stop, fenced};
@@ -118,7 +119,11 @@ impl Execution<'_> {
         let kind = node.kind.clone();
         let timeout = Duration::from_millis(node.timeout_ms);
         let node_id = node.id.clone();
-        self.running.spawn(async move {
+        // A child of the run's span, current here: the handler's lines name the run and the
+        // attempt.
+        let span = tracing::info_span!("node", node_id = %node.id, kind = %node.kind, attempt);
+        let attempt_span = span.clone();
+        let attempt_task = async move {
             // A panicking handler fails its node instead of leaving it `running` forever.
             let attempt_run = AssertUnwindSafe(registry.run(&kind, ctx)).catch_unwind();
             let result = match tokio::time::timeout(timeout, attempt_run).await {
@@ -141,12 +146,23 @@ impl Execution<'_> {
                 attempt,
                 clean_interruptions,
                 result,
+                span: attempt_span,
             }
-        });
+        };
+        self.running.spawn(attempt_task.instrument(span));
     }
 
-    /// Checkpoints a finished attempt and decides what follows it.
+    /// Checkpoints a finished attempt and decides what follows it, inside the attempt's span.
     pub(super) async fn record(
+        &mut self,
+        stop: &CancellationToken,
+        done: NodeDone,
+    ) -> Result<(), Stop> {
+        let span = done.span.clone();
+        self.record_attempt(stop, done).instrument(span).await
+    }
+
+    async fn record_attempt(
         &mut self,
         stop: &CancellationToken,
         done: NodeDone,
@@ -195,7 +211,7 @@ impl Execution<'_> {
                     NodeStatus::Failed,
                     retryable,
                 );
-                tracing::info!(run_id = %claim.run_id(), node = %done.node_id, attempt = done.attempt, retryable, error = %message, "node attempt failed");
+                tracing::info!(retryable, error = %message, "node attempt failed");
                 if state.budget(node.max_attempts).allows_another() {
                     // Backoff grows with the attempts that count: one a shutdown interrupted
                     // did not fail.

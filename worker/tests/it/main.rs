@@ -7,6 +7,7 @@ mod exec_handler;
 mod handler_errors;
 mod http_handler;
 mod idempotency;
+mod logs;
 mod registration;
 mod stops;
 mod worker;

@@ -1,0 +1,119 @@
+//! Where log lines go and how they look, shared by every Leasehold binary (`leasehold` and
+//! worker binaries of one's own), so that each honours `--log-format` and `LEASEHOLD_LOG` alike.
+//!
+//! A line about a run is logged inside the run's span (`run`: `run_id`, `epoch`, `claimant`,
+//! `tenant`, `automation`) and, for a node, the attempt's span within it (`node`: `node_id`,
+//! `kind`, `attempt`): the text format prints them before the message, the JSON format lists
+//! them in `spans`, outermost first, so that a log pipeline can select a run's lines by field.
+
+use std::io::IsTerminal;
+
+use tracing::Subscriber;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The variable holding the log filter (`tracing` syntax, such as `leasehold_core=debug`).
+pub const LOG_FILTER_VAR: &str = "LEASEHOLD_LOG";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// The logging flags, flattened into a binary's own parser.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// How log lines on stderr look: `text`, or `json` (one object a line, the run's and node's
+    /// fields under `spans`).
+    #[arg(
+        long,
+        global = true,
+        env = "LEASEHOLD_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Installs the process's logger: lines go to stderr in `format`, filtered by `LEASEHOLD_LOG`
+/// or else by `default_filter`. Call once, before anything logs.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_env(LOG_FILTER_VAR).unwrap_or_else(|_| default_filter.into());
+    let ansi = std::io::stderr().is_terminal();
+    subscriber(format, filter, std::io::stderr, ansi).init();
+}
+
+/// The logger [`init_logging`] installs, writing to `writer`: colours in the text format only
+/// when `ansi` (a pipe or a file gets none).
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+        // The event's own fields beside `message` at the top level; the spans' fields in
+        // `spans` only (the innermost span again under `span` would repeat it on every line).
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .finish(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    #[test]
+    fn log_format_takes_text_or_json() {
+        let parse = |args: &[&str]| Command::try_parse_from(args).map(|c| c.log.log_format);
+        // The default holds only where the variable is unset, as in the test environment.
+        if std::env::var_os("LEASEHOLD_LOG_FORMAT").is_none() {
+            assert_eq!(parse(&["test"]).unwrap(), LogFormat::Text);
+        }
+        assert_eq!(
+            parse(&["test", "--log-format", "json"]).unwrap(),
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["test", "--log-format=text"]).unwrap(),
+            LogFormat::Text
+        );
+    }
+
+    #[test]
+    fn a_bad_log_format_is_refused_naming_the_flag_and_the_choices() {
+        let error = Command::try_parse_from(["test", "--log-format", "xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--log-format"), "{error}");
+        assert!(error.contains("'xml'"), "{error}");
+        assert!(error.contains("text") && error.contains("json"), "{error}");
+    }
+}
