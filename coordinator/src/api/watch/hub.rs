@@ -8,7 +8,7 @@
 //!
 //! It also counts the open streams, and refuses one past the total or per-tenant cap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -228,6 +228,7 @@ impl Hub {
         if watched.is_empty() {
             return Ok(());
         }
+        let asked: HashSet<RunId> = watched.iter().copied().collect();
         let heads: HashMap<RunId, RunHead> = store
             .run_heads(&watched)
             .await?
@@ -274,17 +275,12 @@ impl Hub {
             }
         }
         for (run_id, watched) in &mut registry.runs {
-            let head = match (heads.get(run_id), watched.sent_through) {
-                (None, _) => Head {
-                    gone: true,
-                    ..Head::default()
-                },
-                (Some(_), None) => continue,
-                (Some(head), Some(sent)) => Head {
-                    seq: sent,
-                    terminal: head.status.is_terminal() && sent >= head.event_seq,
-                    gone: false,
-                },
+            let Some(head) = published_head(
+                asked.contains(run_id),
+                heads.get(run_id),
+                watched.sent_through,
+            ) else {
+                continue;
             };
             // Subscribers wake only when the head changed, not every tick.
             watched.head.send_if_modified(|published| {
@@ -347,5 +343,74 @@ impl Drop for Subscription {
                 registry.runs.remove(&self.run_id);
             }
         }
+    }
+}
+
+/// The head to publish for a watched run after a tick, if any: `asked` says whether the tick's
+/// read included the run, `head` is what it found, `sent` the seq the hub sent through.
+fn published_head(asked: bool, head: Option<&RunHead>, sent: Option<i64>) -> Option<Head> {
+    match (head, sent) {
+        // A run subscribed while the heads were read was not asked about: absent from the
+        // answer does not mean gone. The next tick reads it.
+        (None, _) if !asked => None,
+        (None, _) => Some(Head {
+            gone: true,
+            ..Head::default()
+        }),
+        (Some(_), None) => None,
+        (Some(head), Some(sent)) => Some(Head {
+            seq: sent,
+            terminal: head.status.is_terminal() && sent >= head.event_seq,
+            gone: false,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use leasehold_core::ids::RunId;
+    use leasehold_core::run::RunStatus;
+    use leasehold_core::store::RunHead;
+
+    use super::{Head, published_head};
+
+    #[test]
+    fn a_run_the_tick_did_not_ask_about_is_not_gone() {
+        assert_eq!(published_head(false, None, None), None);
+        assert_eq!(published_head(false, None, Some(3)), None);
+        assert_eq!(
+            published_head(true, None, Some(3)),
+            Some(Head {
+                gone: true,
+                ..Head::default()
+            }),
+            "asked and absent: deleted"
+        );
+    }
+
+    #[test]
+    fn a_head_counts_what_was_sent_and_is_terminal_once_the_last_event_was() {
+        let head = RunHead {
+            run_id: RunId::new(),
+            status: RunStatus::Completed,
+            event_seq: 5,
+        };
+        assert_eq!(published_head(true, Some(&head), None), None);
+        assert_eq!(
+            published_head(true, Some(&head), Some(4)),
+            Some(Head {
+                seq: 4,
+                terminal: false,
+                gone: false
+            })
+        );
+        assert_eq!(
+            published_head(true, Some(&head), Some(5)),
+            Some(Head {
+                seq: 5,
+                terminal: true,
+                gone: false
+            })
+        );
     }
 }
