@@ -7,6 +7,7 @@ use anyhow::Context;
 use leasehold_coordinator::{api, sweeps, tls};
 use leasehold_core::store::{self, Store, WhenUnavailable};
 use leasehold_worker::cli::cancel_on_signal;
+use leasehold_worker::observe;
 use tokio_util::sync::CancellationToken;
 
 /// Where the API listens unless told otherwise: loopback. Any other address needs TLS
@@ -34,6 +35,10 @@ pub struct Args {
     /// orchestrator does not restart it in a loop while the database fails over.
     #[arg(long, env = "LEASEHOLD_EXIT_ON_DB_UNAVAILABLE")]
     exit_on_db_unavailable: bool,
+    /// Serve Prometheus metrics (`/metrics`) over HTTP on this address; off without it. Any
+    /// address is allowed: the metrics show no secrets and no run data.
+    #[arg(long, env = "LEASEHOLD_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -217,6 +222,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(MetricsListener::bind(addr).await?),
+        None => None,
+    };
     if exposure == Exposure::Insecure {
         tracing::warn!(
             listen = %args.listen,
@@ -260,7 +269,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cancel_on_signal(cancel.clone());
     serve_with(
         listener,
-        tls,
+        Exposed { tls, metrics },
         store,
         auth,
         (limits, config),
@@ -287,7 +296,7 @@ pub async fn serve(
     let ready: DatabaseReady = Box::pin(async { Ok(()) });
     serve_with(
         listener,
-        None,
+        Exposed::default(),
         store,
         auth,
         (api::Config::default(), config),
@@ -301,7 +310,7 @@ pub async fn serve(
 /// leader lease, the sweeps, the health check and the watch hub open their own beside it.
 async fn serve_with(
     listener: tokio::net::TcpListener,
-    tls: Option<tls::Acceptor>,
+    Exposed { tls, metrics }: Exposed,
     store: Store,
     auth: api::Auth,
     (limits, config): (api::Config, sweeps::Config),
@@ -324,6 +333,9 @@ async fn serve_with(
         leasehold_coordinator::APPLICATION_NAME,
         leasehold_coordinator::STATEMENT_TIMEOUT,
     )?;
+    if let Some(metrics) = metrics {
+        metrics.serve(&store, cancel.clone());
+    }
     // The sweeps start once the database is known to serve this build; meanwhile the API
     // serves, and its health says NOT_SERVING while the database does not answer.
     let sweeping = tokio::spawn({
@@ -344,6 +356,46 @@ async fn serve_with(
     sweeping.await.context("sweeps task")??;
     served.context("serving gRPC")?;
     Ok(())
+}
+
+/// How the coordinator shows itself besides the API: TLS for the API, and the metrics.
+#[derive(Default)]
+struct Exposed {
+    tls: Option<tls::Acceptor>,
+    metrics: Option<MetricsListener>,
+}
+
+/// The `--metrics-listen` listener, bound at start so that a taken port fails the start.
+pub struct MetricsListener {
+    listener: tokio::net::TcpListener,
+    handle: observe::PrometheusHandle,
+}
+
+impl MetricsListener {
+    /// Installs the metrics recorder and binds `addr`.
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
+        let handle = observe::install_recorder().context("installing the metrics recorder")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on --metrics-listen {addr}"))?;
+        Ok(Self { listener, handle })
+    }
+
+    /// Serves `/metrics`, with the API pool's standing, until `cancel`.
+    fn serve(self, store: &Store, cancel: CancellationToken) {
+        if let Ok(addr) = self.listener.local_addr() {
+            tracing::info!(%addr, "serving /metrics");
+        }
+        let pools = vec![observe::Pool {
+            name: "api",
+            store: store.clone(),
+        }];
+        tokio::spawn(async move {
+            if let Err(e) = observe::serve(self.listener, self.handle, None, pools, cancel).await {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -266,6 +266,9 @@ pub trait Outcome: std::fmt::Debug + Default + PartialEq + Send + 'static {
     fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// What the pass did, by action, as `leasehold_sweep_actions_total` counts it.
+    fn actions(&self) -> Vec<(&'static str, u64)>;
 }
 
 /// What one pass works with: the store, the leadership it acts under, the settings, and the

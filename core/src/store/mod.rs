@@ -78,6 +78,19 @@ const GENERIC_PLANS: &str = "plan_cache_mode=force_generic_plan";
 /// Connections in a pool unless the caller says otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 
+/// A pool's connections and callers at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections it may open.
+    pub max_size: usize,
+    /// Connections open.
+    pub size: usize,
+    /// Open connections no caller holds.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -158,6 +171,17 @@ impl Store {
         // takes whatever it is: building it again cannot fail.
         Self::with_connector(self.connector.clone(), pool_size)
             .expect("a pool with the settings of an existing one")
+    }
+
+    /// The pool's standing now, for the metrics: cheap (a few atomic loads), taken when scraped.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = self.pool.status();
+        PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        }
     }
 
     /// Connects to `url` and refuses a database whose schema this build cannot serve.
