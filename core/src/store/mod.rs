@@ -22,6 +22,7 @@ mod nodes;
 pub mod outage;
 mod outcomes;
 mod query;
+mod queue;
 mod runs;
 mod startup;
 mod sweeps;
@@ -52,6 +53,7 @@ pub use migrate::{
 };
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
+pub use queue::QueueStanding;
 pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
@@ -289,6 +291,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         migrate::GRANT_QUERIES,
         nodes::QUERIES,
         outcomes::QUERIES,
+        queue::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,
         watch::QUERIES,
