@@ -6,6 +6,8 @@ mod auth;
 mod client;
 mod coordinator;
 mod dev;
+mod exposition;
+mod metrics;
 mod migrate;
 mod python_client;
 mod rolling_restarts;
