@@ -196,13 +196,16 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
     Ok(exposition)
 }
 
+/// A histogram's label set less `le`.
+type Series = Vec<(String, String)>;
+
 fn check_histograms(exposition: &Exposition) -> Result<(), String> {
     for (name, kind) in &exposition.types {
         if kind != "histogram" {
             continue;
         }
         // Per label set less `le`: the buckets in order of appearance.
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut series: BTreeMap<Series, Vec<(f64, f64)>> = BTreeMap::new();
         let key = |s: &Sample| {
             s.labels
                 .iter()
