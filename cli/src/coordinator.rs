@@ -288,9 +288,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 type DatabaseReady = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// The API in plaintext with the default limits, authenticated as `auth` says, and the sweeps
-/// until `cancel`; shared with `leasehold dev`.
+/// until `cancel`, with `/metrics` on `metrics` if given; shared with `leasehold dev`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    metrics: Option<MetricsListener>,
     store: Store,
     auth: api::Auth,
     config: sweeps::Config,
@@ -300,7 +301,7 @@ pub async fn serve(
     let ready: DatabaseReady = Box::pin(async { Ok(()) });
     serve_with(
         listener,
-        Exposed::default(),
+        Exposed { tls: None, metrics },
         store,
         auth,
         (api::Config::default(), config),
@@ -363,7 +364,6 @@ async fn serve_with(
 }
 
 /// How the coordinator shows itself besides the API: TLS for the API, and the metrics.
-#[derive(Default)]
 struct Exposed {
     tls: Option<tls::Acceptor>,
     metrics: Option<MetricsListener>,
@@ -383,6 +383,11 @@ impl MetricsListener {
             .await
             .with_context(|| format!("listening on --metrics-listen {addr}"))?;
         Ok(Self { listener, handle })
+    }
+
+    /// The address bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
     }
 
     /// Serves `/metrics`, with the API pool's standing, until `cancel`.

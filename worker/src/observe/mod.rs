@@ -11,6 +11,7 @@
 //! never run ids), so the listener may bind any address: Kubernetes scrapes and probes it on
 //! the pod's IP.
 
+mod described;
 mod health;
 mod http;
 
@@ -49,5 +50,6 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
             builder.set_buckets_for_metric(Matcher::Full((*name).to_owned()), BATCH_BUCKETS)?;
     }
     let handle = builder.install_recorder()?;
+    described::describe_all();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
