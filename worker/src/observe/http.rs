@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Health;
 
+/// How often histogram buffers are drained when nobody scrapes.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A database pool whose standing `/metrics` shows, under the label `pool`.
 #[derive(Clone)]
 pub struct Pool {
@@ -45,6 +48,17 @@ pub async fn serve(
             .route("/livez", get(livez))
             .route("/readyz", get(readyz));
     }
+    // Histogram observations wait in buffers until an upkeep drains them: without a scraper,
+    // they would grow for good. The exporter's own server would do this; we run without it.
+    tokio::spawn({
+        let (handle, cancel) = (handle.clone(), cancel.clone());
+        async move {
+            let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+            while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+                handle.run_upkeep();
+            }
+        }
+    });
     let router = router.with_state(Served {
         handle,
         health,
