@@ -7,6 +7,7 @@ use anyhow::Context;
 use leasehold_coordinator::{api, sweeps, tls};
 use leasehold_core::store::{self, Store, WhenUnavailable};
 use leasehold_worker::cli::cancel_on_signal;
+use leasehold_worker::observe;
 use tokio_util::sync::CancellationToken;
 
 /// Where the API listens unless told otherwise: loopback. Any other address needs TLS
@@ -34,6 +35,10 @@ pub struct Args {
     /// orchestrator does not restart it in a loop while the database fails over.
     #[arg(long, env = "LEASEHOLD_EXIT_ON_DB_UNAVAILABLE")]
     exit_on_db_unavailable: bool,
+    /// Serve Prometheus metrics (`/metrics`) over HTTP on this address; off without it. Any
+    /// address is allowed: the metrics show no secrets and no run data.
+    #[arg(long, env = "LEASEHOLD_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -181,6 +186,9 @@ pub struct SweepArgs {
     /// How long a gate may be pending before it is marked stale.
     #[arg(long, env = "LEASEHOLD_STALE_GATE_AFTER", default_value_t = sweeps::STALE_GATE_AFTER_DEFAULT.into())]
     stale_gate_after: humantime::Duration,
+    /// Time between the leader's readings of the queue for the `leasehold_queue_*` metrics.
+    #[arg(long, env = "LEASEHOLD_QUEUE_METRICS_INTERVAL", default_value_t = sweeps::QUEUE_INTERVAL_DEFAULT.into())]
+    queue_metrics_interval: humantime::Duration,
 }
 
 impl SweepArgs {
@@ -195,6 +203,7 @@ impl SweepArgs {
             auto_resume_window: self.auto_resume_window.into(),
             auto_resume_cap: self.auto_resume_cap,
             stale_gate_after: self.stale_gate_after.into(),
+            queue_interval: self.queue_metrics_interval.into(),
             ..sweeps::Config::default()
         }
     }
@@ -217,6 +226,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(MetricsListener::bind(addr).await?),
+        None => None,
+    };
     if exposure == Exposure::Insecure {
         tracing::warn!(
             listen = %args.listen,
@@ -260,7 +273,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cancel_on_signal(cancel.clone());
     serve_with(
         listener,
-        tls,
+        Exposed { tls, metrics },
         store,
         auth,
         (limits, config),
@@ -275,9 +288,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 type DatabaseReady = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// The API in plaintext with the default limits, authenticated as `auth` says, and the sweeps
-/// until `cancel`; shared with `leasehold dev`.
+/// until `cancel`, with `/metrics` on `metrics` if given; shared with `leasehold dev`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    metrics: Option<MetricsListener>,
     store: Store,
     auth: api::Auth,
     config: sweeps::Config,
@@ -287,7 +301,7 @@ pub async fn serve(
     let ready: DatabaseReady = Box::pin(async { Ok(()) });
     serve_with(
         listener,
-        None,
+        Exposed { tls: None, metrics },
         store,
         auth,
         (api::Config::default(), config),
@@ -301,7 +315,7 @@ pub async fn serve(
 /// leader lease, the sweeps, the health check and the watch hub open their own beside it.
 async fn serve_with(
     listener: tokio::net::TcpListener,
-    tls: Option<tls::Acceptor>,
+    Exposed { tls, metrics }: Exposed,
     store: Store,
     auth: api::Auth,
     (limits, config): (api::Config, sweeps::Config),
@@ -324,6 +338,9 @@ async fn serve_with(
         leasehold_coordinator::APPLICATION_NAME,
         leasehold_coordinator::STATEMENT_TIMEOUT,
     )?;
+    if let Some(metrics) = metrics {
+        metrics.serve(&store, cancel.clone());
+    }
     // The sweeps start once the database is known to serve this build; meanwhile the API
     // serves, and its health says NOT_SERVING while the database does not answer.
     let sweeping = tokio::spawn({
@@ -344,6 +361,50 @@ async fn serve_with(
     sweeping.await.context("sweeps task")??;
     served.context("serving gRPC")?;
     Ok(())
+}
+
+/// How the coordinator shows itself besides the API: TLS for the API, and the metrics.
+struct Exposed {
+    tls: Option<tls::Acceptor>,
+    metrics: Option<MetricsListener>,
+}
+
+/// The `--metrics-listen` listener, bound at start so that a taken port fails the start.
+pub struct MetricsListener {
+    listener: tokio::net::TcpListener,
+    handle: observe::PrometheusHandle,
+}
+
+impl MetricsListener {
+    /// Installs the metrics recorder and binds `addr`.
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
+        let handle = observe::install_recorder().context("installing the metrics recorder")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on --metrics-listen {addr}"))?;
+        Ok(Self { listener, handle })
+    }
+
+    /// The address bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `/metrics`, with the API pool's standing, until `cancel`.
+    fn serve(self, store: &Store, cancel: CancellationToken) {
+        if let Ok(addr) = self.listener.local_addr() {
+            tracing::info!(%addr, "serving /metrics");
+        }
+        let pools = vec![observe::Pool {
+            name: "api",
+            store: store.clone(),
+        }];
+        tokio::spawn(async move {
+            if let Err(e) = observe::serve(self.listener, self.handle, None, pools, cancel).await {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::observe::Health;
 
 /// How often held leases are compared with their self-fence deadlines. Short against the
 /// margin (a fifth of a lease of at least five seconds), so a fence is late by at most this.
@@ -117,6 +118,7 @@ impl KeeperHandle {
                 return true;
             }
             tracing::warn!(%run_id, epoch = held.claim.epoch().0, "lease not renewed in time; stopping the run (self-fence)");
+            metrics::counter!("leasehold_worker_self_fences_total").increment(1);
             held.stop.cancel();
             false
         });
@@ -130,10 +132,16 @@ pub(crate) struct LeaseKeeper {
     heartbeat_interval: Duration,
     handle: KeeperHandle,
     drain_requested: CancellationToken,
+    health: Arc<Health>,
 }
 
 impl LeaseKeeper {
-    pub fn new(store: Store, config: &Config, drain_requested: CancellationToken) -> Self {
+    pub fn new(
+        store: Store,
+        config: &Config,
+        drain_requested: CancellationToken,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             store,
             claimant: config.claimant_id.clone(),
@@ -144,6 +152,7 @@ impl LeaseKeeper {
                 margin: config.self_fence_margin(),
             },
             drain_requested,
+            health,
         }
     }
 
@@ -166,10 +175,13 @@ impl LeaseKeeper {
         let fence = {
             let handle = self.handle.clone();
             let stop = stop.clone();
+            let health = Arc::clone(&self.health);
             async move {
                 let mut tick = tokio::time::interval(FENCE_CHECK_INTERVAL);
                 while stop.run_until_cancelled(tick.tick()).await.is_some() {
                     handle.fence_overdue(Instant::now());
+                    // `/livez` reads this: the keeper's loop still turns.
+                    health.keeper_ticked();
                 }
             }
         };
@@ -242,6 +254,8 @@ impl LeaseKeeper {
             tracing::warn!(error = %e, "heartbeat failed; leases run on until renewed");
         }
         let Ok(round) = beaten else { return };
+        metrics::counter!("leasehold_worker_lease_renewals_total")
+            .increment(round.renewed.len() as u64);
         let mut held = self.handle.lock();
         for renewed in round.renewed {
             let current = held
@@ -260,6 +274,7 @@ impl LeaseKeeper {
             let current = held.get(&lost.run_id()).is_some_and(|h| h.claim == lost);
             if let Some(h) = current.then(|| held.remove(&lost.run_id())).flatten() {
                 tracing::info!(run_id = %lost.run_id(), epoch = lost.epoch().0, "lease lost; stopping the run");
+                metrics::counter!("leasehold_worker_lease_losses_total").increment(1);
                 h.stop.cancel();
             }
         }

@@ -11,6 +11,7 @@
 //! - `keeper`: batched heartbeats and the self-fence.
 //! - `execute`: one run: ready nodes, fenced checkpoints, retries, gates, pauses.
 //! - `error`: the worker's own errors: the store's, and its batched writes' failures.
+//! - [`observe`]: metrics (`/metrics`) and the worker's probes (`/livez`, `/readyz`) over HTTP.
 //! - `flusher`: node starts and completions of many runs batched into one statement per kind.
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ mod flusher;
 pub mod handler;
 pub mod handlers;
 mod keeper;
+pub mod observe;
 mod worker;
 
 pub use config::{Config, ConfigError, default_claimant_id};

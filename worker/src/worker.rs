@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::execute::{self, Outcome, Shared, Shutdown};
 use crate::handler::Registry;
 use crate::keeper::{KeeperHandle, LeaseKeeper, RunLease};
+use crate::observe::Health;
 
 /// Delay before claiming again after a claim failed (database unreachable).
 const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -35,6 +36,7 @@ pub struct Worker {
     store: Store,
     registry: Registry,
     config: Config,
+    health: Arc<Health>,
 }
 
 impl Worker {
@@ -44,7 +46,13 @@ impl Worker {
             store,
             registry,
             config,
+            health: Arc::default(),
         }
+    }
+
+    /// The worker's liveness and readiness, as its `/livez` and `/readyz` report them.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// Runs until `shutdown` is cancelled (or an operator drains the worker), then stops
@@ -53,6 +61,9 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<Report, store::Error> {
         let info = self.info();
         self.store.register_worker(&info).await?;
+        self.health.registered();
+        #[allow(clippy::cast_precision_loss)] // a capacity is far below 2^52
+        metrics::gauge!("leasehold_worker_capacity").set(self.config.capacity as f64);
         tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?self.registry.kinds(), "worker started");
 
         // One listening connection for both: wake-ups for the claim loop, stop notices for the
@@ -65,7 +76,12 @@ impl Worker {
             (None, None)
         };
         let drain_requested = CancellationToken::new();
-        let keeper = LeaseKeeper::new(self.store.clone(), &self.config, drain_requested.clone());
+        let keeper = LeaseKeeper::new(
+            self.store.clone(),
+            &self.config,
+            drain_requested.clone(),
+            self.health(),
+        );
         let leases = keeper.handle();
         let keeper_stop = CancellationToken::new();
         let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone(), notices));
@@ -77,6 +93,7 @@ impl Worker {
         self.claim_loop(&mut held, &leases, &stopping, wakeups.as_ref())
             .await;
 
+        self.health.draining();
         if stopping.drain_requested.is_cancelled() {
             tracing::info!("drain requested by an operator");
         }
@@ -142,6 +159,7 @@ impl Worker {
                 }
                 match claimed {
                     Ok((claimed, requested_at)) => {
+                        record_claim(claimed.len(), requested_at.elapsed());
                         queue_had_more = claimed.len() == free;
                         held.report.claimed += claimed.len();
                         for run in claimed {
@@ -260,6 +278,7 @@ impl Held {
     fn start(&mut self, shared: &Arc<Shared>, run: ClaimedRun, lease: RunLease) {
         let shared = Arc::clone(shared);
         let shutdown = self.shutdown.clone();
+        metrics::gauge!("leasehold_worker_runs_held").increment(1.0);
         // The lease is forgotten when `execute` drops it.
         self.tasks
             .spawn(async move { execute::execute(&shared, run, lease, shutdown).await });
@@ -273,11 +292,24 @@ impl Held {
     }
 
     fn collect(&mut self, done: Result<Outcome, tokio::task::JoinError>) {
+        metrics::gauge!("leasehold_worker_runs_held").decrement(1.0);
         match done {
-            Ok(outcome) => self.report.outcomes.push(outcome),
+            Ok(outcome) => {
+                metrics::counter!("leasehold_worker_runs_left_total", "outcome" => outcome.label())
+                    .increment(1);
+                self.report.outcomes.push(outcome);
+            }
             Err(e) => tracing::error!(error = %e, "a run task panicked"),
         }
     }
+}
+
+/// Counts a claim that answered with `runs` runs after `took`.
+fn record_claim(runs: usize, took: Duration) {
+    metrics::counter!("leasehold_worker_claimed_runs_total").increment(runs as u64);
+    #[allow(clippy::cast_precision_loss)] // a claim's batch is far below 2^52
+    metrics::histogram!("leasehold_worker_claim_batch_size").record(runs as f64);
+    metrics::histogram!("leasehold_worker_claim_duration_seconds").record(took.as_secs_f64());
 }
 
 /// Whether to claim now, with `free` of `capacity` slots free. A claim per finished run would

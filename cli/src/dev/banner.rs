@@ -16,6 +16,8 @@ pub const READY_LINE: &str = "Leasehold dev is running.";
 pub struct Banner<'a> {
     /// The endpoint clients connect to, as `http://host:port`.
     pub endpoint: &'a str,
+    /// Where `/metrics` is served.
+    pub metrics: Option<SocketAddr>,
     /// The database, with its password: it is a private, loopback-only cluster.
     pub database_url: &'a str,
     /// The data folder, when dev runs its own cluster.
@@ -56,6 +58,9 @@ impl fmt::Display for Banner<'_> {
             "                 saved for client commands in {}",
             self.credentials.display()
         )?;
+        if let Some(metrics) = self.metrics {
+            writeln!(f, "  metrics        http://{metrics}/metrics")?;
+        }
         writeln!(f, "  database       {}", self.database_url)?;
         match self.data_dir {
             Some(dir) => writeln!(f, "  data folder    {}", dir.display())?,
@@ -152,6 +157,7 @@ mod tests {
         let token = token();
         let banner = Banner {
             endpoint: ENDPOINT_DEFAULT,
+            metrics: Some("127.0.0.1:9464".parse().unwrap()),
             database_url: "postgres://postgres:pw@127.0.0.1:5555/leasehold",
             data_dir: Some(Path::new("/tmp/dev")),
             workers: 2,
@@ -163,6 +169,7 @@ mod tests {
         for want in [
             READY_LINE,
             "gRPC endpoint  http://127.0.0.1:7233",
+            "metrics        http://127.0.0.1:9464/metrics",
             "postgres://postgres:pw@127.0.0.1:5555/leasehold",
             "data folder    /tmp/dev",
             "2 in this process; exec nodes may run /bin/sh",
@@ -182,6 +189,7 @@ mod tests {
         let token = token();
         let banner = Banner {
             endpoint: "http://127.0.0.1:9000",
+            metrics: None,
             database_url: "postgres://u@db/x",
             data_dir: None,
             workers: 1,

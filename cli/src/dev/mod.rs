@@ -41,7 +41,7 @@ use leasehold_worker::cli::cancel_on_signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Global;
-use crate::coordinator::LISTEN_DEFAULT;
+use crate::coordinator::{LISTEN_DEFAULT, MetricsListener};
 
 use self::banner::Banner;
 use self::postgres::Cluster;
@@ -70,6 +70,10 @@ pub struct Args {
     /// Address the gRPC API listens on.
     #[arg(long, default_value = LISTEN_DEFAULT)]
     listen: SocketAddr,
+    /// Address Prometheus metrics (`/metrics`) are served on [default: a free loopback port,
+    /// shown in the banner].
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
     /// Workers run in this process (at most 16: each holds a few database connections); 0 leaves
     /// the runs to workers you start yourself, such as a custom worker binary.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=16))]
@@ -116,8 +120,11 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
                 args.listen
             )
         })?;
+    let metrics = MetricsListener::bind(args.metrics_listen).await?;
     let session = Session {
         endpoint: banner::endpoint(listener.local_addr()?),
+        metrics_addr: metrics.local_addr()?,
+        metrics,
         listener,
         settings: WorkerSettings {
             count: args.workers,
@@ -175,6 +182,9 @@ async fn with_private_cluster(
 /// Everything that runs on a database: migrations, the services, the banner and the example.
 struct Session<'a> {
     listener: tokio::net::TcpListener,
+    metrics: MetricsListener,
+    /// Where `/metrics` is served.
+    metrics_addr: SocketAddr,
     /// Where clients reach the coordinator.
     endpoint: String,
     settings: WorkerSettings,
@@ -199,8 +209,14 @@ impl Session<'_> {
             None => None,
         };
         let auth = Auth::Tokens(store.clone());
-        let mut services =
-            Services::start(self.listener, store, auth, database_url, &self.settings)?;
+        let mut services = Services::start(
+            self.listener,
+            Some(self.metrics),
+            store,
+            auth,
+            database_url,
+            &self.settings,
+        )?;
         // The private cluster's password is ours to show; another database's is not.
         let shown_url = match data_dir {
             Some(_) => database_url.to_owned(),
@@ -208,6 +224,7 @@ impl Session<'_> {
         };
         let banner = Banner {
             endpoint: &self.endpoint,
+            metrics: Some(self.metrics_addr),
             database_url: &shown_url,
             data_dir,
             workers: self.settings.count,

@@ -11,6 +11,8 @@ use leasehold_core::store::Store;
 use leasehold_worker::handlers::{self, ExecPolicy};
 use leasehold_worker::{Config, Worker};
 use tokio::net::TcpListener;
+
+use crate::coordinator::MetricsListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +48,7 @@ impl Services {
     /// workers with their own pools on `url`.
     pub fn start(
         listener: TcpListener,
+        metrics: Option<MetricsListener>,
         store: Store,
         auth: Auth,
         url: &str,
@@ -73,6 +76,7 @@ impl Services {
         let coordinator_cancel = CancellationToken::new();
         let coordinator = tokio::spawn(crate::coordinator::serve(
             listener,
+            metrics,
             store,
             auth,
             sweeps_config,

@@ -103,6 +103,23 @@ async fn without_postgresql_binaries_it_says_what_to_install() {
 async fn sigint_stops_postgres_and_exits_zero() {
     let (dir, mut dev) = Dev::ready_in("sigint").await;
     let postmaster = dir.postmaster_pid().expect("a running server");
+    // The banner names the metrics endpoint, on loopback; the leader's gauges are there.
+    let stdout = dev.stdout();
+    let metrics: std::net::SocketAddr = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("metrics        http://"))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics line in {stdout}"))
+        .parse()
+        .expect("metrics address");
+    assert!(metrics.ip().is_loopback(), "{metrics}");
+    wait_for(DEADLINE, "dev's leader gauge", || async {
+        let (status, body) = crate::exposition::get(metrics, "/metrics").await.ok()?;
+        assert_eq!(status, 200, "{body}");
+        let exposition = crate::exposition::parse(&body).expect("exposition");
+        (exposition.sum("leasehold_leader", &[]) == 1.0).then_some(())
+    })
+    .await;
 
     dev.signal(Signal::SIGINT);
     let status = dev.wait_exit().await;

@@ -8,6 +8,7 @@ mod convert;
 mod error;
 mod gates;
 mod limits;
+mod metrics;
 mod runs;
 mod states;
 mod watch;
@@ -239,6 +240,8 @@ pub async fn serve_with(
         };
     }
     let router = tonic::transport::Server::builder()
+        // Outermost: every call is counted, those refused for load or size included.
+        .layer(metrics::MetricsLayer)
         .layer(limits::oversize_is_resource_exhausted())
         // Before authentication, whose lookup is a call on the database like any other.
         .layer(admission::AdmissionLayer::new(

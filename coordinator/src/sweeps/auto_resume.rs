@@ -80,4 +80,9 @@ impl Outcome for AutoResumeOutcome {
     fn is_empty(&self) -> bool {
         self.resumed == 0 && self.declined == 0
     }
+
+    /// Runs left for the window are looked at again each pass: only news is counted.
+    fn actions(&self) -> Vec<(&'static str, u64)> {
+        vec![("auto_resumed", self.resumed), ("declined", self.declined)]
+    }
 }

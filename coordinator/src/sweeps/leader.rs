@@ -70,7 +70,11 @@ pub(super) async fn run(stores: Stores, config: Config, holder: String, cancel: 
                 "took the leader lease; sweeping"
             );
             let valid_until = sent + config.leader_lease;
+            metrics::gauge!("leasehold_leader").set(1.0);
+            #[allow(clippy::cast_precision_loss)] // an epoch is far below 2^52
+            metrics::gauge!("leasehold_leader_epoch").set(leadership.epoch().0 as f64);
             let end = lead(&stores, &config, leadership, valid_until, &cancel).await;
+            metrics::gauge!("leasehold_leader").set(0.0);
             if end == TermEnd::Stopped {
                 return;
             }
@@ -208,7 +212,14 @@ impl<S: Sweep> AnySweep for S {
     fn pass<'a>(&'a self, term: &'a Term) -> ErasedPass<'a> {
         Box::pin(async move {
             let pass = Pass::new(&term.store, &term.leadership, &term.config, None);
+            let started = Instant::now();
             let outcome = self.run_once(pass).await?;
+            metrics::histogram!("leasehold_sweep_pass_duration_seconds", "sweep" => S::NAME)
+                .record(started.elapsed().as_secs_f64());
+            for (action, count) in outcome.actions() {
+                metrics::counter!("leasehold_sweep_actions_total", "sweep" => S::NAME, "action" => action)
+                    .increment(count);
+            }
             Ok((!outcome.is_empty()).then(|| Box::new(outcome) as Box<dyn Debug + Send>))
         })
     }

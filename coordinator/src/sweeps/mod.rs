@@ -9,6 +9,7 @@
 //! - [`auto_resume`]: stale-reaped runs are requeued within a window, up to a cap.
 //! - [`stale_gates`]: approval gates pending too long are marked stale, once.
 //! - [`partitions`]: monthly event partitions are created ahead of time.
+//! - [`queue`]: the queue's standing, published as gauges (reads only).
 //!
 //! Each sweep reads candidates, decides for each with a pure rule that takes `now`, and applies
 //! each kind of decision with one conditional statement of the store, fenced on the leadership.
@@ -26,6 +27,7 @@ pub mod auto_resume;
 pub mod leader;
 pub mod partitions;
 pub mod pausing;
+pub mod queue;
 pub mod reaper;
 pub mod stale_gates;
 
@@ -57,6 +59,8 @@ pub const PAUSING_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 pub const AUTO_RESUME_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Time between stale-gate passes unless configured otherwise.
 pub const STALE_GATE_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// Time between readings of the queue's standing unless configured otherwise.
+pub const QUEUE_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Time between partition-upkeep passes unless configured otherwise.
 pub const PARTITION_INTERVAL_DEFAULT: Duration = Duration::from_secs(60 * 60);
 /// Sweeps more often than this would only load the database.
@@ -126,6 +130,8 @@ pub struct Config {
     pub partition_interval: Duration,
     /// Months of event partitions kept created, the current one included.
     pub partition_months_ahead: u32,
+    /// Time between readings of the queue's standing for the metrics.
+    pub queue_interval: Duration,
     /// Most runs or gates one pass looks at; the rest wait for the next pass.
     pub batch_limit: usize,
 }
@@ -146,6 +152,7 @@ impl Default for Config {
             stale_gate_after: STALE_GATE_AFTER_DEFAULT,
             partition_interval: PARTITION_INTERVAL_DEFAULT,
             partition_months_ahead: PARTITION_MONTHS_AHEAD_DEFAULT,
+            queue_interval: QUEUE_INTERVAL_DEFAULT,
             batch_limit: BATCH_LIMIT_DEFAULT,
         }
     }
@@ -221,6 +228,7 @@ impl Config {
             ("auto_resume_interval", self.auto_resume_interval),
             ("stale_gate_interval", self.stale_gate_interval),
             ("partition_interval", self.partition_interval),
+            ("queue_interval", self.queue_interval),
         ] {
             within(field, interval, SWEEP_INTERVAL_MIN, SWEEP_INTERVAL_MAX)?;
         }
@@ -266,6 +274,9 @@ pub trait Outcome: std::fmt::Debug + Default + PartialEq + Send + 'static {
     fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// What the pass did, by action, as `leasehold_sweep_actions_total` counts it.
+    fn actions(&self) -> Vec<(&'static str, u64)>;
 }
 
 /// What one pass works with: the store, the leadership it acts under, the settings, and the
@@ -368,6 +379,8 @@ sweeps! {
     StaleGates: "stale_gates", stale_gates -> StaleGatesOutcome, every stale_gate_interval;
     /// Partition upkeep.
     Partitions: "partitions", partitions -> PartitionsOutcome, every partition_interval;
+    /// The queue's standing, as gauges.
+    Queue: "queue", queue -> queue::QueueOutcome, every queue_interval;
 }
 
 /// How many rows a statement moved, as an outcome counts them.

@@ -25,4 +25,8 @@ pub struct PartitionsOutcome {
     pub created: u64,
 }
 
-impl Outcome for PartitionsOutcome {}
+impl Outcome for PartitionsOutcome {
+    fn actions(&self) -> Vec<(&'static str, u64)> {
+        vec![("partitions_created", self.created)]
+    }
+}

@@ -39,7 +39,11 @@ pub struct PausingOutcome {
     pub paused: u64,
 }
 
-impl Outcome for PausingOutcome {}
+impl Outcome for PausingOutcome {
+    fn actions(&self) -> Vec<(&'static str, u64)> {
+        vec![("paused", self.paused)]
+    }
+}
 
 /// The settlement's decision for one held run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

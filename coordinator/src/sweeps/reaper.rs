@@ -56,4 +56,12 @@ pub struct ReapOutcome {
     pub blocked: u64,
 }
 
-impl Outcome for ReapOutcome {}
+impl Outcome for ReapOutcome {
+    fn actions(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("requeued", self.requeued),
+            ("stale_reaped", self.stale_reaped),
+            ("poisoned", self.blocked),
+        ]
+    }
+}

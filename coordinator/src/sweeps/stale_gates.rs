@@ -41,7 +41,11 @@ pub struct StaleGatesOutcome {
     pub marked: u64,
 }
 
-impl Outcome for StaleGatesOutcome {}
+impl Outcome for StaleGatesOutcome {
+    fn actions(&self) -> Vec<(&'static str, u64)> {
+        vec![("gates_marked_stale", self.marked)]
+    }
+}
 
 /// The sweep's decision for one pending gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

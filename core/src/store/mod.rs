@@ -22,6 +22,7 @@ mod nodes;
 pub mod outage;
 mod outcomes;
 mod query;
+mod queue;
 mod runs;
 mod startup;
 mod sweeps;
@@ -52,6 +53,7 @@ pub use migrate::{
 };
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
+pub use queue::QueueStanding;
 pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
@@ -77,6 +79,19 @@ const GENERIC_PLANS: &str = "plan_cache_mode=force_generic_plan";
 
 /// Connections in a pool unless the caller says otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
+
+/// A pool's connections and callers at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections it may open.
+    pub max_size: usize,
+    /// Connections open.
+    pub size: usize,
+    /// Open connections no caller holds.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
 
 /// A handle on the database; cheap to clone.
 #[derive(Clone)]
@@ -158,6 +173,17 @@ impl Store {
         // takes whatever it is: building it again cannot fail.
         Self::with_connector(self.connector.clone(), pool_size)
             .expect("a pool with the settings of an existing one")
+    }
+
+    /// The pool's standing now, for the metrics: cheap (a few atomic loads), taken when scraped.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = self.pool.status();
+        PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        }
     }
 
     /// Connects to `url` and refuses a database whose schema this build cannot serve.
@@ -265,6 +291,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         migrate::GRANT_QUERIES,
         nodes::QUERIES,
         outcomes::QUERIES,
+        queue::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,
         watch::QUERIES,

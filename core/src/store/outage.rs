@@ -121,6 +121,12 @@ impl OutageLog {
         }
     }
 
+    /// Whether the last call this process made failed for a reason trying again may mend: the
+    /// database is unreachable now, as far as this process knows. A worker's `/readyz` reads it.
+    pub fn is_ongoing(&self) -> bool {
+        self.ongoing.load(Ordering::Acquire)
+    }
+
     /// A call succeeded.
     pub fn succeeded(&self) {
         if !self.ongoing.load(Ordering::Acquire) {

@@ -9,6 +9,7 @@ mod leader;
 mod lease_protocol;
 mod operator;
 mod protocol_doc;
+mod queue;
 mod schema;
 mod start_runs;
 mod store;

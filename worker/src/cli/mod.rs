@@ -29,6 +29,7 @@ mod logging;
 mod secrets;
 mod signals;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use leasehold_core::ids::ClaimantId;
@@ -45,6 +46,7 @@ use crate::handler::Registry;
 use crate::handlers::{
     self, ExecAllow, ExecAllowError, ExecPolicy, ExecUser, HttpAllow, HttpPolicy,
 };
+use crate::observe;
 use crate::worker::{Report, Worker};
 
 /// The worker command's settings, each a flag and an environment variable.
@@ -129,6 +131,11 @@ pub struct Args {
     /// database fails over.
     #[arg(long, env = "LEASEHOLD_EXIT_ON_DB_UNAVAILABLE")]
     pub exit_on_db_unavailable: bool,
+    /// Serve Prometheus metrics (`/metrics`) and the probes `/livez` and `/readyz` over HTTP on
+    /// this address; off without it. Any address is allowed: they show no secrets and no run
+    /// data, and Kubernetes probes the pod's IP.
+    #[arg(long, env = "LEASEHOLD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// An `--exec-allow` entry, checked; an empty one (`LEASEHOLD_EXEC_ALLOW=`) allows nothing.
@@ -164,6 +171,14 @@ pub enum Error {
     /// The worker could not register itself.
     #[error(transparent)]
     Run(#[from] store::Error),
+    /// The metrics listener could not start.
+    #[error("serving metrics on --metrics-listen {addr}: {reason}")]
+    Metrics {
+        /// The address given.
+        addr: SocketAddr,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 impl Args {
@@ -273,6 +288,14 @@ pub async fn run_with(mut args: Args, registry: Registry) -> Result<Report, Erro
             store.with_session(&config.application_name(), config.statement_timeout())
         })
         .map_err(Error::Connect)?;
+    let worker = Worker::new(store.clone(), registry, config);
+    // Started before the database answers, so that `/livez` says the worker is alive while it
+    // waits, and `/readyz` that it is not ready.
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = args.metrics_listen {
+        serve_metrics(addr, &worker, &store, metrics_stop.clone()).await?;
+    }
+    let _stop_metrics = metrics_stop.drop_guard();
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let when_unavailable = if args.exit_on_db_unavailable {
@@ -288,9 +311,36 @@ pub async fn run_with(mut args: Args, registry: Registry) -> Result<Report, Erro
         // Stopped before the database answered: nothing was claimed.
         None => return Ok(Report::default()),
     }
-    let report = Worker::new(store, registry, config).run(shutdown).await?;
+    let report = worker.run(shutdown).await?;
     tracing::info!(claimed = report.claimed, "bye");
     Ok(report)
+}
+
+/// Binds `addr` and serves the worker's metrics and probes there until `stop`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    worker: &Worker,
+    store: &Store,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    let failed = |reason: String| Error::Metrics { addr, reason };
+    let handle = observe::install_recorder().map_err(|e| failed(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let bound = listener.local_addr().map_err(|e| failed(e.to_string()))?;
+    tracing::info!(addr = %bound, "serving /metrics, /livez and /readyz");
+    let worker_health = worker.health();
+    let pools = vec![observe::Pool {
+        name: "worker",
+        store: store.clone(),
+    }];
+    tokio::spawn(async move {
+        if let Err(e) = observe::serve(listener, handle, Some(worker_health), pools, stop).await {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

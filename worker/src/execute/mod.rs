@@ -51,6 +51,22 @@ pub enum Outcome {
     LeaseLost,
 }
 
+impl Outcome {
+    /// The outcome as the metrics label it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::RetryScheduled => "retry_scheduled",
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::Paused => "paused",
+            Self::Released => "released",
+            Self::Blocked => "blocked",
+            Self::LeaseLost => "lease_lost",
+        }
+    }
+}
+
 /// What every run of a worker shares.
 pub(crate) struct Shared {
     pub store: Store,

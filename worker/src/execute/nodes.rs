@@ -124,23 +124,43 @@ impl Execution<'_> {
         let span = tracing::info_span!("node", node_id = %node.id, kind = %node.kind, attempt);
         let attempt_span = span.clone();
         let attempt_task = async move {
+            let started = std::time::Instant::now();
             // A panicking handler fails its node instead of leaving it `running` forever.
             let attempt_run = AssertUnwindSafe(registry.run(&kind, ctx)).catch_unwind();
-            let result = match tokio::time::timeout(timeout, attempt_run).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(HandlerError::Terminal(format!(
-                    "the {kind} handler panicked"
-                ))),
+            let (result, outcome) = match tokio::time::timeout(timeout, attempt_run).await {
+                Ok(Ok(Ok(output))) => (Ok(output), "completed"),
+                Ok(Ok(Err(error))) => {
+                    let outcome = if error.is_retryable() {
+                        "retryable_error"
+                    } else {
+                        "terminal_error"
+                    };
+                    (Err(error), outcome)
+                }
+                Ok(Err(_)) => (
+                    Err(HandlerError::Terminal(format!(
+                        "the {kind} handler panicked"
+                    ))),
+                    "panicked",
+                ),
                 Err(_) => {
                     // Dropping the handler's future already stopped it; the token tells any
                     // task it spawned.
                     cancel.cancel();
-                    Err(HandlerError::Retryable(format!(
+                    let error = HandlerError::Retryable(format!(
                         "timed out after {} ms",
                         timeout.as_millis()
-                    )))
+                    ));
+                    (Err(error), "timed_out")
                 }
             };
+            // A node dropped mid-attempt (lease lost, run stopped) records nothing: it has no
+            // outcome.
+            let kind = kind.clone();
+            metrics::counter!("leasehold_worker_node_attempts_total", "kind" => kind.clone(), "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("leasehold_worker_node_duration_seconds", "kind" => kind, "outcome" => outcome)
+                .record(started.elapsed().as_secs_f64());
             NodeDone {
                 node_id,
                 attempt,
@@ -217,6 +237,8 @@ impl Execution<'_> {
                     // did not fail.
                     let counted = state.counted_attempts();
                     let delay = retry::next_delay(&node.backoff, counted, fastrand::f64());
+                    metrics::counter!("leasehold_worker_retries_scheduled_total", "kind" => node.kind.clone())
+                        .increment(1);
                     self.retry
                         .get_or_insert((done.node_id, done.attempt + 1, delay));
                 } else if self.failure.is_none() {
