@@ -30,6 +30,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::exposition;
 use crate::support::free_port;
 
 const STREAMS: usize = 2_000;
@@ -125,6 +126,9 @@ async fn two_thousand_watchers_cost_the_database_little_and_the_leader_keeps_its
         .expect("token");
 
     let listen = format!("127.0.0.1:{}", free_port());
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
     let log = std::env::temp_dir().join(format!("leasehold-watch-load-{}.log", free_port()));
     let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args([
@@ -133,6 +137,8 @@ async fn two_thousand_watchers_cost_the_database_little_and_the_leader_keeps_its
             &listen,
             "--leader-lease",
             LEADER_LEASE,
+            "--metrics-listen",
+            &metrics_addr.to_string(),
         ])
         .env("LEASEHOLD_DATABASE_URL", b.db.url())
         .env_remove("LEASEHOLD_LOG")
@@ -226,6 +232,16 @@ async fn two_thousand_watchers_cost_the_database_little_and_the_leader_keeps_its
         started.elapsed()
     );
     assert_eq!(opened.load(Ordering::SeqCst), STREAMS);
+    let (status, text) = exposition::get(metrics_addr, "/metrics")
+        .await
+        .expect("scrape");
+    assert_eq!(status, 200, "{text}");
+    let scraped = exposition::parse(&text).expect("the exposition parses");
+    assert_eq!(
+        scraped.sum("leasehold_coordinator_watch_streams_open", &[]),
+        STREAMS as f64,
+        "the gauge counts every open stream"
+    );
 
     // Idle streams: count the database's statements over a window.
     let before = b.count(TRANSACTIONS).await;
@@ -292,6 +308,12 @@ async fn two_thousand_watchers_cost_the_database_little_and_the_leader_keeps_its
         ended.iter().all(|last| *last == Some((3, true))),
         "every stream ends after its run's terminal event, seq 3"
     );
+    wait_for(DEADLINE, "the gauge to count no open stream", || async {
+        let (_, text) = exposition::get(metrics_addr, "/metrics").await.ok()?;
+        let scraped = exposition::parse(&text).ok()?;
+        (scraped.sum("leasehold_coordinator_watch_streams_open", &[]) == 0.0).then_some(())
+    })
+    .await;
 
     let log = coordinator.log();
     assert!(

@@ -160,6 +160,7 @@ impl Hub {
             return Err(CapReached::Tenant(shared.max_per_tenant));
         }
         registry.open += 1;
+        set_open_gauge(registry.open);
         *registry.tenants.entry(tenant.clone()).or_default() += 1;
         if let Some(token) = token {
             *registry.tokens.entry(token.clone()).or_default() += 1;
@@ -323,6 +324,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut registry = self.shared.registry();
         registry.open -= 1;
+        set_open_gauge(registry.open);
         if let Some(n) = registry.tenants.get_mut(&self.tenant) {
             *n -= 1;
             if *n == 0 {
@@ -344,6 +346,13 @@ impl Drop for Subscription {
             }
         }
     }
+}
+
+/// Publishes the streams open now; set under the registry's lock, so the gauge never goes back
+/// to a stale count.
+fn set_open_gauge(open: usize) {
+    #[allow(clippy::cast_precision_loss)] // streams are capped far below 2^52
+    metrics::gauge!("leasehold_coordinator_watch_streams_open").set(open as f64);
 }
 
 /// The head to publish for a watched run after a tick, if any: `asked` says whether the tick's
