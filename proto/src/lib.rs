@@ -10,6 +10,7 @@ pub mod v1 {
 #[cfg(feature = "client")]
 pub mod bearer;
 pub mod checks;
+pub mod codes;
 
 /// The encoded file descriptor set, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("leasehold_descriptor");
