@@ -217,6 +217,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // No connection is made here: the server starts first, so that its health can say
     // NOT_SERVING while the database cannot be reached.
     let store = Store::connect_unchecked(&args.database_url, args.pool_size)
+        .and_then(|store| leasehold_coordinator::with_coordinator_session(&store))
         .context("connecting to the database")?;
     let when_unavailable = if args.exit_on_db_unavailable {
         WhenUnavailable::Exit
@@ -334,10 +335,6 @@ async fn serve_with(
         client_certificates,
         "coordinator serving gRPC"
     );
-    let store = store.with_session(
-        leasehold_coordinator::APPLICATION_NAME,
-        leasehold_coordinator::STATEMENT_TIMEOUT,
-    )?;
     if let Some(metrics) = metrics {
         metrics.serve(&store, cancel.clone());
     }

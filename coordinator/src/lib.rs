@@ -23,3 +23,12 @@ pub const APPLICATION_NAME: &str = "leasehold-coordinator";
 /// server, and holding its connection longer only starves the others. The database URL's own
 /// `options=-c statement_timeout=…` wins.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `store` with the coordinator's sessions: named [`APPLICATION_NAME`], bounded by
+/// [`STATEMENT_TIMEOUT`]. Every pool the coordinator opens (the API's, the tokens', and those it
+/// makes beside them for the leader, the sweeps and the health check) should come from it.
+pub fn with_coordinator_session(
+    store: &leasehold_core::store::Store,
+) -> Result<leasehold_core::store::Store, leasehold_core::store::Error> {
+    store.with_session(APPLICATION_NAME, STATEMENT_TIMEOUT)
+}

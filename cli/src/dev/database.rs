@@ -27,5 +27,6 @@ pub async fn migrated(url: &str, pool_size: usize) -> anyhow::Result<Store> {
     if !applied.is_empty() {
         eprintln!("dev: applied {} database migrations", applied.len());
     }
-    Ok(store)
+    // The coordinator's from here on: its API, its tokens and the pools it opens beside them.
+    Ok(leasehold_coordinator::with_coordinator_session(&store)?)
 }
