@@ -392,10 +392,7 @@ impl MetricsListener {
         if let Ok(addr) = self.listener.local_addr() {
             tracing::info!(%addr, "serving /metrics");
         }
-        let pools = vec![observe::Pool {
-            name: "api",
-            store: store.clone(),
-        }];
+        let pools = vec![store.clone()];
         tokio::spawn(async move {
             if let Err(e) = observe::serve(self.listener, self.handle, None, pools, cancel).await {
                 tracing::warn!(error = %e, "the metrics listener stopped");

@@ -30,5 +30,7 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn with_coordinator_session(
     store: &leasehold_core::store::Store,
 ) -> Result<leasehold_core::store::Store, leasehold_core::store::Error> {
-    store.with_session(APPLICATION_NAME, STATEMENT_TIMEOUT)
+    Ok(store
+        .with_session(APPLICATION_NAME, STATEMENT_TIMEOUT)?
+        .named("api"))
 }

@@ -60,6 +60,8 @@ impl Writes {
 
 /// A kind of batched write: how a batch of it is written.
 trait BatchWrite: Send + 'static {
+    /// The metrics label of this kind of write.
+    const LABEL: &'static str;
     type Item: Clone + Send + Sync + 'static;
     type Answer: Send + 'static;
 
@@ -72,6 +74,7 @@ trait BatchWrite: Send + 'static {
 struct Starts;
 
 impl BatchWrite for Starts {
+    const LABEL: &'static str = "node_starts";
     type Item = NodeStart;
     type Answer = u32;
 
@@ -86,6 +89,7 @@ impl BatchWrite for Starts {
 struct Completions;
 
 impl BatchWrite for Completions {
+    const LABEL: &'static str = "node_completions";
     type Item = NodeCompletion;
     type Answer = bool;
 
@@ -161,12 +165,11 @@ async fn flush_queued<W: BatchWrite>(
 async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
     let (items, answers): (Vec<W::Item>, Vec<_>) =
         batch.into_iter().map(|r| (r.item, r.answer)).unzip();
-    tracing::trace!(
-        kind = std::any::type_name::<W>(),
-        writes = items.len(),
-        "flushing"
-    );
-    match W::write(store, &items).await {
+    tracing::trace!(kind = W::LABEL, writes = items.len(), "flushing");
+    let began = std::time::Instant::now();
+    let written = W::write(store, &items).await;
+    record_flush(W::LABEL, items.len(), began.elapsed(), written.is_ok());
+    match written {
         Ok(results) => {
             for (answer, result) in answers.into_iter().zip(results) {
                 let _ = answer.send(result.map_err(Error::from));
@@ -195,4 +198,13 @@ async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
             }
         }
     }
+}
+
+fn record_flush(write: &'static str, writes: usize, took: std::time::Duration, landed: bool) {
+    let outcome = if landed { "ok" } else { "failed" };
+    #[allow(clippy::cast_precision_loss)] // a batch holds at most MAX_BATCH writes
+    metrics::histogram!("leasehold_worker_flush_batch_size", "write" => write)
+        .record(writes as f64);
+    metrics::histogram!("leasehold_worker_flush_duration_seconds", "write" => write, "outcome" => outcome)
+        .record(took.as_secs_f64());
 }

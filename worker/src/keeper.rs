@@ -194,7 +194,10 @@ impl LeaseKeeper {
                     .await
                     .is_err()
                 {
-                    tracing::warn!(interval = ?self.heartbeat_interval, "heartbeat round did not answer within its interval");
+                    // A database that hangs is as unavailable as one that refuses: the
+                    // outage log says so once, and `/readyz` turns not ready until a call lands.
+                    outage::DATABASE
+                        .failed(&"the heartbeat round did not answer within its interval");
                 }
             }
         };
@@ -241,7 +244,11 @@ impl LeaseKeeper {
         match self.store.worker_heartbeat(&self.claimant).await {
             Ok(Some(true)) => self.drain_requested.cancel(),
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "worker heartbeat failed"),
+            Err(e) => {
+                if let Some(e) = outage::DATABASE.record(&Err::<(), _>(e)) {
+                    tracing::warn!(error = %e, "the worker's heartbeat failed");
+                }
+            }
         }
     }
 

@@ -50,6 +50,14 @@ impl Worker {
         }
     }
 
+    /// This worker with `/livez` failing once its lease keeper has not ticked for `stall_after`
+    /// (10 s unless told; `observe::KEEPER_STALL_AFTER`).
+    #[must_use]
+    pub fn with_keeper_stall_after(mut self, stall_after: Duration) -> Self {
+        self.health = Arc::new(Health::with_stall_after(stall_after));
+        self
+    }
+
     /// The worker's liveness and readiness, as its `/livez` and `/readyz` report them.
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.health)
@@ -159,12 +167,13 @@ impl Worker {
                 }
                 match claimed {
                     Ok((claimed, requested_at)) => {
-                        record_claim(claimed.len(), requested_at.elapsed());
+                        let answered_at = Instant::now();
+                        record_claim(&claimed, answered_at - requested_at);
                         queue_had_more = claimed.len() == free;
                         held.report.claimed += claimed.len();
                         for run in claimed {
                             let lease = leases.hold(run.claim, requested_at);
-                            held.start(&shared, run, lease);
+                            held.start(&shared, run, lease, answered_at);
                         }
                     }
                     Err(_) => claim_failed = true,
@@ -274,14 +283,21 @@ struct Held {
 }
 
 impl Held {
-    /// Executes a claimed run in a task of its own.
-    fn start(&mut self, shared: &Arc<Shared>, run: ClaimedRun, lease: RunLease) {
+    /// Executes a run, claimed by a claim answered at `claimed_at`, in a task of its own.
+    fn start(
+        &mut self,
+        shared: &Arc<Shared>,
+        run: ClaimedRun,
+        lease: RunLease,
+        claimed_at: Instant,
+    ) {
         let shared = Arc::clone(shared);
         let shutdown = self.shutdown.clone();
         metrics::gauge!("leasehold_worker_runs_held").increment(1.0);
         // The lease is forgotten when `execute` drops it.
-        self.tasks
-            .spawn(async move { execute::execute(&shared, run, lease, shutdown).await });
+        self.tasks.spawn(async move {
+            execute::execute(&shared, run, lease, shutdown, claimed_at).await
+        });
     }
 
     /// Waits for every run to leave; cancel-safe, as each one is collected when it leaves.
@@ -294,22 +310,22 @@ impl Held {
     fn collect(&mut self, done: Result<Outcome, tokio::task::JoinError>) {
         metrics::gauge!("leasehold_worker_runs_held").decrement(1.0);
         match done {
-            Ok(outcome) => {
-                metrics::counter!("leasehold_worker_runs_left_total", "outcome" => outcome.label())
-                    .increment(1);
-                self.report.outcomes.push(outcome);
-            }
+            Ok(outcome) => self.report.outcomes.push(outcome),
             Err(e) => tracing::error!(error = %e, "a run task panicked"),
         }
     }
 }
 
-/// Counts a claim that answered with `runs` runs after `took`.
-fn record_claim(runs: usize, took: Duration) {
-    metrics::counter!("leasehold_worker_claimed_runs_total").increment(runs as u64);
+/// Counts a claim that answered with `claimed` after `took`.
+fn record_claim(claimed: &[ClaimedRun], took: Duration) {
+    metrics::counter!("leasehold_worker_claimed_runs_total").increment(claimed.len() as u64);
     #[allow(clippy::cast_precision_loss)] // a claim's batch is far below 2^52
-    metrics::histogram!("leasehold_worker_claim_batch_size").record(runs as f64);
+    metrics::histogram!("leasehold_worker_claim_batch_size").record(claimed.len() as f64);
     metrics::histogram!("leasehold_worker_claim_duration_seconds").record(took.as_secs_f64());
+    let waited = metrics::histogram!("leasehold_worker_claim_wait_seconds");
+    for run in claimed {
+        waited.record(run.waited.as_secs_f64());
+    }
 }
 
 /// Whether to claim now, with `free` of `capacity` slots free. A claim per finished run would

@@ -212,12 +212,17 @@ async fn counters_and_histograms_of_a_coordinator_and_two_workers_move_as_runs_g
     wait_status(&store, &[slow], RunStatus::Completed).await;
     signal(&stopped.child, Signal::SIGCONT);
     let stopped_metrics = stopped
-        .wait_metrics("the stopped worker to find its lease gone", |e| {
-            e.sum(
-                "leasehold_worker_runs_left_total",
-                &[("outcome", "lease_lost")],
-            ) == 1.0
-        })
+        .wait_metrics(
+            "the stopped worker to find its lease gone and let the run go",
+            |e| {
+                // The run's task counts how it left as it ends; the worker then stops holding it.
+                e.sum(
+                    "leasehold_worker_runs_left_total",
+                    &[("outcome", "lease_lost")],
+                ) == 1.0
+                    && e.sum("leasehold_worker_runs_held", &[]) == 0.0
+            },
+        )
         .await;
     assert_eq!(
         stopped_metrics.sum("leasehold_worker_self_fences_total", &[])
@@ -225,7 +230,6 @@ async fn counters_and_histograms_of_a_coordinator_and_two_workers_move_as_runs_g
         1.0,
         "the stopped worker fenced itself, or heard its lease was lost, once"
     );
-    assert_eq!(stopped_metrics.sum("leasehold_worker_runs_held", &[]), 0.0);
 
     // Both workers, summed: 5 quick runs, 2 flaky ones claimed 3 times each, the slow one twice.
     let workers = [
@@ -277,11 +281,55 @@ async fn counters_and_histograms_of_a_coordinator_and_two_workers_move_as_runs_g
     assert_eq!(left("retry_scheduled"), 4.0);
     assert_eq!(left("failed"), 2.0);
     assert_eq!(left("lease_lost"), 1.0);
+    assert_eq!(
+        both(
+            "leasehold_worker_runs_left_total",
+            &[
+                ("tenant", "default"),
+                ("automation", "quick"),
+                ("outcome", "completed")
+            ]
+        ),
+        5.0
+    );
+    // Each claimed run's wait since it was due; the first node of each claim starting, except
+    // a slow run requeued before its node started (counted below, from the reaper's action).
+    assert_eq!(both("leasehold_worker_claim_wait_seconds_count", &[]), 13.0);
+    let claims_started = both("leasehold_worker_claim_to_start_seconds_count", &[]);
+    // Every start of a node was one write of a batch, and one more if the stopped worker sent
+    // its start after its lease was gone (refused); completions too (the flaky attempts'
+    // failures are not completions, and the stopped worker's may have been refused).
+    let starts_written = both(
+        "leasehold_worker_flush_batch_size_sum",
+        &[("write", "node_starts")],
+    );
+    assert!(
+        (claims_started..=13.0).contains(&starts_written),
+        "{starts_written} starts written, {claims_started} claims started"
+    );
+    assert!(
+        both(
+            "leasehold_worker_flush_batch_size_sum",
+            &[("write", "node_completions")]
+        ) >= 6.0
+    );
+    assert!(
+        both(
+            "leasehold_worker_flush_duration_seconds_count",
+            &[("write", "node_starts"), ("outcome", "ok")]
+        ) >= 1.0
+    );
     // The slow run was held across a heartbeat (every 5/3 s) by the worker that finished it.
     assert!(both("leasehold_worker_lease_renewals_total", &[]) >= 1.0);
     for worker in &workers {
         assert!(worker.sum("leasehold_db_pool_max_connections", &[("pool", "worker")]) >= 1.0);
         assert!(worker.has("leasehold_db_pool_waiters"));
+        assert!(
+            worker.sum(
+                "leasehold_db_pool_wait_seconds_count",
+                &[("pool", "worker")]
+            ) >= 1.0
+        );
     }
 
     // The coordinator: the gRPC calls by method and code, the reaper's one action and the
@@ -329,6 +377,7 @@ async fn counters_and_histograms_of_a_coordinator_and_two_workers_move_as_runs_g
     };
     // Stopped before its node started, the run was requeued; after, stale-reaped and resumed.
     assert_eq!(reaper("requeued") + reaper("stale_reaped"), 1.0);
+    assert_eq!(claims_started, 13.0 - reaper("requeued"));
     assert_eq!(
         c(
             "leasehold_sweep_actions_total",
@@ -346,6 +395,12 @@ async fn counters_and_histograms_of_a_coordinator_and_two_workers_move_as_runs_g
     assert!(c("leasehold_leader_epoch", &[]) >= 1.0);
     assert_eq!(c("leasehold_queue_held_leases", &[]), 0.0);
     assert!(c("leasehold_db_pool_max_connections", &[("pool", "api")]) >= 1.0);
+    for pool in ["api", "leader", "sweeps"] {
+        assert!(
+            c("leasehold_db_pool_wait_seconds_count", &[("pool", pool)]) >= 1.0,
+            "{pool}"
+        );
+    }
 }
 
 #[tokio::test]

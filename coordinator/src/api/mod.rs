@@ -207,7 +207,7 @@ pub async fn serve_with(
     use v1::workers_server::WorkersServer;
 
     let config = config.validated()?;
-    let background = store.sibling(BACKGROUND_POOL_SIZE);
+    let background = store.sibling(BACKGROUND_POOL_SIZE, "background");
     let hub = Hub::new(
         config.max_watch_streams,
         config.max_watch_streams_per_tenant,

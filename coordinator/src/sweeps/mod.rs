@@ -407,8 +407,8 @@ pub async fn run(
     let config = config.validated()?;
     name("holder_id", &holder_id, HOLDER_MAX_CHARS)?;
     let stores = leader::Stores {
-        lease: store.sibling(LEADER_POOL_SIZE),
-        sweeps: store.sibling(sweep_pool_size()),
+        lease: store.sibling(LEADER_POOL_SIZE, "leader"),
+        sweeps: store.sibling(sweep_pool_size(), "sweeps"),
     };
     leader::run(stores, config, holder_id, cancel).await;
     Ok(())

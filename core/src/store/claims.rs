@@ -51,6 +51,9 @@ pub struct ClaimedRun {
     pub resumed: bool,
     /// The node whose retry this claim is for, if it waited in backoff.
     pub retry_node_id: Option<NodeId>,
+    /// How long the run was due before this claim took it, by the database's clock: from its
+    /// start, its backoff's end or its resume, to the claim.
+    pub waited: Duration,
 }
 
 /// A lease renewed by a heartbeat.
@@ -105,8 +108,8 @@ WITH due AS (
 ),
 -- At most one run per concurrency key from one batch: the first in claim order.
 picked AS (
-    SELECT run_id, retry_node_id FROM (
-        SELECT run_id, retry_node_id, concurrency_key,
+    SELECT run_id, retry_node_id, queued_at FROM (
+        SELECT run_id, retry_node_id, concurrency_key, queued_at,
                row_number() OVER (PARTITION BY tenant_id, concurrency_key
                                   ORDER BY priority DESC, queued_at, run_id) AS nth
         FROM due
@@ -124,7 +127,9 @@ claimed AS (
     WHERE r.run_id = picked.run_id
     RETURNING r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs,
               r.lease_epoch, r.lease_expires_at, r.claim_id, r.event_seq,
-              r.progress_epoch > 0 AS resumed, picked.retry_node_id
+              r.progress_epoch > 0 AS resumed, picked.retry_node_id,
+              greatest((extract(epoch FROM now() - picked.queued_at) * 1000000)::bigint, 0)
+                  AS waited_micros
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
@@ -133,7 +138,7 @@ event AS (
     FROM claimed
 )
 SELECT run_id, tenant_id, automation_id, automation_version, inputs, lease_epoch,
-       lease_expires_at, resumed, retry_node_id
+       lease_expires_at, resumed, retry_node_id, waited_micros
 FROM claimed",
 };
 
@@ -379,5 +384,8 @@ fn read_claimed(row: &Row) -> ClaimedRun {
         lease_expires_at: row.get("lease_expires_at"),
         resumed: row.get("resumed"),
         retry_node_id: row.get::<_, Option<String>>("retry_node_id").map(NodeId),
+        waited: Duration::from_micros(
+            u64::try_from(row.get::<_, i64>("waited_micros")).unwrap_or(0),
+        ),
     }
 }

@@ -80,6 +80,9 @@ const GENERIC_PLANS: &str = "plan_cache_mode=force_generic_plan";
 /// Connections in a pool unless the caller says otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 
+/// The metrics label of a pool nobody named.
+const DEFAULT_POOL_NAME: &str = "main";
+
 /// A pool's connections and callers at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -99,6 +102,8 @@ pub struct Store {
     pool: Pool,
     /// Kept for connections outside the pool, such as the one that listens for wake-ups.
     connector: Connector,
+    /// What the pool serves, as the metrics label it (`api`, `worker`, `sweeps`).
+    pool_name: &'static str,
 }
 
 impl Store {
@@ -131,7 +136,7 @@ impl Store {
             None => format!("-c {GENERIC_PLANS}"),
         };
         config.options(options);
-        Self::with_connector(connector, pool_size)
+        Ok(Self::with_connector(connector, pool_size)?.named("worker"))
     }
 
     fn with_connector(mut connector: Connector, pool_size: usize) -> Result<Self, Error> {
@@ -162,17 +167,35 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| Error::BadDatabaseUrl(e.to_string()))?;
-        Ok(Self { pool, connector })
+        Ok(Self {
+            pool,
+            connector,
+            pool_name: DEFAULT_POOL_NAME,
+        })
+    }
+
+    /// This store with its pool labelled `name` in the metrics (its wait times, its standing).
+    #[must_use]
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.pool_name = name;
+        self
+    }
+
+    /// What the pool serves, as the metrics label it.
+    pub fn pool_name(&self) -> &'static str {
+        self.pool_name
     }
 
     /// Another pool of `pool_size` connections on the same database, with the same settings:
     /// for work that must never wait behind this pool's callers (the leader lease, the sweeps,
     /// the health check, the watch poller behind a busy API). Connects nothing until first used.
-    pub fn sibling(&self, pool_size: usize) -> Self {
+    /// `name` labels it in the metrics.
+    pub fn sibling(&self, pool_size: usize, name: &'static str) -> Self {
         // The same settings built this store's pool, and only the size differs, which the pool
         // takes whatever it is: building it again cannot fail.
         Self::with_connector(self.connector.clone(), pool_size)
             .expect("a pool with the settings of an existing one")
+            .named(name)
     }
 
     /// The pool's standing now, for the metrics: cheap (a few atomic loads), taken when scraped.
@@ -213,11 +236,16 @@ impl Store {
             None => timeout,
         };
         config.options(options);
-        Self::with_connector(connector, self.pool.status().max_size)
+        Ok(Self::with_connector(connector, self.pool.status().max_size)?.named(self.pool_name))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
-        self.pool.get().await.map_err(|e| match e {
+        let asked = std::time::Instant::now();
+        let client = self.pool.get().await;
+        // Recorded for failures too: a pool that times out its callers waited the longest.
+        metrics::histogram!("leasehold_db_pool_wait_seconds", "pool" => self.pool_name)
+            .record(asked.elapsed().as_secs_f64());
+        client.map_err(|e| match e {
             // A refused certificate or a server without TLS is said in one line naming the
             // server, not as the pool's nested "error occurred while creating a new object".
             PoolError::Backend(e) if self.connector.tls_failure(&e).is_some() => {

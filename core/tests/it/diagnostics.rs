@@ -66,3 +66,56 @@ async fn sessions_are_named_and_their_statements_bounded() {
         leasehold_core::store::RequestError::Store(Error::Db(_))
     ));
 }
+
+/// The process's metrics, as Prometheus would scrape them: one recorder for this test binary.
+fn scraped() -> String {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the only recorder of this binary")
+        })
+        .render()
+}
+
+/// The value of the sample `series` (name and labels, as exposed), zero when absent.
+fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn failed_calls_are_counted_by_sqlstate_class_and_pool_waits_timed() {
+    let before = scraped();
+    let (b, _, _) = setup_run("diag").await;
+    let url =
+        b.db.url()
+            .replace(b.db.name(), "leasehold_no_such_database");
+    let store = Store::connect_unchecked(&url, 1)
+        .expect("pool")
+        .named("diagnosed");
+    store.ping().await.expect_err("no such database");
+    store.ping().await.expect_err("no such database, again");
+
+    let after = scraped();
+    // 3D is the class of invalid_catalog_name: each refused connection counted once. Other
+    // tests of this binary may fail the same way meanwhile, never fewer.
+    let refused = r#"leasehold_db_errors_total{class="3D"}"#;
+    assert!(
+        sample(&after, refused) - sample(&before, refused) >= 2.0,
+        "{after}"
+    );
+    // Both callers waited on the named pool, and the wait was timed even though it failed.
+    assert_eq!(
+        sample(
+            &after,
+            r#"leasehold_db_pool_wait_seconds_count{pool="diagnosed"}"#
+        ),
+        2.0,
+        "{after}"
+    );
+}

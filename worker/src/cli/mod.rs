@@ -331,10 +331,7 @@ async fn serve_metrics(
     let bound = listener.local_addr().map_err(|e| failed(e.to_string()))?;
     tracing::info!(addr = %bound, "serving /metrics, /livez and /readyz");
     let worker_health = worker.health();
-    let pools = vec![observe::Pool {
-        name: "worker",
-        store: store.clone(),
-    }];
+    let pools = vec![store.clone()];
     tokio::spawn(async move {
         if let Err(e) = observe::serve(listener, handle, Some(worker_health), pools, stop).await {
             tracing::warn!(error = %e, "the metrics listener stopped");

@@ -19,6 +19,7 @@ use leasehold_core::spec::Spec;
 use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store, outage};
 use serde_json::Value;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -193,6 +194,8 @@ struct Execution<'a> {
     pause_requested: bool,
     /// The last node's completion completed the run in the same write.
     run_completed: bool,
+    /// When the claim of this run answered, until its first node starts.
+    claimed_at: Option<Instant>,
 }
 
 /// Executes a claimed run until it leaves this worker, and says how it left. Everything logged
@@ -203,6 +206,7 @@ pub(crate) async fn execute(
     run: ClaimedRun,
     lease: RunLease,
     shutdown: Shutdown,
+    claimed_at: Instant,
 ) -> Outcome {
     let span = tracing::info_span!(
         "run",
@@ -213,8 +217,11 @@ pub(crate) async fn execute(
         automation = %run.automation_id,
     );
     async move {
-        let outcome = execute_claimed(shared, run, lease, shutdown).await;
+        let (tenant, automation) = (run.tenant.to_string(), run.automation_id.to_string());
+        let outcome = execute_claimed(shared, run, lease, shutdown, claimed_at).await;
         tracing::debug!(?outcome, "run left the worker");
+        metrics::counter!("leasehold_worker_runs_left_total", "outcome" => outcome.label(), "tenant" => tenant, "automation" => automation)
+            .increment(1);
         outcome
     }
     .instrument(span)
@@ -226,6 +233,7 @@ async fn execute_claimed(
     run: ClaimedRun,
     lease: RunLease,
     shutdown: Shutdown,
+    claimed_at: Instant,
 ) -> Outcome {
     let claim = run.claim;
     let stop = lease.stop.clone();
@@ -250,6 +258,7 @@ async fn execute_claimed(
         failure: None,
         pause_requested: false,
         run_completed: false,
+        claimed_at: Some(claimed_at),
     };
     match execution.drive(&shutdown).await {
         Ok(outcome) => outcome,

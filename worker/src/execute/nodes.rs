@@ -75,6 +75,10 @@ impl Execution<'_> {
 
     /// Spawns the handler of `node`, whose attempt `attempt` the store has counted.
     fn spawn(&mut self, node: &NodeSpec, attempt: u32) {
+        if let Some(claimed_at) = self.claimed_at.take() {
+            metrics::histogram!("leasehold_worker_claim_to_start_seconds")
+                .record(claimed_at.elapsed().as_secs_f64());
+        }
         let claim = self.claim();
         // Clean interruptions happen only between claims, so the count loaded with the
         // checkpoint holds for the whole claim.

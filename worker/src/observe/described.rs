@@ -17,6 +17,35 @@ pub(super) fn describe_all() {
         Unit::Seconds,
         "A claim statement, sent to answered."
     );
+    describe_histogram!(
+        "leasehold_worker_claim_wait_seconds",
+        Unit::Seconds,
+        "How long each claimed run was due before a claim took it, by the database's clock."
+    );
+    describe_histogram!(
+        "leasehold_worker_claim_to_start_seconds",
+        Unit::Seconds,
+        "From a claim's answer to the first node of each run it claimed starting."
+    );
+    describe_histogram!(
+        "leasehold_worker_flush_batch_size",
+        Unit::Count,
+        "Node writes per batched statement, by write."
+    );
+    describe_histogram!(
+        "leasehold_worker_flush_duration_seconds",
+        Unit::Seconds,
+        "A batched node write, sent to answered, by write and outcome."
+    );
+    describe_histogram!(
+        "leasehold_db_pool_wait_seconds",
+        Unit::Seconds,
+        "How long callers waited for a pooled database connection, by pool."
+    );
+    describe_counter!(
+        "leasehold_db_errors_total",
+        "Failed database calls, by SQLSTATE class (connection: no answer from the server)."
+    );
     describe_counter!(
         "leasehold_worker_node_attempts_total",
         "Node attempts that ended, by kind and outcome."

@@ -21,6 +21,8 @@ pub struct Health {
     keeper_tick: AtomicU64,
     registered: AtomicBool,
     draining: AtomicBool,
+    /// How long the keeper may go without ticking; [`KEEPER_STALL_AFTER`] unless told.
+    stall_after: Duration,
 }
 
 impl Default for Health {
@@ -32,11 +34,17 @@ impl Default for Health {
 impl Health {
     /// A worker that has not registered yet.
     pub fn new() -> Self {
+        Self::with_stall_after(KEEPER_STALL_AFTER)
+    }
+
+    /// A worker reported dead once its keeper has not ticked for `stall_after`.
+    pub fn with_stall_after(stall_after: Duration) -> Self {
         Self {
             started: Instant::now(),
             keeper_tick: AtomicU64::new(0),
             registered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stall_after,
         }
     }
 
@@ -60,7 +68,7 @@ impl Health {
     pub fn live(&self) -> Result<String, String> {
         let tick = self.keeper_tick.load(Ordering::Relaxed);
         let last_tick = tick.checked_sub(1).map(Duration::from_millis);
-        liveness(last_tick, self.started.elapsed(), KEEPER_STALL_AFTER)
+        liveness(last_tick, self.started.elapsed(), self.stall_after)
     }
 
     /// `/readyz`: `Ok` with what is fine, or `Err` with what is wrong.

@@ -17,29 +17,21 @@ use super::Health;
 /// How often histogram buffers are drained when nobody scrapes.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A database pool whose standing `/metrics` shows, under the label `pool`.
-#[derive(Clone)]
-pub struct Pool {
-    /// The label: what the pool serves (`api`, `worker`).
-    pub name: &'static str,
-    /// The pool.
-    pub store: Store,
-}
-
 #[derive(Clone)]
 struct Served {
     handle: PrometheusHandle,
     health: Option<Arc<Health>>,
-    pools: Arc<[Pool]>,
+    pools: Arc<[Store]>,
 }
 
-/// Serves `/metrics` from `handle`, with `pools`' standing read at each scrape, and, given a
+/// Serves `/metrics` from `handle`, with the standing of `pools` read at each scrape (labelled
+/// with their [`Store::pool_name`]), and, given a
 /// worker's `health`, `/livez` and `/readyz`, until `cancel`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     health: Option<Arc<Health>>,
-    pools: Vec<Pool>,
+    pools: Vec<Store>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let mut router = Router::new().route("/metrics", get(metrics));
@@ -71,8 +63,8 @@ pub async fn serve(
 
 async fn metrics(State(served): State<Served>) -> impl IntoResponse {
     for pool in served.pools.iter() {
-        let status = pool.store.pool_status();
-        let name = pool.name;
+        let status = pool.pool_status();
+        let name = pool.pool_name();
         let gauge = |metric: &'static str, value: usize| {
             #[allow(clippy::cast_precision_loss)] // pool sizes are far below 2^52
             metrics::gauge!(metric, "pool" => name).set(value as f64);

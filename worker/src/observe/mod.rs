@@ -21,7 +21,7 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 pub use self::health::{Health, KEEPER_STALL_AFTER, liveness, readiness};
-pub use self::http::{Pool, serve};
+pub use self::http::serve;
 
 /// Buckets of every duration histogram, in seconds: from a millisecond (a claim on an idle
 /// database) to five minutes (a long node).
@@ -29,11 +29,16 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-/// Buckets of the histograms that count things per batch (runs per claim).
-pub const BATCH_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Buckets of the histograms that count things per batch (runs per claim, writes per flush).
+pub const BATCH_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// Histograms whose observations are counts, not seconds.
-const BATCH_HISTOGRAMS: &[&str] = &["leasehold_worker_claim_batch_size"];
+const BATCH_HISTOGRAMS: &[&str] = &[
+    "leasehold_worker_claim_batch_size",
+    "leasehold_worker_flush_batch_size",
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -8,6 +8,7 @@ mod handler_errors;
 mod http_handler;
 mod idempotency;
 mod logs;
+mod probes;
 mod registration;
 mod stops;
 mod worker;

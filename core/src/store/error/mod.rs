@@ -120,7 +120,7 @@ pub enum Error {
     Migration(String),
     /// No connection could be had from the pool.
     #[error("database unavailable: {}", describe::pool_error(.0))]
-    Pool(#[from] deadpool_postgres::PoolError),
+    Pool(deadpool_postgres::PoolError),
     /// Postgres answered with an error, or the connection failed mid-call.
     #[error("database error: {}", describe::driver_error(.0))]
     Db(tokio_postgres::Error),
@@ -161,6 +161,7 @@ impl From<super::connect::TlsSettingsError> for Error {
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
+        count_failure(sqlstate_class(&e));
         // A CHECK violation is bad input that slipped past validation; name the constraint.
         if e.code() == Some(&SqlState::CHECK_VIOLATION) {
             let constraint = e
@@ -172,4 +173,29 @@ impl From<tokio_postgres::Error> for Error {
         }
         Self::Db(e)
     }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        count_failure(match &e {
+            deadpool_postgres::PoolError::Backend(e) => sqlstate_class(e),
+            deadpool_postgres::PoolError::Timeout(_) => "pool_timeout",
+            _ => "pool",
+        });
+        Self::Pool(e)
+    }
+}
+
+/// What the metrics call a failure of the database: the SQLSTATE's class (its first two
+/// characters, `40` for a serialization failure, `57` for a cancelled statement), or
+/// `connection` when there is none because the connection itself failed.
+fn sqlstate_class(e: &tokio_postgres::Error) -> &str {
+    e.code()
+        .and_then(|code| code.code().get(..2))
+        .unwrap_or("connection")
+}
+
+/// Every failed database call becomes an [`Error`] through `From`, once: counted here.
+fn count_failure(class: &str) {
+    metrics::counter!("leasehold_db_errors_total", "class" => class.to_owned()).increment(1);
 }
