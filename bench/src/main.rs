@@ -10,6 +10,7 @@
 //! - `stats`, `report`: medians, percentiles, the table and the JSON lines.
 
 mod args;
+mod lean;
 mod phases;
 mod procfs;
 mod procs;
@@ -26,7 +27,7 @@ use leasehold_testkit::{OwnedCluster, with_database};
 
 use crate::args::{Args, Phase};
 use crate::phases::Bench;
-use crate::report::Row;
+use crate::report::{Limits, Row};
 
 /// The private cluster's settings on top of PostgreSQL's defaults (fsync and synchronous_commit
 /// stay on): room for every pool, a buffer cache that holds the backlog's databases (the
@@ -220,16 +221,22 @@ async fn measure(bench: &mut Bench) -> anyhow::Result<()> {
 }
 
 fn report(bench: &Bench, meta: &serde_json::Value) -> anyhow::Result<()> {
-    let limit = bench
-        .figures
-        .iter()
-        .find(|f| f.name == "limit.claim_complete")
-        .and_then(|f| stats::summarize(&f.values))
-        .map(|s| s.median);
+    let median_of = |name: &str| {
+        bench
+            .figures
+            .iter()
+            .find(|f| f.name == name)
+            .and_then(|f| stats::summarize(&f.values))
+            .map(|s| s.median)
+    };
+    let limits = Limits {
+        claim_complete: median_of("limit.claim_complete"),
+        lean: median_of("limit.lean"),
+    };
     let rows: Vec<Row> = bench
         .figures
         .iter()
-        .map(|f| Row::new(f.clone(), limit))
+        .map(|f| Row::new(f.clone(), limits))
         .collect();
     println!("{}", report::table(&rows));
     let out = &bench.args.out;

@@ -15,14 +15,17 @@ pub enum Bar {
     AtMost(f64),
     /// The median must be at least this percentage of the limit.
     PctOfLimit(f64),
+    /// The median must be at least this percentage of the lean limit.
+    PctOfLean(f64),
 }
 
 impl Bar {
-    fn met(self, median: f64, pct: Option<f64>) -> bool {
+    fn met(self, median: f64, pct: Percentages) -> bool {
         match self {
             Self::Above(v) => median > v,
             Self::AtMost(v) => median <= v,
-            Self::PctOfLimit(p) => pct.is_some_and(|pct| pct >= p),
+            Self::PctOfLimit(p) => pct.of_limit.is_some_and(|pct| pct >= p),
+            Self::PctOfLean(p) => pct.of_lean.is_some_and(|pct| pct >= p),
         }
     }
 
@@ -31,6 +34,7 @@ impl Bar {
             Self::Above(v) => format!("> {}", bound(v)),
             Self::AtMost(v) => format!("≤ {}", bound(v)),
             Self::PctOfLimit(p) => format!("≥ {}% limit", bound(p)),
+            Self::PctOfLean(p) => format!("≥ {}% lean", bound(p)),
         }
     }
 }
@@ -78,36 +82,53 @@ impl Figure {
     }
 }
 
-/// A figure summarized against the limit, ready to print.
+/// The median throughputs a throughput is given as a percentage of, when they were measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// `limit.claim_complete`: the product's own `runs` table, claimed and completed bare.
+    pub claim_complete: Option<f64>,
+    /// `limit.lean`: a narrow queue of its own, the shape of the fastest queues.
+    pub lean: Option<f64>,
+}
+
+/// A figure's median as percentages of the limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Percentages {
+    of_limit: Option<f64>,
+    of_lean: Option<f64>,
+}
+
+/// A figure summarized against the limits, ready to print.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     figure: Figure,
     summary: Option<Summary>,
-    pct_of_limit: Option<f64>,
+    pct: Percentages,
     met: Option<bool>,
 }
 
 impl Row {
-    /// Summarizes `figure`; `limit` is the limit's median throughput, when it was measured.
-    pub fn new(figure: Figure, limit: Option<f64>) -> Self {
+    /// Summarizes `figure` against the `limits` measured.
+    pub fn new(figure: Figure, limits: Limits) -> Self {
         let summary = summarize(&figure.values);
-        let pct_of_limit = match (figure.throughput, summary, limit) {
+        let pct_of = |limit: Option<f64>| match (figure.throughput, summary, limit) {
             (true, Some(s), Some(limit)) if limit > 0.0 => Some(100.0 * s.median / limit),
             _ => None,
         };
+        let pct = Percentages {
+            of_limit: pct_of(limits.claim_complete),
+            of_lean: pct_of(limits.lean),
+        };
         let met = match summary {
-            Some(s) if !figure.bars.is_empty() => Some(
-                figure
-                    .bars
-                    .iter()
-                    .all(|bar| bar.met(s.median, pct_of_limit)),
-            ),
+            Some(s) if !figure.bars.is_empty() => {
+                Some(figure.bars.iter().all(|bar| bar.met(s.median, pct)))
+            }
             _ => None,
         };
         Self {
             figure,
             summary,
-            pct_of_limit,
+            pct,
             met,
         }
     }
@@ -122,7 +143,8 @@ impl Row {
             "min": self.summary.map(|s| s.min),
             "max": self.summary.map(|s| s.max),
             "values": f.values,
-            "pct_of_limit": self.pct_of_limit,
+            "pct_of_limit": self.pct.of_limit,
+            "pct_of_lean": self.pct.of_lean,
             "bar": (!f.bars.is_empty()).then(|| bar_labels(&f.bars)),
             "bar_met": self.met,
             "run": run,
@@ -138,13 +160,13 @@ fn bar_labels(bars: &[Bar]) -> String {
         .join(", ")
 }
 
-const HEADERS: [&str; 8] = [
-    "figure", "median", "min", "max", "unit", "% limit", "bar", "met",
+const HEADERS: [&str; 9] = [
+    "figure", "median", "min", "max", "unit", "% limit", "% lean", "bar", "met",
 ];
 
 /// The rows as an aligned text table (also valid Markdown).
 pub fn table(rows: &[Row]) -> String {
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             let s = r.summary;
@@ -155,8 +177,8 @@ pub fn table(rows: &[Row]) -> String {
                 num(s.map(|s| s.min)),
                 num(s.map(|s| s.max)),
                 r.figure.unit.to_owned(),
-                r.pct_of_limit
-                    .map_or_else(String::new, |p| format!("{p:.0}%")),
+                percent(r.pct.of_limit),
+                percent(r.pct.of_lean),
                 bar_labels(&r.figure.bars),
                 match r.met {
                     Some(true) => "yes".to_owned(),
@@ -178,7 +200,7 @@ pub fn table(rows: &[Row]) -> String {
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
             // Names and units read left to right; numbers line up on the right.
             let pad = " ".repeat(w - cell.chars().count());
-            if matches!(i, 0 | 4 | 6) {
+            if matches!(i, 0 | 4 | 7) {
                 let _ = write!(out, " {cell}{pad} |");
             } else {
                 let _ = write!(out, " {pad}{cell} |");
@@ -191,7 +213,7 @@ pub fn table(rows: &[Row]) -> String {
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            if matches!(i, 0 | 4 | 6) {
+            if matches!(i, 0 | 4 | 7) {
                 "-".repeat(*w)
             } else {
                 format!("{}:", "-".repeat(w - 1))
@@ -203,6 +225,10 @@ pub fn table(rows: &[Row]) -> String {
         line(&mut out, row);
     }
     out
+}
+
+fn percent(pct: Option<f64>) -> String {
+    pct.map_or_else(String::new, |p| format!("{p:.0}%"))
 }
 
 /// A bar's bound as it was set: `1.5`, `60`, `30,000`.
@@ -278,16 +304,38 @@ mod tests {
         let figure = Figure::throughput("process.one_node", "runs/s", vec![20.0, 40.0, 30.0])
             .bar(Bar::Above(25.0))
             .bar(Bar::PctOfLimit(60.0));
-        let row = Row::new(figure.clone(), Some(50.0));
-        assert_eq!(row.pct_of_limit, Some(60.0));
+        let limit = |claim_complete: f64, lean: f64| Limits {
+            claim_complete: Some(claim_complete),
+            lean: Some(lean),
+        };
+        let row = Row::new(figure.clone(), limit(50.0, 100.0));
+        assert_eq!(row.pct.of_limit, Some(60.0));
+        assert_eq!(row.pct.of_lean, Some(30.0));
         assert_eq!(row.met, Some(true));
-        assert_eq!(Row::new(figure.clone(), Some(51.0)).met, Some(false));
-        assert_eq!(Row::new(figure, None).met, Some(false), "no limit, no %");
+        assert_eq!(
+            Row::new(figure.clone(), limit(51.0, 100.0)).met,
+            Some(false)
+        );
+        assert_eq!(
+            Row::new(figure.clone(), Limits::default()).met,
+            Some(false),
+            "no limit, no %"
+        );
+        let of_lean = figure.bar(Bar::PctOfLean(30.0));
+        assert_eq!(
+            Row::new(of_lean.clone(), limit(50.0, 100.0)).met,
+            Some(true)
+        );
+        assert_eq!(Row::new(of_lean, limit(50.0, 101.0)).met, Some(false));
 
         let latency = Figure::new("latency.notify.p50", "ms", vec![2.0, 4.0, 3.0]);
-        let row = Row::new(latency.clone().bar(Bar::AtMost(3.0)), Some(50.0));
-        assert_eq!((row.pct_of_limit, row.met), (None, Some(true)));
-        assert_eq!(Row::new(latency, None).met, None, "no bar, nothing to meet");
+        let row = Row::new(latency.clone().bar(Bar::AtMost(3.0)), limit(50.0, 100.0));
+        assert_eq!((row.pct, row.met), (Percentages::default(), Some(true)));
+        assert_eq!(
+            Row::new(latency, Limits::default()).met,
+            None,
+            "no bar, nothing to meet"
+        );
     }
 
     #[test]
@@ -295,11 +343,14 @@ mod tests {
         let rows = vec![
             Row::new(
                 Figure::throughput("limit.claim_complete", "runs/s", vec![40_000.0; 3]),
-                Some(40_000.0),
+                Limits {
+                    claim_complete: Some(40_000.0),
+                    lean: Some(80_000.0),
+                },
             ),
             Row::new(
                 Figure::new("latency.notify.p99", "ms", vec![5.0, 6.0, 7.0]).bar(Bar::AtMost(10.0)),
-                None,
+                Limits::default(),
             ),
         ];
         let text = table(&rows);
@@ -308,7 +359,9 @@ mod tests {
         let width = lines[0].chars().count();
         assert!(lines.iter().all(|l| l.chars().count() == width), "{text}");
         assert!(
-            lines[2].contains("| 40,000 |") && lines[2].contains("100%"),
+            lines[2].contains("| 40,000 |")
+                && lines[2].contains("100%")
+                && lines[2].contains("50%"),
             "{text}"
         );
         assert!(

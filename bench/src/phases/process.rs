@@ -1,4 +1,5 @@
-//! Processing queued runs: the worker processes, and the raw-SQL limit on the same queue.
+//! Processing queued runs: the worker processes, the raw-SQL limit on the same queue, and the
+//! lean limit on a narrow queue of its own.
 //!
 //! Each repetition starts from empty tables with every run queued (started through the store,
 //! untimed), vacuumed and checkpointed. Throughput is the runs over the database's window from
@@ -10,6 +11,7 @@ use anyhow::bail;
 use tokio::time::Instant;
 
 use super::{Bench, CHAIN, DAG_NODES, FANOUT, NOOP, cpu_per, per};
+use crate::lean::{self, LeanSession};
 use crate::procfs;
 use crate::report::{Bar, Figure};
 use crate::sql::{self, LimitSession};
@@ -18,6 +20,8 @@ use crate::sql::{self, LimitSession};
 const DONE_POLL: Duration = Duration::from_millis(20);
 /// The limit loop's claimant.
 const LIMIT_CLAIMANT: &str = "bench-limit";
+/// The lean loop's claimants, one per session: `bench-lean-0`, …
+const LEAN_CLAIMANT: &str = "bench-lean";
 
 /// One repetition of processing.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,6 +36,7 @@ struct Processed {
 pub async fn one_node(bench: &mut Bench) -> anyhow::Result<()> {
     let n = bench.plan.runs;
     let mut limit = Vec::new();
+    let mut lean = Vec::new();
     let mut product = Vec::new();
     for rep in 1..=bench.args.reps {
         prepare(bench, NOOP, n).await?;
@@ -41,6 +46,12 @@ pub async fn one_node(bench: &mut Bench) -> anyhow::Result<()> {
             l.runs_per_s, l.xacts_per_run
         );
         limit.push(l);
+        let l = lean_once(bench, n).await?;
+        eprintln!(
+            "  lean rep {rep}: {:.0} runs/s, {:.3} xacts/run",
+            l.runs_per_s, l.xacts_per_run
+        );
+        lean.push(l);
         prepare(bench, NOOP, n).await?;
         let p = workers_once(bench, NOOP, n).await?;
         eprintln!(
@@ -70,6 +81,26 @@ pub async fn one_node(bench: &mut Bench) -> anyhow::Result<()> {
         "µs/run",
         collect(&limit, |p| p.client_cpu_us),
     ));
+    f.push(Figure::throughput(
+        "limit.lean",
+        "runs/s",
+        collect(&lean, |p| Some(p.runs_per_s)),
+    ));
+    f.push(Figure::new(
+        "limit.lean.xacts",
+        "xacts/run",
+        collect(&lean, |p| Some(p.xacts_per_run)),
+    ));
+    f.push(Figure::new(
+        "limit.lean.db_cpu",
+        "µs/run",
+        collect(&lean, |p| p.db_cpu_us),
+    ));
+    f.push(Figure::new(
+        "limit.lean.client_cpu",
+        "µs/run",
+        collect(&lean, |p| p.client_cpu_us),
+    ));
     f.push(
         Figure::throughput(
             "process.one_node",
@@ -77,7 +108,8 @@ pub async fn one_node(bench: &mut Bench) -> anyhow::Result<()> {
             collect(&product, |p| Some(p.runs_per_s)),
         )
         .bar(Bar::Above(30_000.0))
-        .bar(Bar::PctOfLimit(60.0)),
+        .bar(Bar::PctOfLimit(60.0))
+        .bar(Bar::PctOfLean(60.0)),
     );
     push_costs(f, "process.one_node", &product, 1);
     Ok(())
@@ -188,6 +220,50 @@ async fn limit_once(bench: &Bench, n: usize) -> anyhow::Result<Processed> {
     let outcome = sql::outcome(&bench.session().await?, NOOP).await?;
     Ok(Processed {
         runs_per_s: throughput(n, outcome.window_s)?,
+        xacts_per_run: per(after.xacts - before.xacts, n),
+        db_cpu_us: cpu_per(before.db_cpu, after.db_cpu, n),
+        client_cpu_us: cpu_per(before.own_cpu, after.own_cpu, n),
+    })
+}
+
+/// The lean loop: `n` jobs in the narrow queue of its own, as many sessions as the workers'
+/// pools, each claiming a worker's capacity and completing it, until none is left. It keeps no
+/// history and has no window of its own in the database: its throughput is the wall time of
+/// the loop, which starts with the first claim and ends with the last completion.
+async fn lean_once(bench: &mut Bench, n: usize) -> anyhow::Result<Processed> {
+    bench.reset().await?;
+    lean::fill(&bench.session().await?, n).await?;
+    bench.settle().await?;
+    let sessions = bench.args.workers * bench.args.pool_size;
+    let batch = i32::try_from(bench.args.capacity)?;
+    let mut connected = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        connected.push(LeanSession::connect(&bench.db_url, format!("{LEAN_CLAIMANT}-{i}")).await?);
+    }
+    let before = bench.snapshot().await?;
+    let began = Instant::now();
+    let lanes = connected.iter().map(|s| async move {
+        let mut done = 0;
+        loop {
+            match s.claim_and_complete(batch).await? {
+                0 => return anyhow::Ok(done),
+                k => done += k,
+            }
+        }
+    });
+    let done: usize = futures_util::future::try_join_all(lanes)
+        .await?
+        .into_iter()
+        .sum();
+    let window_s = began.elapsed().as_secs_f64();
+    drop(connected);
+    bench.quiesce().await?;
+    let after = bench.snapshot().await?;
+    anyhow::ensure!(done == n, "the lean loop completed {done} of {n} jobs");
+    let left = lean::remaining(&bench.session().await?).await?;
+    anyhow::ensure!(left == 0, "the lean loop left {left} jobs");
+    Ok(Processed {
+        runs_per_s: throughput(n, window_s)?,
         xacts_per_run: per(after.xacts - before.xacts, n),
         db_cpu_us: cpu_per(before.db_cpu, after.db_cpu, n),
         client_cpu_us: cpu_per(before.own_cpu, after.own_cpu, n),
