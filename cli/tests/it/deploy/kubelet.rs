@@ -1,0 +1,489 @@
+//! What a kubelet does with a pod of the rendered manifests, done with the real `leasehold`
+//! binary on this machine: the image's entrypoint with the container's args, an environment
+//! built from the ConfigMaps and Secrets (`envFrom` first, then `env`), Secret, ConfigMap and
+//! emptyDir volumes as folders, and the probes (gRPC health, HTTP GET, TCP connect) with the
+//! kubelet's rules; SIGTERM, then SIGKILL after `terminationGracePeriodSeconds`.
+//!
+//! Two rewrites make a pod runnable here, both applied to env values and args alike: each
+//! `containerPort` becomes a free loopback port (in a cluster every pod has its own address;
+//! here they share one), so `0.0.0.0:9090` becomes `127.0.0.1:<free>` and a probe of 9090 asks
+//! that port; and each volume's `mountPath` prefix becomes the pod's folder for that volume.
+//! Nothing else changes: a flag, port, path or variable the binary does not know fails the pod.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use leasehold_testkit::wait_for;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use super::names::{is_leasehold, unknown_names};
+use super::render::root;
+use crate::exposition;
+use crate::support::{free_port, health, signal};
+
+/// The rendered documents of one target, and the test's values for the Secrets they name.
+pub struct Cluster {
+    pub docs: &'static [Value],
+    /// `(secret, key)` → value: what an operator (or External Secrets) would put there.
+    pub secrets: HashMap<(String, String), String>,
+    dir: PathBuf,
+    pods: AtomicUsize,
+}
+
+/// The image's entrypoint, from deploy/Dockerfile: the binary a container runs.
+fn entrypoint() -> Vec<String> {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");
+    let line = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .expect("an ENTRYPOINT");
+    serde_json::from_str(line).expect("ENTRYPOINT in exec form")
+}
+
+impl Cluster {
+    pub fn new(docs: &'static [Value], secrets: &[(&str, &str, &str)]) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "deploy-cluster-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("the cluster's folder");
+        Self {
+            docs,
+            secrets: secrets
+                .iter()
+                .map(|(s, k, v)| (((*s).to_owned(), (*k).to_owned()), (*v).to_owned()))
+                .collect(),
+            dir,
+            pods: AtomicUsize::new(0),
+        }
+    }
+
+    /// The document of `kind` named `name`.
+    pub fn get(&self, kind: &str, name: &str) -> &'static Value {
+        self.docs
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} named {name}"))
+    }
+
+    /// The test's value for `key` of the Secret `name`.
+    pub fn secret(&self, name: &str, key: &str) -> String {
+        self.secrets
+            .get(&(name.to_owned(), key.to_owned()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the manifests read Secret {name} key {key}, which the test does not provide"
+                )
+            })
+            .clone()
+    }
+
+    fn config_map(&self, name: &str) -> &'static serde_json::Map<String, Value> {
+        self.get("ConfigMap", name)["data"]
+            .as_object()
+            .unwrap_or_else(|| panic!("ConfigMap {name} has no data"))
+    }
+
+    /// The container's environment, as the kubelet builds it: `envFrom` in order, then `env`,
+    /// a later entry replacing an earlier one.
+    pub fn environment(&self, container: &Value) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut set = |name: String, value: String| {
+            env.retain(|(n, _)| *n != name);
+            env.push((name, value));
+        };
+        for from in container["envFrom"].as_array().into_iter().flatten() {
+            let prefix = from["prefix"].as_str().unwrap_or("");
+            if let Some(name) = from["configMapRef"]["name"].as_str() {
+                for (key, value) in self.config_map(name) {
+                    set(
+                        format!("{prefix}{key}"),
+                        value.as_str().expect("string data").to_owned(),
+                    );
+                }
+            } else if let Some(name) = from["secretRef"]["name"].as_str() {
+                let keys: Vec<_> = self
+                    .secrets
+                    .iter()
+                    .filter(|((s, _), _)| s == name)
+                    .map(|((_, k), v)| (k.clone(), v.clone()))
+                    .collect();
+                for (key, value) in keys {
+                    set(format!("{prefix}{key}"), value);
+                }
+            } else {
+                panic!("envFrom of an unknown source: {from}");
+            }
+        }
+        for var in container["env"].as_array().into_iter().flatten() {
+            let name = var["name"].as_str().expect("env name").to_owned();
+            let value = if let Some(value) = var["value"].as_str() {
+                value.to_owned()
+            } else if let Some(key) = var["valueFrom"]["secretKeyRef"].as_object() {
+                self.secret(
+                    key["name"].as_str().expect("secret"),
+                    key["key"].as_str().expect("key"),
+                )
+            } else if let Some(key) = var["valueFrom"]["configMapKeyRef"].as_object() {
+                let map = self.config_map(key["name"].as_str().expect("config map"));
+                map[key["key"].as_str().expect("key")]
+                    .as_str()
+                    .expect("string data")
+                    .to_owned()
+            } else {
+                panic!("an env entry the simulation cannot build: {var}");
+            };
+            set(name, value);
+        }
+        env
+    }
+
+    /// Starts the one container of `pod` (a pod spec), as the pod `name`-N.
+    pub fn start(&self, name: &str, pod: &Value) -> Pod {
+        let containers = pod["containers"].as_array().expect("containers");
+        assert_eq!(containers.len(), 1, "{name}: one container per pod");
+        let container = containers[0].clone();
+        assert!(is_leasehold(&container), "{name}: not the leasehold image");
+        // The binary ignores a variable it does not read, so the kubelet's check is here; a flag
+        // it does not know, it refuses at start.
+        let unknown: Vec<_> = unknown_names(&container, self.docs)
+            .into_iter()
+            .filter(|u| u.starts_with("variable"))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{name}: the binary does not read {unknown:?}"
+        );
+        let n = self.pods.fetch_add(1, Ordering::Relaxed);
+        let pod_name = format!("{name}-{n}");
+        let dir = self.dir.join(&pod_name);
+        std::fs::create_dir_all(&dir).expect("the pod's folder");
+
+        let mounts = self.volumes(pod, &container, &dir);
+        let ports: HashMap<u16, u16> = container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (port_number(&p["containerPort"]), free_port()))
+            .collect();
+        let rewrite = |value: &str| rewrite(value, &ports, &mounts);
+
+        let command = match container["command"].as_array() {
+            Some(command) => command
+                .iter()
+                .map(|c| c.as_str().expect("string command").to_owned())
+                .collect(),
+            None => entrypoint(),
+        };
+        assert_eq!(
+            command,
+            entrypoint(),
+            "{name}: a command other than the image's entrypoint"
+        );
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| rewrite(a.as_str().expect("string args")))
+            .collect();
+        let env: Vec<(String, String)> = self
+            .environment(&container)
+            .into_iter()
+            .map(|(k, v)| {
+                let v = rewrite(&v);
+                (k, v)
+            })
+            .collect();
+        let log = dir.join("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .args(&args)
+            .env_clear()
+            .envs(env)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::create(dir.join("stderr")).expect("log"))
+            .spawn()
+            .expect("start the container");
+        let grace =
+            Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
+        let pod = Pod {
+            name: pod_name,
+            child: Mutex::new(child),
+            ports,
+            container,
+            dir,
+            grace,
+        };
+        // A probe of a port the container does not declare could never pass here: say so now
+        // rather than at the readiness deadline.
+        for which in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            let probe = &pod.container[which];
+            for handler in ["grpc", "httpGet", "tcpSocket"] {
+                if let Some(port) = probe[handler].get("port")
+                    && let Err(e) = pod.port(port)
+                {
+                    panic!("{}: {which}: {e}", pod.name);
+                }
+            }
+        }
+        pod
+    }
+
+    /// The pod's volumes that the container mounts, made as folders under `dir`: the mount
+    /// paths and the folders, longest path first.
+    fn volumes(&self, pod: &Value, container: &Value, dir: &Path) -> Vec<(String, PathBuf)> {
+        let mut mounts = Vec::new();
+        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+            let name = mount["name"].as_str().expect("volume name");
+            let volume = pod["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("a mount of the missing volume {name}"));
+            let folder = dir.join("volumes").join(name);
+            std::fs::create_dir_all(&folder).expect("volume folder");
+            if let Some(secret) = volume["secret"]["secretName"].as_str() {
+                let files: Vec<(String, String)> = match volume["secret"]["items"].as_array() {
+                    Some(items) => items
+                        .iter()
+                        .map(|i| {
+                            let key = i["key"].as_str().expect("key");
+                            (
+                                i["path"].as_str().expect("path").to_owned(),
+                                self.secret(secret, key),
+                            )
+                        })
+                        .collect(),
+                    None => self
+                        .secrets
+                        .iter()
+                        .filter(|((s, _), _)| s == secret)
+                        .map(|((_, k), v)| (k.clone(), v.clone()))
+                        .collect(),
+                };
+                for (path, value) in files {
+                    std::fs::write(folder.join(path), value).expect("secret file");
+                }
+            } else if let Some(map) = volume["configMap"]["name"].as_str() {
+                for (key, value) in self.config_map(map) {
+                    std::fs::write(folder.join(key), value.as_str().expect("data"))
+                        .expect("config file");
+                }
+            } else {
+                assert!(
+                    volume["emptyDir"].is_object(),
+                    "a volume the simulation cannot make: {volume}"
+                );
+            }
+            mounts.push((
+                mount["mountPath"].as_str().expect("mountPath").to_owned(),
+                folder,
+            ));
+        }
+        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        mounts
+    }
+
+    /// Runs the Job `name`'s pod to its end, within its `activeDeadlineSeconds`.
+    pub async fn run_job(&self, name: &str) -> (ExitStatus, String) {
+        let job = self.get("Job", name);
+        let deadline =
+            Duration::from_secs(job["spec"]["activeDeadlineSeconds"].as_u64().unwrap_or(600));
+        let pod = self.start(name, &job["spec"]["template"]["spec"]);
+        let status = pod.wait_exit(deadline).await;
+        (status, pod.log())
+    }
+}
+
+fn port_number(port: &Value) -> u16 {
+    u16::try_from(port.as_u64().expect("a numeric port")).expect("a port")
+}
+
+/// `value` with a listen address on a container port moved to its loopback port, and a path
+/// under a mount moved to the mount's folder.
+fn rewrite(value: &str, ports: &HashMap<u16, u16>, mounts: &[(String, PathBuf)]) -> String {
+    if let Some((flag, rest)) = value.split_once('=').filter(|(f, _)| f.starts_with("--")) {
+        return format!("{flag}={}", rewrite(rest, ports, mounts));
+    }
+    if let Ok(addr) = value.parse::<SocketAddr>()
+        && let Some(local) = ports.get(&addr.port())
+    {
+        return format!("127.0.0.1:{local}");
+    }
+    for (path, folder) in mounts {
+        if let Some(rest) = value.strip_prefix(path.as_str())
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            return format!("{}{rest}", folder.display());
+        }
+    }
+    value.to_owned()
+}
+
+/// A running container; killed when dropped.
+pub struct Pod {
+    pub name: String,
+    child: Mutex<Child>,
+    ports: HashMap<u16, u16>,
+    container: Value,
+    dir: PathBuf,
+    /// `terminationGracePeriodSeconds`.
+    pub grace: Duration,
+}
+
+/// How a pod ended.
+#[derive(Debug)]
+pub struct Terminated {
+    pub status: ExitStatus,
+    /// SIGKILLed at the end of the grace period.
+    pub killed: bool,
+    pub took: Duration,
+}
+
+impl Pod {
+    /// What the process wrote on stdout and stderr.
+    pub fn log(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        format!("{}{}", read("log"), read("stderr"))
+    }
+
+    fn exited(&self) -> Option<ExitStatus> {
+        self.child.lock().expect("child").try_wait().expect("wait")
+    }
+
+    /// The loopback port standing for the container's `port` (a number or a port's name).
+    fn port(&self, port: &Value) -> Result<u16, String> {
+        let number = match port.as_str() {
+            Some(name) => self.container["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == name)
+                .map(|p| port_number(&p["containerPort"]))
+                .ok_or_else(|| format!("no container port named {name}"))?,
+            None => port_number(port),
+        };
+        self.ports
+            .get(&number)
+            .copied()
+            .ok_or_else(|| format!("port {number} is not a containerPort"))
+    }
+
+    /// One try of the container's probe `which` (`readinessProbe`, `livenessProbe`,
+    /// `startupProbe`), as the kubelet makes it: a gRPC health check that must say SERVING, an
+    /// HTTP GET that must answer 200 to 399, a TCP connection that must open; within the
+    /// probe's `timeoutSeconds`. No probe is a success.
+    pub async fn probe(&self, which: &str) -> Result<(), String> {
+        let probe = &self.container[which];
+        if probe.is_null() {
+            return Ok(());
+        }
+        let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1));
+        let tried = async {
+            if let Some(grpc) = probe["grpc"].as_object() {
+                let port = self.port(&grpc["port"])?;
+                let service = grpc.get("service").and_then(Value::as_str).unwrap_or("");
+                match health(&format!("http://127.0.0.1:{port}"), service).await {
+                    Some(ServingStatus::Serving) => Ok(()),
+                    other => Err(format!("gRPC health of {service:?}: {other:?}")),
+                }
+            } else if let Some(http) = probe["httpGet"].as_object() {
+                let port = self.port(&http["port"])?;
+                let path = http["path"].as_str().unwrap_or("/");
+                let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+                match exposition::get(addr, path).await {
+                    Ok((status, _)) if (200..400).contains(&status) => Ok(()),
+                    Ok((status, body)) => Err(format!("GET {path}: {status} {body}")),
+                    Err(e) => Err(format!("GET {path}: {e}")),
+                }
+            } else if let Some(tcp) = probe["tcpSocket"].as_object() {
+                let port = self.port(&tcp["port"])?;
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("connect to {port}: {e}"))
+            } else {
+                Err(format!("a probe the simulation does not make: {probe}"))
+            }
+        };
+        tokio::time::timeout(timeout, tried)
+            .await
+            .unwrap_or_else(|_| Err(format!("{which} timed out")))
+    }
+
+    /// Waits until the startup probe, then the readiness probe, passes, as a pod becomes Ready;
+    /// then checks liveness. Fails at once, with the log, if the process exits meanwhile (a
+    /// flag the binary refuses ends it at start). The probes are tried more often than their
+    /// `periodSeconds` ask, to keep the test short; each try is judged as the kubelet judges it.
+    pub async fn wait_ready(&self, deadline: Duration) {
+        for which in ["startupProbe", "readinessProbe"] {
+            wait_for(deadline, &format!("{} {which}", self.name), || async {
+                if let Some(status) = self.exited() {
+                    panic!(
+                        "{} exited ({status}) before it was ready:\n{}",
+                        self.name,
+                        self.log()
+                    );
+                }
+                self.probe(which).await.ok()
+            })
+            .await;
+        }
+        if let Err(e) = self.probe("livenessProbe").await {
+            panic!("{}: ready but not alive: {e}\n{}", self.name, self.log());
+        }
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub async fn wait_exit(&self, deadline: Duration) -> ExitStatus {
+        wait_for(deadline, &format!("{} to exit", self.name), || async {
+            self.exited()
+        })
+        .await
+    }
+
+    /// Stops the pod as the kubelet does: SIGTERM, and SIGKILL once the grace period is over.
+    pub async fn terminate(self) -> Terminated {
+        let started = Instant::now();
+        signal(&self.child.lock().expect("child"), Signal::SIGTERM);
+        let by_grace = started + self.grace;
+        loop {
+            if let Some(status) = self.exited() {
+                return Terminated {
+                    status,
+                    killed: false,
+                    took: started.elapsed(),
+                };
+            }
+            if Instant::now() >= by_grace {
+                let mut child = self.child.lock().expect("child");
+                child.kill().expect("SIGKILL");
+                let status = child.wait().expect("wait");
+                return Terminated {
+                    status,
+                    killed: true,
+                    took: started.elapsed(),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().expect("child");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
