@@ -7,7 +7,8 @@
 //! Two rewrites make a pod runnable here, both applied to env values and args alike: each
 //! `containerPort` becomes a free loopback port (in a cluster every pod has its own address;
 //! here they share one), so `0.0.0.0:9090` becomes `127.0.0.1:<free>` and a probe of 9090 asks
-//! that port; and each volume's `mountPath` prefix becomes the pod's folder for that volume.
+//! that port; and each volume's `mountPath` becomes the pod's folder for that volume, wherever a
+//! value names a path under it (a URL's `sslrootcert=` too, and in Secret files).
 //! Nothing else changes: a flag, port, path or variable the binary does not know fails the pod.
 
 use std::collections::HashMap;
@@ -239,29 +240,40 @@ impl Cluster {
     }
 
     /// The pod's volumes that the container mounts, made as folders under `dir`: the mount
-    /// paths and the folders, longest path first.
+    /// paths and the folders, longest path first. A Secret's files are rewritten like env
+    /// values, so that a URL naming a file of another mount (`sslrootcert=`) finds it here.
     fn volumes(&self, pod: &Value, container: &Value, dir: &Path) -> Vec<(String, PathBuf)> {
-        let mut mounts = Vec::new();
-        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-            let name = mount["name"].as_str().expect("volume name");
-            let volume = pod["volumes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|v| v["name"] == name)
-                .unwrap_or_else(|| panic!("a mount of the missing volume {name}"));
-            let folder = dir.join("volumes").join(name);
-            std::fs::create_dir_all(&folder).expect("volume folder");
+        let mounted: Vec<(String, &Value, PathBuf)> = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|mount| {
+                let name = mount["name"].as_str().expect("volume name");
+                let volume = pod["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|v| v["name"] == name)
+                    .unwrap_or_else(|| panic!("a mount of the missing volume {name}"));
+                let path = mount["mountPath"].as_str().expect("mountPath").to_owned();
+                (path, volume, dir.join("volumes").join(name))
+            })
+            .collect();
+        let mut mounts: Vec<(String, PathBuf)> = mounted
+            .iter()
+            .map(|(path, _, folder)| (path.clone(), folder.clone()))
+            .collect();
+        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        for (_, volume, folder) in &mounted {
+            std::fs::create_dir_all(folder).expect("volume folder");
             if let Some(secret) = volume["secret"]["secretName"].as_str() {
                 let files: Vec<(String, String)> = match volume["secret"]["items"].as_array() {
                     Some(items) => items
                         .iter()
                         .map(|i| {
                             let key = i["key"].as_str().expect("key");
-                            (
-                                i["path"].as_str().expect("path").to_owned(),
-                                self.secret(secret, key),
-                            )
+                            let path = i["path"].as_str().expect("path").to_owned();
+                            (path, self.secret(secret, key))
                         })
                         .collect(),
                     None => self
@@ -272,6 +284,7 @@ impl Cluster {
                         .collect(),
                 };
                 for (path, value) in files {
+                    let value = rewrite(&value, &HashMap::new(), &mounts);
                     std::fs::write(folder.join(path), value).expect("secret file");
                 }
             } else if let Some(map) = volume["configMap"]["name"].as_str() {
@@ -285,12 +298,7 @@ impl Cluster {
                     "a volume the simulation cannot make: {volume}"
                 );
             }
-            mounts.push((
-                mount["mountPath"].as_str().expect("mountPath").to_owned(),
-                folder,
-            ));
         }
-        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         mounts
     }
 
@@ -309,8 +317,8 @@ fn port_number(port: &Value) -> u16 {
     u16::try_from(port.as_u64().expect("a numeric port")).expect("a port")
 }
 
-/// `value` with a listen address on a container port moved to its loopback port, and a path
-/// under a mount moved to the mount's folder.
+/// `value` with a listen address on a container port moved to its loopback port, and every
+/// path under a mount (alone, or inside a URL) moved to the mount's folder.
 fn rewrite(value: &str, ports: &HashMap<u16, u16>, mounts: &[(String, PathBuf)]) -> String {
     if let Some((flag, rest)) = value.split_once('=').filter(|(f, _)| f.starts_with("--")) {
         return format!("{flag}={}", rewrite(rest, ports, mounts));
@@ -320,14 +328,31 @@ fn rewrite(value: &str, ports: &HashMap<u16, u16>, mounts: &[(String, PathBuf)])
     {
         return format!("127.0.0.1:{local}");
     }
-    for (path, folder) in mounts {
-        if let Some(rest) = value.strip_prefix(path.as_str())
-            && (rest.is_empty() || rest.starts_with('/'))
-        {
-            return format!("{}{rest}", folder.display());
+    // One pass over the original text, so that a folder put in is never rewritten again (the
+    // folders live under a `tmp`, and a pod may mount `/tmp`). A path starts the value or
+    // follows a character that cannot be part of one (`=` in a URL's query).
+    let mut out = String::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        let starts_path = out
+            .chars()
+            .last()
+            .is_none_or(|c| !(c.is_alphanumeric() || "/._-".contains(c)));
+        let mounted = mounts.iter().find(|(path, _)| {
+            starts_path
+                && rest.starts_with(path.as_str())
+                && rest[path.len()..].chars().next().is_none_or(|c| c == '/')
+        });
+        if let Some((path, folder)) = mounted {
+            out.push_str(&folder.display().to_string());
+            rest = &rest[path.len()..];
+        } else {
+            let c = rest.chars().next().expect("not empty");
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
         }
     }
-    value.to_owned()
+    out
 }
 
 /// A running container; killed when dropped.
@@ -362,7 +387,7 @@ impl Pod {
     }
 
     /// The loopback port standing for the container's `port` (a number or a port's name).
-    fn port(&self, port: &Value) -> Result<u16, String> {
+    pub fn port(&self, port: &Value) -> Result<u16, String> {
         let number = match port.as_str() {
             Some(name) => self.container["ports"]
                 .as_array()
@@ -485,5 +510,37 @@ impl Drop for Pod {
         let mut child = self.child.lock().expect("child");
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+#[test]
+fn rewrite_moves_listen_ports_and_mounted_paths_only() {
+    let ports = HashMap::from([(9090, 40001)]);
+    let mounts = vec![
+        (
+            "/etc/leasehold/database-ca".to_owned(),
+            PathBuf::from("/x/tmp/ca"),
+        ),
+        ("/tmp".to_owned(), PathBuf::from("/x/tmp/scratch")),
+    ];
+    let cases = [
+        ("0.0.0.0:9090", "127.0.0.1:40001"),
+        (
+            "--metrics-listen=0.0.0.0:9090",
+            "--metrics-listen=127.0.0.1:40001",
+        ),
+        ("0.0.0.0:7233", "0.0.0.0:7233"),
+        (
+            "postgres://u@db/x?sslmode=verify-full&sslrootcert=/etc/leasehold/database-ca/ca.crt",
+            "postgres://u@db/x?sslmode=verify-full&sslrootcert=/x/tmp/ca/ca.crt",
+        ),
+        ("/tmp", "/x/tmp/scratch"),
+        ("/tmp/a", "/x/tmp/scratch/a"),
+        ("/var/tmp/a", "/var/tmp/a"),
+        ("/tmpfiles", "/tmpfiles"),
+        ("json", "json"),
+    ];
+    for (value, want) in cases {
+        assert_eq!(rewrite(value, &ports, &mounts), want, "{value}");
     }
 }
