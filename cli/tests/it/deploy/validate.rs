@@ -179,3 +179,111 @@ fn every_custom_resource_validates_against_its_vendored_crd_schema() {
     assert!(errors[0].contains("maxReplicas"), "{errors:#?}");
     assert!(errors[1].contains("query"), "{errors:#?}");
 }
+
+/// The image's user, from deploy/Dockerfile's `USER uid:gid`.
+fn image_user() -> u64 {
+    let dockerfile =
+        std::fs::read_to_string(render::root().join("deploy/Dockerfile")).expect("Dockerfile");
+    let user = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .expect("a USER line");
+    user.split(':')
+        .next()
+        .and_then(|uid| uid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("USER must be numeric, for runAsNonRoot: {user}"))
+}
+
+/// What the `restricted` Pod Security Standard requires of a pod, and what this project adds
+/// (a read-only root, no service account token, the image's numeric user): the first rule
+/// `pod` breaks.
+fn restricted(pod: &Value, leasehold_user: u64) -> Result<(), String> {
+    let pod_context = &pod["securityContext"];
+    if pod["automountServiceAccountToken"] != false {
+        return Err("a service account token is mounted".into());
+    }
+    for container in pod["containers"].as_array().expect("containers") {
+        let context = &container["securityContext"];
+        let name = &container["name"];
+        let non_root = context["runAsNonRoot"] == true || pod_context["runAsNonRoot"] == true;
+        let seccomp = if context["seccompProfile"].is_null() {
+            &pod_context["seccompProfile"]["type"]
+        } else {
+            &context["seccompProfile"]["type"]
+        };
+        let drops = context["capabilities"]["drop"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|c| c == "ALL"));
+        let adds = context["capabilities"]["add"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c != "NET_BIND_SERVICE"));
+        let user = context["runAsUser"]
+            .as_u64()
+            .or_else(|| pod_context["runAsUser"].as_u64());
+        let broken = [
+            (!non_root, "runAsNonRoot"),
+            (user == Some(0), "runAsUser 0"),
+            (
+                seccomp != "RuntimeDefault" && seccomp != "Localhost",
+                "seccompProfile",
+            ),
+            (
+                context["allowPrivilegeEscalation"] != false,
+                "allowPrivilegeEscalation",
+            ),
+            (context["privileged"] == true, "privileged"),
+            (!drops || adds, "capabilities: drop ALL"),
+            (
+                context["readOnlyRootFilesystem"] != true,
+                "readOnlyRootFilesystem",
+            ),
+            (
+                super::names::is_leasehold(container) && user != Some(leasehold_user),
+                "the image's user",
+            ),
+        ];
+        if let Some((_, rule)) = broken.iter().find(|(is_broken, _)| *is_broken) {
+            return Err(format!("container {name}: {rule}"));
+        }
+    }
+    if pod["hostNetwork"] == true || pod["hostPID"] == true || pod["hostIPC"] == true {
+        return Err("host namespaces".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn every_pod_meets_the_restricted_pod_security_level_as_the_images_user() {
+    let user = image_user();
+    let mut pods = 0;
+    for target in TARGETS {
+        for doc in &rendered(target).docs {
+            let pod = &doc["spec"]["template"]["spec"];
+            if pod.is_null() {
+                continue;
+            }
+            if let Err(e) = restricted(pod, user) {
+                panic!("{target}: {} {}: {e}", doc["kind"], doc["metadata"]["name"]);
+            }
+            pods += 1;
+        }
+    }
+    // Job, coordinator, worker in each target, and the development database.
+    assert_eq!(pods, 3 * TARGETS.len() + 1);
+
+    let worker = &rendered("base")
+        .docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "leasehold-worker" && d["kind"] == "Deployment")
+        .expect("worker")["spec"]["template"]["spec"];
+    let mut escalating = worker.clone();
+    escalating["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = json!(true);
+    assert_eq!(
+        restricted(&escalating, user),
+        Err("container \"worker\": allowPrivilegeEscalation".to_owned())
+    );
+    let mut as_root = worker.clone();
+    as_root["securityContext"]["runAsUser"] = json!(0);
+    assert!(restricted(&as_root, user).is_err());
+}
