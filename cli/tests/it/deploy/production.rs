@@ -1,9 +1,10 @@
 //! The production overlay, run as a cluster would run it: PostgreSQL that accepts only TLS,
 //! reached with `sslmode=verify-full` and the CA from the Secret leasehold-database-ca mounted
 //! where the URLs say; the API's certificate and key as cert-manager writes them into
-//! leasehold-api-tls. The migration Job, both coordinators serving TLS (their TCP probes pass,
-//! and a client trusting the CA finds the health service SERVING, while plaintext is refused), a
-//! worker that becomes ready and completes a run, and clean stops.
+//! leasehold-api-tls. The migration Job, both coordinators serving TLS (a client trusting the CA
+//! finds the health service SERVING, plaintext is refused) and passing their gRPC probes on the
+//! plaintext health listener, which serves nothing but health; a worker that becomes ready and
+//! completes a run, and clean stops.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,6 +177,30 @@ async fn the_production_overlay_serves_tls_on_verify_full_postgres() {
         .await;
         let plain = crate::support::health(&format!("http://127.0.0.1:{api}"), "").await;
         assert_eq!(plain, None, "plaintext is refused on the API");
+
+        // The probes' own listener (--health-listen): the same health, services included, in
+        // plaintext, and nothing but health.
+        let probes = format!(
+            "http://127.0.0.1:{}",
+            pod.port(&json!("health")).expect("the health port")
+        );
+        for service in ["", "leasehold.v1.Runs"] {
+            assert_eq!(
+                crate::support::health(&probes, service).await,
+                Some(ServingStatus::Serving),
+                "{service:?} on the health listener"
+            );
+        }
+        let channel = Endpoint::from_shared(probes)
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("the health listener");
+        let refused = leasehold_proto::v1::stats_client::StatsClient::new(channel)
+            .get_stats(leasehold_proto::v1::GetStatsRequest::default())
+            .await
+            .expect_err("no API on the health listener");
+        assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
     }
 
     let worker = cluster.get("Deployment", "leasehold-worker");
