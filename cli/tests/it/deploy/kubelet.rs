@@ -313,6 +313,16 @@ impl Cluster {
     }
 }
 
+/// The pods' folders (logs, Secret files of test values) go with a passing test and stay, for a
+/// person to read, with a failing one.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 fn port_number(port: &Value) -> u16 {
     u16::try_from(port.as_u64().expect("a numeric port")).expect("a port")
 }
@@ -448,11 +458,13 @@ impl Pod {
 
     /// Waits until the startup probe, then the readiness probe, passes, as a pod becomes Ready;
     /// then checks liveness. Fails at once, with the log, if the process exits meanwhile (a
-    /// flag the binary refuses ends it at start). The probes are tried more often than their
-    /// `periodSeconds` ask, to keep the test short; each try is judged as the kubelet judges it.
+    /// flag the binary refuses ends it at start), and at `deadline` with the probe's last
+    /// answer and the log. The probes are tried more often than their `periodSeconds` ask, to
+    /// keep the test short; each try is judged as the kubelet judges it.
     pub async fn wait_ready(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
         for which in ["startupProbe", "readinessProbe"] {
-            wait_for(deadline, &format!("{} {which}", self.name), || async {
+            loop {
                 if let Some(status) = self.exited() {
                     panic!(
                         "{} exited ({status}) before it was ready:\n{}",
@@ -460,9 +472,16 @@ impl Pod {
                         self.log()
                     );
                 }
-                self.probe(which).await.ok()
-            })
-            .await;
+                match self.probe(which).await {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= until => panic!(
+                        "{}: {which} still failing after {deadline:?}: {e}\n{}",
+                        self.name,
+                        self.log()
+                    ),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
         }
         if let Err(e) = self.probe("livenessProbe").await {
             panic!("{}: ready but not alive: {e}\n{}", self.name, self.log());
