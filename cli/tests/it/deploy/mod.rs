@@ -7,6 +7,7 @@ mod dashboard;
 mod keda;
 mod kubelet;
 mod names;
+mod pod;
 mod production;
 mod render;
 mod simulation;

@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 use super::keda::{Scaling, replicas};
-use super::kubelet::{Cluster, Pod, Terminated};
+use super::kubelet::Cluster;
+use super::pod::{Pod, Terminated};
 use super::render::rendered;
 
 const READY: Duration = Duration::from_secs(30);
