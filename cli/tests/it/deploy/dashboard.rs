@@ -123,7 +123,7 @@ fn recorded() -> BTreeSet<String> {
         }
     }
     let mut names = BTreeSet::new();
-    for crate_dir in ["worker/src", "coordinator/src", "cli/src"] {
+    for crate_dir in ["worker/src", "coordinator/src", "core/src", "cli/src"] {
         walk(&root().join(crate_dir), &mut names);
     }
     names
