@@ -39,6 +39,10 @@ pub struct Args {
     /// address is allowed: the metrics show no secrets and no run data.
     #[arg(long, env = "LEASEHOLD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the gRPC health service alone, in plaintext, on this address too: for probes that
+    /// speak no TLS (Kubernetes' gRPC probe) when the API serves TLS. Off without it.
+    #[arg(long, env = "LEASEHOLD_HEALTH_LISTEN", value_name = "ADDR")]
+    health_listen: Option<SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -231,6 +235,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(addr) => Some(MetricsListener::bind(addr).await?),
         None => None,
     };
+    let health = match args.health_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on --health-listen {addr}"))?,
+        ),
+        None => None,
+    };
     if exposure == Exposure::Insecure {
         tracing::warn!(
             listen = %args.listen,
@@ -274,7 +286,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cancel_on_signal(cancel.clone());
     serve_with(
         listener,
-        Exposed { tls, metrics },
+        Exposed {
+            tls,
+            metrics,
+            health,
+        },
         store,
         auth,
         (limits, config),
@@ -302,7 +318,11 @@ pub async fn serve(
     let ready: DatabaseReady = Box::pin(async { Ok(()) });
     serve_with(
         listener,
-        Exposed { tls: None, metrics },
+        Exposed {
+            tls: None,
+            metrics,
+            health: None,
+        },
         store,
         auth,
         (api::Config::default(), config),
@@ -316,7 +336,11 @@ pub async fn serve(
 /// leader lease, the sweeps, the health check and the watch hub open their own beside it.
 async fn serve_with(
     listener: tokio::net::TcpListener,
-    Exposed { tls, metrics }: Exposed,
+    Exposed {
+        tls,
+        metrics,
+        health,
+    }: Exposed,
     store: Store,
     auth: api::Auth,
     (limits, config): (api::Config, sweeps::Config),
@@ -353,17 +377,20 @@ async fn serve_with(
             Ok(sweeps::run(store, config, holder, cancel).await?)
         }
     });
-    let served = api::serve_with(listener, tls, store, auth, limits, cancel.clone()).await;
+    let served =
+        api::serve_with_health(listener, tls, health, store, auth, limits, cancel.clone()).await;
     cancel.cancel();
     sweeping.await.context("sweeps task")??;
     served.context("serving gRPC")?;
     Ok(())
 }
 
-/// How the coordinator shows itself besides the API: TLS for the API, and the metrics.
+/// How the coordinator shows itself besides the API: TLS for the API, the metrics, and the
+/// plaintext health listener.
 struct Exposed {
     tls: Option<tls::Acceptor>,
     metrics: Option<MetricsListener>,
+    health: Option<tokio::net::TcpListener>,
 }
 
 /// The `--metrics-listen` listener, bound at start so that a taken port fails the start.

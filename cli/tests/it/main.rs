@@ -5,6 +5,7 @@
 mod auth;
 mod client;
 mod coordinator;
+mod deploy;
 mod dev;
 mod exposition;
 mod logs;

@@ -200,6 +200,22 @@ pub async fn serve_with(
     config: Config,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
+    serve_with_health(listener, tls, None, store, auth, config, cancel).await
+}
+
+/// As [`serve_with`], and, given `health`, the health service alone in plaintext on that
+/// listener too, reporting what the API's own does: for probes that speak no TLS (the kubelet's
+/// gRPC probe) when the API serves TLS. It serves nothing else, and like the API's health
+/// service it needs no token.
+pub async fn serve_with_health(
+    listener: TcpListener,
+    tls: Option<tls::Acceptor>,
+    health: Option<TcpListener>,
+    store: Store,
+    auth: Auth,
+    config: Config,
+    cancel: CancellationToken,
+) -> Result<(), ServeError> {
     use v1::automations_server::AutomationsServer;
     use v1::gates_server::GatesServer;
     use v1::runs_server::RunsServer;
@@ -214,6 +230,7 @@ pub async fn serve_with(
     );
     tokio::spawn(hub.clone().run(background.clone(), cancel.clone()));
     let api = Services::new(store, hub, cancel.clone());
+    let health_listener = health;
     let (health, health_service) = tonic_health::server::health_reporter();
     // The reporter starts the server as a whole SERVING; nothing is known until the database
     // has answered once.
@@ -221,6 +238,18 @@ pub async fn serve_with(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     tokio::spawn(report_health(background, health, cancel.clone()));
+    if let Some(listener) = health_listener {
+        let (service, stop) = (health_service.clone(), cancel.clone().cancelled_owned());
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the plaintext health listener failed");
+            }
+        });
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(leasehold_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -53,7 +53,7 @@ pub use migrate::{
 };
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
-pub use queue::QueueStanding;
+pub use queue::{QueueStanding, WORKER_DEMAND_SQL};
 pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};

@@ -34,7 +34,24 @@ SELECT queued.due, queued.in_backoff, held.running, held.pausing, stale.stale_re
 FROM queued, held, stale",
 };
 
-pub(super) const QUERIES: &[Query] = &[QUEUE_STANDING];
+/// The runs a worker pool is needed for now: queued runs that are due (what the claim statement
+/// would take, concurrency keys aside) and runs a worker holds (running or pausing). The
+/// autoscaler of `deploy/` (KEDA's `postgresql` trigger) runs this text as it is, and sizes the
+/// pool as `ceil(demand / runs per worker)`.
+///
+/// Held runs count so that a pool busy with long nodes and an empty queue is not scaled down
+/// under its runs: counting only due runs would send the demand to 0 the moment every run is
+/// claimed. Runs in backoff, paused, awaiting approval or finished need no worker, and are not
+/// counted. One line of SQL returning one number, as the trigger needs; each count reads the
+/// partial index of its statuses (`runs_claimable_idx`, `runs_held_idx`).
+pub const WORKER_DEMAND_SQL: &str = "SELECT (SELECT count(*) FROM runs WHERE status = 'queued' AND (retry_after IS NULL OR retry_after <= now())) + (SELECT count(*) FROM runs WHERE status IN ('running', 'pausing')) AS demand";
+
+const WORKER_DEMAND: Query = Query {
+    name: "worker_demand",
+    sql: WORKER_DEMAND_SQL,
+};
+
+pub(super) const QUERIES: &[Query] = &[QUEUE_STANDING, WORKER_DEMAND];
 
 /// The queue at one instant, across tenants.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,5 +86,12 @@ impl Store {
             oldest_due_age: age
                 .map(|micros| Duration::from_micros(u64::try_from(micros).unwrap_or(0))),
         })
+    }
+
+    /// The runs a worker pool is needed for now; see [`WORKER_DEMAND_SQL`].
+    pub async fn worker_demand(&self) -> Result<u64, Error> {
+        let client = self.client().await?;
+        let row = WORKER_DEMAND.query_one(&client, &[]).await?;
+        Ok(u64::try_from(row.get::<_, i64>("demand")).unwrap_or(0))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use leasehold_core::store::QueueStanding;
+use leasehold_core::store::{QueueStanding, WORKER_DEMAND_SQL};
 use leasehold_testkit::fixtures::{node, setup_diamond};
 
 #[tokio::test]
@@ -56,4 +56,68 @@ async fn the_standing_counts_due_backoff_and_held_runs() {
         .await;
     let standing = b.store.queue_standing().await.expect("standing");
     assert_eq!((standing.due, standing.in_backoff), (3, 0), "{standing:?}");
+}
+
+/// The autoscaler's query, as the store runs it and as KEDA runs its text (a plain query, no
+/// parameters, one number back): due runs and held runs, never those in backoff or finished.
+async fn demand(b: &leasehold_testkit::fixtures::Bundle) -> (u64, i64) {
+    let by_store = b.store.worker_demand().await.expect("demand");
+    let by_text: i64 = b
+        .sql
+        .query_one(WORKER_DEMAND_SQL, &[])
+        .await
+        .expect("the autoscaler's text runs as it is")
+        .get(0);
+    (by_store, by_text)
+}
+
+#[tokio::test]
+async fn worker_demand_counts_due_and_held_runs_only() {
+    let (b, automation) = setup_diamond("demand").await;
+    assert_eq!(demand(&b).await, (0, 0), "an empty queue needs no worker");
+    for _ in 0..5 {
+        b.start(&automation).await;
+    }
+    assert_eq!(demand(&b).await, (5, 5), "five due runs");
+
+    // Claiming moves a run from due to held: the demand stays.
+    let held = b.claim_one("w").await.claim;
+    assert_eq!(
+        demand(&b).await,
+        (5, 5),
+        "claimed runs still need their worker"
+    );
+
+    // A run in backoff needs no worker until it is due.
+    let retried = b.claim_one("w").await.claim;
+    let attempt = b
+        .store
+        .node_started(&retried, &node("a"))
+        .await
+        .expect("start");
+    b.store
+        .node_failed(&retried, &node("a"), "503 from upstream", true)
+        .await
+        .expect("fail");
+    b.store
+        .schedule_retry(
+            &retried,
+            &node("a"),
+            attempt + 1,
+            Duration::from_secs(3_600),
+        )
+        .await
+        .expect("schedule");
+    assert_eq!(
+        demand(&b).await,
+        (4, 4),
+        "the run in backoff is not counted"
+    );
+
+    // A finished run is not counted either; a retry that came due is.
+    b.cancel(held.run_id(), "done with it").await;
+    assert_eq!(demand(&b).await, (3, 3), "the cancelled run is not counted");
+    b.backdate_retry(retried.run_id(), Duration::from_secs(90))
+        .await;
+    assert_eq!(demand(&b).await, (4, 4), "a due retry counts again");
 }
