@@ -90,6 +90,10 @@ pub(super) fn describe_all() {
         "gRPC calls, received to the answer's head."
     );
     describe_gauge!(
+        "leasehold_coordinator_watch_streams_open",
+        "WatchRun streams open on this coordinator."
+    );
+    describe_gauge!(
         "leasehold_leader",
         "1 while this coordinator holds the leader lease."
     );
