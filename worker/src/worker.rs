@@ -1,9 +1,12 @@
 //! The worker loop: claim up to free capacity, execute, and hand runs back on shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use leasehold_core::ids::ClaimantId;
 use leasehold_core::store::{self, ClaimedRun, Store, WorkerInfo, outage};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanContext;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -162,9 +165,15 @@ impl Worker {
                         record_claim(claimed.len(), requested_at.elapsed());
                         queue_had_more = claimed.len() == free;
                         held.report.claimed += claimed.len();
+                        let batch = claim_span(
+                            requested_at.elapsed(),
+                            claimed.len(),
+                            free,
+                            &self.config.claimant_id,
+                        );
                         for run in claimed {
                             let lease = leases.hold(run.claim, requested_at);
-                            held.start(&shared, run, lease);
+                            held.start(&shared, run, lease, batch.clone());
                         }
                     }
                     Err(_) => claim_failed = true,
@@ -274,14 +283,21 @@ struct Held {
 }
 
 impl Held {
-    /// Executes a claimed run in a task of its own.
-    fn start(&mut self, shared: &Arc<Shared>, run: ClaimedRun, lease: RunLease) {
+    /// Executes a claimed run in a task of its own; `batch` is the span of the claim that took
+    /// it, when traces are on.
+    fn start(
+        &mut self,
+        shared: &Arc<Shared>,
+        run: ClaimedRun,
+        lease: RunLease,
+        batch: Option<SpanContext>,
+    ) {
         let shared = Arc::clone(shared);
         let shutdown = self.shutdown.clone();
         metrics::gauge!("leasehold_worker_runs_held").increment(1.0);
         // The lease is forgotten when `execute` drops it.
         self.tasks
-            .spawn(async move { execute::execute(&shared, run, lease, shutdown).await });
+            .spawn(async move { execute::execute(&shared, run, lease, shutdown, batch).await });
     }
 
     /// Waits for every run to leave; cancel-safe, as each one is collected when it leaves.
@@ -310,6 +326,33 @@ fn record_claim(runs: usize, took: Duration) {
     #[allow(clippy::cast_precision_loss)] // a claim's batch is far below 2^52
     metrics::histogram!("leasehold_worker_claim_batch_size").record(runs as f64);
     metrics::histogram!("leasehold_worker_claim_duration_seconds").record(took.as_secs_f64());
+}
+
+/// The span of a claim statement that took `claimed` runs (of `requested`) and answered after
+/// `took`: the root of a trace of its own, which each claimed run's span links to, since one
+/// claim serves many runs' traces. A claim that took nothing leaves no span; with traces off
+/// nothing is made.
+fn claim_span(
+    took: Duration,
+    claimed: usize,
+    requested: usize,
+    claimant: &ClaimantId,
+) -> Option<SpanContext> {
+    if claimed == 0 || !leasehold_telemetry::enabled() {
+        return None;
+    }
+    let ended = SystemTime::now();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    leasehold_telemetry::context::ended_root_span(
+        "claim",
+        ended.checked_sub(took).unwrap_or(ended),
+        ended,
+        vec![
+            KeyValue::new("claimant", claimant.0.clone()),
+            KeyValue::new("runs_claimed", count(claimed)),
+            KeyValue::new("runs_requested", count(requested)),
+        ],
+    )
 }
 
 /// Whether to claim now, with `free` of `capacity` slots free. A claim per finished run would

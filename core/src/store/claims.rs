@@ -8,9 +8,11 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::query::{Query, clear_lease, notify_queued};
+use super::runs::read_trace;
 use super::{Error, Store, millis};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::RunStatus;
+use crate::trace::TraceContext;
 
 /// Proof of a claim: a run and the epoch it was claimed at. Only [`Store::claim_runs`] makes
 /// one, and every write the holder makes to the run carries it.
@@ -51,6 +53,9 @@ pub struct ClaimedRun {
     pub resumed: bool,
     /// The node whose retry this claim is for, if it waited in backoff.
     pub retry_node_id: Option<NodeId>,
+    /// The trace the run's work continues, read with the claim; `None` for a run started
+    /// before runs had one.
+    pub trace: Option<TraceContext>,
 }
 
 /// A lease renewed by a heartbeat.
@@ -124,7 +129,8 @@ claimed AS (
     WHERE r.run_id = picked.run_id
     RETURNING r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs,
               r.lease_epoch, r.lease_expires_at, r.claim_id, r.event_seq,
-              r.progress_epoch > 0 AS resumed, picked.retry_node_id
+              r.progress_epoch > 0 AS resumed, picked.retry_node_id, r.trace_parent,
+              r.trace_state
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
@@ -133,7 +139,7 @@ event AS (
     FROM claimed
 )
 SELECT run_id, tenant_id, automation_id, automation_version, inputs, lease_epoch,
-       lease_expires_at, resumed, retry_node_id
+       lease_expires_at, resumed, retry_node_id, trace_parent, trace_state
 FROM claimed",
 };
 
@@ -379,5 +385,6 @@ fn read_claimed(row: &Row) -> ClaimedRun {
         lease_expires_at: row.get("lease_expires_at"),
         resumed: row.get("resumed"),
         retry_node_id: row.get::<_, Option<String>>("retry_node_id").map(NodeId),
+        trace: read_trace(row),
     }
 }

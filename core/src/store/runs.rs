@@ -12,6 +12,7 @@ use super::query::{Query, clear_lease, notify_queued, notify_stopped, operator_r
 use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::{RunStatus, Transition};
+use crate::trace::{TraceContext, TraceParent, TraceState};
 
 /// What set a run going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub struct StartRun {
     /// Who asked (the calling token's name), recorded on the run's first event; `None` when no
     /// person or program asked, as for a schedule.
     pub actor: Option<String>,
+    /// The trace the run's work continues; `None` starts a trace of the run's own
+    /// ([`own_trace`]), so that every run has a trace id.
+    pub trace: Option<TraceContext>,
 }
 
 /// The run a start request produced.
@@ -116,6 +120,37 @@ pub struct RunRecord {
     pub created_at: DateTime<Utc>,
     /// Finished, when terminal.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The `traceparent` the run's work continues; `None` for a run started before runs had one.
+    pub trace_parent: Option<TraceParent>,
+}
+
+/// The trace a run is started in: the one asked for, or else one of the run's own, with a
+/// random trace id and marked sampled, since no caller decided against recording it.
+pub(super) fn own_trace(requested: Option<&TraceContext>) -> TraceContext {
+    if let Some(trace) = requested {
+        return trace.clone();
+    }
+    let trace_id = *uuid::Uuid::new_v4().as_bytes();
+    let mut span_id = [0; 8];
+    span_id.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+    TraceContext {
+        // Random bytes are all zeros with a chance of 2^-64; a fixed id stands in then.
+        parent: TraceParent::new(trace_id, span_id, true)
+            .or_else(|| TraceParent::new(trace_id, [1; 8], true))
+            .or_else(|| TraceParent::new([1; 16], [1; 8], true))
+            .expect("non-zero ids"),
+        state: None,
+    }
+}
+
+/// The trace context a row's `trace_parent` and `trace_state` hold, if any (the coordinator
+/// stores only checked values; anything else reads as none).
+pub(super) fn read_trace(row: &Row) -> Option<TraceContext> {
+    let parent = TraceParent::parse(row.get::<_, Option<&str>>("trace_parent")?)?;
+    let state = row
+        .get::<_, Option<&str>>("trace_state")
+        .and_then(TraceState::parse);
+    Some(TraceContext { parent, state })
 }
 
 // One statement: pin the current version of an active automation, insert the run queued, and
@@ -133,9 +168,10 @@ WITH automation AS (
 ),
 inserted AS (
     INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
-                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq)
+                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq,
+                      trace_parent, trace_state)
     SELECT $3::uuid, $1::text, $2::text, current_version, $4::text, $5::jsonb,
-           $6::text, 'queued', $7::smallint, 'started', $8::text, 1
+           $6::text, 'queued', $7::smallint, 'started', $8::text, 1, $10::text, $11::text
     FROM automation WHERE status = 'active'
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING run_id, automation_version
@@ -176,7 +212,7 @@ macro_rules! run_columns {
            WHERE n.run_id = r.run_id AND n.node_id = r.retry_node_id) END AS retry_error,
        r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.concurrency_key,
        r.stop_kind, r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq,
-       r.created_at, r.finished_at"
+       r.created_at, r.finished_at, r.trace_parent"
     };
 }
 pub(super) use run_columns;
@@ -254,6 +290,7 @@ impl Store {
     pub async fn start_run(&self, request: &StartRun) -> Result<Started, RequestError> {
         let client = self.client().await?;
         let run_id = RunId::new();
+        let trace = own_trace(request.trace.as_ref());
         let row = START_RUN
             .query_one(
                 &client,
@@ -267,6 +304,8 @@ impl Store {
                     &request.priority,
                     &request.concurrency_key,
                     &request.actor,
+                    &trace.parent.as_str(),
+                    &trace.state.as_ref().map(TraceState::as_str),
                 ],
             )
             .await?;
@@ -382,5 +421,8 @@ pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
         event_seq: row.get("event_seq"),
         created_at: row.get("created_at"),
         finished_at: row.get("finished_at"),
+        trace_parent: row
+            .get::<_, Option<&str>>("trace_parent")
+            .and_then(TraceParent::parse),
     })
 }
