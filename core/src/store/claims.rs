@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::query::{Query, clear_lease, notify_queued};
 use super::runs::read_trace;
+use super::traced::if_traced;
 use super::{Error, Store, millis};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::RunStatus;
@@ -96,7 +97,8 @@ pub struct Released {
 // per-run sequence raised under the row lock.
 const CLAIM_RUNS: Query = Query {
     name: "claim_runs",
-    sql: "\
+    sql: concat!(
+        "\
 WITH due AS (
     SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at FROM runs q
     WHERE status = 'queued' AND (retry_after IS NULL OR retry_after <= now())
@@ -129,8 +131,9 @@ claimed AS (
     WHERE r.run_id = picked.run_id
     RETURNING r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs,
               r.lease_epoch, r.lease_expires_at, r.claim_id, r.event_seq,
-              r.progress_epoch > 0 AS resumed, picked.retry_node_id, r.trace_parent,
-              r.trace_state
+              r.progress_epoch > 0 AS resumed, picked.retry_node_id",
+        if_traced!(", r.trace_parent, r.trace_state"),
+        "
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
@@ -139,8 +142,11 @@ event AS (
     FROM claimed
 )
 SELECT run_id, tenant_id, automation_id, automation_version, inputs, lease_epoch,
-       lease_expires_at, resumed, retry_node_id, trace_parent, trace_state
-FROM claimed",
+       lease_expires_at, resumed, retry_node_id",
+        if_traced!(", trace_parent, trace_state"),
+        "
+FROM claimed"
+    ),
 };
 
 // Every lease the process holds, extended in one statement per tick: per-run updates would cost
@@ -280,8 +286,10 @@ impl Store {
         }
         let limit = i32::try_from(n).unwrap_or(i32::MAX);
         let client = self.client().await?;
+        // The trace context comes with the claim, in the same statement: no read of its own.
+        let claim_runs = CLAIM_RUNS.for_schema(self.traced(&client).await?);
         for _ in 0..KEY_RACE_RETRIES {
-            match CLAIM_RUNS
+            match claim_runs
                 .query(&client, &[&claimant.as_str(), &limit, &millis(lease)])
                 .await
             {

@@ -27,9 +27,11 @@ mod runs;
 mod startup;
 mod sweeps;
 mod tokens;
+mod traced;
 mod watch;
 mod workers;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -99,6 +101,8 @@ pub struct Store {
     pool: Pool,
     /// Kept for connections outside the pool, such as the one that listens for wake-ups.
     connector: Connector,
+    /// Whether the database has the runs' trace context, once asked (`traced.rs`).
+    traced: Arc<OnceLock<bool>>,
 }
 
 impl Store {
@@ -162,7 +166,11 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| Error::BadDatabaseUrl(e.to_string()))?;
-        Ok(Self { pool, connector })
+        Ok(Self {
+            pool,
+            connector,
+            traced: Arc::default(),
+        })
     }
 
     /// Another pool of `pool_size` connections on the same database, with the same settings:
@@ -294,6 +302,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         queue::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,
+        traced::QUERIES,
         watch::QUERIES,
         workers::QUERIES,
     ]

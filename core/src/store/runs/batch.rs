@@ -10,6 +10,7 @@ use super::{RunRecord, StartRun, own_trace, read_run, run_columns, same_request}
 use crate::ids::{LeaseEpoch, RunId};
 use crate::run::RunStatus;
 use crate::store::query::{Query, notify_queued};
+use crate::store::traced::if_traced;
 use crate::store::{Error, RequestError, Store};
 use crate::trace::{TraceContext, TraceState};
 
@@ -35,9 +36,13 @@ pub(super) const START_RUNS: Query = Query {
         "\
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
-                         $7::smallint[], $8::text[], $9::text[], $10::text[], $11::text[])
+                         $7::smallint[], $8::text[], $9::text[]",
+        if_traced!(", $10::text[], $11::text[]"),
+        ")
         AS r(tenant_id, run_id, automation_id, trigger, inputs, idempotency_key, priority,
-             concurrency_key, actor, trace_parent, trace_state)
+             concurrency_key, actor",
+        if_traced!(", trace_parent, trace_state"),
+        ")
 ),
 automation AS (
     SELECT tenant_id, automation_id, current_version, status FROM automations
@@ -50,11 +55,13 @@ refused AS (
 ),
 inserted AS (
     INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
-                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq,
-                      trace_parent, trace_state)
+                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq",
+        if_traced!(", trace_parent, trace_state"),
+        ")
     SELECT q.run_id, q.tenant_id, q.automation_id, a.current_version, q.trigger, q.inputs,
-           q.idempotency_key, 'queued', q.priority, 'started', q.concurrency_key, 1,
-           q.trace_parent, q.trace_state
+           q.idempotency_key, 'queued', q.priority, 'started', q.concurrency_key, 1",
+        if_traced!(", q.trace_parent, q.trace_state"),
+        "
     FROM request q JOIN automation a USING (tenant_id, automation_id)
     WHERE NOT EXISTS (SELECT 1 FROM refused)
     RETURNING run_id, tenant_id, trigger, automation_version
@@ -151,7 +158,9 @@ impl Store {
         let mut earlier = HashMap::new();
         if !keys.is_empty() {
             let client = self.client().await?;
+            let traced = self.traced(&client).await?;
             for row in RUNS_BY_IDEMPOTENCY_KEYS
+                .for_schema(traced)
                 .query(&client, &[&tenants, &keys])
                 .await?
             {
@@ -240,24 +249,23 @@ impl Store {
             .map(|(.., t)| t.state.as_ref().map(TraceState::as_str))
             .collect();
         let client = self.client().await?;
-        let rows = START_RUNS
-            .query(
-                &client,
-                &[
-                    &tenants,
-                    &run_ids,
-                    &automations,
-                    &triggers,
-                    &inputs,
-                    &keys,
-                    &priorities,
-                    &concurrency_keys,
-                    &actors,
-                    &trace_parents,
-                    &trace_states,
-                ],
-            )
-            .await?;
+        let traced = self.traced(&client).await?;
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &tenants,
+            &run_ids,
+            &automations,
+            &triggers,
+            &inputs,
+            &keys,
+            &priorities,
+            &concurrency_keys,
+            &actors,
+            &trace_parents,
+            &trace_states,
+        ];
+        // Without the trace columns the statement has no place for the last two arguments.
+        let args = if traced { &args[..] } else { &args[..9] };
+        let rows = START_RUNS.for_schema(traced).query(&client, args).await?;
         let inserted = rows.first().map_or(0, |row| row.get::<_, i64>("inserted"));
         if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
             let versions = rows
