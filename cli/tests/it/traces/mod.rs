@@ -64,7 +64,8 @@ fn capture_stderr(child: &mut Child) -> JoinHandle<String> {
     })
 }
 
-/// A coordinator (`--no-auth`) and a worker allowed to call loopback, with `env`.
+/// A coordinator (`--no-auth`) with `coordinator_env`, and a worker allowed to call loopback,
+/// with `worker_env` and `worker_args` besides.
 struct Processes {
     endpoint: String,
     coordinator: Child,
@@ -73,30 +74,33 @@ struct Processes {
 }
 
 impl Processes {
-    async fn start(db: &TestDb, env: &[(&str, &str)]) -> Self {
+    async fn start(
+        db: &TestDb,
+        coordinator_env: &[(&str, &str)],
+        worker_env: &[(&str, &str)],
+        worker_args: &[&str],
+    ) -> Self {
         let listen = format!("127.0.0.1:{}", free_port());
         let coordinator = spawn(
             &["coordinator", "--listen", &listen, "--no-auth"],
             db.url(),
-            env,
+            coordinator_env,
         );
         let endpoint = format!("http://{listen}");
         wait_serving(&endpoint, DEADLINE).await;
-        let mut worker = spawn(
-            &[
-                "worker",
-                "--log-format",
-                "json",
-                "--claimant-id",
-                "traced-worker",
-                "--poll-interval",
-                "50ms",
-                "--http-allow",
-                "127.0.0.1",
-            ],
-            db.url(),
-            env,
-        );
+        let mut args = vec![
+            "worker",
+            "--log-format",
+            "json",
+            "--claimant-id",
+            "traced-worker",
+            "--poll-interval",
+            "50ms",
+            "--http-allow",
+            "127.0.0.1",
+        ];
+        args.extend(worker_args);
+        let mut worker = spawn(&args, db.url(), worker_env);
         let worker_log = capture_stderr(&mut worker);
         Self {
             endpoint,
@@ -192,15 +196,21 @@ async fn a_run_started_under_a_clients_traceparent_is_one_connected_trace() {
     let collector = Collector::start().await;
     let downstream = HeaderRecorder::start().await;
     let store = migrated_store(&db, &spec_calling(&downstream.url)).await;
-    let otel = [
+    // Batches leave every 100 ms instead of every 5 s; the run's spans arrive while the
+    // processes still run, and the flush at exit sends the rest.
+    let batches = ("OTEL_BSP_SCHEDULE_DELAY", "100");
+    // The coordinator is given the collector by the standard variable, the worker by its flag.
+    let coordinator_env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
-        // Batches leave every 100 ms instead of every 5 s; the run's spans arrive while the
-        // processes still run, and the flush at exit sends the rest.
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        batches,
+    ];
+    let worker_env = [
+        batches,
         // The worker logs a line inside the run's span as the run leaves it.
         ("LEASEHOLD_LOG", "info,leasehold_worker::execute=debug"),
     ];
-    let processes = Processes::start(&db, &otel).await;
+    let worker_args = ["--otlp-endpoint", collector.endpoint.as_str()];
+    let processes = Processes::start(&db, &coordinator_env, &worker_env, &worker_args).await;
 
     let client_parent = format!("00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01");
     let run = start_run(&processes.endpoint, Some(&client_parent)).await;
@@ -279,7 +289,7 @@ async fn without_an_endpoint_nothing_is_exported_and_each_run_has_a_trace_id_of_
     let downstream = HeaderRecorder::start().await;
     let store = migrated_store(&db, &spec_calling(&downstream.url)).await;
     // The collector listens, but nothing names it.
-    let processes = Processes::start(&db, &[]).await;
+    let processes = Processes::start(&db, &[], &[], &[]).await;
 
     let plain = start_run(&processes.endpoint, None).await;
     // Upper case breaks the specification: the value is ignored, never refused.
