@@ -47,9 +47,10 @@ pub struct LogArgs {
         default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
-    /// Export traces over OTLP/gRPC to this collector (`http://host:4317`); off without it or
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`). The other
-    /// standard `OTEL_*` variables apply as the OpenTelemetry SDK reads them.
+    /// Export traces over OTLP/gRPC to this collector (`http://host:4317`): a coordinator, a
+    /// worker and dev do; off without it or `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`). The other standard `OTEL_*` variables apply as the
+    /// OpenTelemetry SDK reads them.
     #[arg(long, global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 }
