@@ -107,7 +107,20 @@ async fn run(cli: Cli) -> ExitCode {
     } else {
         "info"
     };
-    worker::init_logging(cli.log.log_format, default_filter);
+    // Only the long-running processes export traces; a client command is over in a moment.
+    let service = match &cli.command {
+        Command::Coordinator(_) => Some("leasehold-coordinator"),
+        Command::Worker(WorkerCommand { action: None, .. }) => Some("leasehold-worker"),
+        Command::Dev(_) => Some("leasehold-dev"),
+        _ => None,
+    };
+    let traces = match worker::init_logging(&cli.log, default_filter, service) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let global = |tls: client::Tls| client::Global {
         endpoint: cli.endpoint.clone(),
         json: cli.json,
@@ -153,6 +166,10 @@ async fn run(cli: Cli) -> ExitCode {
             .await
             .map(|()| ExitCode::SUCCESS),
     };
+    // After the graceful stop: the spans of the last runs and calls are sent before exit.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -8,6 +8,8 @@
 //! - [`run`]: the run state machine and the ready nodes of a run's checkpoint.
 //! - [`retry`]: the backoff between attempts.
 //! - [`lease`]: lease bounds, expiry and reap decisions.
+//! - [`trace`]: a run's W3C trace context (`traceparent`, `tracestate`), read as the
+//!   specification has a receiver read it.
 //!
 //! Everything here is a pure function of its arguments, `now` included. The crate does not
 //! depend on a database driver, so the compiler keeps the rules away from the store.
@@ -19,3 +21,4 @@ pub mod lease;
 pub mod retry;
 pub mod run;
 pub mod spec;
+pub mod trace;

@@ -174,6 +174,7 @@ pub fn start_request(tenant: &TenantId, automation: &AutomationId) -> StartRun {
         idempotency_key: None,
         trigger: Trigger::Api,
         actor: None,
+        trace: None,
     }
 }
 

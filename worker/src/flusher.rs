@@ -12,7 +12,10 @@
 use std::sync::Arc;
 
 use leasehold_core::store::{self, Claim, NodeCompletion, NodeStart, Store};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::Error;
 
@@ -60,7 +63,7 @@ impl Writes {
 
 /// A kind of batched write: how a batch of it is written.
 trait BatchWrite: Send + 'static {
-    /// The metrics label of this kind of write.
+    /// This kind of write, as its metrics label it and its flush span names it.
     const LABEL: &'static str;
     type Item: Clone + Send + Sync + 'static;
     type Answer: Send + 'static;
@@ -104,6 +107,9 @@ impl BatchWrite for Completions {
 struct Request<W: BatchWrite> {
     item: W::Item,
     answer: oneshot::Sender<Result<W::Answer, Error>>,
+    /// The span that asked (a node attempt's), which the flush's span links to; `None` when
+    /// traces are off.
+    asker: Option<SpanContext>,
 }
 
 async fn ask<W: BatchWrite>(
@@ -111,8 +117,21 @@ async fn ask<W: BatchWrite>(
     item: W::Item,
 ) -> Result<W::Answer, Error> {
     let (answer, answered) = oneshot::channel();
+    let asker = leasehold_telemetry::enabled()
+        .then(|| {
+            tracing::Span::current()
+                .context()
+                .span()
+                .span_context()
+                .clone()
+        })
+        .filter(SpanContext::is_valid);
     queue
-        .send(Request { item, answer })
+        .send(Request {
+            item,
+            answer,
+            asker,
+        })
         .map_err(|_| flusher_gone())?;
     answered.await.map_err(|_| flusher_gone())?
 }
@@ -162,7 +181,20 @@ async fn flush_queued<W: BatchWrite>(
     }
 }
 
+/// Writes a batch, inside a span of its own when traces are on: the root of a trace of its own,
+/// since one statement serves many runs, linked to each write's node attempt.
 async fn flush<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
+    if !leasehold_telemetry::enabled() {
+        return write_batch(store, batch).await;
+    }
+    let span = tracing::info_span!(parent: None, "flush", write = W::LABEL, writes = batch.len());
+    for asker in batch.iter().filter_map(|r| r.asker.clone()) {
+        span.add_link(asker);
+    }
+    write_batch(store, batch).instrument(span).await;
+}
+
+async fn write_batch<W: BatchWrite>(store: &Store, batch: Vec<Request<W>>) {
     let (items, answers): (Vec<W::Item>, Vec<_>) =
         batch.into_iter().map(|r| (r.item, r.answer)).unzip();
     tracing::trace!(kind = W::LABEL, writes = items.len(), "flushing");

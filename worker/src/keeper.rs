@@ -315,6 +315,7 @@ mod tests {
                 idempotency_key: None,
                 priority: 0,
                 concurrency_key: None,
+                trace: None,
             })
             .await
             .expect("start");

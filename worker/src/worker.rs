@@ -1,9 +1,12 @@
 //! The worker loop: claim up to free capacity, execute, and hand runs back on shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use leasehold_core::ids::ClaimantId;
 use leasehold_core::store::{self, ClaimedRun, Store, WorkerInfo, outage};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanContext;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -171,9 +174,15 @@ impl Worker {
                         record_claim(&claimed, answered_at - requested_at);
                         queue_had_more = claimed.len() == free;
                         held.report.claimed += claimed.len();
+                        let batch = claim_span(
+                            requested_at.elapsed(),
+                            claimed.len(),
+                            free,
+                            &self.config.claimant_id,
+                        );
                         for run in claimed {
                             let lease = leases.hold(run.claim, requested_at);
-                            held.start(&shared, run, lease, answered_at);
+                            held.start(&shared, run, lease, answered_at, batch.clone());
                         }
                     }
                     Err(_) => claim_failed = true,
@@ -283,20 +292,22 @@ struct Held {
 }
 
 impl Held {
-    /// Executes a run, claimed by a claim answered at `claimed_at`, in a task of its own.
+    /// Executes a run in a task of its own: claimed by a claim answered at `claimed_at`, whose
+    /// span is `batch` when traces are on.
     fn start(
         &mut self,
         shared: &Arc<Shared>,
         run: ClaimedRun,
         lease: RunLease,
         claimed_at: Instant,
+        batch: Option<SpanContext>,
     ) {
         let shared = Arc::clone(shared);
         let shutdown = self.shutdown.clone();
         metrics::gauge!("leasehold_worker_runs_held").increment(1.0);
         // The lease is forgotten when `execute` drops it.
         self.tasks.spawn(async move {
-            execute::execute(&shared, run, lease, shutdown, claimed_at).await
+            execute::execute(&shared, run, lease, shutdown, claimed_at, batch).await
         });
     }
 
@@ -326,6 +337,33 @@ fn record_claim(claimed: &[ClaimedRun], took: Duration) {
     for run in claimed {
         waited.record(run.waited.as_secs_f64());
     }
+}
+
+/// The span of a claim statement that took `claimed` runs (of `requested`) and answered after
+/// `took`: the root of a trace of its own, which each claimed run's span links to, since one
+/// claim serves many runs' traces. A claim that took nothing leaves no span; with traces off
+/// nothing is made.
+fn claim_span(
+    took: Duration,
+    claimed: usize,
+    requested: usize,
+    claimant: &ClaimantId,
+) -> Option<SpanContext> {
+    if claimed == 0 || !leasehold_telemetry::enabled() {
+        return None;
+    }
+    let ended = SystemTime::now();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    leasehold_telemetry::context::ended_root_span(
+        "claim",
+        ended.checked_sub(took).unwrap_or(ended),
+        ended,
+        vec![
+            KeyValue::new("claimant", claimant.0.clone()),
+            KeyValue::new("runs_claimed", count(claimed)),
+            KeyValue::new("runs_requested", count(requested)),
+        ],
+    )
 }
 
 /// Whether to claim now, with `free` of `capacity` slots free. A claim per finished run would

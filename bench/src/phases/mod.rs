@@ -245,6 +245,7 @@ pub fn start_request(automation: &str) -> StartRun {
         idempotency_key: None,
         trigger: Trigger::Api,
         actor: None,
+        trace: None,
     }
 }
 

@@ -158,6 +158,7 @@ pub fn run(r: &v1::Run, detail: bool) -> Value {
         "event_seq": r.event_seq,
         "created_at": time(r.created_at.as_ref()),
         "finished_at": time(r.finished_at.as_ref()),
+        "trace_id": text(&r.trace_id),
     });
     if detail {
         out["nodes"] = r.nodes.iter().map(node_state).collect();

@@ -420,6 +420,7 @@ fn summary(run: &v1::Run, now: SystemTime) -> String {
         ),
         ("inputs", render::truncate(&inputs, 200)),
         ("events", run.event_seq.to_string()),
+        ("trace", run.trace_id.clone()),
     ])
 }
 

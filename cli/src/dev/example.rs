@@ -35,6 +35,7 @@ pub async fn start(store: &Store, spec: &Spec) -> anyhow::Result<RunId> {
             idempotency_key: None,
             trigger: Trigger::Manual,
             actor: None,
+            trace: None,
         })
         .await
         .with_context(|| format!("starting a run of {}", spec.id))?;

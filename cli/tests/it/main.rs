@@ -16,6 +16,7 @@ mod rolling_restarts;
 mod startup;
 mod support;
 mod tls;
+mod traces;
 mod upgrade;
 mod watch_load;
 mod worker;

@@ -44,6 +44,7 @@ async fn dry_run_lists_then_migrate_applies_then_nothing_is_left() {
             "V9__runs_concurrency_key_index: expand, outside a transaction",
             "V10__drop_v1_idempotency_constraint: contract (raises the floor to 2), outside a \
              transaction",
+            "V12__run_trace_context: expand, in a transaction",
         ] {
             assert!(stdout(&output).contains(plan), "{}", stdout(&output));
         }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::TenantId;
 use leasehold_core::store::{self, Cursor, PageRequest, Store};
+use leasehold_core::trace::TraceContext;
 use leasehold_proto::checks::CheckInput;
 use leasehold_proto::v1;
 use tokio::net::TcpListener;
@@ -82,6 +83,7 @@ impl Services {
             tenant: caller.tenant.clone(),
             caller,
             shutdown: self.shutdown.clone(),
+            trace: call_trace(request.metadata()),
         })
     }
 }
@@ -97,6 +99,23 @@ pub struct Api {
     tenant: TenantId,
     caller: Arc<Caller>,
     shutdown: CancellationToken,
+    /// The trace a run started by this call continues: the call's own span when traces are on,
+    /// else the caller's `traceparent`, if valid.
+    trace: Option<TraceContext>,
+}
+
+/// The trace context of a call: its server span's (a child of the caller's context) when this
+/// coordinator exports traces, else the caller's `traceparent` and `tracestate` metadata as
+/// sent, if the `traceparent` is valid (an invalid one is ignored, as the W3C specification has
+/// a receiver do).
+fn call_trace(metadata: &tonic::metadata::MetadataMap) -> Option<TraceContext> {
+    leasehold_telemetry::current_trace().or_else(|| {
+        let value = |key| metadata.get(key).and_then(|v| v.to_str().ok());
+        leasehold_telemetry::context::from_values(
+            value(leasehold_telemetry::context::TRACEPARENT),
+            value(leasehold_telemetry::context::TRACESTATE),
+        )
+    })
 }
 
 /// Implements a gRPC service for [`Services`], one line per unary RPC: its name, its request
@@ -269,7 +288,9 @@ pub async fn serve_with_health(
         };
     }
     let router = tonic::transport::Server::builder()
-        // Outermost: every call is counted, those refused for load or size included.
+        // Outermost: every call has a span when traces are on, those refused included.
+        .layer(leasehold_telemetry::grpc::TraceLayer)
+        // Every call is counted, those refused for load or size included.
         .layer(metrics::MetricsLayer)
         .layer(limits::oversize_is_resource_exhausted())
         // Before authentication, whose lookup is a call on the database like any other.

@@ -83,6 +83,11 @@ pub(super) fn run_message(
         created_at: Some(timestamp(run.created_at)),
         finished_at: opt_timestamp(run.finished_at),
         concurrency_key: run.concurrency_key.clone().unwrap_or_default(),
+        trace_id: run
+            .trace_parent
+            .as_ref()
+            .map(|t| t.trace_id().to_owned())
+            .unwrap_or_default(),
     }
 }
 
@@ -192,6 +197,7 @@ impl Api {
             idempotency_key: convert::optional_key(&field("request_id"), &request.request_id)?,
             trigger: Trigger::Api,
             actor: Some(self.caller.name.clone()),
+            trace: self.trace.clone(),
         })
     }
 

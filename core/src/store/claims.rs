@@ -8,9 +8,12 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::query::{Query, clear_lease, notify_queued};
+use super::runs::read_trace;
+use super::traced::if_traced;
 use super::{Error, Store, millis};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::RunStatus;
+use crate::trace::TraceContext;
 
 /// Proof of a claim: a run and the epoch it was claimed at. Only [`Store::claim_runs`] makes
 /// one, and every write the holder makes to the run carries it.
@@ -54,6 +57,9 @@ pub struct ClaimedRun {
     /// How long the run was due before this claim took it, by the database's clock: from its
     /// start, its backoff's end or its resume, to the claim.
     pub waited: Duration,
+    /// The trace the run's work continues, read with the claim; `None` for a run started
+    /// before runs had one.
+    pub trace: Option<TraceContext>,
 }
 
 /// A lease renewed by a heartbeat.
@@ -94,7 +100,8 @@ pub struct Released {
 // per-run sequence raised under the row lock.
 const CLAIM_RUNS: Query = Query {
     name: "claim_runs",
-    sql: "\
+    sql: concat!(
+        "\
 WITH due AS (
     SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at FROM runs q
     WHERE status = 'queued' AND (retry_after IS NULL OR retry_after <= now())
@@ -129,7 +136,9 @@ claimed AS (
               r.lease_epoch, r.lease_expires_at, r.claim_id, r.event_seq,
               r.progress_epoch > 0 AS resumed, picked.retry_node_id,
               greatest((extract(epoch FROM now() - picked.queued_at) * 1000000)::bigint, 0)
-                  AS waited_micros
+                  AS waited_micros",
+        if_traced!(", r.trace_parent, r.trace_state"),
+        "
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
@@ -138,8 +147,11 @@ event AS (
     FROM claimed
 )
 SELECT run_id, tenant_id, automation_id, automation_version, inputs, lease_epoch,
-       lease_expires_at, resumed, retry_node_id, waited_micros
-FROM claimed",
+       lease_expires_at, resumed, retry_node_id, waited_micros",
+        if_traced!(", trace_parent, trace_state"),
+        "
+FROM claimed"
+    ),
 };
 
 // Every lease the process holds, extended in one statement per tick: per-run updates would cost
@@ -279,8 +291,10 @@ impl Store {
         }
         let limit = i32::try_from(n).unwrap_or(i32::MAX);
         let client = self.client().await?;
+        // The trace context comes with the claim, in the same statement: no read of its own.
+        let claim_runs = CLAIM_RUNS.for_schema(self.traced(&client).await?);
         for _ in 0..KEY_RACE_RETRIES {
-            match CLAIM_RUNS
+            match claim_runs
                 .query(&client, &[&claimant.as_str(), &limit, &millis(lease)])
                 .await
             {
@@ -387,5 +401,6 @@ fn read_claimed(row: &Row) -> ClaimedRun {
         waited: Duration::from_micros(
             u64::try_from(row.get::<_, i64>("waited_micros")).unwrap_or(0),
         ),
+        trace: read_trace(row),
     }
 }

@@ -27,9 +27,11 @@ mod runs;
 mod startup;
 mod sweeps;
 mod tokens;
+mod traced;
 mod watch;
 mod workers;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -104,6 +106,8 @@ pub struct Store {
     connector: Connector,
     /// What the pool serves, as the metrics label it (`api`, `worker`, `sweeps`).
     pool_name: &'static str,
+    /// Whether the database has the runs' trace context, once asked (`traced.rs`).
+    traced: Arc<OnceLock<bool>>,
 }
 
 impl Store {
@@ -171,6 +175,7 @@ impl Store {
             pool,
             connector,
             pool_name: DEFAULT_POOL_NAME,
+            traced: Arc::default(),
         })
     }
 
@@ -322,6 +327,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         queue::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,
+        traced::QUERIES,
         watch::QUERIES,
         workers::QUERIES,
     ]

@@ -9,9 +9,11 @@ use tokio_postgres::Row;
 
 use super::control::OperatorRequest;
 use super::query::{Query, clear_lease, notify_queued, notify_stopped, operator_request_id};
+use super::traced::if_traced;
 use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::{RunStatus, Transition};
+use crate::trace::{TraceContext, TraceParent, TraceState};
 
 /// What set a run going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,9 @@ pub struct StartRun {
     /// Who asked (the calling token's name), recorded on the run's first event; `None` when no
     /// person or program asked, as for a schedule.
     pub actor: Option<String>,
+    /// The trace the run's work continues; `None` starts a trace of the run's own
+    /// ([`own_trace`]), so that every run has a trace id.
+    pub trace: Option<TraceContext>,
 }
 
 /// The run a start request produced.
@@ -116,6 +121,40 @@ pub struct RunRecord {
     pub created_at: DateTime<Utc>,
     /// Finished, when terminal.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The `traceparent` the run's work continues; `None` for a run started before runs had one.
+    pub trace_parent: Option<TraceParent>,
+}
+
+/// The trace a run is started in: the one asked for, or else one of the run's own, with a
+/// random trace id and marked sampled, since no caller decided against recording it.
+pub(super) fn own_trace(requested: Option<&TraceContext>) -> TraceContext {
+    if let Some(trace) = requested {
+        return trace.clone();
+    }
+    let trace_id = *uuid::Uuid::new_v4().as_bytes();
+    let mut span_id = [0; 8];
+    span_id.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+    TraceContext {
+        // Random bytes are all zeros with a chance of 2^-64; a fixed id stands in then.
+        parent: TraceParent::new(trace_id, span_id, true)
+            .or_else(|| TraceParent::new(trace_id, [1; 8], true))
+            .or_else(|| TraceParent::new([1; 16], [1; 8], true))
+            .expect("non-zero ids"),
+        state: None,
+    }
+}
+
+/// The trace context a row's `trace_parent` and `trace_state` hold, if any (the coordinator
+/// stores only checked values; anything else reads as none).
+pub(super) fn read_trace(row: &Row) -> Option<TraceContext> {
+    // Absent from a schema without the trace context.
+    let parent = TraceParent::parse(row.try_get::<_, Option<&str>>("trace_parent").ok()??)?;
+    let state = row
+        .try_get::<_, Option<&str>>("trace_state")
+        .ok()
+        .flatten()
+        .and_then(TraceState::parse);
+    Some(TraceContext { parent, state })
 }
 
 // One statement: pin the current version of an active automation, insert the run queued, and
@@ -133,9 +172,13 @@ WITH automation AS (
 ),
 inserted AS (
     INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
-                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq)
+                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq",
+        if_traced!(", trace_parent, trace_state"),
+        ")
     SELECT $3::uuid, $1::text, $2::text, current_version, $4::text, $5::jsonb,
-           $6::text, 'queued', $7::smallint, 'started', $8::text, 1
+           $6::text, 'queued', $7::smallint, 'started', $8::text, 1",
+        if_traced!(", $10::text, $11::text"),
+        "
     FROM automation WHERE status = 'active'
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING run_id, automation_version
@@ -169,14 +212,17 @@ FROM runs WHERE tenant_id = $1::text AND idempotency_key = $2::text",
 /// node's row (one primary-key lookup, and only for such a run).
 macro_rules! run_columns {
     () => {
-        "r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
+        concat!(
+            "r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs, r.status,
        r.priority, r.queue_reason, r.retry_after, r.retry_node_id, r.retry_attempt,
        CASE WHEN r.retry_node_id IS NOT NULL THEN (
            SELECT n.last_error FROM run_nodes n
            WHERE n.run_id = r.run_id AND n.node_id = r.retry_node_id) END AS retry_error,
        r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.concurrency_key,
        r.stop_kind, r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq,
-       r.created_at, r.finished_at"
+       r.created_at, r.finished_at",
+            $crate::store::traced::if_traced!(", r.trace_parent")
+        )
     };
 }
 pub(super) use run_columns;
@@ -254,21 +300,26 @@ impl Store {
     pub async fn start_run(&self, request: &StartRun) -> Result<Started, RequestError> {
         let client = self.client().await?;
         let run_id = RunId::new();
+        let trace = own_trace(request.trace.as_ref());
+        let traced = self.traced(&client).await?;
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &request.tenant.as_str(),
+            &request.automation_id.as_str(),
+            &run_id.0,
+            &request.trigger.as_str(),
+            &request.inputs,
+            &request.idempotency_key,
+            &request.priority,
+            &request.concurrency_key,
+            &request.actor,
+            &trace.parent.as_str(),
+            &trace.state.as_ref().map(TraceState::as_str),
+        ];
+        // Without the trace columns the statement has no place for the last two arguments.
+        let args = if traced { &args[..] } else { &args[..9] };
         let row = START_RUN
-            .query_one(
-                &client,
-                &[
-                    &request.tenant.as_str(),
-                    &request.automation_id.as_str(),
-                    &run_id.0,
-                    &request.trigger.as_str(),
-                    &request.inputs,
-                    &request.idempotency_key,
-                    &request.priority,
-                    &request.concurrency_key,
-                    &request.actor,
-                ],
-            )
+            .for_schema(traced)
+            .query_one(&client, args)
             .await?;
         if let Some(id) = row.get::<_, Option<uuid::Uuid>>("run_id") {
             return Ok(Started {
@@ -322,7 +373,9 @@ impl Store {
     /// A run, read back; a stored value this build cannot read is [`Error::UnreadableRun`].
     pub async fn run(&self, tenant: &TenantId, run_id: RunId) -> Result<RunRecord, RequestError> {
         let client = self.client().await?;
+        let traced = self.traced(&client).await?;
         let row = RUN
+            .for_schema(traced)
             .query_opt(&client, &[&run_id.0, &tenant.as_str()])
             .await?
             .ok_or(RequestError::RunNotFound(run_id))?;
@@ -382,5 +435,11 @@ pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
         event_seq: row.get("event_seq"),
         created_at: row.get("created_at"),
         finished_at: row.get("finished_at"),
+        // Absent from a schema without the trace context.
+        trace_parent: row
+            .try_get::<_, Option<&str>>("trace_parent")
+            .ok()
+            .flatten()
+            .and_then(TraceParent::parse),
     })
 }

@@ -15,5 +15,6 @@ mod start_runs;
 mod store;
 mod tls;
 mod tokens;
+mod trace_context;
 mod watch;
 mod workers;

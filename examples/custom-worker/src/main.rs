@@ -65,11 +65,15 @@ struct Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let command = Command::parse();
-    cli::init_logging(command.log.log_format, "info");
+    let traces = cli::init_logging(&command.log, "info", Some("leasehold-worker"))?;
     let args = command.worker;
     let mut registry = args.registry();
     registry.register("shout", Shout);
-    cli::run_with(args, registry).await?;
+    let result = cli::run_with(args, registry).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    result?;
     Ok(())
 }
 

@@ -35,7 +35,11 @@ struct Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let command = Command::parse();
-    cli::init_logging(command.log.log_format, "info");
+    // The fault suite's workers export no traces.
+    if let Err(e) = cli::init_logging(&command.log, "info", None) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let mut args = command.worker;
     let url = match args.database_url() {
         Ok(url) => url,

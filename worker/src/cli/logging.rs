@@ -5,13 +5,21 @@
 //! `tenant`, `automation`) and, for a node, the attempt's span within it (`node`: `node_id`,
 //! `kind`, `attempt`): the text format prints them before the message, the JSON format lists
 //! them in `spans`, outermost first, so that a log pipeline can select a run's lines by field.
+//! The run's span carries its `trace_id` too, the trace its spans are exported in.
+//!
+//! Traces go beside the logs, through the same subscriber: when an OTLP endpoint is given
+//! (`--otlp-endpoint` or the standard `OTEL_EXPORTER_OTLP_*` variables) [`init_logging`] adds
+//! `leasehold-telemetry`'s layer, which has a filter of its own, so that the log filter never
+//! decides which spans are exported.
 
 use std::io::IsTerminal;
 
+use leasehold_telemetry::Traces;
 use tracing::Subscriber;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// The variable holding the log filter (`tracing` syntax, such as `leasehold_core=debug`).
 pub const LOG_FILTER_VAR: &str = "LEASEHOLD_LOG";
@@ -39,18 +47,43 @@ pub struct LogArgs {
         default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
+    /// Export traces over OTLP/gRPC to this collector (`http://host:4317`): a coordinator, a
+    /// worker and dev do; off without it or `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`). The other standard `OTEL_*` variables apply as the
+    /// OpenTelemetry SDK reads them.
+    #[arg(long, global = true, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
-/// Installs the process's logger: lines go to stderr in `format`, filtered by `LEASEHOLD_LOG`
-/// or else by `default_filter`. Call once, before anything logs.
-pub fn init_logging(format: LogFormat, default_filter: &str) {
+/// Installs the process's logger: lines go to stderr in `args.log_format`, filtered by
+/// `LEASEHOLD_LOG` or else by `default_filter`; with `service`, and an OTLP endpoint in `args`
+/// or the environment, spans are exported too, named `service` unless `OTEL_SERVICE_NAME` says
+/// otherwise. Call once, inside the Tokio runtime, before anything logs; pass what it returns to
+/// [`Traces::shutdown`] at exit so that the last spans are sent.
+pub fn init_logging(
+    args: &LogArgs,
+    default_filter: &str,
+    service: Option<&str>,
+) -> Result<Option<Traces>, leasehold_telemetry::Error> {
     let filter = EnvFilter::try_from_env(LOG_FILTER_VAR).unwrap_or_else(|_| default_filter.into());
     let ansi = std::io::stderr().is_terminal();
-    subscriber(format, filter, std::io::stderr, ansi).init();
+    let traces = match service {
+        Some(service) => leasehold_telemetry::install(args.otlp_endpoint.as_deref(), service)?,
+        None => None,
+    };
+    subscriber_with(
+        args.log_format,
+        filter,
+        std::io::stderr,
+        ansi,
+        traces.as_ref(),
+    )
+    .init();
+    Ok(traces)
 }
 
-/// The logger [`init_logging`] installs, writing to `writer`: colours in the text format only
-/// when `ansi` (a pipe or a file gets none).
+/// The logger [`init_logging`] installs without traces, writing to `writer`: colours in the
+/// text format only when `ansi` (a pipe or a file gets none).
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
@@ -60,22 +93,37 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+    subscriber_with(format, filter, writer, ansi, None)
+}
+
+/// [`subscriber`], feeding `traces` too when given. The log filter belongs to the log lines
+/// alone, so that a quiet log (`warn`, as in dev) still exports every span.
+fn subscriber_with<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+    traces: Option<&Traces>,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
+    let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => lines.with_ansi(ansi).with_filter(filter).boxed(),
         // The event's own fields beside `message` at the top level; the spans' fields in
         // `spans` only (the innermost span again under `span` would repeat it on every line).
-        LogFormat::Json => Box::new(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(true)
-                .finish(),
-        ),
-    }
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_filter(filter)
+            .boxed(),
+    };
+    let mut layers = vec![lines];
+    layers.extend(traces.map(Traces::layer::<Registry>));
+    Box::new(tracing_subscriber::registry().with(layers))
 }
 
 #[cfg(test)]

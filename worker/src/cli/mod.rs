@@ -48,6 +48,7 @@ use crate::handlers::{
 };
 use crate::observe;
 use crate::worker::{Report, Worker};
+pub use leasehold_telemetry::Traces;
 
 /// The worker command's settings, each a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]

@@ -17,11 +17,13 @@ use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, TenantId};
 use leasehold_core::run::Checkpoint;
 use leasehold_core::spec::Spec;
 use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store, outage};
+use opentelemetry::trace::SpanContext;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::Error;
 use crate::flusher::Writes;
@@ -200,13 +202,18 @@ struct Execution<'a> {
 
 /// Executes a claimed run until it leaves this worker, and says how it left. Everything logged
 /// meanwhile, by the store and the handlers too, is inside the run's span, which names the run,
-/// the claim and the claimant.
+/// the claim, the claimant and the run's trace.
+///
+/// When traces are on, the span continues the run's stored trace context (read with the claim:
+/// the API's StartRun span) and links to `batch`, the claim statement's span, so every claim of
+/// a run, on any worker, lands in the run's one trace.
 pub(crate) async fn execute(
     shared: &Shared,
     run: ClaimedRun,
     lease: RunLease,
     shutdown: Shutdown,
     claimed_at: Instant,
+    batch: Option<SpanContext>,
 ) -> Outcome {
     let span = tracing::info_span!(
         "run",
@@ -215,7 +222,17 @@ pub(crate) async fn execute(
         claimant = %shared.claimant,
         tenant = %run.tenant,
         automation = %run.automation_id,
+        trace_id = run.trace.as_ref().map(|t| t.parent.trace_id()),
     );
+    if leasehold_telemetry::enabled() {
+        if let Some(trace) = &run.trace {
+            // Fails only without the layer, and then nothing is exported anyway.
+            let _ = span.set_parent(leasehold_telemetry::remote_context(trace));
+        }
+        if let Some(batch) = batch {
+            span.add_link(batch);
+        }
+    }
     async move {
         let (tenant, automation) = (run.tenant.to_string(), run.automation_id.to_string());
         let outcome = execute_claimed(shared, run, lease, shutdown, claimed_at).await;

@@ -14,6 +14,7 @@ use leasehold_core::spec::NodeSpec;
 use leasehold_core::store::{Failure, NodeCompletion};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::output::storable;
 use super::{Execution, NodeDone, Stop, fenced};
@@ -125,7 +126,17 @@ impl Execution<'_> {
         let node_id = node.id.clone();
         // A child of the run's span, current here: the handler's lines name the run and the
         // attempt.
-        let span = tracing::info_span!("node", node_id = %node.id, kind = %node.kind, attempt);
+        let span = tracing::info_span!(
+            "node",
+            node_id = %node.id,
+            kind = %node.kind,
+            attempt,
+            outcome = tracing::field::Empty,
+        );
+        if leasehold_telemetry::enabled() {
+            // The run's span carries the run id for the logs; an exported span stands alone.
+            span.set_attribute("run_id", claim.run_id().to_string());
+        }
         let attempt_span = span.clone();
         let attempt_task = async move {
             let started = std::time::Instant::now();
@@ -160,6 +171,13 @@ impl Execution<'_> {
             };
             // A node dropped mid-attempt (lease lost, run stopped) records nothing: it has no
             // outcome.
+            let current = tracing::Span::current();
+            current.record("outcome", outcome);
+            if leasehold_telemetry::enabled()
+                && let Err(error) = &result
+            {
+                current.set_status(opentelemetry::trace::Status::error(error.to_string()));
+            }
             let kind = kind.clone();
             metrics::counter!("leasehold_worker_node_attempts_total", "kind" => kind.clone(), "outcome" => outcome)
                 .increment(1);

@@ -7,6 +7,8 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_core::trace::TraceContext;
+use leasehold_telemetry::context::{TRACEPARENT, TRACESTATE};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method, Response, StatusCode, Url, redirect};
@@ -57,6 +59,9 @@ const FIELDS: [&str; 6] = [
 /// any such header in the input, so that the server can tell a retried attempt from a new request.
 /// The key is the node's in the run, and changes when an operator resets the node (a recover, a
 /// rework), so that a deliberate re-run is not answered with the earlier execution's result.
+/// When the worker exports traces, every request carries the attempt's span as its W3C
+/// `traceparent` (and the run's `tracestate`), replacing any in the input, so that the server's
+/// spans join the run's trace.
 /// Without `timeout_ms` the attempt is bounded only by the node's own timeout.
 ///
 /// The output of a 2xx response is `{"status": 200, "body": …}`, where `body` is the parsed JSON
@@ -196,7 +201,9 @@ impl Handler for Http {
 
         let what = format!("{} {}", req.method, redacted(&req.url));
         let timeout = req.timeout;
-        let exchange = self.exchange(req, key);
+        // The attempt's span is current here; `None` when traces are off.
+        let trace = leasehold_telemetry::current_trace();
+        let exchange = self.exchange(req, key, trace);
         let deadline = async {
             match timeout {
                 Some(t) => tokio::time::timeout(t, exchange).await.unwrap_or_else(|_| {
@@ -224,9 +231,27 @@ impl Handler for Http {
 }
 
 impl Http {
-    async fn exchange(&self, req: Request, key: HeaderValue) -> Result<Value, HandlerError> {
+    async fn exchange(
+        &self,
+        req: Request,
+        key: HeaderValue,
+        trace: Option<TraceContext>,
+    ) -> Result<Value, HandlerError> {
         let mut headers = req.headers;
         headers.insert("idempotency-key", key);
+        if let Some(trace) = trace {
+            // Both are checked W3C values: lowercase hex and dashes, and printable ASCII.
+            if let Ok(parent) = HeaderValue::from_str(trace.parent.as_str()) {
+                headers.insert(TRACEPARENT, parent);
+            }
+            headers.remove(TRACESTATE);
+            if let Some(state) = trace
+                .state
+                .and_then(|s| HeaderValue::from_str(s.as_str()).ok())
+            {
+                headers.insert(TRACESTATE, state);
+            }
+        }
         let mut builder = self.client.request(req.method, req.url);
         if let Some(body) = req.body {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

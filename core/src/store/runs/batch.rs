@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
-use super::{RunRecord, StartRun, read_run, run_columns, same_request};
+use super::{RunRecord, StartRun, own_trace, read_run, run_columns, same_request};
 use crate::ids::{LeaseEpoch, RunId};
 use crate::run::RunStatus;
 use crate::store::query::{Query, notify_queued};
+use crate::store::traced::if_traced;
 use crate::store::{Error, RequestError, Store};
+use crate::trace::{TraceContext, TraceState};
 
 /// A run of a batch, as the batch left it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,9 +36,13 @@ pub(super) const START_RUNS: Query = Query {
         "\
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
-                         $7::smallint[], $8::text[], $9::text[])
+                         $7::smallint[], $8::text[], $9::text[]",
+        if_traced!(", $10::text[], $11::text[]"),
+        ")
         AS r(tenant_id, run_id, automation_id, trigger, inputs, idempotency_key, priority,
-             concurrency_key, actor)
+             concurrency_key, actor",
+        if_traced!(", trace_parent, trace_state"),
+        ")
 ),
 automation AS (
     SELECT tenant_id, automation_id, current_version, status FROM automations
@@ -49,9 +55,13 @@ refused AS (
 ),
 inserted AS (
     INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
-                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq)
+                      idempotency_key, status, priority, queue_reason, concurrency_key, event_seq",
+        if_traced!(", trace_parent, trace_state"),
+        ")
     SELECT q.run_id, q.tenant_id, q.automation_id, a.current_version, q.trigger, q.inputs,
-           q.idempotency_key, 'queued', q.priority, 'started', q.concurrency_key, 1
+           q.idempotency_key, 'queued', q.priority, 'started', q.concurrency_key, 1",
+        if_traced!(", q.trace_parent, q.trace_state"),
+        "
     FROM request q JOIN automation a USING (tenant_id, automation_id)
     WHERE NOT EXISTS (SELECT 1 FROM refused)
     RETURNING run_id, tenant_id, trigger, automation_version
@@ -102,8 +112,8 @@ enum Resolved {
     /// Repeats, with the same request, the key of an earlier request of the batch that starts
     /// this new run.
     Repeat(RunId),
-    /// To be inserted with this id.
-    New(RunId),
+    /// To be inserted with this id, in this trace.
+    New(RunId, TraceContext),
 }
 
 impl Store {
@@ -148,7 +158,9 @@ impl Store {
         let mut earlier = HashMap::new();
         if !keys.is_empty() {
             let client = self.client().await?;
+            let traced = self.traced(&client).await?;
             for row in RUNS_BY_IDEMPOTENCY_KEYS
+                .for_schema(traced)
                 .query(&client, &[&tenants, &keys])
                 .await?
             {
@@ -162,7 +174,10 @@ impl Store {
         for (index, request) in requests.iter().enumerate() {
             let tenant = request.tenant.as_str();
             let Some(key) = request.idempotency_key.as_deref() else {
-                resolved.push(Resolved::New(RunId::new()));
+                resolved.push(Resolved::New(
+                    RunId::new(),
+                    own_trace(request.trace.as_ref()),
+                ));
                 continue;
             };
             let in_batch = |source| RequestError::InBatch {
@@ -182,7 +197,7 @@ impl Store {
             } else {
                 let run_id = RunId::new();
                 first_of_key.insert((tenant, key), (index, run_id));
-                resolved.push(Resolved::New(run_id));
+                resolved.push(Resolved::New(run_id, own_trace(request.trace.as_ref())));
             }
         }
         Ok(resolved)
@@ -194,12 +209,12 @@ impl Store {
         requests: &[StartRun],
         resolved: &[Resolved],
     ) -> Result<Inserted, RequestError> {
-        let new: Vec<(usize, &StartRun, RunId)> = requests
+        let new: Vec<(usize, &StartRun, RunId, &TraceContext)> = requests
             .iter()
             .zip(resolved)
             .enumerate()
             .filter_map(|(index, (request, r))| match r {
-                Resolved::New(run_id) => Some((index, request, *run_id)),
+                Resolved::New(run_id, trace) => Some((index, request, *run_id, trace)),
                 Resolved::Earlier(_) | Resolved::Repeat(_) => None,
             })
             .collect();
@@ -210,40 +225,47 @@ impl Store {
                 created_at: Utc::now(),
             });
         }
-        let column =
-            |f: fn(&StartRun) -> &str| -> Vec<&str> { new.iter().map(|(_, r, _)| f(r)).collect() };
+        let column = |f: fn(&StartRun) -> &str| -> Vec<&str> {
+            new.iter().map(|(_, r, _, _)| f(r)).collect()
+        };
         let tenants = column(|r| r.tenant.as_str());
         let automations = column(|r| r.automation_id.as_str());
         let triggers = column(|r| r.trigger.as_str());
-        let run_ids: Vec<uuid::Uuid> = new.iter().map(|(_, _, id)| id.0).collect();
-        let inputs: Vec<&serde_json::Value> = new.iter().map(|(_, r, _)| &r.inputs).collect();
+        let run_ids: Vec<uuid::Uuid> = new.iter().map(|(_, _, id, _)| id.0).collect();
+        let inputs: Vec<&serde_json::Value> = new.iter().map(|(_, r, _, _)| &r.inputs).collect();
         let keys: Vec<Option<&str>> = new
             .iter()
-            .map(|(_, r, _)| r.idempotency_key.as_deref())
+            .map(|(_, r, _, _)| r.idempotency_key.as_deref())
             .collect();
-        let priorities: Vec<i16> = new.iter().map(|(_, r, _)| r.priority).collect();
+        let priorities: Vec<i16> = new.iter().map(|(_, r, _, _)| r.priority).collect();
         let concurrency_keys: Vec<Option<&str>> = new
             .iter()
-            .map(|(_, r, _)| r.concurrency_key.as_deref())
+            .map(|(_, r, _, _)| r.concurrency_key.as_deref())
             .collect();
-        let actors: Vec<Option<&str>> = new.iter().map(|(_, r, _)| r.actor.as_deref()).collect();
+        let actors: Vec<Option<&str>> = new.iter().map(|(_, r, _, _)| r.actor.as_deref()).collect();
+        let trace_parents: Vec<&str> = new.iter().map(|(.., t)| t.parent.as_str()).collect();
+        let trace_states: Vec<Option<&str>> = new
+            .iter()
+            .map(|(.., t)| t.state.as_ref().map(TraceState::as_str))
+            .collect();
         let client = self.client().await?;
-        let rows = START_RUNS
-            .query(
-                &client,
-                &[
-                    &tenants,
-                    &run_ids,
-                    &automations,
-                    &triggers,
-                    &inputs,
-                    &keys,
-                    &priorities,
-                    &concurrency_keys,
-                    &actors,
-                ],
-            )
-            .await?;
+        let traced = self.traced(&client).await?;
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &tenants,
+            &run_ids,
+            &automations,
+            &triggers,
+            &inputs,
+            &keys,
+            &priorities,
+            &concurrency_keys,
+            &actors,
+            &trace_parents,
+            &trace_states,
+        ];
+        // Without the trace columns the statement has no place for the last two arguments.
+        let args = if traced { &args[..] } else { &args[..9] };
+        let rows = START_RUNS.for_schema(traced).query(&client, args).await?;
         let inserted = rows.first().map_or(0, |row| row.get::<_, i64>("inserted"));
         if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
             let versions = rows
@@ -260,7 +282,7 @@ impl Store {
             });
         }
         // Nothing was stored: name the first request whose automation refused it.
-        for (index, request, _) in &new {
+        for (index, request, ..) in &new {
             let status = rows
                 .iter()
                 .find(|row| {
@@ -298,8 +320,8 @@ fn started(requests: &[StartRun], resolved: Vec<Resolved>, inserted: &Inserted) 
                 run: *run,
                 created: false,
             },
-            Resolved::New(run_id) => {
-                let run = inserted_run(request, run_id, inserted);
+            Resolved::New(run_id, trace) => {
+                let run = inserted_run(request, run_id, Some(&trace), inserted);
                 new_runs.insert(run_id, run.clone());
                 StartedRun { run, created: true }
             }
@@ -307,7 +329,7 @@ fn started(requests: &[StartRun], resolved: Vec<Resolved>, inserted: &Inserted) 
                 run: new_runs
                     .get(&run_id)
                     .cloned()
-                    .unwrap_or_else(|| inserted_run(request, run_id, inserted)),
+                    .unwrap_or_else(|| inserted_run(request, run_id, None, inserted)),
                 created: false,
             },
         };
@@ -318,7 +340,12 @@ fn started(requests: &[StartRun], resolved: Vec<Resolved>, inserted: &Inserted) 
 
 /// A new run as START_RUNS inserted it: the request's fields, the version the statement pinned,
 /// and what every new run starts with (queued, its `run_started` event, no lease yet).
-fn inserted_run(request: &StartRun, run_id: RunId, inserted: &Inserted) -> RunRecord {
+fn inserted_run(
+    request: &StartRun,
+    run_id: RunId,
+    trace: Option<&TraceContext>,
+    inserted: &Inserted,
+) -> RunRecord {
     let key = (
         request.tenant.as_str().to_owned(),
         request.automation_id.as_str().to_owned(),
@@ -349,6 +376,7 @@ fn inserted_run(request: &StartRun, run_id: RunId, inserted: &Inserted) -> RunRe
         event_seq: 1,
         created_at: inserted.created_at,
         finished_at: None,
+        trace_parent: trace.map(|t| t.parent.clone()),
     }
 }
 

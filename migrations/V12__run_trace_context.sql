@@ -1,0 +1,12 @@
+-- migration: expand, in a transaction
+-- A run's W3C trace context: the `traceparent` it was started under (the API's StartRun span,
+-- the caller's own, or one the coordinator made up for a caller that sent none) and the
+-- caller's `tracestate`. Workers read both with the claim and continue the run's trace, so that
+-- a run's start, each claim and each node attempt are spans of one trace however many workers
+-- and claims it takes. The coordinator writes only values it checked against the
+-- specification's syntax; runs started before this step have none.
+--
+-- An expand step: two nullable columns, which the previous release never reads or writes;
+-- adding them takes a brief ACCESS EXCLUSIVE lock on runs (no rewrite, no scan). They are not
+-- indexed and set only at insert, so the hot path's updates stay HOT.
+ALTER TABLE runs ADD COLUMN trace_parent text, ADD COLUMN trace_state text;
