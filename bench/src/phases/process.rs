@@ -61,46 +61,8 @@ pub async fn one_node(bench: &mut Bench) -> anyhow::Result<()> {
         product.push(p);
     }
     let f = &mut bench.figures;
-    f.push(Figure::throughput(
-        "limit.claim_complete",
-        "runs/s",
-        collect(&limit, |p| Some(p.runs_per_s)),
-    ));
-    f.push(Figure::new(
-        "limit.xacts",
-        "xacts/run",
-        collect(&limit, |p| Some(p.xacts_per_run)),
-    ));
-    f.push(Figure::new(
-        "limit.db_cpu",
-        "µs/run",
-        collect(&limit, |p| p.db_cpu_us),
-    ));
-    f.push(Figure::new(
-        "limit.client_cpu",
-        "µs/run",
-        collect(&limit, |p| p.client_cpu_us),
-    ));
-    f.push(Figure::throughput(
-        "limit.lean",
-        "runs/s",
-        collect(&lean, |p| Some(p.runs_per_s)),
-    ));
-    f.push(Figure::new(
-        "limit.lean.xacts",
-        "xacts/run",
-        collect(&lean, |p| Some(p.xacts_per_run)),
-    ));
-    f.push(Figure::new(
-        "limit.lean.db_cpu",
-        "µs/run",
-        collect(&lean, |p| p.db_cpu_us),
-    ));
-    f.push(Figure::new(
-        "limit.lean.client_cpu",
-        "µs/run",
-        collect(&lean, |p| p.client_cpu_us),
-    ));
+    push_loop(f, "limit.claim_complete", "limit", &limit);
+    push_loop(f, "limit.lean", "limit.lean", &lean);
     f.push(
         Figure::throughput(
             "process.one_node",
@@ -159,6 +121,30 @@ pub async fn dags(bench: &mut Bench) -> anyhow::Result<()> {
 
 fn collect(reps: &[Processed], value: impl Fn(&Processed) -> Option<f64>) -> Vec<f64> {
     reps.iter().filter_map(value).collect()
+}
+
+/// A harness loop's figures: its throughput as `name`, its costs under `prefix`.
+fn push_loop(f: &mut Vec<Figure>, name: &str, prefix: &str, reps: &[Processed]) {
+    f.push(Figure::throughput(
+        name,
+        "runs/s",
+        collect(reps, |p| Some(p.runs_per_s)),
+    ));
+    f.push(Figure::new(
+        format!("{prefix}.xacts"),
+        "xacts/run",
+        collect(reps, |p| Some(p.xacts_per_run)),
+    ));
+    f.push(Figure::new(
+        format!("{prefix}.db_cpu"),
+        "µs/run",
+        collect(reps, |p| p.db_cpu_us),
+    ));
+    f.push(Figure::new(
+        format!("{prefix}.client_cpu"),
+        "µs/run",
+        collect(reps, |p| p.client_cpu_us),
+    ));
 }
 
 fn push_costs(f: &mut Vec<Figure>, prefix: &str, reps: &[Processed], nodes: usize) {
