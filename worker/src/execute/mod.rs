@@ -5,6 +5,7 @@
 //! - `output`: whether an output fits the checkpoint, measured as PostgreSQL measures it.
 //! - `settle`: what happens to the run once nothing runs: end, queue, pause, gate, hand back.
 
+mod metered;
 mod nodes;
 mod output;
 mod settle;
@@ -13,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, TenantId};
+use leasehold_core::ids::{ClaimantId, NodeId};
 use leasehold_core::run::Checkpoint;
 use leasehold_core::spec::Spec;
 use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store, outage};
@@ -29,6 +30,7 @@ use crate::error::Error;
 use crate::flusher::Writes;
 use crate::handler::{HandlerError, Registry};
 use crate::keeper::RunLease;
+use metered::{KindMetrics, Pinned, Pins};
 
 /// Pause between attempts of a write that failed for a transient reason (database unreachable).
 const WRITE_RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -55,6 +57,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How many outcomes there are.
+    const COUNT: usize = 8;
+
+    /// The outcome's place among [`Self::COUNT`], for per-outcome tables.
+    fn index(&self) -> usize {
+        match self {
+            Self::Completed => 0,
+            Self::Failed => 1,
+            Self::RetryScheduled => 2,
+            Self::AwaitingApproval => 3,
+            Self::Paused => 4,
+            Self::Released => 5,
+            Self::Blocked => 6,
+            Self::LeaseLost => 7,
+        }
+    }
+
     /// The outcome as the metrics label it.
     pub fn label(&self) -> &'static str {
         match self {
@@ -75,11 +94,16 @@ pub(crate) struct Shared {
     pub store: Store,
     /// Node starts and completions, batched across runs.
     writes: Writes,
-    pub registry: Registry,
+    /// Shared by every node attempt: cloning the registry itself would copy its map and every
+    /// kind's input schema per node.
+    pub registry: Arc<Registry>,
     pub node_concurrency: usize,
     /// This worker's identity in leases, a field of every run's span.
     claimant: ClaimantId,
-    specs: Mutex<HashMap<(TenantId, AutomationId, i32), Arc<Spec>>>,
+    /// Pinned automation versions, with the metric handles their runs record into.
+    specs: Mutex<Pins>,
+    /// The node metrics of each registered kind, made once rather than per attempt.
+    kinds: HashMap<String, Arc<KindMetrics>>,
 }
 
 impl Shared {
@@ -89,41 +113,58 @@ impl Shared {
         node_concurrency: usize,
         claimant: ClaimantId,
     ) -> Self {
+        let kinds = registry
+            .kinds()
+            .into_iter()
+            .map(|kind| (kind.clone(), Arc::new(KindMetrics::new(kind))))
+            .collect();
         Self {
             writes: Writes::new(&store),
             store,
-            registry,
+            registry: Arc::new(registry),
             node_concurrency,
             claimant,
             specs: Mutex::default(),
+            kinds,
         }
     }
 
     /// A pinned automation version. Versions never change, so they are cached for good.
     async fn spec(&self, run: &ClaimedRun) -> Result<Arc<Spec>, store::RequestError> {
-        let key = (
-            run.tenant.clone(),
-            run.automation_id.clone(),
-            run.automation_version,
-        );
-        if let Some(spec) = self
-            .specs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(Arc::clone(spec));
+        if let Some(pinned) = self.pinned(run) {
+            return Ok(Arc::clone(&pinned.spec));
         }
         let version = self
             .store
-            .automation_version(&key.0, &key.1, Some(key.2))
+            .automation_version(
+                &run.tenant,
+                &run.automation_id,
+                Some(run.automation_version),
+            )
             .await?;
         let spec = Arc::new(version.spec);
         self.specs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, Arc::clone(&spec));
+            .insert(run, Arc::clone(&spec));
         Ok(spec)
+    }
+
+    /// The cached version `run` is pinned to, if it was read before.
+    fn pinned(&self, run: &ClaimedRun) -> Option<Arc<Pinned>> {
+        self.specs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(run)
+    }
+
+    /// Counts a run that left this worker, by tenant, automation and outcome.
+    fn count_run_left(&self, run: &ClaimedRun, outcome: &Outcome) {
+        match self.pinned(run) {
+            Some(pinned) => pinned.run_left(outcome).increment(1),
+            // The version could not be read: a rare run, counted without a cached handle.
+            None => metered::run_left(run, outcome).increment(1),
+        }
     }
 }
 
@@ -234,11 +275,9 @@ pub(crate) async fn execute(
         }
     }
     async move {
-        let (tenant, automation) = (run.tenant.to_string(), run.automation_id.to_string());
-        let outcome = execute_claimed(shared, run, lease, shutdown, claimed_at).await;
+        let outcome = execute_claimed(shared, &run, lease, shutdown, claimed_at).await;
         tracing::debug!(?outcome, "run left the worker");
-        metrics::counter!("leasehold_worker_runs_left_total", "outcome" => outcome.label(), "tenant" => tenant, "automation" => automation)
-            .increment(1);
+        shared.count_run_left(&run, &outcome);
         outcome
     }
     .instrument(span)
@@ -247,21 +286,21 @@ pub(crate) async fn execute(
 
 async fn execute_claimed(
     shared: &Shared,
-    run: ClaimedRun,
+    run: &ClaimedRun,
     lease: RunLease,
     shutdown: Shutdown,
     claimed_at: Instant,
 ) -> Outcome {
     let claim = run.claim;
     let stop = lease.stop.clone();
-    let spec = match fenced(&stop, || shared.spec(&run)).await {
+    let spec = match fenced(&stop, || shared.spec(run)).await {
         Ok(spec) => spec,
         Err(Stop::LeaseLost) => return Outcome::LeaseLost,
         Err(Stop::Db(e)) => return block(shared, &claim, &stop, &e.to_string()).await,
     };
     let mut execution = Execution {
         shared,
-        run: &run,
+        run,
         spec,
         lease,
         checkpoint: Checkpoint::new(),

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::metered::{self, Attempt};
 use super::output::storable;
 use super::{Execution, NodeDone, Stop, fenced};
 use crate::handler::{Context, HandlerError};
@@ -27,24 +28,20 @@ impl Execution<'_> {
         &mut self,
         stop: &CancellationToken,
     ) -> Result<Option<NodeId>, Stop> {
-        let ready: Vec<NodeId> = run::ready_nodes(&self.spec, &self.checkpoint)
-            .into_iter()
-            .filter(|id| !self.running_ids.contains(*id))
-            .cloned()
-            .collect();
+        // The spec is held here so that the nodes to start borrow it, not `self`.
+        let spec = Arc::clone(&self.spec);
         let mut gate = None;
-        let mut to_start = Vec::new();
-        for node_id in ready {
+        let mut to_start: Vec<&NodeSpec> = Vec::new();
+        for node_id in run::ready_nodes(&spec, &self.checkpoint) {
+            if self.running_ids.contains(node_id) {
+                continue;
+            }
             if self.running.len() + to_start.len() >= self.shared.node_concurrency {
                 break;
             }
-            let node = self
-                .spec
-                .node(&node_id)
-                .expect("ready nodes come from the spec")
-                .clone();
-            if needs_gate(&node) && !self.approved.contains(&node_id) {
-                gate.get_or_insert(node_id);
+            let node = spec.node(node_id).expect("ready nodes come from the spec");
+            if needs_gate(node) && !self.approved.contains(node_id) {
+                gate.get_or_insert_with(|| node_id.clone());
                 continue;
             }
             to_start.push(node);
@@ -53,13 +50,19 @@ impl Execution<'_> {
         // per branch.
         let claim = self.claim();
         let writes = &self.shared.writes;
-        let attempts = futures_util::future::join_all(
-            to_start
-                .iter()
-                .map(|node| fenced(stop, move || writes.node_started(claim, &node.id))),
-        )
-        .await;
-        for (node, attempt) in to_start.iter().zip(attempts) {
+        let attempts = match to_start.as_slice() {
+            // A chain's next node or a one-node run: nothing to join, no futures collected.
+            [node] => vec![fenced(stop, || writes.node_started(claim, &node.id)).await],
+            nodes => {
+                futures_util::future::join_all(
+                    nodes
+                        .iter()
+                        .map(|node| fenced(stop, move || writes.node_started(claim, &node.id))),
+                )
+                .await
+            }
+        };
+        for (node, attempt) in to_start.into_iter().zip(attempts) {
             match attempt {
                 Ok(attempt) => self.spawn(node, attempt),
                 Err(e) if e.is_pause_requested() => self.pause_requested = true,
@@ -120,8 +123,9 @@ impl Execution<'_> {
             upstream,
             cancel: cancel.clone(),
         };
-        let registry = self.shared.registry.clone();
+        let registry = Arc::clone(&self.shared.registry);
         let kind = node.kind.clone();
+        let kind_metrics = self.shared.kinds.get(&node.kind).cloned();
         let timeout = Duration::from_millis(node.timeout_ms);
         let node_id = node.id.clone();
         // A child of the run's span, current here: the handler's lines name the run and the
@@ -143,12 +147,12 @@ impl Execution<'_> {
             // A panicking handler fails its node instead of leaving it `running` forever.
             let attempt_run = AssertUnwindSafe(registry.run(&kind, ctx)).catch_unwind();
             let (result, outcome) = match tokio::time::timeout(timeout, attempt_run).await {
-                Ok(Ok(Ok(output))) => (Ok(output), "completed"),
+                Ok(Ok(Ok(output))) => (Ok(output), Attempt::Completed),
                 Ok(Ok(Err(error))) => {
                     let outcome = if error.is_retryable() {
-                        "retryable_error"
+                        Attempt::RetryableError
                     } else {
-                        "terminal_error"
+                        Attempt::TerminalError
                     };
                     (Err(error), outcome)
                 }
@@ -156,7 +160,7 @@ impl Execution<'_> {
                     Err(HandlerError::Terminal(format!(
                         "the {kind} handler panicked"
                     ))),
-                    "panicked",
+                    Attempt::Panicked,
                 ),
                 Err(_) => {
                     // Dropping the handler's future already stopped it; the token tells any
@@ -166,23 +170,23 @@ impl Execution<'_> {
                         "timed out after {} ms",
                         timeout.as_millis()
                     ));
-                    (Err(error), "timed_out")
+                    (Err(error), Attempt::TimedOut)
                 }
             };
             // A node dropped mid-attempt (lease lost, run stopped) records nothing: it has no
             // outcome.
             let current = tracing::Span::current();
-            current.record("outcome", outcome);
+            current.record("outcome", outcome.label());
             if leasehold_telemetry::enabled()
                 && let Err(error) = &result
             {
                 current.set_status(opentelemetry::trace::Status::error(error.to_string()));
             }
-            let kind = kind.clone();
-            metrics::counter!("leasehold_worker_node_attempts_total", "kind" => kind.clone(), "outcome" => outcome)
-                .increment(1);
-            metrics::histogram!("leasehold_worker_node_duration_seconds", "kind" => kind, "outcome" => outcome)
-                .record(started.elapsed().as_secs_f64());
+            let took = started.elapsed().as_secs_f64();
+            match kind_metrics {
+                Some(metrics) => metrics.record(outcome, took),
+                None => metered::record_unregistered(&kind, outcome, took),
+            }
             NodeDone {
                 node_id,
                 attempt,
@@ -198,9 +202,9 @@ impl Execution<'_> {
     pub(super) async fn record(
         &mut self,
         stop: &CancellationToken,
-        done: NodeDone,
+        mut done: NodeDone,
     ) -> Result<(), Stop> {
-        let span = done.span.clone();
+        let span = std::mem::replace(&mut done.span, tracing::Span::none());
         self.record_attempt(stop, done).instrument(span).await
     }
 

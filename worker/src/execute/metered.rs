@@ -1,0 +1,133 @@
+//! Metric handles made once and kept, so that a run or a node attempt records its metrics
+//! without building label sets (allocating each label's text) and looking them up in the
+//! recorder every time. Each handle is made on first use, so the exposition shows exactly the
+//! series it showed when the macros were called per run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use leasehold_core::ids::{AutomationId, TenantId};
+use leasehold_core::spec::Spec;
+use leasehold_core::store::ClaimedRun;
+use metrics::{Counter, Histogram};
+
+use super::Outcome;
+
+/// How a node attempt ended, as the metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Attempt {
+    Completed,
+    RetryableError,
+    TerminalError,
+    Panicked,
+    TimedOut,
+}
+
+impl Attempt {
+    const COUNT: usize = 5;
+
+    /// The outcome label of `leasehold_worker_node_attempts_total` and its duration.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::RetryableError => "retryable_error",
+            Self::TerminalError => "terminal_error",
+            Self::Panicked => "panicked",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// The node metrics of one kind.
+pub(crate) struct KindMetrics {
+    kind: String,
+    attempts: [OnceLock<(Counter, Histogram)>; Attempt::COUNT],
+}
+
+impl KindMetrics {
+    pub fn new(kind: String) -> Self {
+        Self {
+            kind,
+            attempts: Default::default(),
+        }
+    }
+
+    /// Counts an attempt that ended as `attempt` after `seconds`.
+    pub fn record(&self, attempt: Attempt, seconds: f64) {
+        let (count, duration) =
+            self.attempts[attempt as usize].get_or_init(|| attempt_handles(&self.kind, attempt));
+        count.increment(1);
+        duration.record(seconds);
+    }
+}
+
+/// Counts an attempt of a kind no handler is registered for (it failed at once).
+pub(super) fn record_unregistered(kind: &str, attempt: Attempt, seconds: f64) {
+    let (count, duration) = attempt_handles(kind, attempt);
+    count.increment(1);
+    duration.record(seconds);
+}
+
+fn attempt_handles(kind: &str, attempt: Attempt) -> (Counter, Histogram) {
+    let outcome = attempt.label();
+    (
+        metrics::counter!("leasehold_worker_node_attempts_total", "kind" => kind.to_owned(), "outcome" => outcome),
+        metrics::histogram!("leasehold_worker_node_duration_seconds", "kind" => kind.to_owned(), "outcome" => outcome),
+    )
+}
+
+/// A pinned automation version, and the handles its runs count into.
+pub(crate) struct Pinned {
+    pub spec: Arc<Spec>,
+    tenant: TenantId,
+    automation: AutomationId,
+    /// `leasehold_worker_runs_left_total` of this tenant and automation, by outcome.
+    runs_left: [OnceLock<Counter>; Outcome::COUNT],
+}
+
+impl Pinned {
+    /// The counter of runs of this version that left this worker as `outcome`.
+    pub fn run_left(&self, outcome: &Outcome) -> &Counter {
+        self.runs_left[outcome.index()]
+            .get_or_init(|| runs_left(&self.tenant, &self.automation, outcome))
+    }
+}
+
+/// `leasehold_worker_runs_left_total` for `run` and `outcome`, made afresh.
+pub(super) fn run_left(run: &ClaimedRun, outcome: &Outcome) -> Counter {
+    runs_left(&run.tenant, &run.automation_id, outcome)
+}
+
+fn runs_left(tenant: &TenantId, automation: &AutomationId, outcome: &Outcome) -> Counter {
+    metrics::counter!("leasehold_worker_runs_left_total", "outcome" => outcome.label(), "tenant" => tenant.to_string(), "automation" => automation.to_string())
+}
+
+/// Pinned versions by tenant, automation and version: nested, so that a lookup borrows the
+/// claimed run's names instead of cloning them into a key.
+#[derive(Default)]
+pub(crate) struct Pins(HashMap<TenantId, HashMap<AutomationId, HashMap<i32, Arc<Pinned>>>>);
+
+impl Pins {
+    pub fn get(&self, run: &ClaimedRun) -> Option<Arc<Pinned>> {
+        self.0
+            .get(&run.tenant)?
+            .get(&run.automation_id)?
+            .get(&run.automation_version)
+            .cloned()
+    }
+
+    pub fn insert(&mut self, run: &ClaimedRun, spec: Arc<Spec>) {
+        let pinned = Pinned {
+            spec,
+            tenant: run.tenant.clone(),
+            automation: run.automation_id.clone(),
+            runs_left: Default::default(),
+        };
+        self.0
+            .entry(run.tenant.clone())
+            .or_default()
+            .entry(run.automation_id.clone())
+            .or_default()
+            .insert(run.automation_version, Arc::new(pinned));
+    }
+}
