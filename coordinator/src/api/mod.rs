@@ -7,6 +7,7 @@ pub mod config;
 mod convert;
 mod error;
 mod gates;
+mod gather;
 mod limits;
 mod metrics;
 mod runs;
