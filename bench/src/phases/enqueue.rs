@@ -20,14 +20,17 @@ use tonic_health::pb::health_client::HealthClient;
 use super::{Bench, NOOP, Snapshot, batch_sizes, cpu_per, per};
 use crate::procfs;
 use crate::procs::Proc;
-use crate::report::Figure;
+use crate::report::{Bar, Figure};
 
 /// Single StartRun calls per repetition, as a share of the batch figures' runs: each call is
 /// one run, and the figure is steady long before 20,000.
-const SINGLE_SHARE: usize = 10;
-/// Single calls in flight per batch lane: one run per call needs more calls at once to fill
-/// the coordinator.
-const SINGLE_FAN: usize = 4;
+const SINGLE_SHARE: usize = 4;
+/// Single calls in flight, one figure each: the coordinator gathers the calls in flight into
+/// shared statements, so the figure depends on how many there are.
+const SINGLE_IN_FLIGHT: [usize; 2] = [16, 64];
+/// The bars for single calls, at each of [`SINGLE_IN_FLIGHT`].
+const SINGLE_RUNS_PER_S_BAR: f64 = 10_000.0;
+const SINGLE_XACTS_PER_RUN_BAR: f64 = 1.1;
 
 /// One repetition of one way to enqueue.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +46,8 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let n = bench.plan.runs;
     let single = (n / SINGLE_SHARE).max(1);
     let lanes = bench.args.enqueue_concurrency.max(1);
-    let (mut store, mut batched, mut one_by_one) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut store, mut batched) = (Vec::new(), Vec::new());
+    let mut one_by_one = SINGLE_IN_FLIGHT.map(|_| Vec::new());
     for rep in 1..=bench.args.reps {
         bench.reset().await?;
         let before = bench.snapshot().await?;
@@ -83,62 +87,87 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             client_after,
         ));
 
-        bench.reset().await?;
-        let (mut coordinator, channel) = start_coordinator(bench).await?;
-        let runs = RunsClient::new(channel);
-        let client_before = procfs::process_cpu(coordinator.pid());
-        let before = bench.snapshot().await?;
-        let started = Instant::now();
-        start_singles(&runs, single, lanes * SINGLE_FAN).await?;
-        let elapsed = started.elapsed();
-        let client_after = procfs::process_cpu(coordinator.pid());
-        coordinator.check_alive()?;
-        bench.stop(vec![coordinator]).await?;
-        bench.quiesce().await?;
-        let after = bench.snapshot().await?;
-        one_by_one.push(measure(
-            single,
-            elapsed,
-            &before,
-            &after,
-            client_before,
-            client_after,
-        ));
+        for (in_flight, reps) in SINGLE_IN_FLIGHT.iter().zip(&mut one_by_one) {
+            reps.push(enqueue_singles(bench, single, *in_flight).await?);
+        }
         eprintln!(
-            "  enqueue rep {rep}: store {:.0}, StartRuns {:.0}, StartRun {:.0} runs/s",
+            "  enqueue rep {rep}: store {:.0}, StartRuns {:.0}, StartRun {:.0} ({} in flight), {:.0} ({}) runs/s",
             store[rep - 1].runs_per_s,
             batched[rep - 1].runs_per_s,
-            one_by_one[rep - 1].runs_per_s
+            one_by_one[0][rep - 1].runs_per_s,
+            SINGLE_IN_FLIGHT[0],
+            one_by_one[1][rep - 1].runs_per_s,
+            SINGLE_IN_FLIGHT[1],
         );
     }
     for (name, client, reps) in [
-        ("enqueue.store_batch", "client_cpu", &store),
-        ("enqueue.grpc_batch", "coordinator_cpu", &batched),
-        ("enqueue.grpc_single", "coordinator_cpu", &one_by_one),
+        ("enqueue.store_batch".to_owned(), "client_cpu", &store),
+        ("enqueue.grpc_batch".to_owned(), "coordinator_cpu", &batched),
     ] {
-        let f = &mut bench.figures;
-        f.push(Figure::throughput(
-            name,
-            "runs/s",
-            reps.iter().map(|r| r.runs_per_s).collect(),
-        ));
-        f.push(Figure::new(
-            format!("{name}.xacts"),
-            "xacts/run",
-            reps.iter().map(|r| r.xacts_per_run).collect(),
-        ));
-        f.push(Figure::new(
-            format!("{name}.db_cpu"),
-            "µs/run",
-            reps.iter().filter_map(|r| r.db_cpu_us).collect(),
-        ));
-        f.push(Figure::new(
-            format!("{name}.{client}"),
-            "µs/run",
-            reps.iter().filter_map(|r| r.client_cpu_us).collect(),
-        ));
+        push_figures(bench, &name, client, reps, false);
+    }
+    for (in_flight, reps) in SINGLE_IN_FLIGHT.iter().zip(&one_by_one) {
+        let name = format!("enqueue.grpc_single.{in_flight}");
+        push_figures(bench, &name, "coordinator_cpu", reps, true);
     }
     Ok(())
+}
+
+/// `single` runs through StartRun, `in_flight` calls at once, on a coordinator of their own.
+async fn enqueue_singles(
+    bench: &mut Bench,
+    single: usize,
+    in_flight: usize,
+) -> anyhow::Result<Enqueued> {
+    bench.reset().await?;
+    let (mut coordinator, channel) = start_coordinator(bench).await?;
+    let runs = RunsClient::new(channel);
+    let client_before = procfs::process_cpu(coordinator.pid());
+    let before = bench.snapshot().await?;
+    let started = Instant::now();
+    start_singles(&runs, single, in_flight).await?;
+    let elapsed = started.elapsed();
+    let client_after = procfs::process_cpu(coordinator.pid());
+    coordinator.check_alive()?;
+    bench.stop(vec![coordinator]).await?;
+    bench.quiesce().await?;
+    let after = bench.snapshot().await?;
+    Ok(measure(
+        single,
+        elapsed,
+        &before,
+        &after,
+        client_before,
+        client_after,
+    ))
+}
+
+/// A way to enqueue's figures; `single_bars` sets the bars for single calls.
+fn push_figures(bench: &mut Bench, name: &str, client: &str, reps: &[Enqueued], single_bars: bool) {
+    let f = &mut bench.figures;
+    let mut throughput =
+        Figure::throughput(name, "runs/s", reps.iter().map(|r| r.runs_per_s).collect());
+    let mut xacts = Figure::new(
+        format!("{name}.xacts"),
+        "xacts/run",
+        reps.iter().map(|r| r.xacts_per_run).collect(),
+    );
+    if single_bars {
+        throughput = throughput.bar(Bar::Above(SINGLE_RUNS_PER_S_BAR));
+        xacts = xacts.bar(Bar::AtMost(SINGLE_XACTS_PER_RUN_BAR));
+    }
+    f.push(throughput);
+    f.push(xacts);
+    f.push(Figure::new(
+        format!("{name}.db_cpu"),
+        "µs/run",
+        reps.iter().filter_map(|r| r.db_cpu_us).collect(),
+    ));
+    f.push(Figure::new(
+        format!("{name}.{client}"),
+        "µs/run",
+        reps.iter().filter_map(|r| r.client_cpu_us).collect(),
+    ));
 }
 
 fn measure(

@@ -1,8 +1,9 @@
 //! Authentication and authorization, as a tower layer in front of every service.
 //!
 //! Every call but health and reflection (open to probes and tools) carries
-//! `authorization: Bearer lh_<id>_<secret>`. The layer looks the token up (one primary-key
-//! lookup per call, with no cache, so a revoked token is refused from the next call on), refuses
+//! `authorization: Bearer lh_<id>_<secret>`. The layer looks the token up (one lookup per call,
+//! with no cache, so a revoked token is refused from the next call on; the lookups of concurrent
+//! calls share a statement, [`super::gather`]), refuses
 //! a role weaker than the one [`METHOD_ROLES`] names for the method, and hands the [`Caller`] to
 //! the service in the request's extensions, where the service's body takes its tenant and its
 //! name from. A method missing from the table is refused to every role, so a new RPC is closed
@@ -14,9 +15,11 @@ use std::task::{Context, Poll};
 
 use http::HeaderMap;
 use leasehold_core::ids::TenantId;
-use leasehold_core::store::{self, Role, Secret, Store, TokenError, TokenId};
+use leasehold_core::store::{self, Role, Secret, Store, TokenError, TokenId, TokenRecord};
 use tonic::Status;
 use tower::{Layer, Service};
+
+use super::gather::Gatherer;
 
 /// The least role each method needs, by its gRPC path. Reading is for viewers; steering runs
 /// and deciding gates for operators; changing automations and the shared workers for admins.
@@ -134,6 +137,9 @@ pub enum AuthError {
     /// The store failed while checking the token.
     #[error(transparent)]
     Store(store::Error),
+    /// The coordinator is stopping: the token was not looked up.
+    #[error("the coordinator is stopping; the call did nothing")]
+    Stopping,
 }
 
 fn refused(e: TokenError) -> AuthError {
@@ -153,6 +159,7 @@ impl From<AuthError> for Status {
                 Status::permission_denied(e.to_string())
             }
             AuthError::Store(e) => super::ApiError::Store(e).into(),
+            AuthError::Stopping => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -180,8 +187,14 @@ fn bearer(headers: &HeaderMap) -> Result<Secret, AuthError> {
 }
 
 impl Auth {
-    /// The caller of a call to `path` with `headers`; `None` for an open service.
-    async fn admit(&self, path: &str, headers: &HeaderMap) -> Result<Option<Caller>, AuthError> {
+    /// The caller of a call to `path` with `headers`; `None` for an open service. Tokens are
+    /// looked up through `lookups` when given, in a statement shared with other calls.
+    async fn admit(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        lookups: Option<&Lookups>,
+    ) -> Result<Option<Caller>, AuthError> {
         if OPEN_SERVICES.iter().any(|open| path.starts_with(open)) {
             return Ok(None);
         }
@@ -189,7 +202,14 @@ impl Auth {
             Auth::Disabled => Caller::unauthenticated(),
             Auth::Tokens(store) => {
                 let token = bearer(headers)?;
-                let record = store.authenticate(&token).await.map_err(refused)?;
+                let record = match lookups {
+                    Some(lookups) => lookups
+                        .ask(token.clone())
+                        .await
+                        .map_err(|_| AuthError::Stopping)?,
+                    None => store.authenticate(&token).await,
+                }
+                .map_err(refused)?;
                 Caller {
                     tenant: record.tenant,
                     role: record.role,
@@ -210,17 +230,62 @@ impl Auth {
     }
 }
 
+/// Token lookups of concurrent calls, gathered into shared statements
+/// ([`Store::authenticate_each`]): still one lookup per call, with no cache.
+type Lookups = Gatherer<Secret, Result<TokenRecord, TokenError>>;
+
+/// Tokens in one lookup at most.
+const MAX_LOOKUPS: usize = 1_000;
+/// Lookups at once: one is read while the next one fills (as for starts, two cost more).
+const LOOKUPS_IN_FLIGHT: usize = 1;
+
+fn lookups(store: Store) -> Lookups {
+    Gatherer::spawn(
+        LOOKUPS_IN_FLIGHT,
+        MAX_LOOKUPS,
+        move |secrets: Vec<Secret>| {
+            let store = store.clone();
+            async move {
+                match store.authenticate_each(&secrets).await {
+                    Ok(records) => records,
+                    // Alone, it failed itself only.
+                    Err(e) if secrets.len() == 1 => vec![Err(TokenError::Store(e))],
+                    // Whatever failed the batch fails only the lookups it fails alone.
+                    Err(_) => {
+                        let mut records = Vec::with_capacity(secrets.len());
+                        for secret in &secrets {
+                            records.push(store.authenticate(secret).await);
+                        }
+                        records
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// How the layer admits calls: `auth`, with its token lookups gathered.
+struct Admission {
+    auth: Auth,
+    lookups: Option<Lookups>,
+}
+
 /// The layer for `Server::builder().layer(..)`.
 #[derive(Clone)]
 pub struct AuthLayer {
-    auth: Arc<Auth>,
+    admission: Arc<Admission>,
 }
 
 impl AuthLayer {
-    /// Authenticates with `auth`.
+    /// Authenticates with `auth`; must be called inside a Tokio runtime, which runs the task
+    /// that looks tokens up.
     pub fn new(auth: Auth) -> Self {
+        let lookups = match &auth {
+            Auth::Tokens(store) => Some(lookups(store.clone())),
+            Auth::Disabled => None,
+        };
         Self {
-            auth: Arc::new(auth),
+            admission: Arc::new(Admission { auth, lookups }),
         }
     }
 }
@@ -231,7 +296,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Authenticated {
             inner,
-            auth: Arc::clone(&self.auth),
+            admission: Arc::clone(&self.admission),
         }
     }
 }
@@ -240,7 +305,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Authenticated<S> {
     inner: S,
-    auth: Arc<Auth>,
+    admission: Arc<Admission>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -266,9 +331,14 @@ where
         // The clone that was polled ready serves this call; a fresh clone waits for the next.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
-        let auth = Arc::clone(&self.auth);
+        let admission = Arc::clone(&self.admission);
         Box::pin(async move {
-            match auth.admit(request.uri().path(), request.headers()).await {
+            let (path, headers) = (request.uri().path(), request.headers());
+            let admitted = admission
+                .auth
+                .admit(path, headers, admission.lookups.as_ref())
+                .await;
+            match admitted {
                 Ok(Some(caller)) => {
                     request.extensions_mut().insert(Arc::new(caller));
                     inner.call(request).await
@@ -370,7 +440,7 @@ mod tests {
     #[tokio::test]
     async fn without_authentication_every_call_is_the_default_tenants_admin() {
         let caller = Auth::Disabled
-            .admit("/leasehold.v1.Workers/DrainWorker", &HeaderMap::new())
+            .admit("/leasehold.v1.Workers/DrainWorker", &HeaderMap::new(), None)
             .await
             .expect("admitted")
             .expect("a caller");
@@ -379,12 +449,12 @@ mod tests {
             (TenantId::default(), Role::Admin, NO_AUTH_NAME)
         );
         let open = Auth::Disabled
-            .admit("/grpc.health.v1.Health/Check", &HeaderMap::new())
+            .admit("/grpc.health.v1.Health/Check", &HeaderMap::new(), None)
             .await
             .expect("open");
         assert!(open.is_none());
         let unknown = Auth::Disabled
-            .admit("/leasehold.v1.Runs/Nope", &HeaderMap::new())
+            .admit("/leasehold.v1.Runs/Nope", &HeaderMap::new(), None)
             .await
             .expect_err("closed");
         assert_eq!(Status::from(unknown).code(), Code::PermissionDenied);

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// A watch past a cap of open streams.
     #[error(transparent)]
     WatchCap(#[from] super::watch::CapReached),
+    /// The coordinator cannot take the call now (it is stopping); another may.
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 /// Where a request carried its spec, which decides how a violation's field is named.
@@ -98,6 +101,7 @@ impl From<ApiError> for Status {
             ApiError::Refused(refused) => refusal(refused),
             ApiError::Store(failed) => failure(failed),
             ApiError::WatchCap(cap) => Status::resource_exhausted(cap.to_string()),
+            ApiError::Unavailable(why) => Status::unavailable(why),
         }
     }
 }

@@ -7,9 +7,11 @@ pub mod config;
 mod convert;
 mod error;
 mod gates;
+mod gather;
 mod limits;
 mod metrics;
 mod runs;
+mod starts;
 mod states;
 mod watch;
 mod workers;
@@ -57,12 +59,16 @@ pub struct Services {
     /// Cancelled when the server stops: open watch streams end with UNAVAILABLE so that their
     /// clients reconnect to another coordinator instead of holding this one open.
     shutdown: CancellationToken,
+    /// Gathers the single starts of concurrent calls into batches.
+    starts: starts::Starts,
 }
 
 impl Services {
     /// Serves from `store`, watches through `hub`, until `shutdown`.
+    /// Must be called inside a Tokio runtime: it starts the task that writes batched starts.
     pub fn new(store: Store, hub: Hub, shutdown: CancellationToken) -> Self {
         Self {
+            starts: starts::Starts::new(store.clone()),
             store,
             hub,
             shutdown,
@@ -84,6 +90,7 @@ impl Services {
             caller,
             shutdown: self.shutdown.clone(),
             trace: call_trace(request.metadata()),
+            starts: self.starts.clone(),
         })
     }
 }
@@ -102,6 +109,7 @@ pub struct Api {
     /// The trace a run started by this call continues: the call's own span when traces are on,
     /// else the caller's `traceparent`, if valid.
     trace: Option<TraceContext>,
+    starts: starts::Starts,
 }
 
 /// The trace context of a call: its server span's (a child of the caller's context) when this

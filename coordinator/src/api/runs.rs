@@ -2,7 +2,9 @@
 
 use leasehold_core::ids::{AutomationId, RunId};
 use leasehold_core::run::{MAX_NODE_OUTPUT_BYTES, RunStatus};
-use leasehold_core::store::{GateRecord, NodeRecord, RunFilter, RunRecord, StartRun, Trigger};
+use leasehold_core::store::{
+    GateRecord, NodeRecord, RunFilter, RunRecord, StartOutcome, StartRun, Trigger,
+};
 use leasehold_proto::v1;
 use leasehold_proto::v1::runs_server::Runs;
 use prost::Message as _;
@@ -201,15 +203,30 @@ impl Api {
         })
     }
 
+    /// Started in a batch with the other calls in flight ([`super::starts`]); a new run's view
+    /// is built from what the batch's statement answered, since a run just queued has no node
+    /// state, gate or event beyond its first.
     async fn run_start(&self, request: v1::StartRunRequest) -> ApiResult<v1::StartRunResponse> {
-        let started = self
-            .store
-            .start_run(&self.start_request("", &request)?)
-            .await?;
-        Ok(v1::StartRunResponse {
-            run: Some(self.run_view(started.run_id).await?),
-            created: started.created,
-        })
+        let request = self.start_request("", &request)?;
+        match self.starts.start(request).await? {
+            StartOutcome::Inserted { run, node_ids } => {
+                let nodes = node_ids
+                    .iter()
+                    .flatten()
+                    .map(|id| pending_node(id.as_str()))
+                    .collect();
+                let mut view = run_message(&run, nodes, Vec::new());
+                fit_answer(&mut view, MAX_RESPONSE_BYTES - ANSWER_ENVELOPE_BYTES);
+                Ok(v1::StartRunResponse {
+                    run: Some(view),
+                    created: true,
+                })
+            }
+            StartOutcome::Stored(started) => Ok(v1::StartRunResponse {
+                run: Some(self.run_view(started.run_id).await?),
+                created: started.created,
+            }),
+        }
     }
 
     /// Every request is checked before any is stored; the store then starts all or none.

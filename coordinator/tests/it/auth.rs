@@ -411,3 +411,67 @@ async fn the_decider_and_the_actor_are_the_tokens_name_never_the_requests() {
     assert_eq!(actor("run_paused").as_deref(), Some("ann"));
     assert_eq!(actor("run_cancelled").as_deref(), Some(ADMIN));
 }
+
+/// `token` with the character at `at` changed to another of the same alphabet.
+fn altered(token: &str, at: usize) -> String {
+    let mut chars: Vec<char> = token.chars().collect();
+    chars[at] = if chars[at] == 'a' { 'b' } else { 'a' };
+    chars.into_iter().collect()
+}
+
+#[tokio::test]
+async fn concurrent_calls_with_good_and_bad_tokens_are_each_judged_by_their_own() {
+    let b = setup().await;
+    let token = |name: &str| {
+        let store = b.store.clone();
+        let name = name.to_owned();
+        async move {
+            store
+                .create_token(&NewToken {
+                    tenant: TenantId::default(),
+                    role: Role::Viewer,
+                    name: Some(name),
+                    expires_in: None,
+                })
+                .await
+                .expect("token")
+        }
+    };
+    let (_, good) = token("good").await;
+    let (revoked, gone) = token("gone").await;
+    b.store.revoke_token(&revoked.id).await.expect("revoke");
+    let good = good.expose().clone();
+    let wrong_secret = altered(&good, good.len() - 1);
+    let unknown_id = altered(&good, "lh_".len());
+    let gone = gone.expose().clone();
+    // (token, whether it is let in, what the refusal says)
+    let mut calls: Vec<(&str, bool, &str)> = Vec::new();
+    for _ in 0..10 {
+        calls.push((&good, true, ""));
+        calls.push((&wrong_secret, false, "unknown token"));
+        calls.push((&unknown_id, false, "unknown token"));
+        calls.push((&gone, false, "revoked"));
+    }
+    let answers = futures_util::future::join_all(calls.iter().map(|(token, ..)| {
+        let channel = Bearer::new(token).expect("ascii").channel(b.plain.clone());
+        async move {
+            AutomationsClient::new(channel)
+                .list_automations(v1::ListAutomationsRequest::default())
+                .await
+        }
+    }))
+    .await;
+    for ((_, let_in, says), answer) in calls.iter().zip(answers) {
+        match answer {
+            Ok(_) => assert!(
+                let_in,
+                "let in with a token that should be refused ({says})"
+            ),
+            Err(status) => {
+                assert!(!let_in, "a good token refused: {status:?}");
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                assert!(status.message().contains(says), "{status:?}");
+            }
+        }
+    }
+}

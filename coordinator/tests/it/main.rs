@@ -6,6 +6,7 @@
 mod answers;
 mod api;
 mod auth;
+mod coalesced_starts;
 mod contract;
 mod kinds;
 mod limits;

@@ -56,7 +56,7 @@ pub use migrate::{
 pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use queue::{QueueStanding, WORKER_DEMAND_SQL};
-pub use runs::{RunRecord, StartRun, Started, StartedRun, Trigger};
+pub use runs::{RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
 pub use tokens::{

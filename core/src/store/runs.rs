@@ -1,8 +1,10 @@
 //! Starting runs and reading them back.
 
 mod batch;
+mod each;
 
 pub use batch::StartedRun;
+pub use each::StartOutcome;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
@@ -293,7 +295,13 @@ RETURNING run_id, (SELECT ",
     ),
 };
 
-pub(super) const QUERIES: &[Query] = &[START_RUN, RUN_BY_IDEMPOTENCY_KEY, RUN, CANCEL_RUN];
+pub(super) const QUERIES: &[Query] = &[
+    START_RUN,
+    each::START_EACH,
+    RUN_BY_IDEMPOTENCY_KEY,
+    RUN,
+    CANCEL_RUN,
+];
 
 impl Store {
     /// Starts a run of the automation's current version, queued and due at once.
@@ -327,22 +335,7 @@ impl Store {
                 created: true,
             });
         }
-        // A repeated key returns its run even if the automation was paused since.
-        if let Some(key) = &request.idempotency_key
-            && let Some(earlier) = RUN_BY_IDEMPOTENCY_KEY
-                .query_opt(&client, &[&request.tenant.as_str(), key])
-                .await?
-        {
-            return same_request(request, key, &earlier);
-        }
-        match row.get::<_, Option<&str>>("automation_status") {
-            None => Err(RequestError::AutomationNotFound(
-                request.automation_id.clone(),
-            )),
-            Some(_) => Err(RequestError::AutomationPaused(
-                request.automation_id.clone(),
-            )),
-        }
+        not_inserted(&client, request, row.get("automation_status")).await
     }
 
     /// Cancels a run that has not ended. A run that has ended is [`RequestError::Transition`].
@@ -380,6 +373,31 @@ impl Store {
             .await?
             .ok_or(RequestError::RunNotFound(run_id))?;
         Ok(read_run(&row)?)
+    }
+}
+
+/// A start request whose statement inserted nothing, with its automation's status as the
+/// statement saw it (`None`: no such automation). A repeated key returns its run even if the
+/// automation was paused since.
+async fn not_inserted(
+    client: &deadpool_postgres::Client,
+    request: &StartRun,
+    automation_status: Option<&str>,
+) -> Result<Started, RequestError> {
+    if let Some(key) = &request.idempotency_key
+        && let Some(earlier) = RUN_BY_IDEMPOTENCY_KEY
+            .query_opt(client, &[&request.tenant.as_str(), key])
+            .await?
+    {
+        return same_request(request, key, &earlier);
+    }
+    match automation_status {
+        None => Err(RequestError::AutomationNotFound(
+            request.automation_id.clone(),
+        )),
+        Some(_) => Err(RequestError::AutomationPaused(
+            request.automation_id.clone(),
+        )),
     }
 }
 
