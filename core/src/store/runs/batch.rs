@@ -350,34 +350,9 @@ fn inserted_run(
         request.tenant.as_str().to_owned(),
         request.automation_id.as_str().to_owned(),
     );
-    RunRecord {
-        run_id,
-        tenant: request.tenant.clone(),
-        automation_id: request.automation_id.clone(),
-        // The statement answers one row per automation of the batch.
-        automation_version: inserted.versions.get(&key).copied().unwrap_or_default(),
-        inputs: request.inputs.clone(),
-        status: RunStatus::Queued,
-        priority: request.priority,
-        queue_reason: Some("started".to_owned()),
-        retry_after: None,
-        retry_node_id: None,
-        retry_attempt: None,
-        retry_error: None,
-        claimant_id: None,
-        lease_epoch: LeaseEpoch(0),
-        lease_expires_at: None,
-        expired_claims: 0,
-        concurrency_key: request.concurrency_key.clone(),
-        stop_kind: None,
-        stop_reason: None,
-        failed_node_id: None,
-        failed_attempt: None,
-        event_seq: 1,
-        created_at: inserted.created_at,
-        finished_at: None,
-        trace_parent: trace.map(|t| t.parent.clone()),
-    }
+    // The statement answers one row per automation of the batch.
+    let version = inserted.versions.get(&key).copied().unwrap_or_default();
+    new_run_record(request, run_id, version, inserted.created_at, trace)
 }
 
 /// Whether two requests of one batch ask for the same run: the rule `same_request` applies to a
@@ -403,3 +378,42 @@ const RUNS_IDEMPOTENCY_KEY: [&str; 2] = [
     "runs_tenant_id_idempotency_key_key",
     "runs_idempotency_key_idx",
 ];
+
+/// A run just inserted by a start statement: the request's fields, the version the statement
+/// pinned and its creation time, and what every new run starts with (queued, its `run_started`
+/// event, no lease yet).
+pub(super) fn new_run_record(
+    request: &StartRun,
+    run_id: RunId,
+    automation_version: i32,
+    created_at: DateTime<Utc>,
+    trace: Option<&TraceContext>,
+) -> RunRecord {
+    RunRecord {
+        run_id,
+        tenant: request.tenant.clone(),
+        automation_id: request.automation_id.clone(),
+        automation_version,
+        inputs: request.inputs.clone(),
+        status: RunStatus::Queued,
+        priority: request.priority,
+        queue_reason: Some("started".to_owned()),
+        retry_after: None,
+        retry_node_id: None,
+        retry_attempt: None,
+        retry_error: None,
+        claimant_id: None,
+        lease_epoch: LeaseEpoch(0),
+        lease_expires_at: None,
+        expired_claims: 0,
+        concurrency_key: request.concurrency_key.clone(),
+        stop_kind: None,
+        stop_reason: None,
+        failed_node_id: None,
+        failed_attempt: None,
+        event_seq: 1,
+        created_at,
+        finished_at: None,
+        trace_parent: trace.map(|t| t.parent.clone()),
+    }
+}

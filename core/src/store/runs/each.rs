@@ -4,9 +4,9 @@
 
 use tokio_postgres::Row;
 
+use super::batch::new_run_record;
 use super::{RunRecord, StartRun, Started, not_inserted, own_trace};
-use crate::ids::{LeaseEpoch, NodeId, RunId};
-use crate::run::RunStatus;
+use crate::ids::{NodeId, RunId};
 use crate::store::query::{Query, notify_queued};
 use crate::store::traced::if_traced;
 use crate::store::{RequestError, Store};
@@ -229,33 +229,13 @@ fn inserted(
 ) -> StartOutcome {
     let ids: Option<Vec<Option<String>>> = row.get("node_ids");
     StartOutcome::Inserted {
-        run: Box::new(RunRecord {
+        run: Box::new(new_run_record(
+            request,
             run_id,
-            tenant: request.tenant.clone(),
-            automation_id: request.automation_id.clone(),
-            automation_version: row.get("automation_version"),
-            inputs: request.inputs.clone(),
-            status: RunStatus::Queued,
-            priority: request.priority,
-            queue_reason: Some("started".to_owned()),
-            retry_after: None,
-            retry_node_id: None,
-            retry_attempt: None,
-            retry_error: None,
-            claimant_id: None,
-            lease_epoch: LeaseEpoch(0),
-            lease_expires_at: None,
-            expired_claims: 0,
-            concurrency_key: request.concurrency_key.clone(),
-            stop_kind: None,
-            stop_reason: None,
-            failed_node_id: None,
-            failed_attempt: None,
-            event_seq: 1,
-            created_at: row.get("created_at"),
-            finished_at: None,
-            trace_parent: trace.map(|t| t.parent.clone()),
-        }),
+            row.get("automation_version"),
+            row.get("created_at"),
+            trace,
+        )),
         node_ids: ids.and_then(|ids| ids.into_iter().map(|id| id.map(NodeId)).collect()),
     }
 }
