@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::execute::WorkerMetrics;
 use crate::execute::{self, Outcome, Shared, Shutdown};
 use crate::handler::Registry;
 use crate::keeper::{KeeperHandle, LeaseKeeper, RunLease};
@@ -171,7 +172,7 @@ impl Worker {
                 match claimed {
                     Ok((claimed, requested_at)) => {
                         let answered_at = Instant::now();
-                        record_claim(&claimed, answered_at - requested_at);
+                        record_claim(&shared.metrics, &claimed, answered_at - requested_at);
                         queue_had_more = claimed.len() == free;
                         held.report.claimed += claimed.len();
                         let batch = claim_span(
@@ -289,6 +290,8 @@ struct Held {
     tasks: JoinSet<Outcome>,
     report: Report,
     shutdown: Shutdown,
+    /// `leasehold_worker_runs_held`, once a run has been started.
+    runs_held: Option<metrics::Gauge>,
 }
 
 impl Held {
@@ -304,7 +307,9 @@ impl Held {
     ) {
         let shared = Arc::clone(shared);
         let shutdown = self.shutdown.clone();
-        metrics::gauge!("leasehold_worker_runs_held").increment(1.0);
+        self.runs_held
+            .get_or_insert_with(|| shared.metrics.runs_held.clone())
+            .increment(1.0);
         // The lease is forgotten when `execute` drops it.
         self.tasks.spawn(async move {
             execute::execute(&shared, run, lease, shutdown, claimed_at, batch).await
@@ -319,7 +324,9 @@ impl Held {
     }
 
     fn collect(&mut self, done: Result<Outcome, tokio::task::JoinError>) {
-        metrics::gauge!("leasehold_worker_runs_held").decrement(1.0);
+        if let Some(runs_held) = &self.runs_held {
+            runs_held.decrement(1.0);
+        }
         match done {
             Ok(outcome) => self.report.outcomes.push(outcome),
             Err(e) => tracing::error!(error = %e, "a run task panicked"),
@@ -328,14 +335,13 @@ impl Held {
 }
 
 /// Counts a claim that answered with `claimed` after `took`.
-fn record_claim(claimed: &[ClaimedRun], took: Duration) {
-    metrics::counter!("leasehold_worker_claimed_runs_total").increment(claimed.len() as u64);
+fn record_claim(metrics: &WorkerMetrics, claimed: &[ClaimedRun], took: Duration) {
+    metrics.claimed_runs.increment(claimed.len() as u64);
     #[allow(clippy::cast_precision_loss)] // a claim's batch is far below 2^52
-    metrics::histogram!("leasehold_worker_claim_batch_size").record(claimed.len() as f64);
-    metrics::histogram!("leasehold_worker_claim_duration_seconds").record(took.as_secs_f64());
-    let waited = metrics::histogram!("leasehold_worker_claim_wait_seconds");
+    metrics.claim_batch_size.record(claimed.len() as f64);
+    metrics.claim_duration.record(took.as_secs_f64());
     for run in claimed {
-        waited.record(run.waited.as_secs_f64());
+        metrics.claim_wait.record(run.waited.as_secs_f64());
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use leasehold_core::ids::{AutomationId, TenantId};
 use leasehold_core::spec::Spec;
 use leasehold_core::store::ClaimedRun;
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 
 use super::Outcome;
 
@@ -129,5 +129,29 @@ impl Pins {
             .entry(run.automation_id.clone())
             .or_default()
             .insert(run.automation_version, Arc::new(pinned));
+    }
+}
+
+/// The worker's metrics that carry no labels, made once when it starts claiming: a run records
+/// into them without a lookup in the recorder.
+pub(crate) struct WorkerMetrics {
+    pub claimed_runs: Counter,
+    pub claim_batch_size: Histogram,
+    pub claim_duration: Histogram,
+    pub claim_wait: Histogram,
+    pub claim_to_start: Histogram,
+    pub runs_held: Gauge,
+}
+
+impl WorkerMetrics {
+    pub fn new() -> Self {
+        Self {
+            claimed_runs: metrics::counter!("leasehold_worker_claimed_runs_total"),
+            claim_batch_size: metrics::histogram!("leasehold_worker_claim_batch_size"),
+            claim_duration: metrics::histogram!("leasehold_worker_claim_duration_seconds"),
+            claim_wait: metrics::histogram!("leasehold_worker_claim_wait_seconds"),
+            claim_to_start: metrics::histogram!("leasehold_worker_claim_to_start_seconds"),
+            runs_held: metrics::gauge!("leasehold_worker_runs_held"),
+        }
     }
 }

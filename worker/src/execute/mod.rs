@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::flusher::Writes;
 use crate::handler::{HandlerError, Registry};
 use crate::keeper::RunLease;
+pub(crate) use metered::WorkerMetrics;
 use metered::{KindMetrics, Pinned, Pins};
 
 /// Pause between attempts of a write that failed for a transient reason (database unreachable).
@@ -104,6 +105,8 @@ pub(crate) struct Shared {
     specs: Mutex<Pins>,
     /// The node metrics of each registered kind, made once rather than per attempt.
     kinds: HashMap<String, Arc<KindMetrics>>,
+    /// The claim loop's and the runs' metrics without labels.
+    pub metrics: WorkerMetrics,
 }
 
 impl Shared {
@@ -126,6 +129,7 @@ impl Shared {
             claimant,
             specs: Mutex::default(),
             kinds,
+            metrics: WorkerMetrics::new(),
         }
     }
 

@@ -80,7 +80,9 @@ impl Execution<'_> {
     /// Spawns the handler of `node`, whose attempt `attempt` the store has counted.
     fn spawn(&mut self, node: &NodeSpec, attempt: u32) {
         if let Some(claimed_at) = self.claimed_at.take() {
-            metrics::histogram!("leasehold_worker_claim_to_start_seconds")
+            self.shared
+                .metrics
+                .claim_to_start
                 .record(claimed_at.elapsed().as_secs_f64());
         }
         let claim = self.claim();
