@@ -1,7 +1,10 @@
-//! Upgrades as an operator runs them, with the real binaries: release N (this build with its
-//! newest migrations held back by `LEASEHOLD_SCHEMA_CEILING`) and N+1 against one database.
+//! Upgrades as an operator runs them, with the real binaries against one database: release N
+//! and N+1, where N is either the previous release itself, built from its commit
+//! ([`previous`]), or this build with its newest migrations held back by
+//! `LEASEHOLD_SCHEMA_CEILING`.
 
 mod online_index;
+mod previous;
 mod rolling;
 
 use std::fs::{self, File};
@@ -26,20 +29,39 @@ struct Proc {
     log: PathBuf,
 }
 
+impl Drop for Proc {
+    /// A test that fails leaves no process behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Proc {
     /// Starts `leasehold args…` as release `ceiling` (this build when `None`), connected to `url`.
     fn start(dir: &Path, name: &str, args: &[&str], url: &str, ceiling: Option<i32>) -> Proc {
-        let log = dir.join(format!("{name}.log"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+        if let Some(ceiling) = ceiling {
+            command.env(SCHEMA_CEILING_ENV, ceiling.to_string());
+        }
+        Self::spawn(command, dir, name, args, url)
+    }
+
+    /// Starts `bin args…`, another release's `leasehold`, connected to `url`.
+    fn start_binary(bin: &Path, dir: &Path, name: &str, args: &[&str], url: &str) -> Proc {
+        Self::spawn(Command::new(bin), dir, name, args, url)
+    }
+
+    fn spawn(mut command: Command, dir: &Path, name: &str, args: &[&str], url: &str) -> Proc {
+        let log = dir.join(format!("{name}.log"));
         command
             .args(args)
             .env("LEASEHOLD_DATABASE_URL", url)
             .env("LEASEHOLD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"));
-        if let Some(ceiling) = ceiling {
-            command.env(SCHEMA_CEILING_ENV, ceiling.to_string());
-        }
         let child = command.spawn().expect("spawn leasehold");
         Proc {
             name: name.to_owned(),
