@@ -105,3 +105,38 @@ impl NodeSpec {
         self.approval.is_some() || self.kind == APPROVAL_KIND
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_nodes_are_the_ungated_roots_in_spec_order() {
+        let spec = parse_yaml(
+            "id: mixed
+nodes:
+  - {id: z, kind: noop}
+  - {id: ask, kind: approval}
+  - {id: a, kind: echo}
+  - {id: ship, kind: noop, approval: {prompt: Ship it?}}
+  - {id: after, kind: noop, depends_on: [z]}
+",
+        )
+        .expect("valid");
+        let starts: Vec<&str> = spec.start_nodes().map(NodeId::as_str).collect();
+        assert_eq!(starts, ["z", "a"]);
+        assert!(
+            spec.node(&NodeId::from("ask"))
+                .is_some_and(NodeSpec::needs_gate)
+        );
+        assert!(
+            spec.node(&NodeId::from("ship"))
+                .is_some_and(NodeSpec::needs_gate)
+        );
+        assert!(
+            !spec
+                .node(&NodeId::from("z"))
+                .is_some_and(NodeSpec::needs_gate)
+        );
+    }
+}
