@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// The kind of a node that is only a gate: it asks for approval, then completes.
-pub const APPROVAL_KIND: &str = "approval";
+pub const APPROVAL_KIND: &str = leasehold_core::spec::APPROVAL_KIND;
 
 /// What a handler gets for one attempt of one node.
 #[derive(Debug, Clone)]

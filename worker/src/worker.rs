@@ -218,9 +218,14 @@ impl Worker {
         stopping: &Stopping,
     ) -> Option<Result<(Vec<ClaimedRun>, Instant), store::Error>> {
         let requested_at = Instant::now();
-        let claim = self
-            .store
-            .claim_runs(&self.config.claimant_id, free, self.config.lease);
+        // A fresh run's first nodes start with its claim, as many as run at once on this
+        // worker: the handlers run without a start write of their own.
+        let claim = self.store.claim_and_start_runs(
+            &self.config.claimant_id,
+            free,
+            self.config.lease,
+            self.config.node_concurrency,
+        );
         // A claim stuck on a dead connection must not keep a shutdown from starting; one that
         // answers soon after the signal keeps its runs, which are then handed back.
         let abandon = async {

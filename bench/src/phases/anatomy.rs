@@ -4,7 +4,9 @@
 //! whole is; this says which statement costs what, without the noise of concurrency.
 //!
 //! The product's statements are the store's, on a worker's session (generic plans), in batches
-//! of the workers' capacity; the limit's are the limit loop's. The CPU is the server's, from
+//! of the workers' capacity, as a worker calls them: the claim starts each fresh run's node, so
+//! `start` stays at zero unless a claim could not (a version without start nodes). The limit's
+//! are the limit loop's. The CPU is the server's, from
 //! `/proc/<pid>/schedstat`, so background work a statement causes (the WAL writer) counts too.
 
 use std::future::Future;
@@ -21,6 +23,9 @@ use crate::sql::LimitSession;
 const CLAIMANT: &str = "bench-anatomy";
 /// Far longer than a repetition: no lease runs out while it is measured.
 const LEASE: Duration = Duration::from_secs(600);
+/// The nodes a worker runs at once per run, which its claims are asked to start: the worker's
+/// default (`NODE_CONCURRENCY_DEFAULT`). A one-node run starts its one node with any.
+const NODE_CONCURRENCY: usize = 8;
 
 /// Database CPU by statement over one repetition.
 #[derive(Debug, Clone, Copy, Default)]
@@ -138,27 +143,34 @@ async fn product_once(bench: &Bench, postmaster: u32, batch: usize) -> anyhow::R
     let mut spent = Spent::default();
     loop {
         let claimed = timed(postmaster, &mut spent.claim, async {
-            Ok(store.claim_runs(&claimant, batch, LEASE).await?)
+            Ok(store
+                .claim_and_start_runs(&claimant, batch, LEASE, NODE_CONCURRENCY)
+                .await?)
         })
         .await?;
         if claimed.is_empty() {
             return Ok(spent);
         }
+        // A claim starts a fresh run's node itself; a run it did not start (its version does
+        // not say which nodes start first) is started as the worker starts it.
         let starts: Vec<NodeStart> = claimed
             .iter()
+            .filter(|run| run.started.is_empty())
             .map(|run| NodeStart {
                 claim: run.claim,
                 node_id: node.clone(),
             })
             .collect();
-        let started = timed(postmaster, &mut spent.start, async {
-            Ok(store.nodes_started(&starts).await?)
-        })
-        .await?;
-        anyhow::ensure!(
-            started.iter().all(Result::is_ok),
-            "a node start was refused: {started:?}"
-        );
+        if !starts.is_empty() {
+            let started = timed(postmaster, &mut spent.start, async {
+                Ok(store.nodes_started(&starts).await?)
+            })
+            .await?;
+            anyhow::ensure!(
+                started.iter().all(Result::is_ok),
+                "a node start was refused: {started:?}"
+            );
+        }
         let completions: Vec<NodeCompletion> = claimed
             .iter()
             .map(|run| NodeCompletion {

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
+use super::gated::{START_NODES_SCHEMA_VERSION, since_schema};
 use super::listing::Listing;
 use super::query::Query;
 use super::{Cursor, Error, Page, PageRequest, RequestError, Store};
@@ -30,27 +31,35 @@ pub struct AutomationVersion {
 
 // The automation row and its first version in one statement; ON CONFLICT DO NOTHING turns a
 // duplicate id into zero rows rather than an aborted transaction. The hash is taken of the
-// jsonb's canonical text, so key order in the author's file does not matter.
+// jsonb's canonical text, so key order in the author's file does not matter. $4: the nodes a
+// fresh run starts first ([`Spec::start_nodes`]), which its claim starts (V13).
 const CREATE_AUTOMATION: Query = Query {
     name: "create_automation",
-    sql: "\
+    sql: concat!(
+        "\
 WITH automation AS (
     INSERT INTO automations (tenant_id, automation_id, current_version)
     VALUES ($1::text, $2::text, 1)
     ON CONFLICT (tenant_id, automation_id) DO NOTHING
     RETURNING tenant_id, automation_id
 )
-INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash)
-SELECT tenant_id, automation_id, 1, $3::jsonb, sha256(convert_to($3::jsonb::text, 'UTF8'))
+INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash",
+        since_schema!(13, ", start_nodes"),
+        ")
+SELECT tenant_id, automation_id, 1, $3::jsonb, sha256(convert_to($3::jsonb::text, 'UTF8'))",
+        since_schema!(13, ", $4::text[]"),
+        "
 FROM automation
-RETURNING version",
+RETURNING version"
+    ),
 };
 
 // Locks the automation row so that two concurrent updates get consecutive versions, and adds a
 // version only when the spec differs from the current one, so re-applying a file is a no-op.
 const CREATE_AUTOMATION_VERSION: Query = Query {
     name: "create_automation_version",
-    sql: "\
+    sql: concat!(
+        "\
 WITH current AS (
     SELECT a.tenant_id, a.automation_id, a.current_version, v.spec_hash
     FROM automations a
@@ -61,9 +70,13 @@ WITH current AS (
     FOR UPDATE OF a
 ),
 added AS (
-    INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash)
+    INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash",
+        since_schema!(13, ", start_nodes"),
+        ")
     SELECT tenant_id, automation_id, current_version + 1, $3::jsonb,
-           sha256(convert_to($3::jsonb::text, 'UTF8'))
+           sha256(convert_to($3::jsonb::text, 'UTF8'))",
+        since_schema!(13, ", $4::text[]"),
+        "
     FROM current
     WHERE spec_hash <> sha256(convert_to($3::jsonb::text, 'UTF8'))
     RETURNING version
@@ -73,7 +86,8 @@ bumped AS (
     FROM added
     WHERE a.tenant_id = $1::text AND a.automation_id = $2::text
 )
-SELECT current.current_version, (SELECT version FROM added) AS added_version FROM current",
+SELECT current.current_version, (SELECT version FROM added) AS added_version FROM current"
+    ),
 };
 
 // A version by number, or the current one when the number is null.
@@ -261,6 +275,24 @@ fn spec_json(spec: &Spec) -> serde_json::Value {
     serde_json::to_value(spec).expect("a Spec always serializes: its fields are plain data")
 }
 
+/// The nodes a fresh run of `spec` starts first, as the version records them.
+fn start_nodes(spec: &Spec) -> Vec<&str> {
+    spec.start_nodes().map(NodeId::as_str).collect()
+}
+
+/// A new version's arguments: without the start nodes' column the statement has no place for
+/// the last one.
+fn versioned_args<'a>(
+    args: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync); 4],
+    schema: i32,
+) -> &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)] {
+    if schema >= START_NODES_SCHEMA_VERSION {
+        &args[..]
+    } else {
+        &args[..3]
+    }
+}
+
 impl Store {
     /// Stores a new automation at version 1. The spec must be valid (see [`spec::validate`]).
     pub async fn create_automation(
@@ -269,11 +301,17 @@ impl Store {
         spec: &Spec,
     ) -> Result<i32, RequestError> {
         let client = self.client().await?;
+        let schema = self.schema(&client).await?;
+        let start_nodes = start_nodes(spec);
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &tenant.as_str(),
+            &spec.id.as_str(),
+            &spec_json(spec),
+            &start_nodes,
+        ];
         let rows = CREATE_AUTOMATION
-            .query(
-                &client,
-                &[&tenant.as_str(), &spec.id.as_str(), &spec_json(spec)],
-            )
+            .for_schema(schema)
+            .query(&client, versioned_args(&args, schema))
             .await?;
         match rows.first() {
             Some(row) => Ok(row.get(0)),
@@ -289,11 +327,17 @@ impl Store {
         spec: &Spec,
     ) -> Result<Stored, RequestError> {
         let client = self.client().await?;
+        let schema = self.schema(&client).await?;
+        let start_nodes = start_nodes(spec);
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &tenant.as_str(),
+            &spec.id.as_str(),
+            &spec_json(spec),
+            &start_nodes,
+        ];
         let rows = CREATE_AUTOMATION_VERSION
-            .query(
-                &client,
-                &[&tenant.as_str(), &spec.id.as_str(), &spec_json(spec)],
-            )
+            .for_schema(schema)
+            .query(&client, versioned_args(&args, schema))
             .await?;
         let row = rows
             .first()

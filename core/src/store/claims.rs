@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::gated::{START_NODES_SCHEMA_VERSION, before_schema, if_traced, since_schema};
 use super::query::{Query, clear_lease, notify_queued};
 use super::runs::read_trace;
-use super::traced::if_traced;
 use super::{Error, Store, millis};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::RunStatus;
@@ -54,12 +54,25 @@ pub struct ClaimedRun {
     pub resumed: bool,
     /// The node whose retry this claim is for, if it waited in backoff.
     pub retry_node_id: Option<NodeId>,
+    /// The nodes this claim started, their attempts counted in the claim's statement: run
+    /// their handlers without starting them again. Empty unless the run never started a node
+    /// before and the claim was asked to start some.
+    pub started: Vec<StartedNode>,
     /// How long the run was due before this claim took it, by the database's clock: from its
     /// start, its backoff's end or its resume, to the claim.
     pub waited: Duration,
     /// The trace the run's work continues, read with the claim; `None` for a run started
     /// before runs had one.
     pub trace: Option<TraceContext>,
+}
+
+/// A node whose attempt a claim counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedNode {
+    /// The node.
+    pub node_id: NodeId,
+    /// The attempt counted (1: a claim starts only a run's first nodes).
+    pub attempt: u32,
 }
 
 /// A lease renewed by a heartbeat.
@@ -98,12 +111,22 @@ pub struct Released {
 // (the loser's statement fails and its next claim skips the key). The epoch rises by one per
 // claim; times are the database's. Each claim records its event in the same statement, with the
 // per-run sequence raised under the row lock.
+//
+// A run that never started a node (no progress under any claim, not waiting for a retry) starts
+// its version's first nodes in the same statement, up to $4 of them in spec order: their
+// attempts are counted (attempt 1) and their `node_started` events recorded after `run_claimed`,
+// in node-id order, as a batch of starts records them (docs/lease_protocol.md, rules 1 and 8).
+// The version's `start_nodes` (V13) lists only nodes whose start is that alone (no approval
+// gate); a version without it (NULL) starts nothing, and the worker starts its nodes as before.
+// Such a run has no node rows yet: only a start makes one, and a start marks progress.
 const CLAIM_RUNS: Query = Query {
     name: "claim_runs",
     sql: concat!(
         "\
 WITH due AS (
-    SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at FROM runs q
+    SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at, automation_id,
+           automation_version, progress_epoch
+    FROM runs q
     WHERE status = 'queued' AND (retry_after IS NULL OR retry_after <= now())
       AND (concurrency_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM runs h
@@ -115,8 +138,23 @@ WITH due AS (
 ),
 -- At most one run per concurrency key from one batch: the first in claim order.
 picked AS (
-    SELECT run_id, retry_node_id, queued_at FROM (
-        SELECT run_id, retry_node_id, concurrency_key, queued_at,
+    SELECT run_id, retry_node_id, queued_at, progress_epoch > 0 AS resumed, ",
+        since_schema!(
+            13,
+            "\
+CASE WHEN progress_epoch = 0 AND retry_node_id IS NULL THEN ARRAY(
+               SELECT start.node_id
+               FROM automation_versions v, unnest(v.start_nodes[1:$4::int]) AS start(node_id)
+               WHERE v.tenant_id = ranked.tenant_id AND v.automation_id = ranked.automation_id
+                 AND v.version = ranked.automation_version
+               ORDER BY start.node_id)
+           ELSE '{}'::text[] END"
+        ),
+        before_schema!(13, "'{}'::text[]"),
+        " AS start_nodes
+    FROM (
+        SELECT run_id, retry_node_id, tenant_id, concurrency_key, queued_at, automation_id,
+               automation_version, progress_epoch,
                row_number() OVER (PARTITION BY tenant_id, concurrency_key
                                   ORDER BY priority DESC, queued_at, run_id) AS nth
         FROM due
@@ -127,14 +165,20 @@ claimed AS (
     UPDATE runs r
     SET status = 'running', claim_id = gen_random_uuid(), claimant_id = $1::text,
         claimed_at = now(), lease_expires_at = now() + $3::bigint * interval '1 millisecond',
-        lease_epoch = r.lease_epoch + 1, event_seq = r.event_seq + 1,
+        lease_epoch = r.lease_epoch + 1,
+        event_seq = r.event_seq + 1 + cardinality(picked.start_nodes),
+        progress_epoch = CASE WHEN cardinality(picked.start_nodes) > 0
+                              THEN r.lease_epoch + 1 ELSE r.progress_epoch END,
+        expired_claims = CASE WHEN cardinality(picked.start_nodes) > 0
+                              THEN 0 ELSE r.expired_claims END,
         queue_reason = NULL, retry_after = NULL, retry_node_id = NULL, retry_attempt = NULL,
         retry_backoff_ms = NULL, started_at = coalesce(r.started_at, now()), updated_at = now()
     FROM picked
     WHERE r.run_id = picked.run_id
     RETURNING r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs,
-              r.lease_epoch, r.lease_expires_at, r.claim_id, r.event_seq,
-              r.progress_epoch > 0 AS resumed, picked.retry_node_id,
+              r.lease_epoch, r.lease_expires_at, r.claim_id,
+              r.event_seq - cardinality(picked.start_nodes) AS claim_seq, picked.resumed,
+              picked.retry_node_id, picked.start_nodes,
               greatest((extract(epoch FROM now() - picked.queued_at) * 1000000)::bigint, 0)
                   AS waited_micros",
         if_traced!(", r.trace_parent, r.trace_state"),
@@ -142,12 +186,23 @@ claimed AS (
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
-    SELECT run_id, event_seq, tenant_id, 'run_claimed', 'running', lease_epoch,
+    SELECT run_id, claim_seq, tenant_id, 'run_claimed', 'running', lease_epoch,
            jsonb_build_object('claimant_id', $1::text, 'claim_id', claim_id)
     FROM claimed
+),
+started AS (
+    INSERT INTO run_nodes (run_id, node_id, status, attempts, epoch, started_at)
+    SELECT claimed.run_id, start.node_id, 'running', 1, claimed.lease_epoch, now()
+    FROM claimed, unnest(claimed.start_nodes) AS start(node_id)
+),
+started_event AS (
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, attempt)
+    SELECT claimed.run_id, claimed.claim_seq + start.nth, claimed.tenant_id, 'node_started',
+           'running', claimed.lease_epoch, start.node_id, 1
+    FROM claimed, unnest(claimed.start_nodes) WITH ORDINALITY AS start(node_id, nth)
 )
 SELECT run_id, tenant_id, automation_id, automation_version, inputs, lease_epoch,
-       lease_expires_at, resumed, retry_node_id, waited_micros",
+       lease_expires_at, resumed, retry_node_id, start_nodes, waited_micros",
         if_traced!(", trace_parent, trace_state"),
         "
 FROM claimed"
@@ -275,29 +330,54 @@ fn split(claims: &[Claim]) -> (Vec<Uuid>, Vec<i64>) {
 }
 
 impl Store {
-    /// Claims up to `n` due runs for `claimant`, each under a lease of `lease`.
+    /// Claims up to `n` due runs for `claimant`, each under a lease of `lease`. Starts no node:
+    /// see [`Store::claim_and_start_runs`].
     ///
     /// # Locks
-    /// Locks the claimed `runs` rows for the statement only; rows locked by another claimer are
-    /// skipped, not waited for. No lock or transaction outlives the call.
+    /// As [`Store::claim_and_start_runs`].
     pub async fn claim_runs(
         &self,
         claimant: &ClaimantId,
         n: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedRun>, Error> {
+        self.claim_and_start_runs(claimant, n, lease, 0).await
+    }
+
+    /// Claims up to `n` due runs for `claimant`, each under a lease of `lease`, and starts the
+    /// first nodes of each run that never started one: up to `starts_per_run` of its version's
+    /// start nodes, their attempts counted before this returns ([`ClaimedRun::started`]).
+    ///
+    /// # Locks
+    /// Locks the claimed `runs` rows for the statement only; rows locked by another claimer are
+    /// skipped, not waited for. No lock or transaction outlives the call.
+    pub async fn claim_and_start_runs(
+        &self,
+        claimant: &ClaimantId,
+        n: usize,
+        lease: Duration,
+        starts_per_run: usize,
+    ) -> Result<Vec<ClaimedRun>, Error> {
         if n == 0 {
             return Ok(Vec::new());
         }
         let limit = i32::try_from(n).unwrap_or(i32::MAX);
+        let starts = i32::try_from(starts_per_run).unwrap_or(i32::MAX);
         let client = self.client().await?;
         // The trace context comes with the claim, in the same statement: no read of its own.
-        let claim_runs = CLAIM_RUNS.for_schema(self.traced(&client).await?);
+        let schema = self.schema(&client).await?;
+        let claim_runs = CLAIM_RUNS.for_schema(schema);
+        let lease = millis(lease);
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&claimant.as_str(), &limit, &lease, &starts];
+        // Without the start nodes' column the statement has no place for the last argument.
+        let args = if schema >= START_NODES_SCHEMA_VERSION {
+            &args[..]
+        } else {
+            &args[..3]
+        };
         for _ in 0..KEY_RACE_RETRIES {
-            match claim_runs
-                .query(&client, &[&claimant.as_str(), &limit, &millis(lease)])
-                .await
-            {
+            match claim_runs.query(&client, args).await {
                 Ok(rows) => return Ok(rows.iter().map(read_claimed).collect()),
                 // Another claimer took a run of the same concurrency key in the same instant;
                 // the statement claimed nothing, and claiming again skips that key.
@@ -398,6 +478,15 @@ fn read_claimed(row: &Row) -> ClaimedRun {
         lease_expires_at: row.get("lease_expires_at"),
         resumed: row.get("resumed"),
         retry_node_id: row.get::<_, Option<String>>("retry_node_id").map(NodeId),
+        // The statement counts first attempts only.
+        started: row
+            .get::<_, Vec<String>>("start_nodes")
+            .into_iter()
+            .map(|node_id| StartedNode {
+                node_id: NodeId(node_id),
+                attempt: 1,
+            })
+            .collect(),
         waited: Duration::from_micros(
             u64::try_from(row.get::<_, i64>("waited_micros")).unwrap_or(0),
         ),

@@ -328,13 +328,13 @@ impl Store {
             .transpose()?;
         let fetch = page.fetch();
         let client = self.client().await?;
-        let traced = self.traced(&client).await?;
+        let schema = self.schema(&client).await?;
         let rows = match &filter.automation_id {
             Some(automation_id) => {
                 let statuses: Option<Vec<&str>> = (!filter.statuses.is_empty())
                     .then(|| filter.statuses.iter().map(|s| s.as_str()).collect());
                 LIST_RUNS_OF_AUTOMATION
-                    .for_schema(traced)
+                    .for_schema(schema)
                     .query(
                         &client,
                         &[
@@ -362,7 +362,7 @@ impl Store {
                 statuses.sort_unstable();
                 statuses.dedup();
                 LIST_RUNS_BY_STATUS
-                    .for_schema(traced)
+                    .for_schema(schema)
                     .query(
                         &client,
                         &[

@@ -14,6 +14,7 @@ mod connect;
 mod control;
 mod error;
 mod events;
+mod gated;
 mod gates;
 mod leader;
 mod listing;
@@ -27,7 +28,6 @@ mod runs;
 mod startup;
 mod sweeps;
 mod tokens;
-mod traced;
 mod watch;
 mod workers;
 
@@ -40,7 +40,7 @@ use connect::Connector;
 use query::Query;
 
 pub use automations::{AutomationRecord, AutomationStatus, AutomationVersion, Stored};
-pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed};
+pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed, StartedNode};
 pub use connect::{SslMode, TlsSettingsError};
 pub use error::{Error, FenceError, RequestError};
 pub use events::Event;
@@ -106,8 +106,8 @@ pub struct Store {
     connector: Connector,
     /// What the pool serves, as the metrics label it (`api`, `worker`, `sweeps`).
     pool_name: &'static str,
-    /// Whether the database has the runs' trace context, once asked (`traced.rs`).
-    traced: Arc<OnceLock<bool>>,
+    /// The schema version the statements may use, once asked (`gated.rs`).
+    schema: Arc<OnceLock<i32>>,
 }
 
 impl Store {
@@ -175,7 +175,7 @@ impl Store {
             pool,
             connector,
             pool_name: DEFAULT_POOL_NAME,
-            traced: Arc::default(),
+            schema: Arc::default(),
         })
     }
 
@@ -283,15 +283,19 @@ impl Store {
     /// Returns how many were prepared.
     pub async fn check_queries(&self) -> Result<usize, Error> {
         let client = self.client().await?;
+        let schema = self.schema(&client).await?;
         let mut prepared = 0;
         for query in all_queries() {
-            client
-                .prepare(query.sql)
-                .await
-                .map_err(|source| Error::BadQuery {
-                    name: query.name,
-                    source,
-                })?;
+            // Each form a schema at or below this one runs, so an older form is checked too.
+            for form in query.forms(schema) {
+                client
+                    .prepare(form.sql)
+                    .await
+                    .map_err(|source| Error::BadQuery {
+                        name: query.name,
+                        source,
+                    })?;
+            }
             prepared += 1;
         }
         Ok(prepared)
@@ -327,7 +331,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         queue::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,
-        traced::QUERIES,
+        gated::QUERIES,
         watch::QUERIES,
         workers::QUERIES,
     ]

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::control::OperatorRequest;
+use super::gated::{TRACE_SCHEMA_VERSION, if_traced};
 use super::query::{Query, clear_lease, notify_queued, notify_stopped, operator_request_id};
-use super::traced::if_traced;
 use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::{RunStatus, Transition};
@@ -223,7 +223,7 @@ macro_rules! run_columns {
        r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.concurrency_key,
        r.stop_kind, r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq,
        r.created_at, r.finished_at",
-            $crate::store::traced::if_traced!(", r.trace_parent")
+            $crate::store::gated::if_traced!(", r.trace_parent")
         )
     };
 }
@@ -309,7 +309,8 @@ impl Store {
         let client = self.client().await?;
         let run_id = RunId::new();
         let trace = own_trace(request.trace.as_ref());
-        let traced = self.traced(&client).await?;
+        let schema = self.schema(&client).await?;
+        let traced = schema >= TRACE_SCHEMA_VERSION;
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
             &request.tenant.as_str(),
             &request.automation_id.as_str(),
@@ -326,7 +327,7 @@ impl Store {
         // Without the trace columns the statement has no place for the last two arguments.
         let args = if traced { &args[..] } else { &args[..9] };
         let row = START_RUN
-            .for_schema(traced)
+            .for_schema(schema)
             .query_one(&client, args)
             .await?;
         if let Some(id) = row.get::<_, Option<uuid::Uuid>>("run_id") {
@@ -366,9 +367,9 @@ impl Store {
     /// A run, read back; a stored value this build cannot read is [`Error::UnreadableRun`].
     pub async fn run(&self, tenant: &TenantId, run_id: RunId) -> Result<RunRecord, RequestError> {
         let client = self.client().await?;
-        let traced = self.traced(&client).await?;
+        let schema = self.schema(&client).await?;
         let row = RUN
-            .for_schema(traced)
+            .for_schema(schema)
             .query_opt(&client, &[&run_id.0, &tenant.as_str()])
             .await?
             .ok_or(RequestError::RunNotFound(run_id))?;

@@ -571,7 +571,7 @@ async fn shutdown_hands_runs_back_for_another_worker_at_once() {
 
 /// Reads the expired leases at `now`, decides with the pure rule, and applies each kind under a
 /// leadership, as the coordinator's reaper does.
-async fn reap(
+pub(crate) async fn reap(
     b: &Bundle,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Vec<RunId>, Vec<RunId>, Vec<RunId>) {

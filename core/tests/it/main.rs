@@ -4,6 +4,7 @@
 
 mod batched_writes;
 mod claim_exclusivity;
+mod claim_starts;
 mod diagnostics;
 mod leader;
 mod lease_protocol;

@@ -297,3 +297,77 @@ async fn a_step_gives_up_a_lock_it_cannot_have_and_tries_again() {
     assert!(applied[0].lock_retries >= 1, "{applied:?}");
     assert_eq!(floor(&watcher).await, 2);
 }
+
+/// V13 records the nodes a fresh run starts first for the versions stored before it, exactly as
+/// a version stored after it records them; a store made while the database was below 13 keeps
+/// the claim that starts nothing, and one made after starts them.
+#[tokio::test]
+async fn v13_backfills_each_versions_start_nodes_from_its_spec() {
+    let db = TestDb::empty().await;
+    let store = owner(&db);
+    store.migrate_to(12, |_| {}).await.expect("up to V12");
+    store.grant_runtime_role(RUNTIME_ROLE).await.expect("grant");
+    let tenant = leasehold_core::ids::TenantId::default();
+    let before = Store::connect_unchecked(db.url(), 2).expect("pool");
+    let specs = [
+        diamond("hello"),
+        leasehold_testkit::fixtures::gated("gated"),
+        leasehold_testkit::fixtures::spec(
+            "id: gates
+nodes:
+  - {id: ask, kind: approval}
+  - {id: z, kind: noop}
+  - {id: ship, kind: noop, approval: {prompt: Ship it?}}
+  - {id: a, kind: noop}
+",
+        ),
+    ];
+    for spec in &specs {
+        before
+            .create_automation(&tenant, spec)
+            .await
+            .expect("store");
+    }
+    let request = leasehold_testkit::fixtures::start_request(&tenant, &specs[0].id);
+    let first = before.start_run(&request).await.expect("start").run_id;
+    let second = before.start_run(&request).await.expect("start").run_id;
+
+    store.migrate_to(13, |_| {}).await.expect("V13");
+    let sql = connect(db.url()).await;
+    for spec in &specs {
+        let stored: Option<Vec<String>> = sql
+            .query_one(
+                "SELECT start_nodes FROM automation_versions WHERE automation_id = $1",
+                &[&spec.id.as_str()],
+            )
+            .await
+            .expect("version")
+            .get(0);
+        let expected: Vec<String> = spec.start_nodes().map(|n| n.as_str().to_owned()).collect();
+        assert_eq!(stored, Some(expected), "{}", spec.id);
+    }
+
+    // The store made below 13 still claims as before; a new one starts the run's first node.
+    let claimant = leasehold_core::ids::ClaimantId::from("w");
+    let lease = Duration::from_secs(60);
+    let claimed = before
+        .claim_and_start_runs(&claimant, 1, lease, 4)
+        .await
+        .expect("claim below 13");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].claim.run_id(), first);
+    assert!(claimed[0].started.is_empty());
+    let after = Store::connect_unchecked(db.url(), 2).expect("pool");
+    let claimed = after
+        .claim_and_start_runs(&claimant, 1, lease, 4)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].claim.run_id(), second);
+    let started: Vec<&str> = claimed[0]
+        .started
+        .iter()
+        .map(|s| s.node_id.as_str())
+        .collect();
+    assert_eq!(started, ["a"]);
+}

@@ -20,6 +20,8 @@ pub use validate::{
 pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
 /// Time a node may run unless its spec says otherwise: five minutes.
 pub const TIMEOUT_MS_DEFAULT: u64 = 300_000;
+/// The kind of a node that is only a gate: it asks for approval, then completes.
+pub const APPROVAL_KIND: &str = "approval";
 
 /// An automation: what a run executes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,5 +84,59 @@ impl Spec {
     /// The node with this id.
     pub fn node(&self, id: &NodeId) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| &n.id == id)
+    }
+
+    /// The nodes a fresh run starts first, in spec order: those that depend on nothing and need
+    /// no approval. Each such start is only "count attempt 1, run the handler", so the claim of
+    /// a fresh run may count them itself (docs/lease_protocol.md, rule 8). A gated root is left
+    /// out: its start waits for a decision.
+    pub fn start_nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.depends_on.is_empty() && !n.needs_gate())
+            .map(|n| &n.id)
+    }
+}
+
+impl NodeSpec {
+    /// Whether a person must approve before this node runs: it has an approval, or it is an
+    /// approval gate itself.
+    pub fn needs_gate(&self) -> bool {
+        self.approval.is_some() || self.kind == APPROVAL_KIND
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_nodes_are_the_ungated_roots_in_spec_order() {
+        let spec = parse_yaml(
+            "id: mixed
+nodes:
+  - {id: z, kind: noop}
+  - {id: ask, kind: approval}
+  - {id: a, kind: echo}
+  - {id: ship, kind: noop, approval: {prompt: Ship it?}}
+  - {id: after, kind: noop, depends_on: [z]}
+",
+        )
+        .expect("valid");
+        let starts: Vec<&str> = spec.start_nodes().map(NodeId::as_str).collect();
+        assert_eq!(starts, ["z", "a"]);
+        assert!(
+            spec.node(&NodeId::from("ask"))
+                .is_some_and(NodeSpec::needs_gate)
+        );
+        assert!(
+            spec.node(&NodeId::from("ship"))
+                .is_some_and(NodeSpec::needs_gate)
+        );
+        assert!(
+            !spec
+                .node(&NodeId::from("z"))
+                .is_some_and(NodeSpec::needs_gate)
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId};
 use leasehold_core::run::Checkpoint;
-use leasehold_core::spec::Spec;
+use leasehold_core::spec::{NodeSpec, Spec};
 use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store, outage};
 use opentelemetry::trace::SpanContext;
 use serde_json::Value;
@@ -376,7 +376,7 @@ impl Execution<'_> {
         if self.run.resumed {
             self.load_checkpoint(&stop).await?;
         }
-        if self.spec.nodes.iter().any(nodes::needs_gate) {
+        if self.spec.nodes.iter().any(NodeSpec::needs_gate) {
             let run_id = self.claim().run_id();
             let store = &self.shared.store;
             self.approved = fenced(&stop, || store.approved_gates(run_id))
@@ -384,6 +384,7 @@ impl Execution<'_> {
                 .into_iter()
                 .collect();
         }
+        self.run_started()?;
         loop {
             let winding_down = self.retry.is_some()
                 || self.failure.is_some()

@@ -11,7 +11,7 @@ use leasehold_core::ids::NodeId;
 use leasehold_core::retry;
 use leasehold_core::run::{self, NodeState, NodeStatus};
 use leasehold_core::spec::NodeSpec;
-use leasehold_core::store::{Failure, NodeCompletion};
+use leasehold_core::store::{self, Failure, NodeCompletion};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -19,6 +19,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::metered::{self, Attempt};
 use super::output::storable;
 use super::{Execution, NodeDone, Stop, fenced};
+use crate::error::Error;
 use crate::handler::{Context, HandlerError};
 
 impl Execution<'_> {
@@ -40,7 +41,7 @@ impl Execution<'_> {
                 break;
             }
             let node = spec.node(node_id).expect("ready nodes come from the spec");
-            if needs_gate(node) && !self.approved.contains(node_id) {
+            if node.needs_gate() && !self.approved.contains(node_id) {
                 gate.get_or_insert_with(|| node_id.clone());
                 continue;
             }
@@ -75,6 +76,27 @@ impl Execution<'_> {
             }
         }
         Ok(gate)
+    }
+
+    /// Spawns the handlers of the nodes the claim started: their attempts are counted, so they
+    /// run at once, with no start write. A node the spec lacks means the version's start nodes
+    /// disagree with its spec: the run is blocked.
+    pub(super) fn run_started(&mut self) -> Result<(), Stop> {
+        let spec = Arc::clone(&self.spec);
+        for started in &self.run.started {
+            let Some(node) = spec.node(&started.node_id) else {
+                self.running.abort_all();
+                return Err(Stop::Db(Error::Store(store::Error::UnreadableRun {
+                    run_id: self.claim().run_id(),
+                    reason: format!(
+                        "the claim started node {}, which the version's spec lacks",
+                        started.node_id
+                    ),
+                })));
+            };
+            self.spawn(node, started.attempt);
+        }
+        Ok(())
     }
 
     /// Spawns the handler of `node`, whose attempt `attempt` the store has counted.
@@ -323,9 +345,4 @@ impl Execution<'_> {
         self.checkpoint.insert(node_id.clone(), state);
         state
     }
-}
-
-/// A node that needs a person's approval before it runs.
-pub(super) fn needs_gate(node: &NodeSpec) -> bool {
-    node.approval.is_some() || node.kind == crate::handler::APPROVAL_KIND
 }

@@ -819,3 +819,64 @@ nodes:
         "x did not run on its old approval"
     );
 }
+
+/// A fresh run's roots start with its claim and their handlers run from the claim's answer; a
+/// version that does not record its start nodes has them started by the worker. Both histories
+/// read the same: claimed, each root's start with attempt 1, then the rest.
+#[tokio::test]
+async fn a_fresh_runs_roots_run_from_its_claim_and_its_history_reads_as_before() {
+    let b = setup().await;
+    let fan = "
+nodes:
+  - {id: a, kind: record}
+  - {id: b, kind: record}
+  - {id: d, kind: record, depends_on: [a, b]}
+";
+    let folded = b.automation(&format!("id: folded{fan}")).await;
+    let older = b.automation(&format!("id: older{fan}")).await;
+    b.sql
+        .execute(
+            "UPDATE automation_versions SET start_nodes = NULL WHERE automation_id = $1",
+            &[&older.as_str()],
+        )
+        .await
+        .expect("as a version stored before start nodes");
+    let worker = b.spawn_worker(config("w1"));
+    let runs = [b.start(&folded).await, b.start(&older).await];
+    for run_id in runs {
+        b.wait_status(run_id, RunStatus::Completed).await;
+    }
+    worker.stop().await;
+
+    let mut histories = Vec::new();
+    for run_id in runs {
+        let events = b.store.events_after(run_id, 0, 100).await.expect("events");
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>());
+        let starts: Vec<(String, Option<String>, Option<i32>)> = events[1..4]
+            .iter()
+            .map(|e| {
+                (
+                    e.event.clone(),
+                    e.node_id.as_ref().map(|n| n.as_str().to_owned()),
+                    e.attempt,
+                )
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                ("run_claimed".to_owned(), None, None),
+                ("node_started".to_owned(), Some("a".to_owned()), Some(1)),
+                ("node_started".to_owned(), Some("b".to_owned()), Some(1)),
+            ],
+            "{run_id}"
+        );
+        histories.push(events.into_iter().map(|e| e.event).collect::<Vec<_>>());
+    }
+    assert_eq!(histories[0], histories[1]);
+    for node in ["a", "b", "d"] {
+        let attempts: Vec<u32> = b.ledger.of(node).iter().map(|e| e.attempt).collect();
+        assert_eq!(attempts, [1, 1], "{node} ran once per run");
+    }
+}

@@ -9,8 +9,8 @@ use tokio_postgres::error::SqlState;
 use super::{RunRecord, StartRun, own_trace, read_run, run_columns, same_request};
 use crate::ids::{LeaseEpoch, RunId};
 use crate::run::RunStatus;
+use crate::store::gated::{TRACE_SCHEMA_VERSION, if_traced};
 use crate::store::query::{Query, notify_queued};
-use crate::store::traced::if_traced;
 use crate::store::{Error, RequestError, Store};
 use crate::trace::{TraceContext, TraceState};
 
@@ -158,9 +158,9 @@ impl Store {
         let mut earlier = HashMap::new();
         if !keys.is_empty() {
             let client = self.client().await?;
-            let traced = self.traced(&client).await?;
+            let schema = self.schema(&client).await?;
             for row in RUNS_BY_IDEMPOTENCY_KEYS
-                .for_schema(traced)
+                .for_schema(schema)
                 .query(&client, &[&tenants, &keys])
                 .await?
             {
@@ -249,7 +249,8 @@ impl Store {
             .map(|(.., t)| t.state.as_ref().map(TraceState::as_str))
             .collect();
         let client = self.client().await?;
-        let traced = self.traced(&client).await?;
+        let schema = self.schema(&client).await?;
+        let traced = schema >= TRACE_SCHEMA_VERSION;
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
             &tenants,
             &run_ids,
@@ -265,7 +266,7 @@ impl Store {
         ];
         // Without the trace columns the statement has no place for the last two arguments.
         let args = if traced { &args[..] } else { &args[..9] };
-        let rows = START_RUNS.for_schema(traced).query(&client, args).await?;
+        let rows = START_RUNS.for_schema(schema).query(&client, args).await?;
         let inserted = rows.first().map_or(0, |row| row.get::<_, i64>("inserted"));
         if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
             let versions = rows

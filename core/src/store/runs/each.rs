@@ -7,8 +7,8 @@ use tokio_postgres::Row;
 use super::batch::new_run_record;
 use super::{RunRecord, StartRun, Started, not_inserted, own_trace};
 use crate::ids::{NodeId, RunId};
+use crate::store::gated::{TRACE_SCHEMA_VERSION, if_traced};
 use crate::store::query::{Query, notify_queued};
-use crate::store::traced::if_traced;
 use crate::store::{RequestError, Store};
 use crate::trace::{TraceContext, TraceState};
 
@@ -179,7 +179,8 @@ impl Store {
             .map(|t| t.state.as_ref().map(TraceState::as_str))
             .collect();
         let client = self.client().await?;
-        let traced = self.traced(&client).await?;
+        let schema = self.schema(&client).await?;
+        let traced = schema >= TRACE_SCHEMA_VERSION;
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
             &tenants,
             &ids,
@@ -195,7 +196,7 @@ impl Store {
         ];
         // Without the trace columns the statement has no place for the last two arguments.
         let args = if traced { &args[..] } else { &args[..9] };
-        let rows = START_EACH.for_schema(traced).query(&client, args).await?;
+        let rows = START_EACH.for_schema(schema).query(&client, args).await?;
         if rows.len() != requests.len() {
             return Err(RequestError::RunConflict {
                 run_id: run_ids[0],
