@@ -14,12 +14,6 @@ use clap::{Parser, Subcommand};
 use leasehold_core::store::Secret;
 use leasehold_worker::cli as worker;
 
-// Every process of the binary allocates through mimalloc: a run's claim, node attempt and writes
-// are many small, short-lived allocations across tokio's threads, which glibc's allocator serves
-// at about twice the instructions (bench/README.md, "Worker CPU").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The dev coordinator's address, and where client commands look unless told otherwise.
 pub const ENDPOINT_DEFAULT: &str = "http://127.0.0.1:7233";
 
