@@ -79,6 +79,16 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// The session setting of [`Store::connect_worker`]; the URL's own `options` come after it and win.
 const GENERIC_PLANS: &str = "plan_cache_mode=force_generic_plan";
 
+/// Sessions of `connector` with [`GENERIC_PLANS`]; the URL's own `options` come after it and win.
+fn with_generic_plans(connector: &mut Connector) {
+    let config = connector.config_mut();
+    let options = match config.get_options() {
+        Some(theirs) => format!("-c {GENERIC_PLANS} {theirs}"),
+        None => format!("-c {GENERIC_PLANS}"),
+    };
+    config.options(options);
+}
+
 /// Connections in a pool unless the caller says otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 
@@ -134,12 +144,7 @@ impl Store {
     /// [`Store::connect_worker`] without checking the schema: for a caller that migrated it.
     pub fn connect_worker_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
         let mut connector = Connector::from_url(url)?;
-        let config = connector.config_mut();
-        let options = match config.get_options() {
-            Some(theirs) => format!("-c {GENERIC_PLANS} {theirs}"),
-            None => format!("-c {GENERIC_PLANS}"),
-        };
-        config.options(options);
+        with_generic_plans(&mut connector);
         Ok(Self::with_connector(connector, pool_size)?.named("worker"))
     }
 
@@ -199,6 +204,18 @@ impl Store {
         // The same settings built this store's pool, and only the size differs, which the pool
         // takes whatever it is: building it again cannot fail.
         Self::with_connector(self.connector.clone(), pool_size)
+            .expect("a pool with the settings of an existing one")
+            .named(name)
+    }
+
+    /// [`Store::sibling`] with generic plans, as a worker's sessions have them: for statements
+    /// that find rows by arrays of keys, such as the coordinator's gathered single starts, where
+    /// planning each execution anew costs more than the statement's work.
+    pub fn sibling_with_generic_plans(&self, pool_size: usize, name: &'static str) -> Self {
+        let mut connector = self.connector.clone();
+        with_generic_plans(&mut connector);
+        // As in `sibling`: only the options differ from a pool that was built.
+        Self::with_connector(connector, pool_size)
             .expect("a pool with the settings of an existing one")
             .named(name)
     }
