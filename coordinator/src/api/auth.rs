@@ -500,8 +500,8 @@ mod tests {
             .expect("admitted")
             .expect("a caller");
         assert_eq!(
-            (caller.tenant, caller.role, caller.name.as_str()),
-            (TenantId::default(), Role::Admin, NO_AUTH_NAME)
+            (&caller.tenant, caller.role, caller.name.as_str()),
+            (&TenantId::default(), Role::Admin, NO_AUTH_NAME)
         );
         let open = Auth::Disabled
             .admit(

@@ -357,3 +357,29 @@ fn all_queries() -> impl Iterator<Item = Query> {
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sibling_with_generic_plans_keeps_the_sessions_settings_and_adds_generic_plans() {
+        let store = Store::connect_unchecked("postgres://u@h:1/db?options=-c%20work_mem%3D8MB", 4)
+            .expect("a store")
+            .with_session("leasehold-test", Duration::from_secs(30))
+            .expect("a session");
+        let options = |s: &Store| s.connector.config().get_options().map(str::to_owned);
+        let plain = options(&store.sibling(2, "plain")).expect("options");
+        assert!(!plain.contains(GENERIC_PLANS), "{plain}");
+        let generic = options(&store.sibling_with_generic_plans(2, "generic")).expect("options");
+        assert!(
+            generic.starts_with(&format!("-c {GENERIC_PLANS} ")),
+            "{generic}"
+        );
+        // The session's settings and the URL's own options stay, the URL's last so that they win.
+        assert!(generic.ends_with(&plain), "{generic} / {plain}");
+        assert!(plain.contains("statement_timeout=30000"), "{plain}");
+        assert!(plain.ends_with("work_mem=8MB"), "{plain}");
+        assert_eq!(store.pool_status().max_size, 4);
+    }
+}
