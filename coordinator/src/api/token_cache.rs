@@ -10,7 +10,7 @@
 //! clock. A zero `ttl` keeps nothing: every call looks its token up.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -54,7 +54,7 @@ impl TokenCache {
         if self.ttl.is_zero() {
             return None;
         }
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = entries.get(secret.id())?;
         usable(entry, secret, self.ttl, now, wall_now).then(|| Arc::clone(&entry.caller))
     }
@@ -67,7 +67,7 @@ impl TokenCache {
         if self.ttl.is_zero() {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&id) {
             let ttl = self.ttl;
             entries.retain(|_, e| asked_at.saturating_duration_since(e.asked_at) < ttl);
