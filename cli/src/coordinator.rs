@@ -68,6 +68,11 @@ pub struct LimitArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "LEASEHOLD_MAX_WATCH_STREAMS_PER_TENANT", default_value_t = api::config::MAX_WATCH_STREAMS_PER_TENANT_DEFAULT)]
     max_watch_streams_per_tenant: usize,
+    /// How long a token let in is kept, so that the calls made with it meanwhile do not look it
+    /// up: a revoked token is refused to every call from this long after its revocation on.
+    /// `0s` looks the token up on every call.
+    #[arg(long, env = "LEASEHOLD_TOKEN_CACHE_TTL", default_value_t = api::config::TOKEN_CACHE_TTL_DEFAULT.into())]
+    token_cache_ttl: humantime::Duration,
 }
 
 impl LimitArgs {
@@ -77,6 +82,7 @@ impl LimitArgs {
             max_concurrent_rpcs: self.max_concurrent_rpcs,
             max_watch_streams: self.max_watch_streams,
             max_watch_streams_per_tenant: self.max_watch_streams_per_tenant,
+            token_cache_ttl: self.token_cache_ttl.into(),
         }
     }
 }

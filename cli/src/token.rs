@@ -44,7 +44,8 @@ pub enum Command {
         #[command(flatten)]
         database: Database,
     },
-    /// Revoke a token: every call with it is refused from now on.
+    /// Revoke a token: every call with it is refused from the coordinators' --token-cache-ttl
+    /// (1s by default) on.
     Revoke {
         /// The token's id (see `leasehold token list`).
         id: String,
@@ -155,7 +156,8 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<()> {
                 emit_json(&record_json(&token))?;
             } else {
                 emit(&format!(
-                    "token {} ({}, tenant {}, name {:?}) is revoked: every call with it is refused\n",
+                    "token {} ({}, tenant {}, name {:?}) is revoked: every call with it is refused once \
+                     coordinators no longer keep it (--token-cache-ttl, 1s by default)\n",
                     token.id, token.role, token.tenant, token.name
                 ))?;
             }

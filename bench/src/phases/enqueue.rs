@@ -40,6 +40,8 @@ struct Enqueued {
     db_cpu_us: Option<f64>,
     /// The coordinator's for the API, this process's for the store.
     client_cpu_us: Option<f64>,
+    /// This process's, as the API's client; `None` for the store, whose client it is.
+    harness_cpu_us: Option<f64>,
 }
 
 pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
@@ -124,22 +126,27 @@ async fn enqueue_singles(
     let runs = RunsClient::new(channel);
     let client_before = procfs::process_cpu(coordinator.pid());
     let before = bench.snapshot().await?;
+    let harness_before = procfs::process_cpu(std::process::id());
     let started = Instant::now();
     start_singles(&runs, single, in_flight).await?;
     let elapsed = started.elapsed();
     let client_after = procfs::process_cpu(coordinator.pid());
+    let harness_after = procfs::process_cpu(std::process::id());
     coordinator.check_alive()?;
     bench.stop(vec![coordinator]).await?;
     bench.quiesce().await?;
     let after = bench.snapshot().await?;
-    Ok(measure(
-        single,
-        elapsed,
-        &before,
-        &after,
-        client_before,
-        client_after,
-    ))
+    Ok(Enqueued {
+        harness_cpu_us: cpu_per(harness_before, harness_after, single),
+        ..measure(
+            single,
+            elapsed,
+            &before,
+            &after,
+            client_before,
+            client_after,
+        )
+    })
 }
 
 /// A way to enqueue's figures; `single_bars` sets the bars for single calls.
@@ -168,6 +175,14 @@ fn push_figures(bench: &mut Bench, name: &str, client: &str, reps: &[Enqueued], 
         "µs/run",
         reps.iter().filter_map(|r| r.client_cpu_us).collect(),
     ));
+    let harness: Vec<f64> = reps.iter().filter_map(|r| r.harness_cpu_us).collect();
+    if !harness.is_empty() {
+        f.push(Figure::new(
+            format!("{name}.harness_cpu"),
+            "µs/run",
+            harness,
+        ));
+    }
 }
 
 fn measure(
@@ -185,6 +200,7 @@ fn measure(
         xacts_per_run: per(after.xacts - before.xacts, n),
         db_cpu_us: cpu_per(before.db_cpu, after.db_cpu, n),
         client_cpu_us: cpu_per(client_before, client_after, n),
+        harness_cpu_us: None,
     }
 }
 

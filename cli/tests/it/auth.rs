@@ -72,12 +72,19 @@ impl Setup {
             .await
             .expect("migrate");
         let listen = format!("127.0.0.1:{}", free_port());
-        let child = leasehold(&["coordinator", "--listen", &listen])
-            .env("LEASEHOLD_DATABASE_URL", db.url())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn coordinator");
+        // Without the token cache, so that a revoked token is refused from the next call on.
+        let child = leasehold(&[
+            "coordinator",
+            "--listen",
+            &listen,
+            "--token-cache-ttl",
+            "0s",
+        ])
+        .env("LEASEHOLD_DATABASE_URL", db.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn coordinator");
         let endpoint = format!("http://{listen}");
         wait_serving(&endpoint, DEADLINE).await;
         Setup {
@@ -226,7 +233,7 @@ async fn tokens_made_by_the_cli_authenticate_limit_and_scope_client_commands() {
     let shown = ran(flagged).await;
     assert!(shown.ok, "{}", shown.stderr);
 
-    // Revoked: refused from the next call on.
+    // Revoked: refused from the next call on (the coordinator keeps no token).
     let mut revoke = leasehold(&["token", "revoke", &viewer_id, "--database-url", s.db.url()]);
     revoke.stdin(Stdio::null());
     let revoked = ran(revoke).await;

@@ -1,9 +1,10 @@
 //! Authentication and authorization, as a tower layer in front of every service.
 //!
 //! Every call but health and reflection (open to probes and tools) carries
-//! `authorization: Bearer lh_<id>_<secret>`. The layer looks the token up (one lookup per call,
-//! with no cache, so a revoked token is refused from the next call on; the lookups of concurrent
-//! calls share a statement, [`super::gather`]), refuses
+//! `authorization: Bearer lh_<id>_<secret>`. The layer looks the token up (the lookups of
+//! concurrent calls share a statement, [`super::gather`]; a token let in is then kept for
+//! `--token-cache-ttl`, so that a revoked token is refused to every call from that long after
+//! its revocation on, [`super::token_cache`]), refuses
 //! a role weaker than the one [`METHOD_ROLES`] names for the method, and hands the [`Caller`] to
 //! the service in the request's extensions, where the service's body takes its tenant and its
 //! name from. A method missing from the table is refused to every role, so a new RPC is closed
@@ -12,7 +13,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use http::HeaderMap;
 use leasehold_core::ids::TenantId;
 use leasehold_core::store::{self, Role, Secret, Store, TokenError, TokenId, TokenRecord};
@@ -20,6 +23,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use super::gather::Gatherer;
+use super::token_cache::TokenCache;
 
 /// The least role each method needs, by its gRPC path. Reading is for viewers; steering runs
 /// and deciding gates for operators; changing automations and the shared workers for admins.
@@ -103,6 +107,22 @@ impl Caller {
     /// stands; `None` without authentication.
     pub fn token_id(&self) -> Option<&TokenId> {
         self.token.as_ref().map(Secret::id)
+    }
+
+    /// A caller let in with `token`.
+    pub(super) fn with_token(tenant: TenantId, role: Role, name: String, token: Secret) -> Self {
+        Self {
+            tenant,
+            role,
+            name,
+            token: Some(token),
+        }
+    }
+
+    /// Whether this caller was let in with `secret`, compared in time that does not depend on
+    /// where they differ.
+    pub(super) fn presented(&self, secret: &Secret) -> bool {
+        self.token.as_ref().is_some_and(|own| own.matches(secret))
     }
 }
 
@@ -188,33 +208,48 @@ fn bearer(headers: &HeaderMap) -> Result<Secret, AuthError> {
 
 impl Auth {
     /// The caller of a call to `path` with `headers`; `None` for an open service. Tokens are
-    /// looked up through `lookups` when given, in a statement shared with other calls.
+    /// looked up through `lookups` when given, in a statement shared with other calls, and
+    /// those let in are kept in `cache` when given.
     async fn admit(
         &self,
         path: &str,
         headers: &HeaderMap,
         lookups: Option<&Lookups>,
-    ) -> Result<Option<Caller>, AuthError> {
+        cache: Option<&TokenCache>,
+    ) -> Result<Option<Arc<Caller>>, AuthError> {
         if OPEN_SERVICES.iter().any(|open| path.starts_with(open)) {
             return Ok(None);
         }
         let caller = match self {
-            Auth::Disabled => Caller::unauthenticated(),
+            Auth::Disabled => Arc::new(Caller::unauthenticated()),
             Auth::Tokens(store) => {
                 let token = bearer(headers)?;
-                let record = match lookups {
-                    Some(lookups) => lookups
-                        .ask(token.clone())
-                        .await
-                        .map_err(|_| AuthError::Stopping)?,
-                    None => store.authenticate(&token).await,
-                }
-                .map_err(refused)?;
-                Caller {
-                    tenant: record.tenant,
-                    role: record.role,
-                    name: record.name,
-                    token: Some(token),
+                let kept = cache.and_then(|c| c.get(&token, Instant::now(), Utc::now()));
+                match kept {
+                    Some(caller) => caller,
+                    None => {
+                        // Dated before the lookup is sent, so that the entry is never used
+                        // past `ttl` from the moment its row was read.
+                        let asked_at = Instant::now();
+                        let record = match lookups {
+                            Some(lookups) => lookups
+                                .ask(token.clone())
+                                .await
+                                .map_err(|_| AuthError::Stopping)?,
+                            None => store.authenticate(&token).await,
+                        }
+                        .map_err(refused)?;
+                        let caller = Arc::new(Caller::with_token(
+                            record.tenant,
+                            record.role,
+                            record.name,
+                            token,
+                        ));
+                        if let Some(cache) = cache {
+                            cache.put(Arc::clone(&caller), record.expires_at, asked_at);
+                        }
+                        caller
+                    }
                 }
             }
         };
@@ -264,10 +299,12 @@ fn lookups(store: Store) -> Lookups {
     )
 }
 
-/// How the layer admits calls: `auth`, with its token lookups gathered.
+/// How the layer admits calls: `auth`, with its token lookups gathered and the tokens let in
+/// kept.
 struct Admission {
     auth: Auth,
     lookups: Option<Lookups>,
+    cache: Option<TokenCache>,
 }
 
 /// The layer for `Server::builder().layer(..)`.
@@ -277,15 +314,23 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    /// Authenticates with `auth`; must be called inside a Tokio runtime, which runs the task
-    /// that looks tokens up.
-    pub fn new(auth: Auth) -> Self {
-        let lookups = match &auth {
-            Auth::Tokens(store) => Some(lookups(store.clone())),
-            Auth::Disabled => None,
+    /// Authenticates with `auth`, keeping a token let in for `token_cache_ttl` (zero: looking
+    /// it up on every call); must be called inside a Tokio runtime, which runs the task that
+    /// looks tokens up.
+    pub fn new(auth: Auth, token_cache_ttl: Duration) -> Self {
+        let (lookups, cache) = match &auth {
+            Auth::Tokens(store) => (
+                Some(lookups(store.clone())),
+                Some(TokenCache::new(token_cache_ttl)),
+            ),
+            Auth::Disabled => (None, None),
         };
         Self {
-            admission: Arc::new(Admission { auth, lookups }),
+            admission: Arc::new(Admission {
+                auth,
+                lookups,
+                cache,
+            }),
         }
     }
 }
@@ -336,11 +381,16 @@ where
             let (path, headers) = (request.uri().path(), request.headers());
             let admitted = admission
                 .auth
-                .admit(path, headers, admission.lookups.as_ref())
+                .admit(
+                    path,
+                    headers,
+                    admission.lookups.as_ref(),
+                    admission.cache.as_ref(),
+                )
                 .await;
             match admitted {
                 Ok(Some(caller)) => {
-                    request.extensions_mut().insert(Arc::new(caller));
+                    request.extensions_mut().insert(caller);
                     inner.call(request).await
                 }
                 Ok(None) => inner.call(request).await,
@@ -440,21 +490,31 @@ mod tests {
     #[tokio::test]
     async fn without_authentication_every_call_is_the_default_tenants_admin() {
         let caller = Auth::Disabled
-            .admit("/leasehold.v1.Workers/DrainWorker", &HeaderMap::new(), None)
+            .admit(
+                "/leasehold.v1.Workers/DrainWorker",
+                &HeaderMap::new(),
+                None,
+                None,
+            )
             .await
             .expect("admitted")
             .expect("a caller");
         assert_eq!(
-            (caller.tenant, caller.role, caller.name.as_str()),
-            (TenantId::default(), Role::Admin, NO_AUTH_NAME)
+            (&caller.tenant, caller.role, caller.name.as_str()),
+            (&TenantId::default(), Role::Admin, NO_AUTH_NAME)
         );
         let open = Auth::Disabled
-            .admit("/grpc.health.v1.Health/Check", &HeaderMap::new(), None)
+            .admit(
+                "/grpc.health.v1.Health/Check",
+                &HeaderMap::new(),
+                None,
+                None,
+            )
             .await
             .expect("open");
         assert!(open.is_none());
         let unknown = Auth::Disabled
-            .admit("/leasehold.v1.Runs/Nope", &HeaderMap::new(), None)
+            .admit("/leasehold.v1.Runs/Nope", &HeaderMap::new(), None, None)
             .await
             .expect_err("closed");
         assert_eq!(Status::from(unknown).code(), Code::PermissionDenied);

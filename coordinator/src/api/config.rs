@@ -20,6 +20,11 @@ pub const MAX_WATCH_STREAMS_DEFAULT: usize = 10_000;
 pub const MAX_WATCH_STREAMS_PER_TENANT_DEFAULT: usize = 5_000;
 /// Bound of every count above.
 pub const COUNT_MAX: usize = 1_000_000;
+/// How long a token let in is kept unless configured otherwise: the longest a revoked token is
+/// still let in, as long as an open watch stream takes to notice it.
+pub const TOKEN_CACHE_TTL_DEFAULT: Duration = Duration::from_secs(1);
+/// Longer would leave a revoked token working for too long.
+pub const TOKEN_CACHE_TTL_MAX: Duration = Duration::from_secs(60);
 
 /// The API's limits. Build one with [`Config::default`] and struct update syntax, then check it
 /// with [`Config::validated`].
@@ -37,6 +42,10 @@ pub struct Config {
     /// Watch streams one tenant may have open at once (`--max-watch-streams-per-tenant`); one
     /// more is RESOURCE_EXHAUSTED.
     pub max_watch_streams_per_tenant: usize,
+    /// How long a token let in is kept, so that the calls made with it meanwhile do not look it
+    /// up (`--token-cache-ttl`): a revoked token is refused to every call from this long after
+    /// its revocation on. Zero looks the token up on every call.
+    pub token_cache_ttl: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +55,7 @@ impl Default for Config {
             max_concurrent_rpcs: MAX_CONCURRENT_RPCS_DEFAULT,
             max_watch_streams: MAX_WATCH_STREAMS_DEFAULT,
             max_watch_streams_per_tenant: MAX_WATCH_STREAMS_PER_TENANT_DEFAULT,
+            token_cache_ttl: TOKEN_CACHE_TTL_DEFAULT,
         }
     }
 }
@@ -104,6 +114,12 @@ impl Config {
             1,
             self.max_watch_streams,
         )?;
+        within(
+            "token_cache_ttl",
+            self.token_cache_ttl,
+            Duration::ZERO,
+            TOKEN_CACHE_TTL_MAX,
+        )?;
         Ok(self)
     }
 }
@@ -120,6 +136,7 @@ mod tests {
             max_concurrent_rpcs: 1,
             max_watch_streams: 1,
             max_watch_streams_per_tenant: 1,
+            token_cache_ttl: Duration::ZERO,
         };
         assert_eq!(edge.clone().validated(), Ok(edge));
         let edge = Config {
@@ -127,6 +144,7 @@ mod tests {
             max_concurrent_rpcs: COUNT_MAX,
             max_watch_streams: COUNT_MAX,
             max_watch_streams_per_tenant: COUNT_MAX,
+            token_cache_ttl: TOKEN_CACHE_TTL_MAX,
         };
         assert_eq!(edge.clone().validated(), Ok(edge));
     }
@@ -173,6 +191,13 @@ mod tests {
                 ..base()
             },
             "max_watch_streams_per_tenant",
+        );
+        check(
+            Config {
+                token_cache_ttl: TOKEN_CACHE_TTL_MAX + Duration::from_millis(1),
+                ..base()
+            },
+            "token_cache_ttl",
         );
     }
 }

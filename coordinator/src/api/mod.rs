@@ -13,6 +13,7 @@ mod metrics;
 mod runs;
 mod starts;
 mod states;
+mod token_cache;
 mod watch;
 mod workers;
 
@@ -68,7 +69,7 @@ impl Services {
     /// Must be called inside a Tokio runtime: it starts the task that writes batched starts.
     pub fn new(store: Store, hub: Hub, shutdown: CancellationToken) -> Self {
         Self {
-            starts: starts::Starts::new(store.clone()),
+            starts: starts::Starts::new(&store),
             store,
             hub,
             shutdown,
@@ -306,7 +307,7 @@ pub async fn serve_with_health(
             config.max_concurrent_rpcs,
             config.rpc_timeout,
         ))
-        .layer(auth::AuthLayer::new(auth))
+        .layer(auth::AuthLayer::new(auth, config.token_cache_ttl))
         // Half-dead watch streams are noticed instead of held open forever.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

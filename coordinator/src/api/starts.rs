@@ -12,6 +12,9 @@ const MAX_BATCH: usize = super::runs::MAX_START_RUNS;
 /// Batches written at once: one is written while the next one fills. Two made smaller batches
 /// and cost more CPU per run for no more throughput (bench/README.md).
 const IN_FLIGHT: usize = 1;
+/// Connections of the starts' own pool: a batch's statement, and the reads that answer the
+/// requests it inserted nothing for.
+const POOL_SIZE: usize = IN_FLIGHT + 1;
 
 /// The coordinator's gatherer of single starts; cheap to share.
 #[derive(Clone)]
@@ -20,8 +23,12 @@ pub(super) struct Starts {
 }
 
 impl Starts {
-    /// Starts the task that writes the batches; must be called inside a Tokio runtime.
-    pub fn new(store: Store) -> Self {
+    /// Starts the task that writes the batches, on a pool of their own beside `store`'s, whose
+    /// sessions use generic plans: a batch's statement finds its rows by arrays of keys, and
+    /// planning it anew for each batch cost more than its work (bench/README.md). Must be
+    /// called inside a Tokio runtime.
+    pub fn new(store: &Store) -> Self {
+        let store = store.sibling_with_generic_plans(POOL_SIZE, "starts");
         let gatherer = Gatherer::spawn(IN_FLIGHT, MAX_BATCH, move |requests: Vec<StartRun>| {
             let store = store.clone();
             async move { store.start_each(&requests).await }

@@ -1,10 +1,12 @@
 //! Authentication and tenants, in-process over real gRPC with tokens required: who may call
 //! what, what each tenant sees, and whose name a decision and an operator's move record.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
+use leasehold_coordinator::api::{self, Auth};
 use leasehold_core::ids::{NodeId, RunId, TenantId};
-use leasehold_core::store::{NewToken, Role, Store};
+use leasehold_core::store::{NewToken, Role, Store, TokenId};
 use leasehold_proto::bearer::{AuthedChannel, Bearer};
 use leasehold_proto::v1;
 use leasehold_proto::v1::automations_client::AutomationsClient;
@@ -12,7 +14,7 @@ use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::runs_client::RunsClient;
 use leasehold_proto::v1::stats_client::StatsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
-use leasehold_testkit::fixtures::claim_one;
+use leasehold_testkit::fixtures::{claim_one, serve_in_process};
 use leasehold_testkit::wait_for;
 use tonic::Code;
 
@@ -269,10 +271,8 @@ async fn another_tenants_runs_automations_and_gates_are_not_found_nor_counted() 
     );
 }
 
-#[tokio::test]
-async fn a_revoked_token_is_refused_at_once_and_its_watch_ends() {
-    let b = setup().await;
-    apply(&b.channel, GATED).await;
+/// A viewer's token in the default tenant, and a channel whose calls carry it.
+async fn viewer(b: &Bundle, addr: SocketAddr) -> (TokenId, RunsClient<AuthedChannel>) {
     let (made, secret) = b
         .store
         .create_token(&NewToken {
@@ -285,9 +285,17 @@ async fn a_revoked_token_is_refused_at_once_and_its_watch_ends() {
         .expect("token");
     let channel = Bearer::new(&secret.expose())
         .expect("ascii")
-        .channel(b.plain.clone());
+        .channel(plain_channel(addr).await);
+    (made.id, RunsClient::new(channel))
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_within_the_cache_ttl_and_its_watch_ends() {
+    let b = setup().await;
+    apply(&b.channel, GATED).await;
+    let (token, mut runs) = viewer(&b, b.addr).await;
     let run_id = start(&b.channel, "gated").await;
-    let mut runs = RunsClient::new(channel);
+    // Let in, so that the coordinator keeps it.
     runs.get_run(get(&run_id)).await.expect("before");
     let mut watch = runs
         .watch_run(v1::WatchRunRequest {
@@ -300,16 +308,66 @@ async fn a_revoked_token_is_refused_at_once_and_its_watch_ends() {
     let first = watch.message().await.expect("event").expect("some");
     assert_eq!(first.event, "run_started");
 
-    b.store.revoke_token(&made.id).await.expect("revoke");
-    let refused = runs.get_run(get(&run_id)).await.expect_err("revoked");
+    b.store.revoke_token(&token).await.expect("revoke");
+    // The revocation has committed by now: a call begun `ttl` after this must be refused.
+    let revoked = Instant::now();
+    let ttl = api::config::TOKEN_CACHE_TTL_DEFAULT;
+    let refused = loop {
+        let asked = Instant::now();
+        match runs.get_run(get(&run_id)).await {
+            Ok(_) => assert!(
+                asked < revoked + ttl,
+                "let in {:?} after the revocation; the cache keeps a token {ttl:?}",
+                asked - revoked
+            ),
+            Err(status) => break status,
+        }
+        assert!(asked < revoked + DEADLINE, "never refused");
+        // Polls at a pace, not to let anything settle: each call is a check of the bound.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     assert!(refused.message().contains("revoked"), "{refused:?}");
+    // Once refused, never let in again.
+    let again = runs.get_run(get(&run_id)).await.expect_err("still revoked");
+    assert_eq!(again.code(), Code::Unauthenticated, "{again:?}");
     // The open watch checks its token again within a second, and ends.
     let ended = tokio::time::timeout(DEADLINE, watch.message())
         .await
         .expect("the watch ends");
     let status = ended.expect_err("ends with a status");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
+#[tokio::test]
+async fn without_a_token_cache_a_revoked_token_is_refused_from_the_next_call_on() {
+    let b = setup().await;
+    let store = b.store.clone();
+    let (addr, cancel) = serve_in_process(|listener, cancel| {
+        api::serve_with(
+            listener,
+            None,
+            store.clone(),
+            Auth::Tokens(store),
+            api::Config {
+                token_cache_ttl: Duration::ZERO,
+                ..api::Config::default()
+            },
+            cancel,
+        )
+    })
+    .await;
+    let _stop = cancel.drop_guard();
+    let (token, mut runs) = viewer(&b, addr).await;
+    let listed = runs.list_runs(v1::ListRunsRequest::default()).await;
+    listed.expect("before");
+    b.store.revoke_token(&token).await.expect("revoke");
+    let refused = runs
+        .list_runs(v1::ListRunsRequest::default())
+        .await
+        .expect_err("revoked");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
 }
 
 #[tokio::test]

@@ -79,6 +79,16 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// The session setting of [`Store::connect_worker`]; the URL's own `options` come after it and win.
 const GENERIC_PLANS: &str = "plan_cache_mode=force_generic_plan";
 
+/// Sessions of `connector` with [`GENERIC_PLANS`]; the URL's own `options` come after it and win.
+fn with_generic_plans(connector: &mut Connector) {
+    let config = connector.config_mut();
+    let options = match config.get_options() {
+        Some(theirs) => format!("-c {GENERIC_PLANS} {theirs}"),
+        None => format!("-c {GENERIC_PLANS}"),
+    };
+    config.options(options);
+}
+
 /// Connections in a pool unless the caller says otherwise.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 
@@ -134,12 +144,7 @@ impl Store {
     /// [`Store::connect_worker`] without checking the schema: for a caller that migrated it.
     pub fn connect_worker_unchecked(url: &str, pool_size: usize) -> Result<Self, Error> {
         let mut connector = Connector::from_url(url)?;
-        let config = connector.config_mut();
-        let options = match config.get_options() {
-            Some(theirs) => format!("-c {GENERIC_PLANS} {theirs}"),
-            None => format!("-c {GENERIC_PLANS}"),
-        };
-        config.options(options);
+        with_generic_plans(&mut connector);
         Ok(Self::with_connector(connector, pool_size)?.named("worker"))
     }
 
@@ -199,6 +204,18 @@ impl Store {
         // The same settings built this store's pool, and only the size differs, which the pool
         // takes whatever it is: building it again cannot fail.
         Self::with_connector(self.connector.clone(), pool_size)
+            .expect("a pool with the settings of an existing one")
+            .named(name)
+    }
+
+    /// [`Store::sibling`] with generic plans, as a worker's sessions have them: for statements
+    /// that find rows by arrays of keys, such as the coordinator's gathered single starts, where
+    /// planning each execution anew costs more than the statement's work.
+    pub fn sibling_with_generic_plans(&self, pool_size: usize, name: &'static str) -> Self {
+        let mut connector = self.connector.clone();
+        with_generic_plans(&mut connector);
+        // As in `sibling`: only the options differ from a pool that was built.
+        Self::with_connector(connector, pool_size)
             .expect("a pool with the settings of an existing one")
             .named(name)
     }
@@ -343,4 +360,30 @@ fn all_queries() -> impl Iterator<Item = Query> {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sibling_with_generic_plans_keeps_the_sessions_settings_and_adds_generic_plans() {
+        let store = Store::connect_unchecked("postgres://u@h:1/db?options=-c%20work_mem%3D8MB", 4)
+            .expect("a store")
+            .with_session("leasehold-test", Duration::from_secs(30))
+            .expect("a session");
+        let options = |s: &Store| s.connector.config().get_options().map(str::to_owned);
+        let plain = options(&store.sibling(2, "plain")).expect("options");
+        assert!(!plain.contains(GENERIC_PLANS), "{plain}");
+        let generic = options(&store.sibling_with_generic_plans(2, "generic")).expect("options");
+        assert!(
+            generic.starts_with(&format!("-c {GENERIC_PLANS} ")),
+            "{generic}"
+        );
+        // The session's settings and the URL's own options stay, the URL's last so that they win.
+        assert!(generic.ends_with(&plain), "{generic} / {plain}");
+        assert!(plain.contains("statement_timeout=30000"), "{plain}");
+        assert!(plain.ends_with("work_mem=8MB"), "{plain}");
+        assert_eq!(store.pool_status().max_size, 4);
+    }
 }

@@ -146,6 +146,12 @@ impl Secret {
         })
     }
 
+    /// Whether `other` is this very token, its secret compared in time that does not depend on
+    /// where the secrets differ.
+    pub fn matches(&self, other: &Secret) -> bool {
+        self.id == other.id && same_hash(self.secret.as_bytes(), other.secret.as_bytes())
+    }
+
     /// The token's id.
     pub fn id(&self) -> &TokenId {
         &self.id
@@ -483,7 +489,8 @@ impl Store {
         rows.iter().map(read_token).collect()
     }
 
-    /// Revokes a token: every call with it is refused from now on. Revoking a revoked token
+    /// Revokes a token: every lookup of it is refused from now on (a coordinator lets in a token
+    /// it looked up for its `--token-cache-ttl` more). Revoking a revoked token
     /// changes nothing and succeeds.
     pub async fn revoke_token(&self, id: &TokenId) -> Result<TokenRecord, TokenError> {
         let client = self.client().await?;

@@ -33,8 +33,9 @@ pub enum StartOutcome {
 // idempotency key has a run already (from before, or from an earlier request of the batch, hence
 // the order), inserts nothing and leaves the others be. Answers one row per request, in request
 // order: the automation's status, and for an inserted run its version, creation time and the
-// version's node ids (as `spec_node_ids` reads them), once per version. Idle workers are woken
-// once per statement.
+// version's node ids (as `spec_node_ids` reads them), read once per version (materialized: else
+// the spec is read and its nodes listed again for every run of the batch). Idle workers are
+// woken once per statement.
 pub(super) const START_EACH: Query = Query {
     name: "start_each",
     sql: concat!(
@@ -76,7 +77,7 @@ event AS (
                'actor', q.actor))
     FROM inserted i JOIN request q USING (run_id)
 ),
-version AS (
+version AS MATERIALIZED (
     SELECT v.tenant_id, v.automation_id, v.version,
            CASE WHEN jsonb_typeof(v.spec->'nodes') = 'array' THEN (
                SELECT array_agg(n.node->>'id' ORDER BY n.i)
