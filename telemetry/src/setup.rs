@@ -119,7 +119,8 @@ impl Traces {
     }
 
     /// The `tracing` layer that turns Leasehold's spans into OpenTelemetry spans: only the
-    /// spans [`EXPORTED_SPANS`] names, from Leasehold's own crates, whatever the log filter.
+    /// spans `EXPORTED_SPANS` names (the gRPC call, `run`, `node`, `flush`), from Leasehold's own
+    /// crates, whatever the log filter.
     pub fn layer<S>(&self) -> Box<dyn Layer<S> + Send + Sync>
     where
         S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,

@@ -386,4 +386,49 @@ mod tests {
         assert!(plain.ends_with("work_mem=8MB"), "{plain}");
         assert_eq!(store.pool_status().max_size, 4);
     }
+
+    /// Every statement the store's files define is in [`all_queries`], so that
+    /// [`Store::check_queries`] prepares it at start-up: a statement left out of its file's
+    /// `QUERIES` would fail only when first run.
+    #[test]
+    fn every_statement_of_the_store_is_checked_at_start_up() {
+        fn names_in(dir: &std::path::Path, names: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).expect("the store's folder") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    names_in(&path, names);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                let mut lines = text.lines();
+                while let Some(line) = lines.next() {
+                    // `const NAME: Query = Query {`, then its `name: "…",` on the next line.
+                    if !(line.contains("const ") && line.ends_with(": Query = Query {")) {
+                        continue;
+                    }
+                    let name = lines
+                        .next()
+                        .and_then(|next| next.trim().strip_prefix("name: \""))
+                        .and_then(|rest| rest.split_once('"'))
+                        .map(|(name, _)| name.to_owned())
+                        .unwrap_or_else(|| {
+                            panic!("{}: a statement without its name", path.display())
+                        });
+                    names.push((path.display().to_string(), name));
+                }
+            }
+        }
+        let mut defined = Vec::new();
+        names_in(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store"),
+            &mut defined,
+        );
+        assert!(defined.len() > 50, "found only {defined:?}");
+        let checked: std::collections::HashSet<&str> = all_queries().map(|q| q.name).collect();
+        let missing: Vec<_> = defined
+            .iter()
+            .filter(|(_, name)| !checked.contains(name.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "not in any QUERIES: {missing:?}");
+    }
 }

@@ -58,8 +58,8 @@ pub struct StartRun {
     /// Who asked (the calling token's name), recorded on the run's first event; `None` when no
     /// person or program asked, as for a schedule.
     pub actor: Option<String>,
-    /// The trace the run's work continues; `None` starts a trace of the run's own
-    /// ([`own_trace`]), so that every run has a trace id.
+    /// The trace the run's work continues; `None` starts a trace of the run's own, so that
+    /// every run has a trace id.
     pub trace: Option<TraceContext>,
 }
 
@@ -298,6 +298,8 @@ RETURNING run_id, (SELECT ",
 pub(super) const QUERIES: &[Query] = &[
     START_RUN,
     each::START_EACH,
+    batch::START_RUNS,
+    batch::RUNS_BY_IDEMPOTENCY_KEYS,
     RUN_BY_IDEMPOTENCY_KEY,
     RUN,
     CANCEL_RUN,

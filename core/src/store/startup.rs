@@ -21,7 +21,7 @@ pub enum WhenUnavailable {
 }
 
 /// The pause before try number `tries + 1`, after `tries` failed: doubling from
-/// [`STARTUP_RETRY_FIRST`] up to [`STARTUP_RETRY_MAX`].
+/// `STARTUP_RETRY_FIRST` (250 ms) up to `STARTUP_RETRY_MAX` (10 s).
 pub fn startup_retry_delay(tries: u32) -> Duration {
     let factor = 2u32.saturating_pow(tries.saturating_sub(1));
     STARTUP_RETRY_FIRST
