@@ -118,7 +118,10 @@ pub struct Released {
 // in node-id order, as a batch of starts records them (docs/lease_protocol.md, rules 1 and 8).
 // The version's `start_nodes` (V13) lists only nodes whose start is that alone (no approval
 // gate); a version without it (NULL) starts nothing, and the worker starts its nodes as before.
-// Such a run has no node rows yet: only a start makes one, and a start marks progress.
+// Such a run has no node rows yet (only a start makes one, and a start marks progress); the
+// statement checks it all the same, since a run the fold would collide with (a node row of its
+// own) would make the whole claim fail, for every worker, until it left the head of the queue:
+// such a run's nodes are started by its worker instead.
 const CLAIM_RUNS: Query = Query {
     name: "claim_runs",
     sql: concat!(
@@ -142,7 +145,9 @@ picked AS (
         since_schema!(
             13,
             "\
-CASE WHEN progress_epoch = 0 AND retry_node_id IS NULL THEN ARRAY(
+CASE WHEN progress_epoch = 0 AND retry_node_id IS NULL
+               AND NOT EXISTS (SELECT 1 FROM run_nodes n WHERE n.run_id = ranked.run_id)
+          THEN ARRAY(
                SELECT start.node_id
                FROM automation_versions v, unnest(v.start_nodes[1:$4::int]) AS start(node_id)
                WHERE v.tenant_id = ranked.tenant_id AND v.automation_id = ranked.automation_id

@@ -255,6 +255,42 @@ async fn a_version_without_start_nodes_starts_nothing_in_its_claim() {
     );
 }
 
+/// A run that never made progress yet holds a node row (no path writes one today, but stored
+/// data may disagree) is claimed without starting anything: the fold must not collide with the
+/// row and fail the claim of every run in its batch, for every worker.
+#[tokio::test]
+async fn a_fresh_run_holding_a_node_row_is_claimed_without_starts_and_blocks_no_one() {
+    let b = setup().await;
+    let automation = b
+        .automation("id: odd\nnodes:\n  - {id: only, kind: noop}\n")
+        .await;
+    let odd = b.start(&automation).await;
+    let other = b.start(&automation).await;
+    b.sql
+        .execute(
+            "INSERT INTO run_nodes (run_id, node_id, status, attempts, epoch) \
+             VALUES ($1, 'only', 'skipped', 0, 0)",
+            &[&odd.0],
+        )
+        .await
+        .expect("a node row without progress");
+    let claimed = b
+        .store
+        .claim_and_start_runs(&ClaimantId::from("w"), 2, LEASE, STARTS_PER_RUN)
+        .await
+        .expect("the claim succeeds");
+    assert_eq!(claimed.len(), 2, "both runs claimed");
+    for run in &claimed {
+        if run.claim.run_id() == odd {
+            assert!(run.started.is_empty(), "nothing started for the odd run");
+        } else {
+            assert_eq!(run.claim.run_id(), other);
+            assert_eq!(run.started, first_attempts(&["only"]));
+        }
+    }
+    assert_eq!(b.row(odd).await.event_seq, 2, "only its claim was recorded");
+}
+
 #[tokio::test]
 async fn a_claim_never_starts_an_approval_gate() {
     let b = setup().await;
