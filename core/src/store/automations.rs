@@ -280,19 +280,6 @@ fn start_nodes(spec: &Spec) -> Vec<&str> {
     spec.start_nodes().map(NodeId::as_str).collect()
 }
 
-/// A new version's arguments: without the start nodes' column the statement has no place for
-/// the last one.
-fn versioned_args<'a>(
-    args: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync); 4],
-    schema: i32,
-) -> &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)] {
-    if schema >= START_NODES_SCHEMA_VERSION {
-        &args[..]
-    } else {
-        &args[..3]
-    }
-}
-
 impl Store {
     /// Stores a new automation at version 1. The spec must be valid (see [`spec::validate`]).
     pub async fn create_automation(
@@ -300,19 +287,7 @@ impl Store {
         tenant: &TenantId,
         spec: &Spec,
     ) -> Result<i32, RequestError> {
-        let client = self.client().await?;
-        let schema = self.schema(&client).await?;
-        let start_nodes = start_nodes(spec);
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
-            &tenant.as_str(),
-            &spec.id.as_str(),
-            &spec_json(spec),
-            &start_nodes,
-        ];
-        let rows = CREATE_AUTOMATION
-            .for_schema(schema)
-            .query(&client, versioned_args(&args, schema))
-            .await?;
+        let rows = self.store_version(CREATE_AUTOMATION, tenant, spec).await?;
         match rows.first() {
             Some(row) => Ok(row.get(0)),
             None => Err(RequestError::AutomationExists(spec.id.clone())),
@@ -326,18 +301,8 @@ impl Store {
         tenant: &TenantId,
         spec: &Spec,
     ) -> Result<Stored, RequestError> {
-        let client = self.client().await?;
-        let schema = self.schema(&client).await?;
-        let start_nodes = start_nodes(spec);
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
-            &tenant.as_str(),
-            &spec.id.as_str(),
-            &spec_json(spec),
-            &start_nodes,
-        ];
-        let rows = CREATE_AUTOMATION_VERSION
-            .for_schema(schema)
-            .query(&client, versioned_args(&args, schema))
+        let rows = self
+            .store_version(CREATE_AUTOMATION_VERSION, tenant, spec)
             .await?;
         let row = rows
             .first()
@@ -353,6 +318,26 @@ impl Store {
                 created: false,
             },
         })
+    }
+
+    /// Runs `query` (a statement storing a version of `spec`), with the version's start nodes
+    /// where the schema has their column (V13); without it the statement has no place for them.
+    async fn store_version(
+        &self,
+        query: Query,
+        tenant: &TenantId,
+        spec: &Spec,
+    ) -> Result<Vec<Row>, RequestError> {
+        let client = self.client().await?;
+        let schema = self.schema(&client).await?;
+        let start_nodes = start_nodes(spec);
+        let (tenant, automation, spec_json) = (tenant.as_str(), spec.id.as_str(), spec_json(spec));
+        let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&tenant, &automation, &spec_json];
+        if schema >= START_NODES_SCHEMA_VERSION {
+            args.push(&start_nodes);
+        }
+        Ok(query.for_schema(schema).query(&client, &args).await?)
     }
 
     /// Creates the automation, or adds a version when it exists: what `automation apply` does.

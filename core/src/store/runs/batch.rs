@@ -225,48 +225,11 @@ impl Store {
                 created_at: Utc::now(),
             });
         }
-        let column = |f: fn(&StartRun) -> &str| -> Vec<&str> {
-            new.iter().map(|(_, r, _, _)| f(r)).collect()
-        };
-        let tenants = column(|r| r.tenant.as_str());
-        let automations = column(|r| r.automation_id.as_str());
-        let triggers = column(|r| r.trigger.as_str());
-        let run_ids: Vec<uuid::Uuid> = new.iter().map(|(_, _, id, _)| id.0).collect();
-        let inputs: Vec<&serde_json::Value> = new.iter().map(|(_, r, _, _)| &r.inputs).collect();
-        let keys: Vec<Option<&str>> = new
-            .iter()
-            .map(|(_, r, _, _)| r.idempotency_key.as_deref())
-            .collect();
-        let priorities: Vec<i16> = new.iter().map(|(_, r, _, _)| r.priority).collect();
-        let concurrency_keys: Vec<Option<&str>> = new
-            .iter()
-            .map(|(_, r, _, _)| r.concurrency_key.as_deref())
-            .collect();
-        let actors: Vec<Option<&str>> = new.iter().map(|(_, r, _, _)| r.actor.as_deref()).collect();
-        let trace_parents: Vec<&str> = new.iter().map(|(.., t)| t.parent.as_str()).collect();
-        let trace_states: Vec<Option<&str>> = new
-            .iter()
-            .map(|(.., t)| t.state.as_ref().map(TraceState::as_str))
-            .collect();
+        let columns = StartColumns::new(new.iter().map(|(_, r, id, t)| (*r, *id, *t)));
         let client = self.client().await?;
         let schema = self.schema(&client).await?;
-        let traced = schema >= TRACE_SCHEMA_VERSION;
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-            &tenants,
-            &run_ids,
-            &automations,
-            &triggers,
-            &inputs,
-            &keys,
-            &priorities,
-            &concurrency_keys,
-            &actors,
-            &trace_parents,
-            &trace_states,
-        ];
-        // Without the trace columns the statement has no place for the last two arguments.
-        let args = if traced { &args[..] } else { &args[..9] };
-        let rows = START_RUNS.for_schema(schema).query(&client, args).await?;
+        let args = columns.args(schema >= TRACE_SCHEMA_VERSION);
+        let rows = START_RUNS.for_schema(schema).query(&client, &args).await?;
         let inserted = rows.first().map_or(0, |row| row.get::<_, i64>("inserted"));
         if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
             let versions = rows
@@ -416,5 +379,82 @@ pub(super) fn new_run_record(
         created_at,
         finished_at: None,
         trace_parent: trace.map(|t| t.parent.clone()),
+    }
+}
+
+/// The new runs' columns, one array per argument of `START_RUNS` and `START_EACH`, in the order
+/// both statements take them.
+pub(super) struct StartColumns<'a> {
+    tenants: Vec<&'a str>,
+    run_ids: Vec<uuid::Uuid>,
+    automations: Vec<&'a str>,
+    triggers: Vec<&'a str>,
+    inputs: Vec<&'a serde_json::Value>,
+    keys: Vec<Option<&'a str>>,
+    priorities: Vec<i16>,
+    concurrency_keys: Vec<Option<&'a str>>,
+    actors: Vec<Option<&'a str>>,
+    trace_parents: Vec<&'a str>,
+    trace_states: Vec<Option<&'a str>>,
+}
+
+impl<'a> StartColumns<'a> {
+    /// The columns of `runs`: each request with its new run's id and trace.
+    pub fn new(
+        runs: impl ExactSizeIterator<Item = (&'a StartRun, RunId, &'a TraceContext)>,
+    ) -> Self {
+        let n = runs.len();
+        let mut columns = Self {
+            tenants: Vec::with_capacity(n),
+            run_ids: Vec::with_capacity(n),
+            automations: Vec::with_capacity(n),
+            triggers: Vec::with_capacity(n),
+            inputs: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            priorities: Vec::with_capacity(n),
+            concurrency_keys: Vec::with_capacity(n),
+            actors: Vec::with_capacity(n),
+            trace_parents: Vec::with_capacity(n),
+            trace_states: Vec::with_capacity(n),
+        };
+        for (request, run_id, trace) in runs {
+            columns.tenants.push(request.tenant.as_str());
+            columns.run_ids.push(run_id.0);
+            columns.automations.push(request.automation_id.as_str());
+            columns.triggers.push(request.trigger.as_str());
+            columns.inputs.push(&request.inputs);
+            columns.keys.push(request.idempotency_key.as_deref());
+            columns.priorities.push(request.priority);
+            columns
+                .concurrency_keys
+                .push(request.concurrency_key.as_deref());
+            columns.actors.push(request.actor.as_deref());
+            columns.trace_parents.push(trace.parent.as_str());
+            columns
+                .trace_states
+                .push(trace.state.as_ref().map(TraceState::as_str));
+        }
+        columns
+    }
+
+    /// The statement's arguments; without the trace columns (`traced` false) the statement has
+    /// no place for the last two.
+    pub fn args(&self, traced: bool) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &self.tenants,
+            &self.run_ids,
+            &self.automations,
+            &self.triggers,
+            &self.inputs,
+            &self.keys,
+            &self.priorities,
+            &self.concurrency_keys,
+            &self.actors,
+        ];
+        if traced {
+            args.push(&self.trace_parents);
+            args.push(&self.trace_states);
+        }
+        args
     }
 }

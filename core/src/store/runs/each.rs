@@ -4,13 +4,13 @@
 
 use tokio_postgres::Row;
 
-use super::batch::new_run_record;
+use super::batch::{StartColumns, new_run_record};
 use super::{RunRecord, StartRun, Started, not_inserted, own_trace};
 use crate::ids::{NodeId, RunId};
 use crate::store::gated::{TRACE_SCHEMA_VERSION, if_traced};
 use crate::store::query::{Query, notify_queued};
 use crate::store::{RequestError, Store};
-use crate::trace::{TraceContext, TraceState};
+use crate::trace::TraceContext;
 
 /// How one request of [`Store::start_each`] came out.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,46 +158,20 @@ impl Store {
         run_ids: &[RunId],
         traces: &[TraceContext],
     ) -> Result<(Vec<Row>, bool), RequestError> {
-        let column = |f: fn(&StartRun) -> &str| -> Vec<&str> { requests.iter().map(f).collect() };
-        let tenants = column(|r| r.tenant.as_str());
-        let automations = column(|r| r.automation_id.as_str());
-        let triggers = column(|r| r.trigger.as_str());
-        let ids: Vec<uuid::Uuid> = run_ids.iter().map(|id| id.0).collect();
-        let inputs: Vec<&serde_json::Value> = requests.iter().map(|r| &r.inputs).collect();
-        let keys: Vec<Option<&str>> = requests
-            .iter()
-            .map(|r| r.idempotency_key.as_deref())
-            .collect();
-        let priorities: Vec<i16> = requests.iter().map(|r| r.priority).collect();
-        let concurrency_keys: Vec<Option<&str>> = requests
-            .iter()
-            .map(|r| r.concurrency_key.as_deref())
-            .collect();
-        let actors: Vec<Option<&str>> = requests.iter().map(|r| r.actor.as_deref()).collect();
-        let trace_parents: Vec<&str> = traces.iter().map(|t| t.parent.as_str()).collect();
-        let trace_states: Vec<Option<&str>> = traces
-            .iter()
-            .map(|t| t.state.as_ref().map(TraceState::as_str))
-            .collect();
+        let columns = StartColumns::new(
+            requests
+                .iter()
+                .zip(run_ids)
+                .zip(traces)
+                .map(|((request, id), trace)| (request, *id, trace)),
+        );
         let client = self.client().await?;
         let schema = self.schema(&client).await?;
         let traced = schema >= TRACE_SCHEMA_VERSION;
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-            &tenants,
-            &ids,
-            &automations,
-            &triggers,
-            &inputs,
-            &keys,
-            &priorities,
-            &concurrency_keys,
-            &actors,
-            &trace_parents,
-            &trace_states,
-        ];
-        // Without the trace columns the statement has no place for the last two arguments.
-        let args = if traced { &args[..] } else { &args[..9] };
-        let rows = START_EACH.for_schema(schema).query(&client, args).await?;
+        let rows = START_EACH
+            .for_schema(schema)
+            .query(&client, &columns.args(traced))
+            .await?;
         if rows.len() != requests.len() {
             return Err(RequestError::RunConflict {
                 run_id: run_ids[0],
