@@ -315,10 +315,11 @@ impl Held {
         self.runs_held
             .get_or_insert_with(|| shared.metrics.runs_held.clone())
             .increment(1.0);
-        // The lease is forgotten when `execute` drops it.
-        self.tasks.spawn(async move {
+        // The lease is forgotten when `execute` drops it. Boxed where it is made: the run's
+        // future is kilobytes, and the spawn would otherwise copy it several times over.
+        self.tasks.spawn(Box::pin(async move {
             execute::execute(&shared, run, lease, shutdown, claimed_at, batch).await
-        });
+        }));
     }
 
     /// Waits for every run to leave; cancel-safe, as each one is collected when it leaves.

@@ -9,11 +9,10 @@ use uuid::Uuid;
 
 use super::gated::{START_NODES_SCHEMA_VERSION, before_schema, if_traced, since_schema};
 use super::query::{Query, clear_lease, notify_queued};
-use super::runs::read_trace;
 use super::{Error, Store, millis};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::run::RunStatus;
-use crate::trace::TraceContext;
+use crate::trace::{TraceContext, TraceParent, TraceState};
 
 /// Proof of a claim: a run and the epoch it was claimed at. Only [`Store::claim_runs`] makes
 /// one, and every write the holder makes to the run carries it.
@@ -383,7 +382,13 @@ impl Store {
         };
         for _ in 0..KEY_RACE_RETRIES {
             match claim_runs.query(&client, args).await {
-                Ok(rows) => return Ok(rows.iter().map(read_claimed).collect()),
+                Ok(rows) => {
+                    let Some(first) = rows.first() else {
+                        return Ok(Vec::new());
+                    };
+                    let columns = ClaimColumns::of(first);
+                    return Ok(rows.iter().map(|row| columns.read(row)).collect());
+                }
                 // Another claimer took a run of the same concurrency key in the same instant;
                 // the statement claimed nothing, and claiming again skips that key.
                 Err(e) if lost_key_race(&e) => continue,
@@ -470,31 +475,78 @@ impl Store {
     }
 }
 
-fn read_claimed(row: &Row) -> ClaimedRun {
-    ClaimedRun {
-        claim: Claim {
-            run_id: RunId(row.get("run_id")),
-            epoch: LeaseEpoch(row.get("lease_epoch")),
-        },
-        tenant: TenantId(row.get("tenant_id")),
-        automation_id: AutomationId(row.get("automation_id")),
-        automation_version: row.get("automation_version"),
-        inputs: row.get("inputs"),
-        lease_expires_at: row.get("lease_expires_at"),
-        resumed: row.get("resumed"),
-        retry_node_id: row.get::<_, Option<String>>("retry_node_id").map(NodeId),
-        // The statement counts first attempts only.
-        started: row
-            .get::<_, Vec<String>>("start_nodes")
-            .into_iter()
-            .map(|node_id| StartedNode {
-                node_id: NodeId(node_id),
-                attempt: 1,
-            })
-            .collect(),
-        waited: Duration::from_micros(
-            u64::try_from(row.get::<_, i64>("waited_micros")).unwrap_or(0),
-        ),
-        trace: read_trace(row),
+/// Where each column of the claim's answer is, found once per answer: a lookup by name compares
+/// the name with every column's, on every row.
+struct ClaimColumns {
+    run_id: usize,
+    tenant_id: usize,
+    automation_id: usize,
+    automation_version: usize,
+    inputs: usize,
+    lease_epoch: usize,
+    lease_expires_at: usize,
+    resumed: usize,
+    retry_node_id: usize,
+    start_nodes: usize,
+    waited_micros: usize,
+    /// Absent from a schema without the trace context.
+    trace: Option<(usize, usize)>,
+}
+
+impl ClaimColumns {
+    fn of(row: &Row) -> Self {
+        let columns = row.columns();
+        let find = |name: &str| columns.iter().position(|c| c.name() == name);
+        let at = |name: &str| find(name).unwrap_or_else(|| panic!("claim_runs answers {name}"));
+        Self {
+            run_id: at("run_id"),
+            tenant_id: at("tenant_id"),
+            automation_id: at("automation_id"),
+            automation_version: at("automation_version"),
+            inputs: at("inputs"),
+            lease_epoch: at("lease_epoch"),
+            lease_expires_at: at("lease_expires_at"),
+            resumed: at("resumed"),
+            retry_node_id: at("retry_node_id"),
+            start_nodes: at("start_nodes"),
+            waited_micros: at("waited_micros"),
+            trace: find("trace_parent").zip(find("trace_state")),
+        }
+    }
+
+    fn read(&self, row: &Row) -> ClaimedRun {
+        ClaimedRun {
+            claim: Claim {
+                run_id: RunId(row.get(self.run_id)),
+                epoch: LeaseEpoch(row.get(self.lease_epoch)),
+            },
+            tenant: TenantId(row.get(self.tenant_id)),
+            automation_id: AutomationId(row.get(self.automation_id)),
+            automation_version: row.get(self.automation_version),
+            inputs: row.get(self.inputs),
+            lease_expires_at: row.get(self.lease_expires_at),
+            resumed: row.get(self.resumed),
+            retry_node_id: row.get::<_, Option<String>>(self.retry_node_id).map(NodeId),
+            // The statement counts first attempts only.
+            started: row
+                .get::<_, Vec<String>>(self.start_nodes)
+                .into_iter()
+                .map(|node_id| StartedNode {
+                    node_id: NodeId(node_id),
+                    attempt: 1,
+                })
+                .collect(),
+            waited: Duration::from_micros(
+                u64::try_from(row.get::<_, i64>(self.waited_micros)).unwrap_or(0),
+            ),
+            // The coordinator stores only checked values; anything else reads as none.
+            trace: self.trace.and_then(|(parent, state)| {
+                let parent = TraceParent::parse(row.get::<_, Option<&str>>(parent)?)?;
+                let state = row
+                    .get::<_, Option<&str>>(state)
+                    .and_then(TraceState::parse);
+                Some(TraceContext { parent, state })
+            }),
+        }
     }
 }

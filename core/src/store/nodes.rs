@@ -1,6 +1,6 @@
 //! Node checkpoints: each start, output and failure, fenced on the claim.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
@@ -362,20 +362,13 @@ impl Store {
         let rows = NODES_STARTED
             .query(&client, &[&run_ids, &epochs, &node_ids])
             .await?;
-        let landed: HashMap<(Claim, &str), u32> = rows
-            .iter()
-            .map(|row| {
-                (
-                    (landed_claim(row), row.get::<_, &str>("node_id")),
-                    row.get::<_, i32>("attempts").unsigned_abs(),
-                )
-            })
-            .collect();
+        let landed = Landed::read(&rows, "attempts", |row, at| {
+            row.get::<_, i32>(at).unsigned_abs()
+        });
         let mut answers = Vec::with_capacity(starts.len());
         for start in starts {
-            let key = (start.claim, start.node_id.as_str());
-            answers.push(match landed.get(&key) {
-                Some(attempts) => Ok(*attempts),
+            answers.push(match landed.get(&start.claim, start.node_id.as_str()) {
+                Some(attempts) => Ok(attempts),
                 None => start_not_written(&client, &start.claim, &start.node_id).await,
             });
         }
@@ -423,20 +416,11 @@ impl Store {
         let rows = NODES_COMPLETED
             .query(&client, &[&run_ids, &epochs, &node_ids, &outputs, &finish])
             .await?;
-        let landed: HashMap<(Claim, &str), bool> = rows
-            .iter()
-            .map(|row| {
-                (
-                    (landed_claim(row), row.get::<_, &str>("node_id")),
-                    row.get::<_, bool>("finish"),
-                )
-            })
-            .collect();
+        let landed = Landed::read(&rows, "finish", |row, at| row.get::<_, bool>(at));
         let mut answers = Vec::with_capacity(completions.len());
         for c in completions {
-            let key = (c.claim, c.node_id.as_str());
-            answers.push(match landed.get(&key) {
-                Some(run_completed) => Ok(*run_completed),
+            answers.push(match landed.get(&c.claim, c.node_id.as_str()) {
+                Some(run_completed) => Ok(run_completed),
                 None => completion_not_written(&client, &c.claim, &c.node_id, &c.output)
                     .await
                     .map(|()| false),
@@ -584,12 +568,46 @@ fn read_node(run_id: RunId, row: &Row) -> Result<NodeRecord, Error> {
     })
 }
 
-/// The claim a returned node row was written under: a batch may carry an old claim of a run
-/// beside its current one, and only the current one's writes land.
-fn landed_claim(row: &Row) -> Claim {
-    Claim {
-        run_id: RunId(row.get("run_id")),
-        epoch: LeaseEpoch(row.get("epoch")),
+/// The node rows a batch's statement wrote, each under the claim it was written with (a batch
+/// may carry an old claim of a run beside its current one, and only the current one's writes
+/// land), with one value of each. Sorted and searched: a batch is a few hundred rows at most, and
+/// hashing each key cost more than the search.
+struct Landed<'r, V> {
+    rows: Vec<((RunId, i64, &'r str), V)>,
+}
+
+impl<'r, V: Copy> Landed<'r, V> {
+    /// Reads `rows`' claim and node, and `value` from the column `value_column`.
+    fn read(rows: &'r [Row], value_column: &str, value: impl Fn(&'r Row, usize) -> V) -> Self {
+        let Some(first) = rows.first() else {
+            return Self { rows: Vec::new() };
+        };
+        let at = |name: &str| {
+            first
+                .columns()
+                .iter()
+                .position(|c| c.name() == name)
+                .unwrap_or_else(|| panic!("the statement answers {name}"))
+        };
+        let (run_id, epoch, node_id, value_at) =
+            (at("run_id"), at("epoch"), at("node_id"), at(value_column));
+        let mut landed: Vec<_> = rows
+            .iter()
+            .map(|row| {
+                let key = (RunId(row.get(run_id)), row.get(epoch), row.get(node_id));
+                (key, value(row, value_at))
+            })
+            .collect();
+        landed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Self { rows: landed }
+    }
+
+    fn get(&self, claim: &Claim, node_id: &str) -> Option<V> {
+        let key = (claim.run_id, claim.epoch.0, node_id);
+        self.rows
+            .binary_search_by(|(landed, _)| landed.cmp(&key))
+            .ok()
+            .map(|i| self.rows[i].1)
     }
 }
 
@@ -607,11 +625,13 @@ fn distinct_in_lock_order<'a, T>(
     items: &'a [T],
     key: impl Fn(&'a T) -> (Claim, &'a str),
 ) -> Vec<&'a T> {
-    let mut seen = HashSet::new();
-    let mut unique: Vec<&T> = items.iter().filter(|item| seen.insert(key(item))).collect();
-    unique.sort_by_key(|item| {
+    let order = |item: &&'a T| {
         let (claim, node_id) = key(item);
         (claim.run_id, claim.epoch.0, node_id)
-    });
+    };
+    let mut unique: Vec<&T> = items.iter().collect();
+    // A stable sort keeps equal items in their order, so the first of each is kept.
+    unique.sort_by_key(order);
+    unique.dedup_by_key(|item| order(item));
     unique
 }

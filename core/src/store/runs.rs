@@ -146,19 +146,6 @@ pub(super) fn own_trace(requested: Option<&TraceContext>) -> TraceContext {
     }
 }
 
-/// The trace context a row's `trace_parent` and `trace_state` hold, if any (the coordinator
-/// stores only checked values; anything else reads as none).
-pub(super) fn read_trace(row: &Row) -> Option<TraceContext> {
-    // Absent from a schema without the trace context.
-    let parent = TraceParent::parse(row.try_get::<_, Option<&str>>("trace_parent").ok()??)?;
-    let state = row
-        .try_get::<_, Option<&str>>("trace_state")
-        .ok()
-        .flatten()
-        .and_then(TraceState::parse);
-    Some(TraceContext { parent, state })
-}
-
 // One statement: pin the current version of an active automation, insert the run queued, and
 // record its first event, and wake idle workers. ON CONFLICT on the idempotency key yields zero
 // rows instead of an error, and the caller then compares the earlier request with this one. The

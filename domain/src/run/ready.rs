@@ -1,6 +1,6 @@
 //! Which nodes of a run can start now, from its checkpoint.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use crate::ids::{LeaseEpoch, NodeId};
 use crate::spec::Spec;
@@ -75,7 +75,9 @@ impl NodeState {
 }
 
 /// The recorded state of a run's nodes, by node id.
-pub type Checkpoint = HashMap<NodeId, NodeState>;
+// Ordered, not hashed: a run has a handful of nodes, and comparing their short ids costs less
+// than hashing them.
+pub type Checkpoint = BTreeMap<NodeId, NodeState>;
 
 /// The nodes that may start now, in spec order: every dependency completed, the node itself not
 /// completed, running or skipped, and, if its last attempt failed, retryably with attempts left.

@@ -21,6 +21,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use super::plain_fields::PlainFields;
+
 /// The variable holding the log filter (`tracing` syntax, such as `leasehold_core=debug`).
 pub const LOG_FILTER_VAR: &str = "LEASEHOLD_LOG";
 
@@ -110,7 +112,8 @@ where
 {
     let lines = tracing_subscriber::fmt::layer().with_writer(writer);
     let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
-        LogFormat::Text => lines.with_ansi(ansi).with_filter(filter).boxed(),
+        LogFormat::Text if ansi => lines.with_ansi(true).boxed(),
+        LogFormat::Text => lines.with_ansi(false).fmt_fields(PlainFields).boxed(),
         // The event's own fields beside `message` at the top level; the spans' fields in
         // `spans` only (the innermost span again under `span` would repeat it on every line).
         LogFormat::Json => lines
@@ -118,11 +121,18 @@ where
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .with_filter(filter)
             .boxed(),
     };
-    let mut layers = vec![lines];
-    layers.extend(traces.map(Traces::layer::<Registry>));
+    let Some(traces) = traces else {
+        // The log filter alone decides, so it filters for the whole subscriber: a filter of one
+        // layer among several keeps a record of what it let through for every span entered and
+        // left, which cost a worker more than writing its lines.
+        return Box::new(tracing_subscriber::registry().with(filter.and_then(lines)));
+    };
+    let layers = vec![
+        lines.with_filter(filter).boxed(),
+        traces.layer::<Registry>(),
+    ];
     Box::new(tracing_subscriber::registry().with(layers))
 }
 

@@ -26,6 +26,7 @@
 //! start, under the same pid, without them.
 
 mod logging;
+mod plain_fields;
 mod secrets;
 mod signals;
 

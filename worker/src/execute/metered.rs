@@ -3,7 +3,7 @@
 //! recorder every time. Each handle is made on first use, so the exposition shows exactly the
 //! series it showed when the macros were called per run.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use leasehold_core::ids::{AutomationId, TenantId};
@@ -103,9 +103,10 @@ fn runs_left(tenant: &TenantId, automation: &AutomationId, outcome: &Outcome) ->
 }
 
 /// Pinned versions by tenant, automation and version: nested, so that a lookup borrows the
-/// claimed run's names instead of cloning them into a key.
+/// claimed run's names instead of cloning them into a key; ordered, as comparing a few short
+/// names costs less than hashing them, twice for every run.
 #[derive(Default)]
-pub(crate) struct Pins(HashMap<TenantId, HashMap<AutomationId, HashMap<i32, Arc<Pinned>>>>);
+pub(crate) struct Pins(BTreeMap<TenantId, BTreeMap<AutomationId, BTreeMap<i32, Arc<Pinned>>>>);
 
 impl Pins {
     pub fn get(&self, run: &ClaimedRun) -> Option<Arc<Pinned>> {

@@ -10,7 +10,7 @@ mod nodes;
 mod output;
 mod settle;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ pub(crate) struct Shared {
     /// Pinned automation versions, with the metric handles their runs record into.
     specs: Mutex<Pins>,
     /// The node metrics of each registered kind, made once rather than per attempt.
-    kinds: HashMap<String, Arc<KindMetrics>>,
+    kinds: BTreeMap<String, Arc<KindMetrics>>,
     /// The claim loop's and the runs' metrics without labels.
     pub metrics: WorkerMetrics,
 }
@@ -223,13 +223,15 @@ struct Execution<'a> {
     spec: Arc<Spec>,
     lease: RunLease,
     checkpoint: Checkpoint,
-    outputs: HashMap<NodeId, Value>,
-    approved: HashSet<NodeId>,
+    // Ordered sets and maps (as the checkpoint): a run's few short node ids compare for less
+    // than they hash.
+    outputs: BTreeMap<NodeId, Value>,
+    approved: BTreeSet<NodeId>,
     running: JoinSet<NodeDone>,
     /// Cancelled when the running nodes are stopped (a pause, the end of the grace period);
     /// a child of the lease's stop token. Every node's context token is a child of it.
     nodes_stop: CancellationToken,
-    running_ids: HashSet<NodeId>,
+    running_ids: BTreeSet<NodeId>,
     /// How often an operator reset each node (recover, rework): part of its idempotency key.
     resets: HashMap<NodeId, u32>,
     /// A retryable failure with attempts left: once nothing runs, queue the run for it.
@@ -308,11 +310,11 @@ async fn execute_claimed(
         spec,
         lease,
         checkpoint: Checkpoint::new(),
-        outputs: HashMap::new(),
-        approved: HashSet::new(),
+        outputs: BTreeMap::new(),
+        approved: BTreeSet::new(),
         running: JoinSet::new(),
         nodes_stop: stop.child_token(),
-        running_ids: HashSet::new(),
+        running_ids: BTreeSet::new(),
         resets: HashMap::new(),
         retry: None,
         failure: None,
