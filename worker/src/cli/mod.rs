@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::logging::{LOG_FILTER_VAR, LogArgs, LogFormat, init_logging, subscriber};
 use self::secrets::UrlSource;
-pub use self::secrets::{DATABASE_URL_FD_VAR, SECRET_VARS, SecretsError};
+pub use self::secrets::{DATABASE_URL_FD_VAR, EXPORTER_SECRET_VARS, SECRET_VARS, SecretsError};
 pub use self::signals::{EXIT_ON_SECOND_SIGNAL, cancel_on_signal};
 use crate::config::{self, Config, ConfigError};
 use crate::handler::Registry;
@@ -150,7 +150,7 @@ fn exec_allow_entry(entry: &str) -> Result<String, ExecAllowError> {
 
 /// An `--exec-env` name, which may not be one of the worker's secrets.
 fn exec_env_name(name: &str) -> Result<String, String> {
-    if SECRET_VARS.contains(&name) {
+    if SECRET_VARS.contains(&name) || EXPORTER_SECRET_VARS.contains(&name) {
         return Err(format!(
             "{name} holds a secret of the worker, which never reaches exec children"
         ));
@@ -468,6 +468,11 @@ mod tests {
         assert!(refused(&["--http-allow", "not a host"]));
         assert!(refused(&["--exec-env", "LEASEHOLD_DATABASE_URL"]));
         assert!(refused(&["--exec-env", "PGPASSWORD"]));
+        assert!(refused(&["--exec-env", "OTEL_EXPORTER_OTLP_HEADERS"]));
+        assert!(refused(&[
+            "--exec-env",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+        ]));
         assert!(refused(&["--exec-user", "leasehold-no-such-user"]));
         assert!(!refused(&[
             "--exec-env",

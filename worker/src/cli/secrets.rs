@@ -31,6 +31,14 @@ pub const SECRET_VARS: [&str; 4] = [
     "DATABASE_URL",
 ];
 
+/// Variables holding the trace exporter's credentials (a collector's auth header). They stay in
+/// the worker's environment, where the OpenTelemetry SDK reads them, and are refused in
+/// `--exec-env` with [`SECRET_VARS`].
+pub const EXPORTER_SECRET_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+];
+
 /// The variable naming the inherited pipe that carries the database URL into the executed
 /// worker. Internal: set only by the worker for itself.
 pub const DATABASE_URL_FD_VAR: &str = "LEASEHOLD_DATABASE_URL_FD";
