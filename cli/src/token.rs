@@ -27,7 +27,7 @@ pub enum Command {
         #[arg(long)]
         role: Role,
         /// Who the token stands for: recorded as the actor of what it does
-        /// [default: token-<id>].
+        /// [default: "token-" and the token's id].
         #[arg(long)]
         name: Option<String>,
         /// Refuse the token after this long (90d, 12h) [default: never].

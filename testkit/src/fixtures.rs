@@ -9,7 +9,7 @@
 //!
 //! The fixtures use `leasehold-core`'s types. `leasehold-core` dev-depends on this crate, so its
 //! integration tests share one copy of `leasehold-core` with the fixtures; its unit tests (built as
-//! a crate of their own) must use only [`TestDb`](crate::TestDb) from here, never a fixture.
+//! a crate of their own) must use only [`TestDb`] from here, never a fixture.
 
 use std::future::Future;
 use std::net::SocketAddr;

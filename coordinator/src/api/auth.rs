@@ -2,9 +2,9 @@
 //!
 //! Every call but health and reflection (open to probes and tools) carries
 //! `authorization: Bearer lh_<id>_<secret>`. The layer looks the token up (the lookups of
-//! concurrent calls share a statement, [`super::gather`]; a token let in is then kept for
+//! concurrent calls share a statement, `api::gather`; a token let in is then kept for
 //! `--token-cache-ttl`, so that a revoked token is refused to every call from that long after
-//! its revocation on, [`super::token_cache`]), refuses
+//! its revocation on, `api::token_cache`), refuses
 //! a role weaker than the one [`METHOD_ROLES`] names for the method, and hands the [`Caller`] to
 //! the service in the request's extensions, where the service's body takes its tenant and its
 //! name from. A method missing from the table is refused to every role, so a new RPC is closed
