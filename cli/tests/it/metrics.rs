@@ -292,12 +292,16 @@ async fn counters_and_histograms_of_a_coordinator_and_two_workers_move_as_runs_g
         ),
         5.0
     );
-    // Each claimed run's wait since it was due, and the first node of each claim starting.
-    assert_eq!(both("leasehold_worker_claim_wait_seconds_count", &[]), 13.0);
-    assert_eq!(
-        both("leasehold_worker_claim_to_start_seconds_count", &[]),
-        13.0
-    );
+    // Each claimed run's wait since it was due, and the first node of each claim starting. One
+    // sample may be missing: the exporter drains a histogram's samples (at a scrape, and every
+    // 5 s) by swapping its buffer, and a sample written into the old buffer just after it was
+    // read is lost (metrics-util's AtomicBucket); CI once saw 12 claim waits beside 13 claims.
+    let per_run = |name: &str| {
+        let count = both(name, &[]);
+        assert!((12.0..=13.0).contains(&count), "{name}: {count}");
+    };
+    per_run("leasehold_worker_claim_wait_seconds_count");
+    per_run("leasehold_worker_claim_to_start_seconds_count");
     // A fresh run's claim starts its node (the 5 quick runs, the first claims of the 2 flaky
     // runs and of the slow one); every other start was one write of a batch: the flaky runs'
     // 4 retries and the slow run's resumed claim. Completions are batched writes too (the flaky

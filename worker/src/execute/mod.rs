@@ -5,6 +5,7 @@
 //! - `output`: whether an output fits the checkpoint, measured as PostgreSQL measures it.
 //! - `settle`: what happens to the run once nothing runs: end, queue, pause, gate, hand back.
 
+mod attempts;
 mod metered;
 mod nodes;
 mod output;
@@ -20,7 +21,6 @@ use leasehold_core::spec::{NodeSpec, Spec};
 use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store, outage};
 use opentelemetry::trace::SpanContext;
 use serde_json::Value;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::flusher::Writes;
 use crate::handler::{HandlerError, Registry};
 use crate::keeper::RunLease;
+use attempts::Attempts;
 pub(crate) use metered::WorkerMetrics;
 use metered::{KindMetrics, Pinned, Pins};
 
@@ -227,7 +228,7 @@ struct Execution<'a> {
     // than they hash.
     outputs: BTreeMap<NodeId, Value>,
     approved: BTreeSet<NodeId>,
-    running: JoinSet<NodeDone>,
+    running: Attempts,
     /// Cancelled when the running nodes are stopped (a pause, the end of the grace period);
     /// a child of the lease's stop token. Every node's context token is a child of it.
     nodes_stop: CancellationToken,
@@ -312,7 +313,7 @@ async fn execute_claimed(
         checkpoint: Checkpoint::new(),
         outputs: BTreeMap::new(),
         approved: BTreeSet::new(),
-        running: JoinSet::new(),
+        running: Attempts::default(),
         nodes_stop: stop.child_token(),
         running_ids: BTreeSet::new(),
         resets: HashMap::new(),

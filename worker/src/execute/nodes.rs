@@ -63,9 +63,11 @@ impl Execution<'_> {
                 .await
             }
         };
+        // A node started alone, with nothing else of the run running, runs in the run's task.
+        let alone = to_start.len() == 1 && self.running.is_empty();
         for (node, attempt) in to_start.into_iter().zip(attempts) {
             match attempt {
-                Ok(attempt) => self.spawn(node, attempt),
+                Ok(attempt) => self.start(node, attempt, alone),
                 Err(e) if e.is_pause_requested() => self.pause_requested = true,
                 Err(other) => {
                     // Nodes already started stop with the run: the lease is gone or the run is
@@ -78,11 +80,12 @@ impl Execution<'_> {
         Ok(gate)
     }
 
-    /// Spawns the handlers of the nodes the claim started: their attempts are counted, so they
+    /// Starts the handlers of the nodes the claim started: their attempts are counted, so they
     /// run at once, with no start write. A node the spec lacks means the version's start nodes
     /// disagree with its spec: the run is blocked.
     pub(super) fn run_started(&mut self) -> Result<(), Stop> {
         let spec = Arc::clone(&self.spec);
+        let alone = self.run.started.len() == 1;
         for started in &self.run.started {
             let Some(node) = spec.node(&started.node_id) else {
                 self.running.abort_all();
@@ -94,13 +97,16 @@ impl Execution<'_> {
                     ),
                 })));
             };
-            self.spawn(node, started.attempt);
+            self.start(node, started.attempt, alone);
         }
         Ok(())
     }
 
-    /// Spawns the handler of `node`, whose attempt `attempt` the store has counted.
-    fn spawn(&mut self, node: &NodeSpec, attempt: u32) {
+    /// Runs the handler of `node`, whose attempt `attempt` the store has counted: in the run's
+    /// task when it runs `alone`, else in a task of its own ([`Attempts`]).
+    ///
+    /// [`Attempts`]: super::attempts::Attempts
+    fn start(&mut self, node: &NodeSpec, attempt: u32, alone: bool) {
         if let Some(claimed_at) = self.claimed_at.take() {
             self.shared
                 .metrics
@@ -219,7 +225,7 @@ impl Execution<'_> {
                 span: attempt_span,
             }
         };
-        self.running.spawn(attempt_task.instrument(span));
+        self.running.start(attempt_task.instrument(span), alone);
     }
 
     /// Checkpoints a finished attempt and decides what follows it, inside the attempt's span.
