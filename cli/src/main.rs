@@ -47,7 +47,7 @@ enum Command {
     Run(Client<client::run::Command>),
     /// List and decide approval gates.
     Gate(Client<client::gate::Command>),
-    /// Run a worker (no subcommand), or list and drain workers.
+    /// Run a worker (no subcommand), list and drain workers, or list the node kinds they offer.
     Worker(WorkerCommand),
     /// Runs by status, queue age, claimable runs and held leases.
     Stats(client::Tls),

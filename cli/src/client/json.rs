@@ -224,6 +224,15 @@ pub fn worker(w: &v1::Worker) -> Value {
     })
 }
 
+pub fn node_kind(k: &v1::NodeKind) -> Value {
+    json!({
+        "kind": k.kind,
+        "builtin": k.builtin,
+        "input_schema": k.input_schema.as_ref().map_or(Value::Null, object),
+        "last_advertised_at": time(k.last_advertised_at.as_ref()),
+    })
+}
+
 /// The stats, with every known status counted (zero when the coordinator left it out).
 pub fn stats(s: &v1::GetStatsResponse) -> Value {
     let mut by_status = Map::new();

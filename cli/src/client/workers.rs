@@ -1,4 +1,5 @@
-//! `leasehold worker list|drain`: the worker processes the coordinator knows of.
+//! `leasehold worker list|drain|kinds`: the worker processes the coordinator knows of, and the
+//! node kinds they offer.
 
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -20,6 +21,9 @@ pub enum Command {
         /// The worker's claimant id (see `leasehold worker list`).
         id: String,
     },
+    /// List the node kinds workers have advertised, and the built-in ones: whether a kind
+    /// declares an input schema, and when a worker last advertised it.
+    Kinds,
 }
 
 pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
@@ -36,6 +40,20 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
                 emit("No workers have registered.\n")?;
             } else {
                 emit(&table(&workers, SystemTime::now()).render())?;
+            }
+        }
+        Command::Kinds => {
+            let kinds = c
+                .check(
+                    c.workers()
+                        .list_node_kinds(v1::ListNodeKindsRequest {})
+                        .await,
+                )?
+                .kinds;
+            if global.json {
+                emit_json(&Value::Array(kinds.iter().map(json::node_kind).collect()))?;
+            } else {
+                emit(&kinds_table(&kinds, SystemTime::now()).render())?;
             }
         }
         Command::Drain { id } => {
@@ -81,6 +99,23 @@ fn table(workers: &[v1::Worker], now: SystemTime) -> Table {
             render::time(w.last_heartbeat.as_ref())
                 .map(|t| format!("{} ago", render::age(t, now)))
                 .unwrap_or_default(),
+        ]);
+    }
+    table
+}
+
+fn kinds_table(kinds: &[v1::NodeKind], now: SystemTime) -> Table {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let mut table = Table::new(&["KIND", "BUILT IN", "INPUT SCHEMA", "LAST ADVERTISED"]);
+    for kind in kinds {
+        table.row(vec![
+            kind.kind.clone(),
+            yes_no(kind.builtin),
+            yes_no(kind.input_schema.is_some()),
+            render::time(kind.last_advertised_at.as_ref()).map_or_else(
+                || "never".to_owned(),
+                |t| format!("{} ago", render::age(t, now)),
+            ),
         ]);
     }
     table

@@ -766,6 +766,36 @@ async fn workers_are_listed_and_drained_and_stats_count_runs() {
     let table = worker(&["worker", "list"]).await.ok();
     let row = rows(&table, "w-1");
     assert!(row.len() == 1 && row[0].contains("box"), "{table}");
+    // The kinds: w-1 advertised `noop`; `http` is built in and listed though no worker has
+    // advertised it.
+    let kinds = worker(&["worker", "kinds", "--json"]).await.json();
+    let kind = |name: &str| {
+        kinds
+            .as_array()
+            .and_then(|all| all.iter().find(|k| k["kind"] == name))
+            .unwrap_or_else(|| panic!("{name} is missing from {kinds}"))
+            .clone()
+    };
+    let noop = kind("noop");
+    assert_eq!(noop["builtin"], true);
+    assert!(noop["last_advertised_at"].is_string(), "{noop}");
+    let http = kind("http");
+    assert_eq!(http["builtin"], true);
+    assert!(http["last_advertised_at"].is_null(), "{http}");
+    assert!(http["input_schema"].is_object(), "{http}");
+    let table = worker(&["worker", "kinds"]).await.ok();
+    assert!(
+        rows(&table, "http")
+            .first()
+            .is_some_and(|r| r.ends_with("never")),
+        "{table}"
+    );
+    assert!(
+        rows(&table, "noop")
+            .first()
+            .is_some_and(|r| r.ends_with(" ago")),
+        "{table}"
+    );
     let drained = worker(&["worker", "drain", "w-1"]).await.ok();
     assert!(drained.contains("draining"), "{drained}");
     let unknown = worker(&["worker", "drain", "nobody"]).await;
