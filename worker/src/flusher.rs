@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use leasehold_core::store::{self, Claim, NodeCompletion, NodeStart, Store};
+use leasehold_core::store::{self, Claim, Completed, NodeCompletion, NodeStart, Store};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
@@ -54,9 +54,10 @@ impl Writes {
         ask(&self.starts, start).await
     }
 
-    /// [`Store::nodes_completed`] for one node, batched with other runs' completions; says
-    /// whether the run completed too.
-    pub async fn node_completed(&self, completion: NodeCompletion) -> Result<bool, Error> {
+    /// [`Store::nodes_completed_and_started`] for one node, batched with other runs'
+    /// completions; says whether the run completed too, and which of the nodes to start next
+    /// it started.
+    pub async fn node_completed(&self, completion: NodeCompletion) -> Result<Completed, Error> {
         ask(&self.completions, completion).await
     }
 }
@@ -94,13 +95,13 @@ struct Completions;
 impl BatchWrite for Completions {
     const LABEL: &'static str = "node_completions";
     type Item = NodeCompletion;
-    type Answer = bool;
+    type Answer = Completed;
 
     async fn write(
         store: &Store,
         items: &[NodeCompletion],
-    ) -> Result<Vec<Result<bool, store::FenceError>>, store::Error> {
-        store.nodes_completed(items).await
+    ) -> Result<Vec<Result<Completed, store::FenceError>>, store::Error> {
+        store.nodes_completed_and_started(items).await
     }
 }
 

@@ -178,6 +178,7 @@ async fn product_once(bench: &Bench, postmaster: u32, batch: usize) -> anyhow::R
                 node_id: node.clone(),
                 output: serde_json::json!({}),
                 completes_run: true,
+                then_start: Vec::new(),
             })
             .collect();
         let completed = timed(postmaster, &mut spent.complete, async {

@@ -304,6 +304,7 @@ async fn an_action_on_a_run_too_large_to_show_succeeds_leaving_out_the_largest_o
                 serde_json::json!("x".repeat(1_000_000 + i * 100))
             },
             completes_run: false,
+            then_start: Vec::new(),
         })
         .collect();
     for completed in b

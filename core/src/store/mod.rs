@@ -53,7 +53,7 @@ pub use migrate::{
     Applied, Migration, SCHEMA_CEILING_ENV, SchemaStatus, Step, known_version, migrations,
     newest_version,
 };
-pub use nodes::{NodeCompletion, NodeRecord, NodeStart};
+pub use nodes::{Completed, NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use queue::{QueueStanding, WORKER_DEMAND_SQL};
 pub use runs::{RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};

@@ -7,7 +7,7 @@ use deadpool_postgres::Client;
 use tokio_postgres::Row;
 
 use super::query::Query;
-use super::{Claim, Error, FenceError, Store};
+use super::{Claim, Error, FenceError, StartedNode, Store};
 use crate::ids::{LeaseEpoch, NodeId, RunId};
 use crate::run::{NodeState, NodeStatus};
 
@@ -31,6 +31,21 @@ pub struct NodeCompletion {
     pub output: serde_json::Value,
     /// This is the run's last node: complete the run too, if no other node of it runs.
     pub completes_run: bool,
+    /// Nodes this completion makes ready, to start in the same statement: each one's attempt
+    /// is counted as [`Store::nodes_started`] counts it, if the completion lands and the run
+    /// is not asked to pause. Empty for a completion that completes the run.
+    pub then_start: Vec<NodeId>,
+}
+
+/// What a landed completion wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completed {
+    /// The run completed with it.
+    pub run_completed: bool,
+    /// The nodes of [`NodeCompletion::then_start`] it started, with their attempts; a node
+    /// missing from it was not started (the run was asked to pause, or the node had started
+    /// under this claim already): start it with [`Store::nodes_started`], which says which.
+    pub started: Vec<StartedNode>,
 }
 
 /// A node's row in the checkpoint.
@@ -139,15 +154,21 @@ SELECT run_id, epoch, node_id, attempts FROM node",
 // statement, saving the round trip of a separate completion, unless another of its nodes is
 // still running. The snapshot read of the other nodes is safe: only the holder of the run's
 // lock writes them.
+//
+// A completion may also start the nodes it makes ready ($6/$7: the completion's position among
+// $1..$5 and the node to start), as a batch of starts would (NODES_STARTED: attempt counted,
+// progress marked, a `node_started` event after the completions' events), if it landed and its
+// run is not pausing: a chain's next node then costs no statement of its own. The run's row is
+// updated once, for both, since a statement can change a row only once.
 // $1..$5: the completed nodes, each with its claim and whether it completes the run, in run-id
 // order.
 const NODES_COMPLETED: Query = Query {
     name: "nodes_completed",
     sql: "\
 WITH held AS (
-    SELECT done.run_id, done.epoch, done.node_id, done.output, done.finish, locked.status
+    SELECT done.run_id, done.epoch, done.node_id, done.output, done.finish, done.i, locked.status
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::boolean[])
-             AS done(run_id, epoch, node_id, output, finish),
+             WITH ORDINALITY AS done(run_id, epoch, node_id, output, finish, i),
     LATERAL (
         SELECT r.status FROM runs r
         WHERE r.run_id = done.run_id AND r.lease_epoch = done.epoch
@@ -161,7 +182,27 @@ node AS (
     FROM held
     WHERE n.run_id = held.run_id AND n.node_id = held.node_id
       AND n.status = 'running' AND n.epoch = held.epoch
-    RETURNING n.run_id, n.node_id, n.attempts, held.finish, held.status AS run_status
+    RETURNING n.run_id, n.node_id, n.attempts, held.finish, held.status AS run_status, held.i,
+              held.epoch
+),
+next AS (
+    INSERT INTO run_nodes AS n (run_id, node_id, status, attempts, epoch, started_at)
+    SELECT DISTINCT ON (node.run_id, start.node_id) node.run_id, start.node_id, 'running', 1,
+           node.epoch, now()
+    FROM unnest($6::int[], $7::text[]) AS start(i, node_id)
+    JOIN node ON node.i = start.i
+    WHERE NOT node.finish AND node.run_status = 'running'
+    ORDER BY node.run_id, start.node_id
+    ON CONFLICT (run_id, node_id) DO UPDATE
+    SET status = 'running', attempts = n.attempts + 1, epoch = excluded.epoch,
+        started_at = excluded.started_at, finished_at = NULL
+    WHERE n.status IN ('running', 'failed') AND n.epoch < excluded.epoch
+    RETURNING n.run_id, n.node_id, n.attempts, n.epoch
+),
+next_counted AS (
+    SELECT run_id, count(*) AS started, array_agg(node_id ORDER BY node_id) AS nodes,
+           array_agg(attempts ORDER BY node_id) AS attempts
+    FROM next GROUP BY run_id
 ),
 -- Per run, its completed nodes in one row, and whether it completes: MATERIALIZED so the
 -- NOT EXISTS is evaluated once per run, not once per column that reads it.
@@ -169,17 +210,22 @@ finishing AS MATERIALIZED (
     SELECT c.run_id, c.done, c.nodes, c.attempts, c.run_status, c.finish AND NOT EXISTS (
         SELECT 1 FROM run_nodes other
         WHERE other.run_id = c.run_id AND other.status = 'running'
-          AND other.node_id <> ALL (c.nodes)) AS finish
+          AND other.node_id <> ALL (c.nodes)) AS finish,
+           coalesce(s.started, 0) AS started, s.nodes AS started_nodes,
+           s.attempts AS started_attempts
     FROM (
         SELECT run_id, count(*) AS done, array_agg(node_id ORDER BY node_id) AS nodes,
                array_agg(attempts ORDER BY node_id) AS attempts, bool_or(finish) AS finish,
                min(run_status) AS run_status
         FROM node GROUP BY run_id
     ) c
+    LEFT JOIN next_counted s ON s.run_id = c.run_id
 ),
 fenced AS (
     UPDATE runs r
-    SET event_seq = r.event_seq + f.done + f.finish::int,
+    SET event_seq = r.event_seq + f.done + f.started + f.finish::int,
+        progress_epoch = CASE WHEN f.started > 0 THEN r.lease_epoch ELSE r.progress_epoch END,
+        expired_claims = CASE WHEN f.started > 0 THEN 0 ELSE r.expired_claims END,
         status = CASE WHEN f.finish THEN 'completed' ELSE r.status END,
         finished_at = CASE WHEN f.finish THEN now() ELSE r.finished_at END,
         claim_id = CASE WHEN f.finish THEN NULL ELSE r.claim_id END,
@@ -189,8 +235,9 @@ fenced AS (
         updated_at = now()
     FROM finishing f
     WHERE r.run_id = f.run_id
-    RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq - f.done - f.finish::int AS seq_before,
-              f.nodes, f.attempts, f.finish, f.run_status
+    RETURNING r.run_id, r.tenant_id, r.lease_epoch,
+              r.event_seq - f.done - f.started - f.finish::int AS seq_before,
+              f.nodes, f.attempts, f.finish, f.run_status, f.started_nodes, f.started_attempts
 ),
 -- A run that completes here was still running (or pausing) right after its nodes' events.
 node_event AS (
@@ -199,14 +246,26 @@ node_event AS (
            fenced.run_status, fenced.lease_epoch, done.node_id, done.attempt
     FROM fenced, unnest(fenced.nodes, fenced.attempts) WITH ORDINALITY AS done(node_id, attempt, nth)
 ),
+next_event AS (
+    INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, node_id, attempt)
+    SELECT fenced.run_id, fenced.seq_before + cardinality(fenced.nodes) + started.nth,
+           fenced.tenant_id, 'node_started', 'running', fenced.lease_epoch, started.node_id,
+           started.attempt
+    FROM fenced,
+         unnest(fenced.started_nodes, fenced.started_attempts)
+             WITH ORDINALITY AS started(node_id, attempt, nth)
+),
 run_event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch)
     SELECT run_id, seq_before + cardinality(nodes) + 1, tenant_id, 'run_completed', 'completed',
            lease_epoch
     FROM fenced WHERE finish
 )
-SELECT fenced.run_id, fenced.lease_epoch AS epoch, done.node_id, fenced.finish
-FROM fenced, unnest(fenced.nodes) AS done(node_id)",
+SELECT fenced.run_id, fenced.lease_epoch AS epoch, done.node_id, fenced.finish,
+       NULL::int AS started_attempt
+FROM fenced, unnest(fenced.nodes) AS done(node_id)
+UNION ALL
+SELECT next.run_id, next.epoch, next.node_id, false, next.attempts FROM next",
 };
 
 // Records a running node's failed attempt under the claim that started it. Whether it is retried
@@ -387,6 +446,7 @@ impl Store {
             node_id: node_id.clone(),
             output: output.clone(),
             completes_run: false,
+            then_start: Vec::new(),
         };
         one(self
             .nodes_completed(std::slice::from_ref(&completion))
@@ -403,6 +463,21 @@ impl Store {
         &self,
         completions: &[NodeCompletion],
     ) -> Result<Vec<Result<bool, FenceError>>, Error> {
+        let answers = self.nodes_completed_and_started(completions).await?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.map(|completed| completed.run_completed))
+            .collect())
+    }
+
+    /// [`Store::nodes_completed`], also starting each completion's
+    /// [`NodeCompletion::then_start`] in the same statement; answers in the order asked. A
+    /// completion whose landing was not seen (a repeat after a lost acknowledgement) answers
+    /// that it started nothing.
+    pub async fn nodes_completed_and_started(
+        &self,
+        completions: &[NodeCompletion],
+    ) -> Result<Vec<Result<Completed, FenceError>>, Error> {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
@@ -412,18 +487,54 @@ impl Store {
         let node_ids: Vec<_> = unique.iter().map(|c| c.node_id.as_str()).collect();
         let outputs: Vec<_> = unique.iter().map(|c| &c.output).collect();
         let finish: Vec<_> = unique.iter().map(|c| c.completes_run).collect();
+        // Each node to start, with the (1-based) position of the completion it follows.
+        let (start_after, start_nodes): (Vec<i32>, Vec<&str>) = unique
+            .iter()
+            .zip(1..)
+            .flat_map(|(c, i)| c.then_start.iter().map(move |n| (i, n.as_str())))
+            .unzip();
         let client = self.client().await?;
         let rows = NODES_COMPLETED
-            .query(&client, &[&run_ids, &epochs, &node_ids, &outputs, &finish])
+            .query(
+                &client,
+                &[
+                    &run_ids,
+                    &epochs,
+                    &node_ids,
+                    &outputs,
+                    &finish,
+                    &start_after,
+                    &start_nodes,
+                ],
+            )
             .await?;
-        let landed = Landed::read(&rows, "finish", |row, at| row.get::<_, bool>(at));
+        let (started_rows, completed_rows): (Vec<&Row>, Vec<&Row>) = rows
+            .iter()
+            .partition(|row| row.get::<_, Option<i32>>("started_attempt").is_some());
+        let landed = Landed::read(completed_rows, "finish", |row, at| row.get::<_, bool>(at));
+        let started = Landed::read(started_rows, "started_attempt", |row, at| {
+            row.get::<_, i32>(at).unsigned_abs()
+        });
         let mut answers = Vec::with_capacity(completions.len());
         for c in completions {
             answers.push(match landed.get(&c.claim, c.node_id.as_str()) {
-                Some(run_completed) => Ok(run_completed),
+                Some(run_completed) => Ok(Completed {
+                    run_completed,
+                    started: c
+                        .then_start
+                        .iter()
+                        .filter_map(|node_id| {
+                            let attempt = started.get(&c.claim, node_id.as_str())?;
+                            Some(StartedNode {
+                                node_id: node_id.clone(),
+                                attempt,
+                            })
+                        })
+                        .collect(),
+                }),
                 None => completion_not_written(&client, &c.claim, &c.node_id, &c.output)
                     .await
-                    .map(|()| false),
+                    .map(|()| Completed::default()),
             });
         }
         Ok(answers)
@@ -578,7 +689,12 @@ struct Landed<'r, V> {
 
 impl<'r, V: Copy> Landed<'r, V> {
     /// Reads `rows`' claim and node, and `value` from the column `value_column`.
-    fn read(rows: &'r [Row], value_column: &str, value: impl Fn(&'r Row, usize) -> V) -> Self {
+    fn read(
+        rows: impl IntoIterator<Item = &'r Row>,
+        value_column: &str,
+        value: impl Fn(&'r Row, usize) -> V,
+    ) -> Self {
+        let rows: Vec<&'r Row> = rows.into_iter().collect();
         let Some(first) = rows.first() else {
             return Self { rows: Vec::new() };
         };
@@ -592,7 +708,7 @@ impl<'r, V: Copy> Landed<'r, V> {
         let (run_id, epoch, node_id, value_at) =
             (at("run_id"), at("epoch"), at("node_id"), at(value_column));
         let mut landed: Vec<_> = rows
-            .iter()
+            .into_iter()
             .map(|row| {
                 let key = (RunId(row.get(run_id)), row.get(epoch), row.get(node_id));
                 (key, value(row, value_at))

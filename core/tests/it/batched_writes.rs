@@ -20,6 +20,7 @@ fn completion(claim: Claim, node: &str, completes_run: bool) -> NodeCompletion {
         node_id: NodeId::from(node),
         output: json!({ "node": node }),
         completes_run,
+        then_start: Vec::new(),
     }
 }
 
@@ -158,6 +159,106 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
     assert_eq!(names.iter().filter(|n| *n == "node_completed").count(), 4);
 }
 
+fn completion_then(claim: Claim, node: &str, then_start: &[&str]) -> NodeCompletion {
+    NodeCompletion {
+        then_start: then_start.iter().map(|n| NodeId::from(*n)).collect(),
+        ..completion(claim, node, false)
+    }
+}
+
+#[tokio::test]
+async fn a_completion_starts_the_nodes_it_makes_ready_in_its_statement() {
+    let (b, _, run_id) = setup_run("diamond").await;
+    let claim = b.claim_one("w").await.claim;
+    b.store
+        .node_started(&claim, &NodeId::from("a"))
+        .await
+        .expect("start a");
+
+    // a's completion starts b and c: their attempts counted, their events after a's.
+    let done = b
+        .store
+        .nodes_completed_and_started(&[completion_then(claim, "a", &["b", "c"])])
+        .await
+        .expect("batch")
+        .remove(0)
+        .expect("a completes");
+    assert!(!done.run_completed);
+    let started: Vec<(String, u32)> = done
+        .started
+        .iter()
+        .map(|s| (s.node_id.to_string(), s.attempt))
+        .collect();
+    assert_eq!(started, [("b".to_owned(), 1), ("c".to_owned(), 1)]);
+    let nodes = b.store.checkpoint(run_id).await.expect("checkpoint");
+    let status = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n.node_id.as_str() == id)
+            .map(|n| (n.status.as_str().to_owned(), n.attempts, n.epoch))
+    };
+    assert_eq!(status("a").map(|s| s.0), Some("completed".to_owned()));
+    assert_eq!(status("b"), Some(("running".to_owned(), 1, claim.epoch())));
+    assert_eq!(status("c"), Some(("running".to_owned(), 1, claim.epoch())));
+    let names = b.event_names(run_id).await;
+    assert_eq!(
+        names[names.len() - 3..],
+        ["node_completed", "node_started", "node_started"],
+        "{names:?}"
+    );
+    assert_eq!(seqs(&b, run_id).await, (1..=6).collect::<Vec<_>>());
+    // A start marks progress under the claim, as a batch of starts does.
+    let run = b.run(run_id).await;
+    assert_eq!(run.status, RunStatus::Running);
+
+    // b's completion, repeated after a lost acknowledgement, with a start the first one did
+    // not ask for: quiet, and it starts nothing.
+    b.store
+        .nodes_completed(&[completion(claim, "b", false)])
+        .await
+        .expect("batch");
+    let again = b
+        .store
+        .nodes_completed_and_started(&[completion_then(claim, "b", &["d"])])
+        .await
+        .expect("batch")
+        .remove(0)
+        .expect("b's completion stands");
+    assert!(again.started.is_empty(), "{again:?}");
+    let nodes = b.store.checkpoint(run_id).await.expect("checkpoint");
+    assert!(nodes.iter().all(|n| n.node_id.as_str() != "d"), "{nodes:?}");
+}
+
+#[tokio::test]
+async fn a_completion_of_a_run_asked_to_pause_starts_nothing() {
+    let (b, _, run_id) = setup_run("diamond").await;
+    let claim = b.claim_one("w").await.claim;
+    b.store
+        .node_started(&claim, &NodeId::from("a"))
+        .await
+        .expect("start a");
+    b.pause(run_id, "test").await;
+
+    let done = b
+        .store
+        .nodes_completed_and_started(&[completion_then(claim, "a", &["b", "c"])])
+        .await
+        .expect("batch")
+        .remove(0)
+        .expect("a completes: its handler ran before the pause");
+    assert!(done.started.is_empty(), "{done:?}");
+    let nodes = b.store.checkpoint(run_id).await.expect("checkpoint");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let names = b.event_names(run_id).await;
+    assert_eq!(
+        names.iter().filter(|n| *n == "node_started").count(),
+        1,
+        "a's start only: {names:?}"
+    );
+    let seq = seqs(&b, run_id).await;
+    assert_eq!(seq, (1..=seq.len() as i64).collect::<Vec<_>>(), "gap-free");
+}
+
 #[tokio::test]
 async fn completions_of_many_runs_land_in_one_statement_and_a_stale_one_changes_nothing() {
     let (b, automation) = setup_diamond("diamond").await;
@@ -240,6 +341,10 @@ async fn an_old_claim_beside_the_current_one_in_a_batch_is_refused() {
     );
     assert_eq!(answers[1].as_ref().ok(), Some(&false));
     let names = b.event_names(run_id).await;
-    assert_eq!(names.iter().filter(|n| *n == "node_started").count(), 1);
+    assert_eq!(
+        names.iter().filter(|n| *n == "node_started").count(),
+        1,
+        "a's start only: {names:?}"
+    );
     assert_eq!(names.iter().filter(|n| *n == "node_completed").count(), 1);
 }

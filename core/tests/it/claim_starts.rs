@@ -105,6 +105,7 @@ async fn a_fresh_one_node_runs_claim_counts_its_first_attempt_and_records_the_st
             node_id: node("only"),
             output: json!({"done": true}),
             completes_run: true,
+            then_start: Vec::new(),
         }])
         .await
         .expect("complete");

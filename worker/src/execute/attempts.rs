@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use futures_util::FutureExt;
 use tokio::task::{JoinError, JoinSet};
 
 use super::NodeDone;
@@ -59,22 +60,30 @@ impl Attempts {
     }
 
     /// Stops every attempt: their handlers are dropped (at once inline, when the runtime next
-    /// polls a task).
+    /// polls a task). Call it once the attempts' cancellation token is cancelled: an inline
+    /// attempt is polled once more before it is dropped, so that its handler sees the token, as
+    /// a task of its own would when the runtime woke it.
     pub fn abort_all(&mut self) {
-        self.inline = None;
+        self.drop_inline();
         self.spawned.abort_all();
     }
 
-    /// Stops every attempt and waits until their handlers are dropped.
+    /// Stops every attempt and waits until their handlers are dropped; as [`Self::abort_all`].
     pub async fn shutdown(&mut self) {
-        self.inline = None;
+        self.drop_inline();
         self.spawned.shutdown().await;
+    }
+
+    fn drop_inline(&mut self) {
+        if let Some(mut inline) = self.inline.take() {
+            // Its outcome is not recorded: a stopped attempt has none.
+            let _ = (&mut inline).now_or_never();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use futures_util::FutureExt;
     use tokio::sync::oneshot;
 
     use super::*;
@@ -155,6 +164,27 @@ mod tests {
         go.send(()).expect("the attempt waits");
         let next = attempts.join_next().await.expect("in flight");
         assert_eq!(next.expect("joined").node_id.as_str(), "a");
+    }
+
+    #[tokio::test]
+    async fn an_inline_attempt_sees_its_cancellation_before_it_is_dropped() {
+        let mut attempts = Attempts::default();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (saw_tx, saw) = oneshot::channel::<()>();
+        let token = cancel.clone();
+        attempts.start(
+            async move {
+                token.cancelled().await;
+                let _ = saw_tx.send(());
+                done("a")
+            },
+            true,
+        );
+        assert!(attempts.join_next().now_or_never().is_none(), "it waits");
+        cancel.cancel();
+        attempts.abort_all();
+        saw.await.expect("the handler saw the cancellation");
+        assert!(attempts.is_empty());
     }
 
     #[tokio::test]

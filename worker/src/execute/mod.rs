@@ -18,7 +18,7 @@ use std::time::Duration;
 use leasehold_core::ids::{ClaimantId, NodeId};
 use leasehold_core::run::Checkpoint;
 use leasehold_core::spec::{NodeSpec, Spec};
-use leasehold_core::store::{self, Claim, ClaimedRun, Failure, Store, outage};
+use leasehold_core::store::{self, Claim, ClaimedRun, Failure, StartedNode, Store, outage};
 use opentelemetry::trace::SpanContext;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -244,6 +244,8 @@ struct Execution<'a> {
     pause_requested: bool,
     /// The last node's completion completed the run in the same write.
     run_completed: bool,
+    /// Nodes the last completion's statement started: their handlers are to run.
+    started_with_completion: Vec<StartedNode>,
     /// When the claim of this run answered, until its first node starts.
     claimed_at: Option<Instant>,
 }
@@ -321,6 +323,7 @@ async fn execute_claimed(
         failure: None,
         pause_requested: false,
         run_completed: false,
+        started_with_completion: Vec::new(),
         claimed_at: Some(claimed_at),
     };
     match execution.drive(&shutdown).await {
@@ -425,7 +428,12 @@ impl Execution<'_> {
                 _ = self.lease.pausing.changed() => {}
                 () = shutdown.drain.cancelled(), if !winding_down => {}
                 Some(done) = self.running.join_next() => match done {
-                    Ok(done) => self.record(&stop, done).await?,
+                    Ok(done) => {
+                        let may_start = !(self.retry.is_some()
+                            || self.failure.is_some()
+                            || shutdown.drain.is_cancelled());
+                        self.record(&stop, done, may_start).await?;
+                    }
                     Err(e) => tracing::error!(error = %e, "node task panicked or was aborted"),
                 },
             }

@@ -229,19 +229,62 @@ impl Execution<'_> {
     }
 
     /// Checkpoints a finished attempt and decides what follows it, inside the attempt's span.
+    /// When `may_start` (the run is not winding down) and the attempt completed its node, the
+    /// completion's statement also starts the nodes it makes ready ([`Self::next_after`]); their
+    /// handlers start here, in the run's span.
     pub(super) async fn record(
         &mut self,
         stop: &CancellationToken,
         mut done: NodeDone,
+        may_start: bool,
     ) -> Result<(), Stop> {
         let span = std::mem::replace(&mut done.span, tracing::Span::none());
-        self.record_attempt(stop, done).instrument(span).await
+        self.record_attempt(stop, done, may_start)
+            .instrument(span)
+            .await?;
+        let started = std::mem::take(&mut self.started_with_completion);
+        let alone = started.len() == 1 && self.running.is_empty();
+        let spec = Arc::clone(&self.spec);
+        for node in &started {
+            let spec_node = spec.node(&node.node_id).expect("started from the spec");
+            self.start(spec_node, node.attempt, alone);
+        }
+        Ok(())
+    }
+
+    /// The nodes a completion of `node_id` makes ready, to start with it: only when nothing
+    /// else of the run runs (a chain's next node, a fan-out's branches, a fan-in's join), none
+    /// of them waits for an approval, and the concurrency bound takes them all; otherwise none,
+    /// and the run's loop starts what is ready as it always does.
+    fn next_after(&self, node_id: &NodeId) -> Vec<NodeId> {
+        if !self.running_ids.is_empty() || self.pausing() {
+            return Vec::new();
+        }
+        let mut checkpoint = self.checkpoint.clone();
+        let completed = checkpoint.entry(node_id.clone()).or_insert(NodeState {
+            status: NodeStatus::Completed,
+            attempts: 1,
+            retryable: true,
+            clean_interruptions: 0,
+        });
+        completed.status = NodeStatus::Completed;
+        let ready = run::ready_nodes(&self.spec, &checkpoint);
+        let gated = ready.iter().any(|id| {
+            self.spec
+                .node(id)
+                .is_some_and(|n| n.needs_gate() && !self.approved.contains(*id))
+        });
+        if gated || ready.len() > self.shared.node_concurrency {
+            return Vec::new();
+        }
+        ready.into_iter().cloned().collect()
     }
 
     async fn record_attempt(
         &mut self,
         stop: &CancellationToken,
         done: NodeDone,
+        may_start: bool,
     ) -> Result<(), Stop> {
         let claim = self.claim();
         let store = &self.shared.store;
@@ -252,17 +295,26 @@ impl Execution<'_> {
         match result {
             Ok(output) => {
                 let completes_run = self.is_last(&done.node_id);
+                let then_start = if completes_run || !may_start {
+                    Vec::new()
+                } else {
+                    self.next_after(&done.node_id)
+                };
                 let writes = &self.shared.writes;
                 let node_id = &done.node_id;
-                self.run_completed = fenced(stop, || {
+                let completed = fenced(stop, || {
                     writes.node_completed(NodeCompletion {
                         claim,
                         node_id: node_id.clone(),
                         output: output.clone(),
                         completes_run,
+                        then_start: then_start.clone(),
                     })
                 })
                 .await?;
+                self.run_completed = completed.run_completed;
+                // Their handlers start in the run's span, once this attempt's is left.
+                self.started_with_completion = completed.started;
                 self.set_status(
                     &done.node_id,
                     done.attempt,
