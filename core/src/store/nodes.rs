@@ -199,27 +199,32 @@ next AS (
     WHERE n.status IN ('running', 'failed') AND n.epoch < excluded.epoch
     RETURNING n.run_id, n.node_id, n.attempts, n.epoch
 ),
-next_counted AS (
-    SELECT run_id, count(*) AS started, array_agg(node_id ORDER BY node_id) AS nodes,
-           array_agg(attempts ORDER BY node_id) AS attempts
-    FROM next GROUP BY run_id
-),
--- Per run, its completed nodes in one row, and whether it completes: MATERIALIZED so the
--- NOT EXISTS is evaluated once per run, not once per column that reads it.
+-- Per run, its completed nodes and the nodes started after them in one row, and whether it
+-- completes: one aggregate over both (a join of two aggregates was planned as a nested loop that
+-- sorted one of them again for every row of the other). MATERIALIZED so the NOT EXISTS is
+-- evaluated once per run, not once per column that reads it.
 finishing AS MATERIALIZED (
     SELECT c.run_id, c.done, c.nodes, c.attempts, c.run_status, c.finish AND NOT EXISTS (
         SELECT 1 FROM run_nodes other
         WHERE other.run_id = c.run_id AND other.status = 'running'
           AND other.node_id <> ALL (c.nodes)) AS finish,
-           coalesce(s.started, 0) AS started, s.nodes AS started_nodes,
-           s.attempts AS started_attempts
+           c.started, c.started_nodes, c.started_attempts
     FROM (
-        SELECT run_id, count(*) AS done, array_agg(node_id ORDER BY node_id) AS nodes,
-               array_agg(attempts ORDER BY node_id) AS attempts, bool_or(finish) AS finish,
-               min(run_status) AS run_status
-        FROM node GROUP BY run_id
+        SELECT run_id,
+               count(*) FILTER (WHERE NOT is_start) AS done,
+               array_agg(node_id ORDER BY node_id) FILTER (WHERE NOT is_start) AS nodes,
+               array_agg(attempts ORDER BY node_id) FILTER (WHERE NOT is_start) AS attempts,
+               bool_or(finish) AS finish, min(run_status) AS run_status,
+               count(*) FILTER (WHERE is_start) AS started,
+               array_agg(node_id ORDER BY node_id) FILTER (WHERE is_start) AS started_nodes,
+               array_agg(attempts ORDER BY node_id) FILTER (WHERE is_start) AS started_attempts
+        FROM (
+            SELECT run_id, node_id, attempts, finish, run_status, false AS is_start FROM node
+            UNION ALL
+            SELECT run_id, node_id, attempts, false, NULL, true FROM next
+        ) written
+        GROUP BY run_id
     ) c
-    LEFT JOIN next_counted s ON s.run_id = c.run_id
 ),
 fenced AS (
     UPDATE runs r
