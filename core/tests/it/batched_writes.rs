@@ -3,7 +3,7 @@
 
 use leasehold_core::ids::{NodeId, RunId};
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Claim, FenceError, NodeCompletion, NodeStart};
+use leasehold_core::store::{Claim, Completed, FenceError, NodeCompletion, NodeStart};
 use leasehold_testkit::fixtures::{Bundle, setup_diamond, setup_run};
 use serde_json::json;
 
@@ -159,6 +159,17 @@ async fn a_fan_out_starts_in_one_batch_and_the_last_completion_completes_the_run
     assert_eq!(names.iter().filter(|n| *n == "node_completed").count(), 4);
 }
 
+/// A diamond's run, claimed, its root `a` started.
+async fn with_a_running() -> (Bundle, RunId, Claim) {
+    let (b, _, run_id) = setup_run("diamond").await;
+    let claim = b.claim_one("w").await.claim;
+    b.store
+        .node_started(&claim, &NodeId::from("a"))
+        .await
+        .expect("start a");
+    (b, run_id, claim)
+}
+
 fn completion_then(claim: Claim, node: &str, then_start: &[&str]) -> NodeCompletion {
     NodeCompletion {
         then_start: then_start.iter().map(|n| NodeId::from(*n)).collect(),
@@ -166,23 +177,22 @@ fn completion_then(claim: Claim, node: &str, then_start: &[&str]) -> NodeComplet
     }
 }
 
-#[tokio::test]
-async fn a_completion_starts_the_nodes_it_makes_ready_in_its_statement() {
-    let (b, _, run_id) = setup_run("diamond").await;
-    let claim = b.claim_one("w").await.claim;
+/// `a`'s completion, asking to start `b` and `c` with it.
+async fn complete_a_then_b_and_c(b: &Bundle, claim: Claim) -> Completed {
     b.store
-        .node_started(&claim, &NodeId::from("a"))
-        .await
-        .expect("start a");
-
-    // a's completion starts b and c: their attempts counted, their events after a's.
-    let done = b
-        .store
         .nodes_completed_and_started(&[completion_then(claim, "a", &["b", "c"])])
         .await
         .expect("batch")
         .remove(0)
-        .expect("a completes");
+        .expect("a's completion lands")
+}
+
+#[tokio::test]
+async fn a_completion_starts_the_nodes_it_makes_ready_in_its_statement() {
+    let (b, run_id, claim) = with_a_running().await;
+
+    // a's completion starts b and c: their attempts counted, their events after a's.
+    let done = complete_a_then_b_and_c(&b, claim).await;
     assert!(!done.run_completed);
     let started: Vec<(String, u32)> = done
         .started
@@ -231,21 +241,11 @@ async fn a_completion_starts_the_nodes_it_makes_ready_in_its_statement() {
 
 #[tokio::test]
 async fn a_completion_of_a_run_asked_to_pause_starts_nothing() {
-    let (b, _, run_id) = setup_run("diamond").await;
-    let claim = b.claim_one("w").await.claim;
-    b.store
-        .node_started(&claim, &NodeId::from("a"))
-        .await
-        .expect("start a");
+    let (b, run_id, claim) = with_a_running().await;
     b.pause(run_id, "test").await;
 
-    let done = b
-        .store
-        .nodes_completed_and_started(&[completion_then(claim, "a", &["b", "c"])])
-        .await
-        .expect("batch")
-        .remove(0)
-        .expect("a completes: its handler ran before the pause");
+    // a's handler ran before the pause: its completion lands, and starts nothing.
+    let done = complete_a_then_b_and_c(&b, claim).await;
     assert!(done.started.is_empty(), "{done:?}");
     let nodes = b.store.checkpoint(run_id).await.expect("checkpoint");
     assert_eq!(nodes.len(), 1, "{nodes:?}");
