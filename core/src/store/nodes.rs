@@ -513,9 +513,15 @@ impl Store {
                 ],
             )
             .await?;
-        let (started_rows, completed_rows): (Vec<&Row>, Vec<&Row>) = rows
-            .iter()
-            .partition(|row| row.get::<_, Option<i32>>("started_attempt").is_some());
+        // A start's row carries its attempt; a completion's, none. The column is found once.
+        let started_attempt = rows.first().and_then(|row| {
+            row.columns()
+                .iter()
+                .position(|c| c.name() == "started_attempt")
+        });
+        let (started_rows, completed_rows): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|row| {
+            started_attempt.is_some_and(|at| row.get::<_, Option<i32>>(at).is_some())
+        });
         let landed = Landed::read(completed_rows, "finish", |row, at| row.get::<_, bool>(at));
         let started = Landed::read(started_rows, "started_attempt", |row, at| {
             row.get::<_, i32>(at).unsigned_abs()

@@ -392,10 +392,7 @@ impl Execution<'_> {
         }
         self.run_started()?;
         loop {
-            let winding_down = self.retry.is_some()
-                || self.failure.is_some()
-                || self.pausing()
-                || shutdown.drain.is_cancelled();
+            let winding_down = self.winding_down(shutdown);
             // A gate is asked for once nothing else runs, so no node is cut short by the stop.
             if !winding_down
                 && let Some(gate) = self.start_ready(&stop).await?
@@ -429,9 +426,7 @@ impl Execution<'_> {
                 () = shutdown.drain.cancelled(), if !winding_down => {}
                 Some(done) = self.running.join_next() => match done {
                     Ok(done) => {
-                        let may_start = !(self.retry.is_some()
-                            || self.failure.is_some()
-                            || shutdown.drain.is_cancelled());
+                        let may_start = !self.winding_down(shutdown);
                         self.record(&stop, done, may_start).await?;
                     }
                     Err(e) => tracing::error!(error = %e, "node task panicked or was aborted"),
@@ -452,6 +447,15 @@ impl Execution<'_> {
         }
         self.resets = fenced(stop, || store.node_resets(run_id)).await?;
         Ok(())
+    }
+
+    /// A retry or a failure waits for the running nodes, a pause or a drain was asked for: no
+    /// node starts.
+    fn winding_down(&self, shutdown: &Shutdown) -> bool {
+        self.retry.is_some()
+            || self.failure.is_some()
+            || self.pausing()
+            || shutdown.drain.is_cancelled()
     }
 
     fn pausing(&self) -> bool {

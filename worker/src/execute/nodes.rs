@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use leasehold_core::ids::NodeId;
 use leasehold_core::retry;
-use leasehold_core::run::{self, NodeState, NodeStatus};
-use leasehold_core::spec::NodeSpec;
+use leasehold_core::run::{self, Checkpoint, NodeState, NodeStatus};
+use leasehold_core::spec::{NodeSpec, Spec};
 use leasehold_core::store::{self, Failure, NodeCompletion};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -22,6 +22,17 @@ use super::{Execution, NodeDone, Stop, fenced};
 use crate::error::Error;
 use crate::handler::{Context, HandlerError};
 
+/// What [`Execution::startable`] found.
+#[derive(Default)]
+struct Startable<'s> {
+    /// The nodes to start.
+    nodes: Vec<&'s NodeSpec>,
+    /// The first ready node that waits for an approval.
+    gate: Option<NodeId>,
+    /// The concurrency bound left ready nodes out.
+    capped: bool,
+}
+
 impl Execution<'_> {
     /// Starts every ready node the concurrency bound allows; returns a gated node that needs a
     /// decision first, if one is ready.
@@ -31,22 +42,11 @@ impl Execution<'_> {
     ) -> Result<Option<NodeId>, Stop> {
         // The spec is held here so that the nodes to start borrow it, not `self`.
         let spec = Arc::clone(&self.spec);
-        let mut gate = None;
-        let mut to_start: Vec<&NodeSpec> = Vec::new();
-        for node_id in run::ready_nodes(&spec, &self.checkpoint) {
-            if self.running_ids.contains(node_id) {
-                continue;
-            }
-            if self.running.len() + to_start.len() >= self.shared.node_concurrency {
-                break;
-            }
-            let node = spec.node(node_id).expect("ready nodes come from the spec");
-            if node.needs_gate() && !self.approved.contains(node_id) {
-                gate.get_or_insert_with(|| node_id.clone());
-                continue;
-            }
-            to_start.push(node);
-        }
+        let Startable {
+            nodes: to_start,
+            gate,
+            ..
+        } = self.startable(&spec, &self.checkpoint);
         // Asked for together, so they share a flush: a fan-out costs one round trip, not one
         // per branch.
         let claim = self.claim();
@@ -252,32 +252,47 @@ impl Execution<'_> {
         Ok(())
     }
 
+    /// The ready nodes that may start under `checkpoint`, in spec order: as many as the
+    /// concurrency bound allows beside the running ones, a node waiting for an approval left out
+    /// (the first such is the `gate`).
+    fn startable<'s>(&self, spec: &'s Spec, checkpoint: &Checkpoint) -> Startable<'s> {
+        let mut startable = Startable::default();
+        for node_id in run::ready_nodes(spec, checkpoint) {
+            if self.running_ids.contains(node_id) {
+                continue;
+            }
+            if self.running.len() + startable.nodes.len() >= self.shared.node_concurrency {
+                startable.capped = true;
+                break;
+            }
+            let node = spec.node(node_id).expect("ready nodes come from the spec");
+            if node.needs_gate() && !self.approved.contains(node_id) {
+                startable.gate.get_or_insert_with(|| node_id.clone());
+                continue;
+            }
+            startable.nodes.push(node);
+        }
+        startable
+    }
+
     /// The nodes a completion of `node_id` makes ready, to start with it: only when nothing
-    /// else of the run runs (a chain's next node, a fan-out's branches, a fan-in's join), none
-    /// of them waits for an approval, and the concurrency bound takes them all; otherwise none,
-    /// and the run's loop starts what is ready as it always does.
+    /// else of the run runs (a chain's next node, a fan-out's branches, a fan-in's join) and
+    /// every node that would be startable is ([`Self::startable`]: none waits for an approval,
+    /// the concurrency bound takes them all); otherwise none, and the run's loop starts what is
+    /// ready as it always does.
     fn next_after(&self, node_id: &NodeId) -> Vec<NodeId> {
-        if !self.running_ids.is_empty() || self.pausing() {
+        if !self.running_ids.is_empty() {
             return Vec::new();
         }
         let mut checkpoint = self.checkpoint.clone();
-        let completed = checkpoint.entry(node_id.clone()).or_insert(NodeState {
-            status: NodeStatus::Completed,
-            attempts: 1,
-            retryable: true,
-            clean_interruptions: 0,
-        });
-        completed.status = NodeStatus::Completed;
-        let ready = run::ready_nodes(&self.spec, &checkpoint);
-        let gated = ready.iter().any(|id| {
-            self.spec
-                .node(id)
-                .is_some_and(|n| n.needs_gate() && !self.approved.contains(*id))
-        });
-        if gated || ready.len() > self.shared.node_concurrency {
+        if let Some(state) = checkpoint.get_mut(node_id) {
+            state.status = NodeStatus::Completed;
+        }
+        let next = self.startable(&self.spec, &checkpoint);
+        if next.gate.is_some() || next.capped {
             return Vec::new();
         }
-        ready.into_iter().cloned().collect()
+        next.nodes.into_iter().map(|node| node.id.clone()).collect()
     }
 
     async fn record_attempt(

@@ -56,13 +56,16 @@ async fn the_previous_release_keeps_working_while_this_one_migrates_and_starts_b
     wait_serving(&old.url, DEADLINE).await;
     let worker_old_args = worker_args("worker-previous", "30s");
     let worker_old_args: Vec<&str> = worker_old_args.iter().map(String::as_str).collect();
-    let worker_old = Proc::start_binary(
-        &previous,
-        &dir,
-        "worker-previous",
-        &worker_old_args,
-        db.url(),
-    );
+    let start_worker_old = || {
+        Proc::start_binary(
+            &previous,
+            &dir,
+            "worker-previous",
+            &worker_old_args,
+            db.url(),
+        )
+    };
+    let worker_old = start_worker_old();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let sleeper = dir.join("sleeper.yaml");
     fs::write(&sleeper, sleeper_spec(200)).expect("sleeper spec");
@@ -99,13 +102,7 @@ async fn the_previous_release_keeps_working_while_this_one_migrates_and_starts_b
 
     // Its worker, restarted on the new schema, registers and claims again.
     worker_old.stop().await;
-    let worker_old = Proc::start_binary(
-        &previous,
-        &dir,
-        "worker-previous",
-        &worker_old_args,
-        db.url(),
-    );
+    let worker_old = start_worker_old();
     hello.extend(start_runs(this, &new, "hello", 5));
     sleepers.extend(start_runs(this, &new, "sleeper", 10));
 
