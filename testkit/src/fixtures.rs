@@ -11,12 +11,14 @@
 //! integration tests share one copy of `leasehold-core` with the fixtures; its unit tests (built as
 //! a crate of their own) must use only [`TestDb`] from here, never a fixture.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leasehold_core::ids::{AutomationId, ClaimantId, NodeId, RunId, TenantId};
+use leasehold_core::routing::DEFAULT_QUEUE;
 use leasehold_core::run::{self, Checkpoint, RunStatus};
 use leasehold_core::spec::{self, Spec};
 use leasehold_core::store::{
@@ -175,11 +177,12 @@ pub fn start_request(tenant: &TenantId, automation: &AutomationId) -> StartRun {
         trigger: Trigger::Api,
         actor: None,
         trace: None,
+        queue: None,
     }
 }
 
 /// A worker's registration: `claimant` on `host`, pid 42, running `version`, with capacity 4,
-/// the default lease, and the `noop` kind with its built-in schema.
+/// the default lease, the `noop` kind with its built-in schema, serving the default queue.
 pub fn worker_info(claimant: &str, host: &str, version: &str) -> WorkerInfo {
     WorkerInfo {
         claimant_id: ClaimantId::from(claimant),
@@ -192,6 +195,9 @@ pub fn worker_info(claimant: &str, host: &str, version: &str) -> WorkerInfo {
             kind: "noop".into(),
             input_schema: leasehold_core::kinds::builtin_input_schema("noop"),
         }],
+        queues: BTreeSet::from([DEFAULT_QUEUE.to_owned()]),
+        labels: BTreeMap::new(),
+        context: BTreeSet::new(),
     }
 }
 

@@ -106,6 +106,20 @@ pub struct WorkerOpts {
     pub proxied: bool,
     /// Database connections in its pool.
     pub pool_size: usize,
+    /// Which worker program, with which kinds.
+    pub kinds: WorkerKinds,
+    /// Its `--label`s (`gpu=a100`).
+    pub labels: &'static [&'static str],
+}
+
+/// The kinds a worker of the cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKinds {
+    /// `leasehold-test-worker`: the built-in kinds, `exec` allowed to run the shell, and the
+    /// suite's `ledger`.
+    Full,
+    /// The real `leasehold worker`: the built-in kinds only, without `exec`.
+    BuiltIn,
 }
 
 impl Default for WorkerOpts {
@@ -114,6 +128,8 @@ impl Default for WorkerOpts {
             capacity: 16,
             proxied: false,
             pool_size: POOL_SIZE,
+            kinds: WorkerKinds::Full,
+            labels: &[],
         }
     }
 }
@@ -352,7 +368,21 @@ impl Cluster {
             .as_ref()
             .map_or_else(|| self.url.clone(), |p| p.url_for(&self.url));
         let t = self.timings;
-        let mut cmd = command(&self.bins.worker);
+        let mut cmd = match opts.kinds {
+            WorkerKinds::Full => {
+                let mut cmd = command(&self.bins.worker);
+                cmd.args(["--exec-allow", SHELL]);
+                cmd
+            }
+            WorkerKinds::BuiltIn => {
+                let mut cmd = command(&self.bins.leasehold);
+                cmd.arg("worker");
+                cmd
+            }
+        };
+        for label in opts.labels {
+            cmd.args(["--label", label]);
+        }
         cmd.args(["--database-url", &url])
             .args(["--claimant-id", claimant.as_str()])
             .args(["--capacity", &opts.capacity.to_string()])
@@ -361,7 +391,6 @@ impl Cluster {
             .args(["--poll-interval", &duration_arg(t.poll)])
             .args(["--shutdown-grace", &duration_arg(t.grace)])
             .args(["--pool-size", &opts.pool_size.to_string()])
-            .args(["--exec-allow", SHELL])
             .env("LEASEHOLD_LOG", "info,leasehold_worker=debug");
         let proc = self.sup.spawn(&name, cmd);
         self.workers.push(WorkerProc {

@@ -395,6 +395,7 @@ async fn lost_commit_acknowledgement_is_retried_quietly() {
             // retried writes at once as the pool has connections would wait for each other until
             // the worker self-fences. tests/README.md says why that case is not run here.
             pool_size: LOST_ACK_RUNS + 1,
+            ..WorkerOpts::default()
         }];
         let mut c = Cluster::start("lost-ack", leasehold_fault_tests::bins!(), 2, &opts).await;
         let line = lost_ack(&mut c).await;

@@ -1,9 +1,11 @@
 //! The worker's settings, with named defaults, checked when built.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
+use leasehold_core::routing::DEFAULT_QUEUE;
 
 /// Runs a worker holds at once unless told otherwise.
 pub const CAPACITY_DEFAULT: usize = 16;
@@ -43,6 +45,10 @@ pub struct Config {
     /// Time running nodes get to finish after a shutdown signal, before the worker stops them
     /// and hands their runs back.
     pub shutdown_grace: Duration,
+    /// The queues it claims runs from.
+    pub queues: BTreeSet<String>,
+    /// Its labels, which nodes may require.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A setting out of its bounds.
@@ -84,6 +90,8 @@ impl Config {
             poll_interval: POLL_INTERVAL_DEFAULT,
             listen: true,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            queues: BTreeSet::from([DEFAULT_QUEUE.to_owned()]),
+            labels: BTreeMap::new(),
         }
     }
 

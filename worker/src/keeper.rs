@@ -316,6 +316,7 @@ mod tests {
                 priority: 0,
                 concurrency_key: None,
                 trace: None,
+                queue: None,
             })
             .await
             .expect("start");

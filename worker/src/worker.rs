@@ -1,10 +1,12 @@
 //! The worker loop: claim up to free capacity, execute, and hand runs back on shutdown.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use leasehold_core::ids::ClaimantId;
-use leasehold_core::store::{self, ClaimedRun, Store, WorkerInfo, outage};
+use leasehold_core::routing::Capabilities;
+use leasehold_core::store::{self, ClaimedRun, Served, Store, WorkerInfo, outage};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 use tokio::task::JoinSet;
@@ -41,16 +43,25 @@ pub struct Worker {
     registry: Registry,
     config: Config,
     health: Arc<Health>,
+    /// The runs its claims may take: of its queues, needing only what it has.
+    served: Served,
 }
 
 impl Worker {
     /// A worker with a checked config.
     pub fn new(store: Store, registry: Registry, config: Config) -> Self {
+        let served = Served::by(&Capabilities {
+            queues: Some(config.queues.clone()),
+            kinds: registry.kinds().into_iter().collect(),
+            labels: config.labels.clone(),
+            context: BTreeSet::new(),
+        });
         Self {
             store,
             registry,
             config,
             health: Arc::default(),
+            served,
         }
     }
 
@@ -76,7 +87,7 @@ impl Worker {
         self.health.registered();
         #[allow(clippy::cast_precision_loss)] // a capacity is far below 2^52
         metrics::gauge!("leasehold_worker_capacity").set(self.config.capacity as f64);
-        tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?self.registry.kinds(), "worker started");
+        tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?self.registry.kinds(), queues = ?self.config.queues, labels = ?self.config.labels, "worker started");
 
         // One listening connection for both: wake-ups for the claim loop, stop notices for the
         // keeper. Kept until the keeper stops, so that a cancel or pause still lands at once
@@ -137,6 +148,9 @@ impl Worker {
             capacity: u32::try_from(self.config.capacity).unwrap_or(u32::MAX),
             lease: self.config.lease,
             kinds: self.registry.advertised(),
+            queues: self.config.queues.clone(),
+            labels: self.config.labels.clone(),
+            context: BTreeSet::new(),
         }
     }
 
@@ -225,6 +239,7 @@ impl Worker {
             free,
             self.config.lease,
             self.config.node_concurrency,
+            &self.served,
         );
         // A claim stuck on a dead connection must not keep a shutdown from starting; one that
         // answers soon after the signal keeps its runs, which are then handed back.

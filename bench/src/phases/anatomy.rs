@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId};
-use leasehold_core::store::{NodeCompletion, NodeStart, Store};
+use leasehold_core::store::{NodeCompletion, NodeStart, Served, Store};
 
 use super::{Bench, NOOP, process};
 use crate::procfs;
@@ -144,7 +144,13 @@ async fn product_once(bench: &Bench, postmaster: u32, batch: usize) -> anyhow::R
     loop {
         let claimed = timed(postmaster, &mut spent.claim, async {
             Ok(store
-                .claim_and_start_runs(&claimant, batch, LEASE, NODE_CONCURRENCY)
+                .claim_and_start_runs(
+                    &claimant,
+                    batch,
+                    LEASE,
+                    NODE_CONCURRENCY,
+                    &Served::default_queue(),
+                )
                 .await?)
         })
         .await?;

@@ -246,6 +246,7 @@ pub fn start_request(automation: &str) -> StartRun {
         trigger: Trigger::Api,
         actor: None,
         trace: None,
+        queue: None,
     }
 }
 

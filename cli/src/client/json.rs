@@ -136,7 +136,13 @@ pub fn run(r: &v1::Run, detail: bool) -> Value {
         "priority": r.priority,
         "inputs": opt_object(r.inputs.as_ref()),
         "concurrency_key": text(&r.concurrency_key),
+        "queue": text(&r.queue),
         "queue_reason": unless_unspecified(r.queue_reason, names::queue_reason),
+        "waiting": r.waiting.as_ref().map(|w| json!({
+            "code": w.code,
+            "message": w.message,
+            "missing": w.missing,
+        })),
         "waiting_retry": r.waiting_retry.as_ref().map(|w| json!({
             "node_id": w.node_id,
             "next_attempt": w.next_attempt,
@@ -221,6 +227,9 @@ pub fn worker(w: &v1::Worker) -> Value {
         "draining": w.draining,
         "alive": w.alive,
         "held_runs": w.held_runs,
+        "queues": w.queues,
+        "labels": w.labels,
+        "context": w.context,
     })
 }
 

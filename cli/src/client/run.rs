@@ -76,6 +76,9 @@ pub struct StartArgs {
     /// run the first start made instead of starting another.
     #[arg(long, value_name = "ID")]
     request_id: Option<String>,
+    /// The queue the run goes to, instead of its automation's.
+    #[arg(long, value_name = "NAME")]
+    queue: Option<String>,
     /// Then follow the run like `run watch`, and exit with its exit code. With --json the
     /// output is one JSON object per line: the started run, then its events.
     #[arg(long)]
@@ -198,6 +201,7 @@ async fn start(c: &Coordinator, args: StartArgs, global: &Global) -> anyhow::Res
                 priority: args.priority,
                 concurrency_key: String::new(),
                 request_id: args.request_id.clone().unwrap_or_default(),
+                queue: args.queue.clone().unwrap_or_default(),
             })
             .await,
     )?;
@@ -343,6 +347,9 @@ fn note(run: &v1::Run) -> String {
             waiting.node_id, waiting.next_attempt
         );
     }
+    if let Some(waiting) = &run.waiting {
+        return waiting.message.clone();
+    }
     if run.queue_reason == i32::from(v1::QueueReason::Unspecified) {
         return String::new();
     }
@@ -390,6 +397,7 @@ fn summary(run: &v1::Run, now: SystemTime) -> String {
         ),
         ("status", names::run_status(run.status)),
         ("priority", run.priority.to_string()),
+        ("queue", run.queue.clone()),
         ("created", render::when(run.created_at.as_ref(), now)),
         ("finished", render::when(run.finished_at.as_ref(), now)),
         (
@@ -408,6 +416,13 @@ fn summary(run: &v1::Run, now: SystemTime) -> String {
             } else {
                 names::queue_reason(run.queue_reason)
             },
+        ),
+        (
+            "waiting",
+            run.waiting
+                .as_ref()
+                .map(|w| w.message.clone())
+                .unwrap_or_default(),
         ),
         ("retry", retry(run, now)),
         ("stopped", stop(run)),

@@ -86,6 +86,9 @@ fn table(workers: &[v1::Worker], now: SystemTime) -> Table {
         "ALIVE",
         "DRAINING",
         "LAST HEARTBEAT",
+        "QUEUES",
+        "LABELS",
+        "KINDS",
     ]);
     for w in workers {
         table.row(vec![
@@ -99,9 +102,24 @@ fn table(workers: &[v1::Worker], now: SystemTime) -> Table {
             render::time(w.last_heartbeat.as_ref())
                 .map(|t| format!("{} ago", render::age(t, now)))
                 .unwrap_or_default(),
+            if w.queues.is_empty() {
+                // A worker of a release before queues claims from every one.
+                "(all)".to_owned()
+            } else {
+                w.queues.join(",")
+            },
+            labels(&w.labels),
+            w.handlers.join(","),
         ]);
     }
     table
+}
+
+/// Labels as the `--label` flags write them, in key order.
+fn labels(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(",")
 }
 
 fn kinds_table(kinds: &[v1::NodeKind], now: SystemTime) -> Table {

@@ -36,6 +36,7 @@ pub async fn start(store: &Store, spec: &Spec) -> anyhow::Result<RunId> {
             trigger: Trigger::Manual,
             actor: None,
             trace: None,
+            queue: None,
         })
         .await
         .with_context(|| format!("starting a run of {}", spec.id))?;

@@ -111,6 +111,8 @@ fn spec_from_message(message: &v1::AutomationSpec) -> Spec {
     Spec {
         id: AutomationId(message.id.clone()),
         description: (!message.description.is_empty()).then(|| message.description.clone()),
+        queue: (!message.queue.is_empty()).then(|| message.queue.clone()),
+        requires_context: message.requires_context.clone(),
         nodes: message
             .nodes
             .iter()
@@ -140,6 +142,11 @@ fn spec_from_message(message: &v1::AutomationSpec) -> Spec {
                 approval: n.approval.as_ref().map(|a| Approval {
                     prompt: a.prompt.clone(),
                 }),
+                requires: n
+                    .requires
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
             })
             .collect(),
     }
@@ -168,8 +175,15 @@ pub fn spec_message(spec: &Spec) -> v1::AutomationSpec {
                 approval: n.approval.as_ref().map(|a| v1::Approval {
                     prompt: a.prompt.clone(),
                 }),
+                requires: n
+                    .requires
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
             })
             .collect(),
+        queue: spec.queue.clone().unwrap_or_default(),
+        requires_context: spec.requires_context.clone(),
     }
 }
 

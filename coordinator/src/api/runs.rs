@@ -1,6 +1,7 @@
 //! The `Runs` service; its watch stream is `watch/`'s.
 
 use leasehold_core::ids::{AutomationId, RunId};
+use leasehold_core::routing::{self, WaitReason};
 use leasehold_core::run::{MAX_NODE_OUTPUT_BYTES, RunStatus};
 use leasehold_core::store::{
     GateRecord, NodeRecord, RunFilter, RunRecord, StartOutcome, StartRun, Trigger,
@@ -90,6 +91,28 @@ pub(super) fn run_message(
             .as_ref()
             .map(|t| t.trace_id().to_owned())
             .unwrap_or_default(),
+        queue: run.queue.clone(),
+        waiting: None,
+    }
+}
+
+/// Whether a view says why its run waits: GetRun's and ListRuns' do; a StartRun answer does
+/// not (the reason costs two reads, and a start is the hot path), nor does an action's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Said,
+    Unsaid,
+}
+
+/// Why a queued run waits for a worker.
+fn waiting_message(reason: &WaitReason) -> v1::Waiting {
+    v1::Waiting {
+        code: reason.code().to_owned(),
+        message: reason.to_string(),
+        missing: match reason {
+            WaitReason::NoWorkerForQueue { .. } => Vec::new(),
+            WaitReason::Missing { missing } => missing.iter().map(ToString::to_string).collect(),
+        },
     }
 }
 
@@ -130,13 +153,18 @@ fn reason(field: &str, text: &str) -> ApiResult<String> {
 }
 
 impl Api {
-    /// The run `run_id` names, as [`Api::run_view`] shows it.
+    /// The run `run_id` names, as [`Api::run_view`] shows it, with why it waits if it does.
     async fn run_get(&self, run_id: &str) -> ApiResult<v1::Run> {
-        self.run_view(convert::run_id("run_id", run_id)?).await
+        self.run_view_with(convert::run_id("run_id", run_id)?, Waiting::Said)
+            .await
     }
 
     /// A run with its node states (pending ones included) and gates.
     pub(super) async fn run_view(&self, run_id: RunId) -> ApiResult<v1::Run> {
+        self.run_view_with(run_id, Waiting::Unsaid).await
+    }
+
+    async fn run_view_with(&self, run_id: RunId, waiting: Waiting) -> ApiResult<v1::Run> {
         let run = self.store.run(&self.tenant, run_id).await?;
         let recorded = self.store.checkpoint(run_id).await?;
         // The spec lists the nodes that have not started (only their ids are read); a run whose
@@ -161,6 +189,14 @@ impl Api {
         };
         let gates: Vec<GateRecord> = self.store.gates_of_run(&self.tenant, run_id).await?;
         let mut view = run_message(&run, nodes, gates.iter().map(gate_message).collect());
+        if waiting == Waiting::Said {
+            view.waiting = self
+                .store
+                .wait_reasons([&run])
+                .await?
+                .get(&run.run_id)
+                .map(waiting_message);
+        }
         fit_answer(&mut view, MAX_RESPONSE_BYTES - ANSWER_ENVELOPE_BYTES);
         Ok(view)
     }
@@ -200,6 +236,13 @@ impl Api {
             trigger: Trigger::Api,
             actor: Some(self.caller.name.clone()),
             trace: self.trace.clone(),
+            queue: if request.queue.is_empty() {
+                None
+            } else {
+                routing::check_queue_name(&request.queue)
+                    .map_err(|e| ApiError::field(field("queue"), e))?;
+                Some(request.queue.clone())
+            },
         })
     }
 
@@ -298,11 +341,15 @@ impl Api {
         };
         let page = page_request(request.page_size, &request.page_token)?;
         let page = self.store.list_runs(&self.tenant, &filter, &page).await?;
+        let waiting = self.store.wait_reasons(&page.items).await?;
         Ok(v1::ListRunsResponse {
             runs: page
                 .items
                 .iter()
-                .map(|r| run_message(r, Vec::new(), Vec::new()))
+                .map(|r| v1::Run {
+                    waiting: waiting.get(&r.run_id).map(waiting_message),
+                    ..run_message(r, Vec::new(), Vec::new())
+                })
                 .collect(),
             next_page_token: page_token(page.next.as_ref()),
         })

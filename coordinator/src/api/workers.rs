@@ -30,6 +30,13 @@ fn worker_message(worker: &WorkerRecord) -> v1::Worker {
         lease_ms: worker
             .lease
             .map_or(0, |l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+        queues: worker.queues.iter().flatten().cloned().collect(),
+        labels: worker
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        context: worker.context.iter().cloned().collect(),
     }
 }
 

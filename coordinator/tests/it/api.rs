@@ -164,6 +164,7 @@ async fn automations_create_get_list_update_pause_activate_delete() {
                 kind: "noop".into(),
                 ..Default::default()
             }],
+            ..Default::default()
         })),
     };
     let created = b
@@ -641,7 +642,8 @@ async fn runs_start_in_batches_all_or_nothing_naming_the_refused_request() {
         .map(|s| s.run.expect("each answer carries its run"))
         .collect();
     assert_eq!(started[2].run_id, started[0].run_id);
-    // Each answer is the run as GetRun shows it, without its nodes and gates.
+    // Each answer is the run as GetRun shows it, without its nodes and gates, and without why
+    // it waits (no worker serves here), which only GetRun and ListRuns say.
     for run in &started {
         let mut shown = b
             .runs()
@@ -654,6 +656,7 @@ async fn runs_start_in_batches_all_or_nothing_naming_the_refused_request() {
         assert_eq!(shown.nodes.len(), 2);
         shown.nodes.clear();
         shown.gates.clear();
+        assert!(shown.waiting.take().is_some());
         assert_eq!(&shown, run);
     }
     assert_eq!(

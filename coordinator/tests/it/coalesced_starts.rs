@@ -163,8 +163,9 @@ async fn concurrent_starts_share_statements_and_each_gets_its_own_answer() {
                 } else {
                     assert_eq!(run.trace_id, TRACE_ID, "the caller's trace");
                 }
-                // The answer built from the start's statement is the run as read back.
-                let read = runs
+                // The answer built from the start's statement is the run as read back, but for
+                // why it waits, which only GetRun and ListRuns say (no worker serves here).
+                let mut read = runs
                     .clone()
                     .get_run(v1::GetRunRequest {
                         run_id: run.run_id.clone(),
@@ -172,6 +173,10 @@ async fn concurrent_starts_share_statements_and_each_gets_its_own_answer() {
                     .await
                     .expect("get")
                     .into_inner();
+                assert_eq!(
+                    read.waiting.take().map(|w| w.code),
+                    Some("no_worker_for_queue".to_owned())
+                );
                 assert_eq!(run, read, "{ask:?}");
                 assert!(new_ids.insert(run.run_id), "one run per call");
             }

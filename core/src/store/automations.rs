@@ -4,9 +4,10 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
-use super::gated::{START_NODES_SCHEMA_VERSION, since_schema};
+use super::gated::{QUEUES_SCHEMA_VERSION, START_NODES_SCHEMA_VERSION, since_schema};
 use super::listing::Listing;
 use super::query::Query;
+use super::workers::labels_json;
 use super::{Cursor, Error, Page, PageRequest, RequestError, Store};
 use crate::ids::{AutomationId, NodeId, TenantId};
 use crate::spec::{self, Spec};
@@ -29,15 +30,33 @@ pub struct AutomationVersion {
     pub spec: Spec,
 }
 
+// A version's requirement set, found or added ($5 kinds and $7 context sorted and without
+// duplicates, $6 labels as one object, so that equal sets are equal rows). DO UPDATE rather than
+// DO NOTHING, so that an existing set answers its id too (also one a concurrent statement just
+// added); versions are stored rarely, so the row's rewrite costs nothing that matters.
+macro_rules! requirement_set {
+    () => {
+        "
+    INSERT INTO requirement_sets (kinds, labels, context)
+    VALUES ($5::text[], $6::jsonb, $7::text[])
+    ON CONFLICT (kinds, labels, context) DO UPDATE SET kinds = excluded.kinds
+    RETURNING set_id
+"
+    };
+}
+
 // The automation row and its first version in one statement; ON CONFLICT DO NOTHING turns a
 // duplicate id into zero rows rather than an aborted transaction. The hash is taken of the
 // jsonb's canonical text, so key order in the author's file does not matter. $4: the nodes a
-// fresh run starts first ([`Spec::start_nodes`]), which its claim starts (V13).
+// fresh run starts first ([`Spec::start_nodes`]), which its claim starts (V13). $5 to $8 (V14):
+// what its runs require (kinds, labels, context; found or added as a requirement set) and the
+// queue they go to.
 const CREATE_AUTOMATION: Query = Query {
     name: "create_automation",
     sql: concat!(
-        "\
-WITH automation AS (
+        "WITH ",
+        since_schema!(14, "requirement AS (", requirement_set!(), "), "),
+        "automation AS (
     INSERT INTO automations (tenant_id, automation_id, current_version)
     VALUES ($1::text, $2::text, 1)
     ON CONFLICT (tenant_id, automation_id) DO NOTHING
@@ -45,9 +64,11 @@ WITH automation AS (
 )
 INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash",
         since_schema!(13, ", start_nodes"),
+        since_schema!(14, ", requirement_set, queue"),
         ")
 SELECT tenant_id, automation_id, 1, $3::jsonb, sha256(convert_to($3::jsonb::text, 'UTF8'))",
         since_schema!(13, ", $4::text[]"),
+        since_schema!(14, ", (SELECT set_id FROM requirement), $8::text"),
         "
 FROM automation
 RETURNING version"
@@ -59,8 +80,9 @@ RETURNING version"
 const CREATE_AUTOMATION_VERSION: Query = Query {
     name: "create_automation_version",
     sql: concat!(
-        "\
-WITH current AS (
+        "WITH ",
+        since_schema!(14, "requirement AS (", requirement_set!(), "), "),
+        "current AS (
     SELECT a.tenant_id, a.automation_id, a.current_version, v.spec_hash
     FROM automations a
     JOIN automation_versions v
@@ -72,10 +94,12 @@ WITH current AS (
 added AS (
     INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash",
         since_schema!(13, ", start_nodes"),
+        since_schema!(14, ", requirement_set, queue"),
         ")
     SELECT tenant_id, automation_id, current_version + 1, $3::jsonb,
            sha256(convert_to($3::jsonb::text, 'UTF8'))",
         since_schema!(13, ", $4::text[]"),
+        since_schema!(14, ", (SELECT set_id FROM requirement), $8::text"),
         "
     FROM current
     WHERE spec_hash <> sha256(convert_to($3::jsonb::text, 'UTF8'))
@@ -332,10 +356,21 @@ impl Store {
         let schema = self.schema(&client).await?;
         let start_nodes = start_nodes(spec);
         let (tenant, automation, spec_json) = (tenant.as_str(), spec.id.as_str(), spec_json(spec));
+        let requirements = spec.requirements();
+        let kinds: Vec<&str> = requirements.kinds.iter().map(String::as_str).collect();
+        let labels = labels_json(&requirements.labels);
+        let context: Vec<&str> = requirements.context.iter().map(String::as_str).collect();
+        let queue = spec.queue();
         let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&tenant, &automation, &spec_json];
         if schema >= START_NODES_SCHEMA_VERSION {
             args.push(&start_nodes);
+        }
+        if schema >= QUEUES_SCHEMA_VERSION {
+            args.push(&kinds);
+            args.push(&labels);
+            args.push(&context);
+            args.push(&queue);
         }
         Ok(query.for_schema(schema).query(&client, &args).await?)
     }

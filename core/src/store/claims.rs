@@ -1,16 +1,20 @@
 //! Claiming due runs, renewing their leases, and handing them back: rules 1, 2 and 6 of
 //! docs/lease_protocol.md.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::gated::{START_NODES_SCHEMA_VERSION, before_schema, if_traced, since_schema};
+use super::gated::{
+    QUEUES_SCHEMA_VERSION, START_NODES_SCHEMA_VERSION, before_schema, if_traced, since_schema,
+};
 use super::query::{Query, clear_lease, notify_queued};
 use super::{Error, Store, millis};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
+use crate::routing::{Capabilities, DEFAULT_QUEUE};
 use crate::run::RunStatus;
 use crate::trace::{TraceContext, TraceParent, TraceState};
 
@@ -74,6 +78,49 @@ pub struct StartedNode {
     pub attempt: u32,
 }
 
+/// Which queued runs a claim may take: those of the queues served whose requirement set the
+/// claimant meets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    queues: Vec<String>,
+    /// Sorted. `None` (with the two below): every requirement set is met.
+    kinds: Option<Vec<String>>,
+    labels: Option<BTreeMap<String, String>>,
+    /// Sorted.
+    context: Option<Vec<String>>,
+}
+
+impl Served {
+    /// What a worker with `capabilities` may claim: runs of its queues (the default queue when
+    /// it names none) that need no kind, label or context it lacks.
+    pub fn by(capabilities: &Capabilities) -> Self {
+        Self {
+            queues: match &capabilities.queues {
+                Some(queues) => queues.iter().cloned().collect(),
+                None => vec![DEFAULT_QUEUE.to_owned()],
+            },
+            kinds: Some(capabilities.kinds.iter().cloned().collect()),
+            labels: Some(capabilities.labels.clone()),
+            context: Some(capabilities.context.iter().cloned().collect()),
+        }
+    }
+
+    /// Every run of the default queue, whatever it requires: for a claimant that executes
+    /// anything (tests, tools).
+    pub fn default_queue() -> Self {
+        Self {
+            queues: vec![DEFAULT_QUEUE.to_owned()],
+            kinds: None,
+            labels: None,
+            context: None,
+        }
+    }
+
+    fn labels_json(&self) -> Option<serde_json::Value> {
+        self.labels.as_ref().map(super::workers::labels_json)
+    }
+}
+
 /// A lease renewed by a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Renewed {
@@ -103,9 +150,14 @@ pub struct Released {
     pub lost: Vec<Claim>,
 }
 
-// One statement claims up to $2 due runs. The `due` scan walks runs_claimable_idx in claim order
-// (priority, then oldest) and skips rows another claimer has locked, so claimers never wait on
-// each other. A run whose concurrency key another run holds is skipped, and one batch takes at
+// One statement claims up to $2 due runs. The `due` scan walks runs_claimable_by_queue_idx (V15)
+// in claim order (priority, then oldest), one range for each queue served ($5) and each
+// requirement set the claimant meets ($6 to $8: its kinds, labels and context; set 0, runs
+// queued before V14, needs nothing), at most $2 runs from each, then keeps the first $2 of them
+// all; runs nobody here can serve are never read. It skips rows another claimer has locked, so
+// claimers never wait on each other. A range's rows that the final cut drops stay locked until
+// the statement commits: other claimers skip them for that long. Below V14 the scan walks
+// runs_claimable_idx, every queue at once. A run whose concurrency key another run holds is skipped, and one batch takes at
 // most one run per key; two claimers racing for one key are settled by runs_one_holder_per_key
 // (the loser's statement fails and its next claim skips the key). The epoch rises by one per
 // claim; times are the database's. Each claim records its event in the same statement, with the
@@ -124,8 +176,10 @@ pub struct Released {
 const CLAIM_RUNS: Query = Query {
     name: "claim_runs",
     sql: concat!(
-        "\
-WITH due AS (
+        "WITH due AS (",
+        before_schema!(
+            14,
+            "
     SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at, automation_id,
            automation_version, progress_epoch
     FROM runs q
@@ -136,7 +190,37 @@ WITH due AS (
             AND h.status IN ('running', 'pausing')))
     ORDER BY priority DESC, queued_at, run_id
     LIMIT $2::int
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE SKIP LOCKED"
+        ),
+        since_schema!(
+            14,
+            "
+    SELECT c.*
+    FROM unnest($5::text[]) AS served(queue),
+         (SELECT 0::bigint AS set_id
+          UNION ALL
+          SELECT set_id FROM requirement_sets
+          WHERE ($6::text[] IS NULL OR kinds <@ $6::text[])
+            AND ($7::jsonb IS NULL OR labels <@ $7::jsonb)
+            AND ($8::text[] IS NULL OR context <@ $8::text[])) AS met,
+    LATERAL (
+        SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at,
+               automation_id, automation_version, progress_epoch
+        FROM runs q
+        WHERE status = 'queued' AND queue = served.queue AND requirement_set = met.set_id
+          AND (retry_after IS NULL OR retry_after <= now())
+          AND (concurrency_key IS NULL OR NOT EXISTS (
+              SELECT 1 FROM runs h
+              WHERE h.tenant_id = q.tenant_id AND h.concurrency_key = q.concurrency_key
+                AND h.status IN ('running', 'pausing')))
+        ORDER BY priority DESC, queued_at, run_id
+        LIMIT $2::int
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.queued_at, c.run_id
+    LIMIT $2::int"
+        ),
+        "
 ),
 -- At most one run per concurrency key from one batch: the first in claim order.
 picked AS (
@@ -334,8 +418,8 @@ fn split(claims: &[Claim]) -> (Vec<Uuid>, Vec<i64>) {
 }
 
 impl Store {
-    /// Claims up to `n` due runs for `claimant`, each under a lease of `lease`. Starts no node:
-    /// see [`Store::claim_and_start_runs`].
+    /// Claims up to `n` due runs of the default queue for `claimant`, whatever they require,
+    /// each under a lease of `lease`. Starts no node: see [`Store::claim_and_start_runs`].
     ///
     /// # Locks
     /// As [`Store::claim_and_start_runs`].
@@ -345,11 +429,12 @@ impl Store {
         n: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedRun>, Error> {
-        self.claim_and_start_runs(claimant, n, lease, 0).await
+        self.claim_and_start_runs(claimant, n, lease, 0, &Served::default_queue())
+            .await
     }
 
-    /// Claims up to `n` due runs for `claimant`, each under a lease of `lease`, and starts the
-    /// first nodes of each run that never started one: up to `starts_per_run` of its version's
+    /// Claims up to `n` due runs that `served` covers for `claimant`, each under a lease of
+    /// `lease`, and starts the first nodes of each run that never started one: up to `starts_per_run` of its version's
     /// start nodes, their attempts counted before this returns ([`ClaimedRun::started`]).
     ///
     /// # Locks
@@ -361,6 +446,7 @@ impl Store {
         n: usize,
         lease: Duration,
         starts_per_run: usize,
+        served: &Served,
     ) -> Result<Vec<ClaimedRun>, Error> {
         if n == 0 {
             return Ok(Vec::new());
@@ -372,11 +458,22 @@ impl Store {
         let schema = self.schema(&client).await?;
         let claim_runs = CLAIM_RUNS.for_schema(schema);
         let lease = millis(lease);
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&claimant.as_str(), &limit, &lease, &starts];
-        // Without the start nodes' column the statement has no place for the last argument.
-        let args = if schema >= START_NODES_SCHEMA_VERSION {
+        let labels = served.labels_json();
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &claimant.as_str(),
+            &limit,
+            &lease,
+            &starts,
+            &served.queues,
+            &served.kinds,
+            &labels,
+            &served.context,
+        ];
+        // An older schema's statement has no place for the newer arguments.
+        let args = if schema >= QUEUES_SCHEMA_VERSION {
             &args[..]
+        } else if schema >= START_NODES_SCHEMA_VERSION {
+            &args[..4]
         } else {
             &args[..3]
         };

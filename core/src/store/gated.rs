@@ -14,6 +14,8 @@
 //!   and read as having none.
 //! - V13 gave versions the nodes a fresh run starts first: without it a claim starts no node,
 //!   and the worker starts them as before.
+//! - V14 gave runs a queue and a requirement set, and workers what they serve: without it a
+//!   claim takes runs of every queue, as before, and a start names no queue.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -30,23 +32,27 @@ pub(super) const TRACE_SCHEMA_VERSION: i32 = 12;
 /// The migration that gave automation versions their start nodes.
 pub(super) const START_NODES_SCHEMA_VERSION: i32 = 13;
 
+/// The migration that gave runs their queue and requirement set, and workers what they serve.
+pub(super) const QUEUES_SCHEMA_VERSION: i32 = 14;
+
 /// For each gated migration, one column it added: its presence says the database has that
 /// migration. In version order.
-const MARKERS: [(i32, &str, &str); 2] = [
+const MARKERS: [(i32, &str, &str); 3] = [
     (TRACE_SCHEMA_VERSION, "runs", "trace_parent"),
     (
         START_NODES_SCHEMA_VERSION,
         "automation_versions",
         "start_nodes",
     ),
+    (QUEUES_SCHEMA_VERSION, "runs", "queue"),
 ];
 
 /// Marks a fragment of a statement kept only on a schema at `version` or above (it names what
 /// that migration added). The markers are SQL comments, so on the newest schema the statement as
 /// written runs unchanged, but for its [`before_schema!`] fragments.
 macro_rules! since_schema {
-    ($version:literal, $sql:literal) => {
-        concat!("/*since ", $version, "*/", $sql, "/*end*/")
+    ($version:literal, $($sql:tt)+) => {
+        concat!("/*since ", $version, "*/", $($sql)+, "/*end*/")
     };
 }
 pub(super) use since_schema;

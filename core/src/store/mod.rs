@@ -24,6 +24,7 @@ pub mod outage;
 mod outcomes;
 mod query;
 mod queue;
+mod routing;
 mod runs;
 mod startup;
 mod sweeps;
@@ -40,7 +41,7 @@ use connect::Connector;
 use query::Query;
 
 pub use automations::{AutomationRecord, AutomationStatus, AutomationVersion, Stored};
-pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed, StartedNode};
+pub use claims::{Claim, ClaimedRun, Heartbeat, Released, Renewed, Served, StartedNode};
 pub use connect::{SslMode, TlsSettingsError};
 pub use error::{Error, FenceError, RequestError};
 pub use events::Event;
@@ -346,6 +347,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         nodes::QUERIES,
         outcomes::QUERIES,
         queue::QUERIES,
+        routing::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,
         gated::QUERIES,

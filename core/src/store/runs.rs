@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::control::OperatorRequest;
-use super::gated::{TRACE_SCHEMA_VERSION, if_traced};
+use super::gated::{QUEUES_SCHEMA_VERSION, TRACE_SCHEMA_VERSION, if_traced, since_schema};
 use super::query::{Query, clear_lease, notify_queued, notify_stopped, operator_request_id};
 use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
+use crate::routing::DEFAULT_QUEUE;
 use crate::run::{RunStatus, Transition};
 use crate::trace::{TraceContext, TraceParent, TraceState};
 
@@ -61,6 +62,8 @@ pub struct StartRun {
     /// The trace the run's work continues; `None` starts a trace of the run's own, so that
     /// every run has a trace id.
     pub trace: Option<TraceContext>,
+    /// The queue the run goes to; `None`: its automation's.
+    pub queue: Option<String>,
 }
 
 /// The run a start request produced.
@@ -125,6 +128,52 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// The `traceparent` the run's work continues; `None` for a run started before runs had one.
     pub trace_parent: Option<TraceParent>,
+    /// The queue it goes to.
+    pub queue: String,
+    /// The requirement set it needs a worker to meet; 0 for a run queued before sets (V14),
+    /// which any worker may claim. See [`Store::wait_reasons`].
+    pub requirement_set: i64,
+}
+
+/// Where a run goes and what it needs, as a start statement answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Routing {
+    queue: String,
+    requirement_set: i64,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            queue: DEFAULT_QUEUE.to_owned(),
+            requirement_set: 0,
+        }
+    }
+}
+
+impl Routing {
+    /// From a row's `queue` and `requirement_set`; a schema before V14 has neither, and every
+    /// run there goes to the default queue.
+    pub(super) fn read(row: &Row) -> Self {
+        match (
+            row.try_get::<_, Option<String>>("queue"),
+            row.try_get::<_, Option<i64>>("requirement_set"),
+        ) {
+            (Ok(Some(queue)), Ok(set)) => Self {
+                queue,
+                requirement_set: set.unwrap_or(0),
+            },
+            _ => Self::default(),
+        }
+    }
+
+    /// The routing of a run of `request`, whose automation's runs go by `self`.
+    pub(super) fn for_request(self, request: &StartRun) -> Self {
+        Self {
+            queue: request.queue.clone().unwrap_or(self.queue),
+            ..self
+        }
+    }
 }
 
 /// The trace a run is started in: the one asked for, or else one of the run's own, with a
@@ -146,6 +195,25 @@ pub(super) fn own_trace(requested: Option<&TraceContext>) -> TraceContext {
     }
 }
 
+/// Joins an automation row (the alias given) to its current version, for the queue and the
+/// requirement set its new runs get (V14).
+macro_rules! version_routing {
+    ($automation:literal) => {
+        concat!(
+            "
+    LEFT JOIN automation_versions v
+      ON v.tenant_id = ",
+            $automation,
+            ".tenant_id AND v.automation_id = ",
+            $automation,
+            ".automation_id AND v.version = ",
+            $automation,
+            ".current_version"
+        )
+    };
+}
+pub(super) use version_routing;
+
 // One statement: pin the current version of an active automation, insert the run queued, and
 // record its first event, and wake idle workers. ON CONFLICT on the idempotency key yields zero
 // rows instead of an error, and the caller then compares the earlier request with this one. The
@@ -156,17 +224,27 @@ const START_RUN: Query = Query {
     sql: concat!(
         "\
 WITH automation AS (
-    SELECT current_version, status FROM automations
-    WHERE tenant_id = $1::text AND automation_id = $2::text
+    SELECT a.current_version, a.status",
+        since_schema!(14, ", v.queue AS version_queue, v.requirement_set"),
+        "
+    FROM automations a",
+        since_schema!(14, version_routing!("a")),
+        "
+    WHERE a.tenant_id = $1::text AND a.automation_id = $2::text
 ),
 inserted AS (
     INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
                       idempotency_key, status, priority, queue_reason, concurrency_key, event_seq",
         if_traced!(", trace_parent, trace_state"),
+        since_schema!(14, ", queue, requirement_set"),
         ")
     SELECT $3::uuid, $1::text, $2::text, current_version, $4::text, $5::jsonb,
            $6::text, 'queued', $7::smallint, 'started', $8::text, 1",
         if_traced!(", $10::text, $11::text"),
+        since_schema!(
+            14,
+            ", coalesce($12::text, version_queue, 'default'), coalesce(requirement_set, 0)"
+        ),
         "
     FROM automation WHERE status = 'active'
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -191,9 +269,12 @@ SELECT (SELECT status FROM automation) AS automation_status,
 // The earlier run of a repeated key, with the fields a start request sets, to compare them.
 const RUN_BY_IDEMPOTENCY_KEY: Query = Query {
     name: "run_by_idempotency_key",
-    sql: "\
-SELECT run_id, automation_id, inputs, priority, concurrency_key, trigger
-FROM runs WHERE tenant_id = $1::text AND idempotency_key = $2::text",
+    sql: concat!(
+        "SELECT run_id, automation_id, inputs, priority, concurrency_key, trigger",
+        since_schema!(14, ", queue, requirement_set"),
+        "
+FROM runs WHERE tenant_id = $1::text AND idempotency_key = $2::text"
+    ),
 };
 
 /// The columns of a [`RunRecord`], `r` being the runs row; every query that reads one uses them.
@@ -210,7 +291,8 @@ macro_rules! run_columns {
        r.claimant_id, r.lease_epoch, r.lease_expires_at, r.expired_claims, r.concurrency_key,
        r.stop_kind, r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq,
        r.created_at, r.finished_at",
-            $crate::store::gated::if_traced!(", r.trace_parent")
+            $crate::store::gated::if_traced!(", r.trace_parent"),
+            $crate::store::gated::since_schema!(14, ", r.queue, r.requirement_set")
         )
     };
 }
@@ -299,8 +381,7 @@ impl Store {
         let run_id = RunId::new();
         let trace = own_trace(request.trace.as_ref());
         let schema = self.schema(&client).await?;
-        let traced = schema >= TRACE_SCHEMA_VERSION;
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
             &request.tenant.as_str(),
             &request.automation_id.as_str(),
             &run_id.0,
@@ -312,9 +393,16 @@ impl Store {
             &request.actor,
             &trace.parent.as_str(),
             &trace.state.as_ref().map(TraceState::as_str),
+            &request.queue,
         ];
-        // Without the trace columns the statement has no place for the last two arguments.
-        let args = if traced { &args[..] } else { &args[..9] };
+        // An older schema's statement has no place for the newer arguments.
+        let args = if schema >= QUEUES_SCHEMA_VERSION {
+            &args[..]
+        } else if schema >= TRACE_SCHEMA_VERSION {
+            &args[..11]
+        } else {
+            &args[..9]
+        };
         let row = START_RUN
             .for_schema(schema)
             .query_one(&client, args)
@@ -325,7 +413,7 @@ impl Store {
                 created: true,
             });
         }
-        not_inserted(&client, request, row.get("automation_status")).await
+        not_inserted(&client, schema, request, row.get("automation_status")).await
     }
 
     /// Cancels a run that has not ended. A run that has ended is [`RequestError::Transition`].
@@ -371,11 +459,13 @@ impl Store {
 /// automation was paused since.
 async fn not_inserted(
     client: &deadpool_postgres::Client,
+    schema: i32,
     request: &StartRun,
     automation_status: Option<&str>,
 ) -> Result<Started, RequestError> {
     if let Some(key) = &request.idempotency_key
         && let Some(earlier) = RUN_BY_IDEMPOTENCY_KEY
+            .for_schema(schema)
             .query_opt(client, &[&request.tenant.as_str(), key])
             .await?
     {
@@ -396,7 +486,12 @@ fn same_request(request: &StartRun, key: &str, earlier: &Row) -> Result<Started,
         && earlier.get::<_, serde_json::Value>("inputs") == request.inputs
         && earlier.get::<_, i16>("priority") == request.priority
         && earlier.get::<_, Option<String>>("concurrency_key") == request.concurrency_key
-        && earlier.get::<_, &str>("trigger") == request.trigger.as_str();
+        && earlier.get::<_, &str>("trigger") == request.trigger.as_str()
+        // A request that names no queue asks for its automation's, whichever that was.
+        && request
+            .queue
+            .as_deref()
+            .is_none_or(|queue| Routing::read(earlier).queue == queue);
     if same {
         Ok(Started {
             run_id: RunId(earlier.get("run_id")),
@@ -411,6 +506,7 @@ fn same_request(request: &StartRun, key: &str, earlier: &Row) -> Result<Started,
 
 pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
     let run_id = RunId(row.get("run_id"));
+    let routing = Routing::read(row);
     let status = row
         .get::<_, &str>("status")
         .parse()
@@ -449,5 +545,7 @@ pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
             .ok()
             .flatten()
             .and_then(TraceParent::parse),
+        queue: routing.queue,
+        requirement_set: routing.requirement_set,
     })
 }

@@ -1,6 +1,7 @@
 //! The registry of worker processes (with their liveness and the node kinds they advertise), and
 //! the channels they listen on: wake-ups for queued runs, and stop notices for held ones.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +13,12 @@ use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 
 use super::connect::Connector;
+use super::gated::{QUEUES_SCHEMA_VERSION, before_schema, since_schema};
 use super::query::Query;
 use super::{Error, Store, millis};
 use crate::ids::{ClaimantId, RunId};
 use crate::kinds::Schema;
+use crate::routing::Capabilities;
 
 /// The channel a NOTIFY on it wakes idle workers through. It carries no payload: it is a hint
 /// that runs are due, never the queue itself.
@@ -67,6 +70,12 @@ pub struct WorkerInfo {
     pub lease: Duration,
     /// The node kinds it executes, with the input schemas they declared.
     pub kinds: Vec<AdvertisedKind>,
+    /// The queues it claims from.
+    pub queues: BTreeSet<String>,
+    /// Its labels (`gpu=a100`).
+    pub labels: BTreeMap<String, String>,
+    /// The names of the context it holds (never the values).
+    pub context: BTreeSet<String>,
 }
 
 /// A registered worker process, with what the database knows of it now.
@@ -99,6 +108,25 @@ pub struct WorkerRecord {
     pub alive: bool,
     /// Runs it holds a lease on now (running or pausing), in every tenant.
     pub held_runs: i64,
+    /// The queues it claims from; `None` for a worker of a release before queues, which claims
+    /// from every queue.
+    pub queues: Option<BTreeSet<String>>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// The names of the context it holds.
+    pub context: BTreeSet<String>,
+}
+
+impl WorkerRecord {
+    /// What it can run, as a claim judges it.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            queues: self.queues.clone(),
+            kinds: self.handlers.iter().cloned().collect(),
+            labels: self.labels.clone(),
+            context: self.context.clone(),
+        }
+    }
 }
 
 /// A node kind as a worker advertises it.
@@ -131,21 +159,33 @@ pub struct NodeKindRecord {
 // deadlock; DISTINCT ON keeps a repeated kind from updating its row twice.
 const REGISTER_WORKER: Query = Query {
     name: "register_worker",
-    sql: "\
+    sql: concat!(
+        "\
 WITH worker AS (
-    INSERT INTO workers (claimant_id, host, pid, version, capacity, handlers, lease_ms)
-    VALUES ($1::text, $2::text, $3::int, $4::text, $5::int, $6::text[], $8::bigint)
+    INSERT INTO workers (claimant_id, host, pid, version, capacity, handlers, lease_ms",
+        since_schema!(14, ", queues, labels, context"),
+        ")
+    VALUES ($1::text, $2::text, $3::int, $4::text, $5::int, $6::text[], $8::bigint",
+        since_schema!(14, ", $9::text[], $10::jsonb, $11::text[]"),
+        ")
     ON CONFLICT (claimant_id) DO UPDATE
     SET host = excluded.host, pid = excluded.pid, version = excluded.version,
         capacity = excluded.capacity, handlers = excluded.handlers,
-        lease_ms = excluded.lease_ms, last_heartbeat = now()
+        lease_ms = excluded.lease_ms, last_heartbeat = now()",
+        since_schema!(
+            14,
+            ",
+        queues = excluded.queues, labels = excluded.labels, context = excluded.context"
+        ),
+        "
 )
 INSERT INTO node_kinds (kind, input_schema)
 SELECT DISTINCT ON (a.kind) a.kind, a.input_schema
 FROM unnest($6::text[], $7::jsonb[]) AS a(kind, input_schema)
 ORDER BY a.kind
 ON CONFLICT (kind) DO UPDATE
-SET input_schema = excluded.input_schema, last_advertised_at = now()",
+SET input_schema = excluded.input_schema, last_advertised_at = now()"
+    ),
 };
 
 // Every registered worker, with liveness judged by its own lease on the database's clock (tests
@@ -154,9 +194,16 @@ SET input_schema = excluded.input_schema, last_advertised_at = now()",
 // not all runs. Not tenant-scoped: workers claim across tenants.
 const LIST_WORKERS: Query = Query {
     name: "list_workers",
-    sql: "\
+    sql: concat!(
+        "\
 SELECT w.claimant_id, w.host, w.pid, w.version, w.capacity, w.handlers, w.started_at,
-       w.last_heartbeat, w.draining, w.lease_ms,
+       w.last_heartbeat, w.draining, w.lease_ms, ",
+        since_schema!(14, "w.queues, w.labels, w.context"),
+        before_schema!(
+            14,
+            "NULL::text[] AS queues, NULL::jsonb AS labels, NULL::text[] AS context"
+        ),
+        ",
        w.last_heartbeat + coalesce(w.lease_ms, $1::bigint) * interval '1 millisecond'
            > coalesce($2::timestamptz, now()) AS alive,
        coalesce(held.n, 0) AS held_runs
@@ -166,7 +213,8 @@ LEFT JOIN (
     WHERE status IN ('running', 'pausing')
     GROUP BY claimant_id
 ) AS held ON held.claimant_id = w.claimant_id
-ORDER BY w.started_at, w.claimant_id",
+ORDER BY w.started_at, w.claimant_id"
+    ),
 };
 
 // For ListNodeKinds (every kind) and for checking a spec's inputs (the kinds it uses). The table
@@ -279,21 +327,32 @@ impl Store {
             .iter()
             .map(|k| k.input_schema.as_ref().map(Schema::as_value))
             .collect();
+        let queues: Vec<&str> = info.queues.iter().map(String::as_str).collect();
+        let labels = labels_json(&info.labels);
+        let context: Vec<&str> = info.context.iter().map(String::as_str).collect();
         let client = self.client().await?;
+        let schema = self.schema(&client).await?;
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &info.claimant_id.as_str(),
+            &info.host,
+            &pid,
+            &info.version,
+            &capacity,
+            &kinds,
+            &schemas,
+            &millis(info.lease),
+            &queues,
+            &labels,
+            &context,
+        ];
+        let args = if schema >= QUEUES_SCHEMA_VERSION {
+            &args[..]
+        } else {
+            &args[..8]
+        };
         REGISTER_WORKER
-            .execute(
-                &client,
-                &[
-                    &info.claimant_id.as_str(),
-                    &info.host,
-                    &pid,
-                    &info.version,
-                    &capacity,
-                    &kinds,
-                    &schemas,
-                    &millis(info.lease),
-                ],
-            )
+            .for_schema(schema)
+            .execute(&client, args)
             .await?;
         Ok(())
     }
@@ -306,7 +365,11 @@ impl Store {
     ) -> Result<Vec<WorkerRecord>, Error> {
         let client = self.client().await?;
         let unstated = millis(ALIVE_WITHOUT_STATED_LEASE);
-        let rows = LIST_WORKERS.query(&client, &[&unstated, &now]).await?;
+        let schema = self.schema(&client).await?;
+        let rows = LIST_WORKERS
+            .for_schema(schema)
+            .query(&client, &[&unstated, &now])
+            .await?;
         Ok(rows
             .iter()
             .map(|row| WorkerRecord {
@@ -324,6 +387,15 @@ impl Store {
                 draining: row.get("draining"),
                 alive: row.get("alive"),
                 held_runs: row.get("held_runs"),
+                queues: row
+                    .get::<_, Option<Vec<String>>>("queues")
+                    .map(|queues| queues.into_iter().collect()),
+                labels: labels_from_json(row.get("labels")),
+                context: row
+                    .get::<_, Option<Vec<String>>>("context")
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
             })
             .collect())
     }
@@ -450,5 +522,29 @@ async fn listen_once(
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// Labels as the database keeps them: one JSON object of strings.
+pub(super) fn labels_json(labels: &BTreeMap<String, String>) -> Value {
+    Value::Object(
+        labels
+            .iter()
+            .map(|(key, value)| (key.clone(), Value::String(value.clone())))
+            .collect(),
+    )
+}
+
+/// Labels as stored; a value that is not a string (no release writes one) is left out.
+pub(super) fn labels_from_json(labels: Option<Value>) -> BTreeMap<String, String> {
+    match labels {
+        Some(Value::Object(labels)) => labels
+            .into_iter()
+            .filter_map(|(key, value)| match value {
+                Value::String(value) => Some((key, value)),
+                _ => None,
+            })
+            .collect(),
+        _ => BTreeMap::new(),
     }
 }

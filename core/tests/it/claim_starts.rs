@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use leasehold_core::ids::{ClaimantId, NodeId, RunId};
 use leasehold_core::run::{NodeStatus, RunStatus};
-use leasehold_core::store::{ClaimedRun, FenceError, StartedNode};
+use leasehold_core::store::{ClaimedRun, FenceError, Served, StartedNode};
 use leasehold_testkit::fixtures::{Bundle, LEASE, gated, node, setup};
 use serde_json::json;
 
@@ -22,7 +22,13 @@ const STARTS_PER_RUN: usize = 4;
 async fn claim_and_start(b: &Bundle, claimant: &str, starts_per_run: usize) -> ClaimedRun {
     let mut claimed = b
         .store
-        .claim_and_start_runs(&ClaimantId::from(claimant), 1, LEASE, starts_per_run)
+        .claim_and_start_runs(
+            &ClaimantId::from(claimant),
+            1,
+            LEASE,
+            starts_per_run,
+            &Served::default_queue(),
+        )
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1, "one run was due");
@@ -277,7 +283,13 @@ async fn a_fresh_run_holding_a_node_row_is_claimed_without_starts_and_blocks_no_
         .expect("a node row without progress");
     let claimed = b
         .store
-        .claim_and_start_runs(&ClaimantId::from("w"), 2, LEASE, STARTS_PER_RUN)
+        .claim_and_start_runs(
+            &ClaimantId::from("w"),
+            2,
+            LEASE,
+            STARTS_PER_RUN,
+            &Served::default_queue(),
+        )
         .await
         .expect("the claim succeeds");
     assert_eq!(claimed.len(), 2, "both runs claimed");

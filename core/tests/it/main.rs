@@ -11,6 +11,7 @@ mod lease_protocol;
 mod operator;
 mod protocol_doc;
 mod queue;
+mod routing;
 mod schema;
 mod start_runs;
 mod store;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use leasehold_core::store::{self, Error, Step, Store};
+use leasehold_core::store::{self, Error, Served, Step, Store};
 use leasehold_testkit::fixtures::{diamond, setup};
 use leasehold_testkit::{RUNTIME_ROLE, TestDb, wait_for};
 use tokio_postgres::error::SqlState;
@@ -351,7 +351,7 @@ nodes:
     let claimant = leasehold_core::ids::ClaimantId::from("w");
     let lease = Duration::from_secs(60);
     let claimed = before
-        .claim_and_start_runs(&claimant, 1, lease, 4)
+        .claim_and_start_runs(&claimant, 1, lease, 4, &Served::default_queue())
         .await
         .expect("claim below 13");
     assert_eq!(claimed.len(), 1);
@@ -359,7 +359,7 @@ nodes:
     assert!(claimed[0].started.is_empty());
     let after = Store::connect_unchecked(db.url(), 2).expect("pool");
     let claimed = after
-        .claim_and_start_runs(&claimant, 1, lease, 4)
+        .claim_and_start_runs(&claimant, 1, lease, 4, &Served::default_queue())
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);

@@ -142,6 +142,7 @@ mod tests {
             backoff: Default::default(),
             timeout_ms: 1_000,
             approval: None,
+            requires: Default::default(),
         }
     }
 
@@ -150,6 +151,8 @@ mod tests {
         Spec {
             id: "diamond".into(),
             description: None,
+            queue: None,
+            requires_context: Vec::new(),
             nodes: vec![
                 node("a", &[]),
                 node("b", &["a"]),

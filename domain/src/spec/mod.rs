@@ -1,9 +1,11 @@
 //! Automation specs: a DAG of nodes, parsed from YAML or JSON and validated before it is stored.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AutomationId, NodeId};
-use crate::retry;
+use crate::{retry, routing};
 
 mod parse;
 mod storable;
@@ -11,9 +13,10 @@ mod validate;
 
 pub use parse::{MAX_TEXT_BYTES, from_stored, parse, parse_json, parse_yaml};
 pub use validate::{
-    MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_CAP_MS, MAX_BACKOFF_FACTOR, MAX_DESCRIPTION_CHARS,
-    MAX_ID_CHARS, MAX_INPUT_BYTES, MAX_KIND_CHARS, MAX_NODES, MAX_PROMPT_CHARS, MAX_TIMEOUT_MS,
-    MIN_BACKOFF_FACTOR, SpecError, Violation, validate,
+    MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_CAP_MS, MAX_BACKOFF_FACTOR, MAX_CONTEXT_NAMES,
+    MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_INPUT_BYTES, MAX_KIND_CHARS, MAX_LABELS_PER_NODE,
+    MAX_NODES, MAX_PROMPT_CHARS, MAX_TIMEOUT_MS, MIN_BACKOFF_FACTOR, SpecError, Violation,
+    validate,
 };
 
 /// Attempts of a node unless its spec says otherwise.
@@ -32,6 +35,13 @@ pub struct Spec {
     /// Free text shown in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The queue runs of this automation go to unless a run's start names another; none means
+    /// [`routing::DEFAULT_QUEUE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Names of context (secrets or settings) the worker running a run must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires_context: Vec<String>,
     /// The nodes, in the order their author wrote them.
     pub nodes: Vec<NodeSpec>,
 }
@@ -62,6 +72,10 @@ pub struct NodeSpec {
     /// A person must approve before this node runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Labels the worker running this node must carry, each with this value, e.g.
+    /// `requires: {gpu: a100}`. One worker runs the whole run, so it must carry every node's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requires: BTreeMap<String, String>,
 }
 
 /// An approval gate in front of a node.
@@ -96,6 +110,31 @@ impl Spec {
             .filter(|n| n.depends_on.is_empty() && !n.needs_gate())
             .map(|n| &n.id)
     }
+
+    /// The queue runs of this automation go to unless a run's start names another.
+    pub fn queue(&self) -> &str {
+        self.queue.as_deref().unwrap_or(routing::DEFAULT_QUEUE)
+    }
+
+    /// What a run of this automation needs of the one worker that runs it: a handler for every
+    /// node's kind (`approval` included, since a worker completes the gate), every node's
+    /// required labels, and the required context.
+    ///
+    /// Validation refuses two nodes that require different values of one label; were they
+    /// here, the first node's value would count.
+    pub fn requirements(&self) -> routing::Requirements {
+        let mut labels = BTreeMap::new();
+        for node in &self.nodes {
+            for (key, value) in &node.requires {
+                labels.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        routing::Requirements {
+            kinds: self.nodes.iter().map(|n| n.kind.clone()).collect(),
+            labels,
+            context: self.requires_context.iter().cloned().collect(),
+        }
+    }
 }
 
 impl NodeSpec {
@@ -108,6 +147,8 @@ impl NodeSpec {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -137,6 +178,49 @@ nodes:
             !spec
                 .node(&NodeId::from("z"))
                 .is_some_and(NodeSpec::needs_gate)
+        );
+    }
+
+    #[test]
+    fn requirements_gather_every_node_s_kind_and_labels_and_the_context() {
+        let spec = parse_yaml(
+            "id: train
+queue: gpu
+requires_context: [OPENAI_API_KEY, HF_TOKEN]
+nodes:
+  - {id: fetch, kind: http, requires: {zone: eu}}
+  - {id: ask, kind: approval, depends_on: [fetch]}
+  - {id: fit, kind: exec, depends_on: [ask], requires: {gpu: a100, zone: eu}}
+  - {id: again, kind: exec, depends_on: [fit]}
+",
+        )
+        .expect("valid");
+        let set =
+            |items: &[&str]| -> BTreeSet<String> { items.iter().map(|&s| s.to_owned()).collect() };
+        assert_eq!(spec.queue(), "gpu");
+        assert_eq!(
+            spec.requirements(),
+            routing::Requirements {
+                kinds: set(&["approval", "exec", "http"]),
+                labels: BTreeMap::from([
+                    ("gpu".to_owned(), "a100".to_owned()),
+                    ("zone".to_owned(), "eu".to_owned()),
+                ]),
+                context: set(&["HF_TOKEN", "OPENAI_API_KEY"]),
+            }
+        );
+    }
+
+    #[test]
+    fn a_spec_without_routing_fields_goes_to_the_default_queue_and_needs_its_kinds() {
+        let spec = parse_yaml("id: plain\nnodes:\n  - {id: a, kind: echo}\n").expect("valid");
+        assert_eq!(spec.queue(), routing::DEFAULT_QUEUE);
+        assert_eq!(
+            spec.requirements(),
+            routing::Requirements {
+                kinds: BTreeSet::from(["echo".to_owned()]),
+                ..routing::Requirements::default()
+            }
         );
     }
 }

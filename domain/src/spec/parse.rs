@@ -130,6 +130,8 @@ fn field_of(path: &serde_path_to_error::Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::retry;
     use crate::spec::{MAX_ATTEMPTS_DEFAULT, NodeSpec, TIMEOUT_MS_DEFAULT};
@@ -202,6 +204,7 @@ nodes:
             backoff: retry::Policy::default(),
             timeout_ms: TIMEOUT_MS_DEFAULT,
             approval: None,
+            requires: BTreeMap::new(),
         };
         assert_eq!(spec.nodes, [want]);
         assert_eq!(spec.description, None);
@@ -325,6 +328,115 @@ nodes:
         assert_eq!(parse(&text).unwrap().nodes.len(), 1_000);
         text.push_str("  - {id: n1000, kind: echo}\n");
         check(&text, "nodes", "1001 nodes");
+    }
+
+    const ROUTED_YAML: &str = r#"
+id: train
+queue: gpu
+requires_context: [OPENAI_API_KEY, HF_TOKEN]
+nodes:
+  - id: fetch
+    kind: http
+    input: {url: https://example.com/data}
+  - id: fit
+    kind: exec
+    depends_on: [fetch]
+    requires: {gpu: a100, example.com/zone: eu-west}
+"#;
+
+    const ROUTED_JSON: &str = r#"{
+  "id": "train",
+  "queue": "gpu",
+  "requires_context": ["OPENAI_API_KEY", "HF_TOKEN"],
+  "nodes": [
+    {"id": "fetch", "kind": "http", "input": {"url": "https://example.com/data"}},
+    {"id": "fit", "kind": "exec", "depends_on": ["fetch"],
+     "requires": {"gpu": "a100", "example.com/zone": "eu-west"}}
+  ]
+}"#;
+
+    #[test]
+    fn routing_fields_read_from_yaml_and_json_and_round_trip() {
+        let spec = parse(ROUTED_YAML).unwrap();
+        assert_eq!(parse(ROUTED_JSON).unwrap(), spec);
+        assert_eq!(spec.queue.as_deref(), Some("gpu"));
+        assert_eq!(spec.requires_context, ["OPENAI_API_KEY", "HF_TOKEN"]);
+        assert!(spec.nodes[0].requires.is_empty());
+        assert_eq!(
+            spec.nodes[1].requires,
+            BTreeMap::from([
+                ("example.com/zone".to_owned(), "eu-west".to_owned()),
+                ("gpu".to_owned(), "a100".to_owned()),
+            ])
+        );
+
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(stored["queue"], "gpu");
+        assert_eq!(stored["nodes"][1]["requires"]["gpu"], "a100");
+        assert_eq!(from_stored(stored), Ok(spec.clone()));
+        let yaml = serde_yaml_ng::to_string(&spec).unwrap();
+        assert_eq!(parse_yaml(&yaml), Ok(spec.clone()));
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(parse_json(&json), Ok(spec));
+    }
+
+    #[test]
+    fn a_spec_without_routing_fields_serializes_as_before_them() {
+        let spec = parse(
+            "id: x
+description: d
+nodes:
+  - {id: a, kind: echo}
+  - {id: b, kind: http, depends_on: [a], input: {url: u}, approval: {prompt: p}}
+",
+        )
+        .unwrap();
+        assert_eq!((spec.queue.as_deref(), spec.queue()), (None, "default"));
+        // The form stored before the routing fields existed, byte for byte: a spec that names
+        // no queue, context or labels keeps it, so stored specs and their versions stay equal.
+        let before = concat!(
+            r#"{"id":"x","description":"d","nodes":["#,
+            r#"{"id":"a","kind":"echo","input":null,"max_attempts":3,"#,
+            r#""backoff":{"base_ms":1000,"factor":2.0,"cap_ms":300000,"jitter":0.2},"#,
+            r#""timeout_ms":300000},"#,
+            r#"{"id":"b","kind":"http","input":{"url":"u"},"depends_on":["a"],"max_attempts":3,"#,
+            r#""backoff":{"base_ms":1000,"factor":2.0,"cap_ms":300000,"jitter":0.2},"#,
+            r#""timeout_ms":300000,"approval":{"prompt":"p"}}]}"#,
+        );
+        assert_eq!(serde_json::to_string(&spec).unwrap(), before);
+        // Empty routing fields written out are read as absent, and dropped again.
+        let explicit = parse(
+            r#"{"id":"x","description":"d","queue":null,"requires_context":[],
+            "nodes":[{"id":"a","kind":"echo","requires":{}},
+            {"id":"b","kind":"http","depends_on":["a"],"input":{"url":"u"},"approval":{"prompt":"p"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(explicit, spec);
+        assert_eq!(serde_json::to_string(&explicit).unwrap(), before);
+    }
+
+    #[test]
+    fn routing_fields_are_validated_when_parsed() {
+        check(
+            &ROUTED_YAML.replace("queue: gpu", "queue: GPU"),
+            "queue",
+            "starts with 'G'",
+        );
+        check(
+            &ROUTED_YAML.replace("HF_TOKEN", "HF-TOKEN"),
+            "requires_context[1]",
+            "contains '-'",
+        );
+        check(
+            &ROUTED_YAML.replace("requires: {", "requires: {gpu2: [a],"),
+            "nodes[1].requires.gpu2",
+            "invalid type",
+        );
+        check(
+            &ROUTED_YAML.replace("queue: gpu", "queue: [gpu]"),
+            "queue",
+            "invalid type",
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::fmt;
 use std::io;
 
 use crate::ids::NodeId;
+use crate::routing;
 
 use super::{NodeSpec, Spec};
 
@@ -33,6 +34,10 @@ pub const MAX_BACKOFF_FACTOR: f64 = 10.0;
 pub const MAX_DESCRIPTION_CHARS: usize = 4_096;
 /// Longest approval prompt, in characters.
 pub const MAX_PROMPT_CHARS: usize = 4_096;
+/// Most context names an automation may require.
+pub const MAX_CONTEXT_NAMES: usize = 32;
+/// Most labels one node may require.
+pub const MAX_LABELS_PER_NODE: usize = 16;
 
 /// A spec that cannot be used, with every reason why.
 ///
@@ -117,6 +122,12 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     {
         out.push(violation("description".to_owned(), None, message));
     }
+    if let Some(queue) = &spec.queue
+        && let Err(message) = routing::check_queue_name(queue)
+    {
+        out.push(violation("queue".to_owned(), None, message));
+    }
+    check_requires_context(&spec.requires_context, &mut out);
     if spec.nodes.is_empty() {
         out.push(violation(
             "nodes".to_owned(),
@@ -152,9 +163,11 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     }
 
     let mut deps = Vec::with_capacity(spec.nodes.len());
+    let mut labels = LabelsSoFar::default();
     for (i, node) in spec.nodes.iter().enumerate() {
         check_node(i, node, &mut out);
         deps.push(check_depends_on(i, node, &first_index, &mut out));
+        labels.check_requires(i, node, &mut out);
     }
     out.extend(super::storable::nul_violations(spec));
 
@@ -304,6 +317,96 @@ fn check_node(i: usize, node: &NodeSpec, out: &mut Vec<Violation>) {
     }
 }
 
+/// Checks the context names an automation requires: each name, repeats, and their number.
+fn check_requires_context(names: &[String], out: &mut Vec<Violation>) {
+    if names.len() > MAX_CONTEXT_NAMES {
+        out.push(violation(
+            "requires_context".to_owned(),
+            None,
+            format!(
+                "has {} names; at most {MAX_CONTEXT_NAMES} are allowed",
+                names.len()
+            ),
+        ));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(names.len());
+    for (j, name) in names.iter().enumerate() {
+        let message = if let Some(&earlier) = seen.get(name.as_str()) {
+            format!("duplicate context name {name:?}, also requires_context[{earlier}]")
+        } else if let Err(message) = routing::check_context_name(name) {
+            message
+        } else {
+            seen.insert(name, j);
+            continue;
+        };
+        out.push(violation(format!("requires_context[{j}]"), None, message));
+    }
+}
+
+/// The label values required by the nodes checked so far, each with the first node that
+/// required it, so that a later node requiring another value is refused: one worker runs a
+/// whole run, and no worker carries two values of one label.
+#[derive(Default)]
+struct LabelsSoFar<'s> {
+    /// Label key to its value, the first node that required it, and that node's index.
+    first: HashMap<&'s str, (&'s str, &'s NodeSpec, usize)>,
+}
+
+impl<'s> LabelsSoFar<'s> {
+    /// Checks the labels node `i` requires, then remembers them for the nodes after it.
+    fn check_requires(&mut self, i: usize, node: &'s NodeSpec, out: &mut Vec<Violation>) {
+        let mut push = |field: String, message: String| {
+            out.push(violation(field, node_ref(node), message));
+        };
+        if node.requires.len() > MAX_LABELS_PER_NODE {
+            push(
+                format!("nodes[{i}].requires"),
+                format!(
+                    "has {} labels; at most {MAX_LABELS_PER_NODE} are allowed",
+                    node.requires.len()
+                ),
+            );
+        }
+        for (key, value) in &node.requires {
+            // A bad key is placed on the map that holds it: it may not read well in a path.
+            if let Err(message) = routing::check_label_key(key) {
+                push(
+                    format!("nodes[{i}].requires"),
+                    format!("key {key:?} {message}"),
+                );
+                continue;
+            }
+            let field = format!("nodes[{i}].requires.{key}");
+            if let Err(message) = routing::check_label_value(value) {
+                push(field, message);
+                continue;
+            }
+            match self.first.get(key.as_str()) {
+                Some(&(first_value, ..)) if first_value == value => {}
+                Some(&(first_value, first_node, first)) => push(
+                    field,
+                    format!(
+                        "requires {key}={value}, but {} requires {key}={first_value}: a run runs on one worker",
+                        node_name(first_node, first)
+                    ),
+                ),
+                None => {
+                    self.first.insert(key, (value, node, i));
+                }
+            }
+        }
+    }
+}
+
+/// A node as a message names it: by its id, or by its place when its id is empty.
+fn node_name(node: &NodeSpec, i: usize) -> String {
+    if node.id.as_str().is_empty() {
+        format!("nodes[{i}]")
+    } else {
+        format!("node `{}`", node.id.as_str())
+    }
+}
+
 /// The problem with a float outside `min..=max`, NaN and infinities included (YAML can spell them).
 fn check_float_range(value: f64, min: f64, max: f64) -> Option<String> {
     if !value.is_finite() {
@@ -443,6 +546,8 @@ fn find_cycles(deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::retry;
     use crate::spec::Approval;
@@ -457,6 +562,7 @@ mod tests {
             backoff: retry::Policy::default(),
             timeout_ms: 1_000,
             approval: None,
+            requires: BTreeMap::new(),
         }
     }
 
@@ -465,6 +571,8 @@ mod tests {
         Spec {
             id: "diamond".into(),
             description: Some("A diamond.".to_owned()),
+            queue: None,
+            requires_context: Vec::new(),
             nodes: vec![
                 node("a", &[]),
                 node("b", &["a"]),
@@ -485,6 +593,8 @@ mod tests {
         Spec {
             id: "chain".into(),
             description: None,
+            queue: None,
+            requires_context: Vec::new(),
             nodes,
         }
     }
@@ -778,6 +888,8 @@ mod tests {
         let spec = Spec {
             id: "two".into(),
             description: None,
+            queue: None,
+            requires_context: Vec::new(),
             nodes: vec![
                 node("tail", &["x"]),
                 node("x", &["y"]),
@@ -840,6 +952,164 @@ mod tests {
              nodes[1].max_attempts (node \"b\"): is 0; must be between 1 and 100; \
              nodes[2].depends_on[0] (node \"c\"): unknown node \"zz\"; \
              nodes[3].backoff.jitter (node \"d\"): is 2; must be between 0.0 and 1.0"
+        );
+    }
+
+    fn requires(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn names(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    #[test]
+    fn routing_fields_at_their_limits_are_valid() {
+        let mut spec = diamond();
+        spec.queue = Some("q".repeat(routing::MAX_QUEUE_CHARS));
+        spec.requires_context = names("KEY_", MAX_CONTEXT_NAMES);
+        spec.requires_context[0] = "K".repeat(routing::MAX_CONTEXT_NAME_CHARS);
+        let longest = "l".repeat(routing::MAX_LABEL_CHARS);
+        spec.nodes[0].requires = names("key", MAX_LABELS_PER_NODE)
+            .into_iter()
+            .map(|k| (k, "v".to_owned()))
+            .collect();
+        spec.nodes[0].requires.remove("key0");
+        spec.nodes[0]
+            .requires
+            .insert(longest.clone(), longest.clone());
+        // Several nodes may require one label, with one value.
+        spec.nodes[3].requires = requires(&[("key1", "v"), ("example.com/gpu", "a100")]);
+        assert_eq!(validate(&spec), Ok(()));
+    }
+
+    #[test]
+    fn queue() {
+        check(
+            |s| s.queue = Some("GPU".to_owned()),
+            "queue",
+            None,
+            "starts with 'G'; must be 1 to 64 characters: lowercase letters",
+        );
+        check(|s| s.queue = Some(String::new()), "queue", None, "is empty");
+        check(
+            |s| s.queue = Some("q".repeat(routing::MAX_QUEUE_CHARS + 1)),
+            "queue",
+            None,
+            "is 65 characters long",
+        );
+    }
+
+    #[test]
+    fn requires_context() {
+        check(
+            |s| s.requires_context = vec!["A".into(), "B".into(), "API-KEY".into()],
+            "requires_context[2]",
+            None,
+            "contains '-'",
+        );
+        check(
+            |s| s.requires_context = vec!["A".into(), "1A".into()],
+            "requires_context[1]",
+            None,
+            "starts with '1'",
+        );
+        check(
+            |s| s.requires_context = vec!["A".into(), "B".into(), "A".into()],
+            "requires_context[2]",
+            None,
+            "duplicate context name \"A\", also requires_context[0]",
+        );
+        check(
+            |s| s.requires_context = names("KEY_", MAX_CONTEXT_NAMES + 1),
+            "requires_context",
+            None,
+            "has 33 names; at most 32 are allowed",
+        );
+    }
+
+    #[test]
+    fn node_requires() {
+        check(
+            |s| s.nodes[3].requires = requires(&[("gpu", "a/100")]),
+            "nodes[3].requires.gpu",
+            Some("d"),
+            "contains '/'",
+        );
+        check(
+            |s| s.nodes[3].requires = requires(&[("gpu", "")]),
+            "nodes[3].requires.gpu",
+            Some("d"),
+            "is empty",
+        );
+        // A bad key does not read well in a path, so the map that holds it is named.
+        check(
+            |s| s.nodes[3].requires = requires(&[("-gpu", "a100")]),
+            "nodes[3].requires",
+            Some("d"),
+            "key \"-gpu\" starts with '-'",
+        );
+        check(
+            |s| s.nodes[3].requires = requires(&[(&"k".repeat(64), "v")]),
+            "nodes[3].requires",
+            Some("d"),
+            "is 64 characters long",
+        );
+        check(
+            |s| {
+                s.nodes[3].requires = names("key", MAX_LABELS_PER_NODE + 1)
+                    .into_iter()
+                    .map(|k| (k, "v".to_owned()))
+                    .collect();
+            },
+            "nodes[3].requires",
+            Some("d"),
+            "has 17 labels; at most 16 are allowed",
+        );
+    }
+
+    #[test]
+    fn two_nodes_requiring_different_values_of_one_label() {
+        let message = "requires gpu=h100, but node `b` requires gpu=a100: a run runs on one worker";
+        check(
+            |s| {
+                s.nodes[1].requires = requires(&[("gpu", "a100")]);
+                s.nodes[2].requires = requires(&[("gpu", "a100"), ("zone", "eu")]);
+                s.nodes[3].requires = requires(&[("gpu", "h100"), ("zone", "eu")]);
+            },
+            "nodes[3].requires.gpu",
+            Some("d"),
+            message,
+        );
+        // The earlier node is named by its place when its id is empty (reported on its own).
+        let mut spec = diamond();
+        spec.nodes[0].id = "".into();
+        spec.nodes[0].requires = requires(&[("gpu", "a100")]);
+        spec.nodes[3].requires = requires(&[("gpu", "h100")]);
+        let got: Vec<_> = violations(&spec)
+            .into_iter()
+            .map(|v| (v.field, v.message))
+            .collect();
+        assert!(
+            got.contains(&(
+                "nodes[3].requires.gpu".to_owned(),
+                "requires gpu=h100, but nodes[0] requires gpu=a100: a run runs on one worker"
+                    .to_owned()
+            )),
+            "{got:#?}"
+        );
+        // A value refused by its own rule is reported once, not also as a conflict.
+        check(
+            |s| {
+                s.nodes[1].requires = requires(&[("gpu", "a100")]);
+                s.nodes[3].requires = requires(&[("gpu", "a 100")]);
+            },
+            "nodes[3].requires.gpu",
+            Some("d"),
+            "contains ' '",
         );
     }
 

@@ -35,6 +35,7 @@ use std::path::PathBuf;
 
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
+use leasehold_core::routing;
 use leasehold_core::store::{self, Store, WhenUnavailable};
 use tokio_util::sync::CancellationToken;
 
@@ -138,6 +139,30 @@ pub struct Args {
     /// data, and Kubernetes probes the pod's IP.
     #[arg(long, env = "LEASEHOLD_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// A queue to claim runs from (repeat the flag); `default` without one.
+    #[arg(
+        long = "queue",
+        env = "LEASEHOLD_QUEUES",
+        value_delimiter = ',',
+        value_name = "NAME",
+        value_parser = queue_name
+    )]
+    pub queues: Vec<String>,
+    /// A label of this worker, which nodes may require (`requires: {gpu: a100}`); repeat the
+    /// flag.
+    #[arg(
+        long = "label",
+        env = "LEASEHOLD_LABELS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE",
+        value_parser = routing::parse_label
+    )]
+    pub labels: Vec<(String, String)>,
+}
+
+/// A `--queue` name, checked.
+fn queue_name(name: &str) -> Result<String, String> {
+    routing::check_queue_name(name).map(|()| name.to_owned())
 }
 
 /// An `--exec-allow` entry, checked; an empty one (`LEASEHOLD_EXEC_ALLOW=`) allows nothing.
@@ -250,6 +275,10 @@ impl Args {
         config.poll_interval = self.poll_interval.into();
         config.listen = !self.no_listen;
         config.shutdown_grace = self.shutdown_grace.into();
+        if !self.queues.is_empty() {
+            config.queues = self.queues.iter().cloned().collect();
+        }
+        config.labels = self.labels.iter().cloned().collect();
         if let Some(interval) = self.heartbeat_interval {
             config.heartbeat_interval = interval.into();
         }

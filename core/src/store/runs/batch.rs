@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
+use super::{Routing, version_routing};
 use super::{RunRecord, StartRun, own_trace, read_run, run_columns, same_request};
 use crate::ids::{LeaseEpoch, RunId};
 use crate::run::RunStatus;
-use crate::store::gated::{TRACE_SCHEMA_VERSION, if_traced};
+use crate::store::gated::{QUEUES_SCHEMA_VERSION, TRACE_SCHEMA_VERSION, if_traced, since_schema};
 use crate::store::query::{Query, notify_queued};
 use crate::store::{Error, RequestError, Store};
 use crate::trace::{TraceContext, TraceState};
@@ -38,15 +39,22 @@ WITH request AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::smallint[], $8::text[], $9::text[]",
         if_traced!(", $10::text[], $11::text[]"),
+        since_schema!(14, ", $12::text[]"),
         ")
         AS r(tenant_id, run_id, automation_id, trigger, inputs, idempotency_key, priority,
              concurrency_key, actor",
         if_traced!(", trace_parent, trace_state"),
+        since_schema!(14, ", queue"),
         ")
 ),
 automation AS (
-    SELECT tenant_id, automation_id, current_version, status FROM automations
-    WHERE (tenant_id, automation_id) IN (SELECT tenant_id, automation_id FROM request)
+    SELECT a.tenant_id, a.automation_id, a.current_version, a.status",
+        since_schema!(14, ", v.queue AS version_queue, v.requirement_set"),
+        "
+    FROM automations a",
+        since_schema!(14, version_routing!("a")),
+        "
+    WHERE (a.tenant_id, a.automation_id) IN (SELECT tenant_id, automation_id FROM request)
 ),
 refused AS (
     SELECT 1 FROM request q LEFT JOIN automation a USING (tenant_id, automation_id)
@@ -57,10 +65,15 @@ inserted AS (
     INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
                       idempotency_key, status, priority, queue_reason, concurrency_key, event_seq",
         if_traced!(", trace_parent, trace_state"),
+        since_schema!(14, ", queue, requirement_set"),
         ")
     SELECT q.run_id, q.tenant_id, q.automation_id, a.current_version, q.trigger, q.inputs,
            q.idempotency_key, 'queued', q.priority, 'started', q.concurrency_key, 1",
         if_traced!(", q.trace_parent, q.trace_state"),
+        since_schema!(
+            14,
+            ", coalesce(q.queue, a.version_queue, 'default'), coalesce(a.requirement_set, 0)"
+        ),
         "
     FROM request q JOIN automation a USING (tenant_id, automation_id)
     WHERE NOT EXISTS (SELECT 1 FROM refused)
@@ -74,7 +87,9 @@ event AS (
                'actor', q.actor))
     FROM inserted i JOIN request q USING (run_id)
 )
-SELECT q.tenant_id, q.automation_id, a.status AS automation_status, a.current_version,
+SELECT q.tenant_id, q.automation_id, a.status AS automation_status, a.current_version,",
+        since_schema!(14, " a.version_queue AS queue, a.requirement_set,"),
+        "
        now() AS created_at, (SELECT count(*) FROM inserted) AS inserted,
        (SELECT ",
         notify_queued!(),
@@ -101,7 +116,8 @@ FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key)
 /// What the insert statement says of the runs it inserted: each automation's pinned version,
 /// and the statement's time, which every inserted run was created at.
 struct Inserted {
-    versions: HashMap<(String, String), i32>,
+    /// Per automation: its pinned version, and where its runs go unless they name a queue.
+    versions: HashMap<(String, String), (i32, Routing)>,
     created_at: DateTime<Utc>,
 }
 
@@ -228,7 +244,7 @@ impl Store {
         let columns = StartColumns::new(new.iter().map(|(_, r, id, t)| (*r, *id, *t)));
         let client = self.client().await?;
         let schema = self.schema(&client).await?;
-        let args = columns.args(schema >= TRACE_SCHEMA_VERSION);
+        let args = columns.args(schema);
         let rows = START_RUNS.for_schema(schema).query(&client, &args).await?;
         let inserted = rows.first().map_or(0, |row| row.get::<_, i64>("inserted"));
         if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
@@ -237,7 +253,8 @@ impl Store {
                 .map(|row| {
                     let tenant: String = row.get("tenant_id");
                     let automation: String = row.get("automation_id");
-                    ((tenant, automation), row.get("current_version"))
+                    let routing = Routing::read(row);
+                    ((tenant, automation), (row.get("current_version"), routing))
                 })
                 .collect();
             return Ok(Inserted {
@@ -315,8 +332,16 @@ fn inserted_run(
         request.automation_id.as_str().to_owned(),
     );
     // The statement answers one row per automation of the batch.
-    let version = inserted.versions.get(&key).copied().unwrap_or_default();
-    new_run_record(request, run_id, version, inserted.created_at, trace)
+    let (version, routing) = inserted.versions.get(&key).cloned().unwrap_or_default();
+    let routing = routing.for_request(request);
+    new_run_record(
+        request,
+        run_id,
+        version,
+        inserted.created_at,
+        trace,
+        routing,
+    )
 }
 
 /// Whether two requests of one batch ask for the same run: the rule `same_request` applies to a
@@ -327,6 +352,7 @@ fn same_fields(a: &StartRun, b: &StartRun) -> bool {
         && a.priority == b.priority
         && a.concurrency_key == b.concurrency_key
         && a.trigger == b.trigger
+        && a.queue == b.queue
 }
 
 /// A concurrent start took one of the batch's keys after they were resolved.
@@ -352,6 +378,7 @@ pub(super) fn new_run_record(
     automation_version: i32,
     created_at: DateTime<Utc>,
     trace: Option<&TraceContext>,
+    routing: Routing,
 ) -> RunRecord {
     RunRecord {
         run_id,
@@ -379,6 +406,8 @@ pub(super) fn new_run_record(
         created_at,
         finished_at: None,
         trace_parent: trace.map(|t| t.parent.clone()),
+        queue: routing.queue,
+        requirement_set: routing.requirement_set,
     }
 }
 
@@ -396,6 +425,7 @@ pub(super) struct StartColumns<'a> {
     actors: Vec<Option<&'a str>>,
     trace_parents: Vec<&'a str>,
     trace_states: Vec<Option<&'a str>>,
+    queues: Vec<Option<&'a str>>,
 }
 
 impl<'a> StartColumns<'a> {
@@ -416,6 +446,7 @@ impl<'a> StartColumns<'a> {
             actors: Vec::with_capacity(n),
             trace_parents: Vec::with_capacity(n),
             trace_states: Vec::with_capacity(n),
+            queues: Vec::with_capacity(n),
         };
         for (request, run_id, trace) in runs {
             columns.tenants.push(request.tenant.as_str());
@@ -433,13 +464,14 @@ impl<'a> StartColumns<'a> {
             columns
                 .trace_states
                 .push(trace.state.as_ref().map(TraceState::as_str));
+            columns.queues.push(request.queue.as_deref());
         }
         columns
     }
 
-    /// The statement's arguments; without the trace columns (`traced` false) the statement has
-    /// no place for the last two.
-    pub fn args(&self, traced: bool) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    /// The statement's arguments on `schema`: an older schema's statement has no place for the
+    /// newer ones (the trace columns, the queue).
+    pub fn args(&self, schema: i32) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
         let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
             &self.tenants,
             &self.run_ids,
@@ -451,9 +483,12 @@ impl<'a> StartColumns<'a> {
             &self.concurrency_keys,
             &self.actors,
         ];
-        if traced {
+        if schema >= TRACE_SCHEMA_VERSION {
             args.push(&self.trace_parents);
             args.push(&self.trace_states);
+        }
+        if schema >= QUEUES_SCHEMA_VERSION {
+            args.push(&self.queues);
         }
         args
     }

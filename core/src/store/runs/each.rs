@@ -5,9 +5,10 @@
 use tokio_postgres::Row;
 
 use super::batch::{StartColumns, new_run_record};
+use super::{Routing, version_routing};
 use super::{RunRecord, StartRun, Started, not_inserted, own_trace};
 use crate::ids::{NodeId, RunId};
-use crate::store::gated::{TRACE_SCHEMA_VERSION, if_traced};
+use crate::store::gated::{TRACE_SCHEMA_VERSION, if_traced, since_schema};
 use crate::store::query::{Query, notify_queued};
 use crate::store::{RequestError, Store};
 use crate::trace::TraceContext;
@@ -44,30 +45,44 @@ WITH request AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::smallint[], $8::text[], $9::text[]",
         if_traced!(", $10::text[], $11::text[]"),
+        since_schema!(14, ", $12::text[]"),
         ") WITH ORDINALITY
         AS r(tenant_id, run_id, automation_id, trigger, inputs, idempotency_key, priority,
              concurrency_key, actor",
         if_traced!(", trace_parent, trace_state"),
+        since_schema!(14, ", queue"),
         ", ord)
 ),
 automation AS (
-    SELECT tenant_id, automation_id, current_version, status FROM automations
-    WHERE (tenant_id, automation_id) IN (SELECT tenant_id, automation_id FROM request)
+    SELECT a.tenant_id, a.automation_id, a.current_version, a.status",
+        since_schema!(14, ", v.queue AS version_queue, v.requirement_set"),
+        "
+    FROM automations a",
+        since_schema!(14, version_routing!("a")),
+        "
+    WHERE (a.tenant_id, a.automation_id) IN (SELECT tenant_id, automation_id FROM request)
 ),
 inserted AS (
     INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, inputs,
                       idempotency_key, status, priority, queue_reason, concurrency_key, event_seq",
         if_traced!(", trace_parent, trace_state"),
+        since_schema!(14, ", queue, requirement_set"),
         ")
     SELECT q.run_id, q.tenant_id, q.automation_id, a.current_version, q.trigger, q.inputs,
            q.idempotency_key, 'queued', q.priority, 'started', q.concurrency_key, 1",
         if_traced!(", q.trace_parent, q.trace_state"),
+        since_schema!(
+            14,
+            ", coalesce(q.queue, a.version_queue, 'default'), coalesce(a.requirement_set, 0)"
+        ),
         "
     FROM request q JOIN automation a USING (tenant_id, automation_id)
     WHERE a.status = 'active'
     ORDER BY q.ord
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING run_id, tenant_id, automation_id, trigger, automation_version, created_at
+    RETURNING run_id, tenant_id, automation_id, trigger, automation_version, created_at",
+        since_schema!(14, ", queue, requirement_set"),
+        "
 ),
 event AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, metadata)
@@ -88,7 +103,9 @@ version AS MATERIALIZED (
         SELECT tenant_id, automation_id, automation_version FROM inserted)
 )
 SELECT a.status AS automation_status, i.run_id AS inserted_run_id, i.automation_version,
-       i.created_at, v.node_ids,
+       i.created_at, v.node_ids,",
+        since_schema!(14, " i.queue, i.requirement_set,"),
+        "
        (SELECT ",
         notify_queued!(),
         " WHERE EXISTS (SELECT 1 FROM inserted)) AS notified
@@ -170,7 +187,7 @@ impl Store {
         let traced = schema >= TRACE_SCHEMA_VERSION;
         let rows = START_EACH
             .for_schema(schema)
-            .query(&client, &columns.args(traced))
+            .query(&client, &columns.args(schema))
             .await?;
         if rows.len() != requests.len() {
             return Err(RequestError::RunConflict {
@@ -192,7 +209,8 @@ impl Store {
         automation_status: Option<&str>,
     ) -> Result<Started, RequestError> {
         let client = self.client().await?;
-        not_inserted(&client, request, automation_status).await
+        let schema = self.schema(&client).await?;
+        not_inserted(&client, schema, request, automation_status).await
     }
 }
 
@@ -211,6 +229,7 @@ fn inserted(
             row.get("automation_version"),
             row.get("created_at"),
             trace,
+            Routing::read(row),
         )),
         node_ids: ids.and_then(|ids| ids.into_iter().map(|id| id.map(NodeId)).collect()),
     }

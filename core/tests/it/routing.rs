@@ -1,0 +1,272 @@
+//! Routing in the claim (issue 19): a claim takes runs of the queues its worker serves, whose
+//! requirement set (kinds, labels, context) the worker meets; a run nobody can serve waits, says
+//! why, and never keeps a claim from the runs behind it.
+
+use std::collections::BTreeSet;
+
+use leasehold_core::ids::{ClaimantId, RunId};
+use leasehold_core::routing::{Capabilities, Requirement, WaitReason};
+use leasehold_core::store::{RequestError, Served, StartRun, WorkerInfo};
+use leasehold_testkit::fixtures::{Bundle, LEASE, setup, worker_info};
+
+/// What a worker of `queues` with `kinds` and `labels` may claim.
+fn worker(queues: &[&str], kinds: &[&str], labels: &[(&str, &str)]) -> Capabilities {
+    Capabilities {
+        queues: Some(queues.iter().map(|q| (*q).to_owned()).collect()),
+        kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        context: BTreeSet::new(),
+    }
+}
+
+/// The runs a claim for `capabilities` takes, up to 100, sorted.
+async fn claim_for(b: &Bundle, claimant: &str, capabilities: &Capabilities) -> Vec<RunId> {
+    let mut claimed: Vec<RunId> = b
+        .store
+        .claim_and_start_runs(
+            &ClaimantId::from(claimant),
+            100,
+            LEASE,
+            0,
+            &Served::by(capabilities),
+        )
+        .await
+        .expect("claim")
+        .iter()
+        .map(|c| c.claim.run_id())
+        .collect();
+    claimed.sort();
+    claimed
+}
+
+fn sorted(mut runs: Vec<RunId>) -> Vec<RunId> {
+    runs.sort();
+    runs
+}
+
+async fn start_in(
+    b: &Bundle,
+    automation: &leasehold_core::ids::AutomationId,
+    queue: &str,
+) -> RunId {
+    b.store
+        .start_run(&StartRun {
+            queue: Some(queue.to_owned()),
+            ..b.start_request(automation)
+        })
+        .await
+        .expect("start")
+        .run_id
+}
+
+/// Registers a live worker with `capabilities`' queues and labels, advertising `kinds`.
+async fn register(b: &Bundle, claimant: &str, capabilities: &Capabilities) {
+    let info = WorkerInfo {
+        kinds: capabilities
+            .kinds
+            .iter()
+            .map(|kind| leasehold_core::store::AdvertisedKind {
+                kind: kind.clone(),
+                input_schema: None,
+            })
+            .collect(),
+        queues: capabilities.queues.clone().unwrap_or_default(),
+        labels: capabilities.labels.clone(),
+        ..worker_info(claimant, "host", "test")
+    };
+    b.store.register_worker(&info).await.expect("register");
+}
+
+#[tokio::test]
+async fn a_claim_takes_runs_of_the_queues_its_worker_serves_only() {
+    let b = setup().await;
+    let plain = b
+        .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    let gpu = b
+        .automation("id: trains\nqueue: gpu\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    let default_runs = b.start_many(&plain, 3).await;
+    let gpu_runs = b.start_many(&gpu, 2).await;
+    // A start may send a run of either automation elsewhere.
+    let moved = start_in(&b, &plain, "batch").await;
+    assert_eq!(b.run(moved).await.queue, "batch");
+    assert_eq!(b.run(gpu_runs[0]).await.queue, "gpu");
+    assert_eq!(b.run(default_runs[0]).await.queue, "default");
+
+    let kinds = ["noop"];
+    assert_eq!(
+        claim_for(&b, "gpu-worker", &worker(&["gpu"], &kinds, &[])).await,
+        sorted(gpu_runs)
+    );
+    assert_eq!(
+        claim_for(&b, "plain", &worker(&["default"], &kinds, &[])).await,
+        sorted(default_runs)
+    );
+    assert!(
+        claim_for(&b, "plain-again", &worker(&["default", "gpu"], &kinds, &[]))
+            .await
+            .is_empty(),
+        "nothing is left in the default and gpu queues"
+    );
+    assert_eq!(
+        claim_for(&b, "batch", &worker(&["batch"], &kinds, &[])).await,
+        vec![moved]
+    );
+}
+
+#[tokio::test]
+async fn a_claim_takes_only_runs_whose_kinds_and_labels_its_worker_has() {
+    let b = setup().await;
+    let shout = b
+        .automation("id: shout\nnodes:\n  - {id: a, kind: noop}\n  - {id: b, kind: shout, depends_on: [a]}\n")
+        .await;
+    let train = b
+        .automation("id: train\nnodes:\n  - {id: a, kind: noop, requires: {gpu: a100}}\n")
+        .await;
+    let shouting = b.start(&shout).await;
+    let training = b.start(&train).await;
+
+    let no_shout = worker(&["default"], &["noop"], &[("gpu", "h100")]);
+    assert!(
+        claim_for(&b, "w1", &no_shout).await.is_empty(),
+        "a worker without `shout`, and with another gpu, can run neither"
+    );
+    let a100 = worker(&["default"], &["noop"], &[("gpu", "a100"), ("zone", "eu")]);
+    assert_eq!(claim_for(&b, "w2", &a100).await, vec![training]);
+    let shouter = worker(&["default"], &["noop", "shout"], &[]);
+    assert_eq!(claim_for(&b, "w3", &shouter).await, vec![shouting]);
+}
+
+#[tokio::test]
+async fn runs_nobody_here_can_serve_never_hold_back_the_runs_behind_them() {
+    let b = setup().await;
+    let shout = b
+        .automation("id: shout\nnodes:\n  - {id: a, kind: shout}\n")
+        .await;
+    let plain = b
+        .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    // Older and of higher priority: first in claim order, and unservable by the worker below.
+    let blocked: Vec<RunId> = {
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            let run = b
+                .store
+                .start_run(&StartRun {
+                    priority: 100,
+                    ..b.start_request(&shout)
+                })
+                .await
+                .expect("start")
+                .run_id;
+            ids.push(run);
+        }
+        ids
+    };
+    let servable = b.start(&plain).await;
+    let claimed = b
+        .store
+        .claim_and_start_runs(
+            &ClaimantId::from("w"),
+            1,
+            LEASE,
+            0,
+            &Served::by(&worker(&["default"], &["noop"], &[])),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].claim.run_id(), servable);
+    for run in &blocked[..3] {
+        assert_eq!(b.status(*run).await, leasehold_core::run::RunStatus::Queued);
+    }
+}
+
+#[tokio::test]
+async fn a_queued_run_says_what_no_live_worker_has() {
+    let b = setup().await;
+    let train = b
+        .automation(
+            "id: train\nrequires_context: [OPENAI_API_KEY]\nnodes:\n  - {id: a, kind: shout, requires: {gpu: a100}}\n",
+        )
+        .await;
+    let elsewhere = b
+        .automation("id: elsewhere\nqueue: gpu\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    let training = b.start(&train).await;
+    let parked = b.start(&elsewhere).await;
+
+    register(
+        &b,
+        "plain",
+        &worker(&["default"], &["noop"], &[("gpu", "h100")]),
+    )
+    .await;
+    let runs = [b.run(training).await, b.run(parked).await];
+    let reasons = b.store.wait_reasons(&runs).await.expect("reasons");
+    assert_eq!(
+        reasons.get(&training),
+        Some(&WaitReason::Missing {
+            missing: vec![
+                Requirement::Kind("shout".into()),
+                Requirement::Label {
+                    key: "gpu".into(),
+                    value: "a100".into()
+                },
+                Requirement::Context("OPENAI_API_KEY".into()),
+            ]
+        })
+    );
+    assert_eq!(
+        reasons.get(&parked),
+        Some(&WaitReason::NoWorkerForQueue {
+            queue: "gpu".into()
+        })
+    );
+    assert_eq!(
+        reasons[&training].to_string(),
+        "waiting for a worker with: kind shout, label gpu=a100, context OPENAI_API_KEY"
+    );
+
+    // A worker serving the queue with what the run needs: nothing to wait for.
+    register(&b, "gpu", &worker(&["gpu"], &["noop"], &[])).await;
+    let reasons = b.store.wait_reasons(&runs).await.expect("reasons");
+    assert!(!reasons.contains_key(&parked), "{reasons:?}");
+    assert!(reasons.contains_key(&training));
+}
+
+#[tokio::test]
+async fn a_repeated_start_naming_another_queue_is_refused() {
+    let b = setup().await;
+    let plain = b
+        .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    let keyed = |queue: Option<&str>| StartRun {
+        idempotency_key: Some("k".into()),
+        queue: queue.map(str::to_owned),
+        ..b.start_request(&plain)
+    };
+    let first = b
+        .store
+        .start_run(&keyed(Some("batch")))
+        .await
+        .expect("start");
+    let again = b
+        .store
+        .start_run(&keyed(Some("batch")))
+        .await
+        .expect("repeat");
+    assert_eq!(again.run_id, first.run_id);
+    assert!(!again.created);
+    // Naming no queue asks for the automation's, whatever it was: the same run.
+    let unnamed = b.store.start_run(&keyed(None)).await.expect("repeat");
+    assert_eq!(unnamed.run_id, first.run_id);
+    assert!(matches!(
+        b.store.start_run(&keyed(Some("other"))).await,
+        Err(RequestError::IdempotencyConflict { .. })
+    ));
+}
