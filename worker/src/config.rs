@@ -7,6 +7,8 @@ use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
 use leasehold_core::routing::DEFAULT_QUEUE;
 
+use crate::runtime_context::{MissingContext, RuntimeContext};
+
 /// Runs a worker holds at once unless told otherwise.
 pub const CAPACITY_DEFAULT: usize = 16;
 /// Nodes of one run executed at once unless told otherwise.
@@ -49,6 +51,8 @@ pub struct Config {
     pub queues: BTreeSet<String>,
     /// Its labels, which nodes may require.
     pub labels: BTreeMap<String, String>,
+    /// The context it holds for runs that require it.
+    pub runtime_context: RuntimeContext,
 }
 
 /// A setting out of its bounds.
@@ -76,6 +80,9 @@ pub enum ConfigError {
         /// The setting.
         field: &'static str,
     },
+    /// A `--context` name without a value in the environment.
+    #[error(transparent)]
+    MissingContext(#[from] MissingContext),
 }
 
 impl Config {
@@ -92,6 +99,7 @@ impl Config {
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             queues: BTreeSet::from([DEFAULT_QUEUE.to_owned()]),
             labels: BTreeMap::new(),
+            runtime_context: RuntimeContext::default(),
         }
     }
 

@@ -14,6 +14,8 @@ use leasehold_core::store::AdvertisedKind;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::runtime_context::RuntimeContext;
+
 /// The kind of a node that is only a gate: it asks for approval, then completes.
 pub const APPROVAL_KIND: &str = leasehold_core::spec::APPROVAL_KIND;
 
@@ -42,6 +44,9 @@ pub struct Context {
     /// Cancelled when the attempt must stop at once: timeout, cancel, lease lost, shutdown.
     /// A handler that ignores it is dropped at its next await point.
     pub cancel: CancellationToken,
+    /// The context the run's automation requires (`requires_context`), as this worker holds
+    /// it (`--context`); nothing else the worker holds.
+    pub runtime_context: RuntimeContext,
 }
 
 impl Context {

@@ -24,9 +24,11 @@ pub mod handler;
 pub mod handlers;
 mod keeper;
 pub mod observe;
+pub mod runtime_context;
 mod worker;
 
 pub use config::{Config, ConfigError, default_claimant_id};
 pub use execute::Outcome;
 pub use handler::{Context, Handler, HandlerError, Registry, ResultExt};
+pub use runtime_context::RuntimeContext;
 pub use worker::{Report, Worker};

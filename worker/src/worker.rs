@@ -1,6 +1,5 @@
 //! The worker loop: claim up to free capacity, execute, and hand runs back on shutdown.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -54,7 +53,7 @@ impl Worker {
             queues: Some(config.queues.clone()),
             kinds: registry.kinds().into_iter().collect(),
             labels: config.labels.clone(),
-            context: BTreeSet::new(),
+            context: config.runtime_context.names(),
         });
         Self {
             store,
@@ -87,7 +86,7 @@ impl Worker {
         self.health.registered();
         #[allow(clippy::cast_precision_loss)] // a capacity is far below 2^52
         metrics::gauge!("leasehold_worker_capacity").set(self.config.capacity as f64);
-        tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?self.registry.kinds(), queues = ?self.config.queues, labels = ?self.config.labels, "worker started");
+        tracing::info!(claimant = %self.config.claimant_id, capacity = self.config.capacity, kinds = ?self.registry.kinds(), queues = ?self.config.queues, labels = ?self.config.labels, context = ?self.config.runtime_context, "worker started");
 
         // One listening connection for both: wake-ups for the claim loop, stop notices for the
         // keeper. Kept until the keeper stops, so that a cancel or pause still lands at once
@@ -150,7 +149,7 @@ impl Worker {
             kinds: self.registry.advertised(),
             queues: self.config.queues.clone(),
             labels: self.config.labels.clone(),
-            context: BTreeSet::new(),
+            context: self.config.runtime_context.names(),
         }
     }
 
@@ -167,6 +166,7 @@ impl Worker {
             self.registry.clone(),
             self.config.node_concurrency,
             self.config.claimant_id.clone(),
+            self.config.runtime_context.clone(),
         ));
         let mut woken = true;
         let mut queue_had_more = false;

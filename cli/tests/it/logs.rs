@@ -62,10 +62,10 @@ async fn a_worker_logs_json_lines_carrying_the_run_and_the_node_attempt() {
     let store = Store::connect_unchecked(db.url(), 2).expect("pool");
     store.migrate().await.expect("migrate");
     let tenant = TenantId::default();
-    // `exec` is not registered without --exec-allow: the one attempt fails for good, and the
+    // `http` refuses loopback without --http-allow: the one attempt fails for good, and the
     // worker logs it inside the attempt's span.
     let spec = spec::parse_yaml(
-        "id: refused\nnodes:\n  - {id: shell, kind: exec, max_attempts: 1, input: {argv: [/bin/true]}}\n",
+        "id: refused\nnodes:\n  - {id: call, kind: http, max_attempts: 1, input: {url: \"http://127.0.0.1:9/\"}}\n",
     )
     .expect("spec");
     store
@@ -119,15 +119,15 @@ async fn a_worker_logs_json_lines_carrying_the_run_and_the_node_attempt() {
     assert_eq!(run["tenant"], tenant.to_string());
     assert_eq!(run["automation"], "refused");
     let node = span(failed, "node");
-    assert_eq!(node["node_id"], "shell");
-    assert_eq!(node["kind"], "exec");
+    assert_eq!(node["node_id"], "call");
+    assert_eq!(node["kind"], "http");
     assert_eq!(node["attempt"], 1);
     // The event's own fields sit beside the message.
     assert_eq!(failed["retryable"], false);
     assert!(
         failed["error"]
             .as_str()
-            .is_some_and(|e| e.contains("no handler for node kind \"exec\"")),
+            .is_some_and(|e| e.contains("127.0.0.1 is a loopback address; refused")),
         "{failed:?}"
     );
 }

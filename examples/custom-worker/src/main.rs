@@ -101,6 +101,7 @@ mod tests {
                 .map(|(id, v)| (NodeId::from(*id), v.clone()))
                 .collect::<BTreeMap<_, _>>(),
             cancel: CancellationToken::new(),
+            runtime_context: leasehold_worker::RuntimeContext::default(),
         }
     }
 

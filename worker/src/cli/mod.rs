@@ -36,6 +36,8 @@ use std::path::PathBuf;
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::lease;
 use leasehold_core::routing;
+
+use crate::runtime_context::RuntimeContext;
 use leasehold_core::store::{self, Store, WhenUnavailable};
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +160,28 @@ pub struct Args {
         value_parser = routing::parse_label
     )]
     pub labels: Vec<(String, String)>,
+    /// The name of context this worker holds for runs that require it (`requires_context`),
+    /// its value read from the environment variable of that name (repeat the flag). Only the
+    /// name is advertised; only runs requiring it see the value.
+    #[arg(
+        long = "context",
+        env = "LEASEHOLD_CONTEXT",
+        value_delimiter = ',',
+        value_name = "NAME",
+        value_parser = context_name
+    )]
+    pub context: Vec<String>,
+}
+
+/// A `--context` name, checked.
+fn context_name(name: &str) -> Result<String, String> {
+    routing::check_context_name(name)?;
+    if SECRET_VARS.contains(&name) || EXPORTER_SECRET_VARS.contains(&name) {
+        return Err(format!(
+            "{name} holds a secret of the worker itself, which no run may read"
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// A `--queue` name, checked.
@@ -279,6 +303,9 @@ impl Args {
             config.queues = self.queues.iter().cloned().collect();
         }
         config.labels = self.labels.iter().cloned().collect();
+        config.runtime_context = RuntimeContext::read(self.context.iter().cloned(), |name| {
+            std::env::var(name).ok()
+        })?;
         if let Some(interval) = self.heartbeat_interval {
             config.heartbeat_interval = interval.into();
         }

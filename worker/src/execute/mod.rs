@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::flusher::Writes;
 use crate::handler::{HandlerError, Registry};
 use crate::keeper::RunLease;
+use crate::runtime_context::RuntimeContext;
 use attempts::Attempts;
 pub(crate) use metered::WorkerMetrics;
 use metered::{KindMetrics, Pinned, Pins};
@@ -108,6 +109,8 @@ pub(crate) struct Shared {
     kinds: BTreeMap<String, Arc<KindMetrics>>,
     /// The claim loop's and the runs' metrics without labels.
     pub metrics: WorkerMetrics,
+    /// What the worker holds for runs that require it.
+    runtime_context: RuntimeContext,
 }
 
 impl Shared {
@@ -116,6 +119,7 @@ impl Shared {
         registry: Registry,
         node_concurrency: usize,
         claimant: ClaimantId,
+        runtime_context: RuntimeContext,
     ) -> Self {
         let kinds = registry
             .kinds()
@@ -131,6 +135,7 @@ impl Shared {
             specs: Mutex::default(),
             kinds,
             metrics: WorkerMetrics::new(),
+            runtime_context,
         }
     }
 
@@ -222,6 +227,8 @@ struct Execution<'a> {
     shared: &'a Shared,
     run: &'a ClaimedRun,
     spec: Arc<Spec>,
+    /// What the run's handlers see: the held context its automation requires.
+    runtime_context: RuntimeContext,
     lease: RunLease,
     checkpoint: Checkpoint,
     // Ordered sets and maps (as the checkpoint): a run's few short node ids compare for less
@@ -307,10 +314,12 @@ async fn execute_claimed(
         Err(Stop::LeaseLost) => return Outcome::LeaseLost,
         Err(Stop::Db(e)) => return block(shared, &claim, &stop, &e.to_string()).await,
     };
+    let runtime_context = shared.runtime_context.only(&spec.requires_context);
     let mut execution = Execution {
         shared,
         run,
         spec,
+        runtime_context,
         lease,
         checkpoint: Checkpoint::new(),
         outputs: BTreeMap::new(),

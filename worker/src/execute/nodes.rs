@@ -152,6 +152,7 @@ impl Execution<'_> {
             run_inputs: self.run.inputs.clone(),
             upstream,
             cancel: cancel.clone(),
+            runtime_context: self.runtime_context.clone(),
         };
         let registry = Arc::clone(&self.shared.registry);
         let kind = node.kind.clone();

@@ -108,6 +108,7 @@ pub(crate) mod tests {
             run_inputs: json!({}),
             upstream: Default::default(),
             cancel: CancellationToken::new(),
+            runtime_context: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The worker tests' bundle: the testkit's migrated database with a worker's store, a worker
 //! in-process, and the `record` kind, which notes every attempt it executes.
 
+use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,6 +59,8 @@ pub struct Execution {
     pub upstream: Value,
     pub cancelled: bool,
     pub idempotency_key: String,
+    /// The runtime context the attempt was given, name to value.
+    pub runtime_context: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -99,6 +102,15 @@ impl Handler for Record {
                 upstream: serde_json::to_value(&ctx.upstream).expect("upstream"),
                 cancelled: false,
                 idempotency_key: ctx.idempotency_key.clone(),
+                runtime_context: ctx
+                    .runtime_context
+                    .names()
+                    .into_iter()
+                    .filter_map(|name| {
+                        let value = ctx.runtime_context.get(&name)?.to_owned();
+                        Some((name, value))
+                    })
+                    .collect(),
             });
             ledger.len() - 1
         };

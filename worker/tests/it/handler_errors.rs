@@ -23,6 +23,7 @@ pub fn context(node: &str, attempt: u32, input: Value) -> Context {
         run_inputs: Value::Null,
         upstream: BTreeMap::new(),
         cancel: CancellationToken::new(),
+        runtime_context: Default::default(),
     }
 }
 

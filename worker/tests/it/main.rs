@@ -10,5 +10,6 @@ mod idempotency;
 mod logs;
 mod probes;
 mod registration;
+mod runtime_context;
 mod stops;
 mod worker;
