@@ -298,6 +298,65 @@ pub fn wait_reason(
     })
 }
 
+/// The most runs a limit may let be held at once.
+pub const MAX_RUNNING_LIMIT: u32 = 100_000;
+/// The fastest start rate a limit may set, per second.
+pub const MAX_STARTS_PER_SECOND: f64 = 100_000.0;
+/// The largest burst a rate limit may allow.
+pub const MAX_BURST: u32 = 100_000;
+
+/// Limits on an automation's or a queue's runs, enforced by the claim across every worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Runs held at once.
+    pub max_running: Option<u32>,
+    /// Runs started (claimed) per second, as a token bucket.
+    pub max_starts_per_second: Option<f64>,
+    /// Starts the bucket allows at once after a quiet spell; 1 unless set.
+    pub burst: Option<u32>,
+}
+
+impl Limits {
+    /// Whether it limits anything.
+    pub fn any(&self) -> bool {
+        self.max_running.is_some() || self.max_starts_per_second.is_some()
+    }
+
+    /// Each field that breaks its rule, with what is wrong: `max_running` 1 to
+    /// [`MAX_RUNNING_LIMIT`], `max_starts_per_second` above 0 and at most
+    /// [`MAX_STARTS_PER_SECOND`], `burst` 1 to [`MAX_BURST`] and only with a rate.
+    pub fn violations(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(n) = self.max_running
+            && !(1..=MAX_RUNNING_LIMIT).contains(&n)
+        {
+            out.push((
+                "max_running",
+                format!("is {n}; must be 1 to {MAX_RUNNING_LIMIT}"),
+            ));
+        }
+        if let Some(rate) = self.max_starts_per_second
+            && !(rate.is_finite() && rate > 0.0 && rate <= MAX_STARTS_PER_SECOND)
+        {
+            out.push((
+                "max_starts_per_second",
+                format!("is {rate}; must be above 0 and at most {MAX_STARTS_PER_SECOND}"),
+            ));
+        }
+        match self.burst {
+            Some(burst) if self.max_starts_per_second.is_none() => out.push((
+                "burst",
+                format!("is {burst}, but only a rate (max_starts_per_second) has a burst"),
+            )),
+            Some(burst) if !(1..=MAX_BURST).contains(&burst) => {
+                out.push(("burst", format!("is {burst}; must be 1 to {MAX_BURST}")));
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,5 +725,40 @@ mod tests {
             missing(&wrong_gpu, &no_shout),
             [label("gpu", "a100"), context("OPENAI_API_KEY")]
         );
+    }
+
+    #[test]
+    fn limits_name_each_field_out_of_bounds() {
+        let fine = Limits {
+            max_running: Some(MAX_RUNNING_LIMIT),
+            max_starts_per_second: Some(0.5),
+            burst: Some(1),
+        };
+        assert!(fine.violations().is_empty());
+        assert!(fine.any());
+        assert!(!Limits::default().any());
+        let bad = Limits {
+            max_running: Some(0),
+            max_starts_per_second: Some(f64::NAN),
+            burst: Some(0),
+        };
+        let fields: Vec<&str> = bad.violations().iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["max_running", "max_starts_per_second", "burst"]);
+        let burst_alone = Limits {
+            burst: Some(5),
+            ..Limits::default()
+        };
+        assert_eq!(
+            burst_alone.violations(),
+            [(
+                "burst",
+                "is 5, but only a rate (max_starts_per_second) has a burst".to_owned()
+            )]
+        );
+        let too_fast = Limits {
+            max_starts_per_second: Some(MAX_STARTS_PER_SECOND * 2.0),
+            ..Limits::default()
+        };
+        assert_eq!(too_fast.violations()[0].0, "max_starts_per_second");
     }
 }

@@ -149,6 +149,9 @@ fn spec_from_message(message: &v1::AutomationSpec) -> Spec {
                     .collect(),
             })
             .collect(),
+        max_running: None,
+        max_starts_per_second: None,
+        burst: None,
     }
 }
 

@@ -129,6 +129,7 @@ fn refusal(refused: store::RequestError) -> Status {
         | R::AutomationHasUnfinishedRuns { .. }
         | R::Transition(_)
         | R::GateAlreadyDecided { .. }
+        | R::NeedsMigration { .. }
         | R::IdempotencyConflict { .. } => Status::failed_precondition(message),
         R::RunConflict { .. } => Status::aborted(message),
         R::BadPageToken(_) => invalid("page_token", &message),

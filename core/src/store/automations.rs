@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
-use super::gated::{QUEUES_SCHEMA_VERSION, START_NODES_SCHEMA_VERSION, since_schema};
+use super::gated::{
+    LIMITS_SCHEMA_VERSION, QUEUES_SCHEMA_VERSION, START_NODES_SCHEMA_VERSION, since_schema,
+};
 use super::listing::Listing;
 use super::query::Query;
 use super::workers::labels_json;
@@ -45,6 +47,40 @@ macro_rules! requirement_set {
     };
 }
 
+// The automation's limits (V16) as the version just stored ($1, $2) sets them ($9 max_running,
+// $10 max_starts_per_second, $11 burst), once the CTE named `stored` answered a row: a row of
+// `run_limits` for an automation that has any, none for one that has none. A bucket starts
+// full; a smaller burst trims the tokens left.
+macro_rules! automation_limits {
+    ($stored:literal) => {
+        concat!(
+            ",
+limits_set AS (
+    INSERT INTO run_limits (scope, tenant_id, name, max_running, max_starts_per_second, burst,
+                            tokens)
+    SELECT 'automation', $1::text, $2::text, $9::int, $10::float8, coalesce($11::int, 1),
+           coalesce($11::int, 1)
+    WHERE ($9::int IS NOT NULL OR $10::float8 IS NOT NULL)
+      AND EXISTS (SELECT 1 FROM ",
+            $stored,
+            ")
+    ON CONFLICT (scope, tenant_id, name) DO UPDATE
+    SET max_running = excluded.max_running, max_starts_per_second = excluded.max_starts_per_second,
+        burst = excluded.burst, tokens = least(run_limits.tokens, excluded.burst),
+        updated_at = now()
+),
+limits_cleared AS (
+    DELETE FROM run_limits
+    WHERE scope = 'automation' AND tenant_id = $1::text AND name = $2::text
+      AND $9::int IS NULL AND $10::float8 IS NULL
+      AND EXISTS (SELECT 1 FROM ",
+            $stored,
+            ")
+)"
+        )
+    };
+}
+
 // The automation row and its first version in one statement; ON CONFLICT DO NOTHING turns a
 // duplicate id into zero rows rather than an aborted transaction. The hash is taken of the
 // jsonb's canonical text, so key order in the author's file does not matter. $4: the nodes a
@@ -61,7 +97,9 @@ const CREATE_AUTOMATION: Query = Query {
     VALUES ($1::text, $2::text, 1)
     ON CONFLICT (tenant_id, automation_id) DO NOTHING
     RETURNING tenant_id, automation_id
-)
+)",
+        since_schema!(16, automation_limits!("automation")),
+        "
 INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash",
         since_schema!(13, ", start_nodes"),
         since_schema!(14, ", requirement_set, queue"),
@@ -109,7 +147,9 @@ bumped AS (
     UPDATE automations a SET current_version = added.version, updated_at = now()
     FROM added
     WHERE a.tenant_id = $1::text AND a.automation_id = $2::text
-)
+)",
+        since_schema!(16, automation_limits!("added")),
+        "
 SELECT current.current_version, (SELECT version FROM added) AS added_version FROM current"
     ),
 };
@@ -371,6 +411,16 @@ impl Store {
             args.push(&labels);
             args.push(&context);
             args.push(&queue);
+        }
+        let limits = spec.limits();
+        let max_running = limits
+            .max_running
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let burst = limits.burst.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        if schema >= LIMITS_SCHEMA_VERSION {
+            args.push(&max_running);
+            args.push(&limits.max_starts_per_second);
+            args.push(&burst);
         }
         Ok(query.for_schema(schema).query(&client, &args).await?)
     }

@@ -173,6 +173,139 @@ pub struct Released {
 // statement checks it all the same, since a run the fold would collide with (a node row of its
 // own) would make the whole claim fail, for every worker, until it left the head of the queue:
 // such a run's nodes are started by its worker instead.
+// From V16, limits (docs/lease_protocol.md, rule 1): between the scan and the pick, each run of a
+// limited automation or queue (a `run_limits` row) takes a free slot of it, and runs beyond the
+// free slots stay queued; the unique indexes over held runs' slots (V17) make two holders of one
+// slot impossible, so a claimer that raced another for a slot fails and claims again, as for a
+// concurrency key. The free slots are the numbers up to max_running that no held run uses, found
+// among the first (held + $2) so that a high limit costs no more than its held runs. Then each
+// rate-limited scope's bucket is refilled and spent in one update of its row, which concurrent
+// claimers wait on in turn, each seeing the tokens the one before left; runs beyond the tokens
+// granted stay queued. A run held back by its queue's tokens after its automation granted one
+// has spent that token: the limits err on the side of starting fewer.
+macro_rules! limit_stages {
+    () => {
+        concat!(
+            "
+ordered AS (
+    SELECT due.*,
+           row_number() OVER (PARTITION BY tenant_id, concurrency_key
+                              ORDER BY priority DESC, queued_at, run_id) AS nth_key,
+           row_number() OVER (PARTITION BY tenant_id, automation_id
+                              ORDER BY priority DESC, queued_at, run_id) AS nth_automation,
+           row_number() OVER (PARTITION BY queue ORDER BY priority DESC, queued_at, run_id)
+               AS nth_queue
+    FROM due
+),
+automation_limit AS MATERIALIZED (
+    SELECT l.tenant_id, l.name AS automation_id, l.max_starts_per_second,
+           CASE WHEN l.max_running IS NOT NULL THEN ARRAY(
+               SELECT slot
+               FROM generate_series(1, least(l.max_running, cardinality(held.slots) + $2::int))
+                    AS slot
+               WHERE slot <> ALL (held.slots)
+               ORDER BY slot) END AS free_slots
+    FROM run_limits l,
+    LATERAL (SELECT ARRAY(
+        SELECT h.automation_slot FROM runs h
+        WHERE h.tenant_id = l.tenant_id AND h.automation_id = l.name
+          AND h.automation_slot IS NOT NULL AND h.status IN ('running', 'pausing')) AS slots) held
+    WHERE l.scope = 'automation'
+      AND (l.tenant_id, l.name) IN (SELECT tenant_id, automation_id FROM due)
+),
+queue_limit AS MATERIALIZED (
+    SELECT l.name AS queue, l.max_starts_per_second,
+           CASE WHEN l.max_running IS NOT NULL THEN ARRAY(
+               SELECT slot
+               FROM generate_series(1, least(l.max_running, cardinality(held.slots) + $2::int))
+                    AS slot
+               WHERE slot <> ALL (held.slots)
+               ORDER BY slot) END AS free_slots
+    FROM run_limits l,
+    LATERAL (SELECT ARRAY(
+        SELECT h.queue_slot FROM runs h
+        WHERE h.queue = l.name
+          AND h.queue_slot IS NOT NULL AND h.status IN ('running', 'pausing')) AS slots) held
+    WHERE l.scope = 'queue' AND l.tenant_id = '' AND l.name IN (SELECT queue FROM due)
+),
+fits AS (
+    SELECT r.*, a.free_slots[r.nth_automation] AS automation_slot,
+           q.free_slots[r.nth_queue] AS queue_slot
+    FROM ordered r
+    LEFT JOIN automation_limit a
+      ON a.tenant_id = r.tenant_id AND a.automation_id = r.automation_id
+    LEFT JOIN queue_limit q ON q.queue = r.queue
+    WHERE (r.concurrency_key IS NULL OR r.nth_key = 1)
+      AND (a.free_slots IS NULL OR r.nth_automation <= cardinality(a.free_slots))
+      AND (q.free_slots IS NULL OR r.nth_queue <= cardinality(q.free_slots))
+),
+automation_grant AS (
+    UPDATE run_limits l
+    SET tokens = ",
+        bucket_after!(),
+        ", refilled_at = greatest(l.refilled_at, now()), last_grant = ",
+        bucket_grant!(),
+        "
+    FROM (SELECT tenant_id, automation_id, count(*)::int AS wanted FROM fits GROUP BY 1, 2) w
+    WHERE l.scope = 'automation' AND l.tenant_id = w.tenant_id AND l.name = w.automation_id
+      AND l.max_starts_per_second IS NOT NULL
+    RETURNING l.tenant_id, l.name AS automation_id, l.last_grant
+),
+queue_grant AS (
+    UPDATE run_limits l
+    SET tokens = ",
+        bucket_after!(),
+        ", refilled_at = greatest(l.refilled_at, now()), last_grant = ",
+        bucket_grant!(),
+        "
+    FROM (SELECT queue, count(*)::int AS wanted FROM fits GROUP BY 1) w
+    WHERE l.scope = 'queue' AND l.tenant_id = '' AND l.name = w.queue
+      AND l.max_starts_per_second IS NOT NULL
+    RETURNING l.name AS queue, l.last_grant
+),
+allowed AS (
+    SELECT f.*
+    FROM (
+        SELECT fits.*,
+               row_number() OVER (PARTITION BY tenant_id, automation_id
+                                  ORDER BY priority DESC, queued_at, run_id) AS granted_automation,
+               row_number() OVER (PARTITION BY queue ORDER BY priority DESC, queued_at, run_id)
+                   AS granted_queue
+        FROM fits
+    ) f
+    LEFT JOIN automation_grant ag
+      ON ag.tenant_id = f.tenant_id AND ag.automation_id = f.automation_id
+    LEFT JOIN queue_grant qg ON qg.queue = f.queue
+    WHERE (ag.last_grant IS NULL OR f.granted_automation <= ag.last_grant)
+      AND (qg.last_grant IS NULL OR f.granted_queue <= qg.last_grant)
+),"
+        )
+    };
+}
+
+/// The tokens a scope's bucket holds now, refilled since the last claim up to its burst: `l` is
+/// the `run_limits` row. A claim that waited for the row behind a later one refills nothing.
+macro_rules! bucket_now {
+    () => {
+        "least(l.burst::float8, l.tokens + l.max_starts_per_second
+             * greatest(extract(epoch FROM now() - l.refilled_at)::float8, 0))"
+    };
+}
+
+/// The tokens a claim takes: as many whole ones as it wants (`w.wanted`) and the bucket holds.
+macro_rules! bucket_grant {
+    () => {
+        concat!("least(floor(", bucket_now!(), ")::int, w.wanted)")
+    };
+}
+
+/// The bucket after the claim took its grant.
+macro_rules! bucket_after {
+    () => {
+        concat!(bucket_now!(), " - ", bucket_grant!())
+    };
+}
+
 const CLAIM_RUNS: Query = Query {
     name: "claim_runs",
     sql: concat!(
@@ -205,7 +338,7 @@ const CLAIM_RUNS: Query = Query {
             AND ($8::text[] IS NULL OR context <@ $8::text[])) AS met,
     LATERAL (
         SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at,
-               automation_id, automation_version, progress_epoch
+               automation_id, automation_version, progress_epoch, queue
         FROM runs q
         WHERE status = 'queued' AND queue = served.queue AND requirement_set = met.set_id
           AND (retry_after IS NULL OR retry_after <= now())
@@ -222,6 +355,9 @@ const CLAIM_RUNS: Query = Query {
         ),
         "
 ),
+",
+        since_schema!(16, limit_stages!()),
+        "
 -- At most one run per concurrency key from one batch: the first in claim order.
 picked AS (
     SELECT run_id, retry_node_id, queued_at, progress_epoch > 0 AS resumed, ",
@@ -239,15 +375,23 @@ CASE WHEN progress_epoch = 0 AND retry_node_id IS NULL
            ELSE '{}'::text[] END"
         ),
         before_schema!(13, "'{}'::text[]"),
-        " AS start_nodes
-    FROM (
+        " AS start_nodes",
+        since_schema!(16, ", automation_slot, queue_slot"),
+        "
+    FROM ",
+        before_schema!(
+            16,
+            "(
         SELECT run_id, retry_node_id, tenant_id, concurrency_key, queued_at, automation_id,
                automation_version, progress_epoch,
                row_number() OVER (PARTITION BY tenant_id, concurrency_key
                                   ORDER BY priority DESC, queued_at, run_id) AS nth
         FROM due
     ) ranked
-    WHERE concurrency_key IS NULL OR nth = 1
+    WHERE concurrency_key IS NULL OR nth = 1"
+        ),
+        since_schema!(16, "allowed ranked"),
+        "
 ),
 claimed AS (
     UPDATE runs r
@@ -260,7 +404,13 @@ claimed AS (
         expired_claims = CASE WHEN cardinality(picked.start_nodes) > 0
                               THEN 0 ELSE r.expired_claims END,
         queue_reason = NULL, retry_after = NULL, retry_node_id = NULL, retry_attempt = NULL,
-        retry_backoff_ms = NULL, started_at = coalesce(r.started_at, now()), updated_at = now()
+        retry_backoff_ms = NULL, started_at = coalesce(r.started_at, now()), updated_at = now()",
+        since_schema!(
+            16,
+            ",
+        automation_slot = picked.automation_slot, queue_slot = picked.queue_slot"
+        ),
+        "
     FROM picked
     WHERE r.run_id = picked.run_id
     RETURNING r.run_id, r.tenant_id, r.automation_id, r.automation_version, r.inputs,
@@ -404,9 +554,19 @@ const KEY_RACE_RETRIES: usize = 3;
 fn lost_key_race(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-            && db.constraint() == Some("runs_one_holder_per_key")
+            && db
+                .constraint()
+                .is_some_and(|constraint| ONE_HOLDER_INDEXES.contains(&constraint))
     })
 }
+
+/// The unique indexes a claim may lose a race on: a concurrency key (V1), a slot of a limited
+/// automation or queue (V17).
+const ONE_HOLDER_INDEXES: [&str; 3] = [
+    "runs_one_holder_per_key",
+    "runs_one_holder_per_automation_slot",
+    "runs_one_holder_per_queue_slot",
+];
 
 /// The claims as parallel arrays, in run-id order: the order the reaper locks rows in, so that
 /// a heartbeat or hand-back and a reaper pass over the same runs wait for each other instead of

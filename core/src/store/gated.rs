@@ -16,6 +16,8 @@
 //!   and the worker starts them as before.
 //! - V14 gave runs a queue and a requirement set, and workers what they serve: without it a
 //!   claim takes runs of every queue, as before, and a start names no queue.
+//! - V16 gave automations and queues their limits, and runs their slots: without it a claim
+//!   checks no limit.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -35,9 +37,12 @@ pub(super) const START_NODES_SCHEMA_VERSION: i32 = 13;
 /// The migration that gave runs their queue and requirement set, and workers what they serve.
 pub(super) const QUEUES_SCHEMA_VERSION: i32 = 14;
 
+/// The migration that gave runs their limits' slots, and the limits their table.
+pub(super) const LIMITS_SCHEMA_VERSION: i32 = 16;
+
 /// For each gated migration, one column it added: its presence says the database has that
 /// migration. In version order.
-const MARKERS: [(i32, &str, &str); 3] = [
+const MARKERS: [(i32, &str, &str); 4] = [
     (TRACE_SCHEMA_VERSION, "runs", "trace_parent"),
     (
         START_NODES_SCHEMA_VERSION,
@@ -45,6 +50,7 @@ const MARKERS: [(i32, &str, &str); 3] = [
         "start_nodes",
     ),
     (QUEUES_SCHEMA_VERSION, "runs", "queue"),
+    (LIMITS_SCHEMA_VERSION, "runs", "automation_slot"),
 ];
 
 /// Marks a fragment of a statement kept only on a schema at `version` or above (it names what

@@ -17,6 +17,7 @@ mod events;
 mod gated;
 mod gates;
 mod leader;
+mod limits;
 mod listing;
 mod migrate;
 mod nodes;
@@ -47,6 +48,7 @@ pub use error::{Error, FenceError, RequestError};
 pub use events::Event;
 pub use gates::{Decision, DecisionKind, GateRecord, GateStatus};
 pub use leader::{LeaderEpoch, Leadership};
+pub use limits::QueueRecord;
 pub use listing::{
     Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest, RunFilter, Stats, page_size,
 };
@@ -341,6 +343,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         events::QUERIES,
         gates::QUERIES,
         leader::QUERIES,
+        limits::QUERIES,
         listing::QUERIES,
         migrate::QUERIES,
         migrate::GRANT_QUERIES,

@@ -8,6 +8,7 @@ mod claim_starts;
 mod diagnostics;
 mod leader;
 mod lease_protocol;
+mod limits;
 mod operator;
 mod protocol_doc;
 mod queue;

@@ -159,6 +159,9 @@ mod tests {
                 node("c", &["a"]),
                 node("d", &["b", "c"]),
             ],
+            max_running: None,
+            max_starts_per_second: None,
+            burst: None,
         }
     }
 

@@ -42,6 +42,15 @@ pub struct Spec {
     /// Names of context (secrets or settings) the worker running a run must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires_context: Vec<String>,
+    /// At most this many of its runs held at once, across all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// At most this many of its runs started (claimed) per second, across all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_starts_per_second: Option<f64>,
+    /// Starts the rate allows at once after a quiet spell; 1 unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
     /// The nodes, in the order their author wrote them.
     pub nodes: Vec<NodeSpec>,
 }
@@ -133,6 +142,15 @@ impl Spec {
             kinds: self.nodes.iter().map(|n| n.kind.clone()).collect(),
             labels,
             context: self.requires_context.iter().cloned().collect(),
+        }
+    }
+
+    /// The limits on its runs, across all workers.
+    pub fn limits(&self) -> routing::Limits {
+        routing::Limits {
+            max_running: self.max_running,
+            max_starts_per_second: self.max_starts_per_second,
+            burst: self.burst,
         }
     }
 }

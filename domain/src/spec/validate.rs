@@ -128,6 +128,9 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
         out.push(violation("queue".to_owned(), None, message));
     }
     check_requires_context(&spec.requires_context, &mut out);
+    for (field, message) in spec.limits().violations() {
+        out.push(violation(field.to_owned(), None, message));
+    }
     if spec.nodes.is_empty() {
         out.push(violation(
             "nodes".to_owned(),
@@ -579,6 +582,9 @@ mod tests {
                 node("c", &["a"]),
                 node("d", &["b", "c"]),
             ],
+            max_running: None,
+            max_starts_per_second: None,
+            burst: None,
         }
     }
 
@@ -596,6 +602,9 @@ mod tests {
             queue: None,
             requires_context: Vec::new(),
             nodes,
+            max_running: None,
+            max_starts_per_second: None,
+            burst: None,
         }
     }
 
@@ -899,6 +908,9 @@ mod tests {
                 node("r", &["p"]),
                 node("free", &[]),
             ],
+            max_running: None,
+            max_starts_per_second: None,
+            burst: None,
         };
         let got: Vec<_> = violations(&spec)
             .into_iter()

@@ -89,6 +89,14 @@ pub enum RequestError {
     /// No worker with this claimant id is registered.
     #[error("worker {0} not found")]
     WorkerNotFound(ClaimantId),
+    /// The database's schema has no place for what the request asks yet.
+    #[error("{what} need the database migrated to V{version} (leasehold migrate)")]
+    NeedsMigration {
+        /// What was asked for, in the plural.
+        what: &'static str,
+        /// The migration that brings it.
+        version: i32,
+    },
     /// The store failed before it could answer.
     #[error(transparent)]
     Store(#[from] Error),
