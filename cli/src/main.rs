@@ -49,6 +49,8 @@ enum Command {
     Gate(Client<client::gate::Command>),
     /// Run a worker (no subcommand), list and drain workers, or list the node kinds they offer.
     Worker(WorkerCommand),
+    /// List queues and set their limits.
+    Queue(Client<client::queues::Command>),
     /// Runs by status, queue age, claimable runs and held leases.
     Stats(client::Tls),
     /// Serve the gRPC API and, while leader, run the sweeps.
@@ -159,6 +161,7 @@ async fn run(cli: Cli) -> ExitCode {
         }) => Err(anyhow::anyhow!(
             "--database-url, LEASEHOLD_DATABASE_URL or --database-url-file is required to run a worker"
         )),
+        Command::Queue(Client { command, tls }) => client::queues::run(command, &global(tls)).await,
         Command::Stats(tls) => client::stats::run(&global(tls)).await,
         Command::Coordinator(args) => coordinator::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),

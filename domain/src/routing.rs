@@ -312,11 +312,25 @@ pub struct Limits {
     pub max_running: Option<u32>,
     /// Runs started (claimed) per second, as a token bucket.
     pub max_starts_per_second: Option<f64>,
-    /// Starts the bucket allows at once after a quiet spell; 1 unless set.
+    /// Starts the bucket allows at once after a quiet spell; unless set, one second's worth
+    /// ([`Limits::bucket_size`]).
     pub burst: Option<u32>,
 }
 
 impl Limits {
+    /// The burst, or one second's worth of the rate (rounded up, at least 1) when none is set:
+    /// workers claim when they poll, so a bucket smaller than what accrues between two polls
+    /// would throw tokens away and start fewer runs than the rate allows. `None` without a rate.
+    pub fn bucket_size(&self) -> Option<u32> {
+        let rate = self.max_starts_per_second?;
+        Some(self.burst.unwrap_or_else(|| {
+            // Saturates: a rate above the bound is refused by `violations` anyway.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let second = rate.ceil().clamp(1.0, f64::from(MAX_BURST)) as u32;
+            second
+        }))
+    }
+
     /// Whether it limits anything.
     pub fn any(&self) -> bool {
         self.max_running.is_some() || self.max_starts_per_second.is_some()
@@ -755,6 +769,26 @@ mod tests {
                 "is 5, but only a rate (max_starts_per_second) has a burst".to_owned()
             )]
         );
+        let paced = Limits {
+            max_starts_per_second: Some(2.5),
+            ..Limits::default()
+        };
+        assert_eq!(
+            paced.bucket_size(),
+            Some(3),
+            "one second's worth, rounded up"
+        );
+        let slow = Limits {
+            max_starts_per_second: Some(0.1),
+            ..Limits::default()
+        };
+        assert_eq!(slow.bucket_size(), Some(1));
+        let set = Limits {
+            burst: Some(7),
+            ..paced
+        };
+        assert_eq!(set.bucket_size(), Some(7));
+        assert_eq!(Limits::default().bucket_size(), None);
         let too_fast = Limits {
             max_starts_per_second: Some(MAX_STARTS_PER_SECOND * 2.0),
             ..Limits::default()

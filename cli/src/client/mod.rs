@@ -15,6 +15,7 @@ mod connect;
 pub mod gate;
 mod json;
 mod names;
+pub mod queues;
 pub(crate) mod render;
 pub mod run;
 pub mod stats;

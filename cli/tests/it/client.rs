@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use leasehold_coordinator::api::Auth;
 use leasehold_core::ids::{ClaimantId, NodeId, RunId, TenantId};
-use leasehold_core::store::{NewToken, PageRequest, Role, RunFilter, Store};
+use leasehold_core::store::{NewToken, PageRequest, Role, RunFilter, Store, WorkerInfo};
 use leasehold_testkit::fixtures::{claim_one, serve_in_process, worker_info};
 use leasehold_testkit::{TestDb, wait_for};
 use serde_json::Value;
@@ -914,4 +914,81 @@ async fn an_unreachable_coordinator_is_reported_with_the_endpoint_tried() {
         );
         assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_are_listed_with_their_workers_and_limited() {
+    let b = setup("queues").await;
+    b.store
+        .register_worker(&WorkerInfo {
+            queues: ["gpu".to_owned()].into(),
+            ..worker_info("w-gpu", "box", "test")
+        })
+        .await
+        .expect("register");
+    b.apply_hello().await;
+    b.start("hello").await;
+
+    let set = b
+        .leasehold(&[
+            "queue",
+            "set-limit",
+            "gpu",
+            "--max-running",
+            "2",
+            "--max-starts-per-second",
+            "5",
+            "--burst",
+            "3",
+        ])
+        .await
+        .ok();
+    assert_eq!(
+        set,
+        "queue gpu: at most 2 running, at most 5 starts/s (burst 3)\n"
+    );
+    let listed = b.leasehold(&["queue", "list", "--json"]).await.json();
+    assert_eq!(listed[0]["queue"], "default");
+    assert_eq!(listed[0]["due"], 1);
+    assert_eq!(listed[0]["workers"], serde_json::json!([]));
+    assert!(listed[0]["max_running"].is_null());
+    assert_eq!(listed[1]["queue"], "gpu");
+    assert_eq!(listed[1]["due"], 0);
+    assert_eq!(listed[1]["max_running"], 2);
+    assert_eq!(listed[1]["max_starts_per_second"], 5.0);
+    assert_eq!(listed[1]["burst"], 3);
+    assert_eq!(listed[1]["workers"], serde_json::json!(["w-gpu"]));
+    let table = b.leasehold(&["queue", "list"]).await.ok();
+    assert!(
+        rows(&table, "gpu")
+            .first()
+            .is_some_and(|r| r.contains("at most 2 running") && r.ends_with(" 1")),
+        "{table}"
+    );
+
+    // Refused by name, and nothing changes.
+    let bad = b
+        .leasehold(&["queue", "set-limit", "GPU", "--max-running", "1"])
+        .await;
+    assert_ne!(bad.code, Some(0));
+    assert!(
+        bad.stderr.starts_with("error: INVALID_ARGUMENT") && bad.stderr.contains("queue"),
+        "{}",
+        bad.stderr
+    );
+    let bad = b
+        .leasehold(&["queue", "set-limit", "gpu", "--max-starts-per-second=-1"])
+        .await;
+    assert!(
+        bad.stderr.contains("max_starts_per_second"),
+        "{}",
+        bad.stderr
+    );
+    assert_eq!(
+        b.leasehold(&["queue", "list", "--json"]).await.json()[1]["max_running"],
+        2
+    );
+    // No flag: no limits.
+    let lifted = b.leasehold(&["queue", "set-limit", "gpu"]).await.ok();
+    assert_eq!(lifted, "queue gpu: no limits\n");
 }

@@ -52,6 +52,8 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/leasehold.v1.Workers/ListWorkers", Role::Admin),
     ("/leasehold.v1.Workers/DrainWorker", Role::Admin),
     ("/leasehold.v1.Workers/ListNodeKinds", Role::Viewer),
+    ("/leasehold.v1.Workers/ListQueues", Role::Admin),
+    ("/leasehold.v1.Workers/SetQueueLimits", Role::Admin),
     ("/leasehold.v1.Stats/GetStats", Role::Viewer),
 ];
 

@@ -108,6 +108,11 @@ pub fn spec_from_source(source: Option<&v1::SpecSource>) -> ApiResult<Spec> {
 }
 
 fn spec_from_message(message: &v1::AutomationSpec) -> Spec {
+    let limits = super::queues::limits_from(
+        message.max_running,
+        message.max_starts_per_second,
+        message.burst,
+    );
     Spec {
         id: AutomationId(message.id.clone()),
         description: (!message.description.is_empty()).then(|| message.description.clone()),
@@ -149,9 +154,9 @@ fn spec_from_message(message: &v1::AutomationSpec) -> Spec {
                     .collect(),
             })
             .collect(),
-        max_running: None,
-        max_starts_per_second: None,
-        burst: None,
+        max_running: limits.max_running,
+        max_starts_per_second: limits.max_starts_per_second,
+        burst: limits.burst,
     }
 }
 
@@ -187,6 +192,9 @@ pub fn spec_message(spec: &Spec) -> v1::AutomationSpec {
             .collect(),
         queue: spec.queue.clone().unwrap_or_default(),
         requires_context: spec.requires_context.clone(),
+        max_running: spec.max_running.unwrap_or(0),
+        max_starts_per_second: spec.max_starts_per_second.unwrap_or(0.0),
+        burst: spec.burst.unwrap_or(0),
     }
 }
 

@@ -10,6 +10,7 @@ mod gates;
 mod gather;
 mod limits;
 mod metrics;
+mod queues;
 mod runs;
 mod starts;
 mod states;

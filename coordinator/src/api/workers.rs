@@ -131,6 +131,9 @@ service! {
         rpc drain_worker(DrainWorkerRequest) -> v1::Worker = |api, m| api.drain(&m.claimant_id);
         rpc list_node_kinds(ListNodeKindsRequest) -> v1::ListNodeKindsResponse =
             |api, _m| api.node_kinds();
+        rpc list_queues(ListQueuesRequest) -> v1::ListQueuesResponse = |api, _m| api.queues();
+        rpc set_queue_limits(SetQueueLimitsRequest) -> v1::Queue =
+            |api, m| api.set_queue_limits(&m);
     }
 }
 

@@ -416,7 +416,9 @@ impl Store {
         let max_running = limits
             .max_running
             .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        let burst = limits.burst.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let burst = limits
+            .bucket_size()
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
         if schema >= LIMITS_SCHEMA_VERSION {
             args.push(&max_running);
             args.push(&limits.max_starts_per_second);

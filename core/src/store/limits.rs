@@ -93,7 +93,9 @@ impl Store {
         let max_running = limits
             .max_running
             .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        let burst = limits.burst.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let burst = limits
+            .bucket_size()
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
         SET_QUEUE_LIMITS
             .execute(
                 &client,

@@ -48,7 +48,7 @@ pub struct Spec {
     /// At most this many of its runs started (claimed) per second, across all workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_starts_per_second: Option<f64>,
-    /// Starts the rate allows at once after a quiet spell; 1 unless set.
+    /// Starts the rate allows at once after a quiet spell; one second's worth unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     /// The nodes, in the order their author wrote them.
