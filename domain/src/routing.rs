@@ -211,8 +211,26 @@ impl Capabilities {
     }
 }
 
-/// Why a queued run waits: no live worker could claim it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a limit belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// An automation's, from its spec.
+    Automation,
+    /// A queue's, across tenants.
+    Queue,
+}
+
+impl fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Automation => "automation",
+            Self::Queue => "queue",
+        })
+    }
+}
+
+/// Why a queued run waits: no live worker could claim it, or a limit holds it back.
+#[derive(Debug, Clone, PartialEq)]
 pub enum WaitReason {
     /// No live worker serves the run's queue.
     NoWorkerForQueue {
@@ -224,6 +242,24 @@ pub enum WaitReason {
         /// Sorted as [`Requirements::unmet_by`] sorts them; never empty when [`wait_reason`]
         /// gives it.
         missing: Vec<Requirement>,
+    },
+    /// Its automation or queue holds as many runs as its `max_running` allows.
+    AtMaxRunning {
+        /// Whose limit.
+        scope: LimitScope,
+        /// The automation or queue.
+        name: String,
+        /// The limit.
+        max_running: u32,
+    },
+    /// Its automation's or queue's rate has no start left until its bucket refills.
+    RateLimited {
+        /// Whose limit.
+        scope: LimitScope,
+        /// The automation or queue.
+        name: String,
+        /// The rate.
+        per_second: f64,
     },
 }
 
@@ -241,6 +277,8 @@ impl WaitReason {
                 "startup_runtime_context_missing"
             }
             Self::Missing { .. } => "no_capable_worker",
+            Self::AtMaxRunning { .. } => "concurrency_limit",
+            Self::RateLimited { .. } => "rate_limit",
         }
     }
 }
@@ -261,7 +299,52 @@ impl fmt::Display for WaitReason {
                 }
                 Ok(())
             }
+            Self::AtMaxRunning {
+                scope,
+                name,
+                max_running,
+            } => write!(
+                f,
+                "waiting: {scope} {name} has {max_running} runs held, its max_running"
+            ),
+            Self::RateLimited {
+                scope,
+                name,
+                per_second,
+            } => write!(
+                f,
+                "waiting: {scope} {name} started as many runs as its rate of {per_second}/s allows"
+            ),
         }
+    }
+}
+
+/// Whether a limit holds a queued run back now: its scope holds `held` runs with a slot, and
+/// its bucket has `tokens` (refilled to now). The concurrency limit is named first: a rate has
+/// nothing to grant while no slot is free.
+pub fn limit_reason(
+    scope: LimitScope,
+    name: &str,
+    limits: &Limits,
+    held: u64,
+    tokens: f64,
+) -> Option<WaitReason> {
+    if let Some(max_running) = limits.max_running
+        && held >= u64::from(max_running)
+    {
+        return Some(WaitReason::AtMaxRunning {
+            scope,
+            name: name.to_owned(),
+            max_running,
+        });
+    }
+    match limits.max_starts_per_second {
+        Some(per_second) if tokens < 1.0 => Some(WaitReason::RateLimited {
+            scope,
+            name: name.to_owned(),
+            per_second,
+        }),
+        _ => None,
     }
 }
 
@@ -794,5 +877,35 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(too_fast.violations()[0].0, "max_starts_per_second");
+    }
+
+    #[test]
+    fn a_limit_names_what_holds_a_run_back() {
+        let capped = Limits {
+            max_running: Some(3),
+            max_starts_per_second: Some(5.0),
+            burst: None,
+        };
+        let at =
+            limit_reason(LimitScope::Automation, "capped", &capped, 3, 0.0).expect("at its limit");
+        assert_eq!(at.code(), "concurrency_limit");
+        assert_eq!(
+            at.to_string(),
+            "waiting: automation capped has 3 runs held, its max_running"
+        );
+        let paced = limit_reason(LimitScope::Queue, "paced", &capped, 2, 0.4).expect("no token");
+        assert_eq!(paced.code(), "rate_limit");
+        assert_eq!(
+            paced.to_string(),
+            "waiting: queue paced started as many runs as its rate of 5/s allows"
+        );
+        assert_eq!(
+            limit_reason(LimitScope::Queue, "paced", &capped, 2, 1.0),
+            None
+        );
+        assert_eq!(
+            limit_reason(LimitScope::Queue, "free", &Limits::default(), 1000, 0.0),
+            None
+        );
     }
 }

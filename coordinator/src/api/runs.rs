@@ -110,7 +110,9 @@ fn waiting_message(reason: &WaitReason) -> v1::Waiting {
         code: reason.code().to_owned(),
         message: reason.to_string(),
         missing: match reason {
-            WaitReason::NoWorkerForQueue { .. } => Vec::new(),
+            WaitReason::NoWorkerForQueue { .. }
+            | WaitReason::AtMaxRunning { .. }
+            | WaitReason::RateLimited { .. } => Vec::new(),
             WaitReason::Missing { missing } => missing.iter().map(ToString::to_string).collect(),
         },
     }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::gated::{
     QUEUES_SCHEMA_VERSION, START_NODES_SCHEMA_VERSION, before_schema, if_traced, since_schema,
 };
-use super::query::{Query, clear_lease, notify_queued};
+use super::query::{Query, bucket_now, clear_lease, notify_queued};
 use super::{Error, Store, millis};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::routing::{Capabilities, DEFAULT_QUEUE};
@@ -280,15 +280,6 @@ allowed AS (
       AND (qg.last_grant IS NULL OR f.granted_queue <= qg.last_grant)
 ),"
         )
-    };
-}
-
-/// The tokens a scope's bucket holds now, refilled since the last claim up to its burst: `l` is
-/// the `run_limits` row. A claim that waited for the row behind a later one refills nothing.
-macro_rules! bucket_now {
-    () => {
-        "least(l.burst::float8, l.tokens + l.max_starts_per_second
-             * greatest(extract(epoch FROM now() - l.refilled_at)::float8, 0))"
     };
 }
 

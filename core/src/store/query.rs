@@ -88,6 +88,17 @@ impl Query {
 
 /// The assignments that give up a run's lease: no claim, no holder, no expiry. The epoch stays,
 /// so that a later claim raises it past every claim before.
+/// The tokens a scope's bucket holds now, refilled since the last claim up to its burst: `l` is
+/// the `run_limits` row (V16). A claim that waited for the row behind a later one refills
+/// nothing; a scope without a rate refills nothing.
+macro_rules! bucket_now {
+    () => {
+        "least(l.burst::float8, l.tokens + coalesce(l.max_starts_per_second, 0)
+             * greatest(extract(epoch FROM now() - l.refilled_at)::float8, 0))"
+    };
+}
+pub(super) use bucket_now;
+
 macro_rules! clear_lease {
     () => {
         "claim_id = NULL, claimant_id = NULL, claimed_at = NULL, lease_expires_at = NULL"

@@ -1,14 +1,15 @@
 //! Why a queued run waits: the requirement sets runs refer to, judged against the live workers'
-//! capabilities (`routing::wait_reason` is the rule; this reads what it judges).
+//! capabilities, and the limits of their automations and queues (`routing::wait_reason` and
+//! `routing::limit_reason` are the rules; this reads what they judge).
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::gated::QUEUES_SCHEMA_VERSION;
-use super::query::Query;
+use super::gated::{LIMITS_SCHEMA_VERSION, QUEUES_SCHEMA_VERSION};
+use super::query::{Query, bucket_now};
 use super::workers::labels_from_json;
 use super::{Error, RunRecord, Store};
 use crate::ids::RunId;
-use crate::routing::{Requirements, WaitReason, wait_reason};
+use crate::routing::{LimitScope, Limits, Requirements, WaitReason, limit_reason, wait_reason};
 use crate::run::RunStatus;
 
 // The requirement sets of a page of runs, by id: a handful of rows, each by primary key.
@@ -18,13 +19,47 @@ const REQUIREMENT_SETS: Query = Query {
 SELECT set_id, kinds, labels, context FROM requirement_sets WHERE set_id = ANY($1::bigint[])",
 };
 
-pub(super) const QUERIES: &[Query] = &[REQUIREMENT_SETS];
+// The limits of these automations ($1 tenants, $2 automation ids) and queues ($3), each with the
+// runs it holds in a slot now (read from the slot's unique index) and its bucket refilled to now.
+const LIMIT_STANDING: Query = Query {
+    name: "limit_standing",
+    sql: concat!(
+        "\
+SELECT l.scope, l.tenant_id, l.name, l.max_running, l.max_starts_per_second, l.burst,
+       CASE WHEN l.scope = 'automation' THEN (
+           SELECT count(*) FROM runs h
+           WHERE h.tenant_id = l.tenant_id AND h.automation_id = l.name
+             AND h.automation_slot IS NOT NULL AND h.status IN ('running', 'pausing'))
+       ELSE (
+           SELECT count(*) FROM runs h
+           WHERE h.queue = l.name AND h.queue_slot IS NOT NULL
+             AND h.status IN ('running', 'pausing'))
+       END AS held,
+       ",
+        bucket_now!(),
+        " AS tokens
+FROM run_limits l
+WHERE (l.scope = 'automation'
+       AND (l.tenant_id, l.name) IN (SELECT * FROM unnest($1::text[], $2::text[])))
+   OR (l.scope = 'queue' AND l.tenant_id = '' AND l.name = ANY($3::text[]))"
+    ),
+};
+
+pub(super) const QUERIES: &[Query] = &[REQUIREMENT_SETS, LIMIT_STANDING];
+
+/// A limit and how its scope stands now.
+struct Standing {
+    limits: Limits,
+    held: u64,
+    tokens: f64,
+}
 
 impl Store {
     /// Why each queued run of `runs` waits, where no live worker that claims (alive, not
-    /// draining) could take it: none serves its queue, or none has all it requires. Runs that
-    /// are not queued, or that some worker could take, are left out. Two reads: the workers and
-    /// the runs' requirement sets.
+    /// draining) could take it (none serves its queue, or none has all it requires), or where a
+    /// limit of its automation or queue holds it back now. Runs that are not queued, or that
+    /// nothing holds back, are left out. Three reads: the workers, the runs' requirement sets,
+    /// and their limits.
     pub async fn wait_reasons<'a>(
         &self,
         runs: impl IntoIterator<Item = &'a RunRecord>,
@@ -47,11 +82,81 @@ impl Store {
             .requirement_sets(queued.iter().map(|run| run.requirement_set))
             .await?;
         let none = Requirements::default();
-        Ok(queued
-            .into_iter()
-            .filter_map(|run| {
-                let requirements = sets.get(&run.requirement_set).unwrap_or(&none);
-                wait_reason(&run.queue, requirements, &workers).map(|reason| (run.run_id, reason))
+        let mut reasons = HashMap::new();
+        let mut servable = Vec::new();
+        for run in queued {
+            let requirements = sets.get(&run.requirement_set).unwrap_or(&none);
+            match wait_reason(&run.queue, requirements, &workers) {
+                Some(reason) => {
+                    reasons.insert(run.run_id, reason);
+                }
+                None => servable.push(run),
+            }
+        }
+        let standing = self.limit_standing(&servable).await?;
+        for run in servable {
+            let automation = (
+                LimitScope::Automation,
+                run.tenant.as_str(),
+                run.automation_id.as_str(),
+            );
+            let queue = (LimitScope::Queue, "", run.queue.as_str());
+            let reason = [automation, queue]
+                .into_iter()
+                .find_map(|(scope, tenant, name)| {
+                    let s =
+                        standing.get(&(scope_name(scope), tenant.to_owned(), name.to_owned()))?;
+                    limit_reason(scope, name, &s.limits, s.held, s.tokens)
+                });
+            if let Some(reason) = reason {
+                reasons.insert(run.run_id, reason);
+            }
+        }
+        Ok(reasons)
+    }
+
+    /// How the limits of these runs' automations and queues stand, by (scope, tenant, name).
+    async fn limit_standing(
+        &self,
+        runs: &[&RunRecord],
+    ) -> Result<HashMap<(&'static str, String, String), Standing>, Error> {
+        if runs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let client = self.client().await?;
+        if self.schema(&client).await? < LIMITS_SCHEMA_VERSION {
+            return Ok(HashMap::new());
+        }
+        let tenants: Vec<&str> = runs.iter().map(|r| r.tenant.as_str()).collect();
+        let automations: Vec<&str> = runs.iter().map(|r| r.automation_id.as_str()).collect();
+        let queues: Vec<&str> = runs.iter().map(|r| r.queue.as_str()).collect();
+        let rows = LIMIT_STANDING
+            .query(&client, &[&tenants, &automations, &queues])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let key = (
+                    if row.get::<_, &str>("scope") == "queue" {
+                        "queue"
+                    } else {
+                        "automation"
+                    },
+                    row.get::<_, String>("tenant_id"),
+                    row.get::<_, String>("name"),
+                );
+                let standing = Standing {
+                    limits: Limits {
+                        max_running: row
+                            .get::<_, Option<i32>>("max_running")
+                            .map(i32::unsigned_abs),
+                        max_starts_per_second: row.get("max_starts_per_second"),
+                        burst: row.get::<_, Option<i32>>("burst").map(i32::unsigned_abs),
+                    },
+                    held: u64::try_from(row.get::<_, i64>("held")).unwrap_or(0),
+                    tokens: row.get("tokens"),
+                };
+                (key, standing)
             })
             .collect())
     }
@@ -86,5 +191,13 @@ impl Store {
                 (row.get("set_id"), requirements)
             })
             .collect())
+    }
+}
+
+/// A scope as `run_limits.scope` names it.
+fn scope_name(scope: LimitScope) -> &'static str {
+    match scope {
+        LimitScope::Automation => "automation",
+        LimitScope::Queue => "queue",
     }
 }

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use leasehold_core::ids::{AutomationId, ClaimantId, RunId};
-use leasehold_core::routing::Limits;
+use leasehold_core::routing::{LimitScope, Limits, WaitReason};
 use leasehold_core::store::{QueueRecord, StartRun};
-use leasehold_testkit::fixtures::{Bundle, LEASE, setup};
+use leasehold_testkit::fixtures::{Bundle, LEASE, setup, worker_info};
 use leasehold_testkit::wait_for;
 
 async fn held(b: &Bundle, automation: &AutomationId) -> i64 {
@@ -37,10 +37,33 @@ async fn an_automation_never_has_more_runs_held_than_its_max_running() {
         claimed(&b, "w2", 10).await.is_empty(),
         "both slots are held"
     );
+    // A live worker could take the others: the limit is why they wait.
+    b.store
+        .register_worker(&worker_info("w1", "box", "test"))
+        .await
+        .expect("register");
+    let waiting = b.run(b.start(&capped).await).await;
+    let reasons = b.store.wait_reasons([&waiting]).await.expect("reasons");
+    assert_eq!(
+        reasons.get(&waiting.run_id),
+        Some(&WaitReason::AtMaxRunning {
+            scope: LimitScope::Automation,
+            name: "capped".into(),
+            max_running: 2,
+        })
+    );
     // A run that stops being held frees its slot, without a write of its own.
     b.cancel(first[0], "done with it").await;
     assert_eq!(claimed(&b, "w2", 10).await.len(), 1);
     assert_eq!(held(&b, &capped).await, 2);
+    assert!(
+        b.store
+            .wait_reasons([&waiting])
+            .await
+            .expect("reasons")
+            .len()
+            == 1
+    );
     // Unlimited runs of the same batch are not held back.
     let free = b
         .automation("id: free\nnodes:\n  - {id: a, kind: noop}\n")
@@ -143,6 +166,13 @@ async fn a_rate_limit_grants_its_burst_then_one_start_per_refill() {
     b.start_many(&slow, 5).await;
     assert_eq!(claimed(&b, "w", 10).await.len(), 2, "the burst");
     assert!(claimed(&b, "w", 10).await.is_empty(), "the bucket is empty");
+    b.store
+        .register_worker(&worker_info("w", "box", "test"))
+        .await
+        .expect("register");
+    let waiting = b.run(b.start(&slow).await).await;
+    let reasons = b.store.wait_reasons([&waiting]).await.expect("reasons");
+    assert_eq!(reasons[&waiting.run_id].code(), "rate_limit");
     let next = wait_for(Duration::from_secs(10), "a token", || async {
         let got = claimed(&b, "w", 10).await;
         (!got.is_empty()).then_some(got)
@@ -171,5 +201,5 @@ async fn a_rate_limit_grants_its_burst_then_one_start_per_refill() {
         .expect("start");
     let rest = claimed(&b, "w", 10).await;
     assert!(rest.contains(&runs.run_id));
-    assert_eq!(rest.len(), 3);
+    assert_eq!(rest.len(), 4);
 }
