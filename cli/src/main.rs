@@ -51,8 +51,8 @@ enum Command {
     Worker(WorkerCommand),
     /// List queues and set their limits.
     Queue(Client<client::queues::Command>),
-    /// Runs by status, queue age, claimable runs and held leases.
-    Stats(client::Tls),
+    /// Runs by status, queue age, claimable runs, held leases, and runs waiting for a worker.
+    Stats(StatsCommand),
     /// Serve the gRPC API and, while leader, run the sweeps.
     Coordinator(coordinator::Args),
     /// Apply the database migrations this build carries.
@@ -69,6 +69,15 @@ enum Command {
 struct Client<C: Subcommand> {
     #[command(subcommand)]
     command: C,
+    #[command(flatten)]
+    tls: client::Tls,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatsCommand {
+    /// Only the runs of this queue.
+    #[arg(long, value_name = "NAME")]
+    queue: Option<String>,
     #[command(flatten)]
     tls: client::Tls,
 }
@@ -162,7 +171,9 @@ async fn run(cli: Cli) -> ExitCode {
             "--database-url, LEASEHOLD_DATABASE_URL or --database-url-file is required to run a worker"
         )),
         Command::Queue(Client { command, tls }) => client::queues::run(command, &global(tls)).await,
-        Command::Stats(tls) => client::stats::run(&global(tls)).await,
+        Command::Stats(StatsCommand { queue, tls }) => {
+            client::stats::run(queue, &global(tls)).await
+        }
         Command::Coordinator(args) => coordinator::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Token(command) => token::run(command, &global(client::Tls::default()))

@@ -256,6 +256,11 @@ pub fn stats(s: &v1::GetStatsResponse) -> Value {
         "oldest_queued_age_seconds": s.oldest_queued_age_seconds,
         "claimable_now": s.claimable_now,
         "held_leases": s.held_leases,
+        "waiting": s.waiting.iter().map(|count| json!({
+            "code": count.waiting.as_ref().map(|w| w.code.clone()),
+            "message": count.waiting.as_ref().map(|w| w.message.clone()),
+            "runs": count.runs,
+        })).collect::<Vec<_>>(),
     })
 }
 

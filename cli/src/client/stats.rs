@@ -10,10 +10,16 @@ use super::connect::Coordinator;
 use super::render::{self, Table, emit, emit_json, fields};
 use super::{json, names};
 
-pub async fn run(global: &Global) -> anyhow::Result<ExitCode> {
+pub async fn run(queue: Option<String>, global: &Global) -> anyhow::Result<ExitCode> {
     let coordinator = Coordinator::connect(global).await?;
     let c = &coordinator;
-    let stats = c.check(c.stats().get_stats(v1::GetStatsRequest {}).await)?;
+    let stats = c.check(
+        c.stats()
+            .get_stats(v1::GetStatsRequest {
+                queue: queue.unwrap_or_default(),
+            })
+            .await,
+    )?;
     if global.json {
         emit_json(&json::stats(&stats))?;
         return Ok(ExitCode::SUCCESS);
@@ -39,6 +45,21 @@ pub async fn run(global: &Global) -> anyhow::Result<ExitCode> {
         ]);
     }
     out.push_str(&table.render());
+    if !stats.waiting.is_empty() {
+        out.push('\n');
+        let mut waiting = Table::new(&["WAITING", "RUNS"]);
+        for count in &stats.waiting {
+            waiting.row(vec![
+                count
+                    .waiting
+                    .as_ref()
+                    .map(|w| w.message.clone())
+                    .unwrap_or_default(),
+                count.runs.to_string(),
+            ]);
+        }
+        out.push_str(&waiting.render());
+    }
     emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }

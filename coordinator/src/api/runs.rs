@@ -105,7 +105,7 @@ enum Waiting {
 }
 
 /// Why a queued run waits for a worker.
-fn waiting_message(reason: &WaitReason) -> v1::Waiting {
+pub(super) fn waiting_message(reason: &WaitReason) -> v1::Waiting {
     v1::Waiting {
         code: reason.code().to_owned(),
         message: reason.to_string(),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::kinds::{BUILTIN_KINDS, builtin_input_schema};
+use leasehold_core::routing;
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::WorkerRecord;
 use leasehold_proto::v1;
@@ -12,6 +13,7 @@ use leasehold_proto::v1::workers_server::Workers;
 
 use super::convert::{timestamp, to_struct};
 use super::error::{ApiError, ApiResult};
+use super::runs::waiting_message;
 use super::{Api, respond, service, states};
 
 fn worker_message(worker: &WorkerRecord) -> v1::Worker {
@@ -104,8 +106,14 @@ impl Api {
         })
     }
 
-    async fn stats(&self) -> ApiResult<v1::GetStatsResponse> {
-        let stats = self.store.stats(&self.tenant).await?;
+    async fn stats(&self, request: &v1::GetStatsRequest) -> ApiResult<v1::GetStatsResponse> {
+        let queue = if request.queue.is_empty() {
+            None
+        } else {
+            routing::check_queue_name(&request.queue).map_err(|e| ApiError::field("queue", e))?;
+            Some(request.queue.as_str())
+        };
+        let stats = self.store.stats(&self.tenant, queue).await?;
         Ok(v1::GetStatsResponse {
             run_counts: RunStatus::ALL
                 .into_iter()
@@ -121,6 +129,14 @@ impl Api {
             oldest_queued_age_seconds: stats.oldest_queued_age.map_or(0.0, |d| d.as_secs_f64()),
             claimable_now: stats.claimable_now,
             held_leases: stats.held_leases,
+            waiting: stats
+                .waiting
+                .iter()
+                .map(|(reason, runs)| v1::WaitingCount {
+                    waiting: Some(waiting_message(reason)),
+                    runs: *runs,
+                })
+                .collect(),
         })
     }
 }
@@ -139,6 +155,6 @@ service! {
 
 service! {
     impl Stats {
-        rpc get_stats(GetStatsRequest) -> v1::GetStatsResponse = |api, _m| api.stats();
+        rpc get_stats(GetStatsRequest) -> v1::GetStatsResponse = |api, m| api.stats(&m);
     }
 }

@@ -958,7 +958,7 @@ async fn workers_list_and_drain_and_stats_count() {
         .await
         .expect("claim");
     let stats = StatsClient::new(b.channel.clone())
-        .get_stats(v1::GetStatsRequest {})
+        .get_stats(v1::GetStatsRequest::default())
         .await
         .expect("stats")
         .into_inner();

@@ -134,7 +134,7 @@ async fn each_role_may_do_what_it_names_and_no_more() {
         .await
         .expect("a viewer reads");
     StatsClient::new(viewer.clone())
-        .get_stats(v1::GetStatsRequest {})
+        .get_stats(v1::GetStatsRequest::default())
         .await
         .expect("a viewer reads stats");
     WorkersClient::new(viewer.clone())
@@ -245,7 +245,7 @@ async fn another_tenants_runs_automations_and_gates_are_not_found_nor_counted() 
         .into_inner();
     assert_eq!(automation.spec.expect("spec").nodes[0].id, "only-a");
     let stats = StatsClient::new(a.clone())
-        .get_stats(v1::GetStatsRequest {})
+        .get_stats(v1::GetStatsRequest::default())
         .await
         .expect("stats")
         .into_inner();
@@ -388,7 +388,7 @@ async fn an_expired_token_is_unauthenticated() {
             .expect("ascii")
             .channel(b.plain.clone()),
     )
-    .get_stats(v1::GetStatsRequest {})
+    .get_stats(v1::GetStatsRequest::default())
     .await
     .expect_err("expired");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");

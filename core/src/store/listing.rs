@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::gated::{QUEUES_SCHEMA_VERSION, since_schema};
 use super::query::Query;
 use super::runs::{read_run, run_columns};
 use super::{Error, RequestError, RunRecord, Store};
@@ -18,6 +19,7 @@ use super::{Error, RequestError, RunRecord, Store};
 // `mod.rs` re-exports this module's public items, so the automation records the listing serves
 // are re-exported from here as well.
 use crate::ids::{AutomationId, TenantId};
+use crate::routing::{Requirements, WaitReason, wait_reason};
 use crate::run::RunStatus;
 
 /// Items in a page when the caller asks for none in particular (size 0).
@@ -220,7 +222,7 @@ pub struct RunFilter {
 }
 
 /// A tenant's runs at a glance.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
     /// Runs in each state, by [`RunStatus::as_str`]; every state is present, zero included.
     pub runs_by_status: BTreeMap<String, i64>,
@@ -231,6 +233,8 @@ pub struct Stats {
     pub claimable_now: i64,
     /// Runs held under a lease (running or pausing).
     pub held_leases: i64,
+    /// Queued runs no live worker could claim, by why; none when every queued run has a worker.
+    pub waiting: Vec<(WaitReason, i64)>,
 }
 
 // A page of a tenant's runs, newest first, in any of the statuses in $2 (those of the status
@@ -294,22 +298,44 @@ LIMIT $8::int"
 // due time, so a run waiting in backoff does not look old. The age is null when nothing is due.
 const TENANT_STATS: Query = Query {
     name: "tenant_stats",
-    sql: "\
+    sql: concat!(
+        "\
 WITH by_status AS (
-    SELECT status, count(*) AS n FROM runs WHERE tenant_id = $1::text GROUP BY status
+    SELECT status, count(*) AS n FROM runs WHERE tenant_id = $1::text",
+        since_schema!(14, " AND ($2::text IS NULL OR queue = $2::text)"),
+        " GROUP BY status
 ),
 due AS (
     SELECT count(*) AS n, min(queued_at) AS oldest FROM runs
     WHERE tenant_id = $1::text AND status = 'queued'
-      AND (retry_after IS NULL OR retry_after <= now())
+      AND (retry_after IS NULL OR retry_after <= now())",
+        since_schema!(14, " AND ($2::text IS NULL OR queue = $2::text)"),
+        "
 )
 SELECT coalesce((SELECT jsonb_object_agg(status, n) FROM by_status), '{}'::jsonb) AS by_status,
        due.n AS claimable,
        (extract(epoch FROM now() - due.oldest) * 1000000)::bigint AS oldest_due_micros
-FROM due",
+FROM due"
+    ),
 };
 
-pub(super) const QUERIES: &[Query] = &[LIST_RUNS_BY_STATUS, LIST_RUNS_OF_AUTOMATION, TENANT_STATS];
+// The tenant's queued runs by queue and requirement set (of one queue, $2, if set), for the
+// runs Stats says wait for a worker: groups are few, however many runs wait. Reads
+// runs_claimable_by_queue_idx, which holds only queued runs.
+const QUEUED_BY_REQUIREMENTS: Query = Query {
+    name: "queued_by_requirements",
+    sql: "\
+SELECT queue, requirement_set, count(*) AS n FROM runs
+WHERE status = 'queued' AND tenant_id = $1::text AND ($2::text IS NULL OR queue = $2::text)
+GROUP BY queue, requirement_set",
+};
+
+pub(super) const QUERIES: &[Query] = &[
+    LIST_RUNS_BY_STATUS,
+    LIST_RUNS_OF_AUTOMATION,
+    TENANT_STATS,
+    QUEUED_BY_REQUIREMENTS,
+];
 
 impl Store {
     /// A page of the tenant's runs that match `filter`, newest first.
@@ -386,9 +412,17 @@ impl Store {
     }
 
     /// The tenant's runs by state, its queue's backlog, and its held leases.
-    pub async fn stats(&self, tenant: &TenantId) -> Result<Stats, Error> {
+    pub async fn stats(&self, tenant: &TenantId, queue: Option<&str>) -> Result<Stats, Error> {
         let client = self.client().await?;
-        let row = TENANT_STATS.query_one(&client, &[&tenant.as_str()]).await?;
+        let schema = self.schema(&client).await?;
+        let stats = TENANT_STATS.for_schema(schema);
+        let row = if schema >= QUEUES_SCHEMA_VERSION {
+            stats
+                .query_one(&client, &[&tenant.as_str(), &queue])
+                .await?
+        } else {
+            stats.query_one(&client, &[&tenant.as_str()]).await?
+        };
         let counted: BTreeMap<String, i64> =
             serde_json::from_value(row.get("by_status")).unwrap_or_default();
         let runs_by_status: BTreeMap<String, i64> = RunStatus::ALL
@@ -405,12 +439,63 @@ impl Store {
             .get::<_, Option<i64>>("oldest_due_micros")
             // A queued_at ahead of now (a clock step back) is no wait at all.
             .map(|micros| Duration::from_micros(u64::try_from(micros).unwrap_or(0)));
+        let waiting = if schema >= QUEUES_SCHEMA_VERSION {
+            self.waiting_for_workers(&client, tenant, queue).await?
+        } else {
+            Vec::new()
+        };
         Ok(Stats {
             runs_by_status,
             oldest_queued_age,
             claimable_now: row.get("claimable"),
             held_leases,
+            waiting,
         })
+    }
+
+    /// The tenant's queued runs no live worker could claim, counted by reason, most first.
+    async fn waiting_for_workers(
+        &self,
+        client: &deadpool_postgres::Client,
+        tenant: &TenantId,
+        queue: Option<&str>,
+    ) -> Result<Vec<(WaitReason, i64)>, Error> {
+        let groups = QUEUED_BY_REQUIREMENTS
+            .query(client, &[&tenant.as_str(), &queue])
+            .await?;
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let workers: Vec<_> = self
+            .list_workers(None)
+            .await?
+            .into_iter()
+            .filter(|w| w.alive && !w.draining)
+            .map(|w| w.capabilities())
+            .collect();
+        let sets = self
+            .requirement_sets(groups.iter().map(|g| g.get::<_, i64>("requirement_set")))
+            .await?;
+        let none = Requirements::default();
+        let mut waiting: Vec<(WaitReason, i64)> = Vec::new();
+        for group in &groups {
+            let requirements = sets
+                .get(&group.get::<_, i64>("requirement_set"))
+                .unwrap_or(&none);
+            let Some(reason) = wait_reason(group.get("queue"), requirements, &workers) else {
+                continue;
+            };
+            let n: i64 = group.get("n");
+            match waiting.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, count)) => *count += n,
+                None => waiting.push((reason, n)),
+            }
+        }
+        waiting.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+        });
+        Ok(waiting)
     }
 }
 

@@ -46,6 +46,21 @@ FROM queued, held, stale",
 /// partial index of its statuses (`runs_claimable_idx`, `runs_held_idx`).
 pub const WORKER_DEMAND_SQL: &str = "SELECT (SELECT count(*) FROM runs WHERE status = 'queued' AND (retry_after IS NULL OR retry_after <= now())) + (SELECT count(*) FROM runs WHERE status IN ('running', 'pausing')) AS demand";
 
+/// [`WORKER_DEMAND_SQL`] for a pool that serves `queue` alone (V14): that queue's due and held
+/// runs, so that each pool scales on its own queue. The text goes into the pool's KEDA
+/// ScaledObject as it is (deploy/README.md, "More than one worker pool"); the name is checked
+/// first, and a checked name holds nothing a literal would need escaped. The due count reads
+/// runs_claimable_by_queue_idx, led by the queue.
+///
+/// # Errors
+/// A name that is not a queue's, saying why.
+pub fn queue_demand_sql(queue: &str) -> Result<String, String> {
+    crate::routing::check_queue_name(queue)?;
+    Ok(format!(
+        "SELECT (SELECT count(*) FROM runs WHERE status = 'queued' AND queue = '{queue}' AND (retry_after IS NULL OR retry_after <= now())) + (SELECT count(*) FROM runs WHERE status IN ('running', 'pausing') AND queue = '{queue}') AS demand"
+    ))
+}
+
 const WORKER_DEMAND: Query = Query {
     name: "worker_demand",
     sql: WORKER_DEMAND_SQL,

@@ -855,7 +855,7 @@ async fn concurrent_claimers_never_hold_one_key_twice() {
                     done += 1;
                 }
                 if store
-                    .stats(&leasehold_core::ids::TenantId::default())
+                    .stats(&leasehold_core::ids::TenantId::default(), None)
                     .await
                     .expect("stats")
                     .runs_by_status["completed"]
@@ -888,7 +888,7 @@ async fn concurrent_claimers_never_hold_one_key_twice() {
     assert_eq!(overlaps, 0, "a key was held by two runs at once");
     let stats = b
         .store
-        .stats(&leasehold_core::ids::TenantId::default())
+        .stats(&leasehold_core::ids::TenantId::default(), None)
         .await
         .expect("stats");
     assert_eq!(stats.runs_by_status["completed"], 60, "every run completed");

@@ -121,3 +121,48 @@ async fn worker_demand_counts_due_and_held_runs_only() {
         .await;
     assert_eq!(demand(&b).await, (4, 4), "a due retry counts again");
 }
+
+#[tokio::test]
+async fn a_pools_demand_counts_its_own_queue_only() {
+    let b = leasehold_testkit::fixtures::setup().await;
+    let gpu = b
+        .automation("id: trains\nqueue: gpu\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    let plain = b
+        .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    b.start_many(&gpu, 3).await;
+    b.start_many(&plain, 2).await;
+    let demand_of = |queue: &str| {
+        let sql = leasehold_core::store::queue_demand_sql(queue).expect("a queue name");
+        let b = &b;
+        async move {
+            b.sql
+                .query_one(&sql, &[])
+                .await
+                .expect("the autoscaler's text runs as it is")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(demand_of("gpu").await, 3);
+    assert_eq!(demand_of("default").await, 2);
+    // A held run still needs its pool.
+    let claimed = b
+        .store
+        .claim_and_start_runs(
+            &leasehold_core::ids::ClaimantId::from("w"),
+            1,
+            leasehold_testkit::fixtures::LEASE,
+            0,
+            &leasehold_core::store::Served::by(&leasehold_core::routing::Capabilities {
+                queues: Some(["gpu".to_owned()].into()),
+                kinds: ["noop".to_owned()].into(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(demand_of("gpu").await, 3);
+    assert!(leasehold_core::store::queue_demand_sql("gpu'; DROP TABLE runs; --").is_err());
+}

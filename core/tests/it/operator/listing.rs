@@ -313,7 +313,7 @@ async fn stats_count_one_tenants_runs_and_its_due_backlog() {
     b.update_run(foreign, "queued_at = now() - interval '1 day'")
         .await;
 
-    let stats = b.store.stats(&b.tenant).await.expect("stats");
+    let stats = b.store.stats(&b.tenant, None).await.expect("stats");
     assert_eq!(stats.runs_by_status.len(), RunStatus::ALL.len());
     assert_eq!(stats.runs_by_status["queued"], 2);
     assert_eq!(stats.runs_by_status["running"], 1);
@@ -321,6 +321,19 @@ async fn stats_count_one_tenants_runs_and_its_due_backlog() {
     assert_eq!(stats.runs_by_status["completed"], 0);
     assert_eq!(stats.claimable_now, 1, "the run in backoff is not due");
     assert_eq!(stats.held_leases, 1);
+    // No worker has registered: both queued runs wait for one.
+    assert_eq!(
+        stats.waiting,
+        [(
+            leasehold_core::routing::WaitReason::NoWorkerForQueue {
+                queue: "default".into()
+            },
+            2
+        )]
+    );
+    let elsewhere = b.store.stats(&b.tenant, Some("gpu")).await.expect("stats");
+    assert_eq!(elsewhere.runs_by_status.values().sum::<i64>(), 0);
+    assert!(elsewhere.waiting.is_empty());
     let age = stats.oldest_queued_age.expect("a due run");
     assert!(
         age >= Duration::from_secs(90) && age < Duration::from_secs(600),
@@ -329,13 +342,13 @@ async fn stats_count_one_tenants_runs_and_its_due_backlog() {
 
     // The backoff comes due a millisecond ago: now it counts, and it is the oldest.
     b.backdate_retry(backoff, Duration::from_millis(1)).await;
-    let stats = b.store.stats(&b.tenant).await.expect("stats");
+    let stats = b.store.stats(&b.tenant, None).await.expect("stats");
     assert_eq!(stats.claimable_now, 2);
     assert!(stats.oldest_queued_age.expect("due") >= Duration::from_secs(7200));
 
     let empty = b
         .store
-        .stats(&TenantId::from("nobody"))
+        .stats(&TenantId::from("nobody"), None)
         .await
         .expect("stats");
     assert_eq!(empty.runs_by_status.values().sum::<i64>(), 0);
