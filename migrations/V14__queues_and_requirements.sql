@@ -33,9 +33,17 @@ ALTER TABLE automation_versions
     ADD COLUMN queue text NOT NULL DEFAULT 'default',
     ADD COLUMN requirement_set bigint;
 
+-- first_queued_micros: when the run was first queued (microseconds since the epoch), kept
+-- through retries, hand-backs and resumes, so that a run requeued keeps its place; with its
+-- priority it makes the claim order (the ageing rule, domain/src/routing.rs `claim_order`): each
+-- level of priority is worth a minute of waiting. Its default is the inserting transaction's
+-- now(), so every writer sets it, the previous release's too; runs already stored get this
+-- migration's time (a constant default: no rewrite).
 ALTER TABLE runs
     ADD COLUMN queue text NOT NULL DEFAULT 'default',
-    ADD COLUMN requirement_set bigint NOT NULL DEFAULT 0;
+    ADD COLUMN requirement_set bigint NOT NULL DEFAULT 0,
+    ADD COLUMN first_queued_micros bigint NOT NULL
+        DEFAULT (extract(epoch FROM now()) * 1000000)::bigint;
 
 -- What a worker serves and holds; null for a worker of the previous release (every queue).
 ALTER TABLE workers

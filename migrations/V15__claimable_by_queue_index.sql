@@ -1,6 +1,7 @@
 -- migration: expand, outside a transaction
 -- The index the claim walks from V14 on: queued runs by queue and requirement set, each range in
--- claim order (priority, then oldest). A worker's claim reads one range per queue it serves and
+-- claim order: first queued, less a minute per level of priority (the ageing rule; the claim
+-- statement orders by this very expression, so the planner walks the index in its order). A worker's claim reads one range per queue it serves and
 -- set it meets, at most one batch from each, so runs it cannot serve cost it nothing and the
 -- claim stays flat at any backlog.
 --
@@ -9,5 +10,5 @@
 -- runs_claimable_idx stays while the previous release may still claim with it; a later contract
 -- step drops it.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS runs_claimable_by_queue_idx
-    ON runs (queue, requirement_set, priority DESC, queued_at, run_id)
+    ON runs (queue, requirement_set, (first_queued_micros - priority::bigint * 60000000), run_id)
     WHERE status = 'queued';

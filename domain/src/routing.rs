@@ -454,6 +454,22 @@ impl Limits {
     }
 }
 
+/// What one level of priority is worth in waiting, in the claim order: a run of priority p+1 is
+/// claimed before a run of priority p that was queued less than this before it, and after one
+/// queued earlier than that. So priority orders the runs queued close together, and a low
+/// priority run waits at most (the priority gap × this) behind runs that keep coming: it is
+/// never starved.
+pub const AGEING_PER_PRIORITY_LEVEL_MICROS: i64 = 60_000_000;
+
+/// A queued run's place in the claim order, lowest first (the claim statement and
+/// `runs_claimable_by_queue_idx` compute the same expression): when it was first queued, in
+/// microseconds since the epoch, less [`AGEING_PER_PRIORITY_LEVEL_MICROS`] per level of
+/// priority. `first_queued_micros` is kept through retries, hand-backs and resumes, so a run
+/// requeued keeps its place instead of going behind the runs queued since.
+pub fn claim_order(first_queued_micros: i64, priority: i16) -> i64 {
+    first_queued_micros - i64::from(priority) * AGEING_PER_PRIORITY_LEVEL_MICROS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -907,5 +923,22 @@ mod tests {
             limit_reason(LimitScope::Queue, "free", &Limits::default(), 1000, 0.0),
             None
         );
+    }
+
+    #[test]
+    fn priority_orders_runs_queued_close_together_and_waiting_outranks_it_in_time() {
+        let minute = AGEING_PER_PRIORITY_LEVEL_MICROS;
+        let t0 = 1_000_000 * minute;
+        // Same priority: the older first.
+        assert!(claim_order(t0, 0) < claim_order(t0 + 1, 0));
+        // One level up is worth a minute: it goes first over a run queued less than a minute
+        // before it...
+        assert!(claim_order(t0 + minute - 1, 1) < claim_order(t0, 0));
+        // ...and after one queued more than a minute before it.
+        assert!(claim_order(t0 + minute + 1, 1) > claim_order(t0, 0));
+        // A run of the lowest priority is not starved: runs of the highest priority queued more
+        // than 2,000 minutes after it come after it.
+        let late = t0 + 2_000 * minute + 1;
+        assert!(claim_order(t0, -1000) < claim_order(late, 1000));
     }
 }

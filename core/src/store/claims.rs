@@ -190,10 +190,10 @@ macro_rules! limit_stages {
 ordered AS (
     SELECT due.*,
            row_number() OVER (PARTITION BY tenant_id, concurrency_key
-                              ORDER BY priority DESC, queued_at, run_id) AS nth_key,
+                              ORDER BY claim_order, run_id) AS nth_key,
            row_number() OVER (PARTITION BY tenant_id, automation_id
-                              ORDER BY priority DESC, queued_at, run_id) AS nth_automation,
-           row_number() OVER (PARTITION BY queue ORDER BY priority DESC, queued_at, run_id)
+                              ORDER BY claim_order, run_id) AS nth_automation,
+           row_number() OVER (PARTITION BY queue ORDER BY claim_order, run_id)
                AS nth_queue
     FROM due
 ),
@@ -268,8 +268,8 @@ allowed AS (
     FROM (
         SELECT fits.*,
                row_number() OVER (PARTITION BY tenant_id, automation_id
-                                  ORDER BY priority DESC, queued_at, run_id) AS granted_automation,
-               row_number() OVER (PARTITION BY queue ORDER BY priority DESC, queued_at, run_id)
+                                  ORDER BY claim_order, run_id) AS granted_automation,
+               row_number() OVER (PARTITION BY queue ORDER BY claim_order, run_id)
                    AS granted_queue
         FROM fits
     ) f
@@ -329,7 +329,8 @@ const CLAIM_RUNS: Query = Query {
             AND ($8::text[] IS NULL OR context <@ $8::text[])) AS met,
     LATERAL (
         SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at,
-               automation_id, automation_version, progress_epoch, queue
+               automation_id, automation_version, progress_epoch, queue,
+               first_queued_micros - priority::bigint * 60000000 AS claim_order
         FROM runs q
         WHERE status = 'queued' AND queue = served.queue AND requirement_set = met.set_id
           AND (retry_after IS NULL OR retry_after <= now())
@@ -337,11 +338,11 @@ const CLAIM_RUNS: Query = Query {
               SELECT 1 FROM runs h
               WHERE h.tenant_id = q.tenant_id AND h.concurrency_key = q.concurrency_key
                 AND h.status IN ('running', 'pausing')))
-        ORDER BY priority DESC, queued_at, run_id
+        ORDER BY first_queued_micros - priority::bigint * 60000000, run_id
         LIMIT $2::int
         FOR UPDATE SKIP LOCKED
     ) AS c
-    ORDER BY c.priority DESC, c.queued_at, c.run_id
+    ORDER BY c.claim_order, c.run_id
     LIMIT $2::int"
         ),
         "

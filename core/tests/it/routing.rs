@@ -270,3 +270,43 @@ async fn a_repeated_start_naming_another_queue_is_refused() {
         Err(RequestError::IdempotencyConflict { .. })
     ));
 }
+
+/// The claim order is the ageing rule's (`routing::claim_order`): priority orders runs queued
+/// close together, a run queued long enough before outranks higher priorities, and a run
+/// requeued keeps the place its first queueing gave it.
+#[tokio::test]
+async fn claims_follow_the_ageing_rule() {
+    let b = setup().await;
+    let plain = b
+        .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    let start = |priority: i16| {
+        let request = StartRun {
+            priority,
+            ..b.start_request(&plain)
+        };
+        let store = b.store.clone();
+        async move { store.start_run(&request).await.expect("start").run_id }
+    };
+    let minute = leasehold_core::routing::AGEING_PER_PRIORITY_LEVEL_MICROS;
+    let old_low = start(0).await;
+    let new_high = start(5).await;
+    let newer_high = start(1).await;
+    // old_low was queued ten minutes before the others: it outranks 5 levels, not 11.
+    b.sql
+        .execute(
+            "UPDATE runs SET first_queued_micros = first_queued_micros - $2 WHERE run_id = $1",
+            &[&old_low.0, &(10 * minute)],
+        )
+        .await
+        .expect("backdate");
+    let very_high = start(11).await;
+    let order: Vec<RunId> = {
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            order.push(b.claim_one("w").await.claim.run_id());
+        }
+        order
+    };
+    assert_eq!(order, vec![very_high, old_low, new_high, newer_high]);
+}
