@@ -7,6 +7,7 @@ use tokio_postgres::error::SqlState;
 use super::gated::{
     LIMITS_SCHEMA_VERSION, QUEUES_SCHEMA_VERSION, START_NODES_SCHEMA_VERSION, since_schema,
 };
+use super::limits::limit_columns;
 use super::listing::Listing;
 use super::query::Query;
 use super::workers::labels_json;
@@ -412,16 +413,10 @@ impl Store {
             args.push(&context);
             args.push(&queue);
         }
-        let limits = spec.limits();
-        let max_running = limits
-            .max_running
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        let burst = limits
-            .bucket_size()
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let (max_running, max_starts_per_second, burst) = limit_columns(&spec.limits());
         if schema >= LIMITS_SCHEMA_VERSION {
             args.push(&max_running);
-            args.push(&limits.max_starts_per_second);
+            args.push(&max_starts_per_second);
             args.push(&burst);
         }
         Ok(query.for_schema(schema).query(&client, &args).await?)

@@ -199,33 +199,20 @@ ordered AS (
 ),
 automation_limit AS MATERIALIZED (
     SELECT l.tenant_id, l.name AS automation_id, l.max_starts_per_second,
-           CASE WHEN l.max_running IS NOT NULL THEN ARRAY(
-               SELECT slot
-               FROM generate_series(1, least(l.max_running, cardinality(held.slots) + $2::int))
-                    AS slot
-               WHERE slot <> ALL (held.slots)
-               ORDER BY slot) END AS free_slots
-    FROM run_limits l,
-    LATERAL (SELECT ARRAY(
-        SELECT h.automation_slot FROM runs h
-        WHERE h.tenant_id = l.tenant_id AND h.automation_id = l.name
-          AND h.automation_slot IS NOT NULL AND h.status IN ('running', 'pausing')) AS slots) held
+           ",
+            free_slots!(
+                "automation_slot",
+                "h.tenant_id = l.tenant_id AND h.automation_id = l.name"
+            ),
+            "
     WHERE l.scope = 'automation'
       AND (l.tenant_id, l.name) IN (SELECT tenant_id, automation_id FROM due)
 ),
 queue_limit AS MATERIALIZED (
     SELECT l.name AS queue, l.max_starts_per_second,
-           CASE WHEN l.max_running IS NOT NULL THEN ARRAY(
-               SELECT slot
-               FROM generate_series(1, least(l.max_running, cardinality(held.slots) + $2::int))
-                    AS slot
-               WHERE slot <> ALL (held.slots)
-               ORDER BY slot) END AS free_slots
-    FROM run_limits l,
-    LATERAL (SELECT ARRAY(
-        SELECT h.queue_slot FROM runs h
-        WHERE h.queue = l.name
-          AND h.queue_slot IS NOT NULL AND h.status IN ('running', 'pausing')) AS slots) held
+           ",
+            free_slots!("queue_slot", "h.queue = l.name"),
+            "
     WHERE l.scope = 'queue' AND l.tenant_id = '' AND l.name IN (SELECT queue FROM due)
 ),
 fits AS (
@@ -242,10 +229,10 @@ fits AS (
 automation_grant AS (
     UPDATE run_limits l
     SET tokens = ",
-        bucket_after!(),
-        ", refilled_at = greatest(l.refilled_at, now()), last_grant = ",
-        bucket_grant!(),
-        "
+            bucket_after!(),
+            ", refilled_at = greatest(l.refilled_at, now()), last_grant = ",
+            bucket_grant!(),
+            "
     FROM (SELECT tenant_id, automation_id, count(*)::int AS wanted FROM fits GROUP BY 1, 2) w
     WHERE l.scope = 'automation' AND l.tenant_id = w.tenant_id AND l.name = w.automation_id
       AND l.max_starts_per_second IS NOT NULL
@@ -254,10 +241,10 @@ automation_grant AS (
 queue_grant AS (
     UPDATE run_limits l
     SET tokens = ",
-        bucket_after!(),
-        ", refilled_at = greatest(l.refilled_at, now()), last_grant = ",
-        bucket_grant!(),
-        "
+            bucket_after!(),
+            ", refilled_at = greatest(l.refilled_at, now()), last_grant = ",
+            bucket_grant!(),
+            "
     FROM (SELECT queue, count(*)::int AS wanted FROM fits GROUP BY 1) w
     WHERE l.scope = 'queue' AND l.tenant_id = '' AND l.name = w.queue
       AND l.max_starts_per_second IS NOT NULL
@@ -279,6 +266,33 @@ allowed AS (
     WHERE (ag.last_grant IS NULL OR f.granted_automation <= ag.last_grant)
       AND (qg.last_grant IS NULL OR f.granted_queue <= qg.last_grant)
 ),"
+        )
+    };
+}
+
+/// A limited scope's free slots (`l` its `run_limits` row): the numbers up to its max_running
+/// that none of its held runs has in `$slot`, among the first (held + $2); `$held_by` says which
+/// runs `h` are the scope's.
+macro_rules! free_slots {
+    ($slot:literal, $held_by:literal) => {
+        concat!(
+            "CASE WHEN l.max_running IS NOT NULL THEN ARRAY(
+               SELECT slot
+               FROM generate_series(1, least(l.max_running, cardinality(held.slots) + $2::int))
+                    AS slot
+               WHERE slot <> ALL (held.slots)
+               ORDER BY slot) END AS free_slots
+    FROM run_limits l,
+    LATERAL (SELECT ARRAY(
+        SELECT h.",
+            $slot,
+            " FROM runs h
+        WHERE ",
+            $held_by,
+            "
+          AND h.",
+            $slot,
+            " IS NOT NULL AND h.status IN ('running', 'pausing')) AS slots) held"
         )
     };
 }

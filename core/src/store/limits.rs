@@ -60,6 +60,17 @@ ORDER BY queue",
 
 pub(super) const QUERIES: &[Query] = &[SET_QUEUE_LIMITS, QUEUES];
 
+/// Limits as `run_limits` stores them: max_running, the rate, and the bucket's size (the burst,
+/// or its default).
+pub(super) fn limit_columns(limits: &Limits) -> (Option<i32>, Option<f64>, Option<i32>) {
+    let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    (
+        limits.max_running.map(int),
+        limits.max_starts_per_second,
+        limits.bucket_size().map(int),
+    )
+}
+
 /// A queue as `queue list` shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueRecord {
@@ -90,16 +101,11 @@ impl Store {
                 version: LIMITS_SCHEMA_VERSION,
             });
         }
-        let max_running = limits
-            .max_running
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        let burst = limits
-            .bucket_size()
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let (max_running, max_starts_per_second, burst) = limit_columns(limits);
         SET_QUEUE_LIMITS
             .execute(
                 &client,
-                &[&queue, &max_running, &limits.max_starts_per_second, &burst],
+                &[&queue, &max_running, &max_starts_per_second, &burst],
             )
             .await?;
         Ok(())

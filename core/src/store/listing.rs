@@ -466,13 +466,7 @@ impl Store {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let workers: Vec<_> = self
-            .list_workers(None)
-            .await?
-            .into_iter()
-            .filter(|w| w.alive && !w.draining)
-            .map(|w| w.capabilities())
-            .collect();
+        let workers = self.claiming_capabilities().await?;
         let sets = self
             .requirement_sets(groups.iter().map(|g| g.get::<_, i64>("requirement_set")))
             .await?;

@@ -9,7 +9,9 @@ use super::query::{Query, bucket_now};
 use super::workers::labels_from_json;
 use super::{Error, RunRecord, Store};
 use crate::ids::RunId;
-use crate::routing::{LimitScope, Limits, Requirements, WaitReason, limit_reason, wait_reason};
+use crate::routing::{
+    Capabilities, LimitScope, Limits, Requirements, WaitReason, limit_reason, wait_reason,
+};
 use crate::run::RunStatus;
 
 // The requirement sets of a page of runs, by id: a handful of rows, each by primary key.
@@ -71,13 +73,7 @@ impl Store {
         if queued.is_empty() {
             return Ok(HashMap::new());
         }
-        let workers: Vec<_> = self
-            .list_workers(None)
-            .await?
-            .into_iter()
-            .filter(|worker| worker.alive && !worker.draining)
-            .map(|worker| worker.capabilities())
-            .collect();
+        let workers = self.claiming_capabilities().await?;
         let sets = self
             .requirement_sets(queued.iter().map(|run| run.requirement_set))
             .await?;
@@ -158,6 +154,17 @@ impl Store {
                 };
                 (key, standing)
             })
+            .collect())
+    }
+
+    /// What each worker that claims now (alive, not draining) can run.
+    pub(super) async fn claiming_capabilities(&self) -> Result<Vec<Capabilities>, Error> {
+        Ok(self
+            .list_workers(None)
+            .await?
+            .into_iter()
+            .filter(|worker| worker.alive && !worker.draining)
+            .map(|worker| worker.capabilities())
             .collect())
     }
 
