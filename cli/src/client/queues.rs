@@ -54,16 +54,19 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
             max_starts_per_second,
             burst,
         } => {
-            let queue = c.check(
-                c.workers()
-                    .set_queue_limits(v1::SetQueueLimitsRequest {
-                        queue: name,
-                        max_running: max_running.unwrap_or(0),
-                        max_starts_per_second: max_starts_per_second.unwrap_or(0.0),
-                        burst: burst.unwrap_or(0),
-                    })
-                    .await,
-            )?;
+            let queue = c
+                .check(
+                    c.workers()
+                        .set_queue_limits(v1::SetQueueLimitsRequest {
+                            queue: name,
+                            max_running: max_running.unwrap_or(0),
+                            max_starts_per_second: max_starts_per_second.unwrap_or(0.0),
+                            burst: burst.unwrap_or(0),
+                        })
+                        .await,
+                )?
+                .queue
+                .unwrap_or_default();
             if global.json {
                 emit_json(&queue_json(&queue))?;
             } else {

@@ -77,7 +77,7 @@ impl Api {
     pub(super) async fn set_queue_limits(
         &self,
         request: &v1::SetQueueLimitsRequest,
-    ) -> ApiResult<v1::Queue> {
+    ) -> ApiResult<v1::SetQueueLimitsResponse> {
         routing::check_queue_name(&request.queue).map_err(|e| ApiError::field("queue", e))?;
         let limits = limits_from(
             request.max_running,
@@ -89,13 +89,14 @@ impl Api {
         }
         self.store.set_queue_limits(&request.queue, &limits).await?;
         let listed = self.queues().await?;
-        Ok(listed
+        let queue = listed
             .queues
             .into_iter()
             .find(|q| q.queue == request.queue)
             .unwrap_or_else(|| v1::Queue {
                 queue: request.queue.clone(),
                 ..v1::Queue::default()
-            }))
+            });
+        Ok(v1::SetQueueLimitsResponse { queue: Some(queue) })
     }
 }

@@ -148,7 +148,7 @@ service! {
         rpc list_node_kinds(ListNodeKindsRequest) -> v1::ListNodeKindsResponse =
             |api, _m| api.node_kinds();
         rpc list_queues(ListQueuesRequest) -> v1::ListQueuesResponse = |api, _m| api.queues();
-        rpc set_queue_limits(SetQueueLimitsRequest) -> v1::Queue =
+        rpc set_queue_limits(SetQueueLimitsRequest) -> v1::SetQueueLimitsResponse =
             |api, m| api.set_queue_limits(&m);
     }
 }
