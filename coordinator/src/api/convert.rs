@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use leasehold_core::ids::{AutomationId, NodeId, RunId};
 use leasehold_core::retry;
+use leasehold_core::routing;
 use leasehold_core::spec::{self, Approval, NodeSpec, Spec};
 use leasehold_proto::v1;
 use prost_types::value::Kind;
@@ -245,6 +246,15 @@ pub fn name(field: &str, text: &str) -> ApiResult<String> {
 pub const MAX_KEY_CHARS: usize = 256;
 
 /// A key that may be left empty (a request id, a concurrency key): at most [`MAX_KEY_CHARS`].
+/// A queue name where one may be given: empty is none, anything else must be a queue's name.
+pub fn optional_queue(field: &str, text: &str) -> ApiResult<Option<String>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    routing::check_queue_name(text).map_err(|e| ApiError::field(field, e))?;
+    Ok(Some(text.to_owned()))
+}
+
 pub fn optional_key(field: &str, text: &str) -> ApiResult<Option<String>> {
     if text.is_empty() {
         return Ok(None);

@@ -42,8 +42,9 @@ impl Api {
             .await?
             .into_iter()
             .filter(|w| w.alive && !w.draining)
+            .map(|w| (w.capabilities(), w))
             .collect();
-        for worker in &workers {
+        for (_, worker) in &workers {
             for queue in worker.queues.iter().flatten() {
                 if !queues.iter().any(|q| q.queue == *queue) {
                     queues.push(QueueRecord {
@@ -64,8 +65,8 @@ impl Api {
                 .map(|queue| {
                     let serving = workers
                         .iter()
-                        .filter(|w| w.capabilities().serves(&queue.queue))
-                        .map(|w| w.claimant_id.0.clone())
+                        .filter(|(can, _)| can.serves(&queue.queue))
+                        .map(|(_, w)| w.claimant_id.0.clone())
                         .collect();
                     queue_message(queue, serving)
                 })

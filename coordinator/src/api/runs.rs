@@ -1,7 +1,7 @@
 //! The `Runs` service; its watch stream is `watch/`'s.
 
 use leasehold_core::ids::{AutomationId, RunId};
-use leasehold_core::routing::{self, WaitReason};
+use leasehold_core::routing::WaitReason;
 use leasehold_core::run::{MAX_NODE_OUTPUT_BYTES, RunStatus};
 use leasehold_core::store::{
     GateRecord, NodeRecord, RunFilter, RunRecord, StartOutcome, StartRun, Trigger,
@@ -238,13 +238,7 @@ impl Api {
             trigger: Trigger::Api,
             actor: Some(self.caller.name.clone()),
             trace: self.trace.clone(),
-            queue: if request.queue.is_empty() {
-                None
-            } else {
-                routing::check_queue_name(&request.queue)
-                    .map_err(|e| ApiError::field(field("queue"), e))?;
-                Some(request.queue.clone())
-            },
+            queue: convert::optional_queue(&field("queue"), &request.queue)?,
         })
     }
 

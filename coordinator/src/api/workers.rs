@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 
 use leasehold_core::ids::ClaimantId;
 use leasehold_core::kinds::{BUILTIN_KINDS, builtin_input_schema};
-use leasehold_core::routing;
 use leasehold_core::run::RunStatus;
 use leasehold_core::store::WorkerRecord;
 use leasehold_proto::v1;
 use leasehold_proto::v1::stats_server::Stats;
 use leasehold_proto::v1::workers_server::Workers;
 
-use super::convert::{timestamp, to_struct};
+use super::convert::{self, timestamp, to_struct};
 use super::error::{ApiError, ApiResult};
 use super::runs::waiting_message;
 use super::{Api, respond, service, states};
@@ -107,13 +106,8 @@ impl Api {
     }
 
     async fn stats(&self, request: &v1::GetStatsRequest) -> ApiResult<v1::GetStatsResponse> {
-        let queue = if request.queue.is_empty() {
-            None
-        } else {
-            routing::check_queue_name(&request.queue).map_err(|e| ApiError::field("queue", e))?;
-            Some(request.queue.as_str())
-        };
-        let stats = self.store.stats(&self.tenant, queue).await?;
+        let queue = convert::optional_queue("queue", &request.queue)?;
+        let stats = self.store.stats(&self.tenant, queue.as_deref()).await?;
         Ok(v1::GetStatsResponse {
             run_counts: RunStatus::ALL
                 .into_iter()

@@ -1,7 +1,6 @@
 //! Claiming due runs, renewing their leases, and handing them back: rules 1, 2 and 6 of
 //! docs/lease_protocol.md.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -85,7 +84,8 @@ pub struct Served {
     queues: Vec<String>,
     /// Sorted. `None` (with the two below): every requirement set is met.
     kinds: Option<Vec<String>>,
-    labels: Option<BTreeMap<String, String>>,
+    /// As the statement takes them: one JSON object, made once rather than per claim.
+    labels: Option<serde_json::Value>,
     /// Sorted.
     context: Option<Vec<String>>,
 }
@@ -100,7 +100,7 @@ impl Served {
                 None => vec![DEFAULT_QUEUE.to_owned()],
             },
             kinds: Some(capabilities.kinds.iter().cloned().collect()),
-            labels: Some(capabilities.labels.clone()),
+            labels: Some(super::workers::labels_json(&capabilities.labels)),
             context: Some(capabilities.context.iter().cloned().collect()),
         }
     }
@@ -114,10 +114,6 @@ impl Served {
             labels: None,
             context: None,
         }
-    }
-
-    fn labels_json(&self) -> Option<serde_json::Value> {
-        self.labels.as_ref().map(super::workers::labels_json)
     }
 }
 
@@ -151,14 +147,14 @@ pub struct Released {
 }
 
 // One statement claims up to $2 due runs. The `due` scan walks runs_claimable_by_queue_idx (V15)
-// in claim order (priority, then oldest), one range for each queue served ($5) and each
-// requirement set the claimant meets ($6 to $8: its kinds, labels and context; set 0, runs
-// queued before V14, needs nothing), at most $2 runs from each, then keeps the first $2 of them
-// all; runs nobody here can serve are never read. It skips rows another claimer has locked, so
-// claimers never wait on each other. A range's rows that the final cut drops stay locked until
-// the statement commits: other claimers skip them for that long. Below V14 the scan walks
-// runs_claimable_idx, every queue at once. A run whose concurrency key another run holds is skipped, and one batch takes at
-// most one run per key; two claimers racing for one key are settled by runs_one_holder_per_key
+// in claim order ([`claim_order!`]), one range for each queue served ($5) and each requirement
+// set the claimant meets ($6 to $8: its kinds, labels and context; set 0, runs queued before
+// V14, needs nothing), at most $2 runs from each, then keeps the first $2 of them all; runs
+// nobody here can serve are never read. It skips rows another claimer has locked, so claimers
+// never wait on each other. A range's rows that the final cut drops stay locked until the
+// statement commits: other claimers skip them for that long. Below V14 the scan walks
+// runs_claimable_idx (priority, then oldest), every queue at once. A run whose concurrency key
+// another run holds is skipped, and one batch takes at most one run per key; two claimers racing for one key are settled by runs_one_holder_per_key
 // (the loser's statement fails and its next claim skips the key). The epoch rises by one per
 // claim; times are the database's. Each claim records its event in the same statement, with the
 // per-run sequence raised under the row lock.
@@ -270,6 +266,15 @@ allowed AS (
     };
 }
 
+/// A queued run's place in the claim order, lowest first: the ageing rule of
+/// `routing::claim_order` (a minute of waiting per level of priority), written as V15's index
+/// `runs_claimable_by_queue_idx` writes it, so that the scan walks the index in its order.
+macro_rules! claim_order {
+    () => {
+        "first_queued_micros - priority::bigint * 60000000"
+    };
+}
+
 /// A limited scope's free slots (`l` its `run_limits` row): the numbers up to its max_running
 /// that none of its held runs has in `$slot`, among the first (held + $2); `$held_by` says which
 /// runs `h` are the scope's.
@@ -343,8 +348,9 @@ const CLAIM_RUNS: Query = Query {
             AND ($8::text[] IS NULL OR context <@ $8::text[])) AS met,
     LATERAL (
         SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at,
-               automation_id, automation_version, progress_epoch, queue,
-               first_queued_micros - priority::bigint * 60000000 AS claim_order
+               automation_id, automation_version, progress_epoch, queue, ",
+            claim_order!(),
+            " AS claim_order
         FROM runs q
         WHERE status = 'queued' AND queue = served.queue AND requirement_set = met.set_id
           AND (retry_after IS NULL OR retry_after <= now())
@@ -352,7 +358,9 @@ const CLAIM_RUNS: Query = Query {
               SELECT 1 FROM runs h
               WHERE h.tenant_id = q.tenant_id AND h.concurrency_key = q.concurrency_key
                 AND h.status IN ('running', 'pausing')))
-        ORDER BY first_queued_micros - priority::bigint * 60000000, run_id
+        ORDER BY ",
+            claim_order!(),
+            ", run_id
         LIMIT $2::int
         FOR UPDATE SKIP LOCKED
     ) AS c
@@ -624,7 +632,6 @@ impl Store {
         let schema = self.schema(&client).await?;
         let claim_runs = CLAIM_RUNS.for_schema(schema);
         let lease = millis(lease);
-        let labels = served.labels_json();
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
             &claimant.as_str(),
             &limit,
@@ -632,7 +639,7 @@ impl Store {
             &starts,
             &served.queues,
             &served.kinds,
-            &labels,
+            &served.labels,
             &served.context,
         ];
         // An older schema's statement has no place for the newer arguments.

@@ -19,7 +19,7 @@ use super::{Error, RequestError, RunRecord, Store};
 // `mod.rs` re-exports this module's public items, so the automation records the listing serves
 // are re-exported from here as well.
 use crate::ids::{AutomationId, TenantId};
-use crate::routing::{Requirements, WaitReason, wait_reason};
+use crate::routing::WaitReason;
 use crate::run::RunStatus;
 
 /// Items in a page when the caller asks for none in particular (size 0).
@@ -466,17 +466,17 @@ impl Store {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let workers = self.claiming_capabilities().await?;
-        let sets = self
-            .requirement_sets(groups.iter().map(|g| g.get::<_, i64>("requirement_set")))
+        let reasons = self
+            .worker_reasons(groups.iter().map(|g| {
+                (
+                    g.get::<_, &str>("queue"),
+                    g.get::<_, i64>("requirement_set"),
+                )
+            }))
             .await?;
-        let none = Requirements::default();
         let mut waiting: Vec<(WaitReason, i64)> = Vec::new();
-        for group in &groups {
-            let requirements = sets
-                .get(&group.get::<_, i64>("requirement_set"))
-                .unwrap_or(&none);
-            let Some(reason) = wait_reason(group.get("queue"), requirements, &workers) else {
+        for (group, reason) in groups.iter().zip(reasons) {
+            let Some(reason) = reason else {
                 continue;
             };
             let n: i64 = group.get("n");

@@ -73,16 +73,17 @@ impl Store {
         if queued.is_empty() {
             return Ok(HashMap::new());
         }
-        let workers = self.claiming_capabilities().await?;
-        let sets = self
-            .requirement_sets(queued.iter().map(|run| run.requirement_set))
+        let unservable = self
+            .worker_reasons(
+                queued
+                    .iter()
+                    .map(|run| (run.queue.as_str(), run.requirement_set)),
+            )
             .await?;
-        let none = Requirements::default();
         let mut reasons = HashMap::new();
         let mut servable = Vec::new();
-        for run in queued {
-            let requirements = sets.get(&run.requirement_set).unwrap_or(&none);
-            match wait_reason(&run.queue, requirements, &workers) {
+        for (run, reason) in queued.into_iter().zip(unservable) {
+            match reason {
                 Some(reason) => {
                     reasons.insert(run.run_id, reason);
                 }
@@ -157,14 +158,26 @@ impl Store {
             .collect())
     }
 
-    /// What each worker that claims now (alive, not draining) can run.
-    pub(super) async fn claiming_capabilities(&self) -> Result<Vec<Capabilities>, Error> {
-        Ok(self
+    /// For each (queue, requirement set) of queued runs, in order, why no worker that claims
+    /// now (alive, not draining) could take such a run, or `None` when one could. Two reads:
+    /// the workers and the sets.
+    pub(super) async fn worker_reasons<'a>(
+        &self,
+        runs: impl ExactSizeIterator<Item = (&'a str, i64)> + Clone,
+    ) -> Result<Vec<Option<WaitReason>>, Error> {
+        let workers: Vec<Capabilities> = self
             .list_workers(None)
             .await?
             .into_iter()
             .filter(|worker| worker.alive && !worker.draining)
             .map(|worker| worker.capabilities())
+            .collect();
+        let sets = self
+            .requirement_sets(runs.clone().map(|(_, set)| set))
+            .await?;
+        let none = Requirements::default();
+        Ok(runs
+            .map(|(queue, set)| wait_reason(queue, sets.get(&set).unwrap_or(&none), &workers))
             .collect())
     }
 
