@@ -1,4 +1,4 @@
--- migration: expand, in a transaction
+-- migration: expand, outside a transaction
 -- Routing runs to heterogeneous worker pools (issue 19): a run goes to a queue, and needs of
 -- the one worker that runs it a set of capabilities (its nodes' kinds, the labels its nodes
 -- require, the context its automation requires). A worker claims only runs of the queues it
@@ -12,10 +12,14 @@
 --
 -- An expand step: a new table, and columns the previous release never reads, each with a
 -- constant default or none (no rewrite, no scan of runs; a brief ACCESS EXCLUSIVE lock on each
--- table). The previous release keeps claiming from runs_claimable_idx, from every queue: routing
+-- table). Statement by statement, so that no lock is held while another is awaited: a start
+-- statement locks runs and then automation_versions (the foreign key's check), so altering both
+-- in one transaction could deadlock with it. Each statement may therefore run again after a
+-- failure; runs is altered last, since its queue column is what tells this release the step is
+-- done (store/gated.rs). The previous release keeps claiming from runs_claimable_idx, from every queue: routing
 -- holds once every worker runs this release (docs/operations.md). The index the new claim walks
 -- is built by the next migration, concurrently.
-CREATE TABLE requirement_sets (
+CREATE TABLE IF NOT EXISTS requirement_sets (
     set_id   bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- Sorted, without duplicates: equal sets are equal arrays.
     kinds    text[]  NOT NULL,
@@ -30,26 +34,14 @@ CREATE TABLE requirement_sets (
 -- A version stored before this step has its kinds' set from the backfill below; one the
 -- previous release stores meanwhile has none, and its runs get set 0.
 ALTER TABLE automation_versions
-    ADD COLUMN queue text NOT NULL DEFAULT 'default',
-    ADD COLUMN requirement_set bigint;
-
--- first_queued_micros: when the run was first queued (microseconds since the epoch), kept
--- through retries, hand-backs and resumes, so that a run requeued keeps its place; with its
--- priority it makes the claim order (the ageing rule, domain/src/routing.rs `claim_order`): each
--- level of priority is worth a minute of waiting. Its default is the inserting transaction's
--- now(), so every writer sets it, the previous release's too; runs already stored get this
--- migration's time (a constant default: no rewrite).
-ALTER TABLE runs
-    ADD COLUMN queue text NOT NULL DEFAULT 'default',
-    ADD COLUMN requirement_set bigint NOT NULL DEFAULT 0,
-    ADD COLUMN first_queued_micros bigint NOT NULL
-        DEFAULT (extract(epoch FROM now()) * 1000000)::bigint;
+    ADD COLUMN IF NOT EXISTS queue text NOT NULL DEFAULT 'default',
+    ADD COLUMN IF NOT EXISTS requirement_set bigint;
 
 -- What a worker serves and holds; null for a worker of the previous release (every queue).
 ALTER TABLE workers
-    ADD COLUMN queues text[],
-    ADD COLUMN labels jsonb,
-    ADD COLUMN context text[];
+    ADD COLUMN IF NOT EXISTS queues text[],
+    ADD COLUMN IF NOT EXISTS labels jsonb,
+    ADD COLUMN IF NOT EXISTS context text[];
 
 -- Specs stored so far name no labels or context (the fields are new): their set is their kinds.
 -- Versions are few (one per distinct spec applied), so the backfill is short.
@@ -69,10 +61,22 @@ ON CONFLICT (kinds, labels, context) DO NOTHING;
 UPDATE automation_versions v
 SET requirement_set = s.set_id
 FROM requirement_sets s
-WHERE jsonb_typeof(v.spec->'nodes') = 'array'
+WHERE v.requirement_set IS NULL AND jsonb_typeof(v.spec->'nodes') = 'array'
   AND s.labels = '{}'::jsonb AND s.context = '{}'::text[]
   AND s.kinds = ARRAY(
         SELECT DISTINCT node->>'kind'
         FROM jsonb_array_elements(v.spec->'nodes') AS node
         WHERE node->>'kind' IS NOT NULL
         ORDER BY 1);
+
+-- first_queued_micros: when the run was first queued (microseconds since the epoch), kept
+-- through retries, hand-backs and resumes, so that a run requeued keeps its place; with its
+-- priority it makes the claim order (the ageing rule, domain/src/routing.rs `claim_order`): each
+-- level of priority is worth a minute of waiting. Its default is the inserting transaction's
+-- now(), so every writer sets it, the previous release's too; runs already stored get this
+-- migration's time (a constant default: no rewrite).
+ALTER TABLE runs
+    ADD COLUMN IF NOT EXISTS queue text NOT NULL DEFAULT 'default',
+    ADD COLUMN IF NOT EXISTS requirement_set bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS first_queued_micros bigint NOT NULL
+        DEFAULT (extract(epoch FROM now()) * 1000000)::bigint;
