@@ -196,6 +196,10 @@ pub struct SweepArgs {
     /// How long a gate may be pending before it is marked stale.
     #[arg(long, env = "LEASEHOLD_STALE_GATE_AFTER", default_value_t = sweeps::STALE_GATE_AFTER_DEFAULT.into())]
     stale_gate_after: humantime::Duration,
+    /// Time between deadline passes: how late past its `run_timeout_ms` or
+    /// `schedule_to_start_timeout_ms` a run fails, at most.
+    #[arg(long, env = "LEASEHOLD_DEADLINE_INTERVAL", default_value_t = sweeps::DEADLINE_INTERVAL_DEFAULT.into())]
+    deadline_interval: humantime::Duration,
     /// Time between the leader's readings of the queue for the `leasehold_queue_*` metrics.
     #[arg(long, env = "LEASEHOLD_QUEUE_METRICS_INTERVAL", default_value_t = sweeps::QUEUE_INTERVAL_DEFAULT.into())]
     queue_metrics_interval: humantime::Duration,
@@ -213,6 +217,7 @@ impl SweepArgs {
             auto_resume_window: self.auto_resume_window.into(),
             auto_resume_cap: self.auto_resume_cap,
             stale_gate_after: self.stale_gate_after.into(),
+            deadline_interval: self.deadline_interval.into(),
             queue_interval: self.queue_metrics_interval.into(),
             ..sweeps::Config::default()
         }

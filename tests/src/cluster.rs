@@ -37,7 +37,7 @@ pub struct Timings {
     pub heartbeat: Duration,
     /// Workers' polling fallback.
     pub poll: Duration,
-    /// The coordinators' reaper, pausing and auto-resume intervals.
+    /// The coordinators' reaper, pausing, auto-resume and deadline intervals.
     pub sweep: Duration,
     /// The coordinators' leader lease; renewed every third of it.
     pub leader_lease: Duration,
@@ -347,6 +347,7 @@ impl Cluster {
             .args(["--reaper-interval", &duration_arg(t.sweep)])
             .args(["--pausing-interval", &duration_arg(t.sweep)])
             .args(["--auto-resume-interval", &duration_arg(t.sweep)])
+            .args(["--deadline-interval", &duration_arg(t.sweep)])
             .env("LEASEHOLD_LOG", "info");
         let proc = self.sup.spawn(name, cmd);
         CoordinatorProc {

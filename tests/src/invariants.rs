@@ -70,6 +70,7 @@ const CLAIM_ENDS: &[&str] = &[
     "run_failed",
     "run_blocked_unreadable",
     "run_cancelled",
+    "run_timed_out",
 ];
 
 /// Events only the current holder (or a sweep acting on the holder's lease) records: they must

@@ -175,7 +175,8 @@ async fn claimants_by_run(c: &Cluster, runs: &[RunId]) -> HashMap<RunId, BTreeSe
 
 /// A run that requires a label no worker has waits in `queued` with the reason shown, and is
 /// claimed within a second of a worker with that label registering (the scenario's recovery,
-/// whose bound `conclude` checks).
+/// whose bound `conclude` checks). A run requiring a label no worker ever gets fails with
+/// `no_capable_worker` once its `schedule_to_start_timeout_ms` passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_waits_for_the_label_it_requires_and_goes_to_its_first_worker() {
     let _alone = scenario::one_at_a_time().await;
@@ -203,6 +204,14 @@ async fn label_wait(c: &mut Cluster) -> Line {
     let plain = c
         .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
         .await;
+    // Nobody will ever have a v100: this run fails once its start deadline passes.
+    let render = c
+        .automation(
+            "id: render\nschedule_to_start_timeout_ms: 3000\nnodes:\n  \
+             - {id: a, kind: noop, requires: {gpu: v100}}\n",
+        )
+        .await;
+    let doomed = c.start_runs(&render, 1).await[0];
     let run = c.start_runs(&train, 1).await[0];
     let record = c.store.run(&c.tenant, run).await.expect("run");
     let reasons = c.store.wait_reasons([&record]).await.expect("reasons");
@@ -237,9 +246,40 @@ async fn label_wait(c: &mut Cluster) -> Line {
         .expect("the run's one claim");
     assert_eq!(row.get::<_, String>("claimant"), c.claimant(a100).0);
     let after = Duration::from_secs_f64(row.get::<_, f64>("after").max(0.0));
+
+    c.wait_all(&[doomed], "failed", FINISH_DEADLINE).await;
+    let mut client = api::clients(c, c.coordinators()[0]).await;
+    let failed = client
+        .runs
+        .get_run(v1::GetRunRequest {
+            run_id: doomed.to_string(),
+        })
+        .await
+        .expect("get run")
+        .into_inner();
+    assert_eq!(failed.stop_kind(), v1::StopKind::NoCapableWorker);
+    assert!(
+        failed.stop_reason.contains("label gpu=v100"),
+        "{}",
+        failed.stop_reason
+    );
+    let late: f64 = c
+        .sql
+        .query_one(
+            "SELECT extract(epoch FROM finished_at - start_deadline)::float8 FROM runs
+             WHERE run_id = $1",
+            &[&doomed.0],
+        )
+        .await
+        .expect("the failed run")
+        .get(0);
+    assert!(
+        Duration::from_secs_f64(late.max(0.0)) <= c.timings.sweep + c.timings.margin,
+        "failed {late} s after its start deadline"
+    );
     Line {
         scenario: "label-wait",
-        runs: 2,
+        runs: 3,
         lost: 0,
         double_completed: 0,
         recovery: after,

@@ -158,6 +158,9 @@ fn spec_from_message(message: &v1::AutomationSpec) -> Spec {
         max_running: limits.max_running,
         max_starts_per_second: limits.max_starts_per_second,
         burst: limits.burst,
+        schedule_to_start_timeout_ms: (message.schedule_to_start_timeout_ms != 0)
+            .then_some(message.schedule_to_start_timeout_ms),
+        run_timeout_ms: (message.run_timeout_ms != 0).then_some(message.run_timeout_ms),
     }
 }
 
@@ -196,6 +199,8 @@ pub fn spec_message(spec: &Spec) -> v1::AutomationSpec {
         max_running: spec.max_running.unwrap_or(0),
         max_starts_per_second: spec.max_starts_per_second.unwrap_or(0.0),
         burst: spec.burst.unwrap_or(0),
+        schedule_to_start_timeout_ms: spec.schedule_to_start_timeout_ms.unwrap_or(0),
+        run_timeout_ms: spec.run_timeout_ms.unwrap_or(0),
     }
 }
 

@@ -93,6 +93,10 @@ pub fn stop_kind(kind: Option<&str>) -> v1::StopKind {
         Some("node_failed") => v1::StopKind::NodeFailed,
         Some("poisoned") => v1::StopKind::Poisoned,
         Some("unreadable") => v1::StopKind::Unreadable,
+        Some("no_capable_worker") => v1::StopKind::NoCapableWorker,
+        Some("startup_runtime_context_missing") => v1::StopKind::StartupRuntimeContextMissing,
+        Some("start_timed_out") => v1::StopKind::StartTimedOut,
+        Some("run_timed_out") => v1::StopKind::RunTimedOut,
         _ => v1::StopKind::Unspecified,
     }
 }
@@ -140,7 +144,7 @@ mod tests {
                 .to_lowercase();
             assert_eq!(queue_reason(Some(&stored)), reason);
         }
-        for value in 1..=6 {
+        for value in 1..=10 {
             let kind = v1::StopKind::try_from(value).expect("a stop kind");
             let stored = kind
                 .as_str_name()

@@ -8,6 +8,7 @@
 //! - [`pausing`]: pausing runs whose holder died are settled into `paused`.
 //! - [`auto_resume`]: stale-reaped runs are requeued within a window, up to a cap.
 //! - [`stale_gates`]: approval gates pending too long are marked stale, once.
+//! - [`deadlines`]: runs past their start or run deadline fail.
 //! - [`partitions`]: monthly event partitions are created ahead of time.
 //! - [`queue`]: the queue's standing, published as gauges (reads only).
 //!
@@ -24,6 +25,7 @@ use leasehold_core::store::{self, Leadership, Store};
 use tokio_util::sync::CancellationToken;
 
 pub mod auto_resume;
+pub mod deadlines;
 pub mod leader;
 pub mod partitions;
 pub mod pausing;
@@ -32,6 +34,7 @@ pub mod reaper;
 pub mod stale_gates;
 
 pub use auto_resume::AutoResumeOutcome;
+pub use deadlines::DeadlinesOutcome;
 pub use partitions::PartitionsOutcome;
 pub use pausing::PausingOutcome;
 pub use reaper::ReapOutcome;
@@ -59,6 +62,9 @@ pub const PAUSING_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 pub const AUTO_RESUME_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Time between stale-gate passes unless configured otherwise.
 pub const STALE_GATE_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// Time between deadline passes unless configured otherwise: how late past its deadline a run
+/// fails, at most (`MIN_RUN_DEADLINE_MS` of the spec is this).
+pub const DEADLINE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 /// Time between readings of the queue's standing unless configured otherwise.
 pub const QUEUE_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Time between partition-upkeep passes unless configured otherwise.
@@ -126,6 +132,8 @@ pub struct Config {
     pub stale_gate_interval: Duration,
     /// How long a gate may be pending before it is marked stale.
     pub stale_gate_after: Duration,
+    /// Time between deadline passes: how late past its deadline a run fails, at most.
+    pub deadline_interval: Duration,
     /// Time between partition-upkeep passes; the first pass runs when leadership is taken.
     pub partition_interval: Duration,
     /// Months of event partitions kept created, the current one included.
@@ -150,6 +158,7 @@ impl Default for Config {
             auto_resume_cap: AUTO_RESUME_CAP_DEFAULT,
             stale_gate_interval: STALE_GATE_INTERVAL_DEFAULT,
             stale_gate_after: STALE_GATE_AFTER_DEFAULT,
+            deadline_interval: DEADLINE_INTERVAL_DEFAULT,
             partition_interval: PARTITION_INTERVAL_DEFAULT,
             partition_months_ahead: PARTITION_MONTHS_AHEAD_DEFAULT,
             queue_interval: QUEUE_INTERVAL_DEFAULT,
@@ -227,6 +236,7 @@ impl Config {
             ("pausing_interval", self.pausing_interval),
             ("auto_resume_interval", self.auto_resume_interval),
             ("stale_gate_interval", self.stale_gate_interval),
+            ("deadline_interval", self.deadline_interval),
             ("partition_interval", self.partition_interval),
             ("queue_interval", self.queue_interval),
         ] {
@@ -377,6 +387,8 @@ sweeps! {
     AutoResume: "auto_resume", auto_resume -> AutoResumeOutcome, every auto_resume_interval;
     /// The stale-gate sweep.
     StaleGates: "stale_gates", stale_gates -> StaleGatesOutcome, every stale_gate_interval;
+    /// Run deadlines.
+    Deadlines: "deadlines", deadlines -> DeadlinesOutcome, every deadline_interval;
     /// Partition upkeep.
     Partitions: "partitions", partitions -> PartitionsOutcome, every partition_interval;
     /// The queue's standing, as gauges.

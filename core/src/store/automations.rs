@@ -5,7 +5,8 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::gated::{
-    LIMITS_SCHEMA_VERSION, QUEUES_SCHEMA_VERSION, START_NODES_SCHEMA_VERSION, since_schema,
+    DEADLINES_SCHEMA_VERSION, LIMITS_SCHEMA_VERSION, QUEUES_SCHEMA_VERSION,
+    START_NODES_SCHEMA_VERSION, since_schema,
 };
 use super::limits::limit_columns;
 use super::listing::Listing;
@@ -87,7 +88,8 @@ limits_cleared AS (
 // jsonb's canonical text, so key order in the author's file does not matter. $4: the nodes a
 // fresh run starts first ([`Spec::start_nodes`]), which its claim starts (V13). $5 to $8 (V14):
 // what its runs require (kinds, labels, context; found or added as a requirement set) and the
-// queue they go to.
+// queue they go to. $9 to $11 (V16): its limits. $12, $13 (V18): its runs' timeouts, which a
+// start turns into deadlines.
 const CREATE_AUTOMATION: Query = Query {
     name: "create_automation",
     sql: concat!(
@@ -104,10 +106,12 @@ const CREATE_AUTOMATION: Query = Query {
 INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash",
         since_schema!(13, ", start_nodes"),
         since_schema!(14, ", requirement_set, queue"),
+        since_schema!(18, ", schedule_to_start_timeout_ms, run_timeout_ms"),
         ")
 SELECT tenant_id, automation_id, 1, $3::jsonb, sha256(convert_to($3::jsonb::text, 'UTF8'))",
         since_schema!(13, ", $4::text[]"),
         since_schema!(14, ", (SELECT set_id FROM requirement), $8::text"),
+        since_schema!(18, ", $12::bigint, $13::bigint"),
         "
 FROM automation
 RETURNING version"
@@ -134,11 +138,13 @@ added AS (
     INSERT INTO automation_versions (tenant_id, automation_id, version, spec, spec_hash",
         since_schema!(13, ", start_nodes"),
         since_schema!(14, ", requirement_set, queue"),
+        since_schema!(18, ", schedule_to_start_timeout_ms, run_timeout_ms"),
         ")
     SELECT tenant_id, automation_id, current_version + 1, $3::jsonb,
            sha256(convert_to($3::jsonb::text, 'UTF8'))",
         since_schema!(13, ", $4::text[]"),
         since_schema!(14, ", (SELECT set_id FROM requirement), $8::text"),
+        since_schema!(18, ", $12::bigint, $13::bigint"),
         "
     FROM current
     WHERE spec_hash <> sha256(convert_to($3::jsonb::text, 'UTF8'))
@@ -418,6 +424,14 @@ impl Store {
             args.push(&max_running);
             args.push(&max_starts_per_second);
             args.push(&burst);
+        }
+        // Validation bounds both far below i64::MAX.
+        let millis = |ms: Option<u64>| ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+        let start_timeout = millis(spec.schedule_to_start_timeout_ms);
+        let run_timeout = millis(spec.run_timeout_ms);
+        if schema >= DEADLINES_SCHEMA_VERSION {
+            args.push(&start_timeout);
+            args.push(&run_timeout);
         }
         Ok(query.for_schema(schema).query(&client, &args).await?)
     }

@@ -18,6 +18,8 @@
 //!   claim takes runs of every queue, as before, and a start names no queue.
 //! - V16 gave automations and queues their limits, and runs their slots: without it a claim
 //!   checks no limit.
+//! - V18 gave versions their timeouts and runs their deadlines: without it a run is started
+//!   without deadlines, and the deadline sweep finds none.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -40,9 +42,12 @@ pub(super) const QUEUES_SCHEMA_VERSION: i32 = 14;
 /// The migration that gave runs their limits' slots, and the limits their table.
 pub(super) const LIMITS_SCHEMA_VERSION: i32 = 16;
 
+/// The migration that gave runs their deadlines, and versions their timeouts.
+pub(super) const DEADLINES_SCHEMA_VERSION: i32 = 18;
+
 /// For each gated migration, one column it added: its presence says the database has that
 /// migration. In version order.
-const MARKERS: [(i32, &str, &str); 4] = [
+const MARKERS: [(i32, &str, &str); 5] = [
     (TRACE_SCHEMA_VERSION, "runs", "trace_parent"),
     (
         START_NODES_SCHEMA_VERSION,
@@ -51,6 +56,7 @@ const MARKERS: [(i32, &str, &str); 4] = [
     ),
     (QUEUES_SCHEMA_VERSION, "runs", "queue"),
     (LIMITS_SCHEMA_VERSION, "runs", "automation_slot"),
+    (DEADLINES_SCHEMA_VERSION, "runs", "start_deadline"),
 ];
 
 /// Marks a fragment of a statement kept only on a schema at `version` or above (it names what

@@ -61,7 +61,10 @@ pub use outcomes::Failure;
 pub use queue::{QueueStanding, WORKER_DEMAND_SQL, queue_demand_sql};
 pub use runs::{RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
-pub use sweeps::{AutoResumeParams, PausingParams, PendingGateView, ReapParams, StaleGateParams};
+pub use sweeps::{
+    AutoResumeParams, DeadlineCandidate, DeadlineFailure, PausingParams, PendingGateView,
+    ReapParams, StaleGateParams,
+};
 pub use tokens::{
     MalformedToken, NewToken, Role, Secret, TOKEN_PREFIX, TokenError, TokenId, TokenRecord,
     UnknownRole,

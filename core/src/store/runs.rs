@@ -214,6 +214,29 @@ macro_rules! version_routing {
 }
 pub(super) use version_routing;
 
+/// The timeouts of the version a start pins (`v`, joined by [`version_routing!`]), V18.
+macro_rules! version_timeouts {
+    () => {
+        ", v.schedule_to_start_timeout_ms, v.run_timeout_ms"
+    };
+}
+pub(super) use version_timeouts;
+
+/// A new run's deadlines (`start_deadline`, `run_deadline`) from its version's timeouts, read
+/// from `$automation` (the start's CTE that selected [`version_timeouts!`]): null without one.
+macro_rules! run_deadlines {
+    ($automation:literal) => {
+        concat!(
+            ", now() + ",
+            $automation,
+            ".schedule_to_start_timeout_ms * interval '1 millisecond', now() + ",
+            $automation,
+            ".run_timeout_ms * interval '1 millisecond'"
+        )
+    };
+}
+pub(super) use run_deadlines;
+
 // One statement: pin the current version of an active automation, insert the run queued, and
 // record its first event, and wake idle workers. ON CONFLICT on the idempotency key yields zero
 // rows instead of an error, and the caller then compares the earlier request with this one. The
@@ -226,6 +249,7 @@ const START_RUN: Query = Query {
 WITH automation AS (
     SELECT a.current_version, a.status",
         since_schema!(14, ", v.queue AS version_queue, v.requirement_set"),
+        since_schema!(18, version_timeouts!()),
         "
     FROM automations a",
         since_schema!(14, version_routing!("a")),
@@ -237,6 +261,7 @@ inserted AS (
                       idempotency_key, status, priority, queue_reason, concurrency_key, event_seq",
         if_traced!(", trace_parent, trace_state"),
         since_schema!(14, ", queue, requirement_set"),
+        since_schema!(18, ", start_deadline, run_deadline"),
         ")
     SELECT $3::uuid, $1::text, $2::text, current_version, $4::text, $5::jsonb,
            $6::text, 'queued', $7::smallint, 'started', $8::text, 1",
@@ -245,6 +270,7 @@ inserted AS (
             14,
             ", coalesce($12::text, version_queue, 'default'), coalesce(requirement_set, 0)"
         ),
+        since_schema!(18, run_deadlines!("automation")),
         "
     FROM automation WHERE status = 'active'
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING

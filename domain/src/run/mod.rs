@@ -1,7 +1,8 @@
-//! Runs: the state machine every transition follows, which nodes of a run are ready, and which
-//! of a node's attempts count.
+//! Runs: the state machine every transition follows, which nodes of a run are ready, which of a
+//! node's attempts count, and which deadlines a run has missed.
 
 mod attempts;
+pub mod deadline;
 mod ready;
 mod state;
 

@@ -162,6 +162,8 @@ mod tests {
             max_running: None,
             max_starts_per_second: None,
             burst: None,
+            schedule_to_start_timeout_ms: None,
+            run_timeout_ms: None,
         }
     }
 

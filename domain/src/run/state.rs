@@ -138,11 +138,15 @@ pub enum Transition {
     AutoResume,
     /// An operator requeues a failed or blocked run from its checkpoint.
     Recover,
+    /// The deadline sweep fails a run never claimed by its start deadline.
+    MissStartDeadline,
+    /// The deadline sweep fails a run not finished by its run deadline.
+    MissRunDeadline,
 }
 
 impl Transition {
     /// Every transition.
-    pub const ALL: [Transition; 20] = [
+    pub const ALL: [Transition; 22] = [
         Self::Claim,
         Self::ScheduleRetry,
         Self::RequeueExpiredClaim,
@@ -163,6 +167,8 @@ impl Transition {
         Self::ResumeAtGate,
         Self::AutoResume,
         Self::Recover,
+        Self::MissStartDeadline,
+        Self::MissRunDeadline,
     ];
 
     /// The `run_events.event` name this transition records.
@@ -186,6 +192,8 @@ impl Transition {
             Self::Resume | Self::ResumeAtGate => "run_resumed",
             Self::AutoResume => "run_auto_resumed",
             Self::Recover => "run_recovered",
+            Self::MissStartDeadline => "run_start_timed_out",
+            Self::MissRunDeadline => "run_timed_out",
         }
     }
 
@@ -203,7 +211,8 @@ impl Transition {
             | Self::AwaitApproval => from == S::Running,
             Self::Complete | Self::Fail => from.is_held(),
             Self::BlockUnreadable => from == S::Queued || from.is_held(),
-            Self::Cancel => !from.is_terminal(),
+            Self::Cancel | Self::MissRunDeadline => !from.is_terminal(),
+            Self::MissStartDeadline => from == S::Queued,
             Self::Pause => matches!(from, S::Queued | S::AwaitingApproval),
             Self::SettlePause => from == S::Pausing,
             Self::Approve | Self::Rework => from == S::AwaitingApproval,
@@ -228,7 +237,7 @@ impl Transition {
             Self::BlockPoisoned | Self::BlockUnreadable => S::Blocked,
             Self::StaleReap | Self::Pause | Self::SettlePause => S::Paused,
             Self::Complete => S::Completed,
-            Self::Fail => S::Failed,
+            Self::Fail | Self::MissStartDeadline | Self::MissRunDeadline => S::Failed,
             Self::Cancel => S::Cancelled,
             Self::RequestPause => S::Pausing,
             Self::AwaitApproval | Self::ResumeAtGate => S::AwaitingApproval,
@@ -361,7 +370,14 @@ mod tests {
             S::AwaitingApproval,
         ] {
             check(from, T::Cancel, Some((S::Cancelled, "run_cancelled")));
+            check(from, T::MissRunDeadline, Some((S::Failed, "run_timed_out")));
         }
+        check(
+            S::Queued,
+            T::MissStartDeadline,
+            Some((S::Failed, "run_start_timed_out")),
+        );
+        check(S::Running, T::MissStartDeadline, None);
     }
 
     #[test]

@@ -15,8 +15,8 @@ pub use parse::{MAX_TEXT_BYTES, from_stored, parse, parse_json, parse_yaml};
 pub use validate::{
     MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_CAP_MS, MAX_BACKOFF_FACTOR, MAX_CONTEXT_NAMES,
     MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_INPUT_BYTES, MAX_KIND_CHARS, MAX_LABELS_PER_NODE,
-    MAX_NODES, MAX_PROMPT_CHARS, MAX_TIMEOUT_MS, MIN_BACKOFF_FACTOR, SpecError, Violation,
-    validate,
+    MAX_NODES, MAX_PROMPT_CHARS, MAX_RUN_DEADLINE_MS, MAX_TIMEOUT_MS, MIN_BACKOFF_FACTOR,
+    MIN_RUN_DEADLINE_MS, SpecError, Violation, validate,
 };
 
 /// Attempts of a node unless its spec says otherwise.
@@ -51,6 +51,14 @@ pub struct Spec {
     /// Starts the rate allows at once after a quiet spell; one second's worth unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// A run not claimed this long after its start fails (`no_capable_worker`,
+    /// `startup_runtime_context_missing` or `start_timed_out`, by why it waited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_to_start_timeout_ms: Option<u64>,
+    /// A run not finished this long after its start (time queued included) fails
+    /// (`run_timed_out`), its running nodes stopped as a cancel stops them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_timeout_ms: Option<u64>,
     /// The nodes, in the order their author wrote them.
     pub nodes: Vec<NodeSpec>,
 }

@@ -34,6 +34,12 @@ pub const MAX_BACKOFF_FACTOR: f64 = 10.0;
 pub const MAX_DESCRIPTION_CHARS: usize = 4_096;
 /// Longest approval prompt, in characters.
 pub const MAX_PROMPT_CHARS: usize = 4_096;
+/// Longest deadline of a run (`schedule_to_start_timeout_ms`, `run_timeout_ms`), in
+/// milliseconds: 30 days.
+pub const MAX_RUN_DEADLINE_MS: u64 = 30 * 86_400_000;
+/// Shortest deadline of a run, in milliseconds: the deadline sweep looks once a second, so a
+/// shorter one could not be kept.
+pub const MIN_RUN_DEADLINE_MS: u64 = 1_000;
 /// Most context names an automation may require.
 pub const MAX_CONTEXT_NAMES: usize = 32;
 /// Most labels one node may require.
@@ -130,6 +136,23 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     check_requires_context(&spec.requires_context, &mut out);
     for (field, message) in spec.limits().violations() {
         out.push(violation(field.to_owned(), None, message));
+    }
+    for (field, ms) in [
+        (
+            "schedule_to_start_timeout_ms",
+            spec.schedule_to_start_timeout_ms,
+        ),
+        ("run_timeout_ms", spec.run_timeout_ms),
+    ] {
+        if let Some(ms) = ms
+            && !(MIN_RUN_DEADLINE_MS..=MAX_RUN_DEADLINE_MS).contains(&ms)
+        {
+            out.push(violation(
+                field.to_owned(),
+                None,
+                format!("is {ms}; must be {MIN_RUN_DEADLINE_MS} to {MAX_RUN_DEADLINE_MS} ms"),
+            ));
+        }
     }
     if spec.nodes.is_empty() {
         out.push(violation(
@@ -585,6 +608,8 @@ mod tests {
             max_running: None,
             max_starts_per_second: None,
             burst: None,
+            schedule_to_start_timeout_ms: None,
+            run_timeout_ms: None,
         }
     }
 
@@ -605,6 +630,8 @@ mod tests {
             max_running: None,
             max_starts_per_second: None,
             burst: None,
+            schedule_to_start_timeout_ms: None,
+            run_timeout_ms: None,
         }
     }
 
@@ -911,6 +938,8 @@ mod tests {
             max_running: None,
             max_starts_per_second: None,
             burst: None,
+            schedule_to_start_timeout_ms: None,
+            run_timeout_ms: None,
         };
         let got: Vec<_> = violations(&spec)
             .into_iter()
@@ -996,6 +1025,26 @@ mod tests {
         // Several nodes may require one label, with one value.
         spec.nodes[3].requires = requires(&[("key1", "v"), ("example.com/gpu", "a100")]);
         assert_eq!(validate(&spec), Ok(()));
+    }
+
+    #[test]
+    fn deadlines_within_their_bounds() {
+        let mut spec = diamond();
+        spec.schedule_to_start_timeout_ms = Some(MIN_RUN_DEADLINE_MS);
+        spec.run_timeout_ms = Some(MAX_RUN_DEADLINE_MS);
+        assert_eq!(validate(&spec), Ok(()));
+        check(
+            |s| s.schedule_to_start_timeout_ms = Some(MIN_RUN_DEADLINE_MS - 1),
+            "schedule_to_start_timeout_ms",
+            None,
+            "is 999; must be 1000 to 2592000000 ms",
+        );
+        check(
+            |s| s.run_timeout_ms = Some(MAX_RUN_DEADLINE_MS + 1),
+            "run_timeout_ms",
+            None,
+            "is 2592000001; must be 1000",
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! handovers between coordinators.
 
 mod auto_resume;
+mod deadlines;
 mod leader;
 mod partitions;
 mod pausing;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
-use super::{Routing, version_routing};
+use super::{Routing, run_deadlines, version_routing, version_timeouts};
 use super::{RunRecord, StartRun, own_trace, read_run, run_columns, same_request};
 use crate::ids::{LeaseEpoch, RunId};
 use crate::run::RunStatus;
@@ -50,6 +50,7 @@ WITH request AS (
 automation AS (
     SELECT a.tenant_id, a.automation_id, a.current_version, a.status",
         since_schema!(14, ", v.queue AS version_queue, v.requirement_set"),
+        since_schema!(18, version_timeouts!()),
         "
     FROM automations a",
         since_schema!(14, version_routing!("a")),
@@ -66,6 +67,7 @@ inserted AS (
                       idempotency_key, status, priority, queue_reason, concurrency_key, event_seq",
         if_traced!(", trace_parent, trace_state"),
         since_schema!(14, ", queue, requirement_set"),
+        since_schema!(18, ", start_deadline, run_deadline"),
         ")
     SELECT q.run_id, q.tenant_id, q.automation_id, a.current_version, q.trigger, q.inputs,
            q.idempotency_key, 'queued', q.priority, 'started', q.concurrency_key, 1",
@@ -74,6 +76,7 @@ inserted AS (
             14,
             ", coalesce(q.queue, a.version_queue, 'default'), coalesce(a.requirement_set, 0)"
         ),
+        since_schema!(18, run_deadlines!("a")),
         "
     FROM request q JOIN automation a USING (tenant_id, automation_id)
     WHERE NOT EXISTS (SELECT 1 FROM refused)

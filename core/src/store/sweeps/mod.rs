@@ -11,6 +11,7 @@
 //! of deadlocking.
 
 mod auto_resume;
+mod deadlines;
 mod partitions;
 mod pausing;
 mod reaper;
@@ -28,6 +29,7 @@ use crate::lease::LeaseView;
 use crate::run::{RunStatus, UnknownStatus};
 
 pub use auto_resume::AutoResumeParams;
+pub use deadlines::{DeadlineCandidate, DeadlineFailure};
 pub use pausing::PausingParams;
 pub use reaper::ReapParams;
 pub use stale_gates::{PendingGateView, StaleGateParams};
@@ -46,6 +48,7 @@ pub(super) fn queries() -> impl Iterator<Item = &'static Query> {
         reaper::QUERIES,
         pausing::QUERIES,
         auto_resume::QUERIES,
+        deadlines::QUERIES,
         stale_gates::QUERIES,
         partitions::QUERIES,
     ]
