@@ -318,30 +318,43 @@ impl LimitSession {
 // --- The backlog ---------------------------------------------------------------------------------
 
 // Finished and queued runs of one automation, as the product leaves them: a completed run has
-// been started and finished and holds no lease; a queued one is due. They arrive one
-// microsecond apart, so that the queue's order follows the table's, as with real arrivals.
+// been started and finished and holds no lease; a queued one is due, with the version's
+// requirement set, as a start gives it. They arrive one microsecond apart (`first_queued_micros`
+// too), so that the claim order follows the table's, as with real arrivals. The k-th queued run
+// goes to queue k mod n of the n queues in $5, and the completed runs after it to the same queue,
+// so that every queue holds an equal share of the queued runs, in arrival order.
 const BACKLOG_FILL: &str = "\
 INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, status,
-                  queue_reason, created_at, queued_at, started_at, finished_at, event_seq)
+                  queue_reason, created_at, queued_at, started_at, finished_at, event_seq,
+                  queue, requirement_set, first_queued_micros)
 SELECT gen_random_uuid(), $1::text, $2::text, 1, 'api',
        CASE WHEN g % $4::int8 = 0 THEN 'queued' ELSE 'completed' END,
        CASE WHEN g % $4::int8 = 0 THEN 'started' END,
        now() + g * interval '1 microsecond', now() + g * interval '1 microsecond',
        CASE WHEN g % $4::int8 = 0 THEN NULL ELSE now() END,
        CASE WHEN g % $4::int8 = 0 THEN NULL ELSE now() END,
-       CASE WHEN g % $4::int8 = 0 THEN 1 ELSE 4 END
-FROM generate_series(1, $3::int8) AS g";
+       CASE WHEN g % $4::int8 = 0 THEN 1 ELSE 4 END,
+       ($5::text[])[1 + ((g / $4::int8) % cardinality($5::text[]))::int],
+       v.requirement_set,
+       (extract(epoch FROM now()) * 1000000)::int8 + g
+FROM generate_series(1, $3::int8) AS g,
+     (SELECT coalesce((SELECT requirement_set FROM automation_versions
+                       WHERE tenant_id = $1::text AND automation_id = $2::text AND version = 1),
+                      0) AS requirement_set) AS v";
 
-/// Adds `n` runs, one in `every` of them queued and the rest completed.
+/// Adds `n` runs, one in `every` of them queued and the rest completed, spread over `queues`
+/// (at least one).
 pub async fn backlog_fill(
     client: &Client,
     tenant: &str,
     automation: &str,
     n: i64,
     every: i64,
+    queues: &[String],
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(!queues.is_empty(), "a backlog needs a queue");
     client
-        .execute(BACKLOG_FILL, &[&tenant, &automation, &n, &every])
+        .execute(BACKLOG_FILL, &[&tenant, &automation, &n, &every, &queues])
         .await
         .context("filling the backlog")?;
     Ok(())
@@ -367,10 +380,12 @@ pub async fn vacuum_runs(client: &Client) -> anyhow::Result<()> {
 }
 
 const COUNT_RUNS: &str = "\
-SELECT count(*), count(*) FILTER (WHERE status = 'queued') FROM runs";
+SELECT count(*), count(*) FILTER (WHERE status = 'queued'),
+       count(DISTINCT queue) FILTER (WHERE status = 'queued')
+FROM runs";
 
-/// All runs, and the queued ones.
-pub async fn count_runs(client: &Client) -> anyhow::Result<(i64, i64)> {
+/// All runs, the queued ones, and the queues they are queued in.
+pub async fn count_runs(client: &Client) -> anyhow::Result<(i64, i64, i64)> {
     let row = client.query_one(COUNT_RUNS, &[]).await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.get(0), row.get(1), row.get(2)))
 }

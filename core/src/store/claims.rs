@@ -149,10 +149,13 @@ pub struct Released {
 // One statement claims up to $2 due runs. The `due` scan walks runs_claimable_by_queue_idx (V15)
 // in claim order ([`claim_order!`]), one range for each queue served ($5) and each requirement
 // set the claimant meets ($6 to $8: its kinds, labels and context; set 0, runs queued before
-// V14, needs nothing), at most $2 runs from each, then keeps the first $2 of them all; runs
-// nobody here can serve are never read. It skips rows another claimer has locked, so claimers
-// never wait on each other. A range's rows that the final cut drops stay locked until the
-// statement commits: other claimers skip them for that long. Below V14 the scan walks
+// V14, needs nothing); runs nobody here can serve are never read. It walks them twice. First
+// without locks, at most $2 runs from each range, to find how many of the first $2 of them all
+// each range holds (its quota). Then each range again, locking its quota of runs and skipping
+// rows another claimer has locked, so claimers never wait on each other, and a run another
+// claimer took is replaced by the range's next. Locking at most $2 runs from every range
+// instead would lock (ranges × $2) rows to keep $2: twenty queues made a claim of 512 five
+// times slower once each held 512 runs (bench/README.md, backlog over 20 queues). Below V14 the scan walks
 // runs_claimable_idx (priority, then oldest), every queue at once. A run whose concurrency key
 // another run holds is skipped, and one batch takes at most one run per key; two claimers racing for one key are settled by runs_one_holder_per_key
 // (the loser's statement fails and its next claim skips the key). The epoch rises by one per
@@ -339,20 +342,41 @@ const CLAIM_RUNS: Query = Query {
             14,
             "
     SELECT c.*
-    FROM unnest($5::text[]) AS served(queue),
-         (SELECT 0::bigint AS set_id
-          UNION ALL
-          SELECT set_id FROM requirement_sets
-          WHERE ($6::text[] IS NULL OR kinds <@ $6::text[])
-            AND ($7::jsonb IS NULL OR labels <@ $7::jsonb)
-            AND ($8::text[] IS NULL OR context <@ $8::text[])) AS met,
+    FROM (
+        SELECT head.queue, head.set_id, count(*)::int AS quota
+        FROM (
+            SELECT h.queue, h.set_id
+            FROM unnest($5::text[]) AS served(queue),
+                 (SELECT 0::bigint AS set_id
+                  UNION ALL
+                  SELECT set_id FROM requirement_sets
+                  WHERE ($6::text[] IS NULL OR kinds <@ $6::text[])
+                    AND ($7::jsonb IS NULL OR labels <@ $7::jsonb)
+                    AND ($8::text[] IS NULL OR context <@ $8::text[])) AS met,
+            LATERAL (
+                SELECT served.queue, met.set_id, run_id, ",
+            claim_order!(),
+            " AS claim_order
+                FROM runs q
+                WHERE status = 'queued' AND queue = served.queue AND requirement_set = met.set_id
+                  AND (retry_after IS NULL OR retry_after <= now())
+                ORDER BY ",
+            claim_order!(),
+            ", run_id
+                LIMIT $2::int
+            ) AS h
+            ORDER BY h.claim_order, h.run_id
+            LIMIT $2::int
+        ) AS head
+        GROUP BY head.queue, head.set_id
+    ) AS ranges,
     LATERAL (
         SELECT run_id, retry_node_id, tenant_id, concurrency_key, priority, queued_at,
                automation_id, automation_version, progress_epoch, queue, ",
             claim_order!(),
             " AS claim_order
         FROM runs q
-        WHERE status = 'queued' AND queue = served.queue AND requirement_set = met.set_id
+        WHERE status = 'queued' AND queue = ranges.queue AND requirement_set = ranges.set_id
           AND (retry_after IS NULL OR retry_after <= now())
           AND (concurrency_key IS NULL OR NOT EXISTS (
               SELECT 1 FROM runs h
@@ -361,7 +385,7 @@ const CLAIM_RUNS: Query = Query {
         ORDER BY ",
             claim_order!(),
             ", run_id
-        LIMIT $2::int
+        LIMIT ranges.quota
         FOR UPDATE SKIP LOCKED
     ) AS c
     ORDER BY c.claim_order, c.run_id

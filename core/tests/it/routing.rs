@@ -310,3 +310,108 @@ async fn claims_follow_the_ageing_rule() {
     };
     assert_eq!(order, vec![very_high, old_low, new_high, newer_high]);
 }
+
+/// A low-priority run under a steady stream of higher-priority runs is claimed within the ageing
+/// rule's bound (`routing::AGEING_PER_PRIORITY_LEVEL_MICROS`): it waits behind the runs first
+/// queued up to the priority gap × a minute after it, and no longer. Time is simulated by writing
+/// each run's first queueing: a run of priority 0, then every 10 s three runs of priority 2 and
+/// two claims, so the stream outruns the claims and under priority alone the low run would wait
+/// forever.
+#[tokio::test]
+async fn a_low_priority_run_under_a_stream_of_higher_ones_is_claimed_within_its_bound() {
+    const HIGH: i16 = 2;
+    const TICK_MICROS: i64 = 10_000_000;
+    const ARRIVALS_PER_TICK: usize = 3;
+    const CLAIMS_PER_TICK: usize = 2;
+    const MAX_TICKS: i64 = 100;
+    let b = setup().await;
+    let plain = b
+        .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
+        .await;
+    let start = |priority: i16| {
+        let request = StartRun {
+            priority,
+            ..b.start_request(&plain)
+        };
+        let store = b.store.clone();
+        async move { store.start_run(&request).await.expect("start").run_id }
+    };
+    let bound = i64::from(HIGH) * leasehold_core::routing::AGEING_PER_PRIORITY_LEVEL_MICROS;
+    let low = start(0).await;
+    let t: i64 = b
+        .sql
+        .query_one(
+            "SELECT first_queued_micros FROM runs WHERE run_id = $1",
+            &[&low.0],
+        )
+        .await
+        .expect("the low run's first queueing")
+        .get(0);
+
+    let mut first_queued = std::collections::HashMap::new();
+    let mut claimed_before = Vec::new();
+    let mut claimed_in_tick = None;
+    'ticks: for tick in 0..MAX_TICKS {
+        let now = t + tick * TICK_MICROS;
+        for _ in 0..ARRIVALS_PER_TICK {
+            let run = start(HIGH).await;
+            b.sql
+                .execute(
+                    "UPDATE runs SET first_queued_micros = $2 WHERE run_id = $1",
+                    &[&run.0, &now],
+                )
+                .await
+                .expect("queue in simulated time");
+            first_queued.insert(run, now);
+        }
+        for _ in 0..CLAIMS_PER_TICK {
+            let run = b.claim_one("w").await.claim.run_id();
+            if run == low {
+                claimed_in_tick = Some(tick);
+                break 'ticks;
+            }
+            claimed_before.push(run);
+        }
+    }
+
+    let tick = claimed_in_tick.expect("the low run is claimed while the stream goes on");
+    for run in &claimed_before {
+        assert!(
+            first_queued[run] - t <= bound,
+            "{run} was first queued {} s after the low run, past the bound of {} s",
+            (first_queued[run] - t) / 1_000_000,
+            bound / 1_000_000
+        );
+    }
+    // Both sides of the bound: every run first queued less than it after the low run went first.
+    for (run, at) in &first_queued {
+        if at - t < bound {
+            assert!(
+                claimed_before.contains(run),
+                "{run}, queued {} s after the low run, was not claimed before it",
+                (at - t) / 1_000_000
+            );
+        }
+    }
+    // The stream outran the claims: runs it queued before the low run's claim still wait, so
+    // priority alone would have taken one of them instead.
+    let waiting: Vec<RunId> = b
+        .sql
+        .query(
+            "SELECT run_id FROM runs WHERE status = 'queued' AND priority = $1",
+            &[&HIGH],
+        )
+        .await
+        .expect("waiting runs")
+        .iter()
+        .map(|row| RunId(row.get(0)))
+        .collect();
+    let arrived = usize::try_from(tick + 1).expect("ticks") * ARRIVALS_PER_TICK;
+    assert_eq!(waiting.len(), arrived - claimed_before.len());
+    assert!(
+        waiting.len() > usize::try_from(tick).expect("ticks"),
+        "the stream grew by a run a tick: {} waiting after {} ticks",
+        waiting.len(),
+        tick + 1
+    );
+}
