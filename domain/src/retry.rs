@@ -57,6 +57,22 @@ pub fn next_delay(policy: &Policy, attempt: u32, jitter_sample: f64) -> Duration
     Duration::from_millis(jittered.round() as u64)
 }
 
+/// The delay after failed attempt number `attempt` when the failure may have asked for one
+/// (`asked`, an HTTP `Retry-After`, say): the delay asked, capped by `cap_ms` (a server cannot
+/// park a node longer than its author allowed) and without jitter (it asked for that instant);
+/// else [`next_delay`].
+pub fn delay_after_failure(
+    policy: &Policy,
+    attempt: u32,
+    jitter_sample: f64,
+    asked: Option<Duration>,
+) -> Duration {
+    match asked {
+        Some(asked) => asked.min(Duration::from_millis(policy.cap_ms)),
+        None => next_delay(policy, attempt, jitter_sample),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +124,17 @@ mod tests {
     #[test]
     fn attempt_zero_is_treated_as_the_first() {
         check(policy(300, 3.0, 10_000, 0.0), 0, 0.0, 300);
+    }
+
+    #[test]
+    fn an_asked_delay_wins_up_to_the_cap_and_takes_no_jitter() {
+        let p = policy(1_000, 2.0, 60_000, 0.5);
+        let after = |asked: Option<u64>, sample| {
+            delay_after_failure(&p, 3, sample, asked.map(Duration::from_millis))
+        };
+        assert_eq!(after(Some(7_000), 1.0), Duration::from_millis(7_000));
+        assert_eq!(after(Some(0), 1.0), Duration::ZERO);
+        assert_eq!(after(Some(3_600_000), 0.0), Duration::from_millis(60_000));
+        assert_eq!(after(None, 1.0), next_delay(&p, 3, 1.0));
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use leasehold_core::ids::{LeaseEpoch, NodeId, RunId};
 use leasehold_core::kinds::{Schema, SchemaError};
@@ -75,10 +76,21 @@ impl Context {
 
 /// Why an attempt failed, and whether another attempt may succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandlerError {
-    /// Transient: a timeout, a dropped connection, a 5xx. Retried while attempts remain.
+    /// Transient: a timeout, a dropped connection, a 5xx. Retried while attempts remain, after
+    /// the node's backoff.
     #[error("{0}")]
     Retryable(String),
+    /// Transient, and the other side said when to come back (an HTTP `Retry-After`): retried
+    /// while attempts remain, after `after`, but never later than the node's backoff cap.
+    #[error("{message}")]
+    RetryableAfter {
+        /// What went wrong.
+        message: String,
+        /// The delay asked for.
+        after: Duration,
+    },
     /// Permanent: bad input, a 4xx, a program that says so. Fails the run at once.
     #[error("{0}")]
     Terminal(String),
@@ -87,7 +99,27 @@ pub enum HandlerError {
 impl HandlerError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable(_))
+        matches!(self, Self::Retryable(_) | Self::RetryableAfter { .. })
+    }
+
+    /// The delay before the next attempt that the failure asked for, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RetryableAfter { after, .. } => Some(*after),
+            Self::Retryable(_) | Self::Terminal(_) => None,
+        }
+    }
+
+    /// The same failure, its message prefixed with `what` (`"GET https://…: "`).
+    pub fn within(self, what: &str) -> Self {
+        match self {
+            Self::Retryable(m) => Self::Retryable(format!("{what}: {m}")),
+            Self::RetryableAfter { message, after } => Self::RetryableAfter {
+                message: format!("{what}: {message}"),
+                after,
+            },
+            Self::Terminal(m) => Self::Terminal(format!("{what}: {m}")),
+        }
     }
 }
 

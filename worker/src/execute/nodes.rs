@@ -344,6 +344,7 @@ impl Execution<'_> {
                 // Postgres text cannot hold NUL; a message with one would fail the write.
                 let message = error.to_string().replace('\0', "\u{fffd}");
                 let retryable = error.is_retryable();
+                let asked = error.retry_after();
                 fenced(stop, || {
                     store.node_failed(&claim, &done.node_id, &message, retryable)
                 })
@@ -360,7 +361,8 @@ impl Execution<'_> {
                     // Backoff grows with the attempts that count: one a shutdown interrupted
                     // did not fail.
                     let counted = state.counted_attempts();
-                    let delay = retry::next_delay(&node.backoff, counted, fastrand::f64());
+                    let delay =
+                        retry::delay_after_failure(&node.backoff, counted, fastrand::f64(), asked);
                     metrics::counter!("leasehold_worker_retries_scheduled_total", "kind" => node.kind.clone())
                         .increment(1);
                     self.retry

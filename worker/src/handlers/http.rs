@@ -5,12 +5,12 @@ mod destination;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use leasehold_core::trace::TraceContext;
 use leasehold_telemetry::context::{TRACEPARENT, TRACESTATE};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, Method, Response, StatusCode, Url, redirect};
 use serde_json::{Map, Value, json};
 
@@ -82,6 +82,8 @@ const FIELDS: [&str; 6] = [
 ///
 /// # Failures
 /// - Retryable: 5xx, 408 and 429 responses, connection failures, resets, timeouts, cancellation.
+///   A 429 or 503 with `Retry-After` (seconds or a date) asks for that delay
+///   ([`HandlerError::RetryableAfter`]), which the node's backoff cap bounds.
 /// - Terminal: bad input (the message names the field), other 4xx and 3xx responses, a
 ///   response larger than `max_response_bytes` (default and maximum 1 MiB), a refused
 ///   destination (the message names the address and its class), and more than
@@ -219,10 +221,7 @@ impl Handler for Http {
             result = deadline => result,
             () = ctx.cancel.cancelled() => Err(HandlerError::Retryable("cancelled".into())),
         };
-        result.map_err(|e| match e {
-            HandlerError::Retryable(m) => HandlerError::Retryable(format!("{what}: {m}")),
-            HandlerError::Terminal(m) => HandlerError::Terminal(format!("{what}: {m}")),
-        })
+        result.map_err(|e| e.within(&what))
     }
 
     fn input_schema(&self) -> Option<Value> {
@@ -266,15 +265,36 @@ impl Http {
                 Ok(json!({ "status": status.as_u16(), "body": parse_body(&body) }))
             }
             outcome => {
+                // Read before the body, which `excerpt` consumes.
+                let asked = asked_delay(status, response.headers(), SystemTime::now());
                 let excerpt = excerpt(&mut response).await;
                 let message = format!("HTTP {status}: {excerpt}");
-                Err(match outcome {
-                    Outcome::Retry => HandlerError::Retryable(message),
+                Err(match (outcome, asked) {
+                    (Outcome::Retry, Some(after)) => HandlerError::RetryableAfter {
+                        message: format!("{message} (Retry-After: {} ms)", after.as_millis()),
+                        after,
+                    },
+                    (Outcome::Retry, None) => HandlerError::Retryable(message),
                     _ => HandlerError::Terminal(message),
                 })
             }
         }
     }
+}
+
+/// The delay a 429 or 503 response asks for in its `Retry-After` header (RFC 9110, 10.2.3):
+/// seconds, or an HTTP date (a date already past asks for none). Other statuses, a missing
+/// header, or one that says neither, ask for nothing, and the node's backoff applies.
+fn asked_delay(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if !matches!(status.as_u16(), 429 | 503) {
+        return None;
+    }
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// What a response status means for the attempt.
@@ -539,6 +559,35 @@ mod tests {
         check(429, Outcome::Retry);
         check(500, Outcome::Retry);
         check(503, Outcome::Retry);
+    }
+
+    #[test]
+    fn retry_after_is_read_from_429_and_503_as_seconds_or_a_date() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").expect("date");
+        let asked = |code: u16, value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(RETRY_AFTER, HeaderValue::from_str(value).expect("value"));
+            }
+            asked_delay(StatusCode::from_u16(code).unwrap(), &headers, now)
+        };
+        assert_eq!(asked(429, Some("120")), Some(Duration::from_secs(120)));
+        assert_eq!(asked(503, Some(" 0 ")), Some(Duration::ZERO));
+        assert_eq!(
+            asked(503, Some("Wed, 21 Oct 2026 07:28:30 GMT")),
+            Some(Duration::from_secs(30))
+        );
+        // A date already past asks for no wait at all.
+        assert_eq!(
+            asked(429, Some("Wed, 21 Oct 2026 07:00:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(asked(429, None), None);
+        assert_eq!(asked(429, Some("soon")), None);
+        assert_eq!(asked(429, Some("-5")), None);
+        // Only the statuses that mean "come back later" are taken at their word.
+        assert_eq!(asked(500, Some("120")), None);
+        assert_eq!(asked(301, Some("120")), None);
     }
 
     #[test]

@@ -80,7 +80,8 @@ impl Ledger {
 }
 
 /// The `record` kind: notes each attempt; `input.sleep_ms` sleeps (until cancelled);
-/// `input.fail_first` fails that many attempts (retryably); `input.terminal` fails for good;
+/// `input.fail_first` fails that many attempts (retryably, asking for `input.retry_after_ms`
+/// when set); `input.terminal` fails for good;
 /// `input.panic` panics; `input.nul_output` returns text with a NUL character.
 #[derive(Clone)]
 pub struct Record(pub Ledger);
@@ -135,10 +136,16 @@ impl Handler for Record {
             return Err(HandlerError::Terminal("told to fail for good".into()));
         }
         if u64::from(ctx.attempt) <= input_u64(&ctx, "fail_first") {
-            return Err(HandlerError::Retryable(format!(
-                "planned failure {}",
-                ctx.attempt
-            )));
+            let message = format!("planned failure {}", ctx.attempt);
+            return Err(
+                match ctx.input.get("retry_after_ms").and_then(Value::as_u64) {
+                    Some(ms) => HandlerError::RetryableAfter {
+                        message,
+                        after: std::time::Duration::from_millis(ms),
+                    },
+                    None => HandlerError::Retryable(message),
+                },
+            );
         }
         Ok(json!({ "node": ctx.node_id.as_str(), "attempt": ctx.attempt }))
     }

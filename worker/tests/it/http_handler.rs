@@ -211,6 +211,29 @@ async fn too_many_requests_is_retryable() {
 }
 
 #[tokio::test]
+async fn too_many_requests_with_retry_after_asks_for_that_delay() {
+    let (addr, _requests) = serve(
+        b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 4\r\n\
+          connection: close\r\n\r\nslow"
+            .to_vec(),
+    )
+    .await;
+
+    let result = http()
+        .run(ctx(json!({ "url": format!("http://{addr}/") })))
+        .await;
+
+    let error = result.expect_err("a 429");
+    assert!(error.is_retryable(), "{error:?}");
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    let message = error.to_string();
+    assert!(
+        message.contains("429") && message.contains("slow") && message.contains("7000 ms"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn not_found_is_terminal() {
     let (addr, _requests) = serve(response("404 Not Found", "text/plain", b"no such")).await;
 

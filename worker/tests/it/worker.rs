@@ -157,6 +157,47 @@ nodes:
     );
 }
 
+/// A failure that asks for a delay (an HTTP `Retry-After`) is retried after it, not after the
+/// node's backoff; a delay beyond the backoff cap is cut to the cap.
+#[tokio::test]
+async fn a_failure_asking_for_a_delay_is_retried_after_it_up_to_the_cap() {
+    let b = setup().await;
+    let spec = |id: &str, asked_ms: u64| {
+        format!(
+            "id: {id}
+nodes:
+  - id: flaky
+    kind: record
+    input: {{fail_first: 1, retry_after_ms: {asked_ms}}}
+    max_attempts: 2
+    backoff: {{base_ms: 1, cap_ms: 600000, factor: 1.0, jitter: 0.0}}
+"
+        )
+    };
+    let asked = b.automation(&spec("asked", 120_000)).await;
+    let capped = b.automation(&spec("capped", 3_600_000)).await;
+    let worker = b.spawn_worker(config("w1"));
+    for (automation, want) in [(asked, 120_000), (capped, 600_000)] {
+        let run_id = b.start(&automation).await;
+        let run = wait_for(DEADLINE, "the retry to be scheduled", || async {
+            let run = b.run(run_id).await;
+            (run.status == RunStatus::Queued && run.retry_attempt == Some(2)).then_some(run)
+        })
+        .await;
+        let delay_ms: i64 = b
+            .sql
+            .query_one(
+                "SELECT retry_backoff_ms FROM runs WHERE run_id = $1",
+                &[&run_id.0],
+            )
+            .await
+            .expect("run row")
+            .get(0);
+        assert_eq!(delay_ms, want, "{}", run.automation_id.as_str());
+    }
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn a_node_failing_past_max_attempts_fails_the_run_and_skips_what_follows() {
     let b = setup().await;
