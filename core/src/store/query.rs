@@ -140,3 +140,41 @@ macro_rules! notify_stopped {
     };
 }
 pub(super) use notify_stopped;
+
+/// The CTEs that stop what a run ended by a statement (the CTE `$ended`, one `run_id` per run)
+/// left open: its running node rows fail with `$node_error` (not retryable), and its pending
+/// gates close as cancelled with `$gate_reason`, so nobody is asked to approve a run that will
+/// never continue. They follow the runs rows' update, the order every statement that decides a
+/// gate takes the rows in.
+macro_rules! close_open_work {
+    ($ended:literal, $node_error:literal, $gate_reason:literal) => {
+        concat!(
+            "interrupted AS (
+    UPDATE run_nodes n
+    SET status = 'failed', last_error = '",
+            $node_error,
+            "', last_error_retryable = false,
+        finished_at = now()
+    FROM ",
+            $ended,
+            "
+    WHERE n.run_id = ",
+            $ended,
+            ".run_id AND n.status = 'running'
+),
+gates_closed AS (
+    UPDATE gates g
+    SET status = 'cancelled', decided_at = now(), decision_reason = '",
+            $gate_reason,
+            "'
+    FROM ",
+            $ended,
+            "
+    WHERE g.run_id = ",
+            $ended,
+            ".run_id AND g.status = 'pending'
+)"
+        )
+    };
+}
+pub(super) use close_open_work;

@@ -11,7 +11,9 @@ use tokio_postgres::Row;
 
 use super::control::OperatorRequest;
 use super::gated::{QUEUES_SCHEMA_VERSION, TRACE_SCHEMA_VERSION, if_traced, since_schema};
-use super::query::{Query, clear_lease, notify_queued, notify_stopped, operator_request_id};
+use super::query::{
+    Query, clear_lease, close_open_work, notify_queued, notify_stopped, operator_request_id,
+};
 use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::routing::DEFAULT_QUEUE;
@@ -363,19 +365,9 @@ cancelled AS (
     WHERE r.run_id = target.run_id
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, target.was
 ),
-interrupted AS (
-    UPDATE run_nodes n
-    SET status = 'failed', last_error = 'attempt cancelled', last_error_retryable = false,
-        finished_at = now()
-    FROM cancelled
-    WHERE n.run_id = cancelled.run_id AND n.status = 'running'
-),
-gates_closed AS (
-    UPDATE gates g
-    SET status = 'cancelled', decided_at = now(), decision_reason = 'the run was cancelled'
-    FROM cancelled
-    WHERE g.run_id = cancelled.run_id AND g.status = 'pending'
-)
+",
+        close_open_work!("cancelled", "attempt cancelled", "the run was cancelled"),
+        "
 INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
                         metadata)
 SELECT run_id, event_seq, tenant_id, 'run_cancelled', 'cancelled', lease_epoch,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use leasehold_core::ids::{ClaimantId, RunId};
+use leasehold_core::ids::{AutomationId, ClaimantId, RunId};
 use leasehold_core::routing::{Capabilities, Requirement, WaitReason};
 use leasehold_core::store::{RequestError, Served, StartRun, WorkerInfo};
 use leasehold_testkit::fixtures::{Bundle, LEASE, setup, worker_info};
@@ -271,6 +271,15 @@ async fn a_repeated_start_naming_another_queue_is_refused() {
     ));
 }
 
+/// Starts a run of `automation` with `priority`.
+async fn start_with_priority(b: &Bundle, automation: &AutomationId, priority: i16) -> RunId {
+    let request = StartRun {
+        priority,
+        ..b.start_request(automation)
+    };
+    b.store.start_run(&request).await.expect("start").run_id
+}
+
 /// The claim order is the ageing rule's (`routing::claim_order`): priority orders runs queued
 /// close together, a run queued long enough before outranks higher priorities, and a run
 /// requeued keeps the place its first queueing gave it.
@@ -280,14 +289,7 @@ async fn claims_follow_the_ageing_rule() {
     let plain = b
         .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
         .await;
-    let start = |priority: i16| {
-        let request = StartRun {
-            priority,
-            ..b.start_request(&plain)
-        };
-        let store = b.store.clone();
-        async move { store.start_run(&request).await.expect("start").run_id }
-    };
+    let start = |priority: i16| start_with_priority(&b, &plain, priority);
     let minute = leasehold_core::routing::AGEING_PER_PRIORITY_LEVEL_MICROS;
     let old_low = start(0).await;
     let new_high = start(5).await;
@@ -328,14 +330,7 @@ async fn a_low_priority_run_under_a_stream_of_higher_ones_is_claimed_within_its_
     let plain = b
         .automation("id: plain\nnodes:\n  - {id: a, kind: noop}\n")
         .await;
-    let start = |priority: i16| {
-        let request = StartRun {
-            priority,
-            ..b.start_request(&plain)
-        };
-        let store = b.store.clone();
-        async move { store.start_run(&request).await.expect("start").run_id }
-    };
+    let start = |priority: i16| start_with_priority(&b, &plain, priority);
     let bound = i64::from(HIGH) * leasehold_core::routing::AGEING_PER_PRIORITY_LEVEL_MICROS;
     let low = start(0).await;
     let t: i64 = b

@@ -9,7 +9,7 @@ use crate::ids::RunId;
 use crate::run::deadline::DeadlineView;
 use crate::store::gated::DEADLINES_SCHEMA_VERSION;
 use crate::store::leader::leader_fence;
-use crate::store::query::{Query, clear_lease, notify_stopped};
+use crate::store::query::{Query, clear_lease, close_open_work, notify_stopped};
 use crate::store::runs::{read_run, run_columns};
 use crate::store::{Error, Leadership, RunRecord, Store};
 
@@ -100,19 +100,13 @@ failed AS (
     RETURNING r.run_id, r.tenant_id, r.lease_epoch, r.event_seq, r.start_deadline,
               r.run_deadline, t.was, t.stop_kind, t.reason
 ),
-interrupted AS (
-    UPDATE run_nodes n
-    SET status = 'failed', last_error = 'attempt stopped: the run timed out',
-        last_error_retryable = false, finished_at = now()
-    FROM failed
-    WHERE n.run_id = failed.run_id AND n.status = 'running'
-),
-gates_closed AS (
-    UPDATE gates g
-    SET status = 'cancelled', decided_at = now(), decision_reason = 'the run timed out'
-    FROM failed
-    WHERE g.run_id = failed.run_id AND g.status = 'pending'
-),
+",
+        close_open_work!(
+            "failed",
+            "attempt stopped: the run timed out",
+            "the run timed out"
+        ),
+        ",
 events AS (
     INSERT INTO run_events (run_id, seq, tenant_id, event, run_status, epoch, reason, stop_kind,
                             metadata)
