@@ -200,6 +200,9 @@ pub struct SweepArgs {
     /// `schedule_to_start_timeout_ms` a run fails, at most.
     #[arg(long, env = "LEASEHOLD_DEADLINE_INTERVAL", default_value_t = sweeps::DEADLINE_INTERVAL_DEFAULT.into())]
     deadline_interval: humantime::Duration,
+    /// How long a worker may be silent (no heartbeat) before its row is removed; at least 6h.
+    #[arg(long, env = "LEASEHOLD_DEAD_WORKER_AFTER", default_value_t = sweeps::DEAD_WORKER_AFTER_DEFAULT.into())]
+    dead_worker_after: humantime::Duration,
     /// Time between the leader's readings of the queue for the `leasehold_queue_*` metrics.
     #[arg(long, env = "LEASEHOLD_QUEUE_METRICS_INTERVAL", default_value_t = sweeps::QUEUE_INTERVAL_DEFAULT.into())]
     queue_metrics_interval: humantime::Duration,
@@ -218,6 +221,7 @@ impl SweepArgs {
             auto_resume_cap: self.auto_resume_cap,
             stale_gate_after: self.stale_gate_after.into(),
             deadline_interval: self.deadline_interval.into(),
+            dead_worker_after: self.dead_worker_after.into(),
             queue_interval: self.queue_metrics_interval.into(),
             ..sweeps::Config::default()
         }

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use leasehold_core::ids::{ClaimantId, RunId};
+use leasehold_core::ids::RunId;
 use leasehold_core::run::RunStatus;
-use leasehold_core::store::{Claim, StopNotice, StopNotices, Store, outage};
+use leasehold_core::store::{Claim, StopNotice, StopNotices, Store, WorkerInfo, outage};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -128,7 +128,8 @@ impl KeeperHandle {
 /// Keeps the leases of a worker's runs.
 pub(crate) struct LeaseKeeper {
     store: Store,
-    claimant: ClaimantId,
+    /// What the worker registered: registered again if its row is gone.
+    info: WorkerInfo,
     heartbeat_interval: Duration,
     handle: KeeperHandle,
     drain_requested: CancellationToken,
@@ -139,12 +140,13 @@ impl LeaseKeeper {
     pub fn new(
         store: Store,
         config: &Config,
+        info: WorkerInfo,
         drain_requested: CancellationToken,
         health: Arc<Health>,
     ) -> Self {
         Self {
             store,
-            claimant: config.claimant_id.clone(),
+            info,
             heartbeat_interval: config.heartbeat_interval,
             handle: KeeperHandle {
                 held: Arc::default(),
@@ -167,7 +169,7 @@ impl LeaseKeeper {
     pub async fn run(self, stop: CancellationToken, notices: Option<StopNotices>) {
         // Its lines about a run (a lost lease, a self-fence) name the claimant through the span,
         // and the claim by their own fields.
-        let span = tracing::info_span!("keeper", claimant = %self.claimant);
+        let span = tracing::info_span!("keeper", claimant = %self.info.claimant_id);
         self.keep(stop, notices).instrument(span).await;
     }
 
@@ -241,9 +243,20 @@ impl LeaseKeeper {
 
     async fn beat(&self) {
         self.renew(&self.handle.claims()).await;
-        match self.store.worker_heartbeat(&self.claimant).await {
+        match self.store.worker_heartbeat(&self.info.claimant_id).await {
             Ok(Some(true)) => self.drain_requested.cancel(),
-            Ok(_) => {}
+            Ok(Some(false)) => {}
+            // The leader prunes the rows of workers silent for long (a process stopped for a
+            // day, say); one that beats again registers again, so that it is listed and counts
+            // as a worker that can take runs.
+            Ok(None) => {
+                tracing::warn!(
+                    "the worker's row was gone (pruned after a long silence); registering again"
+                );
+                if let Err(e) = self.store.register_worker(&self.info).await {
+                    tracing::warn!(error = %e, "registering the worker again failed");
+                }
+            }
             Err(e) => {
                 if let Some(e) = outage::DATABASE.record(&Err::<(), _>(e)) {
                     tracing::warn!(error = %e, "the worker's heartbeat failed");

@@ -101,6 +101,7 @@ impl Worker {
         let keeper = LeaseKeeper::new(
             self.store.clone(),
             &self.config,
+            info,
             drain_requested.clone(),
             self.health(),
         );

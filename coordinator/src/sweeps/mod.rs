@@ -9,6 +9,7 @@
 //! - [`auto_resume`]: stale-reaped runs are requeued within a window, up to a cap.
 //! - [`stale_gates`]: approval gates pending too long are marked stale, once.
 //! - [`deadlines`]: runs past their start or run deadline fail.
+//! - [`workers`]: the rows of workers silent for long are removed.
 //! - [`partitions`]: monthly event partitions are created ahead of time.
 //! - [`queue`]: the queue's standing, published as gauges (reads only).
 //!
@@ -32,6 +33,7 @@ pub mod pausing;
 pub mod queue;
 pub mod reaper;
 pub mod stale_gates;
+pub mod workers;
 
 pub use auto_resume::AutoResumeOutcome;
 pub use deadlines::DeadlinesOutcome;
@@ -39,6 +41,7 @@ pub use partitions::PartitionsOutcome;
 pub use pausing::PausingOutcome;
 pub use reaper::ReapOutcome;
 pub use stale_gates::StaleGatesOutcome;
+pub use workers::WorkersOutcome;
 
 /// The leader lease's role name unless configured otherwise.
 pub const LEADER_NAME_DEFAULT: &str = "sweeps";
@@ -65,6 +68,15 @@ pub const STALE_GATE_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// Time between deadline passes unless configured otherwise: how late past its deadline a run
 /// fails, at most (`MIN_RUN_DEADLINE_MS` of the spec is this).
 pub const DEADLINE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Time between worker-pruning passes unless configured otherwise.
+pub const WORKER_PRUNE_INTERVAL_DEFAULT: Duration = Duration::from_secs(10 * 60);
+/// How long a worker may be silent before its row is removed, unless configured otherwise.
+pub const DEAD_WORKER_AFTER_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Bounds of that silence: longer than any lease (6 hours), so that only workers whose runs the
+/// reaper has long settled go.
+pub const DEAD_WORKER_AFTER_MIN: Duration = Duration::from_secs(6 * 60 * 60);
+/// A year.
+pub const DEAD_WORKER_AFTER_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Time between readings of the queue's standing unless configured otherwise.
 pub const QUEUE_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Time between partition-upkeep passes unless configured otherwise.
@@ -134,6 +146,10 @@ pub struct Config {
     pub stale_gate_after: Duration,
     /// Time between deadline passes: how late past its deadline a run fails, at most.
     pub deadline_interval: Duration,
+    /// Time between worker-pruning passes.
+    pub worker_prune_interval: Duration,
+    /// How long a worker may be silent before its row is removed.
+    pub dead_worker_after: Duration,
     /// Time between partition-upkeep passes; the first pass runs when leadership is taken.
     pub partition_interval: Duration,
     /// Months of event partitions kept created, the current one included.
@@ -159,6 +175,8 @@ impl Default for Config {
             stale_gate_interval: STALE_GATE_INTERVAL_DEFAULT,
             stale_gate_after: STALE_GATE_AFTER_DEFAULT,
             deadline_interval: DEADLINE_INTERVAL_DEFAULT,
+            worker_prune_interval: WORKER_PRUNE_INTERVAL_DEFAULT,
+            dead_worker_after: DEAD_WORKER_AFTER_DEFAULT,
             partition_interval: PARTITION_INTERVAL_DEFAULT,
             partition_months_ahead: PARTITION_MONTHS_AHEAD_DEFAULT,
             queue_interval: QUEUE_INTERVAL_DEFAULT,
@@ -237,6 +255,7 @@ impl Config {
             ("auto_resume_interval", self.auto_resume_interval),
             ("stale_gate_interval", self.stale_gate_interval),
             ("deadline_interval", self.deadline_interval),
+            ("worker_prune_interval", self.worker_prune_interval),
             ("partition_interval", self.partition_interval),
             ("queue_interval", self.queue_interval),
         ] {
@@ -260,6 +279,12 @@ impl Config {
             self.stale_gate_after,
             STALE_GATE_AFTER_MIN,
             STALE_GATE_AFTER_MAX,
+        )?;
+        within(
+            "dead_worker_after",
+            self.dead_worker_after,
+            DEAD_WORKER_AFTER_MIN,
+            DEAD_WORKER_AFTER_MAX,
         )?;
         within(
             "partition_months_ahead",
@@ -389,6 +414,8 @@ sweeps! {
     StaleGates: "stale_gates", stale_gates -> StaleGatesOutcome, every stale_gate_interval;
     /// Run deadlines.
     Deadlines: "deadlines", deadlines -> DeadlinesOutcome, every deadline_interval;
+    /// Worker pruning.
+    Workers: "workers", workers -> WorkersOutcome, every worker_prune_interval;
     /// Partition upkeep.
     Partitions: "partitions", partitions -> PartitionsOutcome, every partition_interval;
     /// The queue's standing, as gauges.
@@ -483,6 +510,27 @@ mod tests {
         );
         check(
             Config {
+                dead_worker_after: DEAD_WORKER_AFTER_MIN - Duration::from_millis(1),
+                ..base()
+            },
+            "dead_worker_after",
+        );
+        check(
+            Config {
+                dead_worker_after: DEAD_WORKER_AFTER_MAX + Duration::from_millis(1),
+                ..base()
+            },
+            "dead_worker_after",
+        );
+        check(
+            Config {
+                deadline_interval: SWEEP_INTERVAL_MIN - Duration::from_millis(1),
+                ..base()
+            },
+            "deadline_interval",
+        );
+        check(
+            Config {
                 leader_lease: LEADER_LEASE_MAX + Duration::from_millis(1),
                 ..base()
             },
@@ -555,6 +603,8 @@ mod tests {
             auto_resume_cap: 0,
             auto_resume_window: AUTO_RESUME_WINDOW_MAX,
             stale_gate_after: STALE_GATE_AFTER_MIN,
+            dead_worker_after: DEAD_WORKER_AFTER_MIN,
+            worker_prune_interval: SWEEP_INTERVAL_MAX,
             partition_months_ahead: PARTITION_MONTHS_AHEAD_MAX,
             batch_limit: BATCH_LIMIT_MAX,
             ..Config::default()

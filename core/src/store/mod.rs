@@ -63,7 +63,7 @@ pub use runs::{RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{
     AutoResumeParams, DeadlineCandidate, DeadlineFailure, PausingParams, PendingGateView,
-    ReapParams, StaleGateParams,
+    ReapParams, SilentWorker, StaleGateParams,
 };
 pub use tokens::{
     MalformedToken, NewToken, Role, Secret, TOKEN_PREFIX, TokenError, TokenId, TokenRecord,

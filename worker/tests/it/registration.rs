@@ -63,3 +63,40 @@ async fn a_worker_registers_its_lease_and_its_kinds_with_their_schemas() {
     shutdown.cancel();
     task.await.expect("task").expect("worker");
 }
+
+/// A worker whose row was pruned (the leader removes the rows of workers silent for long)
+/// registers again at its next beat, with what it advertised.
+#[tokio::test]
+async fn a_worker_whose_row_was_pruned_registers_again() {
+    let b = setup().await;
+    let settings = config("pruned");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        Worker::new(
+            b.store.clone(),
+            handlers::builtin(ExecPolicy::default()),
+            settings.clone(),
+        )
+        .run(shutdown.clone()),
+    );
+    let registered = || async {
+        let workers = b.store.list_workers(None).await.expect("workers");
+        workers
+            .into_iter()
+            .find(|w| w.claimant_id == settings.claimant_id)
+    };
+    let first = wait_for(DEADLINE, "the worker to register", registered).await;
+    b.sql
+        .execute(
+            "DELETE FROM workers WHERE claimant_id = $1",
+            &[&settings.claimant_id.as_str()],
+        )
+        .await
+        .expect("prune the row");
+    let again = wait_for(DEADLINE, "the worker to register again", registered).await;
+    assert!(again.alive);
+    assert_eq!(again.lease, first.lease);
+    assert_eq!(again.handlers, first.handlers);
+    shutdown.cancel();
+    task.await.expect("worker task").expect("worker");
+}

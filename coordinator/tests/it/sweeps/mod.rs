@@ -9,6 +9,7 @@ mod partitions;
 mod pausing;
 mod reaper;
 mod stale_gates;
+mod workers;
 
 use std::fmt::Debug;
 use std::time::Duration;

@@ -16,6 +16,7 @@ mod partitions;
 mod pausing;
 mod reaper;
 mod stale_gates;
+mod workers;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
@@ -33,6 +34,7 @@ pub use deadlines::{DeadlineCandidate, DeadlineFailure};
 pub use pausing::PausingParams;
 pub use reaper::ReapParams;
 pub use stale_gates::{PendingGateView, StaleGateParams};
+pub use workers::SilentWorker;
 
 // The database's clock, read once at the start of a sweep pass: the pass decides and applies at
 // this instant, so its rules and its statements agree on what has expired.
@@ -51,6 +53,7 @@ pub(super) fn queries() -> impl Iterator<Item = &'static Query> {
         deadlines::QUERIES,
         stale_gates::QUERIES,
         partitions::QUERIES,
+        workers::QUERIES,
     ]
     .into_iter()
     .flatten()
