@@ -303,7 +303,7 @@ impl LeaseKeeper {
 
 #[cfg(test)]
 mod tests {
-    use leasehold_core::ids::TenantId;
+    use leasehold_core::ids::{ClaimantId, TenantId};
     use leasehold_core::spec;
     use leasehold_core::store::{StartRun, Trigger};
     use leasehold_testkit::TestDb;
