@@ -212,6 +212,27 @@ async fn label_wait(c: &mut Cluster) -> Line {
         )
         .await;
     let doomed = c.start_runs(&render, 1).await[0];
+    let mut client = api::clients(c, c.coordinators()[0]).await;
+    let get = v1::GetRunRequest {
+        run_id: doomed.to_string(),
+    };
+    // While it waits, it says when it fails.
+    let waiting = client
+        .runs
+        .get_run(get.clone())
+        .await
+        .expect("get run")
+        .into_inner();
+    assert_eq!(waiting.status(), v1::RunStatus::Queued);
+    let (created, deadline) = (
+        waiting.created_at.expect("created"),
+        waiting.start_deadline.expect("a start deadline"),
+    );
+    assert_eq!(
+        (deadline.seconds - created.seconds) * 1000
+            + i64::from(deadline.nanos - created.nanos) / 1_000_000,
+        3000
+    );
     let run = c.start_runs(&train, 1).await[0];
     let record = c.store.run(&c.tenant, run).await.expect("run");
     let reasons = c.store.wait_reasons([&record]).await.expect("reasons");
@@ -248,16 +269,17 @@ async fn label_wait(c: &mut Cluster) -> Line {
     let after = Duration::from_secs_f64(row.get::<_, f64>("after").max(0.0));
 
     c.wait_all(&[doomed], "failed", FINISH_DEADLINE).await;
-    let mut client = api::clients(c, c.coordinators()[0]).await;
     let failed = client
         .runs
-        .get_run(v1::GetRunRequest {
-            run_id: doomed.to_string(),
-        })
+        .get_run(get)
         .await
         .expect("get run")
         .into_inner();
     assert_eq!(failed.stop_kind(), v1::StopKind::NoCapableWorker);
+    assert_eq!(
+        failed.start_deadline, None,
+        "a failed run has no deadline left"
+    );
     assert!(
         failed.stop_reason.contains("label gpu=v100"),
         "{}",

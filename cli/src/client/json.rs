@@ -153,6 +153,8 @@ pub fn run(r: &v1::Run, detail: bool) -> Value {
             "claimant_id": l.claimant_id,
             "expires_at": time(l.expires_at.as_ref()),
         })),
+        "start_deadline": time(r.start_deadline.as_ref()),
+        "run_deadline": time(r.run_deadline.as_ref()),
         "lease_epoch": r.lease_epoch,
         "stop_kind": unless_unspecified(r.stop_kind, names::stop_kind),
         "stop_reason": text(&r.stop_reason),

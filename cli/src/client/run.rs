@@ -425,6 +425,8 @@ fn summary(run: &v1::Run, now: SystemTime) -> String {
                 .unwrap_or_default(),
         ),
         ("retry", retry(run, now)),
+        ("claim by", render::when(run.start_deadline.as_ref(), now)),
+        ("finish by", render::when(run.run_deadline.as_ref(), now)),
         ("stopped", stop(run)),
         (
             "last failure",

@@ -59,7 +59,7 @@ pub use migrate::{
 pub use nodes::{Completed, NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use queue::{QueueStanding, WORKER_DEMAND_SQL, queue_demand_sql};
-pub use runs::{RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
+pub use runs::{RunDeadlines, RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{
     AutoResumeParams, DeadlineCandidate, DeadlineFailure, PausingParams, PendingGateView,

@@ -135,6 +135,46 @@ pub struct RunRecord {
     /// The requirement set it needs a worker to meet; 0 for a run queued before sets (V14),
     /// which any worker may claim. See [`Store::wait_reasons`].
     pub requirement_set: i64,
+    /// When it must have been claimed and finished, from its version's timeouts (V18).
+    pub deadlines: RunDeadlines,
+}
+
+/// When a run must have been first claimed and when it must have finished: its start plus its
+/// version's `schedule_to_start_timeout_ms` and `run_timeout_ms` (V18); `None` without one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunDeadlines {
+    /// The start deadline: past it, a run never claimed fails.
+    pub start: Option<DateTime<Utc>>,
+    /// The run deadline: past it, a run not finished fails.
+    pub run: Option<DateTime<Utc>>,
+}
+
+impl RunDeadlines {
+    /// From a row's `start_deadline` and `run_deadline`; a schema before V18 has neither.
+    pub(super) fn read(row: &Row) -> Self {
+        let at = |column: &str| {
+            row.try_get::<_, Option<DateTime<Utc>>>(column)
+                .ok()
+                .flatten()
+        };
+        Self {
+            start: at("start_deadline"),
+            run: at("run_deadline"),
+        }
+    }
+
+    /// Those a start at `started_at` gives, from a row's version timeouts
+    /// (`schedule_to_start_timeout_ms`, `run_timeout_ms`), as [`run_deadlines!`] writes them.
+    pub(super) fn from_timeouts(row: &Row, started_at: DateTime<Utc>) -> Self {
+        let after = |column: &str| {
+            let ms = row.try_get::<_, Option<i64>>(column).ok().flatten()?;
+            Some(started_at + chrono::TimeDelta::milliseconds(ms))
+        };
+        Self {
+            start: after("schedule_to_start_timeout_ms"),
+            run: after("run_timeout_ms"),
+        }
+    }
 }
 
 /// Where a run goes and what it needs, as a start statement answers it.
@@ -320,7 +360,8 @@ macro_rules! run_columns {
        r.stop_kind, r.stop_reason, r.failed_node_id, r.failed_attempt, r.event_seq,
        r.created_at, r.finished_at",
             $crate::store::gated::if_traced!(", r.trace_parent"),
-            $crate::store::gated::since_schema!(14, ", r.queue, r.requirement_set")
+            $crate::store::gated::since_schema!(14, ", r.queue, r.requirement_set"),
+            $crate::store::gated::since_schema!(18, ", r.start_deadline, r.run_deadline")
         )
     };
 }
@@ -565,5 +606,6 @@ pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
             .and_then(TraceParent::parse),
         queue: routing.queue,
         requirement_set: routing.requirement_set,
+        deadlines: RunDeadlines::read(row),
     })
 }

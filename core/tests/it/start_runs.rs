@@ -213,3 +213,51 @@ async fn concurrent_batches_sharing_a_key_start_one_run() {
     assert_eq!(shared.iter().filter(|s| s.created).count(), 1);
     assert_eq!(b.count("SELECT count(*) FROM runs").await, 8 + 1);
 }
+
+/// A start gives a run its version's deadlines (V18): start plus `schedule_to_start_timeout_ms`
+/// and start plus `run_timeout_ms`. The records the batch starts answer with hold the same
+/// deadlines as the stored runs, and a version without timeouts gives none.
+#[tokio::test]
+async fn starts_give_runs_their_versions_deadlines() {
+    let (b, plain) = setup_diamond("plain").await;
+    let timed = b
+        .automation(
+            "id: timed\nschedule_to_start_timeout_ms: 5000\nrun_timeout_ms: 60000\n\
+             nodes:\n  - {id: a, kind: noop}\n",
+        )
+        .await;
+    let batch = b
+        .store
+        .start_runs(&[b.start_request(&timed), b.start_request(&plain)])
+        .await
+        .expect("start batch");
+    let each = b
+        .store
+        .start_each(&[b.start_request(&timed), b.start_request(&plain)])
+        .await;
+    let mut answered: Vec<_> = batch.into_iter().map(|s| s.run).collect();
+    for outcome in each {
+        match outcome.expect("start") {
+            leasehold_core::store::StartOutcome::Inserted { run, .. } => answered.push(*run),
+            other => panic!("not inserted: {other:?}"),
+        }
+    }
+    let single = b.start(&timed).await;
+    answered.push(b.run(single).await);
+    for run in answered {
+        let stored = b.run(run.run_id).await;
+        assert_eq!(
+            run.deadlines,
+            stored.deadlines,
+            "{}",
+            run.automation_id.as_str()
+        );
+        if run.automation_id == timed {
+            let ms = chrono::TimeDelta::milliseconds;
+            assert_eq!(stored.deadlines.start, Some(stored.created_at + ms(5_000)));
+            assert_eq!(stored.deadlines.run, Some(stored.created_at + ms(60_000)));
+        } else {
+            assert_eq!(stored.deadlines, Default::default());
+        }
+    }
+}

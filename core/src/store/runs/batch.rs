@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
-use super::{Routing, run_deadlines, version_routing, version_timeouts};
+use super::{Routing, RunDeadlines, run_deadlines, version_routing, version_timeouts};
 use super::{RunRecord, StartRun, own_trace, read_run, run_columns, same_request};
 use crate::ids::{LeaseEpoch, RunId};
 use crate::run::RunStatus;
@@ -92,6 +92,7 @@ event AS (
 )
 SELECT q.tenant_id, q.automation_id, a.status AS automation_status, a.current_version,",
         since_schema!(14, " a.version_queue AS queue, a.requirement_set,"),
+        since_schema!(18, " a.schedule_to_start_timeout_ms, a.run_timeout_ms,"),
         "
        now() AS created_at, (SELECT count(*) FROM inserted) AS inserted,
        (SELECT ",
@@ -120,7 +121,7 @@ FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key)
 /// and the statement's time, which every inserted run was created at.
 struct Inserted {
     /// Per automation: its pinned version, and where its runs go unless they name a queue.
-    versions: HashMap<(String, String), (i32, Routing)>,
+    versions: HashMap<(String, String), (i32, Routing, RunDeadlines)>,
     created_at: DateTime<Utc>,
 }
 
@@ -251,18 +252,23 @@ impl Store {
         let rows = START_RUNS.for_schema(schema).query(&client, &args).await?;
         let inserted = rows.first().map_or(0, |row| row.get::<_, i64>("inserted"));
         if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
+            let created_at = rows[0].get("created_at");
             let versions = rows
                 .iter()
                 .map(|row| {
                     let tenant: String = row.get("tenant_id");
                     let automation: String = row.get("automation_id");
                     let routing = Routing::read(row);
-                    ((tenant, automation), (row.get("current_version"), routing))
+                    let deadlines = RunDeadlines::from_timeouts(row, created_at);
+                    (
+                        (tenant, automation),
+                        (row.get("current_version"), routing, deadlines),
+                    )
                 })
                 .collect();
             return Ok(Inserted {
                 versions,
-                created_at: rows[0].get("created_at"),
+                created_at,
             });
         }
         // Nothing was stored: name the first request whose automation refused it.
@@ -335,7 +341,7 @@ fn inserted_run(
         request.automation_id.as_str().to_owned(),
     );
     // The statement answers one row per automation of the batch.
-    let (version, routing) = inserted.versions.get(&key).cloned().unwrap_or_default();
+    let (version, routing, deadlines) = inserted.versions.get(&key).cloned().unwrap_or_default();
     let routing = routing.for_request(request);
     new_run_record(
         request,
@@ -344,6 +350,7 @@ fn inserted_run(
         inserted.created_at,
         trace,
         routing,
+        deadlines,
     )
 }
 
@@ -382,6 +389,7 @@ pub(super) fn new_run_record(
     created_at: DateTime<Utc>,
     trace: Option<&TraceContext>,
     routing: Routing,
+    deadlines: RunDeadlines,
 ) -> RunRecord {
     RunRecord {
         run_id,
@@ -411,6 +419,7 @@ pub(super) fn new_run_record(
         trace_parent: trace.map(|t| t.parent.clone()),
         queue: routing.queue,
         requirement_set: routing.requirement_set,
+        deadlines,
     }
 }
 

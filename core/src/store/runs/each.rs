@@ -5,7 +5,7 @@
 use tokio_postgres::Row;
 
 use super::batch::{StartColumns, new_run_record};
-use super::{Routing, run_deadlines, version_routing, version_timeouts};
+use super::{Routing, RunDeadlines, run_deadlines, version_routing, version_timeouts};
 use super::{RunRecord, StartRun, Started, not_inserted, own_trace};
 use crate::ids::{NodeId, RunId};
 use crate::store::gated::{TRACE_SCHEMA_VERSION, if_traced, since_schema};
@@ -85,6 +85,7 @@ inserted AS (
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING run_id, tenant_id, automation_id, trigger, automation_version, created_at",
         since_schema!(14, ", queue, requirement_set"),
+        since_schema!(18, ", start_deadline, run_deadline"),
         "
 ),
 event AS (
@@ -108,6 +109,7 @@ version AS MATERIALIZED (
 SELECT a.status AS automation_status, i.run_id AS inserted_run_id, i.automation_version,
        i.created_at, v.node_ids,",
         since_schema!(14, " i.queue, i.requirement_set,"),
+        since_schema!(18, " i.start_deadline, i.run_deadline,"),
         "
        (SELECT ",
         notify_queued!(),
@@ -233,6 +235,7 @@ fn inserted(
             row.get("created_at"),
             trace,
             Routing::read(row),
+            RunDeadlines::read(row),
         )),
         node_ids: ids.and_then(|ids| ids.into_iter().map(|id| id.map(NodeId)).collect()),
     }

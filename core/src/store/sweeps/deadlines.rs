@@ -43,7 +43,7 @@ const PAST_DEADLINES: Query = Query {
 SELECT * FROM (
     (SELECT ",
         run_columns!(),
-        ", r.start_deadline, r.run_deadline, r.start_deadline AS missed_at
+        ", r.start_deadline AS missed_at
      FROM runs r
      WHERE r.start_deadline IS NOT NULL AND r.status = 'queued' AND r.lease_epoch = 0
        AND r.start_deadline < $1::timestamptz
@@ -51,7 +51,7 @@ SELECT * FROM (
     UNION ALL
     (SELECT ",
         run_columns!(),
-        ", r.start_deadline, r.run_deadline, r.run_deadline AS missed_at
+        ", r.run_deadline AS missed_at
      FROM runs r
      WHERE r.run_deadline IS NOT NULL
        AND r.status NOT IN ('completed', 'failed', 'blocked', 'cancelled')
@@ -152,8 +152,8 @@ impl Store {
             let deadlines = DeadlineView {
                 status: run.status,
                 claimed: run.lease_epoch.0 > 0,
-                start_deadline: row.get("start_deadline"),
-                run_deadline: row.get("run_deadline"),
+                start_deadline: run.deadlines.start,
+                run_deadline: run.deadlines.run,
             };
             out.push(DeadlineCandidate { run, deadlines });
         }
