@@ -16,8 +16,8 @@
 -- statement locks runs and then automation_versions (the foreign key's check), so altering both
 -- in one transaction could deadlock with it. Each statement may therefore run again after a
 -- failure; runs is altered last, since its queue column is what tells this release the step is
--- done (store/gated.rs). The previous release keeps claiming from runs_claimable_idx, from every queue: routing
--- holds once every worker runs this release (docs/operations.md). The index the new claim walks
+-- done (store/gated.rs). The previous release keeps claiming from runs_claimable_idx, from
+-- every queue: routing holds once every worker runs this release (docs/operations.md). The index the new claim walks
 -- is built by the next migration, concurrently.
 CREATE TABLE IF NOT EXISTS requirement_sets (
     set_id   bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

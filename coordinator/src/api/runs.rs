@@ -93,12 +93,8 @@ pub(super) fn run_message(
             .unwrap_or_default(),
         queue: run.queue.clone(),
         waiting: None,
-        start_deadline: opt_timestamp(
-            run.deadlines
-                .start
-                .filter(|_| run.status == RunStatus::Queued && run.lease_epoch.0 == 0),
-        ),
-        run_deadline: opt_timestamp(run.deadlines.run.filter(|_| !run.status.is_terminal())),
+        start_deadline: opt_timestamp(run.deadline_view().pending_start()),
+        run_deadline: opt_timestamp(run.deadline_view().pending_run()),
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use leasehold_core::ids::RunId;
 use leasehold_core::routing::WaitReason;
 use leasehold_core::run::deadline::{self, Missed};
-use leasehold_core::store::{self, DeadlineCandidate, DeadlineFailure};
+use leasehold_core::store::{self, DeadlineFailure, RunRecord};
 
 use super::{Outcome, Pass, count};
 
@@ -20,9 +20,9 @@ pub async fn run_once(pass: Pass<'_>) -> Result<DeadlinesOutcome, store::Error> 
         .store
         .past_deadlines(now, pass.config.batch_limit)
         .await?;
-    let missed: Vec<(&DeadlineCandidate, Missed)> = candidates
+    let missed: Vec<(&RunRecord, Missed)> = candidates
         .iter()
-        .filter_map(|c| Some((c, deadline::missed(&c.deadlines, now)?)))
+        .filter_map(|run| Some((run, deadline::missed(&run.deadline_view(), now)?)))
         .collect();
     let waiting = pass
         .store
@@ -30,12 +30,12 @@ pub async fn run_once(pass: Pass<'_>) -> Result<DeadlinesOutcome, store::Error> 
             missed
                 .iter()
                 .filter(|(_, m)| *m == Missed::Start)
-                .map(|(c, _)| &c.run),
+                .map(|(run, _)| *run),
         )
         .await?;
     let failures: Vec<DeadlineFailure> = missed
         .iter()
-        .map(|(c, m)| failure(c, *m, &waiting))
+        .map(|(run, m)| failure(run, *m, &waiting))
         .collect();
     let failed = pass
         .store
@@ -51,14 +51,14 @@ pub async fn run_once(pass: Pass<'_>) -> Result<DeadlinesOutcome, store::Error> 
     })
 }
 
-/// The failure of `candidate` for the deadline it `missed`: its stop kind, and a sentence
-/// naming the deadline and, for a start, why it waited.
+/// The failure of `run` for the deadline it `missed`: its stop kind, and a sentence naming the
+/// deadline and, for a start, why it waited.
 fn failure(
-    candidate: &DeadlineCandidate,
+    run: &RunRecord,
     missed: Missed,
     waiting: &HashMap<RunId, WaitReason>,
 ) -> DeadlineFailure {
-    let reason = waiting.get(&candidate.run.run_id);
+    let reason = waiting.get(&run.run_id);
     let at = |at: Option<chrono::DateTime<chrono::Utc>>| {
         at.map_or_else(String::new, |at| {
             format!(" ({})", at.format("%Y-%m-%d %H:%M:%S%.3f UTC"))
@@ -67,21 +67,21 @@ fn failure(
     let sentence = match (missed, reason) {
         (Missed::Run, _) => format!(
             "not finished by its run deadline{}: the automation's run_timeout_ms passed",
-            at(candidate.deadlines.run_deadline)
+            at(run.deadlines.run)
         ),
         (Missed::Start, Some(reason)) => format!(
             "not claimed by its start deadline{}: the automation's schedule_to_start_timeout_ms \
              passed while it was {reason}",
-            at(candidate.deadlines.start_deadline)
+            at(run.deadlines.start)
         ),
         (Missed::Start, None) => format!(
             "not claimed by its start deadline{}: the automation's schedule_to_start_timeout_ms \
              passed while workers able to run it were busy",
-            at(candidate.deadlines.start_deadline)
+            at(run.deadlines.start)
         ),
     };
     DeadlineFailure {
-        run_id: candidate.run.run_id,
+        run_id: run.run_id,
         stop_kind: missed.stop_kind(reason),
         reason: sentence,
     }

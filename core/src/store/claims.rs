@@ -155,10 +155,11 @@ pub struct Released {
 // rows another claimer has locked, so claimers never wait on each other, and a run another
 // claimer took is replaced by the range's next. Locking at most $2 runs from every range
 // instead would lock (ranges × $2) rows to keep $2: twenty queues made a claim of 512 five
-// times slower once each held 512 runs (bench/README.md, backlog over 20 queues). Below V14 the scan walks
-// runs_claimable_idx (priority, then oldest), every queue at once. A run whose concurrency key
-// another run holds is skipped, and one batch takes at most one run per key; two claimers racing for one key are settled by runs_one_holder_per_key
-// (the loser's statement fails and its next claim skips the key). The epoch rises by one per
+// times slower once each held 512 runs (bench/README.md, backlog over 20 queues). Below V14 the
+// scan walks runs_claimable_idx (priority, then oldest), every queue at once. A run whose
+// concurrency key another run holds is skipped, and one batch takes at most one run per key; two
+// claimers racing for one key are settled by runs_one_holder_per_key (the loser's statement fails
+// and its next claim skips the key). The epoch rises by one per
 // claim; times are the database's. Each claim records its event in the same statement, with the
 // per-run sequence raised under the row lock.
 //

@@ -62,8 +62,8 @@ pub use queue::{QueueStanding, WORKER_DEMAND_SQL, queue_demand_sql};
 pub use runs::{RunDeadlines, RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{
-    AutoResumeParams, DeadlineCandidate, DeadlineFailure, PausingParams, PendingGateView,
-    ReapParams, SilentWorker, StaleGateParams,
+    AutoResumeParams, DeadlineFailure, PausingParams, PendingGateView, ReapParams, SilentWorker,
+    StaleGateParams,
 };
 pub use tokens::{
     MalformedToken, NewToken, Role, Secret, TOKEN_PREFIX, TokenError, TokenId, TokenRecord,

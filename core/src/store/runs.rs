@@ -17,6 +17,7 @@ use super::query::{
 use super::{Error, RequestError, Store};
 use crate::ids::{AutomationId, ClaimantId, LeaseEpoch, NodeId, RunId, TenantId};
 use crate::routing::DEFAULT_QUEUE;
+use crate::run::deadline::DeadlineView;
 use crate::run::{RunStatus, Transition};
 use crate::trace::{TraceContext, TraceParent, TraceState};
 
@@ -137,6 +138,18 @@ pub struct RunRecord {
     pub requirement_set: i64,
     /// When it must have been claimed and finished, from its version's timeouts (V18).
     pub deadlines: RunDeadlines,
+}
+
+impl RunRecord {
+    /// What the deadline rule (`run::deadline`) judges of this run.
+    pub fn deadline_view(&self) -> DeadlineView {
+        DeadlineView {
+            status: self.status,
+            claimed: self.lease_epoch.0 > 0,
+            start_deadline: self.deadlines.start,
+            run_deadline: self.deadlines.run,
+        }
+    }
 }
 
 /// When a run must have been first claimed and when it must have finished: its start plus its

@@ -43,16 +43,27 @@ pub enum Missed {
     Run,
 }
 
+impl DeadlineView {
+    /// The start deadline while it holds: the run is queued and was never claimed.
+    pub fn pending_start(&self) -> Option<DateTime<Utc>> {
+        self.start_deadline
+            .filter(|_| self.status == RunStatus::Queued && !self.claimed)
+    }
+
+    /// The run deadline while it holds: the run has not ended.
+    pub fn pending_run(&self) -> Option<DateTime<Utc>> {
+        self.run_deadline.filter(|_| !self.status.is_terminal())
+    }
+}
+
 /// The deadline `run` has missed at `now`, if any: a deadline is kept up to and including its
 /// instant, and missed strictly after it. A run that missed both missed its run deadline, the
 /// one that holds whatever happens next. A finished run misses nothing.
 pub fn missed(run: &DeadlineView, now: DateTime<Utc>) -> Option<Missed> {
     let past = |deadline: Option<DateTime<Utc>>| deadline.is_some_and(|at| at < now);
-    if run.status.is_terminal() {
-        None
-    } else if past(run.run_deadline) {
+    if past(run.pending_run()) {
         Some(Missed::Run)
-    } else if run.status == RunStatus::Queued && !run.claimed && past(run.start_deadline) {
+    } else if past(run.pending_start()) {
         Some(Missed::Start)
     } else {
         None

@@ -6,21 +6,11 @@ use uuid::Uuid;
 
 use super::int;
 use crate::ids::RunId;
-use crate::run::deadline::DeadlineView;
 use crate::store::gated::DEADLINES_SCHEMA_VERSION;
 use crate::store::leader::leader_fence;
 use crate::store::query::{Query, clear_lease, close_open_work, notify_stopped};
 use crate::store::runs::{read_run, run_columns};
 use crate::store::{Error, Leadership, RunRecord, Store};
-
-/// A run past a deadline at the pass's instant, as the sweep reads it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadlineCandidate {
-    /// The run, as listings read it (what [`Store::wait_reasons`] judges).
-    pub run: RunRecord,
-    /// Its deadlines and whether it was ever claimed.
-    pub deadlines: DeadlineView,
-}
 
 /// A run the sweep fails, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,13 +120,14 @@ pub(super) const QUERIES: &[Query] = &[PAST_DEADLINES, FAIL_PAST_DEADLINES];
 
 impl Store {
     /// Runs past a deadline at `now`, at most `limit` of each kind (never claimed past the start
-    /// deadline; unfinished past the run deadline), earliest deadline first, each once. None on
-    /// a schema without deadlines (below V18).
+    /// deadline; unfinished past the run deadline), earliest deadline first, each once, read as
+    /// listings read them (what [`Store::wait_reasons`] judges). None on a schema without
+    /// deadlines (below V18).
     pub async fn past_deadlines(
         &self,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<DeadlineCandidate>, Error> {
+    ) -> Result<Vec<RunRecord>, Error> {
         let client = self.client().await?;
         if self.schema(&client).await? < DEADLINES_SCHEMA_VERSION {
             return Ok(Vec::new());
@@ -146,16 +137,9 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let run = read_run(row)?;
-            if !seen.insert(run.run_id) {
-                continue;
+            if seen.insert(run.run_id) {
+                out.push(run);
             }
-            let deadlines = DeadlineView {
-                status: run.status,
-                claimed: run.lease_epoch.0 > 0,
-                start_deadline: run.deadlines.start,
-                run_deadline: run.deadlines.run,
-            };
-            out.push(DeadlineCandidate { run, deadlines });
         }
         Ok(out)
     }

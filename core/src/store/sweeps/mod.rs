@@ -30,7 +30,7 @@ use crate::lease::LeaseView;
 use crate::run::{RunStatus, UnknownStatus};
 
 pub use auto_resume::AutoResumeParams;
-pub use deadlines::{DeadlineCandidate, DeadlineFailure};
+pub use deadlines::DeadlineFailure;
 pub use pausing::PausingParams;
 pub use reaper::ReapParams;
 pub use stale_gates::{PendingGateView, StaleGateParams};
