@@ -16,13 +16,16 @@ use leasehold_pgcluster::{
 /// Prefix of every cluster directory in the temp dir, followed by `<pid>-<random>`; the sweep
 /// relies on it.
 const DIR_PREFIX: &str = "leasehold-test-pg-";
-/// Server settings for tests: no durability, and room for many pools at once.
+/// Server settings for tests: no durability, room for many pools at once, and commit times, so
+/// that a test replaying history can order it as it committed (`now()` is when a transaction
+/// began, and a claim may begin before the completion whose slot it then takes commits).
 const TEST_SETTINGS: &[(&str, &str)] = &[
     ("fsync", "off"),
     ("synchronous_commit", "off"),
     ("full_page_writes", "off"),
     ("max_connections", "400"),
     ("shared_buffers", "128MB"),
+    ("track_commit_timestamp", "on"),
 ];
 
 /// A running throwaway cluster. [`Cluster::destroy`] stops it and removes its directory.

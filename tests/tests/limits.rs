@@ -11,29 +11,29 @@ use leasehold_core::routing::Limits;
 use leasehold_fault_tests::cluster::{Cluster, WorkerOpts};
 use leasehold_fault_tests::scenario::{self, FINISH_DEADLINE, Line, SCENARIO_LIMIT, bounded};
 
-/// A claim or an end of a hold, from the history of `runs`, in the order they happened.
+/// A claim or an end of a hold, from the history of `runs`, in the order they committed where
+/// the server records commit times (the test clusters do), else by their `occurred_at`. An
+/// event's `occurred_at` is when its transaction began: a claim that began just before a
+/// completion committed, and took the slot it freed, would seem to overlap it.
 async fn claims_and_ends(c: &Cluster, runs: &[RunId]) -> Vec<(DateTime<Utc>, i64)> {
     let ids: Vec<uuid::Uuid> = runs.iter().map(|r| r.0).collect();
     let rows = c
         .sql
         .query(
-            "SELECT occurred_at, CASE WHEN event = 'run_claimed' THEN 1 ELSE -1 END AS delta
+            "SELECT CASE WHEN current_setting('track_commit_timestamp')::bool
+                         THEN pg_xact_commit_timestamp(xmin) ELSE occurred_at END AS at,
+                    CASE WHEN event = 'run_claimed' THEN 1 ELSE -1 END AS delta
              FROM run_events
              WHERE run_id = ANY($1) AND event IN ('run_claimed', 'run_completed')
              -- On a tie an end counts first: a claim that took a freed slot read its holder's
              -- end as committed, so it cannot have begun before it.
-             ORDER BY occurred_at, delta",
+             ORDER BY at, delta",
             &[&ids],
         )
         .await
         .expect("history");
     rows.iter()
-        .map(|row| {
-            (
-                row.get("occurred_at"),
-                i64::from(row.get::<_, i32>("delta")),
-            )
-        })
+        .map(|row| (row.get("at"), i64::from(row.get::<_, i32>("delta"))))
         .collect()
 }
 
