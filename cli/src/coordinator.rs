@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use leasehold_coordinator::{api, sweeps, tls};
+use leasehold_core::retention::{self, RetentionWindows};
 use leasehold_core::store::{self, Store, WhenUnavailable};
 use leasehold_worker::cli::cancel_on_signal;
 use leasehold_worker::observe;
@@ -203,6 +204,17 @@ pub struct SweepArgs {
     /// How long a worker may be silent (no heartbeat) before its row is removed; at least 6h.
     #[arg(long, env = "LEASEHOLD_DEAD_WORKER_AFTER", default_value_t = sweeps::DEAD_WORKER_AFTER_DEFAULT.into())]
     dead_worker_after: humantime::Duration,
+    /// How long a finished run keeps its inputs and node outputs (its hot window), for tenants
+    /// without windows of their own (`leasehold retention set`); past it they are dropped.
+    #[arg(long, env = "LEASEHOLD_RETENTION", default_value_t = retention::COMPACT_AFTER_DEFAULT.into())]
+    retention: humantime::Duration,
+    /// How long a finished run is kept at all, for tenants without windows of their own; past
+    /// it, it is deleted with its nodes, gates and (by month) events. At least --retention.
+    #[arg(long, env = "LEASEHOLD_DELETE_AFTER", default_value_t = retention::DELETE_AFTER_DEFAULT.into())]
+    delete_after: humantime::Duration,
+    /// Time between retention passes.
+    #[arg(long, env = "LEASEHOLD_RETENTION_INTERVAL", default_value_t = sweeps::RETENTION_INTERVAL_DEFAULT.into())]
+    retention_interval: humantime::Duration,
     /// Time between the leader's readings of the queue for the `leasehold_queue_*` metrics.
     #[arg(long, env = "LEASEHOLD_QUEUE_METRICS_INTERVAL", default_value_t = sweeps::QUEUE_INTERVAL_DEFAULT.into())]
     queue_metrics_interval: humantime::Duration,
@@ -222,6 +234,11 @@ impl SweepArgs {
             stale_gate_after: self.stale_gate_after.into(),
             deadline_interval: self.deadline_interval.into(),
             dead_worker_after: self.dead_worker_after.into(),
+            retention: RetentionWindows {
+                compact_after: self.retention.into(),
+                delete_after: self.delete_after.into(),
+            },
+            retention_interval: self.retention_interval.into(),
             queue_interval: self.queue_metrics_interval.into(),
             ..sweeps::Config::default()
         }

@@ -8,6 +8,7 @@
 //! - [`run`]: the run state machine and the ready nodes of a run's checkpoint.
 //! - [`retry`]: the backoff between attempts.
 //! - [`lease`]: lease bounds, expiry and reap decisions.
+//! - [`retention`]: how long finished runs keep their details, and how long they are kept.
 //! - [`routing`]: queue, label and context names, what a run requires of its worker, what a
 //!   worker advertises, and why a queued run waits for one.
 //! - [`trace`]: a run's W3C trace context (`traceparent`, `tracestate`), read as the
@@ -20,6 +21,7 @@
 pub mod ids;
 pub mod kinds;
 pub mod lease;
+pub mod retention;
 pub mod retry;
 pub mod routing;
 pub mod run;

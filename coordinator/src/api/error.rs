@@ -130,6 +130,7 @@ fn refusal(refused: store::RequestError) -> Status {
         | R::Transition(_)
         | R::GateAlreadyDecided { .. }
         | R::NeedsMigration { .. }
+        | R::Compacted { .. }
         | R::IdempotencyConflict { .. } => Status::failed_precondition(message),
         R::RunConflict { .. } => Status::aborted(message),
         R::BadPageToken(_) => invalid("page_token", &message),

@@ -10,7 +10,9 @@
 //! - [`stale_gates`]: approval gates pending too long are marked stale, once.
 //! - [`deadlines`]: runs past their start or run deadline fail.
 //! - [`workers`]: the rows of workers silent for long are removed.
-//! - [`partitions`]: monthly event partitions are created ahead of time.
+//! - [`retention`]: finished runs are compacted, then deleted, past their tenant's windows.
+//! - [`partitions`]: monthly event partitions are created ahead of time, and those of months no
+//!   run needs any more are dropped.
 //! - [`queue`]: the queue's standing, published as gauges (reads only).
 //!
 //! Each sweep reads candidates, decides for each with a pure rule that takes `now`, and applies
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leasehold_core::lease;
+use leasehold_core::retention::{RetentionError, RetentionWindows};
 use leasehold_core::store::{self, Leadership, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +35,7 @@ pub mod partitions;
 pub mod pausing;
 pub mod queue;
 pub mod reaper;
+pub mod retention;
 pub mod stale_gates;
 pub mod workers;
 
@@ -40,6 +44,7 @@ pub use deadlines::DeadlinesOutcome;
 pub use partitions::PartitionsOutcome;
 pub use pausing::PausingOutcome;
 pub use reaper::ReapOutcome;
+pub use retention::RetentionOutcome;
 pub use stale_gates::StaleGatesOutcome;
 pub use workers::WorkersOutcome;
 
@@ -77,6 +82,8 @@ pub const DEAD_WORKER_AFTER_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60
 pub const DEAD_WORKER_AFTER_MIN: Duration = Duration::from_secs(6 * 60 * 60);
 /// A year.
 pub const DEAD_WORKER_AFTER_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Time between retention passes unless configured otherwise.
+pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// Time between readings of the queue's standing unless configured otherwise.
 pub const QUEUE_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Time between partition-upkeep passes unless configured otherwise.
@@ -150,6 +157,10 @@ pub struct Config {
     pub worker_prune_interval: Duration,
     /// How long a worker may be silent before its row is removed.
     pub dead_worker_after: Duration,
+    /// Time between retention passes.
+    pub retention_interval: Duration,
+    /// The retention windows of tenants without their own.
+    pub retention: RetentionWindows,
     /// Time between partition-upkeep passes; the first pass runs when leadership is taken.
     pub partition_interval: Duration,
     /// Months of event partitions kept created, the current one included.
@@ -177,6 +188,8 @@ impl Default for Config {
             deadline_interval: DEADLINE_INTERVAL_DEFAULT,
             worker_prune_interval: WORKER_PRUNE_INTERVAL_DEFAULT,
             dead_worker_after: DEAD_WORKER_AFTER_DEFAULT,
+            retention_interval: RETENTION_INTERVAL_DEFAULT,
+            retention: RetentionWindows::default(),
             partition_interval: PARTITION_INTERVAL_DEFAULT,
             partition_months_ahead: PARTITION_MONTHS_AHEAD_DEFAULT,
             queue_interval: QUEUE_INTERVAL_DEFAULT,
@@ -200,6 +213,9 @@ pub enum ConfigError {
         /// The most allowed.
         max: String,
     },
+    /// Retention windows that cannot be (`--retention`, `--delete-after`).
+    #[error("retention: {0}")]
+    Retention(#[from] RetentionError),
     /// A name that is empty or too long.
     #[error("{field} has {chars} characters; it must have 1 to {max}")]
     BadName {
@@ -256,6 +272,7 @@ impl Config {
             ("stale_gate_interval", self.stale_gate_interval),
             ("deadline_interval", self.deadline_interval),
             ("worker_prune_interval", self.worker_prune_interval),
+            ("retention_interval", self.retention_interval),
             ("partition_interval", self.partition_interval),
             ("queue_interval", self.queue_interval),
         ] {
@@ -293,6 +310,7 @@ impl Config {
             PARTITION_MONTHS_AHEAD_MAX,
         )?;
         within("batch_limit", self.batch_limit, 1, BATCH_LIMIT_MAX)?;
+        self.retention.validated()?;
         Ok(self)
     }
 
@@ -416,6 +434,8 @@ sweeps! {
     Deadlines: "deadlines", deadlines -> DeadlinesOutcome, every deadline_interval;
     /// Worker pruning.
     Workers: "workers", workers -> WorkersOutcome, every worker_prune_interval;
+    /// History retention.
+    Retention: "retention", retention -> RetentionOutcome, every retention_interval;
     /// Partition upkeep.
     Partitions: "partitions", partitions -> PartitionsOutcome, every partition_interval;
     /// The queue's standing, as gauges.
@@ -483,6 +503,10 @@ mod tests {
                 ConfigError::OutOfBounds { field, .. } | ConfigError::BadName { field, .. } => {
                     *field
                 }
+                ConfigError::Retention(RetentionError::OutOfBounds { field, .. }) => field,
+                ConfigError::Retention(RetentionError::DeleteBeforeCompact { .. }) => {
+                    "delete_after"
+                }
             };
             assert_eq!(named, field, "{refused}");
         };
@@ -493,6 +517,26 @@ mod tests {
                 ..base()
             },
             "leader_name",
+        );
+        check(
+            Config {
+                retention: RetentionWindows {
+                    compact_after: Duration::from_secs(60),
+                    ..RetentionWindows::default()
+                },
+                ..base()
+            },
+            "compact_after",
+        );
+        check(
+            Config {
+                retention: RetentionWindows {
+                    compact_after: Duration::from_secs(30 * 86_400),
+                    delete_after: Duration::from_secs(86_400),
+                },
+                ..base()
+            },
+            "delete_after",
         );
         check(
             Config {

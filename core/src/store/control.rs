@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use super::gated::since_schema;
 use super::query::{Query, clear_lease, notify_queued, notify_stopped, operator_request_id};
 use super::{Claim, Error, FenceError, RequestError, Store};
 use crate::ids::{NodeId, RunId, TenantId};
@@ -227,7 +228,8 @@ RETURNING run_id, (SELECT ",
 // without a row is pending, so the ready rule runs each of them again with a full attempt
 // budget: the recover is the operator's explicit grant of new attempts, and the attempts made
 // stay in the history (the node events, and the `reset` list of this event). The stop, the
-// failure and the poison guard's count are cleared.
+// failure and the poison guard's count are cleared. A compacted run (V20) has lost its inputs and
+// its completed nodes' outputs, which the nodes left to run would read: it is never recovered.
 const RECOVER_RUN: Query = Query {
     name: "recover_run",
     sql: concat!(
@@ -235,6 +237,9 @@ const RECOVER_RUN: Query = Query {
 WITH target AS (
     SELECT run_id, status AS was, stop_kind, stop_reason FROM runs
     WHERE run_id = $1::uuid AND tenant_id = $2::text AND status IN ('failed', 'blocked')
+      ",
+        since_schema!(20, "AND compacted_at IS NULL"),
+        "
     FOR UPDATE
 ),
 reset AS (
@@ -492,6 +497,12 @@ impl Store {
             return Ok(());
         }
         let run = self.run(tenant, run_id).await?;
+        if let Some(compacted_at) = run.compacted_at {
+            return Err(RequestError::Compacted {
+                run_id,
+                compacted_at,
+            });
+        }
         Err(RequestError::Transition(IllegalTransition {
             from: run.status,
             transition,

@@ -20,6 +20,8 @@
 //!   checks no limit.
 //! - V18 gave versions their timeouts and runs their deadlines: without it a run is started
 //!   without deadlines, and the deadline sweep finds none.
+//! - V20 gave runs their compaction, and tenants their retention: without it the retention
+//!   sweep does nothing, and every run reads as not compacted.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -45,9 +47,12 @@ pub(super) const LIMITS_SCHEMA_VERSION: i32 = 16;
 /// The migration that gave runs their deadlines, and versions their timeouts.
 pub(super) const DEADLINES_SCHEMA_VERSION: i32 = 18;
 
+/// The migration that gave runs their compaction, and tenants their retention windows.
+pub(super) const RETENTION_SCHEMA_VERSION: i32 = 20;
+
 /// For each gated migration, one column it added: its presence says the database has that
 /// migration. In version order.
-const MARKERS: [(i32, &str, &str); 5] = [
+const MARKERS: [(i32, &str, &str); 6] = [
     (TRACE_SCHEMA_VERSION, "runs", "trace_parent"),
     (
         START_NODES_SCHEMA_VERSION,
@@ -57,6 +62,7 @@ const MARKERS: [(i32, &str, &str); 5] = [
     (QUEUES_SCHEMA_VERSION, "runs", "queue"),
     (LIMITS_SCHEMA_VERSION, "runs", "automation_slot"),
     (DEADLINES_SCHEMA_VERSION, "runs", "start_deadline"),
+    (RETENTION_SCHEMA_VERSION, "runs", "compacted_at"),
 ];
 
 /// Marks a fragment of a statement kept only on a schema at `version` or above (it names what

@@ -25,6 +25,7 @@ pub mod outage;
 mod outcomes;
 mod query;
 mod queue;
+mod retention;
 mod routing;
 mod runs;
 mod startup;
@@ -59,11 +60,12 @@ pub use migrate::{
 pub use nodes::{Completed, NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use queue::{QueueStanding, WORKER_DEMAND_SQL, queue_demand_sql};
+pub use retention::TenantRetention;
 pub use runs::{RunDeadlines, RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{
-    AutoResumeParams, DeadlineFailure, PausingParams, PendingGateView, ReapParams, SilentWorker,
-    StaleGateParams,
+    AutoResumeParams, DeadlineFailure, PausingParams, PendingGateView, ReapParams,
+    RetentionCutoffs, SilentWorker, StaleGateParams,
 };
 pub use tokens::{
     MalformedToken, NewToken, Role, Secret, TOKEN_PREFIX, TokenError, TokenId, TokenRecord,
@@ -358,6 +360,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         nodes::QUERIES,
         outcomes::QUERIES,
         queue::QUERIES,
+        retention::QUERIES,
         routing::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,

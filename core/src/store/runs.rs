@@ -138,6 +138,9 @@ pub struct RunRecord {
     pub requirement_set: i64,
     /// When it must have been claimed and finished, from its version's timeouts (V18).
     pub deadlines: RunDeadlines,
+    /// When it was compacted (V20): its inputs and node outputs were dropped, past its
+    /// retention's hot window.
+    pub compacted_at: Option<DateTime<Utc>>,
 }
 
 impl RunRecord {
@@ -374,7 +377,8 @@ macro_rules! run_columns {
        r.created_at, r.finished_at",
             $crate::store::gated::if_traced!(", r.trace_parent"),
             $crate::store::gated::since_schema!(14, ", r.queue, r.requirement_set"),
-            $crate::store::gated::since_schema!(18, ", r.start_deadline, r.run_deadline")
+            $crate::store::gated::since_schema!(18, ", r.start_deadline, r.run_deadline"),
+            $crate::store::gated::since_schema!(20, ", r.compacted_at")
         )
     };
 }
@@ -620,5 +624,10 @@ pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
         queue: routing.queue,
         requirement_set: routing.requirement_set,
         deadlines: RunDeadlines::read(row),
+        // Absent from a schema without retention (below V20).
+        compacted_at: row
+            .try_get::<_, Option<DateTime<Utc>>>("compacted_at")
+            .ok()
+            .flatten(),
     })
 }

@@ -8,6 +8,7 @@ mod leader;
 mod partitions;
 mod pausing;
 mod reaper;
+mod retention;
 mod stale_gates;
 mod workers;
 

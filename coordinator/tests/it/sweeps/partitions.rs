@@ -19,7 +19,13 @@ async fn partition_upkeep_creates_partitions_ahead_and_is_idempotent() {
 
     let later = Utc::now() + chrono::TimeDelta::days(200);
     let ahead = pass(&b, Partitions, &leader, Some(later)).await;
-    assert_eq!(ahead, PartitionsOutcome { created: 3 });
+    assert_eq!(
+        ahead,
+        PartitionsOutcome {
+            created: 3,
+            dropped: 0
+        }
+    );
     assert_eq!(b.partitions().await, before + 3);
     let again = pass(&b, Partitions, &leader, Some(later)).await;
     assert_eq!(again, PartitionsOutcome::default());
@@ -61,7 +67,8 @@ async fn upkeep_after_a_two_month_outage_creates_every_month_and_moves_the_stray
     assert_eq!(
         outcome,
         PartitionsOutcome {
-            created: u64::from(1 + ahead)
+            created: u64::from(1 + ahead),
+            dropped: 0
         }
     );
     assert_eq!(strays(&b).await, 0, "the default partition is empty again");
@@ -110,7 +117,13 @@ async fn partitions_made_from_a_session_in_another_time_zone_line_up_with_the_ot
         .run_once(Pass::new(&store, &leader, &config(), Some(later)))
         .await
         .expect("upkeep from the far east");
-    assert_eq!(outcome, PartitionsOutcome { created: 3 });
+    assert_eq!(
+        outcome,
+        PartitionsOutcome {
+            created: 3,
+            dropped: 0
+        }
+    );
 
     // Every bound, read in the migrating session's zone, is the first of a month at midnight.
     let bounds: Vec<String> = b

@@ -86,6 +86,17 @@ pub enum RequestError {
         /// What stands in the way.
         reason: String,
     },
+    /// The run was compacted: its inputs and node outputs are gone, so it cannot run again.
+    #[error(
+        "run {run_id} was compacted at {compacted_at} (past its retention's hot window): its \
+         inputs and node outputs are gone, so it cannot be recovered"
+    )]
+    Compacted {
+        /// The run.
+        run_id: RunId,
+        /// When it was compacted.
+        compacted_at: chrono::DateTime<chrono::Utc>,
+    },
     /// No worker with this claimant id is registered.
     #[error("worker {0} not found")]
     WorkerNotFound(ClaimantId),

@@ -14,10 +14,11 @@ pub(super) const NAME_RUNTIME_ROLE: Query = Query {
 };
 
 // Grants the runtime role what the processes need and nothing more: rows of every table (the
-// migration bookkeeping read-only), sequences, and the partition function, which runs as its
-// owner. The default privileges cover the tables later migrations and partition upkeep create,
-// when the same role creates them. A role that migrates or is a superuser is refused: it would
-// own the schema, or bypass every grant, and the split would be for show.
+// migration bookkeeping read-only), sequences, and the partition functions (upkeep's, and the
+// retention sweep's drop), which run as their owner. The default privileges cover the tables
+// later migrations and partition upkeep create, when the same role creates them. A role that
+// migrates or is a superuser is refused: it would own the schema, or bypass every grant, and
+// the split would be for show.
 const GRANT_RUNTIME_ROLE: Query = Query {
     name: "grant_runtime_role",
     sql: r#"
@@ -46,6 +47,11 @@ BEGIN
     EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I', here, runtime);
     EXECUTE format('GRANT EXECUTE ON FUNCTION leasehold_ensure_event_partitions(date, integer) '
                    'TO %I', runtime);
+    -- V20's; absent from a schema migrated only that far (a rehearsal below it).
+    IF to_regprocedure('leasehold_drop_event_partition(date)') IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION leasehold_drop_event_partition(date) TO %I',
+                       runtime);
+    END IF;
     EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I '
                    'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I', here, runtime);
     EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I '
@@ -57,7 +63,7 @@ $grant$"#,
 impl Store {
     /// Grants `role` what coordinators and workers need on the migrated schema: USAGE on the
     /// schema, SELECT, INSERT, UPDATE and DELETE on its tables (SELECT only on the migration
-    /// bookkeeping), USAGE and SELECT on its sequences, EXECUTE on the partition function, and
+    /// bookkeeping), USAGE and SELECT on its sequences, EXECUTE on the partition functions, and
     /// the same by default on what this role creates later. Never ownership, never DDL.
     /// Idempotent; `leasehold migrate --runtime-role` calls it after migrating.
     ///

@@ -420,6 +420,7 @@ pub(super) fn new_run_record(
         queue: routing.queue,
         requirement_set: routing.requirement_set,
         deadlines,
+        compacted_at: None,
     }
 }
 

@@ -15,6 +15,7 @@ mod deadlines;
 mod partitions;
 mod pausing;
 mod reaper;
+mod retention;
 mod stale_gates;
 mod workers;
 
@@ -33,6 +34,7 @@ pub use auto_resume::AutoResumeParams;
 pub use deadlines::DeadlineFailure;
 pub use pausing::PausingParams;
 pub use reaper::ReapParams;
+pub use retention::RetentionCutoffs;
 pub use stale_gates::{PendingGateView, StaleGateParams};
 pub use workers::SilentWorker;
 
@@ -48,6 +50,7 @@ pub(super) fn queries() -> impl Iterator<Item = &'static Query> {
     [
         &[DATABASE_NOW][..],
         reaper::QUERIES,
+        retention::QUERIES,
         pausing::QUERIES,
         auto_resume::QUERIES,
         deadlines::QUERIES,

@@ -1,0 +1,73 @@
+//! History retention: finished runs are compacted past their hot window (`--retention`, a week
+//! by default) and deleted past their full retention (`--delete-after`, ninety days), each
+//! tenant by its own windows when it has them (`leasehold retention set`). The rule is
+//! `leasehold_core::retention`; the store's statements apply it in batches, oldest finished
+//! first, each batch its own short transaction under the leader lease. The events of deleted
+//! runs go with their month's partition, which partition upkeep drops once no run needs it.
+
+use leasehold_core::store::{self, RetentionCutoffs};
+
+use super::{Outcome, Pass};
+
+/// Batches of each kind one pass runs at most, so that a pass over a large backlog ends and
+/// the next one reads the tenants' windows again.
+pub const BATCHES_PER_PASS: usize = 100;
+
+/// One retention pass at `pass.now` (the database's clock when `None`), under `pass.leader`:
+/// compacts, then deletes, batch after batch, until a batch comes back short of
+/// `batch_limit` or [`BATCHES_PER_PASS`] have run.
+pub async fn run_once(pass: Pass<'_>) -> Result<RetentionOutcome, store::Error> {
+    let now = pass.now().await?;
+    let tenants = pass
+        .store
+        .tenant_retentions()
+        .await?
+        .into_iter()
+        .map(|(tenant, windows)| (tenant, windows.cutoffs(now)))
+        .collect();
+    let cutoffs = RetentionCutoffs {
+        default: pass.config.retention.cutoffs(now),
+        tenants,
+    };
+    let batch = pass.config.batch_limit;
+    let mut outcome = RetentionOutcome::default();
+    for _ in 0..BATCHES_PER_PASS {
+        let compacted = pass
+            .store
+            .compact_finished_runs(pass.leader, &cutoffs, batch)
+            .await?;
+        outcome.compacted += compacted;
+        if compacted < batch as u64 {
+            break;
+        }
+    }
+    for _ in 0..BATCHES_PER_PASS {
+        let deleted = pass
+            .store
+            .delete_finished_runs(pass.leader, &cutoffs, batch)
+            .await?;
+        outcome.deleted += deleted;
+        if deleted < batch as u64 {
+            break;
+        }
+    }
+    Ok(outcome)
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Runs compacted: their inputs and node outputs dropped.
+    pub compacted: u64,
+    /// Runs deleted, with their nodes and gates.
+    pub deleted: u64,
+}
+
+impl Outcome for RetentionOutcome {
+    fn actions(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("runs_compacted", self.compacted),
+            ("runs_deleted", self.deleted),
+        ]
+    }
+}
