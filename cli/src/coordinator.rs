@@ -84,6 +84,7 @@ impl LimitArgs {
             max_watch_streams: self.max_watch_streams,
             max_watch_streams_per_tenant: self.max_watch_streams_per_tenant,
             token_cache_ttl: self.token_cache_ttl.into(),
+            ..api::Config::default()
         }
     }
 }
@@ -379,6 +380,11 @@ async fn serve_with(
     cancel: CancellationToken,
     ready: DatabaseReady,
 ) -> anyhow::Result<()> {
+    // The API reports the windows the sweeps apply to tenants without their own.
+    let limits = api::Config {
+        retention: config.retention,
+        ..limits
+    };
     let addr = listener.local_addr()?;
     let holder = format!("{}-coordinator", leasehold_worker::default_claimant_id());
     let client_certificates = tls

@@ -9,6 +9,7 @@ use leasehold_proto::bearer::{AuthedChannel, Bearer};
 use leasehold_proto::codes::code_name;
 use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::gates_client::GatesClient;
+use leasehold_proto::v1::history_client::HistoryClient;
 use leasehold_proto::v1::runs_client::RunsClient;
 use leasehold_proto::v1::stats_client::StatsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
@@ -122,6 +123,10 @@ impl Coordinator {
 
     pub fn stats(&self) -> StatsClient<AuthedChannel> {
         StatsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    pub fn history(&self) -> HistoryClient<AuthedChannel> {
+        HistoryClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     /// The answer of a call, or its failure as one line.

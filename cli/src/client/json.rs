@@ -155,6 +155,7 @@ pub fn run(r: &v1::Run, detail: bool) -> Value {
         })),
         "start_deadline": time(r.start_deadline.as_ref()),
         "run_deadline": time(r.run_deadline.as_ref()),
+        "compacted_at": time(r.compacted_at.as_ref()),
         "lease_epoch": r.lease_epoch,
         "stop_kind": unless_unspecified(r.stop_kind, names::stop_kind),
         "stop_reason": text(&r.stop_reason),

@@ -17,6 +17,7 @@ mod json;
 mod names;
 pub mod queues;
 pub(crate) mod render;
+pub mod retention;
 pub mod run;
 pub mod stats;
 mod tls;

@@ -435,10 +435,22 @@ fn summary(run: &v1::Run, now: SystemTime) -> String {
                 .map(|f| format!("node {} attempt {}: {}", f.node_id, f.attempt, f.reason))
                 .unwrap_or_default(),
         ),
+        ("compacted", compacted(run, now)),
         ("inputs", render::truncate(&inputs, 200)),
         ("events", run.event_seq.to_string()),
         ("trace", run.trace_id.clone()),
     ])
+}
+
+/// When the run was compacted, and what that took from it; empty while it was not.
+fn compacted(run: &v1::Run, now: SystemTime) -> String {
+    if run.compacted_at.is_none() {
+        return String::new();
+    }
+    format!(
+        "{}: its inputs and node outputs were dropped (retention's hot window)",
+        render::when(run.compacted_at.as_ref(), now)
+    )
 }
 
 /// Who holds the run, or who last did.

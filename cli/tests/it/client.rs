@@ -992,3 +992,5 @@ async fn queues_are_listed_with_their_workers_and_limited() {
     let lifted = b.leasehold(&["queue", "set-limit", "gpu"]).await.ok();
     assert_eq!(lifted, "queue gpu: no limits\n");
 }
+
+mod retention;

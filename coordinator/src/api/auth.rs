@@ -55,6 +55,8 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/leasehold.v1.Workers/ListQueues", Role::Admin),
     ("/leasehold.v1.Workers/SetQueueLimits", Role::Admin),
     ("/leasehold.v1.Stats/GetStats", Role::Viewer),
+    ("/leasehold.v1.History/GetRetention", Role::Viewer),
+    ("/leasehold.v1.History/SetRetention", Role::Admin),
 ];
 
 /// Services anyone may call: load balancers and Kubernetes probe health without a token, and

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use leasehold_core::retention::RetentionWindows;
+
 /// How long a call may take unless configured otherwise. A streaming call must have opened its
 /// stream by then; the stream itself is not bounded.
 pub const RPC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -46,6 +48,9 @@ pub struct Config {
     /// up (`--token-cache-ttl`): a revoked token is refused to every call from this long after
     /// its revocation on. Zero looks the token up on every call.
     pub token_cache_ttl: Duration,
+    /// The retention windows of tenants without their own, as `GetRetention` reports them: the
+    /// sweeps' (`--retention`, `--delete-after`), which check them.
+    pub retention: RetentionWindows,
 }
 
 impl Default for Config {
@@ -56,6 +61,7 @@ impl Default for Config {
             max_watch_streams: MAX_WATCH_STREAMS_DEFAULT,
             max_watch_streams_per_tenant: MAX_WATCH_STREAMS_PER_TENANT_DEFAULT,
             token_cache_ttl: TOKEN_CACHE_TTL_DEFAULT,
+            retention: RetentionWindows::default(),
         }
     }
 }
@@ -137,6 +143,7 @@ mod tests {
             max_watch_streams: 1,
             max_watch_streams_per_tenant: 1,
             token_cache_ttl: Duration::ZERO,
+            ..Config::default()
         };
         assert_eq!(edge.clone().validated(), Ok(edge));
         let edge = Config {
@@ -145,6 +152,7 @@ mod tests {
             max_watch_streams: COUNT_MAX,
             max_watch_streams_per_tenant: COUNT_MAX,
             token_cache_ttl: TOKEN_CACHE_TTL_MAX,
+            ..Config::default()
         };
         assert_eq!(edge.clone().validated(), Ok(edge));
     }

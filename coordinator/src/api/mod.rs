@@ -11,6 +11,7 @@ mod gather;
 mod limits;
 mod metrics;
 mod queues;
+mod retention;
 mod runs;
 mod starts;
 mod states;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::ids::TenantId;
+use leasehold_core::retention::RetentionWindows;
 use leasehold_core::store::{self, Cursor, PageRequest, Store};
 use leasehold_core::trace::TraceContext;
 use leasehold_proto::checks::CheckInput;
@@ -63,17 +65,26 @@ pub struct Services {
     shutdown: CancellationToken,
     /// Gathers the single starts of concurrent calls into batches.
     starts: starts::Starts,
+    /// The retention windows of tenants without their own.
+    retention: RetentionWindows,
 }
 
 impl Services {
-    /// Serves from `store`, watches through `hub`, until `shutdown`.
+    /// Serves from `store`, watches through `hub`, until `shutdown`, with `retention` for
+    /// tenants without windows of their own.
     /// Must be called inside a Tokio runtime: it starts the task that writes batched starts.
-    pub fn new(store: Store, hub: Hub, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Store,
+        hub: Hub,
+        retention: RetentionWindows,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             starts: starts::Starts::new(&store),
             store,
             hub,
             shutdown,
+            retention,
         }
     }
 
@@ -93,6 +104,7 @@ impl Services {
             shutdown: self.shutdown.clone(),
             trace: call_trace(request.metadata()),
             starts: self.starts.clone(),
+            retention: self.retention,
         })
     }
 }
@@ -112,6 +124,7 @@ pub struct Api {
     /// else the caller's `traceparent`, if valid.
     trace: Option<TraceContext>,
     starts: starts::Starts,
+    retention: RetentionWindows,
 }
 
 /// The trace context of a call: its server span's (a child of the caller's context) when this
@@ -247,6 +260,7 @@ pub async fn serve_with_health(
 ) -> Result<(), ServeError> {
     use v1::automations_server::AutomationsServer;
     use v1::gates_server::GatesServer;
+    use v1::history_server::HistoryServer;
     use v1::runs_server::RunsServer;
     use v1::stats_server::StatsServer;
     use v1::workers_server::WorkersServer;
@@ -258,7 +272,7 @@ pub async fn serve_with_health(
         config.max_watch_streams_per_tenant,
     );
     tokio::spawn(hub.clone().run(background.clone(), cancel.clone()));
-    let api = Services::new(store, hub, cancel.clone());
+    let api = Services::new(store, hub, config.retention, cancel.clone());
     let health_listener = health;
     let (health, health_service) = tonic_health::server::health_reporter();
     // The reporter starts the server as a whole SERVING; nothing is known until the database
@@ -319,7 +333,8 @@ pub async fn serve_with_health(
         .add_service(limited!(RunsServer))
         .add_service(limited!(GatesServer))
         .add_service(limited!(WorkersServer))
-        .add_service(limited!(StatsServer));
+        .add_service(limited!(StatsServer))
+        .add_service(limited!(HistoryServer));
     let stop = cancel.cancelled_owned();
     match tls {
         None => {

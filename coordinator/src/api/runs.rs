@@ -95,6 +95,7 @@ pub(super) fn run_message(
         waiting: None,
         start_deadline: opt_timestamp(run.deadline_view().pending_start()),
         run_deadline: opt_timestamp(run.deadline_view().pending_run()),
+        compacted_at: opt_timestamp(run.compacted_at),
     }
 }
 
