@@ -213,6 +213,10 @@ pub struct SweepArgs {
     /// it, it is deleted with its nodes, gates and (by month) events. At least --retention.
     #[arg(long, env = "LEASEHOLD_DELETE_AFTER", default_value_t = retention::DELETE_AFTER_DEFAULT.into())]
     delete_after: humantime::Duration,
+    /// Time between folds of the finished runs' counts that Stats reads: how many moves of runs
+    /// Stats reads unfolded, at most.
+    #[arg(long, env = "LEASEHOLD_COUNT_INTERVAL", default_value_t = sweeps::COUNT_INTERVAL_DEFAULT.into())]
+    count_interval: humantime::Duration,
     /// Time between retention passes.
     #[arg(long, env = "LEASEHOLD_RETENTION_INTERVAL", default_value_t = sweeps::RETENTION_INTERVAL_DEFAULT.into())]
     retention_interval: humantime::Duration,
@@ -240,6 +244,7 @@ impl SweepArgs {
                 delete_after: self.delete_after.into(),
             },
             retention_interval: self.retention_interval.into(),
+            count_interval: self.count_interval.into(),
             queue_interval: self.queue_metrics_interval.into(),
             ..sweeps::Config::default()
         }

@@ -355,6 +355,7 @@ pub async fn serve_with_health(
 async fn report_health(store: Store, health: HealthReporter, cancel: CancellationToken) {
     use v1::automations_server::AutomationsServer;
     use v1::gates_server::GatesServer;
+    use v1::history_server::HistoryServer;
     use v1::runs_server::RunsServer;
     use v1::stats_server::StatsServer;
     use v1::workers_server::WorkersServer;
@@ -378,6 +379,7 @@ async fn report_health(store: Store, health: HealthReporter, cancel: Cancellatio
             health.set_serving::<GatesServer<Services>>().await;
             health.set_serving::<WorkersServer<Services>>().await;
             health.set_serving::<StatsServer<Services>>().await;
+            health.set_serving::<HistoryServer<Services>>().await;
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
@@ -393,6 +395,7 @@ async fn report_health(store: Store, health: HealthReporter, cancel: Cancellatio
             health.set_not_serving::<GatesServer<Services>>().await;
             health.set_not_serving::<WorkersServer<Services>>().await;
             health.set_not_serving::<StatsServer<Services>>().await;
+            health.set_not_serving::<HistoryServer<Services>>().await;
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`retention`]: finished runs are compacted, then deleted, past their tenant's windows.
 //! - [`partitions`]: monthly event partitions are created ahead of time, and those of months no
 //!   run needs any more are dropped.
+//! - [`counts`]: the finished runs' counts, kept by triggers, folded for Stats.
 //! - [`queue`]: the queue's standing, published as gauges (reads only).
 //!
 //! Each sweep reads candidates, decides for each with a pure rule that takes `now`, and applies
@@ -29,6 +30,7 @@ use leasehold_core::store::{self, Leadership, Store};
 use tokio_util::sync::CancellationToken;
 
 pub mod auto_resume;
+pub mod counts;
 pub mod deadlines;
 pub mod leader;
 pub mod partitions;
@@ -40,6 +42,7 @@ pub mod stale_gates;
 pub mod workers;
 
 pub use auto_resume::AutoResumeOutcome;
+pub use counts::CountsOutcome;
 pub use deadlines::DeadlinesOutcome;
 pub use partitions::PartitionsOutcome;
 pub use pausing::PausingOutcome;
@@ -84,6 +87,9 @@ pub const DEAD_WORKER_AFTER_MIN: Duration = Duration::from_secs(6 * 60 * 60);
 pub const DEAD_WORKER_AFTER_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Time between retention passes unless configured otherwise.
 pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// Time between folds of the run counts unless configured otherwise: how many moves Stats reads
+/// unfolded, at most a second's worth.
+pub const COUNT_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 /// Time between readings of the queue's standing unless configured otherwise.
 pub const QUEUE_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Time between partition-upkeep passes unless configured otherwise.
@@ -159,6 +165,8 @@ pub struct Config {
     pub dead_worker_after: Duration,
     /// Time between retention passes.
     pub retention_interval: Duration,
+    /// Time between folds of the run counts.
+    pub count_interval: Duration,
     /// The retention windows of tenants without their own.
     pub retention: RetentionWindows,
     /// Time between partition-upkeep passes; the first pass runs when leadership is taken.
@@ -189,6 +197,7 @@ impl Default for Config {
             worker_prune_interval: WORKER_PRUNE_INTERVAL_DEFAULT,
             dead_worker_after: DEAD_WORKER_AFTER_DEFAULT,
             retention_interval: RETENTION_INTERVAL_DEFAULT,
+            count_interval: COUNT_INTERVAL_DEFAULT,
             retention: RetentionWindows::default(),
             partition_interval: PARTITION_INTERVAL_DEFAULT,
             partition_months_ahead: PARTITION_MONTHS_AHEAD_DEFAULT,
@@ -273,6 +282,7 @@ impl Config {
             ("deadline_interval", self.deadline_interval),
             ("worker_prune_interval", self.worker_prune_interval),
             ("retention_interval", self.retention_interval),
+            ("count_interval", self.count_interval),
             ("partition_interval", self.partition_interval),
             ("queue_interval", self.queue_interval),
         ] {
@@ -438,6 +448,8 @@ sweeps! {
     Retention: "retention", retention -> RetentionOutcome, every retention_interval;
     /// Partition upkeep.
     Partitions: "partitions", partitions -> PartitionsOutcome, every partition_interval;
+    /// Run counts for Stats.
+    Counts: "counts", counts -> CountsOutcome, every count_interval;
     /// The queue's standing, as gauges.
     Queue: "queue", queue -> queue::QueueOutcome, every queue_interval;
 }

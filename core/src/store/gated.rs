@@ -22,6 +22,8 @@
 //!   without deadlines, and the deadline sweep finds none.
 //! - V20 gave runs their compaction, and tenants their retention: without it the retention
 //!   sweep does nothing, and every run reads as not compacted.
+//! - V22 gave finished runs their counts: without it Stats counts every run, as before, and the
+//!   count sweep does nothing.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -50,9 +52,12 @@ pub(super) const DEADLINES_SCHEMA_VERSION: i32 = 18;
 /// The migration that gave runs their compaction, and tenants their retention windows.
 pub(super) const RETENTION_SCHEMA_VERSION: i32 = 20;
 
+/// The migration that gave finished runs their counts, kept by triggers.
+pub(super) const COUNTS_SCHEMA_VERSION: i32 = 22;
+
 /// For each gated migration, one column it added: its presence says the database has that
 /// migration. In version order.
-const MARKERS: [(i32, &str, &str); 6] = [
+const MARKERS: [(i32, &str, &str); 7] = [
     (TRACE_SCHEMA_VERSION, "runs", "trace_parent"),
     (
         START_NODES_SCHEMA_VERSION,
@@ -63,6 +68,7 @@ const MARKERS: [(i32, &str, &str); 6] = [
     (LIMITS_SCHEMA_VERSION, "runs", "automation_slot"),
     (DEADLINES_SCHEMA_VERSION, "runs", "start_deadline"),
     (RETENTION_SCHEMA_VERSION, "runs", "compacted_at"),
+    (COUNTS_SCHEMA_VERSION, "run_status_counts", "runs"),
 ];
 
 /// Marks a fragment of a statement kept only on a schema at `version` or above (it names what

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::gated::{QUEUES_SCHEMA_VERSION, since_schema};
+use super::gated::{COUNTS_SCHEMA_VERSION, QUEUES_SCHEMA_VERSION, since_schema};
 use super::query::Query;
 use super::runs::{read_run, run_columns};
 use super::{Error, RequestError, RunRecord, Store};
@@ -319,6 +319,47 @@ FROM due"
     ),
 };
 
+// One tenant's counts without reading its finished runs (V22): unfinished runs, which are few,
+// counted from runs_status_idx's ranges of their statuses; finished ones read from the counts
+// the triggers keep (folded, and the deltas not folded yet: one snapshot sees each move in one
+// of the two). `counted` is false until the leader counted the finished runs once; the caller
+// then counts them all with TENANT_STATS. The due count and age as in TENANT_STATS.
+const TENANT_STATS_COUNTED: Query = Query {
+    name: "tenant_stats_counted",
+    sql: "\
+WITH live AS (
+    SELECT status, count(*) AS n FROM runs
+    WHERE tenant_id = $1::text
+      AND status IN ('queued', 'running', 'pausing', 'paused', 'awaiting_approval', 'blocked')
+      AND ($2::text IS NULL OR queue = $2::text)
+    GROUP BY status
+),
+finished AS (
+    SELECT status, sum(runs)::bigint AS n FROM (
+        SELECT status, runs FROM run_status_counts
+        WHERE tenant_id = $1::text AND ($2::text IS NULL OR queue = $2::text)
+        UNION ALL
+        SELECT status, runs FROM run_status_deltas
+        WHERE tenant_id = $1::text AND ($2::text IS NULL OR queue = $2::text)
+    ) moves
+    GROUP BY status
+),
+by_status AS (
+    SELECT status, n FROM live UNION ALL SELECT status, n FROM finished
+),
+due AS (
+    SELECT count(*) AS n, min(queued_at) AS oldest FROM runs
+    WHERE tenant_id = $1::text AND status = 'queued'
+      AND (retry_after IS NULL OR retry_after <= now())
+      AND ($2::text IS NULL OR queue = $2::text)
+)
+SELECT EXISTS (SELECT 1 FROM run_status_baseline) AS counted,
+       coalesce((SELECT jsonb_object_agg(status, n) FROM by_status), '{}'::jsonb) AS by_status,
+       due.n AS claimable,
+       (extract(epoch FROM now() - due.oldest) * 1000000)::bigint AS oldest_due_micros
+FROM due",
+};
+
 // The tenant's queued runs by queue and requirement set (of one queue, $2, if set), for the
 // runs Stats says wait for a worker: groups are few, however many runs wait. Reads
 // runs_claimable_by_queue_idx, which holds only queued runs.
@@ -333,6 +374,7 @@ GROUP BY queue, requirement_set",
 pub(super) const QUERIES: &[Query] = &[
     LIST_RUNS_BY_STATUS,
     LIST_RUNS_OF_AUTOMATION,
+    TENANT_STATS_COUNTED,
     TENANT_STATS,
     QUEUED_BY_REQUIREMENTS,
 ];
@@ -415,8 +457,18 @@ impl Store {
     pub async fn stats(&self, tenant: &TenantId, queue: Option<&str>) -> Result<Stats, Error> {
         let client = self.client().await?;
         let schema = self.schema(&client).await?;
+        let counted = if schema >= COUNTS_SCHEMA_VERSION {
+            let row = TENANT_STATS_COUNTED
+                .query_one(&client, &[&tenant.as_str(), &queue])
+                .await?;
+            row.get::<_, bool>("counted").then_some(row)
+        } else {
+            None
+        };
         let stats = TENANT_STATS.for_schema(schema);
-        let row = if schema >= QUEUES_SCHEMA_VERSION {
+        let row = if let Some(row) = counted {
+            row
+        } else if schema >= QUEUES_SCHEMA_VERSION {
             stats
                 .query_one(&client, &[&tenant.as_str(), &queue])
                 .await?
@@ -606,6 +658,32 @@ mod tests {
         )
         .await;
         assert!(keyed.contains("runs_concurrency_key_idx"), "{keyed}");
+        // Stats reads no finished run: the unfinished ones from their statuses' index ranges,
+        // the finished ones' counts from V22's tables.
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            for queue in ["NULL", "'default'"] {
+                let args = format!("'default', {queue}");
+                let plan = plan(&client, mode, TENANT_STATS_COUNTED.sql, &args).await;
+                assert!(
+                    !plan.contains("Seq Scan on runs ") && plan.contains("run_status_counts"),
+                    "{mode} ({args}):\n{plan}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn counted_stats_count_every_unfinished_status_from_the_runs() {
+        for status in RunStatus::ALL {
+            let counted_by_trigger = matches!(
+                status,
+                RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+            );
+            let listed = TENANT_STATS_COUNTED
+                .sql
+                .contains(&format!("'{}'", status.as_str()));
+            assert_eq!(listed, !counted_by_trigger, "{status:?}");
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub use retention::TenantRetention;
 pub use runs::{RunDeadlines, RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{
-    AutoResumeParams, DeadlineFailure, PausingParams, PendingGateView, ReapParams,
+    AutoResumeParams, CountsFolded, DeadlineFailure, PausingParams, PendingGateView, ReapParams,
     RetentionCutoffs, SilentWorker, StaleGateParams,
 };
 pub use tokens::{

@@ -3,6 +3,7 @@
 //! handovers between coordinators.
 
 mod auto_resume;
+mod counts;
 mod deadlines;
 mod leader;
 mod partitions;

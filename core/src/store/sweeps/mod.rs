@@ -11,6 +11,7 @@
 //! of deadlocking.
 
 mod auto_resume;
+mod counts;
 mod deadlines;
 mod partitions;
 mod pausing;
@@ -31,6 +32,7 @@ use crate::lease::LeaseView;
 use crate::run::{RunStatus, UnknownStatus};
 
 pub use auto_resume::AutoResumeParams;
+pub use counts::CountsFolded;
 pub use deadlines::DeadlineFailure;
 pub use pausing::PausingParams;
 pub use reaper::ReapParams;
@@ -53,6 +55,7 @@ pub(super) fn queries() -> impl Iterator<Item = &'static Query> {
         retention::QUERIES,
         pausing::QUERIES,
         auto_resume::QUERIES,
+        counts::QUERIES,
         deadlines::QUERIES,
         stale_gates::QUERIES,
         partitions::QUERIES,
