@@ -51,6 +51,8 @@ enum Command {
     Worker(WorkerCommand),
     /// List queues and set their limits.
     Queue(Client<client::queues::Command>),
+    /// List automations' cron schedules, pause, resume and trigger them.
+    Schedule(Client<client::schedules::Command>),
     /// Show and set how long your tenant's finished runs keep their details and are kept.
     Retention(Client<client::retention::Command>),
     /// Runs by status, queue age, claimable runs, held leases, and runs waiting for a worker.
@@ -173,6 +175,9 @@ async fn run(cli: Cli) -> ExitCode {
             "--database-url, LEASEHOLD_DATABASE_URL or --database-url-file is required to run a worker"
         )),
         Command::Queue(Client { command, tls }) => client::queues::run(command, &global(tls)).await,
+        Command::Schedule(Client { command, tls }) => {
+            client::schedules::run(command, &global(tls)).await
+        }
         Command::Retention(Client { command, tls }) => {
             client::retention::run(command, &global(tls)).await
         }

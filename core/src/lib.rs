@@ -6,6 +6,8 @@
 //! - [`store`]: the PostgreSQL store, the one place where SQL lives.
 #![warn(missing_docs)]
 
-pub use leasehold_domain::{ids, kinds, lease, retention, retry, routing, run, spec, trace};
+pub use leasehold_domain::{
+    ids, kinds, lease, retention, retry, routing, run, schedule, spec, trace,
+};
 
 pub mod store;

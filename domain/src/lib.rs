@@ -7,6 +7,7 @@
 //!   inputs against them.
 //! - [`run`]: the run state machine and the ready nodes of a run's checkpoint.
 //! - [`retry`]: the backoff between attempts.
+//! - [`schedule`]: cron schedules: when they fire, catch-up after downtime, overlap.
 //! - [`lease`]: lease bounds, expiry and reap decisions.
 //! - [`retention`]: how long finished runs keep their details, and how long they are kept.
 //! - [`routing`]: queue, label and context names, what a run requires of its worker, what a
@@ -25,5 +26,6 @@ pub mod retention;
 pub mod retry;
 pub mod routing;
 pub mod run;
+pub mod schedule;
 pub mod spec;
 pub mod trace;

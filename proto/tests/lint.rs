@@ -93,8 +93,14 @@ fn lint_file(file: &FileDescriptorProto, found: &mut Vec<String>) {
                 );
             }
         }
-        for oneof in &m.oneof_decl {
-            if !is_lower_snake(oneof.name()) {
+        for (index, oneof) in m.oneof_decl.iter().enumerate() {
+            // A proto3 `optional` field sits in a oneof protoc names `_field` itself, as buf's
+            // lint knows: not the author's to name.
+            let synthetic = m.field.iter().any(|f| {
+                f.proto3_optional()
+                    && f.oneof_index.and_then(|i| usize::try_from(i).ok()) == Some(index)
+            });
+            if !synthetic && !is_lower_snake(oneof.name()) {
                 flag(
                     "ONEOF_LOWER_SNAKE_CASE",
                     &format!("{name}.{}", oneof.name()),

@@ -11,6 +11,7 @@ use leasehold_proto::v1::automations_client::AutomationsClient;
 use leasehold_proto::v1::gates_client::GatesClient;
 use leasehold_proto::v1::history_client::HistoryClient;
 use leasehold_proto::v1::runs_client::RunsClient;
+use leasehold_proto::v1::schedules_client::SchedulesClient;
 use leasehold_proto::v1::stats_client::StatsClient;
 use leasehold_proto::v1::workers_client::WorkersClient;
 use tonic::transport::Endpoint;
@@ -123,6 +124,10 @@ impl Coordinator {
 
     pub fn stats(&self) -> StatsClient<AuthedChannel> {
         StatsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    pub fn schedules(&self) -> SchedulesClient<AuthedChannel> {
+        SchedulesClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     pub fn history(&self) -> HistoryClient<AuthedChannel> {

@@ -19,6 +19,7 @@ pub mod queues;
 pub(crate) mod render;
 pub mod retention;
 pub mod run;
+pub mod schedules;
 pub mod stats;
 mod tls;
 mod watch;

@@ -435,11 +435,25 @@ fn summary(run: &v1::Run, now: SystemTime) -> String {
                 .map(|f| format!("node {} attempt {}: {}", f.node_id, f.attempt, f.reason))
                 .unwrap_or_default(),
         ),
+        ("trigger", trigger(run)),
         ("compacted", compacted(run, now)),
         ("inputs", render::truncate(&inputs, 200)),
         ("events", run.event_seq.to_string()),
         ("trace", run.trace_id.clone()),
     ])
+}
+
+/// What started the run; for a schedule, which one and for what fire time.
+fn trigger(run: &v1::Run) -> String {
+    match render::time(run.scheduled_for.as_ref()) {
+        Some(at) => format!(
+            "{} {} for {}",
+            run.trigger,
+            run.schedule_id,
+            render::rfc3339(at)
+        ),
+        None => run.trigger.clone(),
+    }
 }
 
 /// When the run was compacted, and what that took from it; empty while it was not.

@@ -994,3 +994,4 @@ async fn queues_are_listed_with_their_workers_and_limited() {
 }
 
 mod retention;
+mod schedules;

@@ -56,6 +56,10 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/leasehold.v1.Workers/SetQueueLimits", Role::Admin),
     ("/leasehold.v1.Stats/GetStats", Role::Viewer),
     ("/leasehold.v1.History/GetRetention", Role::Viewer),
+    ("/leasehold.v1.Schedules/ListSchedules", Role::Viewer),
+    ("/leasehold.v1.Schedules/PauseSchedule", Role::Operator),
+    ("/leasehold.v1.Schedules/ResumeSchedule", Role::Operator),
+    ("/leasehold.v1.Schedules/TriggerSchedule", Role::Operator),
     ("/leasehold.v1.History/SetRetention", Role::Admin),
 ];
 

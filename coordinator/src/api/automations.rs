@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use leasehold_core::ids::AutomationId;
 use leasehold_core::kinds;
+use leasehold_core::schedule::Timetable;
 use leasehold_core::spec::{Spec, SpecError};
 use leasehold_core::store::{AutomationRecord, Stored};
 use leasehold_proto::v1;
@@ -83,7 +84,30 @@ impl Api {
         Ok(Checked { spec, warnings })
     }
 
+    /// Answers a stored spec, once its schedules are the automation's: new ones from their
+    /// first fire after now, changed ones moved to their new pattern, removed ones gone. Apart
+    /// from the version's statement: a call that fails here stored the version, and repeating
+    /// it (as `ApplyAutomation` is meant to be) syncs them.
     async fn stored(&self, checked: Checked, stored: Stored) -> ApiResult<v1::Automation> {
+        let now = chrono::Utc::now();
+        let first_fires: Vec<_> = checked
+            .spec
+            .schedules
+            .iter()
+            .map(|s| {
+                Timetable::parse(&s.cron, &s.timezone)
+                    .ok()
+                    .and_then(|table| table.next_after(now))
+            })
+            .collect();
+        self.store
+            .sync_schedules(
+                &self.tenant,
+                &checked.spec.id,
+                &checked.spec.schedules,
+                &first_fires,
+            )
+            .await?;
         let record = self
             .store
             .automation(&self.tenant, &checked.spec.id)

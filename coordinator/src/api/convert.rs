@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use leasehold_core::ids::{AutomationId, NodeId, RunId};
 use leasehold_core::retry;
 use leasehold_core::routing;
+use leasehold_core::schedule::{self, CatchUp, Overlap, ScheduleSpec};
 use leasehold_core::spec::{self, Approval, NodeSpec, Spec};
 use leasehold_proto::v1;
 use prost_types::value::Kind;
@@ -161,6 +162,55 @@ fn spec_from_message(message: &v1::AutomationSpec) -> Spec {
         schedule_to_start_timeout_ms: (message.schedule_to_start_timeout_ms != 0)
             .then_some(message.schedule_to_start_timeout_ms),
         run_timeout_ms: (message.run_timeout_ms != 0).then_some(message.run_timeout_ms),
+        schedules: message
+            .schedules
+            .iter()
+            .map(schedule_from_message)
+            .collect(),
+    }
+}
+
+fn schedule_from_message(message: &v1::ScheduleSpec) -> ScheduleSpec {
+    ScheduleSpec {
+        id: if message.id.is_empty() {
+            schedule::DEFAULT_SCHEDULE_ID.to_owned()
+        } else {
+            message.id.clone()
+        },
+        cron: message.cron.clone(),
+        timezone: if message.timezone.is_empty() {
+            schedule::UTC.to_owned()
+        } else {
+            message.timezone.clone()
+        },
+        inputs: message
+            .inputs
+            .as_ref()
+            .map_or_else(|| serde_json::json!({}), from_struct),
+        overlap: match v1::Overlap::try_from(message.overlap) {
+            Ok(v1::Overlap::QueueOne) => Overlap::QueueOne,
+            Ok(v1::Overlap::Allow) => Overlap::Allow,
+            // UNSPECIFIED is the default; a number this build does not know is read as it too.
+            _ => Overlap::Skip,
+        },
+        catch_up: message
+            .catch_up
+            .map_or_else(CatchUp::default, CatchUp::from_latest),
+    }
+}
+
+pub fn schedule_message(s: &ScheduleSpec) -> v1::ScheduleSpec {
+    v1::ScheduleSpec {
+        id: s.id.clone(),
+        cron: s.cron.clone(),
+        timezone: s.timezone.clone(),
+        inputs: Some(to_struct(&s.inputs)),
+        overlap: match s.overlap {
+            Overlap::Skip => v1::Overlap::Skip,
+            Overlap::QueueOne => v1::Overlap::QueueOne,
+            Overlap::Allow => v1::Overlap::Allow,
+        } as i32,
+        catch_up: Some(s.catch_up.latest()),
     }
 }
 
@@ -201,6 +251,7 @@ pub fn spec_message(spec: &Spec) -> v1::AutomationSpec {
         burst: spec.burst.unwrap_or(0),
         schedule_to_start_timeout_ms: spec.schedule_to_start_timeout_ms.unwrap_or(0),
         run_timeout_ms: spec.run_timeout_ms.unwrap_or(0),
+        schedules: spec.schedules.iter().map(schedule_message).collect(),
     }
 }
 

@@ -123,6 +123,7 @@ fn refusal(refused: store::RequestError) -> Status {
         | R::AutomationNotFound(_)
         | R::AutomationVersionNotFound { .. }
         | R::GateNotFound(_)
+        | R::ScheduleNotFound { .. }
         | R::WorkerNotFound(_) => Status::not_found(message),
         R::AutomationExists(_) => Status::already_exists(message),
         R::AutomationPaused(_)
@@ -145,7 +146,9 @@ fn failure(failed: store::Error) -> Status {
     let message = failed.to_string();
     match failed {
         S::OutOfRange { constraint } => invalid(&constraint, &message),
-        S::UnreadableSpec { .. } | S::UnreadableRun { .. } => Status::data_loss(message),
+        S::UnreadableSpec { .. } | S::UnreadableRun { .. } | S::UnreadableSchedule { .. } => {
+            Status::data_loss(message)
+        }
         other if other.is_transient() => Status::unavailable(message),
         other => {
             tracing::error!(error = %other, "internal error");

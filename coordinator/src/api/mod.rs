@@ -13,6 +13,7 @@ mod metrics;
 mod queues;
 mod retention;
 mod runs;
+mod schedules;
 mod starts;
 mod states;
 mod token_cache;
@@ -262,6 +263,7 @@ pub async fn serve_with_health(
     use v1::gates_server::GatesServer;
     use v1::history_server::HistoryServer;
     use v1::runs_server::RunsServer;
+    use v1::schedules_server::SchedulesServer;
     use v1::stats_server::StatsServer;
     use v1::workers_server::WorkersServer;
 
@@ -334,7 +336,8 @@ pub async fn serve_with_health(
         .add_service(limited!(GatesServer))
         .add_service(limited!(WorkersServer))
         .add_service(limited!(StatsServer))
-        .add_service(limited!(HistoryServer));
+        .add_service(limited!(HistoryServer))
+        .add_service(limited!(SchedulesServer));
     let stop = cancel.cancelled_owned();
     match tls {
         None => {
@@ -357,6 +360,7 @@ async fn report_health(store: Store, health: HealthReporter, cancel: Cancellatio
     use v1::gates_server::GatesServer;
     use v1::history_server::HistoryServer;
     use v1::runs_server::RunsServer;
+    use v1::schedules_server::SchedulesServer;
     use v1::stats_server::StatsServer;
     use v1::workers_server::WorkersServer;
 
@@ -380,6 +384,7 @@ async fn report_health(store: Store, health: HealthReporter, cancel: Cancellatio
             health.set_serving::<WorkersServer<Services>>().await;
             health.set_serving::<StatsServer<Services>>().await;
             health.set_serving::<HistoryServer<Services>>().await;
+            health.set_serving::<SchedulesServer<Services>>().await;
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
@@ -396,6 +401,7 @@ async fn report_health(store: Store, health: HealthReporter, cancel: Cancellatio
             health.set_not_serving::<WorkersServer<Services>>().await;
             health.set_not_serving::<StatsServer<Services>>().await;
             health.set_not_serving::<HistoryServer<Services>>().await;
+            health.set_not_serving::<SchedulesServer<Services>>().await;
         }
     }
 }

@@ -96,6 +96,15 @@ pub(super) fn run_message(
         start_deadline: opt_timestamp(run.deadline_view().pending_start()),
         run_deadline: opt_timestamp(run.deadline_view().pending_run()),
         compacted_at: opt_timestamp(run.compacted_at),
+        trigger: run.trigger.as_str().to_owned(),
+        schedule_id: match &run.trigger {
+            Trigger::Schedule(fire) => fire.schedule_id.clone(),
+            Trigger::Manual | Trigger::Api => String::new(),
+        },
+        scheduled_for: match &run.trigger {
+            Trigger::Schedule(fire) => Some(timestamp(fire.fire_at)),
+            Trigger::Manual | Trigger::Api => None,
+        },
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`retention`]: finished runs are compacted, then deleted, past their tenant's windows.
 //! - [`partitions`]: monthly event partitions are created ahead of time, and those of months no
 //!   run needs any more are dropped.
+//! - [`schedules`]: automations' cron schedules fire, each fire time once.
 //! - [`counts`]: the finished runs' counts, kept by triggers, folded for Stats.
 //! - [`queue`]: the queue's standing, published as gauges (reads only).
 //!
@@ -38,6 +39,7 @@ pub mod pausing;
 pub mod queue;
 pub mod reaper;
 pub mod retention;
+pub mod schedules;
 pub mod stale_gates;
 pub mod workers;
 
@@ -48,6 +50,7 @@ pub use partitions::PartitionsOutcome;
 pub use pausing::PausingOutcome;
 pub use reaper::ReapOutcome;
 pub use retention::RetentionOutcome;
+pub use schedules::SchedulesOutcome;
 pub use stale_gates::StaleGatesOutcome;
 pub use workers::WorkersOutcome;
 
@@ -85,6 +88,13 @@ pub const DEAD_WORKER_AFTER_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60
 pub const DEAD_WORKER_AFTER_MIN: Duration = Duration::from_secs(6 * 60 * 60);
 /// A year.
 pub const DEAD_WORKER_AFTER_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Time between schedule passes unless configured otherwise: how late after its time a fire
+/// starts its run, at most, when all is well.
+pub const SCHEDULE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// How late a fire may be decided and still count as on time, unless configured otherwise: a
+/// fire later than this (the leader was down, or changing hands) was missed, and runs only as
+/// its schedule's catch-up policy says. Longer than a leader handover.
+pub const SCHEDULE_GRACE_DEFAULT: Duration = Duration::from_secs(60);
 /// Time between retention passes unless configured otherwise.
 pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// Time between folds of the run counts unless configured otherwise: how many moves Stats reads
@@ -167,6 +177,10 @@ pub struct Config {
     pub retention_interval: Duration,
     /// Time between folds of the run counts.
     pub count_interval: Duration,
+    /// Time between schedule passes.
+    pub schedule_interval: Duration,
+    /// How late a fire may be decided and still count as on time.
+    pub schedule_grace: Duration,
     /// The retention windows of tenants without their own.
     pub retention: RetentionWindows,
     /// Time between partition-upkeep passes; the first pass runs when leadership is taken.
@@ -198,6 +212,8 @@ impl Default for Config {
             dead_worker_after: DEAD_WORKER_AFTER_DEFAULT,
             retention_interval: RETENTION_INTERVAL_DEFAULT,
             count_interval: COUNT_INTERVAL_DEFAULT,
+            schedule_interval: SCHEDULE_INTERVAL_DEFAULT,
+            schedule_grace: SCHEDULE_GRACE_DEFAULT,
             retention: RetentionWindows::default(),
             partition_interval: PARTITION_INTERVAL_DEFAULT,
             partition_months_ahead: PARTITION_MONTHS_AHEAD_DEFAULT,
@@ -283,6 +299,8 @@ impl Config {
             ("worker_prune_interval", self.worker_prune_interval),
             ("retention_interval", self.retention_interval),
             ("count_interval", self.count_interval),
+            ("schedule_interval", self.schedule_interval),
+            ("schedule_grace", self.schedule_grace),
             ("partition_interval", self.partition_interval),
             ("queue_interval", self.queue_interval),
         ] {
@@ -448,6 +466,8 @@ sweeps! {
     Retention: "retention", retention -> RetentionOutcome, every retention_interval;
     /// Partition upkeep.
     Partitions: "partitions", partitions -> PartitionsOutcome, every partition_interval;
+    /// Schedules.
+    Schedules: "schedules", schedules -> SchedulesOutcome, every schedule_interval;
     /// Run counts for Stats.
     Counts: "counts", counts -> CountsOutcome, every count_interval;
     /// The queue's standing, as gauges.

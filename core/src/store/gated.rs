@@ -24,6 +24,8 @@
 //!   sweep does nothing, and every run reads as not compacted.
 //! - V22 gave finished runs their counts: without it Stats counts every run, as before, and the
 //!   count sweep does nothing.
+//! - V23 gave automations their schedules, and runs the schedule and fire time they were
+//!   started for: without it no schedule is stored or fires.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -55,9 +57,12 @@ pub(super) const RETENTION_SCHEMA_VERSION: i32 = 20;
 /// The migration that gave finished runs their counts, kept by triggers.
 pub(super) const COUNTS_SCHEMA_VERSION: i32 = 22;
 
+/// The migration that gave automations their schedules, and runs their fire times.
+pub(super) const SCHEDULES_SCHEMA_VERSION: i32 = 23;
+
 /// For each gated migration, one column it added: its presence says the database has that
 /// migration. In version order.
-const MARKERS: [(i32, &str, &str); 7] = [
+const MARKERS: [(i32, &str, &str); 8] = [
     (TRACE_SCHEMA_VERSION, "runs", "trace_parent"),
     (
         START_NODES_SCHEMA_VERSION,
@@ -69,6 +74,7 @@ const MARKERS: [(i32, &str, &str); 7] = [
     (DEADLINES_SCHEMA_VERSION, "runs", "start_deadline"),
     (RETENTION_SCHEMA_VERSION, "runs", "compacted_at"),
     (COUNTS_SCHEMA_VERSION, "run_status_counts", "runs"),
+    (SCHEDULES_SCHEMA_VERSION, "runs", "scheduled_for"),
 ];
 
 /// Marks a fragment of a statement kept only on a schema at `version` or above (it names what

@@ -28,6 +28,7 @@ mod queue;
 mod retention;
 mod routing;
 mod runs;
+mod schedules;
 mod startup;
 mod sweeps;
 mod tokens;
@@ -61,11 +62,14 @@ pub use nodes::{Completed, NodeCompletion, NodeRecord, NodeStart};
 pub use outcomes::Failure;
 pub use queue::{QueueStanding, WORKER_DEMAND_SQL, queue_demand_sql};
 pub use retention::TenantRetention;
-pub use runs::{RunDeadlines, RunRecord, StartOutcome, StartRun, Started, StartedRun, Trigger};
+pub use runs::{
+    RunDeadlines, RunRecord, ScheduledFire, StartOutcome, StartRun, Started, StartedRun, Trigger,
+};
+pub use schedules::{ScheduleKey, SchedulePause, ScheduleRecord};
 pub use startup::{WhenUnavailable, startup_retry_delay};
 pub use sweeps::{
-    AutoResumeParams, CountsFolded, DeadlineFailure, PausingParams, PendingGateView, ReapParams,
-    RetentionCutoffs, SilentWorker, StaleGateParams,
+    AutoResumeParams, CountsFolded, DeadlineFailure, FireDecision, PausingParams, PendingGateView,
+    ReapParams, RetentionCutoffs, SilentWorker, StaleGateParams, UnstartedFire,
 };
 pub use tokens::{
     MalformedToken, NewToken, Role, Secret, TOKEN_PREFIX, TokenError, TokenId, TokenRecord,
@@ -361,6 +365,7 @@ fn all_queries() -> impl Iterator<Item = Query> {
         outcomes::QUERIES,
         queue::QUERIES,
         retention::QUERIES,
+        schedules::QUERIES,
         routing::QUERIES,
         runs::QUERIES,
         tokens::QUERIES,

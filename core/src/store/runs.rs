@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::control::OperatorRequest;
-use super::gated::{QUEUES_SCHEMA_VERSION, TRACE_SCHEMA_VERSION, if_traced, since_schema};
+use super::gated::{
+    QUEUES_SCHEMA_VERSION, SCHEDULES_SCHEMA_VERSION, TRACE_SCHEMA_VERSION, if_traced, since_schema,
+};
 use super::query::{
     Query, clear_lease, close_open_work, notify_queued, notify_stopped, operator_request_id,
 };
@@ -22,22 +24,40 @@ use crate::run::{RunStatus, Transition};
 use crate::trace::{TraceContext, TraceParent, TraceState};
 
 /// What set a run going.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
     /// A person, through the CLI.
     Manual,
-    /// A schedule fired.
-    Schedule,
+    /// A schedule fired (or was triggered by hand) for this fire time.
+    Schedule(ScheduledFire),
     /// A program, through the API.
     Api,
 }
 
+/// The schedule and fire time a run was started for (V23).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledFire {
+    /// The automation's schedule.
+    pub schedule_id: String,
+    /// The fire time (for a manual trigger, when it was asked for).
+    pub fire_at: DateTime<Utc>,
+}
+
 impl Trigger {
-    fn as_str(self) -> &'static str {
+    /// The name runs.trigger stores.
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::Manual => "manual",
-            Self::Schedule => "schedule",
+            Self::Schedule(_) => "schedule",
             Self::Api => "api",
+        }
+    }
+
+    /// The schedule and fire time, for a run a schedule started.
+    fn scheduled(&self) -> (Option<&str>, Option<DateTime<Utc>>) {
+        match self {
+            Self::Schedule(fire) => (Some(fire.schedule_id.as_str()), Some(fire.fire_at)),
+            Self::Manual | Self::Api => (None, None),
         }
     }
 }
@@ -141,6 +161,8 @@ pub struct RunRecord {
     /// When it was compacted (V20): its inputs and node outputs were dropped, past its
     /// retention's hot window.
     pub compacted_at: Option<DateTime<Utc>>,
+    /// What set it going; for a schedule, which one and for what fire time (V23).
+    pub trigger: Trigger,
 }
 
 impl RunRecord {
@@ -320,6 +342,7 @@ inserted AS (
         if_traced!(", trace_parent, trace_state"),
         since_schema!(14, ", queue, requirement_set"),
         since_schema!(18, ", start_deadline, run_deadline"),
+        since_schema!(23, ", schedule_id, scheduled_for"),
         ")
     SELECT $3::uuid, $1::text, $2::text, current_version, $4::text, $5::jsonb,
            $6::text, 'queued', $7::smallint, 'started', $8::text, 1",
@@ -329,6 +352,7 @@ inserted AS (
             ", coalesce($12::text, version_queue, 'default'), coalesce(requirement_set, 0)"
         ),
         since_schema!(18, run_deadlines!("automation")),
+        since_schema!(23, ", $13::text, $14::timestamptz"),
         "
     FROM automation WHERE status = 'active'
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -378,7 +402,9 @@ macro_rules! run_columns {
             $crate::store::gated::if_traced!(", r.trace_parent"),
             $crate::store::gated::since_schema!(14, ", r.queue, r.requirement_set"),
             $crate::store::gated::since_schema!(18, ", r.start_deadline, r.run_deadline"),
-            $crate::store::gated::since_schema!(20, ", r.compacted_at")
+            $crate::store::gated::since_schema!(20, ", r.compacted_at"),
+            ", r.trigger",
+            $crate::store::gated::since_schema!(23, ", r.schedule_id, r.scheduled_for")
         )
     };
 }
@@ -457,7 +483,8 @@ impl Store {
         let run_id = RunId::new();
         let trace = own_trace(request.trace.as_ref());
         let schema = self.schema(&client).await?;
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+        let (schedule_id, scheduled_for) = request.trigger.scheduled();
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
             &request.tenant.as_str(),
             &request.automation_id.as_str(),
             &run_id.0,
@@ -470,10 +497,14 @@ impl Store {
             &trace.parent.as_str(),
             &trace.state.as_ref().map(TraceState::as_str),
             &request.queue,
+            &schedule_id,
+            &scheduled_for,
         ];
         // An older schema's statement has no place for the newer arguments.
-        let args = if schema >= QUEUES_SCHEMA_VERSION {
+        let args = if schema >= SCHEDULES_SCHEMA_VERSION {
             &args[..]
+        } else if schema >= QUEUES_SCHEMA_VERSION {
+            &args[..12]
         } else if schema >= TRACE_SCHEMA_VERSION {
             &args[..11]
         } else {
@@ -580,6 +611,27 @@ fn same_request(request: &StartRun, key: &str, earlier: &Row) -> Result<Started,
     }
 }
 
+/// A row's trigger; a schedule's id and fire time are absent from a schema before V23, and a
+/// run a schedule started there (none did) reads with an empty id at its creation.
+fn read_trigger(row: &Row) -> Trigger {
+    match row.get::<_, &str>("trigger") {
+        "manual" => Trigger::Manual,
+        "schedule" => Trigger::Schedule(ScheduledFire {
+            schedule_id: row
+                .try_get::<_, Option<String>>("schedule_id")
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            fire_at: row
+                .try_get::<_, Option<DateTime<Utc>>>("scheduled_for")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| row.get("created_at")),
+        }),
+        _ => Trigger::Api,
+    }
+}
+
 pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
     let run_id = RunId(row.get("run_id"));
     let routing = Routing::read(row);
@@ -624,6 +676,7 @@ pub(super) fn read_run(row: &Row) -> Result<RunRecord, Error> {
         queue: routing.queue,
         requirement_set: routing.requirement_set,
         deadlines: RunDeadlines::read(row),
+        trigger: read_trigger(row),
         // Absent from a schema without retention (below V20).
         compacted_at: row
             .try_get::<_, Option<DateTime<Utc>>>("compacted_at")

@@ -164,6 +164,7 @@ mod tests {
             burst: None,
             schedule_to_start_timeout_ms: None,
             run_timeout_ms: None,
+            schedules: Vec::new(),
         }
     }
 

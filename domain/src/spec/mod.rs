@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AutomationId, NodeId};
+use crate::schedule::ScheduleSpec;
 use crate::{retry, routing};
 
 mod parse;
@@ -59,6 +60,9 @@ pub struct Spec {
     /// (`run_timed_out`), its running nodes stopped as a cancel stops them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_timeout_ms: Option<u64>,
+    /// Cron schedules that start runs of it, each fire once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleSpec>,
     /// The nodes, in the order their author wrote them.
     pub nodes: Vec<NodeSpec>,
 }

@@ -9,6 +9,7 @@ use std::io;
 
 use crate::ids::NodeId;
 use crate::routing;
+use crate::schedule::{MAX_CATCH_UP, MAX_SCHEDULES, ScheduleSpec, Timetable, TimetableError};
 
 use super::{NodeSpec, Spec};
 
@@ -134,6 +135,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
         out.push(violation("queue".to_owned(), None, message));
     }
     check_requires_context(&spec.requires_context, &mut out);
+    check_schedules(&spec.schedules, &mut out);
     for (field, message) in spec.limits().violations() {
         out.push(violation(field.to_owned(), None, message));
     }
@@ -344,6 +346,60 @@ fn check_node(i: usize, node: &NodeSpec, out: &mut Vec<Violation>) {
 }
 
 /// Checks the context names an automation requires: each name, repeats, and their number.
+fn check_schedules(schedules: &[ScheduleSpec], out: &mut Vec<Violation>) {
+    if schedules.len() > MAX_SCHEDULES {
+        out.push(violation(
+            "schedules".to_owned(),
+            None,
+            format!(
+                "has {} schedules; at most {MAX_SCHEDULES} are allowed",
+                schedules.len()
+            ),
+        ));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(schedules.len());
+    for (i, s) in schedules.iter().enumerate() {
+        let mut field = |name: &str, message: String| {
+            out.push(violation(format!("schedules[{i}].{name}"), None, message));
+        };
+        if let Some(&earlier) = seen.get(s.id.as_str()) {
+            field(
+                "id",
+                format!(
+                    "duplicate schedule id {:?}, also schedules[{earlier}]",
+                    s.id
+                ),
+            );
+        } else if let Some(message) = check_name(&s.id, MAX_ID_CHARS) {
+            field("id", message);
+        } else {
+            seen.insert(&s.id, i);
+        }
+        match Timetable::parse(&s.cron, &s.timezone) {
+            Err(e @ TimetableError::Cron(_)) => field("cron", e.to_string()),
+            Err(e @ TimetableError::TimeZone(_)) => field("timezone", e.to_string()),
+            Ok(_) => {}
+        }
+        if !s.inputs.is_object() {
+            field("inputs", "must be an object".to_owned());
+        } else if !fits_in_json(&s.inputs, MAX_INPUT_BYTES) {
+            field(
+                "inputs",
+                format!("is larger than {MAX_INPUT_BYTES} bytes as JSON"),
+            );
+        }
+        if s.catch_up.latest() > MAX_CATCH_UP {
+            field(
+                "catch_up",
+                format!(
+                    "is {}; at most {MAX_CATCH_UP} missed fires may be caught up",
+                    s.catch_up.latest()
+                ),
+            );
+        }
+    }
+}
+
 fn check_requires_context(names: &[String], out: &mut Vec<Violation>) {
     if names.len() > MAX_CONTEXT_NAMES {
         out.push(violation(
@@ -610,6 +666,7 @@ mod tests {
             burst: None,
             schedule_to_start_timeout_ms: None,
             run_timeout_ms: None,
+            schedules: Vec::new(),
         }
     }
 
@@ -632,6 +689,7 @@ mod tests {
             burst: None,
             schedule_to_start_timeout_ms: None,
             run_timeout_ms: None,
+            schedules: Vec::new(),
         }
     }
 
@@ -940,6 +998,7 @@ mod tests {
             burst: None,
             schedule_to_start_timeout_ms: None,
             run_timeout_ms: None,
+            schedules: Vec::new(),
         };
         let got: Vec<_> = violations(&spec)
             .into_iter()
@@ -1045,6 +1104,76 @@ mod tests {
             None,
             "is 2592000001; must be 1000",
         );
+    }
+
+    #[test]
+    fn schedules_are_checked_field_by_field() {
+        let schedule =
+            |yaml: &str| -> ScheduleSpec { serde_yaml_ng::from_str(yaml).expect("yaml") };
+        let mut spec = diamond();
+        spec.schedules = vec![
+            schedule("cron: '*/5 * * * *'"),
+            schedule(
+                "{id: fast, cron: '* * * * * *', timezone: Europe/Berlin, inputs: {n: 1}, \
+                 overlap: queue_one, catch_up: skip_missed}",
+            ),
+        ];
+        assert_eq!(validate(&spec), Ok(()));
+        assert_eq!(spec.schedules[0].id, "default");
+        let with = |yaml: &'static str| {
+            move |s: &mut Spec| {
+                s.schedules = vec![schedule("{id: a, cron: '* * * * *'}"), schedule(yaml)];
+            }
+        };
+        check(
+            with("{id: a, cron: '* * * * *'}"),
+            "schedules[1].id",
+            None,
+            "duplicate schedule id",
+        );
+        check(
+            with("{id: b, cron: '61 * * * *'}"),
+            "schedules[1].cron",
+            None,
+            "not a cron pattern",
+        );
+        check(
+            with("{id: b, cron: '* * * * *', timezone: Mars/Olympus}"),
+            "schedules[1].timezone",
+            None,
+            "not an IANA time zone",
+        );
+        check(
+            with("{id: b, cron: '* * * * *', inputs: [1]}"),
+            "schedules[1].inputs",
+            None,
+            "object",
+        );
+        check(
+            with("{id: b, cron: '* * * * *', catch_up: 1001}"),
+            "schedules[1].catch_up",
+            None,
+            "at most 1000",
+        );
+        check(
+            with("{id: 'b c', cron: '* * * * *'}"),
+            "schedules[1].id",
+            None,
+            "",
+        );
+        check(
+            |s| {
+                s.schedules = (0..21)
+                    .map(|i| schedule(&format!("{{id: s{i}, cron: '* * * * *'}}")))
+                    .collect();
+            },
+            "schedules",
+            None,
+            "at most 20",
+        );
+        let unknown: Result<ScheduleSpec, _> =
+            serde_yaml_ng::from_str("{cron: '* * * * *', overlap: sometimes}");
+        assert!(unknown.is_err());
     }
 
     #[test]

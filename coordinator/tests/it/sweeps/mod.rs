@@ -10,6 +10,7 @@ mod partitions;
 mod pausing;
 mod reaper;
 mod retention;
+mod schedules;
 mod stale_gates;
 mod workers;
 

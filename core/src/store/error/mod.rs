@@ -63,6 +63,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A stored schedule this build cannot read.
+    #[error("stored schedule {schedule_id} is unreadable: {reason}")]
+    UnreadableSchedule {
+        /// The schedule.
+        schedule_id: String,
+        /// Why.
+        reason: String,
+    },
     /// A contract step raised the database's compatibility floor above the schema this build
     /// knows: the statements of this build may no longer work there.
     #[error(

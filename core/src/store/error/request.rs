@@ -47,6 +47,14 @@ pub enum RequestError {
         /// How many of its runs have not finished.
         unfinished: i64,
     },
+    /// No such schedule of this automation (in this tenant).
+    #[error("automation {automation_id} has no schedule {schedule_id}")]
+    ScheduleNotFound {
+        /// The automation.
+        automation_id: AutomationId,
+        /// The schedule asked for.
+        schedule_id: String,
+    },
     /// No such gate (in this tenant).
     #[error("gate {0} not found")]
     GateNotFound(uuid::Uuid),

@@ -421,6 +421,7 @@ pub(super) fn new_run_record(
         requirement_set: routing.requirement_set,
         deadlines,
         compacted_at: None,
+        trigger: request.trigger.clone(),
     }
 }
 

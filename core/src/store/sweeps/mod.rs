@@ -17,6 +17,7 @@ mod partitions;
 mod pausing;
 mod reaper;
 mod retention;
+mod schedules;
 mod stale_gates;
 mod workers;
 
@@ -37,6 +38,7 @@ pub use deadlines::DeadlineFailure;
 pub use pausing::PausingParams;
 pub use reaper::ReapParams;
 pub use retention::RetentionCutoffs;
+pub use schedules::{FireDecision, UnstartedFire};
 pub use stale_gates::{PendingGateView, StaleGateParams};
 pub use workers::SilentWorker;
 
@@ -53,6 +55,7 @@ pub(super) fn queries() -> impl Iterator<Item = &'static Query> {
         &[DATABASE_NOW][..],
         reaper::QUERIES,
         retention::QUERIES,
+        schedules::QUERIES,
         pausing::QUERIES,
         auto_resume::QUERIES,
         counts::QUERIES,
