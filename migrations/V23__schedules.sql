@@ -50,6 +50,8 @@ CREATE TABLE schedule_fires (
     -- start: a run is (to be) started for it; skip_overlap: runs of earlier fires were
     -- unfinished; skip_paused: its automation was paused when its run was to start.
     decision       text        NOT NULL CHECK (decision IN ('start', 'skip_overlap', 'skip_paused')),
+    -- Decided after its grace (no leader ran in time) and kept by the catch-up policy.
+    caught_up      boolean     NOT NULL DEFAULT false,
     run_id         uuid,
     decided_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, automation_id, schedule_id, fire_at),

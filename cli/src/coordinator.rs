@@ -217,6 +217,15 @@ pub struct SweepArgs {
     /// Stats reads unfolded, at most.
     #[arg(long, env = "LEASEHOLD_COUNT_INTERVAL", default_value_t = sweeps::COUNT_INTERVAL_DEFAULT.into())]
     count_interval: humantime::Duration,
+    /// Time between schedule passes: how late after its time a fire starts its run, at most,
+    /// while a leader runs.
+    #[arg(long, env = "LEASEHOLD_SCHEDULE_INTERVAL", default_value_t = sweeps::SCHEDULE_INTERVAL_DEFAULT.into())]
+    schedule_interval: humantime::Duration,
+    /// How late a fire may start and still be on time; a later one was missed (no leader ran),
+    /// and runs only as its schedule's `catch_up` says. Keep it above a leader handover
+    /// (--leader-lease and a third).
+    #[arg(long, env = "LEASEHOLD_SCHEDULE_GRACE", default_value_t = sweeps::SCHEDULE_GRACE_DEFAULT.into())]
+    schedule_grace: humantime::Duration,
     /// Time between retention passes.
     #[arg(long, env = "LEASEHOLD_RETENTION_INTERVAL", default_value_t = sweeps::RETENTION_INTERVAL_DEFAULT.into())]
     retention_interval: humantime::Duration,
@@ -245,6 +254,8 @@ impl SweepArgs {
             },
             retention_interval: self.retention_interval.into(),
             count_interval: self.count_interval.into(),
+            schedule_interval: self.schedule_interval.into(),
+            schedule_grace: self.schedule_grace.into(),
             queue_interval: self.queue_metrics_interval.into(),
             ..sweeps::Config::default()
         }

@@ -241,6 +241,8 @@ pub struct Due {
     /// Fire times that run (subject to overlap), oldest first: the missed ones the catch-up
     /// policy keeps, then the on-time ones.
     pub fires: Vec<DateTime<Utc>>,
+    /// How many of `fires`, the first ones, were missed and are caught up.
+    pub caught_up: usize,
     /// Missed fires skipped by the catch-up policy (at least; see [`MAX_MISSED_WALKED`]).
     pub skipped: u64,
     /// The cursor after them: the first fire after `now`, `None` when there is none.
@@ -278,12 +280,14 @@ pub fn due(
         at = table.next_after(t);
     }
     let mut fires: Vec<_> = kept.into_iter().collect();
+    let caught_up = fires.len();
     while let Some(t) = at.filter(|t| *t <= now) {
         fires.push(t);
         at = table.next_after(t);
     }
     Due {
         fires,
+        caught_up,
         skipped,
         next: at,
     }
@@ -360,6 +364,7 @@ mod tests {
             ]
         );
         assert_eq!(due.skipped, 0);
+        assert_eq!(due.caught_up, 0);
         assert_eq!(due.next, Some(t("2026-01-01T00:00:04Z")));
     }
 
@@ -379,10 +384,12 @@ mod tests {
         assert_eq!(skip.fires.first(), Some(&t("2026-01-01T00:00:09Z")));
         assert_eq!(skip.fires.len(), 3);
         assert_eq!(skip.skipped, 8);
+        assert_eq!(skip.caught_up, 0);
         let three = due(&every_second(), cursor, now, grace, CatchUp::Latest(3));
         assert_eq!(three.fires.first(), Some(&t("2026-01-01T00:00:06Z")));
         assert_eq!(three.fires.len(), 6);
         assert_eq!(three.skipped, 5);
+        assert_eq!(three.caught_up, 3);
         let all = due(&every_second(), cursor, now, grace, CatchUp::Latest(100));
         assert_eq!(all.fires.len(), 11);
         assert_eq!(all.skipped, 0);

@@ -79,6 +79,10 @@ impl Timings {
     }
 }
 
+/// How late a schedule's fire may start and still be on time: shorter than the schedule
+/// scenario's outage, so that it misses fires.
+pub const SCHEDULE_GRACE: Duration = Duration::from_secs(2);
+
 /// How long a process may take to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a teardown waits after SIGTERM before SIGKILL.
@@ -348,6 +352,8 @@ impl Cluster {
             .args(["--pausing-interval", &duration_arg(t.sweep)])
             .args(["--auto-resume-interval", &duration_arg(t.sweep)])
             .args(["--deadline-interval", &duration_arg(t.sweep)])
+            .args(["--schedule-interval", &duration_arg(t.sweep)])
+            .args(["--schedule-grace", &duration_arg(SCHEDULE_GRACE)])
             .env("LEASEHOLD_LOG", "info");
         let proc = self.sup.spawn(name, cmd);
         CoordinatorProc {

@@ -91,7 +91,7 @@ async fn decide(
     }
     if pass
         .store
-        .decide_fires(pass.leader, &key, cursor, due.next, &decided)
+        .decide_fires(pass.leader, &key, cursor, due.next, &decided, due.caught_up)
         .await?
     {
         outcome.missed_skipped += due.skipped;

@@ -183,7 +183,8 @@ async fn a_former_leader_decides_nothing_and_a_decided_fire_is_started_by_the_ne
                 &k,
                 t0,
                 Some(at(t0, 1_000)),
-                &[(t0, FireDecision::Start)]
+                &[(t0, FireDecision::Start)],
+                0,
             )
             .await
             .expect("decide")
@@ -196,7 +197,8 @@ async fn a_former_leader_decides_nothing_and_a_decided_fire_is_started_by_the_ne
                 &k,
                 t0,
                 Some(at(t0, 1_000)),
-                &[(t0, FireDecision::Start)]
+                &[(t0, FireDecision::Start)],
+                0,
             )
             .await
             .expect("decide again")

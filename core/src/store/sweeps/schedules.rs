@@ -81,9 +81,12 @@ WITH advanced AS (
     RETURNING s.tenant_id, s.automation_id, s.schedule_id
 ),
 recorded AS (
-    INSERT INTO schedule_fires (tenant_id, automation_id, schedule_id, fire_at, decision)
-    SELECT a.tenant_id, a.automation_id, a.schedule_id, f.fire_at, f.decision
-    FROM advanced a, unnest($7::timestamptz[], $8::text[]) AS f(fire_at, decision)
+    INSERT INTO schedule_fires (tenant_id, automation_id, schedule_id, fire_at, decision,
+                                caught_up)
+    SELECT a.tenant_id, a.automation_id, a.schedule_id, f.fire_at, f.decision,
+           f.ordinality <= $11::int
+    FROM advanced a,
+         unnest($7::timestamptz[], $8::text[]) WITH ORDINALITY AS f(fire_at, decision, ordinality)
     ON CONFLICT DO NOTHING
     RETURNING decision
 )
@@ -169,8 +172,8 @@ impl Store {
     }
 
     /// Under `leader`, moves `key`'s cursor from `cursor` to `next` and records `fires` with
-    /// their decisions, if the cursor is still at `cursor` and the schedule not paused; returns
-    /// whether it did.
+    /// their decisions (the first `caught_up` of them missed fires the catch-up policy kept), if
+    /// the cursor is still at `cursor` and the schedule not paused; returns whether it did.
     ///
     /// # Locks
     /// The schedule's row, and a share lock on the role's `leader_leases` row.
@@ -181,6 +184,7 @@ impl Store {
         cursor: DateTime<Utc>,
         next: Option<DateTime<Utc>>,
         fires: &[(DateTime<Utc>, FireDecision)],
+        caught_up: usize,
     ) -> Result<bool, Error> {
         let times: Vec<DateTime<Utc>> = fires.iter().map(|(t, _)| *t).collect();
         let decisions: Vec<&str> = fires.iter().map(|(_, d)| d.as_str()).collect();
@@ -201,6 +205,7 @@ impl Store {
                     &decisions,
                     &name,
                     &epoch,
+                    &int(caught_up),
                 ],
             )
             .await?;
