@@ -226,6 +226,10 @@ pub struct SweepArgs {
     /// (--leader-lease and a third).
     #[arg(long, env = "LEASEHOLD_SCHEDULE_GRACE", default_value_t = sweeps::SCHEDULE_GRACE_DEFAULT.into())]
     schedule_grace: humantime::Duration,
+    /// Finished runs retention compacts or deletes per second, at most: its statements take
+    /// database CPU that claims share.
+    #[arg(long, env = "LEASEHOLD_RETENTION_RATE", default_value_t = sweeps::RETENTION_RATE_DEFAULT)]
+    retention_rate: u32,
     /// Time between retention passes.
     #[arg(long, env = "LEASEHOLD_RETENTION_INTERVAL", default_value_t = sweeps::RETENTION_INTERVAL_DEFAULT.into())]
     retention_interval: humantime::Duration,
@@ -253,6 +257,7 @@ impl SweepArgs {
                 delete_after: self.delete_after.into(),
             },
             retention_interval: self.retention_interval.into(),
+            retention_rate: self.retention_rate,
             count_interval: self.count_interval.into(),
             schedule_interval: self.schedule_interval.into(),
             schedule_grace: self.schedule_grace.into(),

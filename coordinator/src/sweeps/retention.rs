@@ -5,7 +5,10 @@
 //! first, each batch its own short transaction under the leader lease. The events of deleted
 //! runs go with their month's partition, which partition upkeep drops once no run needs it.
 
+use std::time::Duration;
+
 use leasehold_core::store::{self, RetentionCutoffs};
+use tokio::time::Instant;
 
 use super::{Outcome, Pass};
 
@@ -29,9 +32,10 @@ pub async fn run_once(pass: Pass<'_>) -> Result<RetentionOutcome, store::Error> 
         default: pass.config.retention.cutoffs(now),
         tenants,
     };
-    let batch = pass.config.batch_limit;
+    let (batch, rate) = (pass.config.batch_limit, pass.config.retention_rate);
     let mut outcome = RetentionOutcome::default();
     for _ in 0..BATCHES_PER_PASS {
+        let started = Instant::now();
         let compacted = pass
             .store
             .compact_finished_runs(pass.leader, &cutoffs, batch)
@@ -40,8 +44,10 @@ pub async fn run_once(pass: Pass<'_>) -> Result<RetentionOutcome, store::Error> 
         if compacted < batch as u64 {
             break;
         }
+        tokio::time::sleep(pause_after(compacted, rate, started.elapsed())).await;
     }
     for _ in 0..BATCHES_PER_PASS {
+        let started = Instant::now();
         let deleted = pass
             .store
             .delete_finished_runs(pass.leader, &cutoffs, batch)
@@ -50,8 +56,32 @@ pub async fn run_once(pass: Pass<'_>) -> Result<RetentionOutcome, store::Error> 
         if deleted < batch as u64 {
             break;
         }
+        tokio::time::sleep(pause_after(deleted, rate, started.elapsed())).await;
     }
     Ok(outcome)
+}
+
+/// How long to wait after a batch of `runs` that took `took`, so that the pass moves at most
+/// `rate` runs per second. Its statements are CPU-bound on the database; unpaced, a backlog of
+/// a million runs kept a core busy for over a minute and tripled the claims' p99 on two cores
+/// (bench/README.md, "History retention under load").
+pub fn pause_after(runs: u64, rate: u32, took: Duration) -> Duration {
+    let due = Duration::from_secs_f64(runs as f64 / f64::from(rate.max(1)));
+    due.saturating_sub(took)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_at_least_its_share_of_a_second_at_the_rate() {
+        let ms = Duration::from_millis;
+        assert_eq!(pause_after(1_000, 2_000, ms(100)), ms(400));
+        assert_eq!(pause_after(1_000, 2_000, ms(500)), Duration::ZERO);
+        assert_eq!(pause_after(1_000, 2_000, ms(900)), Duration::ZERO);
+        assert_eq!(pause_after(0, 2_000, Duration::ZERO), Duration::ZERO);
+    }
 }
 
 /// What one retention pass did.
