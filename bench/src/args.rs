@@ -20,6 +20,11 @@ pub enum Phase {
     Backlog,
     /// From a cancel or pause of a running `exec` node to its process group gone.
     CancelLatency,
+    /// Claim latency while the retention sweep compacts and deletes a large history; only when
+    /// named in --only.
+    Retention,
+    /// Stats with a large history of finished runs.
+    Stats,
 }
 
 /// Measures the leasehold binaries against a PostgreSQL on this machine, next to the raw-SQL
@@ -63,6 +68,16 @@ pub struct Args {
     /// Runs in the tables at each backlog step [default: 10000,100000,1000000].
     #[arg(long, value_delimiter = ',')]
     pub backlog: Vec<i64>,
+    /// Finished runs filled for each repetition of retention, finished over the last 120 days
+    /// [default: 1000000; --quick: 100000].
+    #[arg(long)]
+    pub retention_runs: Option<i64>,
+    /// Finished runs filled for stats [default: 1000000; --quick: 100000].
+    #[arg(long)]
+    pub stats_runs: Option<i64>,
+    /// The retention sweep's batch (`batch_limit` of its settings): runs per statement.
+    #[arg(long, default_value_t = leasehold_coordinator::sweeps::BATCH_LIMIT_DEFAULT)]
+    pub retention_batch: usize,
     /// Finished runs (with their node rows and events) in the tables when each repetition
     /// starts, as in a database that has been running; 0 measures a fresh database.
     #[arg(long, default_value_t = 10_000)]
@@ -100,6 +115,8 @@ pub struct Plan {
     pub latency_runs: usize,
     pub stop_tries: usize,
     pub backlog: Vec<i64>,
+    pub retention_runs: i64,
+    pub stats_runs: i64,
 }
 
 impl Args {
@@ -120,12 +137,21 @@ impl Args {
             } else {
                 vec![10_000, 100_000, 1_000_000]
             },
+            retention_runs: self.retention_runs.unwrap_or(if self.quick {
+                100_000
+            } else {
+                1_000_000
+            }),
+            stats_runs: self
+                .stats_runs
+                .unwrap_or(if self.quick { 100_000 } else { 1_000_000 }),
         }
     }
 
-    /// Whether `phase` runs.
+    /// Whether `phase` runs. Retention runs only when named: three fills of a million runs
+    /// would double the default run's time.
     pub fn runs_phase(&self, phase: Phase) -> bool {
-        self.only.is_empty() || self.only.contains(&phase)
+        self.only.contains(&phase) || (self.only.is_empty() && phase != Phase::Retention)
     }
 }
 
@@ -174,12 +200,26 @@ mod tests {
                 latency_runs: 200,
                 stop_tries: 50,
                 backlog: vec![10_000, 100_000, 1_000_000],
+                retention_runs: 1_000_000,
+                stats_runs: 1_000_000,
             }
         );
         let quick = plan(&["--quick", "--runs", "500"]);
         assert_eq!((quick.runs, quick.dag_runs), (500, 200));
         assert_eq!(quick.backlog, vec![10_000, 100_000]);
+        assert_eq!(quick.retention_runs, 100_000);
         assert_eq!(plan(&["--backlog", "5,6"]).backlog, vec![5, 6]);
+    }
+
+    #[test]
+    fn retention_runs_only_when_named() {
+        let args = |a: &[&str]| {
+            Args::parse_from(std::iter::once("leasehold-bench").chain(a.iter().copied()))
+        };
+        assert!(!args(&[]).runs_phase(Phase::Retention));
+        assert!(args(&[]).runs_phase(Phase::Backlog));
+        assert!(args(&["--only", "retention"]).runs_phase(Phase::Retention));
+        assert!(!args(&["--only", "retention"]).runs_phase(Phase::Backlog));
     }
 
     #[test]

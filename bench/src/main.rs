@@ -198,6 +198,11 @@ async fn measure(bench: &mut Bench) -> anyhow::Result<()> {
             Phase::CancelLatency,
             "cancel-latency: a cancel or pause to the exec group gone",
         ),
+        (
+            Phase::Retention,
+            "retention: claims while the sweep compacts and deletes",
+        ),
+        (Phase::Stats, "stats: with a million finished runs"),
     ] {
         if !bench.args.runs_phase(phase) {
             continue;
@@ -211,6 +216,8 @@ async fn measure(bench: &mut Bench) -> anyhow::Result<()> {
             Phase::Latency => phases::latency::run(bench).await,
             Phase::Backlog => phases::backlog::run(bench).await,
             Phase::CancelLatency => phases::stops::run(bench).await,
+            Phase::Retention => phases::retention::run(bench).await,
+            Phase::Stats => phases::stats::run(bench).await,
         }
         .with_context(|| format!("phase {label}"))?;
     }

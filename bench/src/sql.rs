@@ -389,3 +389,293 @@ pub async fn count_runs(client: &Client) -> anyhow::Result<(i64, i64, i64)> {
     let row = client.query_one(COUNT_RUNS, &[]).await?;
     Ok((row.get(0), row.get(1), row.get(2)))
 }
+
+// --- Stats -------------------------------------------------------------------------------------
+
+// Forgets the finished runs' counts (V22), as before the leader's first count: Stats then counts
+// every run, and the next count pass counts them again.
+const FORGET_RUN_COUNTS: &str = "\
+DELETE FROM run_status_baseline; DELETE FROM run_status_counts; DELETE FROM run_status_deltas";
+
+pub async fn forget_run_counts(client: &Client) -> anyhow::Result<()> {
+    client
+        .batch_execute(FORGET_RUN_COUNTS)
+        .await
+        .context("forgetting the run counts")
+}
+
+/// VACUUM of the deltas, as autovacuum gives a table that churns (the fold deletes what the
+/// triggers insert).
+pub async fn vacuum_run_counts(client: &Client) -> anyhow::Result<()> {
+    client
+        .batch_execute("VACUUM run_status_deltas")
+        .await
+        .context("vacuuming the run counts' deltas")
+}
+
+const RUNS_BY_STATUS: &str = "SELECT status, count(*) FROM runs GROUP BY status";
+
+/// Every status's runs, by a full count.
+pub async fn runs_by_status(
+    client: &Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    Ok(client
+        .query(RUNS_BY_STATUS, &[])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
+// --- Retention ---------------------------------------------------------------------------------
+
+// Creates the monthly event partitions from the month of $1 on, $2 of them, so that the filled
+// events land in their months' partitions (which the partition sweep may drop) and not in the
+// default one. The product's own upkeep function.
+const ENSURE_EVENT_PARTITIONS: &str =
+    "SELECT leasehold_ensure_event_partitions($1::timestamptz::date, $2::int)";
+
+pub async fn ensure_event_partitions(
+    client: &Client,
+    from: chrono::DateTime<chrono::Utc>,
+    months: i32,
+) -> anyhow::Result<()> {
+    client
+        .execute(ENSURE_EVENT_PARTITIONS, &[&from, &months])
+        .await
+        .context("creating the event partitions")?;
+    Ok(())
+}
+
+// Finished one-node runs as the product leaves them, the g-th of $6 finished $8 × g / $6 seconds
+// before $7 (so, over the fill, uniformly over the last $8 seconds) and created up to a minute
+// before that. Each run's id is a UUIDv7 of its created_at, as the coordinator makes them: the
+// partition drop finds the runs that may have events in a month by their ids. The run has
+// inputs of about 100 bytes, its node an output of about 270, and two events, at its creation
+// and at its end. Runs g = $4..=$5 are inserted in the order of g, newest first: the runs the
+// sweep deletes, the oldest, then fill the heaps' last pages, which VACUUM can give back.
+const RETENTION_FILL: &str = "\
+WITH f AS (
+    SELECT g, t.finished_at, t.finished_at - (1 + random() * 59) * interval '1 second' AS created_at
+    FROM generate_series($4::int8, $5::int8) AS g,
+         LATERAL (SELECT $7::timestamptz
+                         - ($8::float8 * g / $6::int8) * interval '1 second' AS finished_at) AS t
+),
+r AS (
+    INSERT INTO runs (run_id, tenant_id, automation_id, automation_version, trigger, status,
+                      inputs, created_at, queued_at, started_at, updated_at, finished_at,
+                      event_seq, lease_epoch, progress_epoch)
+    SELECT (lpad(to_hex((extract(epoch FROM f.created_at) * 1000)::int8), 12, '0') || '7'
+            || substr(md5(random()::text), 1, 3) || '8'
+            || substr(md5(random()::text), 1, 15))::uuid,
+           $1::text, $2::text, 1, 'api', 'completed',
+           jsonb_build_object('order', f.g, 'customer', md5(f.g::text), 'region', 'eu-west-1',
+                              'note', 'retention'),
+           f.created_at, f.created_at, f.created_at, f.finished_at, f.finished_at, 2, 1, 1
+    FROM f
+    ORDER BY f.g
+    RETURNING run_id, tenant_id, created_at, finished_at
+),
+n AS (
+    INSERT INTO run_nodes (run_id, node_id, status, attempts, output, epoch, started_at,
+                           finished_at)
+    SELECT run_id, $3::text, 'completed', 1,
+           jsonb_build_object('result', repeat(md5(run_id::text), 8)), 1, created_at,
+           finished_at
+    FROM r
+)
+INSERT INTO run_events (run_id, seq, tenant_id, event, occurred_at, epoch)
+SELECT r.run_id, e.seq, r.tenant_id, e.event,
+       CASE WHEN e.seq = 1 THEN r.created_at ELSE r.finished_at END, e.seq - 1
+FROM r CROSS JOIN (VALUES (1, 'run_started'), (2, 'run_completed')) AS e(seq, event)";
+
+/// What a retention fill is: the runs of `automation` (whose one node is `node`) for `tenant`,
+/// `runs` of them finished over the `span_s` seconds before `now`.
+pub struct RetentionFill<'a> {
+    pub tenant: &'a str,
+    pub automation: &'a str,
+    pub node: &'a str,
+    pub runs: i64,
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub span_s: f64,
+}
+
+impl RetentionFill<'_> {
+    /// Inserts runs `first..=last` of the fill (1 is the newest), in one statement.
+    pub async fn insert(&self, client: &Client, first: i64, last: i64) -> anyhow::Result<()> {
+        client
+            .execute(
+                RETENTION_FILL,
+                &[
+                    &self.tenant,
+                    &self.automation,
+                    &self.node,
+                    &first,
+                    &last,
+                    &self.runs,
+                    &self.now,
+                    &self.span_s,
+                ],
+            )
+            .await
+            .with_context(|| format!("filling runs {first} to {last}"))?;
+        Ok(())
+    }
+}
+
+/// Where the runs of an automation stand against a pair of cutoffs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stages {
+    /// Finished at or after the compaction cutoff: in the hot window.
+    pub hot: i64,
+    /// Finished before the compaction cutoff: the sweep compacts them (and deletes some).
+    pub compact: i64,
+    /// Finished before the deletion cutoff: the sweep deletes them.
+    pub delete: i64,
+}
+
+const RETENTION_STAGES: &str = "\
+SELECT count(*) FILTER (WHERE finished_at >= $2::timestamptz),
+       count(*) FILTER (WHERE finished_at < $2::timestamptz),
+       count(*) FILTER (WHERE finished_at < $3::timestamptz)
+FROM runs WHERE automation_id = $1::text";
+
+/// The stages of `automation`'s runs by their `finished_at`, before the sweep.
+pub async fn retention_stages(
+    client: &Client,
+    automation: &str,
+    compact_before: chrono::DateTime<chrono::Utc>,
+    delete_before: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Stages> {
+    let row = client
+        .query_one(
+            RETENTION_STAGES,
+            &[&automation, &compact_before, &delete_before],
+        )
+        .await?;
+    Ok(Stages {
+        hot: row.get(0),
+        compact: row.get(1),
+        delete: row.get(2),
+    })
+}
+
+// The event partitions the sweep may drop once it deleted the runs finished before $1: those
+// whose every event belongs to such a run, of months that ended more than a day before $2 (the
+// partition sweep's and leasehold_drop_event_partition's own conditions), read from the events
+// themselves (an unfinished run keeps its events). Partitions without events are left out: the
+// fill makes none in the past.
+const DROPPABLE_PARTITIONS: &str = "\
+SELECT count(*) FROM (
+    SELECT to_date(substring(e.tableoid::regclass::text FROM 12), 'YYYY_MM') AS month,
+           bool_or(coalesce(r.finished_at >= $1::timestamptz, r.run_id IS NOT NULL)) AS kept
+    FROM run_events e LEFT JOIN runs r ON r.run_id = e.run_id
+    GROUP BY e.tableoid
+) p
+WHERE NOT p.kept
+  AND (p.month + interval '1 month')::date + 1 < ($2::timestamptz AT TIME ZONE 'UTC')::date";
+
+pub async fn droppable_partitions(
+    client: &Client,
+    delete_before: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(DROPPABLE_PARTITIONS, &[&delete_before, &now])
+        .await?
+        .get(0))
+}
+
+/// The runs of the filled automation after the sweep, by what the sweep did to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Runs left, each with its node row.
+    pub left: i64,
+    /// Runs in the hot window with their inputs, their node's output, and no compaction mark.
+    pub hot_intact: i64,
+    /// Runs before the compaction cutoff with their inputs and output dropped and the mark set.
+    pub compacted: i64,
+    /// Runs before the deletion cutoff still there.
+    pub past_retention: i64,
+    /// Runs of the workload automation compacted: none may be, all finished during the bench.
+    pub workload_compacted: i64,
+}
+
+const RETENTION_SWEPT: &str = "\
+SELECT count(*),
+       count(*) FILTER (WHERE r.finished_at >= $2::timestamptz AND r.compacted_at IS NULL
+                          AND r.inputs <> '{}'::jsonb AND n.output IS NOT NULL),
+       count(*) FILTER (WHERE r.finished_at < $2::timestamptz AND r.compacted_at IS NOT NULL
+                          AND r.inputs = '{}'::jsonb AND n.output IS NULL),
+       count(*) FILTER (WHERE r.finished_at < $3::timestamptz),
+       (SELECT count(*) FROM runs WHERE automation_id = $4::text AND compacted_at IS NOT NULL)
+FROM runs r JOIN run_nodes n ON n.run_id = r.run_id
+WHERE r.automation_id = $1::text";
+
+pub async fn retention_swept(
+    client: &Client,
+    filled: &str,
+    workload: &str,
+    compact_before: chrono::DateTime<chrono::Utc>,
+    delete_before: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Swept> {
+    let row = client
+        .query_one(
+            RETENTION_SWEPT,
+            &[&filled, &compact_before, &delete_before, &workload],
+        )
+        .await?;
+    Ok(Swept {
+        left: row.get(0),
+        hot_intact: row.get(1),
+        compacted: row.get(2),
+        past_retention: row.get(3),
+        workload_compacted: row.get(4),
+    })
+}
+
+// Runs of an automation, in any state.
+const RUNS_OF: &str = "SELECT count(*) FROM runs WHERE automation_id = $1::text";
+
+pub async fn runs_of(client: &Client, automation: &str) -> anyhow::Result<i64> {
+    Ok(client.query_one(RUNS_OF, &[&automation]).await?.get(0))
+}
+
+/// The tables retention shrinks, in the order of [`TableSizes`].
+pub const RETAINED_TABLES: [&str; 3] = ["runs", "run_nodes", "run_events"];
+
+/// Bytes on disk of each of [`RETAINED_TABLES`], with its indexes and TOAST; for `run_events`,
+/// every partition's (the partitioned table itself holds nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSizes(pub [i64; 3]);
+
+const TABLE_SIZES: &str = "\
+SELECT pg_total_relation_size('runs'), pg_total_relation_size('run_nodes'),
+       (SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::int8
+        FROM pg_inherits WHERE inhparent = 'run_events'::regclass)";
+
+pub async fn table_sizes(client: &Client) -> anyhow::Result<TableSizes> {
+    let row = client.query_one(TABLE_SIZES, &[]).await?;
+    Ok(TableSizes([row.get(0), row.get(1), row.get(2)]))
+}
+
+// The bytes of the rows of each of RETAINED_TABLES: what the tables hold, whatever free space
+// their pages and indexes keep for new rows after a VACUUM.
+const LIVE_SIZES: &str = "\
+SELECT (SELECT coalesce(sum(pg_column_size(r.*)), 0)::int8 FROM runs r),
+       (SELECT coalesce(sum(pg_column_size(n.*)), 0)::int8 FROM run_nodes n),
+       (SELECT coalesce(sum(pg_column_size(e.*)), 0)::int8 FROM run_events e)";
+
+pub async fn live_sizes(client: &Client) -> anyhow::Result<TableSizes> {
+    let row = client.query_one(LIVE_SIZES, &[]).await?;
+    Ok(TableSizes([row.get(0), row.get(1), row.get(2)]))
+}
+
+/// A plain VACUUM of the tables retention shrinks, as autovacuum would run it: the dead rows'
+/// space is reusable, and empty pages at a heap's end are given back.
+pub async fn vacuum_retained(client: &Client) -> anyhow::Result<()> {
+    client
+        .batch_execute("VACUUM runs, run_nodes, run_events")
+        .await
+        .context("vacuuming the retained tables")
+}

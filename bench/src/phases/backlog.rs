@@ -338,7 +338,7 @@ async fn round(
 }
 
 /// 10000 → 10k, 1000000 → 1m.
-fn label(n: i64) -> String {
+pub fn label(n: i64) -> String {
     if n >= 1_000_000 && n % 1_000_000 == 0 {
         format!("{}m", n / 1_000_000)
     } else if n >= 1_000 && n % 1_000 == 0 {

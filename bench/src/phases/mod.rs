@@ -7,12 +7,16 @@
 //! - `latency`: trigger-to-start of runs started one by one, notified and polled.
 //! - `backlog`: the product's claim with large tables.
 //! - `stops`: a cancel or pause of a running `exec` node to its process group gone.
+//! - `retention`: claims while the retention sweep compacts and deletes a large history.
+//! - `stats`: Stats with a large history, before and after the leader's first count.
 
 pub mod anatomy;
 pub mod backlog;
 pub mod enqueue;
 pub mod latency;
 pub mod process;
+pub mod retention;
+pub mod stats;
 pub mod stops;
 
 use std::path::PathBuf;
