@@ -75,8 +75,8 @@ pub struct Args {
     /// Finished runs filled for stats [default: 1000000; --quick: 100000].
     #[arg(long)]
     pub stats_runs: Option<i64>,
-    /// The retention sweep's batch (`batch_limit` of its settings): runs per statement.
-    #[arg(long, default_value_t = leasehold_coordinator::sweeps::BATCH_LIMIT_DEFAULT)]
+    /// The retention sweep's batch (`retention_batch` of its settings): runs per statement.
+    #[arg(long, default_value_t = leasehold_coordinator::sweeps::RETENTION_BATCH_DEFAULT)]
     pub retention_batch: usize,
     /// Finished runs (with their node rows and events) in the tables when each repetition
     /// starts, as in a database that has been running; 0 measures a fresh database.

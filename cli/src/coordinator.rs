@@ -230,6 +230,10 @@ pub struct SweepArgs {
     /// database CPU that claims share.
     #[arg(long, env = "LEASEHOLD_RETENTION_RATE", default_value_t = sweeps::RETENTION_RATE_DEFAULT)]
     retention_rate: u32,
+    /// Runs one retention statement compacts or deletes: small batches keep its writes from
+    /// holding up the claims' commits.
+    #[arg(long, env = "LEASEHOLD_RETENTION_BATCH", default_value_t = sweeps::RETENTION_BATCH_DEFAULT)]
+    retention_batch: usize,
     /// Time between retention passes.
     #[arg(long, env = "LEASEHOLD_RETENTION_INTERVAL", default_value_t = sweeps::RETENTION_INTERVAL_DEFAULT.into())]
     retention_interval: humantime::Duration,
@@ -258,6 +262,7 @@ impl SweepArgs {
             },
             retention_interval: self.retention_interval.into(),
             retention_rate: self.retention_rate,
+            retention_batch: self.retention_batch,
             count_interval: self.count_interval.into(),
             schedule_interval: self.schedule_interval.into(),
             schedule_grace: self.schedule_grace.into(),

@@ -82,7 +82,7 @@ struct Latency {
 pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let n = bench.plan.retention_runs;
     let config = Config {
-        batch_limit: bench.args.retention_batch,
+        retention_batch: bench.args.retention_batch,
         ..Config::default()
     }
     .validated()?;

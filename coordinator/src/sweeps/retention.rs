@@ -12,13 +12,14 @@ use tokio::time::Instant;
 
 use super::{Outcome, Pass};
 
-/// Batches of each kind one pass runs at most, so that a pass over a large backlog ends and
-/// the next one reads the tenants' windows again.
-pub const BATCHES_PER_PASS: usize = 100;
+/// Batches of each kind one pass runs at most (100,000 runs at the default batch, 50 s at the
+/// default rate), so that a pass over a large backlog ends and the next one reads the tenants'
+/// windows again.
+pub const BATCHES_PER_PASS: usize = 1_000;
 
 /// One retention pass at `pass.now` (the database's clock when `None`), under `pass.leader`:
 /// compacts, then deletes, batch after batch, until a batch comes back short of
-/// `batch_limit` or [`BATCHES_PER_PASS`] have run.
+/// `retention_batch` or [`BATCHES_PER_PASS`] have run.
 pub async fn run_once(pass: Pass<'_>) -> Result<RetentionOutcome, store::Error> {
     let now = pass.now().await?;
     let tenants = pass
@@ -32,7 +33,7 @@ pub async fn run_once(pass: Pass<'_>) -> Result<RetentionOutcome, store::Error> 
         default: pass.config.retention.cutoffs(now),
         tenants,
     };
-    let (batch, rate) = (pass.config.batch_limit, pass.config.retention_rate);
+    let (batch, rate) = (pass.config.retention_batch, pass.config.retention_rate);
     let mut outcome = RetentionOutcome::default();
     for _ in 0..BATCHES_PER_PASS {
         let started = Instant::now();
