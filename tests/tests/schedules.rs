@@ -156,10 +156,8 @@ async fn ticking_through_a_leader_stop(c: &mut Cluster) -> Line {
         first <= started + TimeDelta::seconds(2),
         "the first fire is the first second after the apply: {first} vs {started}"
     );
-    assert!(
-        fired.iter().all(|f| !f.caught_up),
-        "no fire missed its grace"
-    );
+    // Fires due while no leader ran (a handover can outlast the 2 s grace) are caught up by the
+    // policy (`catch_up: 100`), so none is missing; they may be marked `caught_up`.
     let late = fired.iter().map(|f| f.late).max().unwrap_or_default();
     let runs = c
         .sql
